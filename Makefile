@@ -1,0 +1,109 @@
+# kvfs — build, test, benchmark, install.
+#   make            build the engine library, the kvfs command and the tests (normal build in build/)
+#   make test       unit tests (under ASan+UBSan, build-san/) and bats tests on a real mount; prints "N passed, N failed"
+#   make bench      engine and filesystem benchmarks against LevelDB, RocksDB, passthrough_ll and ext4
+#   make install    PREFIX=/usr/local DESTDIR=
+# Add a source file and it is built: engine/*.c -> libkvengine, fs/*.c + mount/*.c -> kvfs, tests/unit/test_*.c ->
+# one test program each.
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+SAN     ?= 0
+BUILD   := $(if $(filter 1,$(SAN)),build-san,build)
+FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
+FUSE_LIBS   := $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -g -pthread -Iengine -Ifs -Imount
+ifeq ($(SAN),1)
+CFLAGS_OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS_SAN := -fsanitize=address,undefined
+else
+CFLAGS_OPT := -O2
+LDFLAGS_SAN :=
+endif
+CFLAGS_ALL := $(CFLAGS_BASE) $(CFLAGS_OPT) $(FUSE_CFLAGS) $(CFLAGS)
+LIBS := -lxxhash -lz -lpthread
+
+ENGINE_SRC := $(wildcard engine/*.c)
+FS_SRC     := $(wildcard fs/*.c)
+MOUNT_SRC  := $(wildcard mount/*.c)
+TEST_SRC   := $(wildcard tests/unit/test_*.c)
+TEST_LIB_SRC := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
+
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+ENGINE_PIC := $(ENGINE_SRC:%.c=$(BUILD)/pic/%.o)
+FS_OBJ     := $(FS_SRC:%.c=$(BUILD)/%.o)
+MOUNT_OBJ  := $(MOUNT_SRC:%.c=$(BUILD)/%.o)
+TEST_LIB_OBJ := $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN   := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+LIB_A  := $(BUILD)/libkvengine.a
+LIB_FS := $(BUILD)/libkvfs-fs.a
+LIB_SO := $(BUILD)/libkvengine.so
+KVFS   := $(BUILD)/kvfs
+
+.PHONY: all test unit bats bench install clean san
+all: $(LIB_A) $(LIB_SO) $(if $(MOUNT_SRC),$(KVFS)) $(TEST_BIN)
+
+$(BUILD)/%.o: %.c $(wildcard engine/*.h fs/*.h mount/*.h tests/unit/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/pic/%.o: %.c $(wildcard engine/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -fPIC -fvisibility=default -c $< -o $@
+
+$(LIB_A): $(ENGINE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(LIB_SO): $(ENGINE_PIC)
+	$(CC) -shared -Wl,-soname,libkvengine.so.0 $(LDFLAGS_SAN) -o $@ $^ $(LIBS)
+
+$(LIB_FS): $(FS_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(KVFS): $(MOUNT_OBJ) $(LIB_FS) $(LIB_A)
+	$(CC) $(LDFLAGS_SAN) -o $@ $(MOUNT_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(LIBS)
+
+# Test programs link the fs and engine archives: only the objects a test uses are pulled in.
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $< $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(LIBS)
+
+san:
+	$(MAKE) SAN=1 all
+
+# The whole suite: unit tests under sanitizers, bats tests against the normal build.
+test:
+	$(MAKE) all
+	$(MAKE) SAN=1 all
+	bash tests/run.sh
+
+unit: san
+	KVFS_SKIP_BATS=1 bash tests/run.sh
+
+bats: all
+	KVFS_SKIP_UNIT=1 bash tests/run.sh
+
+bench: all
+	$(MAKE) -C bench
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/kvfs \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin \
+	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 0755 $(KVFS) $(DESTDIR)$(PREFIX)/bin/kvfs
+	install -m 0644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/libkvengine.a
+	install -m 0755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libkvengine.so.0
+	ln -sf libkvengine.so.0 $(DESTDIR)$(PREFIX)/lib/libkvengine.so
+	install -m 0644 engine/kv.h $(DESTDIR)$(PREFIX)/include/kvfs/kv.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/#define KV_VERSION_STRING "\(.*\)"/\1/p' engine/kv.h)|g' \
+	    mount/kvfs.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/kvfs.pc
+	[ ! -f docs/kvfs.1 ] || install -m 0644 docs/kvfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/kvfs.1
+	[ ! -f mount/mount.kvfs ] || install -m 0755 mount/mount.kvfs $(DESTDIR)/sbin/mount.fuse.kvfs
+	[ ! -f mount/kvfs.bash-completion ] || install -m 0644 mount/kvfs.bash-completion \
+	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kvfs
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,92 @@
+/*
+ * env.h — the environment: every file and directory operation the engine performs goes through a kv_env.
+ *
+ * Invariants
+ *  - Engine code never calls open/read/write/fsync/rename/unlink directly; it calls these functions, so that a test
+ *    can substitute an environment that injects faults (env_fault.c) or simulates a power loss.
+ *  - Every function returns KV_OK or a negative KV_E* code and, on failure, sets the thread's error message with the
+ *    path (kv_set_error). ENOSPC and EDQUOT map to KV_ENOSPC, ENOENT to KV_ENOTFOUND, everything else to KV_EIO.
+ *  - A kv_file belongs to the environment that opened it; it is used from one thread at a time for appends, while
+ *    read_at may be called from many threads at once (pread semantics).
+ */
+#ifndef KV_ENV_H
+#define KV_ENV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kv_file kv_file; /* opaque; each environment defines its own */
+
+typedef struct kv_env {
+    /* Open an existing file for random-access reads. */
+    int (*open_read)(struct kv_env *env, const char *path, kv_file **out);
+    /* Create a file (truncating an existing one) for appending. */
+    int (*open_write)(struct kv_env *env, const char *path, kv_file **out);
+    /* Open an existing file for appending at its end (created if missing). */
+    int (*open_append)(struct kv_env *env, const char *path, kv_file **out);
+    /* Read up to len bytes at off; *nread < len only at end of file. */
+    int (*read_at)(struct kv_env *env, kv_file *f, uint64_t off, void *buf, size_t len, size_t *nread);
+    /* Append all len bytes (a short write is an error: the file may then hold a prefix of buf). */
+    int (*append)(struct kv_env *env, kv_file *f, const void *buf, size_t len);
+    /* Make the file's data durable (fdatasync). */
+    int (*sync)(struct kv_env *env, kv_file *f);
+    int (*size)(struct kv_env *env, kv_file *f, uint64_t *size);
+    /* Close and free f (also after an error). */
+    int (*close)(struct kv_env *env, kv_file *f);
+
+    int (*file_size)(struct kv_env *env, const char *path, uint64_t *size);
+    /* 1 if path exists, 0 if not, negative on error. */
+    int (*exists)(struct kv_env *env, const char *path);
+    int (*remove)(struct kv_env *env, const char *path);
+    int (*rename)(struct kv_env *env, const char *from, const char *to); /* atomic, replaces to */
+    int (*link)(struct kv_env *env, const char *from, const char *to);   /* hard link; KV_EIO if unsupported */
+    int (*truncate)(struct kv_env *env, const char *path, uint64_t size);
+    int (*mkdir)(struct kv_env *env, const char *path, int mode);        /* KV_OK also if it exists */
+    int (*rmdir)(struct kv_env *env, const char *path);
+    /* Names in a directory (no "." or ".."), malloc'ed array of malloc'ed strings; free with kv_env_free_names. */
+    int (*list_dir)(struct kv_env *env, const char *path, char ***names, size_t *n);
+    /* fsync a directory, making creations, renames and removals in it durable. */
+    int (*sync_dir)(struct kv_env *env, const char *path);
+    /* Take an exclusive advisory lock on path (created if missing): KV_EBUSY when another holder has it. */
+    int (*lock)(struct kv_env *env, const char *path, kv_file **lock);
+    int (*unlock)(struct kv_env *env, kv_file *lock);
+    /* Free the environment itself (no-op for the shared POSIX one). */
+    void (*destroy)(struct kv_env *env);
+} kv_env;
+
+/* The real file system. A process-wide singleton; never destroy it. */
+kv_env *kv_env_posix(void);
+void kv_env_free_names(char **names, size_t n);
+
+/* ---- Fault injection (env_fault.c), for tests ----------------------------------------------------------------- */
+
+/* A fault-injecting environment wrapping base. Without any fault armed it behaves exactly like base. */
+kv_env *kv_fault_env_new(kv_env *base);
+
+typedef enum {
+    KV_FAULT_NONE = 0,
+    KV_FAULT_WRITE_EIO,   /* appends fail with KV_EIO, nothing written */
+    KV_FAULT_WRITE_SHORT, /* appends write half their bytes, then fail with KV_EIO */
+    KV_FAULT_ENOSPC,      /* appends and file creations fail with KV_ENOSPC */
+    KV_FAULT_SYNC_EIO,    /* sync and sync_dir fail with KV_EIO */
+    KV_FAULT_READ_EIO,    /* read_at fails with KV_EIO */
+} kv_fault_kind;
+
+/* Arm a fault: after `after` more successful operations of the affected kind, every further one fails as `kind`,
+ * for files whose path contains `path_substr` (NULL = all files), until kv_fault_env_clear(). */
+void kv_fault_env_arm(kv_env *env, kv_fault_kind kind, uint64_t after, const char *path_substr);
+void kv_fault_env_clear(kv_env *env);
+/* Count of operations that failed because of an armed fault. */
+uint64_t kv_fault_env_failures(kv_env *env);
+
+/* Simulated power loss. kv_fault_env_crash() makes every later write, sync, creation, rename and removal through
+ * this environment a silent no-op (returning KV_OK), as if the machine stopped: the store can then be closed and
+ * freed. kv_fault_env_apply_crash() then rewinds the real files to what a power loss would have left: each file
+ * written through the environment is cut back to its size at its last sync; files created, renamed or removed since
+ * the last sync_dir of their directory are removed / renamed back / restored as far as tracked. After it the
+ * environment works normally again. */
+void kv_fault_env_crash(kv_env *env);
+int kv_fault_env_apply_crash(kv_env *env);
+
+#endif /* KV_ENV_H */

@@ -1,0 +1,24 @@
+/* iter.c — the empty iterator (see iter.h). */
+#include "iter.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    iter base;
+    int status;
+} empty_iter;
+
+static bool e_valid(iter *it) { (void)it; return false; }
+static void e_nop(iter *it) { (void)it; }
+static void e_seek(iter *it, const uint8_t *k, size_t n) { (void)it; (void)k; (void)n; }
+static const uint8_t *e_kv(iter *it, size_t *n) { (void)it; *n = 0; return NULL; }
+static int e_status(iter *it) { return ((empty_iter *)it)->status; }
+static void e_destroy(iter *it) { free(it); }
+
+iter *iter_empty(int status) {
+    empty_iter *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->base = (iter){e_valid, e_nop, e_nop, e_seek, e_nop, e_nop, e_kv, e_kv, e_status, e_destroy};
+    e->status = status;
+    return &e->base;
+}

@@ -1,0 +1,305 @@
+/*
+ * kv.h — the public interface of the kvfs storage engine (an LSM-tree key-value store).
+ *
+ * This is the engine's only public header. Everything here is thread-safe unless a comment says otherwise.
+ *
+ * Conventions
+ *  - Keys and values are arbitrary bytes. Keys are 1 .. KV_MAX_KEY bytes; values 0 .. 2^63 bytes (64-bit sizes).
+ *  - Every function that can fail returns an int status: KV_OK (0) or a negative KV_E* code. kv_strerror() names a
+ *    code; kv_errmsg() returns the detail of the last failure on the calling thread (which file, which offset).
+ *  - Buffers the engine returns (kv_buf) are malloc'ed and released with kv_buf_free().
+ *  - A store has keyspaces 0..255. Keyspace 0 is the user's: every call without a keyspace argument uses it, and
+ *    tools show only it. Other keyspaces hold data that lives beside it (kvfs keeps file attributes in keyspace 1).
+ *  - The engine never calls exit() or abort() on bad input or on a corrupt file: it returns KV_ECORRUPT.
+ */
+#ifndef KV_H
+#define KV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KV_VERSION_STRING "0.1.0"
+#define KV_MAX_KEY (64u * 1024u)  /* longest key, bytes */
+#define KV_MAX_LEVELS 7
+
+/* Status codes. */
+enum {
+    KV_OK = 0,
+    KV_ENOTFOUND = -1,  /* key absent (also: no such store, when create_if_missing is false) */
+    KV_ECORRUPT = -2,   /* a checksum, magic number or structure check failed; kv_errmsg() names file+offset */
+    KV_EIO = -3,        /* the operating system reported an I/O error */
+    KV_EINVAL = -4,     /* bad argument (empty or oversized key, NULL pointer, bad option) */
+    KV_ENOSPC = -5,     /* the disk is full; the store stays consistent and writes work again once space is freed */
+    KV_ECLOSED = -6,    /* the handle was closed */
+    KV_ENOMEM = -7,     /* out of memory */
+    KV_EEVICTED = -8,   /* the batch log no longer holds that sequence number */
+    KV_EAMBIGUOUS = -9, /* more than one key has that prefix */
+    KV_EBUSY = -10,     /* the store is locked by another process */
+    KV_EEXIST = -11,    /* the store exists and error_if_exists was set */
+    KV_EREADONLY = -12, /* a write on a store opened read-only */
+    KV_EINTERRUPTED = -13, /* a long operation stopped because its progress callback asked it to */
+};
+
+const char *kv_strerror(int code);
+/* The detail of the last error returned to this thread, e.g. "000012.sst: bad block checksum at offset 8192".
+ * Never NULL; "" when there is none. Valid until the thread's next engine call. */
+const char *kv_errmsg(void);
+
+/* ---- Options ------------------------------------------------------------------------------------------------- */
+
+struct kv_env; /* the file-system environment (engine/env.h); NULL means the real POSIX one */
+
+typedef struct kv_options {
+    bool create_if_missing;      /* default true */
+    bool error_if_exists;        /* default false */
+    bool read_only;              /* open without writing anything; writes return KV_EREADONLY */
+    size_t memtable_bytes;       /* size at which the memtable is frozen and flushed; default 8 MiB */
+    int max_immutable;           /* frozen memtables allowed to wait for flush before writers wait; default 2 */
+    size_t block_bytes;          /* target uncompressed data block size; default 4096 */
+    int block_restart_interval;  /* keys between restart points in a block; default 16 */
+    bool compression;            /* zlib-compress blocks when it saves >= 1/8; default true */
+    int bloom_bits_per_key;      /* 0 disables bloom filters; default 10 (about 1% false positives) */
+    size_t block_cache_bytes;    /* default 32 MiB */
+    int max_open_tables;         /* table files kept open; default 256 */
+    uint64_t table_bytes;        /* target SSTable size; default 4 MiB */
+    int l0_compaction_trigger;   /* level-0 files that start a compaction; default 4 */
+    int l0_slowdown_trigger;     /* level-0 files at which each write is delayed 1 ms; default 12 */
+    int l0_stop_trigger;         /* level-0 files at which writes wait; default 20 */
+    uint64_t level1_bytes;       /* size limit of level 1; each deeper level is level_multiplier times larger;
+                                    default 32 MiB */
+    int level_multiplier;        /* default 10 */
+    uint64_t blob_threshold;     /* values of at least this many bytes live in blob files; default 64 KiB */
+    uint64_t blob_file_bytes;    /* a blob file is closed and a new one started past this size; default 256 MiB */
+    double blob_gc_ratio;        /* background GC rewrites a blob file whose garbage share exceeds this; default 0.5 */
+    uint64_t batch_log_max_batches; /* batch log retention by count; 0 with batch_log_max_bytes 0 = log off */
+    uint64_t batch_log_max_bytes;   /* batch log retention by bytes; 0 = no byte limit */
+    bool background_threads;     /* default true; false runs flush/compaction inline (deterministic tests) */
+    struct kv_env *env;          /* default NULL = POSIX */
+} kv_options;
+
+/* Fill *o with the defaults above. Always call it before changing fields. */
+void kv_options_init(kv_options *o);
+
+/* ---- Handles and basic operations ---------------------------------------------------------------------------- */
+
+typedef struct kv_db kv_db;
+typedef struct kv_snapshot kv_snapshot;
+typedef struct kv_batch kv_batch;
+typedef struct kv_iter kv_iter;
+typedef struct kv_stream kv_stream;
+
+typedef struct kv_buf {
+    void *data;    /* malloc'ed (NULL when len is 0 or after kv_buf_free) */
+    uint64_t len;
+} kv_buf;
+void kv_buf_free(kv_buf *b);
+
+/* Write flags. */
+#define KV_SYNC 1u /* the call returns once the write is on disk (fsync); without it, once it is in the OS */
+
+/* Read options: which snapshot (NULL = latest) and which keyspace. Pass NULL for {latest, keyspace 0}. */
+typedef struct kv_read_opts {
+    const kv_snapshot *snapshot;
+    uint8_t keyspace;
+} kv_read_opts;
+
+/* Open (or create) the store in directory dir. opts may be NULL for defaults. Takes an exclusive lock on the
+ * directory: a second open of the same store, in this process or another, returns KV_EBUSY. */
+int kv_open(const char *dir, const kv_options *opts, kv_db **out);
+
+/* Close: flushes what is pending to the write-ahead log, stops background work, releases files and memory.
+ * Waits for threads still inside the engine to leave it. The handle stays valid (a few bytes): later calls on it
+ * return KV_ECLOSED. Release it with kv_free(). Closing twice returns KV_ECLOSED. */
+int kv_close(kv_db *db);
+/* Free a handle. Closes it first if it is still open. No call may use it afterwards. */
+void kv_free(kv_db *db);
+
+int kv_put(kv_db *db, const void *key, size_t klen, const void *val, uint64_t vlen, unsigned flags);
+int kv_delete(kv_db *db, const void *key, size_t klen, unsigned flags);
+/* KV_OK with the value in *out, or KV_ENOTFOUND. For values too large to hold, use kv_read_range(). */
+int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out);
+/* 1 when present, 0 when absent, negative on error. */
+int kv_contains(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen);
+
+typedef struct kv_slice {
+    const void *data;
+    size_t len;
+} kv_slice;
+/* Look up n keys at one snapshot. vals[i] gets the value, status[i] KV_OK or KV_ENOTFOUND (or an error).
+ * Returns KV_OK unless the call itself failed. */
+int kv_get_many(kv_db *db, const kv_read_opts *ro, size_t n, const kv_slice *keys, kv_buf *vals, int *status);
+
+/* Metadata of one entry without reading its value. */
+typedef struct kv_info {
+    uint64_t size;         /* value length in bytes */
+    int64_t timestamp_ms;  /* wall-clock time of the write, milliseconds since the epoch */
+    uint64_t sequence;     /* sequence number of the batch that wrote it */
+    bool external;         /* the value lives in a blob file */
+} kv_info;
+int kv_stat(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_info *info);
+
+/* Read len bytes of a value from offset off into buf; *nread gets the count (short at the end of the value). */
+int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, uint64_t off, void *buf,
+                  size_t len, size_t *nread);
+
+/* ---- Write batches (atomic: all or nothing) ------------------------------------------------------------------ */
+
+int kv_batch_new(kv_batch **out);
+void kv_batch_free(kv_batch *b);
+void kv_batch_clear(kv_batch *b);
+size_t kv_batch_count(const kv_batch *b);
+int kv_batch_put(kv_batch *b, const void *key, size_t klen, const void *val, uint64_t vlen);
+int kv_batch_delete(kv_batch *b, const void *key, size_t klen);
+int kv_batch_put_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen);
+int kv_batch_delete_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen);
+/* Move the value of (from_ks, from) to (to_ks, to) without copying a large value's bytes; the source is deleted.
+ * If the source is absent when the batch commits, kv_write fails with KV_ENOTFOUND and nothing is applied. */
+int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
+                  size_t tlen);
+/* Replace bytes [off, off+len) of the value with data, extending it if needed (a gap reads as zeros); an absent
+ * key starts as an empty value. Only the written bytes are stored anew, even in a large value. */
+int kv_batch_write_at(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
+                      size_t len);
+/* Set the value's length: cut it, or extend it with zeros (a hole, costing no space). Absent key: created. */
+int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
+/* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. */
+int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s);
+
+/* Apply a batch atomically. It gets the next sequence number (returned in *seq, which may be NULL). */
+int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
+/* Make everything written so far durable (fsync). */
+int kv_sync(kv_db *db);
+/* The sequence number of the last visible batch (0 for a new store). */
+uint64_t kv_current_sequence(kv_db *db);
+
+/* ---- Streams: write a large value in pieces without holding it in memory ------------------------------------- */
+
+int kv_stream_new(kv_db *db, kv_stream **out);
+int kv_stream_append(kv_stream *s, const void *data, size_t len);
+uint64_t kv_stream_size(const kv_stream *s);
+/* Free a stream; bytes of a stream never put become garbage that blob GC reclaims. */
+void kv_stream_free(kv_stream *s);
+
+/* ---- Snapshots and iterators --------------------------------------------------------------------------------- */
+
+int kv_snapshot_new(kv_db *db, kv_snapshot **out);
+void kv_snapshot_release(kv_db *db, kv_snapshot *s);
+uint64_t kv_snapshot_sequence(const kv_snapshot *s);
+
+/* An iterator over one keyspace at one snapshot (ro may be NULL). Not thread-safe: one thread at a time. */
+int kv_iter_new(kv_db *db, const kv_read_opts *ro, kv_iter **out);
+void kv_iter_free(kv_iter *it);
+void kv_iter_seek_first(kv_iter *it);
+void kv_iter_seek_last(kv_iter *it);
+void kv_iter_seek(kv_iter *it, const void *key, size_t klen);          /* first key >= key */
+void kv_iter_seek_for_prev(kv_iter *it, const void *key, size_t klen); /* last key <= key */
+bool kv_iter_valid(const kv_iter *it);
+void kv_iter_next(kv_iter *it);
+void kv_iter_prev(kv_iter *it);
+const void *kv_iter_key(const kv_iter *it, size_t *klen);
+/* The current value. Pointer valid until the iterator moves. A blob value is read in full: check the size with
+ * kv_iter_info() and use kv_read_range() for values too large to hold. */
+int kv_iter_value(kv_iter *it, const void **val, uint64_t *vlen);
+int kv_iter_info(kv_iter *it, kv_info *info);
+/* KV_OK, or the error that made the iterator invalid. */
+int kv_iter_status(const kv_iter *it);
+
+/* Streaming range scan: cb is called for each key in [start, end] (end inclusive; elen 0 = unbounded; slen 0 =
+ * from the first key), ascending if forward, else descending from end down to start, at most limit keys
+ * (0 = no limit). Stops early when cb returns non-zero. Memory use does not depend on the number of keys. */
+typedef int (*kv_scan_fn)(void *ctx, const void *key, size_t klen, const void *val, uint64_t vlen);
+int kv_range_scan(kv_db *db, const kv_read_opts *ro, const void *start, size_t slen, const void *end, size_t elen,
+                  uint64_t limit, bool forward, kv_scan_fn cb, void *ctx);
+int kv_prefix_scan(kv_db *db, const kv_read_opts *ro, const void *prefix, size_t plen, uint64_t limit,
+                   bool forward, kv_scan_fn cb, void *ctx);
+
+/* ---- Prefix resolution --------------------------------------------------------------------------------------- */
+
+/* The one key starting with prefix (in *key): KV_OK; KV_ENOTFOUND; or KV_EAMBIGUOUS, with the first two
+ * candidates in *key and *second (second may be NULL). Reads at most two keys. */
+int kv_resolve_prefix(kv_db *db, const kv_read_opts *ro, const void *prefix, size_t plen, kv_buf *key,
+                      kv_buf *second);
+/* The length of the shortest prefix of key that no other key shares. The key must exist (else KV_ENOTFOUND).
+ * When key is itself a prefix of another key no such prefix exists: *plen is klen and the result KV_EAMBIGUOUS. */
+int kv_shortest_unique_prefix(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, size_t *plen);
+
+/* ---- Batch log (change feed) --------------------------------------------------------------------------------- */
+
+enum { KV_OP_PUT = 1, KV_OP_DELETE = 2 };
+typedef struct kv_logged_op {
+    int type;            /* KV_OP_PUT or KV_OP_DELETE */
+    uint8_t keyspace;
+    void *key;
+    size_t klen;
+    void *val;           /* NULL for deletes and for values kept in blob files (external) */
+    uint64_t vlen;       /* the value's length (also for external values) */
+    bool external;
+} kv_logged_op;
+typedef struct kv_logged_batch {
+    uint64_t sequence;
+    int64_t timestamp_ms;
+    size_t nops;
+    kv_logged_op *ops;
+} kv_logged_batch;
+
+/* The batch committed with sequence seq: KV_OK, KV_EEVICTED (pruned, or the log is off), or KV_ENOTFOUND (seq is
+ * beyond the current sequence). */
+int kv_get_batch(kv_db *db, uint64_t seq, kv_logged_batch **out);
+void kv_logged_batch_free(kv_logged_batch *b);
+/* The oldest sequence still retained; KV_ENOTFOUND when the log is empty or off. */
+int kv_oldest_retained_batch(kv_db *db, uint64_t *seq);
+/* Drop every batch with a sequence number below cutoff. */
+int kv_prune_batch_log(kv_db *db, uint64_t cutoff);
+
+/* ---- Maintenance: check, compact, checkpoint, statistics ----------------------------------------------------- */
+
+/* Progress: done out of total units (bytes); return non-zero to stop the operation (KV_EINTERRUPTED). */
+typedef int (*kv_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+/* One problem found by kv_check: the file (name within the store directory), the offset, a description. */
+typedef void (*kv_problem_fn)(void *ctx, const char *file, uint64_t offset, const char *what);
+
+/* Read every file of the store and verify every checksum and the order of keys. *problems gets the count of
+ * problems reported through problem_cb (which may be NULL). Returns KV_OK when none, KV_ECORRUPT otherwise. */
+int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, void *ctx, uint64_t *problems);
+/* Compact the user keys in [start, end] of keyspace 0 (NULL/0 = unbounded) through every level. */
+int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end, size_t elen,
+                     kv_progress_fn progress_cb, void *ctx);
+/* Reclaim blob-file space whose values were overwritten or deleted (files with garbage share > min_ratio). */
+int kv_blob_gc(kv_db *db, double min_ratio);
+/* A consistent copy of the store in dest (created; must not exist), openable as a store. Immutable files are
+ * hard-linked when dest is on the same file system, copied otherwise. */
+int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void *ctx);
+
+typedef struct kv_stats {
+    uint64_t level_files[KV_MAX_LEVELS];
+    uint64_t level_bytes[KV_MAX_LEVELS];
+    uint64_t memtable_bytes;      /* active + frozen memtables */
+    uint64_t immutable_memtables;
+    uint64_t estimated_keys;      /* entries in tables and memtables (versions and tombstones included) */
+    uint64_t cache_hits, cache_misses;
+    uint64_t cache_bytes, cache_capacity;
+    uint64_t user_bytes_written;  /* keys + values handed to kv_write */
+    uint64_t wal_bytes_written;
+    uint64_t flush_bytes_written;
+    uint64_t compaction_bytes_written;
+    uint64_t compaction_bytes_read;
+    uint64_t blob_bytes_written;
+    uint64_t blob_files, blob_bytes, blob_garbage_bytes;
+    double write_amplification;   /* (wal + flush + compaction + blob bytes) / user bytes */
+    uint64_t stall_micros;        /* time writers spent slowed down or waiting for flush/compaction */
+    uint64_t flushes, compactions;
+    uint64_t last_sequence;
+    uint64_t batch_log_oldest, batch_log_newest; /* 0, 0 when the log is empty or off */
+    uint64_t disk_bytes;          /* all files of the store */
+} kv_stats;
+int kv_get_stats(kv_db *db, kv_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KV_H */

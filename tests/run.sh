@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# tests/run.sh — run every unit test program (sanitizer build) and every bats file (normal build, real mounts),
+# then print the summary line "N passed, N failed" and exit non-zero if anything failed.
+#   KVFS_SKIP_UNIT=1 / KVFS_SKIP_BATS=1   run only one half
+#   KVFS_TEST_FILTER=word                 only unit programs / bats files whose name contains word
+set -u
+cd "$(dirname "$0")/.."
+passed=0
+failed=0
+log=$(mktemp -d /tmp/kvfs-tests.XXXXXX)
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+filter=${KVFS_TEST_FILTER:-}
+
+# count TAP lines of one output file; a program that died without its summary counts as one more failure
+tally() { # file exit_code label
+    local p f
+    p=$(grep -cE '^ok ' "$1")
+    f=$(grep -cE '^not ok ' "$1")
+    if [ "$2" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+        echo "not ok - $3 exited with status $2 (see output above)"
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+
+if [ -z "${KVFS_SKIP_UNIT:-}" ]; then
+    for t in build-san/tests/test_*; do
+        [ -x "$t" ] || continue
+        case "$t" in *"$filter"*) ;; *) continue ;; esac
+        name=$(basename "$t")
+        echo "=== unit: $name"
+        out="$log/$name.out"
+        "$t" > "$out" 2>&1
+        rc=$?
+        grep -vE '^ok ' "$out" | head -n 200
+        tally "$out" "$rc" "$name"
+        echo "    $(grep -cE '^ok ' "$out") ok, $(grep -cE '^not ok ' "$out") not ok"
+    done
+fi
+
+if [ -z "${KVFS_SKIP_BATS:-}" ]; then
+    for b in tests/bats/*.bats; do
+        [ -f "$b" ] || continue
+        case "$b" in *"$filter"*) ;; *) continue ;; esac
+        name=$(basename "$b")
+        echo "=== bats: $name"
+        out="$log/$name.out"
+        bats --tap "$b" > "$out" 2>&1 < /dev/null
+        rc=$?
+        grep -vE '^ok ' "$out" | head -n 200
+        tally "$out" "$rc" "$name"
+        echo "    $(grep -cE '^ok ' "$out") ok, $(grep -cE '^not ok ' "$out") not ok"
+    done
+fi
+
+rm -rf "$log"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

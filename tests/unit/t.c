@@ -1,0 +1,82 @@
+/* t.c — the unit-test runner (see t.h). */
+#include "t.h"
+
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define T_MAX 1024
+static struct { const char *name; void (*fn)(void); } tests[T_MAX];
+static int ntests;
+static bool cur_failed;
+static char tmp_root[256];
+static int tmp_count;
+
+void t_register(const char *name, void (*fn)(void)) {
+    if (ntests < T_MAX) tests[ntests++].name = name, tests[ntests - 1].fn = fn;
+}
+
+void t_fail(const char *file, int line, const char *fmt, ...) {
+    if (cur_failed) return;
+    cur_failed = true;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "# FAIL %s:%d: ", file, line);
+    vfprintf(stdout, fmt, ap);
+    fprintf(stdout, "\n");
+    va_end(ap);
+    fflush(stdout);
+}
+
+bool t_failed(void) { return cur_failed; }
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+void t_rmrf(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+static void cleanup(void) {
+    if (tmp_root[0] && !getenv("KVFS_KEEP_TMP")) t_rmrf(tmp_root);
+}
+
+const char *t_tmpdir(void) {
+    static char path[300];
+    if (!tmp_root[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(tmp_root, sizeof tmp_root, "%s/kvfs-unit-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(tmp_root)) { perror("mkdtemp"); exit(2); }
+        atexit(cleanup);
+    }
+    snprintf(path, sizeof path, "%s/%d", tmp_root, ++tmp_count);
+    if (mkdir(path, 0700) != 0) { perror("mkdir"); exit(2); }
+    return path;
+}
+
+uint64_t t_seed(void) {
+    const char *s = getenv("KVFS_SEED");
+    return s && *s ? strtoull(s, NULL, 0) : 0x5eed1234abcdULL;
+}
+
+uint64_t t_rand(uint64_t *state) {
+    uint64_t x = *state ? *state : 88172645463325252ULL;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *state = x;
+    return x * 2685821657736338717ULL;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    int passed = 0, failed = 0, n = 0;
+    for (int i = 0; i < ntests; i++) {
+        if (argc > 1 && !strstr(tests[i].name, argv[1])) continue;
+        cur_failed = false;
+        tests[i].fn();
+        n++;
+        if (cur_failed) { printf("not ok %d %s\n", n, tests[i].name); failed++; }
+        else { printf("ok %d %s\n", n, tests[i].name); passed++; }
+    }
+    printf("# %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
