@@ -34,7 +34,7 @@ void block_builder_init(block_builder *b, int restart_interval);
 int block_builder_add(block_builder *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
 size_t block_builder_size(const block_builder *b); /* size the finished block would have */
 bool block_builder_empty(const block_builder *b);
-/* Append the restart array; *data/*len valid until reset or free. */
+/* Append the restart array; *data and *len stay valid until reset or free. */
 void block_builder_finish(block_builder *b, const uint8_t **data, size_t *len);
 void block_builder_reset(block_builder *b);
 void block_builder_free(block_builder *b);
@@ -55,5 +55,11 @@ void block_free(block *b);
 /* An iterator over b's entries (compared with ikey_cmp). release(arg) is called when it is destroyed (to release
  * the cache handle that keeps b alive); release may be NULL. */
 iter *block_iter_new(const block *b, void (*release)(void *arg), void *arg);
+/* The point-lookup path, without allocating an iterator: find the first entry >= target (an internal key). Returns
+ * 1 with *val and *vlen pointing into b (and *trailer, if not NULL, set to the entry's trailer), 0 when every entry is
+ * < target or, with same_ukey, when that entry's user key differs from target's; KV_ECORRUPT (message set) when a
+ * decoded entry is malformed. */
+int block_seek_value(const block *b, const uint8_t *target, size_t tlen, bool same_ukey, uint64_t *trailer,
+                     const uint8_t **val, size_t *vlen);
 
 #endif /* KV_BLOCK_H */

@@ -31,7 +31,7 @@ void memtable_unref(memtable *m);
 /* Add an entry. ukey = keyspace||user key; val = encoded entry value (dbformat.h). KV_OK or KV_ENOMEM. */
 int memtable_add(memtable *m, uint64_t seq, int type, const uint8_t *ukey, size_t ulen, const uint8_t *val,
                  size_t vlen);
-/* The newest entry for ukey with sequence <= seq: returns 1 and fills *type, *val/*vlen (valid while the memtable is
+/* The newest entry for ukey with sequence <= seq: returns 1 and fills *type, *val and *vlen (valid while the memtable is
  * referenced) and *found_seq; 0 when the memtable has no such entry. */
 int memtable_get(memtable *m, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, const uint8_t **val,
                  size_t *vlen, uint64_t *found_seq);

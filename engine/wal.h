@@ -40,7 +40,7 @@ int wal_writer_close(wal_writer *w);           /* frees w; does not sync */
 typedef struct wal_reader wal_reader;
 /* name is used in error messages (e.g. "000007.log"). */
 int wal_reader_open(kv_env *env, const char *path, const char *name, wal_reader **out);
-/* Next record: KV_OK with *payload/*len (valid until the next call) and *offset (the record's file offset);
+/* Next record: KV_OK with *payload, *len (valid until the next call) and *offset (the record's file offset);
  * KV_ENOTFOUND at the end of the log (clean end or torn tail); KV_ECORRUPT (message: file and offset) for a bad
  * record that is not the last one; KV_EIO on read errors. */
 int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset);

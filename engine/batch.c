@@ -1,0 +1,208 @@
+/*
+ * batch.c — write batches as the caller builds them, and the log record of a resolved batch.
+ *
+ * Invariants
+ *  - A kv_batch owns copies of every key and value handed to it (in one growing buffer, ops refer to offsets), so
+ *    the caller may reuse its buffers at once.
+ *  - Keys are validated when added (1..KV_MAX_KEY bytes): a bad key fails the add, never the commit.
+ *  - The record decoder checks every length against the record's end; a malformed record is KV_ECORRUPT.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+
+int kv_batch_new(kv_batch **out) {
+    if (!out) return kv_set_error(KV_EINVAL, "kv_batch_new: NULL out");
+    *out = calloc(1, sizeof(kv_batch));
+    return *out ? KV_OK : KV_ENOMEM;
+}
+
+void kv_batch_free(kv_batch *b) {
+    if (!b) return;
+    free(b->ops);
+    bytes_free(&b->data);
+    free(b);
+}
+
+void kv_batch_clear(kv_batch *b) {
+    if (!b) return;
+    b->n = 0;
+    b->reads = false;
+    bytes_clear(&b->data);
+}
+
+size_t kv_batch_count(const kv_batch *b) { return b ? b->n : 0; }
+
+static int check_key(const void *key, size_t klen) {
+    if (!key || klen == 0) return kv_set_error(KV_EINVAL, "empty key");
+    if (klen > KV_MAX_KEY) return kv_set_error(KV_EINVAL, "key of %zu bytes is longer than %u", klen, KV_MAX_KEY);
+    return KV_OK;
+}
+
+static batch_op *new_op(kv_batch *b, int kind) {
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 8;
+        batch_op *p = realloc(b->ops, cap * sizeof *p);
+        if (!p) return NULL;
+        b->ops = p;
+        b->cap = cap;
+    }
+    batch_op *op = &b->ops[b->n];
+    memset(op, 0, sizeof *op);
+    op->kind = (uint8_t)kind;
+    return op;
+}
+
+/* append bytes to the batch data, returning their offset in *off */
+static int add_bytes(kv_batch *b, const void *p, uint64_t n, size_t *off) {
+    if (n > SIZE_MAX / 2) return kv_set_error(KV_ENOMEM, "value of %" PRIu64 " bytes does not fit in memory", n);
+    *off = b->data.len;
+    if (n && !p) return kv_set_error(KV_EINVAL, "NULL value with non-zero length");
+    return bytes_append(&b->data, p, (size_t)n) ? kv_set_error(KV_ENOMEM, "out of memory building a batch") : KV_OK;
+}
+
+static int add_keyed(kv_batch *b, int kind, uint8_t ks, const void *key, size_t klen, batch_op **out) {
+    if (!b) return kv_set_error(KV_EINVAL, "NULL batch");
+    int rc = check_key(key, klen);
+    if (rc) return rc;
+    size_t koff;
+    rc = add_bytes(b, key, klen, &koff);
+    if (rc) return rc;
+    batch_op *op = new_op(b, kind);
+    if (!op) return KV_ENOMEM;
+    op->ks = ks;
+    op->key_off = koff;
+    op->klen = klen;
+    *out = op;
+    return KV_OK;
+}
+
+/* ops are committed to b->n only when fully built, so a failed add leaves the batch as it was (bar spare data) */
+#define COMMIT_OP(b) ((b)->n++)
+
+int kv_batch_put_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen) {
+    batch_op *op;
+    int rc = add_keyed(b, BOP_PUT, ks, key, klen, &op);
+    if (rc) return rc;
+    size_t voff;
+    rc = add_bytes(b, val, vlen, &voff);
+    if (rc) return rc;
+    op = &b->ops[b->n];
+    op->data_off = voff;
+    op->len = vlen;
+    COMMIT_OP(b);
+    return KV_OK;
+}
+
+int kv_batch_delete_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen) {
+    batch_op *op;
+    int rc = add_keyed(b, BOP_DELETE, ks, key, klen, &op);
+    if (rc) return rc;
+    COMMIT_OP(b);
+    return KV_OK;
+}
+
+int kv_batch_put(kv_batch *b, const void *key, size_t klen, const void *val, uint64_t vlen) {
+    return kv_batch_put_ks(b, 0, key, klen, val, vlen);
+}
+
+int kv_batch_delete(kv_batch *b, const void *key, size_t klen) { return kv_batch_delete_ks(b, 0, key, klen); }
+
+int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
+                  size_t tlen) {
+    batch_op *op;
+    int rc = check_key(to, tlen);
+    if (rc) return rc;
+    rc = add_keyed(b, BOP_MOVE, from_ks, from, flen, &op);
+    if (rc) return rc;
+    size_t off;
+    rc = add_bytes(b, to, tlen, &off);
+    if (rc) return rc;
+    op = &b->ops[b->n];
+    op->ks2 = to_ks;
+    op->key2_off = off;
+    op->k2len = tlen;
+    COMMIT_OP(b);
+    b->reads = true;
+    return KV_OK;
+}
+
+int kv_batch_write_at(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
+                      size_t len) {
+    if (off > UINT64_MAX - len) return kv_set_error(KV_EINVAL, "write_at: offset + length overflows");
+    batch_op *op;
+    int rc = add_keyed(b, BOP_WRITE_AT, ks, key, klen, &op);
+    if (rc) return rc;
+    size_t doff;
+    rc = add_bytes(b, data, len, &doff);
+    if (rc) return rc;
+    op = &b->ops[b->n];
+    op->off = off;
+    op->data_off = doff;
+    op->len = len;
+    COMMIT_OP(b);
+    b->reads = true;
+    return KV_OK;
+}
+
+int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {
+    batch_op *op;
+    int rc = add_keyed(b, BOP_TRUNCATE, ks, key, klen, &op);
+    if (rc) return rc;
+    op->off = size;
+    COMMIT_OP(b);
+    b->reads = true;
+    return KV_OK;
+}
+
+int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s) {
+    if (!s) return kv_set_error(KV_EINVAL, "NULL stream");
+    batch_op *op;
+    int rc = add_keyed(b, BOP_PUT_STREAM, ks, key, klen, &op);
+    if (rc) return rc;
+    op->stream = s;
+    COMMIT_OP(b);
+    return KV_OK;
+}
+
+/* ---- the log record --------------------------------------------------------------------------------------------- */
+
+int batch_record_decode(const uint8_t *rec, size_t len, uint64_t *seq, int64_t *ts, size_t *count,
+                        const uint8_t **ops, const char *name, uint64_t offset) {
+    const uint8_t *lim = rec + len, *p;
+    uint64_t t, n;
+    if (len < 8) goto bad;
+    *seq = get_fixed64(rec);
+    p = get_varint64(rec + 8, lim, &t);
+    if (!p) goto bad;
+    p = get_varint64(p, lim, &n);
+    if (!p || n > len) goto bad;
+    *ts = (int64_t)t;
+    *count = (size_t)n;
+    *ops = p;
+    return KV_OK;
+bad:
+    return kv_set_error(KV_ECORRUPT, "%s: malformed batch record at offset %" PRIu64, name, offset);
+}
+
+const uint8_t *batch_record_next_op(const uint8_t *p, const uint8_t *lim, resolved_op *op) {
+    if (p >= lim) return NULL;
+    op->type = *p++;
+    if (op->type != KV_TYPE_VALUE && op->type != KV_TYPE_DELETE && op->type != KV_TYPE_BLOB) return NULL;
+    uint64_t n;
+    p = get_lenprefixed(p, lim, &op->ukey, &n);
+    if (!p || n < 2) return NULL;
+    op->ulen = (size_t)n;
+    op->payload = NULL;
+    op->plen = 0;
+    if (op->type != KV_TYPE_DELETE) {
+        p = get_lenprefixed(p, lim, &op->payload, &n);
+        if (!p) return NULL;
+        op->plen = (size_t)n;
+    }
+    return p;
+}

@@ -1,0 +1,413 @@
+/*
+ * batchlog.c — the batch log (change feed): the committed batches, kept by sequence number.
+ *
+ * Files BATCHLOG-NNNNNN in the store directory are record logs (wal.h) whose records are the batches' log records
+ * (fixed64 sequence first), in increasing sequence order; a new file is started past BATCHLOG_FILE_BYTES and at
+ * every open (never appending after a possibly torn tail).
+ *
+ * Invariants
+ *  - floor: every batch below it counts as evicted, even while a file still holds it. It only grows: by retention
+ *    (count: newest - max_batches + 1; bytes: whole oldest files dropped) and by prune. Pruning is recorded in the
+ *    manifest by the caller; retention recomputes at open.
+ *  - A file is deleted once every batch in it is below the floor (never the file being written).
+ *  - With retention off nothing is written or deleted and every lookup answers KV_EEVICTED.
+ *  - One mutex guards everything; the leader appends, readers look up, concurrently.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+
+#define BATCHLOG_FILE_BYTES (4u << 20)
+
+typedef struct bl_file {
+    uint64_t no, first_seq, last_seq, bytes;
+} bl_file;
+
+struct batchlog {
+    pthread_mutex_t mu;
+    kv_env *env;
+    char *dir;
+    uint64_t max_batches, max_bytes;
+    uint64_t floor;
+    bl_file *files;
+    size_t nfiles, cap;
+    wal_writer *w; /* appends to files[nfiles - 1] */
+    uint64_t next_no;
+    uint64_t total_bytes;
+};
+
+static void bl_path(const batchlog *bl, uint64_t no, char *buf, size_t n) {
+    snprintf(buf, n, "%s/BATCHLOG-%06" PRIu64, bl->dir, no);
+}
+
+bool batchlog_enabled(const batchlog *bl) { return bl && (bl->max_batches || bl->max_bytes); }
+
+/* Scan one file for its sequence range. */
+static int scan_file(batchlog *bl, bl_file *f) {
+    char path[4096], name[64];
+    bl_path(bl, f->no, path, sizeof path);
+    snprintf(name, sizeof name, "BATCHLOG-%06" PRIu64, f->no);
+    wal_reader *r;
+    int rc = wal_reader_open(bl->env, path, name, &r);
+    if (rc) return rc;
+    const uint8_t *rec;
+    size_t len;
+    uint64_t off;
+    f->first_seq = f->last_seq = 0;
+    while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
+        if (len < 8) continue;
+        uint64_t s = get_fixed64(rec);
+        if (!f->first_seq) f->first_seq = s;
+        f->last_seq = s;
+    }
+    f->bytes = wal_reader_valid_end(r);
+    wal_reader_close(r);
+    return rc == KV_ENOTFOUND ? KV_OK : rc;
+}
+
+static int cmp_file(const void *a, const void *b) {
+    const bl_file *x = a, *y = b;
+    return x->no < y->no ? -1 : x->no > y->no;
+}
+
+static void drop_below_floor(batchlog *bl) {
+    size_t keep = 0;
+    for (size_t i = 0; i < bl->nfiles; i++) {
+        bool active = bl->w && i == bl->nfiles - 1;
+        bl_file *f = &bl->files[i];
+        if (!active && (f->last_seq < bl->floor || f->first_seq == 0)) {
+            char path[4096];
+            bl_path(bl, f->no, path, sizeof path);
+            bl->env->remove(bl->env, path);
+            bl->total_bytes -= f->bytes;
+            continue;
+        }
+        bl->files[keep++] = *f;
+    }
+    bl->nfiles = keep;
+}
+
+int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t max_bytes, uint64_t floor,
+                  batchlog **out) {
+    batchlog *bl = calloc(1, sizeof *bl);
+    if (!bl) return KV_ENOMEM;
+    pthread_mutex_init(&bl->mu, NULL);
+    bl->env = env;
+    bl->dir = strdup(dir);
+    bl->max_batches = max_batches;
+    bl->max_bytes = max_bytes;
+    bl->floor = floor;
+    bl->next_no = 1;
+    if (!bl->dir) {
+        batchlog_close(bl);
+        return KV_ENOMEM;
+    }
+    char **names;
+    size_t n;
+    int rc = env->list_dir(env, dir, &names, &n);
+    if (rc) {
+        batchlog_close(bl);
+        return rc;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (strncmp(names[i], "BATCHLOG-", 9) != 0) continue;
+        uint64_t no = strtoull(names[i] + 9, NULL, 10);
+        if (no >= bl->next_no) bl->next_no = no + 1;
+        if (!batchlog_enabled(bl)) continue;
+        if (bl->nfiles == bl->cap) {
+            size_t cap = bl->cap ? bl->cap * 2 : 8;
+            bl_file *p = realloc(bl->files, cap * sizeof *p);
+            if (!p) { rc = KV_ENOMEM; break; }
+            bl->files = p;
+            bl->cap = cap;
+        }
+        bl_file *f = &bl->files[bl->nfiles];
+        f->no = no;
+        rc = scan_file(bl, f);
+        if (!rc) {
+            bl->total_bytes += f->bytes;
+            bl->nfiles++;
+        }
+    }
+    kv_env_free_names(names, n);
+    if (rc) {
+        batchlog_close(bl);
+        return rc;
+    }
+    if (bl->nfiles > 1) qsort(bl->files, bl->nfiles, sizeof *bl->files, cmp_file);
+    if (batchlog_enabled(bl)) {
+        uint64_t newest = batchlog_newest(bl);
+        if (bl->max_batches && newest >= bl->max_batches && newest + 1 - bl->max_batches > bl->floor)
+            bl->floor = newest + 1 - bl->max_batches;
+        drop_below_floor(bl);
+    }
+    *out = bl;
+    return KV_OK;
+}
+
+void batchlog_close(batchlog *bl) {
+    if (!bl) return;
+    if (bl->w) wal_writer_close(bl->w);
+    pthread_mutex_destroy(&bl->mu);
+    free(bl->files);
+    free(bl->dir);
+    free(bl);
+}
+
+uint64_t batchlog_newest(const batchlog *bl) {
+    for (size_t i = bl->nfiles; i > 0; i--)
+        if (bl->files[i - 1].last_seq) return bl->files[i - 1].last_seq;
+    return 0;
+}
+
+static int start_file(batchlog *bl) {
+    if (bl->nfiles == bl->cap) {
+        size_t cap = bl->cap ? bl->cap * 2 : 8;
+        bl_file *p = realloc(bl->files, cap * sizeof *p);
+        if (!p) return KV_ENOMEM;
+        bl->files = p;
+        bl->cap = cap;
+    }
+    char path[4096];
+    uint64_t no = bl->next_no++;
+    bl_path(bl, no, path, sizeof path);
+    wal_writer *w;
+    int rc = wal_writer_open(bl->env, path, &w);
+    if (rc) return rc;
+    if (bl->w) {
+        wal_sync(bl->w);
+        wal_writer_close(bl->w);
+    }
+    bl->w = w;
+    bl->files[bl->nfiles++] = (bl_file){no, 0, 0, 0};
+    return KV_OK;
+}
+
+int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
+    if (!batchlog_enabled(bl)) return KV_OK;
+    pthread_mutex_lock(&bl->mu);
+    int rc = KV_OK;
+    if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);
+    if (!rc) rc = wal_append(bl->w, rec, len);
+    if (!rc) {
+        bl_file *f = &bl->files[bl->nfiles - 1];
+        if (!f->first_seq) f->first_seq = seq;
+        f->last_seq = seq;
+        f->bytes += len + WAL_HEADER;
+        bl->total_bytes += len + WAL_HEADER;
+        if (bl->max_batches && seq >= bl->max_batches && seq + 1 - bl->max_batches > bl->floor)
+            bl->floor = seq + 1 - bl->max_batches;
+        while (bl->max_bytes && bl->total_bytes > bl->max_bytes && bl->nfiles > 1) {
+            if (bl->files[0].last_seq + 1 > bl->floor) bl->floor = bl->files[0].last_seq + 1;
+            drop_below_floor(bl);
+        }
+        drop_below_floor(bl);
+    } else if (bl->w) {
+        /* never append after a partial record: the next append starts a new file */
+        wal_writer_close(bl->w);
+        bl->w = NULL;
+    }
+    pthread_mutex_unlock(&bl->mu);
+    return rc;
+}
+
+int batchlog_sync(batchlog *bl) {
+    if (!bl) return KV_OK;
+    pthread_mutex_lock(&bl->mu);
+    int rc = bl->w ? wal_sync(bl->w) : KV_OK;
+    pthread_mutex_unlock(&bl->mu);
+    return rc;
+}
+
+static int decode_batch(const uint8_t *rec, size_t len, const char *name, uint64_t off, kv_logged_batch **out) {
+    uint64_t seq;
+    int64_t ts;
+    size_t count;
+    const uint8_t *p, *lim = rec + len;
+    int rc = batch_record_decode(rec, len, &seq, &ts, &count, &p, name, off);
+    if (rc) return rc;
+    kv_logged_batch *b = calloc(1, sizeof *b);
+    if (!b) return KV_ENOMEM;
+    b->sequence = seq;
+    b->timestamp_ms = ts;
+    b->ops = calloc(count ? count : 1, sizeof *b->ops);
+    if (!b->ops) {
+        free(b);
+        return KV_ENOMEM;
+    }
+    for (size_t i = 0; i < count; i++) {
+        resolved_op op;
+        p = batch_record_next_op(p, lim, &op);
+        if (!p) {
+            kv_logged_batch_free(b);
+            return kv_set_error(KV_ECORRUPT, "%s: malformed batch record at offset %" PRIu64, name, off);
+        }
+        kv_logged_op *o = &b->ops[b->nops++];
+        o->type = op.type == KV_TYPE_DELETE ? KV_OP_DELETE : KV_OP_PUT;
+        o->keyspace = op.ukey[0];
+        o->klen = op.ulen - 1;
+        o->key = malloc(o->klen);
+        if (!o->key) {
+            kv_logged_batch_free(b);
+            return KV_ENOMEM;
+        }
+        memcpy(o->key, op.ukey + 1, o->klen);
+        if (op.type == KV_TYPE_VALUE) {
+            o->vlen = op.plen;
+            o->val = malloc(op.plen ? op.plen : 1);
+            if (!o->val) {
+                kv_logged_batch_free(b);
+                return KV_ENOMEM;
+            }
+            memcpy(o->val, op.payload, op.plen);
+        } else if (op.type == KV_TYPE_BLOB) {
+            o->external = true;
+            uint64_t size = 0;
+            get_varint64(op.payload, op.payload + op.plen, &size);
+            o->vlen = size;
+        }
+    }
+    *out = b;
+    return KV_OK;
+}
+
+void kv_logged_batch_free(kv_logged_batch *b) {
+    if (!b) return;
+    for (size_t i = 0; i < b->nops; i++) {
+        free(b->ops[i].key);
+        free(b->ops[i].val);
+    }
+    free(b->ops);
+    free(b);
+}
+
+int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out) {
+    if (!batchlog_enabled(bl)) return kv_set_error(KV_EEVICTED, "the batch log is off");
+    pthread_mutex_lock(&bl->mu);
+    int rc = KV_EEVICTED;
+    bl_file *f = NULL;
+    for (size_t i = 0; i < bl->nfiles; i++)
+        if (bl->files[i].first_seq && bl->files[i].first_seq <= seq && seq <= bl->files[i].last_seq) f = &bl->files[i];
+    if (seq < bl->floor || !f) {
+        uint64_t oldest = 0;
+        pthread_mutex_unlock(&bl->mu);
+        batchlog_oldest(bl, &oldest);
+        return kv_set_error(KV_EEVICTED, "batch %" PRIu64 " is evicted; the oldest retained is %" PRIu64, seq, oldest);
+    }
+    char path[4096], name[64];
+    bl_path(bl, f->no, path, sizeof path);
+    snprintf(name, sizeof name, "BATCHLOG-%06" PRIu64, f->no);
+    pthread_mutex_unlock(&bl->mu);
+    wal_reader *r;
+    rc = wal_reader_open(bl->env, path, name, &r);
+    if (rc) return rc == KV_ENOTFOUND ? kv_set_error(KV_EEVICTED, "batch %" PRIu64 " is evicted", seq) : rc;
+    const uint8_t *rec;
+    size_t len;
+    uint64_t off;
+    rc = KV_EEVICTED;
+    int r2;
+    while ((r2 = wal_read(r, &rec, &len, &off)) == KV_OK) {
+        if (len >= 8 && get_fixed64(rec) == seq) {
+            rc = decode_batch(rec, len, name, off, out);
+            break;
+        }
+    }
+    if (r2 != KV_OK && r2 != KV_ENOTFOUND) rc = r2;
+    wal_reader_close(r);
+    if (rc == KV_EEVICTED) kv_set_error(rc, "batch %" PRIu64 " is not in the batch log", seq);
+    return rc;
+}
+
+int batchlog_oldest(batchlog *bl, uint64_t *seq) {
+    if (!batchlog_enabled(bl)) return kv_set_error(KV_ENOTFOUND, "the batch log is off");
+    pthread_mutex_lock(&bl->mu);
+    int rc = kv_set_error(KV_ENOTFOUND, "the batch log is empty");
+    for (size_t i = 0; i < bl->nfiles; i++) {
+        bl_file *f = &bl->files[i];
+        if (!f->first_seq || f->last_seq < bl->floor) continue;
+        *seq = f->first_seq > bl->floor ? f->first_seq : bl->floor;
+        rc = KV_OK;
+        break;
+    }
+    pthread_mutex_unlock(&bl->mu);
+    return rc;
+}
+
+int batchlog_prune(batchlog *bl, uint64_t cutoff) {
+    if (!batchlog_enabled(bl)) return KV_OK;
+    pthread_mutex_lock(&bl->mu);
+    if (cutoff > bl->floor) bl->floor = cutoff;
+    drop_below_floor(bl);
+    pthread_mutex_unlock(&bl->mu);
+    return KV_OK;
+}
+
+void batchlog_range(batchlog *bl, uint64_t *oldest, uint64_t *newest) {
+    *oldest = *newest = 0;
+    if (!batchlog_enabled(bl)) return;
+    if (batchlog_oldest(bl, oldest) != KV_OK) {
+        *oldest = 0;
+        return;
+    }
+    pthread_mutex_lock(&bl->mu);
+    *newest = batchlog_newest(bl);
+    pthread_mutex_unlock(&bl->mu);
+}
+
+int batchlog_files(batchlog *bl, char ***names, size_t *n) {
+    pthread_mutex_lock(&bl->mu);
+    *n = 0;
+    *names = calloc(bl->nfiles + 1, sizeof(char *));
+    int rc = *names ? KV_OK : KV_ENOMEM;
+    for (size_t i = 0; i < bl->nfiles && !rc; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "BATCHLOG-%06" PRIu64, bl->files[i].no);
+        if (!((*names)[(*n)++] = strdup(name))) rc = KV_ENOMEM;
+    }
+    pthread_mutex_unlock(&bl->mu);
+    return rc;
+}
+
+int batchlog_check(batchlog *bl, kv_problem_fn cb, void *ctx, uint64_t *problems) {
+    char **names;
+    size_t n;
+    int rc = batchlog_files(bl, &names, &n);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", bl->dir, names[i]);
+        wal_reader *r;
+        if (wal_reader_open(bl->env, path, names[i], &r) != KV_OK) continue; /* pruned meanwhile */
+        const uint8_t *rec;
+        size_t len;
+        uint64_t off, prev = 0;
+        int r2;
+        while ((r2 = wal_read(r, &rec, &len, &off)) == KV_OK) {
+            kv_logged_batch *b = NULL;
+            if (decode_batch(rec, len, names[i], off, &b) != KV_OK) {
+                (*problems)++;
+                if (cb) cb(ctx, names[i], off, "malformed batch record");
+            } else {
+                if (b->sequence <= prev) {
+                    (*problems)++;
+                    if (cb) cb(ctx, names[i], off, "batch sequence numbers out of order");
+                }
+                prev = b->sequence;
+                kv_logged_batch_free(b);
+            }
+        }
+        if (r2 == KV_ECORRUPT) {
+            (*problems)++;
+            if (cb) cb(ctx, names[i], 0, kv_errmsg());
+        }
+        wal_reader_close(r);
+    }
+    kv_env_free_names(names, n);
+    return KV_OK;
+}

@@ -1,0 +1,802 @@
+/*
+ * db.c — opening, recovering and closing a store, and the write path (group commit).
+ *
+ * Invariants (see also db_impl.h)
+ *  - Writers queue in arrival order. The writer at the head is the leader: it makes room (switching memtables when
+ *    full, waiting when flushing falls behind), takes the writers queued behind it into its group, resolves each
+ *    batch into a log record, appends the records to the write-ahead log with one sync for the group (when any
+ *    writer asked for one), inserts them into the memtable, then publishes last_seq and wakes the group.
+ *  - Each committed batch gets the next sequence number; a batch that fails to resolve (KV_ENOTFOUND of a move)
+ *    consumes none and changes nothing.
+ *  - A log append that fails leaves the log "broken": the next write starts a new log file, so a partial record can
+ *    only ever be the last record of a log (a torn tail, dropped at recovery).
+ *  - A log is deleted only when its number is below vset->log_number, i.e. every memtable that had entries in it
+ *    has been flushed and recorded in the manifest.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+
+void kv_options_init(kv_options *o) {
+    memset(o, 0, sizeof *o);
+    o->create_if_missing = true;
+    o->memtable_bytes = 8u << 20;
+    o->max_immutable = 2;
+    o->block_bytes = 4096;
+    o->block_restart_interval = 16;
+    o->compression = true;
+    o->bloom_bits_per_key = 10;
+    o->block_cache_bytes = 32u << 20;
+    o->max_open_tables = 256;
+    o->table_bytes = 4u << 20;
+    o->l0_compaction_trigger = 4;
+    o->l0_slowdown_trigger = 12;
+    o->l0_stop_trigger = 20;
+    o->level1_bytes = 32ull << 20;
+    o->level_multiplier = 10;
+    o->blob_threshold = 64u << 10;
+    o->blob_file_bytes = 256ull << 20;
+    o->blob_gc_ratio = 0.5;
+    o->background_threads = true;
+}
+
+uint64_t db_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t db_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void kv_buf_free(kv_buf *b) {
+    if (!b) return;
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+}
+
+/* ---- entering and leaving ------------------------------------------------------------------------------------------ */
+
+bool db_enter(kv_db *db) {
+    if (!db) return false;
+    atomic_fetch_add(&db->active, 1);
+    if (atomic_load(&db->closed)) {
+        atomic_fetch_sub(&db->active, 1);
+        kv_set_error(KV_ECLOSED, "the store is closed");
+        return false;
+    }
+    return true;
+}
+
+void db_leave(kv_db *db) { atomic_fetch_sub(&db->active, 1); }
+
+static void free_resources(kv_db *db) {
+    if (db->resources_freed) return;
+    db->resources_freed = true;
+    if (db->mem) memtable_unref(db->mem);
+    for (int i = 0; i < db->nimm; i++) memtable_unref(db->imm[i].mem);
+    db->mem = NULL;
+    db->nimm = 0;
+    if (db->tables) table_cache_free(db->tables);
+    if (db->blobs) blob_store_free(db->blobs);
+    if (db->vs) vset_free(db->vs);
+    if (db->cache) block_cache_free(db->cache);
+    db->tables = NULL;
+    db->blobs = NULL;
+    db->vs = NULL;
+    db->cache = NULL;
+    bytes_free(&db->scratch);
+    bytes_free(&db->manual_begin);
+    bytes_free(&db->manual_end);
+    free(db->pending);
+    db->pending = NULL;
+    if (db->lock) db->env->unlock(db->env, db->lock);
+    db->lock = NULL;
+    if (db->env && db->env != db->opt.env && db->env->destroy) db->env->destroy(db->env);
+}
+
+void db_unpin(kv_db *db) {
+    if (atomic_fetch_sub(&db->pins, 1) == 1) free_resources(db);
+}
+
+/* ---- pending outputs and obsolete files ---------------------------------------------------------------------------- */
+
+void pending_add(kv_db *db, uint64_t no) {
+    if (db->npending == db->cap_pending) {
+        size_t cap = db->cap_pending ? db->cap_pending * 2 : 16;
+        uint64_t *p = realloc(db->pending, cap * sizeof *p);
+        if (!p) return; /* worst case a new file could be deleted early by a sweep; sweeps skip numbers >= next_file */
+        db->pending = p;
+        db->cap_pending = cap;
+    }
+    db->pending[db->npending++] = no;
+}
+
+void pending_remove(kv_db *db, uint64_t no) {
+    for (size_t i = 0; i < db->npending; i++)
+        if (db->pending[i] == no) {
+            db->pending[i] = db->pending[--db->npending];
+            return;
+        }
+}
+
+static bool is_pending(kv_db *db, uint64_t no) {
+    for (size_t i = 0; i < db->npending; i++)
+        if (db->pending[i] == no) return true;
+    return false;
+}
+
+/* Parse "NNNNNN.ext": the number and a pointer to ext, or false. */
+static bool parse_file_name(const char *name, uint64_t *no, const char **ext) {
+    char *end;
+    if (name[0] < '0' || name[0] > '9') return false;
+    errno = 0;
+    unsigned long long v = strtoull(name, &end, 10);
+    if (errno || *end != '.') return false;
+    *no = v;
+    *ext = end + 1;
+    return true;
+}
+
+void db_delete_obsolete_files(kv_db *db) {
+    char **names;
+    size_t n;
+    if (db->opt.read_only || db->env->list_dir(db->env, db->dir, &names, &n) != KV_OK) return;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t no;
+        const char *ext;
+        bool remove = false;
+        if (parse_file_name(names[i], &no, &ext)) {
+            if (strcmp(ext, "log") == 0) remove = no < db->vs->log_number && no != db->log_no;
+            else if (strcmp(ext, "sst") == 0 || strcmp(ext, "blob") == 0)
+                remove = no < db->vs->next_file && !is_pending(db, no) && !vset_file_is_live(db->vs, no);
+            if (remove && strcmp(ext, "sst") == 0) table_cache_evict(db->tables, no);
+            if (remove && strcmp(ext, "blob") == 0) blob_store_forget(db->blobs, no);
+        } else if (strncmp(names[i], "MANIFEST-", 9) == 0) {
+            remove = strtoull(names[i] + 9, NULL, 10) < db->vs->manifest_no;
+        }
+        if (remove) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", db->dir, names[i]);
+            db->env->remove(db->env, path);
+        }
+    }
+    kv_env_free_names(names, n);
+}
+
+uint64_t db_oldest_snapshot_seq(kv_db *db) {
+    if (db->snaps.next != &db->snaps) return db->snaps.next->seq;
+    return atomic_load(&db->last_seq);
+}
+
+/* ---- logs ------------------------------------------------------------------------------------------------------------ */
+
+/* Start a new write-ahead log (caller holds mu). */
+static int new_log(kv_db *db) {
+    uint64_t no = vset_new_file_number(db->vs);
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "log");
+    wal_writer *w;
+    int rc = wal_writer_open(db->env, path, &w);
+    if (!rc) rc = db->env->sync_dir(db->env, db->dir);
+    if (rc) {
+        if (w && rc) {
+            wal_writer_close(w);
+            db->env->remove(db->env, path);
+        }
+        return rc;
+    }
+    if (db->log) wal_writer_close(db->log);
+    db->log = w;
+    db->log_no = no;
+    db->log_broken = false;
+    return KV_OK;
+}
+
+/* Apply one log record to the memtable. */
+static int apply_record(kv_db *db, memtable *m, const uint8_t *rec, size_t len, const char *name, uint64_t offset,
+                        uint64_t *seq_out) {
+    uint64_t seq;
+    int64_t ts;
+    size_t count;
+    const uint8_t *p, *lim = rec + len;
+    int rc = batch_record_decode(rec, len, &seq, &ts, &count, &p, name, offset);
+    if (rc) return rc;
+    uint8_t tsbuf[10];
+    size_t tslen = (size_t)(put_varint64(tsbuf, (uint64_t)ts) - tsbuf);
+    kv_bytes *val = &db->scratch;
+    for (size_t i = 0; i < count; i++) {
+        resolved_op op;
+        p = batch_record_next_op(p, lim, &op);
+        if (!p) return kv_set_error(KV_ECORRUPT, "%s: malformed operation in batch record at offset %" PRIu64, name, offset);
+        bytes_clear(val);
+        if (bytes_append(val, tsbuf, tslen) || bytes_append(val, op.payload, op.plen)) return KV_ENOMEM;
+        rc = memtable_add(m, seq, op.type, op.ukey, op.ulen, val->data, val->len);
+        if (rc) return rc;
+    }
+    *seq_out = seq;
+    return KV_OK;
+}
+
+/* Write a memtable to a level-0 table during recovery (caller holds mu). */
+static int write_level0(kv_db *db, memtable *m, version_edit *e) {
+    uint64_t no = vset_new_file_number(db->vs);
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "sst");
+    sst_options so = {db->opt.block_bytes, db->opt.block_restart_interval, db->opt.compression,
+                      db->opt.bloom_bits_per_key};
+    sst_builder *b;
+    int rc = sst_builder_new(db->env, path, &so, &b);
+    if (rc) return rc;
+    iter *it = memtable_iter(m);
+    if (!it) {
+        sst_builder_abandon(b);
+        return KV_ENOMEM;
+    }
+    for (it->seek_first(it); rc == KV_OK && it->valid(it); it->next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = it->key(it, &kl), *v = it->value(it, &vl);
+        rc = sst_builder_add(b, k, kl, v, vl);
+    }
+    it->destroy(it);
+    if (rc) {
+        sst_builder_abandon(b);
+        db->env->remove(db->env, path);
+        return rc;
+    }
+    sst_props props = {0};
+    rc = sst_builder_finish(b, &props);
+    if (rc) {
+        db->env->remove(db->env, path);
+        sst_props_free(&props);
+        return rc;
+    }
+    file_meta f = {.file_no = no, .file_size = props.file_size, .entries = props.entries,
+                   .tombstones = props.tombstones, .min_seq = props.min_seq, .max_seq = props.max_seq,
+                   .smallest = props.smallest, .largest = props.largest};
+    rc = edit_add_file(e, 0, &f);
+    atomic_fetch_add(&db->st_flush_bytes, props.file_size);
+    sst_props_free(&props);
+    return rc;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Replay every log at or after vs->log_number, in order (caller holds mu). */
+static int recover_logs(kv_db *db) {
+    char **names;
+    size_t n;
+    int rc = db->env->list_dir(db->env, db->dir, &names, &n);
+    if (rc) return rc;
+    uint64_t *logs = calloc(n + 1, sizeof *logs);
+    size_t nlogs = 0;
+    if (!logs) {
+        kv_env_free_names(names, n);
+        return KV_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t no;
+        const char *ext;
+        if (parse_file_name(names[i], &no, &ext) && strcmp(ext, "log") == 0 && no >= db->vs->log_number)
+            logs[nlogs++] = no;
+        if (parse_file_name(names[i], &no, &ext) && no >= db->vs->next_file) db->vs->next_file = no + 1;
+    }
+    kv_env_free_names(names, n);
+    qsort(logs, nlogs, sizeof *logs, cmp_u64);
+
+    uint64_t max_seq = db->vs->last_seq;
+    version_edit e;
+    edit_init(&e);
+    for (size_t i = 0; i < nlogs && rc == KV_OK; i++) {
+        char path[4096], name[64];
+        file_name(path, sizeof path, db->dir, logs[i], "log");
+        snprintf(name, sizeof name, "%06" PRIu64 ".log", logs[i]);
+        wal_reader *r;
+        rc = wal_reader_open(db->env, path, name, &r);
+        if (rc) break;
+        const uint8_t *rec;
+        size_t len;
+        uint64_t off;
+        while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
+            uint64_t seq;
+            rc = apply_record(db, db->mem, rec, len, name, off, &seq);
+            if (rc) break;
+            if (seq > max_seq) max_seq = seq;
+            if (db->blog && batchlog_enabled(db->blog) && seq > batchlog_newest(db->blog))
+                batchlog_append(db->blog, seq, rec, len);
+            if (!db->opt.read_only && memtable_bytes(db->mem) >= db->opt.memtable_bytes) {
+                rc = write_level0(db, db->mem, &e);
+                if (rc) break;
+                memtable_unref(db->mem);
+                if ((rc = memtable_new(&db->mem))) break;
+            }
+        }
+        wal_reader_close(r);
+        if (rc == KV_ENOTFOUND) rc = KV_OK;
+    }
+    free(logs);
+    if (rc == KV_OK && !db->opt.read_only) {
+        memtable_meta mm;
+        memtable_get_meta(db->mem, &mm);
+        if (mm.entries) {
+            rc = write_level0(db, db->mem, &e);
+            if (!rc) {
+                memtable_unref(db->mem);
+                rc = memtable_new(&db->mem);
+            }
+        }
+    }
+    if (rc == KV_OK) {
+        atomic_store(&db->last_seq, max_seq);
+        db->vs->last_seq = max_seq;
+        if (!db->opt.read_only) {
+            if (db->blog) batchlog_sync(db->blog);
+            rc = new_log(db);
+            if (!rc) {
+                e.has_log_number = true;
+                e.log_number = db->log_no;
+                e.has_last_seq = true;
+                e.last_seq = max_seq;
+                rc = vset_log_and_apply(db->vs, &e);
+            }
+        }
+    }
+    edit_free(&e);
+    return rc;
+}
+
+/* ---- open and close -------------------------------------------------------------------------------------------------- */
+
+static int validate_options(const kv_options *o) {
+    if (o->memtable_bytes < 4096 || o->block_bytes < 64 || o->block_restart_interval < 1 ||
+        o->max_immutable < 1 || o->max_immutable > DB_MAX_IMM - 1 || o->l0_compaction_trigger < 1 ||
+        o->l0_slowdown_trigger < o->l0_compaction_trigger || o->l0_stop_trigger < o->l0_slowdown_trigger ||
+        o->level_multiplier < 2 || o->level1_bytes < 4096 || o->table_bytes < 4096 || o->max_open_tables < 1 ||
+        o->bloom_bits_per_key < 0 || o->blob_threshold < 1 || o->blob_file_bytes < BLOB_CHUNK)
+        return kv_set_error(KV_EINVAL, "invalid options");
+    return KV_OK;
+}
+
+int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
+    kv_clear_error();
+    if (!dir || !*dir || !out) return kv_set_error(KV_EINVAL, "kv_open: missing directory or out pointer");
+    *out = NULL;
+    kv_options o;
+    if (opts) o = *opts;
+    else kv_options_init(&o);
+    int rc = validate_options(&o);
+    if (rc) return rc;
+
+    kv_db *db = calloc(1, sizeof *db);
+    if (!db) return KV_ENOMEM;
+    db->opt = o;
+    db->env = o.env ? o.env : kv_env_posix();
+    db->dir = strdup(dir);
+    pthread_mutex_init(&db->mu, NULL);
+    pthread_mutex_init(&db->blob_mu, NULL);
+    pthread_cond_init(&db->bg_cv, NULL);
+    pthread_cond_init(&db->work_cv, NULL);
+    db->snaps.prev = db->snaps.next = &db->snaps;
+    atomic_store(&db->pins, 1);
+    if (!db->dir) {
+        rc = KV_ENOMEM;
+        goto fail;
+    }
+
+    int exists = db->env->exists(db->env, dir);
+    if (exists < 0) { rc = exists; goto fail; }
+    if (!exists) {
+        if (!o.create_if_missing || o.read_only) {
+            rc = kv_set_error(KV_ENOTFOUND, "%s: no such store", dir);
+            goto fail;
+        }
+        if ((rc = db->env->mkdir(db->env, dir, 0700))) goto fail;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    if ((rc = db->env->lock(db->env, path, &db->lock))) {
+        if (rc == KV_EBUSY) kv_set_error(KV_EBUSY, "%s: the store is in use by another process (or handle)", dir);
+        goto fail;
+    }
+
+    if ((rc = vset_new(db->env, dir, &db->vs))) goto fail;
+    db->vs->level1_bytes = o.level1_bytes;
+    db->vs->level_multiplier = o.level_multiplier;
+    db->vs->l0_trigger = o.l0_compaction_trigger;
+    rc = vset_recover(db->vs);
+    bool fresh = false;
+    if (rc == KV_ENOTFOUND) {
+        if (!o.create_if_missing || o.read_only) {
+            rc = kv_set_error(KV_ENOTFOUND, "%s: no store here (no CURRENT file)", dir);
+            goto fail;
+        }
+        fresh = true;
+        rc = KV_OK;
+    } else if (rc == KV_OK && o.error_if_exists) {
+        rc = kv_set_error(KV_EEXIST, "%s: a store already exists", dir);
+        goto fail;
+    }
+    if (rc) goto fail;
+
+    if ((rc = block_cache_new(o.block_cache_bytes, &db->cache))) goto fail;
+    if ((rc = table_cache_new(db->env, dir, (size_t)o.max_open_tables, db->cache, &db->tables))) goto fail;
+    if ((rc = blob_store_new(db->env, dir, 64, &db->blobs))) goto fail;
+    if ((rc = batchlog_open(db->env, dir, o.batch_log_max_batches, o.batch_log_max_bytes, db->vs->batchlog_floor,
+                            &db->blog)))
+        goto fail;
+    if ((rc = memtable_new(&db->mem))) goto fail;
+
+    pthread_mutex_lock(&db->mu);
+    if (!o.read_only) rc = vset_write_snapshot(db->vs); /* a fresh manifest; also creates a new store */
+    if (!rc) rc = recover_logs(db);
+    if (!rc) db->mem_log_no = db->log_no;
+    if (!rc && !o.read_only) db_delete_obsolete_files(db);
+    pthread_mutex_unlock(&db->mu);
+    (void)fresh;
+    if (rc) goto fail;
+    if (!o.read_only && o.background_threads && (rc = db_start_background(db))) goto fail;
+    *out = db;
+    return KV_OK;
+
+fail:;
+    char saved[512];
+    snprintf(saved, sizeof saved, "%s", kv_errmsg());
+    if (db->log) wal_writer_close(db->log);
+    if (db->blog) batchlog_close(db->blog);
+    free_resources(db);
+    pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->blob_mu);
+    pthread_cond_destroy(&db->bg_cv);
+    pthread_cond_destroy(&db->work_cv);
+    free(db->dir);
+    free(db);
+    return kv_set_error(rc, "%s", saved);
+}
+
+int kv_close(kv_db *db) {
+    if (!db) return kv_set_error(KV_EINVAL, "kv_close: NULL handle");
+    if (atomic_exchange(&db->closed, true)) return kv_set_error(KV_ECLOSED, "the store is already closed");
+    pthread_mutex_lock(&db->mu);
+    db->stopping = true;
+    pthread_cond_broadcast(&db->bg_cv);
+    pthread_cond_broadcast(&db->work_cv);
+    for (writer *w = db->writers_head; w; w = w->next) pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&db->mu);
+    /* wait for the threads still inside the engine; they see `closed` wherever they wait */
+    while (atomic_load(&db->active) > 0) {
+        pthread_mutex_lock(&db->mu);
+        pthread_cond_broadcast(&db->bg_cv);
+        for (writer *w = db->writers_head; w; w = w->next) pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&db->mu);
+        usleep(200);
+    }
+    db_stop_background(db);
+    int rc = KV_OK;
+    if (db->blob_w) {
+        int r = blob_writer_sync(db->blob_w);
+        if (!rc) rc = r;
+        blob_writer_close(db->blob_w);
+        db->blob_w = NULL;
+    }
+    if (db->log) {
+        int r = wal_sync(db->log);
+        if (!rc) rc = r;
+        wal_writer_close(db->log);
+        db->log = NULL;
+    }
+    if (db->blog) {
+        batchlog_sync(db->blog);
+        batchlog_close(db->blog);
+        db->blog = NULL;
+    }
+    db_unpin(db);
+    return rc;
+}
+
+void kv_free(kv_db *db) {
+    if (!db) return;
+    if (!atomic_load(&db->closed)) kv_close(db);
+    pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->blob_mu);
+    pthread_cond_destroy(&db->bg_cv);
+    pthread_cond_destroy(&db->work_cv);
+    /* snapshots the caller never released */
+    for (struct kv_snapshot *s = db->snaps.next, *nx; s != &db->snaps; s = nx) {
+        nx = s->next;
+        free(s);
+    }
+    free(db->dir);
+    free(db);
+}
+
+/* ---- the write path --------------------------------------------------------------------------------------------- */
+
+static int l0_files(kv_db *db) { return (int)db->vs->current->nfiles[0]; }
+
+/* Make sure the memtable has room (caller holds mu and is the leader). */
+static int make_room(kv_db *db, bool force) {
+    bool allow_delay = !force;
+    for (;;) {
+        if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
+        if (allow_delay && l0_files(db) >= db->opt.l0_slowdown_trigger) {
+            /* spread the slowdown over many writes rather than stopping one for seconds */
+            uint64_t t = db_now_us();
+            pthread_mutex_unlock(&db->mu);
+            usleep(1000);
+            pthread_mutex_lock(&db->mu);
+            atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
+            allow_delay = false;
+            continue;
+        }
+        if (force) {
+            memtable_meta mm;
+            memtable_get_meta(db->mem, &mm);
+            if (mm.entries == 0) return KV_OK;
+        } else if (memtable_bytes(db->mem) < db->opt.memtable_bytes) {
+            return KV_OK;
+        }
+        if (db->nimm >= db->opt.max_immutable || l0_files(db) >= db->opt.l0_stop_trigger) {
+            if (!db->opt.background_threads) {
+                int rc = db->nimm ? db_flush_one(db) : KV_OK;
+                bool did = true;
+                while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+                if (rc) return rc;
+                continue;
+            }
+            if (db->bg_error && !db->flush_running) {
+                int rc = db->bg_error;
+                pthread_cond_signal(&db->work_cv); /* let the flush thread try again */
+                return kv_set_error(rc, "writes wait for a flush that keeps failing: %s", kv_strerror(rc));
+            }
+            uint64_t t = db_now_us();
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_signal(&db->work_cv);
+            pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts);
+            atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
+            continue;
+        }
+        /* switch to a new memtable and a new log */
+        memtable *m;
+        int rc = memtable_new(&m);
+        if (rc) return rc;
+        rc = new_log(db);
+        if (rc) {
+            memtable_unref(m);
+            return rc;
+        }
+        db->imm[db->nimm++] = (imm_entry){db->mem, db->mem_log_no};
+        db->mem = m;
+        db->mem_log_no = db->log_no;
+        force = false;
+        if (db->opt.background_threads) pthread_cond_broadcast(&db->work_cv);
+        else {
+            rc = db_flush_one(db);
+            bool did = true;
+            while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+            if (rc) return rc;
+        }
+    }
+}
+
+/* Insert a record's operations into the memtable (leader only). */
+static int insert_record(kv_db *db, const uint8_t *rec, size_t len) {
+    uint64_t seq;
+    return apply_record(db, db->mem, rec, len, "write batch", 0, &seq);
+}
+
+#define GROUP_MAX_BYTES (1u << 20)
+#define GROUP_MAX_WRITERS 64
+
+int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
+    if (db->opt.read_only) return kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    writer w = {.batch = b, .sync = (flags & KV_SYNC) != 0};
+    pthread_cond_init(&w.cv, NULL);
+    pthread_mutex_lock(&db->mu);
+    if (db->writers_tail) db->writers_tail->next = &w;
+    else db->writers_head = &w;
+    db->writers_tail = &w;
+    while (!w.done && db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
+    if (w.done) {
+        pthread_mutex_unlock(&db->mu);
+        pthread_cond_destroy(&w.cv);
+        if (seq && w.status == KV_OK) *seq = w.seq;
+        return w.status;
+    }
+
+    /* this thread leads a group */
+    int rc = make_room(db, b == NULL);
+    writer *last = &w;
+    if (rc == KV_OK && b == NULL) {
+        /* a flush request: the memtable was switched; nothing to write */
+    } else if (rc == KV_OK) {
+        size_t bytes = b->data.len;
+        if (!b->reads) {
+            int n = 1;
+            for (writer *p = w.next; p && n < GROUP_MAX_WRITERS; p = p->next, n++) {
+                if ((p->sync && !w.sync) || p->batch->reads || bytes + p->batch->data.len > GROUP_MAX_BYTES) break;
+                bytes += p->batch->data.len;
+                last = p;
+            }
+        }
+        if (db->log_broken || !db->log) rc = new_log(db);
+    }
+    if (rc == KV_OK && b != NULL) {
+        uint64_t next_seq = atomic_load(&db->last_seq);
+        bool sync = w.sync;
+        pthread_mutex_unlock(&db->mu);
+
+        /* resolve each batch into a record and append it to the log */
+        int64_t ts = (int64_t)db_now_ms();
+        kv_bytes recs = {0};
+        size_t starts[GROUP_MAX_WRITERS + 1];
+        size_t nrec = 0;
+        int log_rc = KV_OK;
+        for (writer *p = &w;; p = p->next) {
+            p->status = log_rc;
+            if (!log_rc) {
+                size_t start = recs.len;
+                int r = db_resolve_batch(db, p->batch, next_seq + 1, ts, sync, &recs);
+                if (!r) r = wal_append(db->log, recs.data + start, recs.len - start);
+                else recs.len = start; /* this batch fails alone: it changed nothing */
+                if (r && r != KV_ENOTFOUND && r != KV_EINVAL) log_rc = r; /* the log may hold a partial record */
+                if (r) {
+                    recs.len = start;
+                    p->status = r;
+                } else {
+                    atomic_fetch_add(&db->st_wal_bytes, recs.len - start + WAL_HEADER);
+                    atomic_fetch_add(&db->st_user_bytes, p->batch->data.len);
+                    starts[nrec++] = start;
+                    p->seq = ++next_seq;
+                }
+            }
+            if (p == last) break;
+        }
+        starts[nrec] = recs.len;
+        int sync_rc = KV_OK;
+        if (sync && nrec) {
+            pthread_mutex_lock(&db->blob_mu);
+            if (db->blob_w && db->blob_dirty) {
+                sync_rc = blob_writer_sync(db->blob_w);
+                if (!sync_rc) db->blob_dirty = false;
+            }
+            pthread_mutex_unlock(&db->blob_mu);
+            if (!sync_rc) sync_rc = wal_sync(db->log);
+        }
+        for (size_t i = 0; i < nrec; i++) {
+            const uint8_t *r = recs.data + starts[i];
+            size_t len = starts[i + 1] - starts[i];
+            int ir = insert_record(db, r, len);
+            if (ir) log_rc = ir; /* out of memory in the memtable: the record is logged; reopen replays it */
+            if (db->blog && batchlog_enabled(db->blog)) batchlog_append(db->blog, get_fixed64(r), r, len);
+        }
+        bytes_free(&recs);
+        pthread_mutex_lock(&db->mu);
+        if (log_rc || sync_rc) db->log_broken = true;
+        atomic_store(&db->last_seq, next_seq);
+        db->vs->last_seq = next_seq;
+        if (sync_rc) {
+            /* the batches are applied (they are in the OS) but not known to be on disk */
+            for (writer *p = &w;; p = p->next) {
+                if (p->status == KV_OK) p->status = kv_set_error(sync_rc, "sync failed: the write is applied but may not be durable");
+                if (p == last) break;
+            }
+        }
+    }
+    /* wake the group and hand leadership on */
+    for (writer *p = &w;; p = p->next) {
+        if (rc) p->status = rc;
+        p->done = true;
+        if (p != &w) pthread_cond_signal(&p->cv);
+        if (p == last) break;
+    }
+    db->writers_head = last->next;
+    if (!db->writers_head) db->writers_tail = NULL;
+    else pthread_cond_signal(&db->writers_head->cv);
+    pthread_mutex_unlock(&db->mu);
+    pthread_cond_destroy(&w.cv);
+    if (seq && w.status == KV_OK) *seq = w.seq;
+    return w.status;
+}
+
+int db_flush_memtable(kv_db *db) {
+    int rc = db_write_internal(db, NULL, 0, NULL);
+    pthread_mutex_lock(&db->mu);
+    while (rc == KV_OK && db->nimm > 0) {
+        if (!db->opt.background_threads) {
+            rc = db_flush_one(db);
+            continue;
+        }
+        if (db->stopping) {
+            rc = kv_set_error(KV_ECLOSED, "the store is closing");
+            break;
+        }
+        if (db->bg_error && !db->flush_running) {
+            rc = db->bg_error;
+            break;
+        }
+        pthread_cond_broadcast(&db->work_cv);
+        pthread_cond_wait(&db->bg_cv, &db->mu);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
+    kv_clear_error();
+    if (!b) return kv_set_error(KV_EINVAL, "kv_write: NULL batch");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
+    if (b->n == 0 && seq) *seq = atomic_load(&db->last_seq);
+    db_leave(db);
+    return rc;
+}
+
+int kv_put(kv_db *db, const void *key, size_t klen, const void *val, uint64_t vlen, unsigned flags) {
+    kv_batch b = {0};
+    int rc = kv_batch_put(&b, key, klen, val, vlen);
+    if (!rc) rc = kv_write(db, &b, flags, NULL);
+    free(b.ops);
+    bytes_free(&b.data);
+    return rc;
+}
+
+int kv_delete(kv_db *db, const void *key, size_t klen, unsigned flags) {
+    kv_batch b = {0};
+    int rc = kv_batch_delete(&b, key, klen);
+    if (!rc) rc = kv_write(db, &b, flags, NULL);
+    free(b.ops);
+    bytes_free(&b.data);
+    return rc;
+}
+
+int kv_sync(kv_db *db) {
+    if (!db_enter(db)) return KV_ECLOSED;
+    if (db->opt.read_only) {
+        db_leave(db);
+        return KV_OK;
+    }
+    pthread_mutex_lock(&db->mu);
+    int rc = KV_OK;
+    /* wait until no writer is active so the log is quiescent, then sync */
+    while (db->writers_head && !db->stopping) {
+        pthread_mutex_unlock(&db->mu);
+        usleep(50);
+        pthread_mutex_lock(&db->mu);
+    }
+    pthread_mutex_lock(&db->blob_mu);
+    if (db->blob_w) {
+        rc = blob_writer_sync(db->blob_w);
+        if (!rc) db->blob_dirty = false;
+    }
+    pthread_mutex_unlock(&db->blob_mu);
+    if (!rc && db->log) rc = wal_sync(db->log);
+    if (!rc && db->blog) rc = batchlog_sync(db->blog);
+    pthread_mutex_unlock(&db->mu);
+    db_leave(db);
+    return rc;
+}
+
+uint64_t kv_current_sequence(kv_db *db) {
+    if (!db) return 0;
+    return atomic_load(&db->last_seq);
+}

@@ -1,0 +1,495 @@
+/*
+ * db_bg.c — background work: flushing immutable memtables to level-0 tables, and leveled compaction.
+ *
+ * Invariants
+ *  - One flush thread and one compaction thread. A flush only adds a level-0 file and advances the log number; a
+ *    compaction replaces its input files by its outputs in one version edit. Only one compaction runs at a time
+ *    (background or manual: compact_running), so two compactions never pick the same file.
+ *  - Compaction keeps, for each user key, every entry newer than the oldest snapshot plus the newest entry at or
+ *    below it; it drops a delete at or below the oldest snapshot when no deeper level can hold the key.
+ *  - An output table is split only between user keys, so a user key never spans two files of a level >= 1.
+ *  - Files being written are in db->pending until their edit is applied, so the obsolete-file sweep spares them.
+ *  - Before a flushed table is installed, the blob bytes its entries may reference are synced, and so is the batch
+ *    log (the logs that back both are deleted once the table is installed).
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+#include "merge.h"
+
+static sst_options table_options(const kv_db *db) {
+    return (sst_options){db->opt.block_bytes, db->opt.block_restart_interval, db->opt.compression,
+                         db->opt.bloom_bits_per_key};
+}
+
+/* ---- flush --------------------------------------------------------------------------------------------------------- */
+
+int db_flush_one(kv_db *db) {
+    if (db->nimm == 0) return KV_OK;
+    memtable *m = db->imm[0].mem;
+    memtable_ref(m);
+    uint64_t no = vset_new_file_number(db->vs);
+    pending_add(db, no);
+    db->flush_running = true;
+    pthread_mutex_unlock(&db->mu);
+
+    int rc = KV_OK;
+    pthread_mutex_lock(&db->blob_mu);
+    if (db->blob_w && db->blob_dirty) {
+        rc = blob_writer_sync(db->blob_w);
+        if (!rc) db->blob_dirty = false;
+    }
+    pthread_mutex_unlock(&db->blob_mu);
+    if (!rc && db->blog) rc = batchlog_sync(db->blog);
+
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "sst");
+    sst_props props = {0};
+    bool wrote = false;
+    memtable_meta mm;
+    memtable_get_meta(m, &mm);
+    if (!rc && mm.entries) {
+        sst_options so = table_options(db);
+        sst_builder *b = NULL;
+        rc = sst_builder_new(db->env, path, &so, &b);
+        iter *it = rc ? NULL : memtable_iter(m);
+        if (!rc && !it) rc = KV_ENOMEM;
+        if (it) {
+            for (it->seek_first(it); rc == KV_OK && it->valid(it); it->next(it)) {
+                size_t kl, vl;
+                const uint8_t *k = it->key(it, &kl), *v = it->value(it, &vl);
+                rc = sst_builder_add(b, k, kl, v, vl);
+            }
+            it->destroy(it);
+        }
+        if (b && rc) sst_builder_abandon(b);
+        else if (b) rc = sst_builder_finish(b, &props);
+        wrote = rc == KV_OK;
+        if (rc) db->env->remove(db->env, path);
+    }
+    memtable_unref(m);
+
+    pthread_mutex_lock(&db->mu);
+    db->flush_running = false;
+    if (!rc) {
+        version_edit e;
+        edit_init(&e);
+        if (wrote) {
+            file_meta f = {.file_no = no, .file_size = props.file_size, .entries = props.entries,
+                           .tombstones = props.tombstones, .min_seq = props.min_seq, .max_seq = props.max_seq,
+                           .smallest = props.smallest, .largest = props.largest};
+            rc = edit_add_file(&e, 0, &f);
+        }
+        e.has_log_number = true;
+        e.log_number = db->nimm > 1 ? db->imm[1].log_no : db->mem_log_no;
+        if (!rc) rc = vset_log_and_apply(db->vs, &e);
+        edit_free(&e);
+        if (!rc) {
+            memtable_unref(db->imm[0].mem);
+            memmove(&db->imm[0], &db->imm[1], (size_t)(db->nimm - 1) * sizeof db->imm[0]);
+            db->nimm--;
+            atomic_fetch_add(&db->st_flushes, 1);
+            if (wrote) atomic_fetch_add(&db->st_flush_bytes, props.file_size);
+        }
+    }
+    sst_props_free(&props);
+    pending_remove(db, no);
+    if (rc) {
+        char path2[4096];
+        file_name(path2, sizeof path2, db->dir, no, "sst");
+        db->env->remove(db->env, path2);
+    }
+    db_delete_obsolete_files(db);
+    pthread_cond_broadcast(&db->bg_cv);
+    return rc;
+}
+
+/* ---- compaction ----------------------------------------------------------------------------------------------------- */
+
+typedef struct compaction {
+    int level;                  /* inputs from level and level + 1; outputs to level + 1 */
+    file_meta **in[2];
+    size_t nin[2];
+    version *v;
+} compaction;
+
+static void compaction_free(compaction *c) {
+    free(c->in[0]);
+    free(c->in[1]);
+}
+
+static const uint8_t *uk(const kv_bytes *ik, size_t *len) {
+    *len = ik->len - 8;
+    return ik->data;
+}
+
+static bool overlaps(const file_meta *f, const uint8_t *lo, size_t lol, const uint8_t *hi, size_t hil) {
+    size_t sl, ll;
+    const uint8_t *s = uk(&f->smallest, &sl), *l = uk(&f->largest, &ll);
+    if (hi && ukey_cmp(s, sl, hi, hil) > 0) return false;
+    if (lo && ukey_cmp(l, ll, lo, lol) < 0) return false;
+    return true;
+}
+
+/* The files of level overlapping [lo, hi] (ukeys; NULL = unbounded). */
+static int overlapping(version *v, int level, const uint8_t *lo, size_t lol, const uint8_t *hi, size_t hil,
+                       file_meta ***out, size_t *n) {
+    *out = malloc((v->nfiles[level] + 1) * sizeof(file_meta *));
+    if (!*out) return KV_ENOMEM;
+    *n = 0;
+    for (size_t i = 0; i < v->nfiles[level]; i++)
+        if (overlaps(v->files[level][i], lo, lol, hi, hil)) (*out)[(*n)++] = v->files[level][i];
+    return KV_OK;
+}
+
+static void key_range(file_meta **fs, size_t n, kv_bytes *lo, kv_bytes *hi) {
+    /* lo/hi point into the file metas (no copies) */
+    *lo = (kv_bytes){0};
+    *hi = (kv_bytes){0};
+    for (size_t i = 0; i < n; i++) {
+        if (!lo->data || ikey_cmp(fs[i]->smallest.data, fs[i]->smallest.len, lo->data, lo->len) < 0) *lo = fs[i]->smallest;
+        if (!hi->data || ikey_cmp(fs[i]->largest.data, fs[i]->largest.len, hi->data, hi->len) > 0) *hi = fs[i]->largest;
+    }
+}
+
+/* Fill c->in[1] from level + 1; for level 0 first widen the input to every overlapping level-0 file. */
+static int finish_inputs(compaction *c) {
+    kv_bytes lo, hi;
+    key_range(c->in[0], c->nin[0], &lo, &hi);
+    if (c->level == 0) {
+        /* level-0 files overlap each other: take all that overlap the range, repeatedly */
+        for (;;) {
+            file_meta **all;
+            size_t n;
+            if (overlapping(c->v, 0, lo.data, lo.len - 8, hi.data, hi.len - 8, &all, &n)) return KV_ENOMEM;
+            if (n == c->nin[0]) {
+                free(all);
+                break;
+            }
+            free(c->in[0]);
+            c->in[0] = all;
+            c->nin[0] = n;
+            key_range(c->in[0], c->nin[0], &lo, &hi);
+        }
+    }
+    return overlapping(c->v, c->level + 1, lo.data, lo.len - 8, hi.data, hi.len - 8, &c->in[1], &c->nin[1]);
+}
+
+/* Pick the next compaction by score (caller holds mu). false when none is needed. */
+static bool pick_compaction(kv_db *db, compaction *c) {
+    version *v = db->vs->current;
+    if (v->score < 1 || v->score_level < 0) return false;
+    memset(c, 0, sizeof *c);
+    c->level = v->score_level;
+    c->v = v;
+    c->in[0] = malloc(sizeof(file_meta *));
+    if (!c->in[0]) return false;
+    int l = c->level;
+    if (l == 0) {
+        c->in[0][0] = v->files[0][v->nfiles[0] - 1]; /* the oldest */
+    } else {
+        /* round robin: the first file after where the last compaction of this level stopped */
+        kv_bytes *ptr = &db->vs->compact_pointer[l];
+        size_t pick = 0;
+        if (ptr->len) {
+            for (pick = 0; pick < v->nfiles[l]; pick++)
+                if (ikey_cmp(v->files[l][pick]->largest.data, v->files[l][pick]->largest.len, ptr->data, ptr->len) > 0) break;
+            if (pick == v->nfiles[l]) pick = 0;
+        }
+        c->in[0][0] = v->files[l][pick];
+    }
+    c->nin[0] = 1;
+    if (finish_inputs(c)) {
+        compaction_free(c);
+        return false;
+    }
+    return true;
+}
+
+/* Can a deeper level than out_level hold ukey? */
+static bool deeper_may_hold(version *v, int out_level, const uint8_t *ukey, size_t ulen) {
+    for (int l = out_level + 1; l < KV_MAX_LEVELS; l++)
+        for (size_t i = 0; i < v->nfiles[l]; i++)
+            if (overlaps(v->files[l][i], ukey, ulen, ukey, ulen)) return true;
+    return false;
+}
+
+typedef struct output {
+    sst_builder *b;
+    uint64_t no;
+} output;
+
+static iter *input_iter(kv_db *db, file_meta *f) {
+    sst_reader *r;
+    int rc = table_cache_get(db->tables, f->file_no, &r);
+    if (rc) return iter_empty(rc);
+    iter *it = sst_reader_iter(r, false);
+    sst_reader_unref(r);
+    return it ? it : iter_empty(KV_ENOMEM);
+}
+
+/* Finish the current output and add it to the edit (no lock held). */
+static int finish_output(kv_db *db, output *o, version_edit *e, int level) {
+    sst_props props = {0};
+    int rc = sst_builder_finish(o->b, &props);
+    o->b = NULL;
+    if (!rc) {
+        file_meta f = {.file_no = o->no, .file_size = props.file_size, .entries = props.entries,
+                       .tombstones = props.tombstones, .min_seq = props.min_seq, .max_seq = props.max_seq,
+                       .smallest = props.smallest, .largest = props.largest};
+        rc = edit_add_file(e, level, &f);
+        atomic_fetch_add(&db->st_compact_bytes, props.file_size);
+    }
+    sst_props_free(&props);
+    return rc;
+}
+
+/* Run compaction c (caller holds mu; released during the merge). */
+static int run_compaction(kv_db *db, compaction *c) {
+    version_edit e;
+    edit_init(&e);
+    int out_level = c->level + 1;
+    int rc = KV_OK;
+
+    if (c->nin[0] == 1 && c->nin[1] == 0) {
+        /* nothing to merge with: move the file down without rewriting it */
+        file_meta *f = c->in[0][0];
+        rc = edit_delete_file(&e, c->level, f->file_no);
+        if (!rc) rc = edit_add_file(&e, out_level, f);
+        if (!rc) rc = vset_log_and_apply(db->vs, &e);
+        edit_free(&e);
+        return rc;
+    }
+
+    uint64_t smallest_snapshot = db_oldest_snapshot_seq(db);
+    version *v = c->v;
+    version_ref(v);
+    db->compact_running = true;
+    uint64_t *outs = NULL;
+    size_t nouts = 0;
+    pthread_mutex_unlock(&db->mu);
+
+    size_t nk = c->nin[0] + c->nin[1];
+    iter **kids = calloc(nk ? nk : 1, sizeof *kids);
+    iter *in = NULL;
+    if (!kids) rc = KV_ENOMEM;
+    else {
+        size_t k = 0;
+        for (int w = 0; w < 2; w++)
+            for (size_t i = 0; i < c->nin[w]; i++) {
+                kids[k++] = input_iter(db, c->in[w][i]);
+                atomic_fetch_add(&db->st_compact_read, c->in[w][i]->file_size);
+            }
+        in = merge_iter_new(kids, k);
+        free(kids);
+        if (!in) rc = KV_ENOMEM;
+    }
+
+    output o = {0};
+    kv_bytes cur = {0};
+    bool has_cur = false;
+    uint64_t last_seq_for_key = UINT64_MAX;
+    sst_options so = table_options(db);
+    if (in) in->seek_first(in);
+    while (rc == KV_OK && in && in->valid(in)) {
+        if (atomic_load(&db->closed)) {
+            rc = kv_set_error(KV_ECLOSED, "compaction stopped: the store is closing");
+            break;
+        }
+        size_t kl, vl;
+        const uint8_t *k = in->key(in, &kl), *val = in->value(in, &vl);
+        if (kl < 9) {
+            rc = kv_set_error(KV_ECORRUPT, "compaction: malformed internal key");
+            break;
+        }
+        bool new_key = !has_cur || ukey_cmp(k, kl - 8, cur.data, cur.len) != 0;
+        if (new_key) {
+            bytes_clear(&cur);
+            if (bytes_append(&cur, k, kl - 8)) { rc = KV_ENOMEM; break; }
+            has_cur = true;
+            last_seq_for_key = UINT64_MAX;
+            /* a new user key is where an output may end */
+            if (o.b && sst_builder_size(o.b) >= db->opt.table_bytes) {
+                rc = finish_output(db, &o, &e, out_level);
+                if (rc) break;
+            }
+        }
+        uint64_t seq = ikey_seq(k, kl);
+        bool drop = false;
+        if (last_seq_for_key <= smallest_snapshot) {
+            drop = true; /* a newer entry of this key is visible to every reader */
+        } else if (ikey_type(k, kl) == KV_TYPE_DELETE && seq <= smallest_snapshot &&
+                   !deeper_may_hold(v, out_level, k, kl - 8)) {
+            drop = true; /* nothing older remains for this delete to hide */
+        }
+        last_seq_for_key = seq;
+        if (!drop) {
+            if (!o.b) {
+                pthread_mutex_lock(&db->mu);
+                o.no = vset_new_file_number(db->vs);
+                pending_add(db, o.no);
+                pthread_mutex_unlock(&db->mu);
+                uint64_t *p = realloc(outs, (nouts + 1) * sizeof *outs);
+                if (!p) { rc = KV_ENOMEM; break; }
+                outs = p;
+                outs[nouts++] = o.no;
+                char path[4096];
+                file_name(path, sizeof path, db->dir, o.no, "sst");
+                rc = sst_builder_new(db->env, path, &so, &o.b);
+                if (rc) break;
+            }
+            rc = sst_builder_add(o.b, k, kl, val, vl);
+        }
+        if (!rc) in->next(in);
+    }
+    if (!rc && in && in->status(in)) rc = in->status(in);
+    if (!rc && o.b) rc = finish_output(db, &o, &e, out_level);
+    if (o.b) sst_builder_abandon(o.b);
+    if (in) in->destroy(in);
+    bytes_free(&cur);
+
+    pthread_mutex_lock(&db->mu);
+    db->compact_running = false;
+    if (!rc) {
+        for (int w = 0; w < 2; w++)
+            for (size_t i = 0; i < c->nin[w]; i++) rc = rc ? rc : edit_delete_file(&e, c->level + w, c->in[w][i]->file_no);
+        if (!rc) rc = vset_log_and_apply(db->vs, &e);
+        if (!rc) {
+            /* the next compaction of this level starts after what this one covered */
+            kv_bytes lo, hi;
+            key_range(c->in[0], c->nin[0], &lo, &hi);
+            bytes_clear(&db->vs->compact_pointer[c->level]);
+            bytes_append(&db->vs->compact_pointer[c->level], hi.data, hi.len);
+            atomic_fetch_add(&db->st_compactions, 1);
+        }
+    }
+    for (size_t i = 0; i < nouts; i++) pending_remove(db, outs[i]);
+    free(outs);
+    edit_free(&e);
+    version_unref(v);
+    db_delete_obsolete_files(db); /* also removes outputs of a failed compaction */
+    pthread_cond_broadcast(&db->bg_cv);
+    return rc;
+}
+
+int db_compact_once(kv_db *db, bool *did) {
+    compaction c;
+    *did = false;
+    if (!pick_compaction(db, &c)) return KV_OK;
+    *did = true;
+    int rc = run_compaction(db, &c);
+    compaction_free(&c);
+    return rc;
+}
+
+/* Compact every file of level overlapping [begin, end] into level + 1 (caller holds mu). */
+static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
+    compaction c;
+    memset(&c, 0, sizeof c);
+    c.level = level;
+    c.v = db->vs->current;
+    int rc = overlapping(c.v, level, begin->len ? begin->data : NULL, begin->len, end->len ? end->data : NULL,
+                         end->len, &c.in[0], &c.nin[0]);
+    if (rc) return rc;
+    if (c.nin[0] == 0) {
+        free(c.in[0]);
+        return KV_OK;
+    }
+    rc = finish_inputs(&c);
+    if (!rc) rc = run_compaction(db, &c);
+    compaction_free(&c);
+    return rc;
+}
+
+int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
+    return compact_level_range(db, level, begin, end);
+}
+
+/* ---- threads ---------------------------------------------------------------------------------------------------------- */
+
+static void timed_wait(kv_db *db, pthread_cond_t *cv, long ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(cv, &db->mu, &ts);
+}
+
+static void *flush_main(void *arg) {
+    kv_db *db = arg;
+    pthread_mutex_lock(&db->mu);
+    while (!db->stopping) {
+        if (db->nimm > 0) {
+            int rc = db_flush_one(db);
+            if (rc) {
+                /* keep the error for writers waiting on us, and retry: the cause (a full disk) may go away */
+                db->bg_error = rc;
+                pthread_cond_broadcast(&db->bg_cv);
+                timed_wait(db, &db->work_cv, 500);
+            } else {
+                db->bg_error = 0;
+                pthread_cond_broadcast(&db->work_cv); /* maybe a compaction now */
+            }
+            continue;
+        }
+        pthread_cond_wait(&db->work_cv, &db->mu);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return NULL;
+}
+
+static void *compact_main(void *arg) {
+    kv_db *db = arg;
+    pthread_mutex_lock(&db->mu);
+    int failures = 0;
+    while (!db->stopping) {
+        if (!db->manual_running && !db->compact_running && db->vs->current->score >= 1) {
+            bool did;
+            int rc = db_compact_once(db, &did);
+            if (rc && rc != KV_ECLOSED) {
+                failures++;
+                timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
+            } else {
+                failures = 0;
+            }
+            continue;
+        }
+        timed_wait(db, &db->work_cv, 1000);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return NULL;
+}
+
+int db_start_background(kv_db *db) {
+    if (pthread_create(&db->flush_thread, NULL, flush_main, db)) return kv_set_error(KV_ENOMEM, "cannot start the flush thread");
+    if (pthread_create(&db->compact_thread, NULL, compact_main, db)) {
+        pthread_mutex_lock(&db->mu);
+        db->stopping = true;
+        pthread_cond_broadcast(&db->work_cv);
+        pthread_mutex_unlock(&db->mu);
+        pthread_join(db->flush_thread, NULL);
+        return kv_set_error(KV_ENOMEM, "cannot start the compaction thread");
+    }
+    db->threads_started = true;
+    return KV_OK;
+}
+
+void db_stop_background(kv_db *db) {
+    if (!db->threads_started) return;
+    pthread_mutex_lock(&db->mu);
+    db->stopping = true;
+    pthread_cond_broadcast(&db->work_cv);
+    pthread_mutex_unlock(&db->mu);
+    pthread_join(db->flush_thread, NULL);
+    pthread_join(db->compact_thread, NULL);
+    db->threads_started = false;
+}

@@ -1,0 +1,229 @@
+/*
+ * db_impl.h — the state of an open store, shared by db.c (open, close, writes, background work), db_read.c (gets,
+ * iterators, scans), db_maint.c (check, compaction requests, checkpoint, statistics, blob GC), batch.c (write
+ * batches and their log encoding) and batchlog.c (the change feed).
+ *
+ * Invariants
+ *  - mu protects: mem/imm/current-version pointers and their refcounts, the writer queue, snapshots, background
+ *    state, the version set. It is never held during data-file I/O except manifest edits (vset_log_and_apply).
+ *  - A batch is visible once last_seq (atomic) reaches its sequence number; its entries were put into the memtable,
+ *    and before that into the write-ahead log, by the group-commit leader, the only thread writing the memtable.
+ *  - Every public entry point brackets its work with db_enter/db_leave; kv_close waits for active calls to leave.
+ *    Iterators and streams pin the store's resources: kv_close frees them only when the last pin is released.
+ *  - Blob data referenced by a record is durable before that record is: a synced write syncs blob files before the
+ *    log, and a flush syncs the active blob file before installing its table.
+ */
+#ifndef KV_DB_IMPL_H
+#define KV_DB_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "blob.h"
+#include "cache.h"
+#include "coding.h"
+#include "env.h"
+#include "iter.h"
+#include "kv.h"
+#include "memtable.h"
+#include "sst.h"
+#include "version.h"
+#include "wal.h"
+
+/* ---- write batches (batch.c) ------------------------------------------------------------------------------------- */
+
+enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_PUT_STREAM, BOP_REPLACE_IF };
+
+typedef struct batch_op {
+    uint8_t kind, ks, ks2;
+    size_t key_off, klen;   /* into batch data */
+    size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REPLACE_IF: the expected payload */
+    size_t data_off;        /* value / bytes / new payload */
+    uint64_t len;           /* value length (PUT, WRITE_AT, REPLACE_IF) */
+    uint64_t off;           /* WRITE_AT offset, TRUNCATE size, REPLACE_IF timestamp */
+    int vtype;              /* REPLACE_IF: type of the new payload */
+    kv_stream *stream;
+} batch_op;
+
+struct kv_batch {
+    batch_op *ops;
+    size_t n, cap;
+    kv_bytes data;
+    bool reads;             /* has an op whose result depends on the current value (move, write_at, ...) */
+};
+
+/* A resolved operation: what goes into the log and the memtable. */
+typedef struct resolved_op {
+    int type;               /* KV_TYPE_VALUE, KV_TYPE_BLOB or KV_TYPE_DELETE */
+    const uint8_t *ukey;    /* keyspace || key */
+    size_t ulen;
+    const uint8_t *payload;
+    size_t plen;
+} resolved_op;
+
+/* Log record of a batch: fixed64 seq | varint timestamp_ms | varint count | count x
+ *   (byte type | lenprefixed ukey | [lenprefixed payload unless type is delete]) */
+int batch_record_decode(const uint8_t *rec, size_t len, uint64_t *seq, int64_t *ts, size_t *count,
+                        const uint8_t **ops, const char *name, uint64_t offset);
+/* Iterate the ops of a decoded record: returns the position after the op, or NULL if malformed. */
+const uint8_t *batch_record_next_op(const uint8_t *p, const uint8_t *lim, resolved_op *op);
+
+/* ---- the batch log (batchlog.c) ---------------------------------------------------------------------------------- */
+
+typedef struct batchlog batchlog;
+int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t max_bytes, uint64_t floor,
+                  batchlog **out);
+void batchlog_close(batchlog *bl);
+bool batchlog_enabled(const batchlog *bl);
+uint64_t batchlog_newest(const batchlog *bl); /* 0 when empty */
+int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len);
+int batchlog_sync(batchlog *bl);
+int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out);
+int batchlog_oldest(batchlog *bl, uint64_t *seq);
+int batchlog_prune(batchlog *bl, uint64_t cutoff);
+void batchlog_range(batchlog *bl, uint64_t *oldest, uint64_t *newest);
+/* Names of the batch log's files (for checkpoints), malloc'ed; free with kv_env_free_names. */
+int batchlog_files(batchlog *bl, char ***names, size_t *n);
+int batchlog_check(batchlog *bl, kv_problem_fn cb, void *ctx, uint64_t *problems);
+
+/* ---- the store ----------------------------------------------------------------------------------------------------- */
+
+typedef struct writer {
+    kv_batch *batch;
+    bool sync, done;
+    int status;
+    uint64_t seq;
+    pthread_cond_t cv;
+    struct writer *next;
+} writer;
+
+struct kv_snapshot {
+    uint64_t seq;
+    struct kv_snapshot *prev, *next;
+};
+
+struct kv_stream {
+    kv_db *db;
+    kv_bytes inline_data;   /* the value while it is below the blob threshold */
+    blob_writer *w;         /* its own blob file once it is not */
+    uint64_t size;
+    bool committed;
+    blob_extent ext;        /* the record, once ended */
+    bool ended;
+};
+
+typedef struct imm_entry {
+    memtable *mem;
+    uint64_t log_no;        /* the first log holding its entries */
+} imm_entry;
+
+#define DB_MAX_IMM 16
+
+struct kv_db {
+    kv_options opt;
+    kv_env *env;
+    char *dir;
+    kv_file *lock;
+
+    pthread_mutex_t mu;
+    pthread_cond_t bg_cv;   /* background work done / state changed */
+    pthread_cond_t work_cv; /* work for the background threads */
+
+    atomic_bool closed;
+    atomic_int active;      /* calls inside the engine */
+    atomic_int pins;        /* 1 for the open handle + iterators + streams */
+    bool resources_freed;
+
+    /* memtables */
+    memtable *mem;
+    uint64_t mem_log_no;
+    imm_entry imm[DB_MAX_IMM];
+    int nimm;
+
+    /* write path */
+    writer *writers_head, *writers_tail;
+    wal_writer *log;
+    uint64_t log_no;
+    bool log_broken;        /* the last append failed: switch to a new log before the next */
+    _Atomic uint64_t last_seq;
+    pthread_mutex_t blob_mu; /* guards blob_w between the leader (appends) and the flush thread (sync) */
+    blob_writer *blob_w;    /* the shared blob file for large puts and writes */
+    bool blob_dirty;        /* blob_w has unsynced data */
+    kv_bytes scratch;       /* leader's record buffer */
+
+    version_set *vs;
+    table_cache *tables;
+    block_cache *cache;
+    blob_store *blobs;
+    batchlog *blog;
+
+    /* snapshots (list head dummy) */
+    struct kv_snapshot snaps;
+
+    /* files being written, not yet in a version (not to be deleted) */
+    uint64_t *pending;
+    size_t npending, cap_pending;
+
+    /* background */
+    pthread_t flush_thread, compact_thread;
+    bool threads_started;
+    bool stopping;          /* background threads should exit */
+    int bg_error;           /* last background failure (retried) */
+    bool flush_running, compact_running;
+    int manual_pending;     /* manual compactions requested */
+    bool manual_running;
+    int manual_level;
+    kv_bytes manual_begin, manual_end; /* ukeys; empty = unbounded */
+    bool manual_has_begin, manual_has_end;
+    int manual_status;
+    uint64_t manual_seqno, manual_done_seqno;
+
+    /* statistics */
+    _Atomic uint64_t st_user_bytes, st_wal_bytes, st_flush_bytes, st_compact_bytes, st_compact_read,
+        st_blob_bytes, st_stall_us, st_flushes, st_compactions;
+};
+
+/* db.c */
+bool db_enter(kv_db *db);
+void db_leave(kv_db *db);
+void db_unpin(kv_db *db);
+/* b == NULL: switch the memtable (if it holds anything) instead of writing. */
+int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
+/* Switch the memtable and wait until every immutable memtable is flushed. */
+int db_flush_memtable(kv_db *db);
+void db_delete_obsolete_files(kv_db *db); /* caller holds mu */
+void pending_add(kv_db *db, uint64_t no);    /* caller holds mu */
+void pending_remove(kv_db *db, uint64_t no); /* caller holds mu */
+uint64_t db_now_ms(void);
+uint64_t db_now_us(void);
+uint64_t db_oldest_snapshot_seq(kv_db *db); /* caller holds mu */
+
+/* db_read.c */
+/* The newest entry for ukey visible at seq: 1 found (type, timestamp, payload copied into *payload), 0 absent
+ * (also for a delete: *type tells), < 0 error. */
+int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, int64_t *ts,
+                 kv_bytes *payload, uint64_t *found_seq);
+/* An internal iterator over every entry (all versions, all keyspaces) as of now. It holds references on what it
+ * reads; db_raw_iter_free releases them. */
+typedef struct db_raw_iter db_raw_iter;
+int db_raw_iter_new(kv_db *db, bool fill_cache, db_raw_iter **out, iter **it);
+void db_raw_iter_free(kv_db *db, db_raw_iter *r);
+uint64_t db_snapshot_seq(kv_db *db, const kv_read_opts *ro);
+/* The raw payload (value bytes or encoded blob reference) of the iterator's current entry. */
+int db_iter_payload(kv_iter *it, const uint8_t **p, size_t *plen);
+
+/* db_bg.c */
+int db_start_background(kv_db *db);
+void db_stop_background(kv_db *db);
+int db_flush_one(kv_db *db);               /* flush the oldest immutable memtable (caller holds mu) */
+int db_compact_once(kv_db *db, bool *did); /* one compaction if needed (caller holds mu) */
+int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end);
+
+/* db_resolve.c: resolve a batch into its log record (appended to rec); create a blob file listed in the version
+ * (its number stays in db->pending until the caller removes it). */
+int db_new_blob_file(kv_db *db, blob_writer **out);
+int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync, kv_bytes *rec);
+
+#endif /* KV_DB_IMPL_H */

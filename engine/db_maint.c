@@ -1,0 +1,647 @@
+/*
+ * db_maint.c — maintenance: integrity check, manual compaction, checkpoints, statistics, blob garbage collection,
+ * and the batch-log calls.
+ *
+ * Invariants
+ *  - kv_check only reads; it holds a version reference so no file it checks is deleted under it.
+ *  - Manual compaction excludes background compaction (compact_running / manual_running) and first flushes the
+ *    memtables, so everything written before the call is compacted.
+ *  - A checkpoint is taken while holding the write queue (no write can interleave): the live log is copied up to its
+ *    current end, tables and closed blob files are hard-linked (they never change), and a fresh manifest describing
+ *    exactly the linked files is written into the destination, then CURRENT.
+ *  - Blob GC deletes a blob file only when no entry of any version references it, and rewrites a value only through
+ *    a conditional replace that applies when the value is still the one that was copied.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+
+/* ---- the batch log ------------------------------------------------------------------------------------------------- */
+
+int kv_get_batch(kv_db *db, uint64_t seq, kv_logged_batch **out) {
+    if (!out) return kv_set_error(KV_EINVAL, "kv_get_batch: NULL out");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc;
+    if (seq == 0 || seq > atomic_load(&db->last_seq))
+        rc = kv_set_error(KV_ENOTFOUND, "no batch %" PRIu64 " yet (the current sequence is %" PRIu64 ")", seq,
+                          (uint64_t)atomic_load(&db->last_seq));
+    else
+        rc = batchlog_get(db->blog, seq, out);
+    db_leave(db);
+    return rc;
+}
+
+int kv_oldest_retained_batch(kv_db *db, uint64_t *seq) {
+    if (!seq) return kv_set_error(KV_EINVAL, "NULL seq");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = batchlog_oldest(db->blog, seq);
+    db_leave(db);
+    return rc;
+}
+
+int kv_prune_batch_log(kv_db *db, uint64_t cutoff) {
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = KV_OK;
+    if (db->opt.read_only) rc = kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    if (!rc) {
+        /* record the floor first: a crash after it cannot bring pruned batches back */
+        pthread_mutex_lock(&db->mu);
+        if (cutoff > db->vs->batchlog_floor) {
+            version_edit e;
+            edit_init(&e);
+            e.has_batchlog_floor = true;
+            e.batchlog_floor = cutoff;
+            rc = vset_log_and_apply(db->vs, &e);
+            edit_free(&e);
+        }
+        pthread_mutex_unlock(&db->mu);
+        if (!rc) rc = batchlog_prune(db->blog, cutoff);
+    }
+    db_leave(db);
+    return rc;
+}
+
+/* ---- check ------------------------------------------------------------------------------------------------------------- */
+
+typedef struct check_ctx {
+    kv_problem_fn cb;
+    kv_progress_fn progress;
+    void *ctx;
+    uint64_t problems;
+    uint64_t done, total;
+} check_ctx;
+
+static void problem(void *c, const char *file, uint64_t off, const char *what) {
+    check_ctx *cc = c;
+    cc->problems++;
+    if (cc->cb) cc->cb(cc->ctx, file, off, what);
+}
+
+static int progress(check_ctx *cc, uint64_t add) {
+    cc->done += add;
+    if (cc->progress && cc->progress(cc->ctx, cc->done, cc->total)) return kv_set_error(KV_EINTERRUPTED, "interrupted");
+    return KV_OK;
+}
+
+/* Read a record log from start to end, decoding each record with decode (NULL: only checksums). */
+static void check_log(kv_db *db, check_ctx *cc, const char *name, bool batches) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", db->dir, name);
+    wal_reader *r;
+    if (wal_reader_open(db->env, path, name, &r) != KV_OK) {
+        problem(cc, name, 0, kv_errmsg());
+        return;
+    }
+    const uint8_t *rec;
+    size_t len;
+    uint64_t off;
+    int rc;
+    while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
+        if (batches) {
+            uint64_t seq;
+            int64_t ts;
+            size_t count;
+            const uint8_t *p;
+            if (batch_record_decode(rec, len, &seq, &ts, &count, &p, name, off)) {
+                problem(cc, name, off, "malformed batch record");
+                continue;
+            }
+            resolved_op op;
+            for (size_t i = 0; i < count && p; i++) p = batch_record_next_op(p, rec + len, &op);
+            if (!p) problem(cc, name, off, "malformed operation in batch record");
+        } else {
+            version_edit e;
+            if (edit_decode(&e, rec, len, name, off)) problem(cc, name, off, "malformed manifest record");
+            else edit_free(&e);
+        }
+    }
+    if (rc == KV_ECORRUPT || rc == KV_EIO) problem(cc, name, wal_reader_valid_end(r), kv_errmsg());
+    wal_reader_close(r);
+}
+
+int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, void *ctx, uint64_t *problems) {
+    if (!db_enter(db)) return KV_ECLOSED;
+    check_ctx cc = {problem_cb, progress_cb, ctx, 0, 0, 0};
+    pthread_mutex_lock(&db->mu);
+    version *v = db->vs->current;
+    version_ref(v);
+    uint64_t log_number = db->vs->log_number, manifest_no = db->vs->manifest_no;
+    pthread_mutex_unlock(&db->mu);
+    int rc = KV_OK;
+    for (int l = 0; l < KV_MAX_LEVELS; l++)
+        for (size_t i = 0; i < v->nfiles[l]; i++) cc.total += v->files[l][i]->file_size;
+
+    char name[64], path[4096];
+    for (int l = 0; l < KV_MAX_LEVELS && !rc; l++) {
+        for (size_t i = 0; i < v->nfiles[l] && !rc; i++) {
+            file_meta *f = v->files[l][i];
+            snprintf(name, sizeof name, "%06" PRIu64 ".sst", f->file_no);
+            file_name(path, sizeof path, db->dir, f->file_no, "sst");
+            long n = sst_check_file(db->env, path, name, problem, &cc);
+            if (n < 0) problem(&cc, name, 0, kv_errmsg());
+            /* the manifest's idea of the file must match the file */
+            uint64_t size;
+            if (db->env->file_size(db->env, path, &size) == KV_OK && size != f->file_size)
+                problem(&cc, name, size, "file size differs from the manifest");
+            /* levels >= 1: files sorted and not overlapping */
+            if (l > 0 && i > 0) {
+                file_meta *p = v->files[l][i - 1];
+                if (ukey_cmp(p->largest.data, p->largest.len - 8, f->smallest.data, f->smallest.len - 8) >= 0)
+                    problem(&cc, name, 0, "key range overlaps the previous file of its level");
+            }
+            rc = progress(&cc, f->file_size);
+        }
+    }
+    for (size_t i = 0; i < v->nblobs && !rc; i++) {
+        snprintf(name, sizeof name, "%06" PRIu64 ".blob", v->blobs[i]->file_no);
+        file_name(path, sizeof path, db->dir, v->blobs[i]->file_no, "blob");
+        long n = blob_check_file(db->env, path, name, problem, &cc);
+        if (n < 0) problem(&cc, name, 0, kv_errmsg());
+    }
+    if (!rc) {
+        char **names;
+        size_t n;
+        if (db->env->list_dir(db->env, db->dir, &names, &n) == KV_OK) {
+            for (size_t i = 0; i < n; i++) {
+                uint64_t no;
+                char ext[8];
+                if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no >= log_number)
+                    check_log(db, &cc, names[i], true);
+            }
+            kv_env_free_names(names, n);
+        }
+        snprintf(name, sizeof name, "MANIFEST-%06" PRIu64, manifest_no);
+        if (!db->opt.read_only) check_log(db, &cc, name, false);
+        batchlog_check(db->blog, problem, &cc, &cc.problems);
+    }
+    pthread_mutex_lock(&db->mu);
+    version_unref(v);
+    pthread_mutex_unlock(&db->mu);
+    if (problems) *problems = cc.problems;
+    db_leave(db);
+    if (rc) return rc;
+    return cc.problems ? kv_set_error(KV_ECORRUPT, "%" PRIu64 " problem(s) found", cc.problems) : KV_OK;
+}
+
+/* ---- manual compaction ----------------------------------------------------------------------------------------------- */
+
+int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end, size_t elen,
+                     kv_progress_fn progress_cb, void *ctx) {
+    if (!db_enter(db)) return KV_ECLOSED;
+    if (db->opt.read_only) {
+        db_leave(db);
+        return kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    }
+    if ((slen && !start) || (elen && !end) || slen > KV_MAX_KEY || elen > KV_MAX_KEY) {
+        db_leave(db);
+        return kv_set_error(KV_EINVAL, "kv_compact_range: bad range");
+    }
+    int rc = db_flush_memtable(db);
+    kv_bytes lo = {0}, hi = {0};
+    if (!rc && (slen || elen)) {
+        uint8_t ks = 0;
+        rc = bytes_append(&lo, &ks, 1) || bytes_append(&lo, start, slen);
+        if (!rc) {
+            if (elen) rc = bytes_append(&hi, &ks, 1) || bytes_append(&hi, end, elen);
+            else {
+                uint8_t next = 1; /* everything of keyspace 0 sorts before [1] */
+                rc = bytes_append(&hi, &next, 1);
+            }
+        }
+        if (rc) rc = KV_ENOMEM;
+    }
+    pthread_mutex_lock(&db->mu);
+    while (!rc && (db->compact_running || db->manual_running)) pthread_cond_wait(&db->bg_cv, &db->mu);
+    db->manual_running = true;
+    int last = 0;
+    for (int l = 0; l < KV_MAX_LEVELS - 1 && !rc; l++)
+        if (db->vs->current->nfiles[l]) last = l;
+    for (int l = 0; l <= last && !rc; l++) {
+        if (atomic_load(&db->closed)) rc = kv_set_error(KV_ECLOSED, "the store is closing");
+        if (!rc) rc = db_run_manual_compaction(db, l, &lo, &hi);
+        if (!rc && progress_cb) {
+            pthread_mutex_unlock(&db->mu);
+            if (progress_cb(ctx, (uint64_t)l + 1, (uint64_t)last + 1)) rc = kv_set_error(KV_EINTERRUPTED, "interrupted");
+            pthread_mutex_lock(&db->mu);
+        }
+    }
+    db->manual_running = false;
+    pthread_cond_broadcast(&db->bg_cv);
+    pthread_cond_broadcast(&db->work_cv);
+    pthread_mutex_unlock(&db->mu);
+    bytes_free(&lo);
+    bytes_free(&hi);
+    db_leave(db);
+    return rc;
+}
+
+/* ---- checkpoint ------------------------------------------------------------------------------------------------------ */
+
+static int copy_file(kv_env *env, const char *from, const char *to, uint64_t limit) {
+    kv_file *in, *out;
+    int rc = env->open_read(env, from, &in);
+    if (rc) return rc;
+    rc = env->open_write(env, to, &out);
+    if (rc) {
+        env->close(env, in);
+        return rc;
+    }
+    char *buf = malloc(1 << 20);
+    uint64_t off = 0;
+    if (!buf) rc = KV_ENOMEM;
+    while (!rc && off < limit) {
+        size_t want = limit - off < (1u << 20) ? (size_t)(limit - off) : (1u << 20), got = 0;
+        rc = env->read_at(env, in, off, buf, want, &got);
+        if (!rc && got == 0) break;
+        if (!rc) rc = env->append(env, out, buf, got);
+        off += got;
+    }
+    free(buf);
+    if (!rc) rc = env->sync(env, out);
+    env->close(env, in);
+    int rc2 = env->close(env, out);
+    return rc ? rc : rc2;
+}
+
+static int link_or_copy(kv_env *env, const char *from, const char *to) {
+    if (env->link(env, from, to) == KV_OK) return KV_OK;
+    return copy_file(env, from, to, UINT64_MAX);
+}
+
+int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void *ctx) {
+    if (!dest || !*dest) return kv_set_error(KV_EINVAL, "kv_checkpoint: no destination");
+    if (!db_enter(db)) return KV_ECLOSED;
+    kv_env *env = db->env;
+    int rc = KV_OK;
+    int ex = env->exists(env, dest);
+    if (ex != 0) rc = ex < 0 ? ex : kv_set_error(KV_EEXIST, "%s: already exists", dest);
+    if (!rc) rc = env->mkdir(env, dest, 0700);
+    if (rc) {
+        db_leave(db);
+        return rc;
+    }
+    /* hold the write queue: enqueue as a writer and wait to lead */
+    writer w = {0};
+    pthread_cond_init(&w.cv, NULL);
+    pthread_mutex_lock(&db->mu);
+    if (db->writers_tail) db->writers_tail->next = &w;
+    else db->writers_head = &w;
+    db->writers_tail = &w;
+    while (db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
+    version *v = db->vs->current;
+    version_ref(v);
+    uint64_t log_number = db->vs->log_number, last_seq = atomic_load(&db->last_seq), next_file = db->vs->next_file;
+    uint64_t cur_log = db->log_no;
+    uint64_t cur_log_size = db->log ? wal_writer_size(db->log) : 0;
+    pthread_mutex_unlock(&db->mu);
+
+    /* the shared blob file must not grow after we link it: close it (a new one starts on the next write) */
+    pthread_mutex_lock(&db->blob_mu);
+    if (db->blob_w) {
+        rc = blob_writer_sync(db->blob_w);
+        if (!rc) {
+            blob_writer_close(db->blob_w);
+            db->blob_w = NULL;
+            db->blob_dirty = false;
+        }
+    }
+    pthread_mutex_unlock(&db->blob_mu);
+
+    uint64_t total = 0, done = 0;
+    for (int l = 0; l < KV_MAX_LEVELS; l++) total += v->nfiles[l];
+    total += v->nblobs;
+    char from[4096], to[4096];
+    for (int l = 0; l < KV_MAX_LEVELS && !rc; l++)
+        for (size_t i = 0; i < v->nfiles[l] && !rc; i++) {
+            file_name(from, sizeof from, db->dir, v->files[l][i]->file_no, "sst");
+            file_name(to, sizeof to, dest, v->files[l][i]->file_no, "sst");
+            rc = link_or_copy(env, from, to);
+            if (!rc && progress_cb && progress_cb(ctx, ++done, total)) rc = kv_set_error(KV_EINTERRUPTED, "interrupted");
+        }
+    for (size_t i = 0; i < v->nblobs && !rc; i++) {
+        file_name(from, sizeof from, db->dir, v->blobs[i]->file_no, "blob");
+        file_name(to, sizeof to, dest, v->blobs[i]->file_no, "blob");
+        rc = link_or_copy(env, from, to);
+        if (!rc && progress_cb && progress_cb(ctx, ++done, total)) rc = kv_set_error(KV_EINTERRUPTED, "interrupted");
+    }
+    /* live logs: every one from log_number on; the current one only up to what is written now */
+    if (!rc) {
+        char **names;
+        size_t n;
+        rc = env->list_dir(env, db->dir, &names, &n);
+        for (size_t i = 0; !rc && i < n; i++) {
+            uint64_t no;
+            char ext[8];
+            if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no >= log_number &&
+                no <= cur_log) {
+                snprintf(from, sizeof from, "%s/%s", db->dir, names[i]);
+                snprintf(to, sizeof to, "%s/%s", dest, names[i]);
+                rc = copy_file(env, from, to, no == cur_log ? cur_log_size : UINT64_MAX);
+            } else if (strncmp(names[i], "BATCHLOG-", 9) == 0) {
+                snprintf(from, sizeof from, "%s/%s", db->dir, names[i]);
+                snprintf(to, sizeof to, "%s/%s", dest, names[i]);
+                rc = copy_file(env, from, to, UINT64_MAX);
+            }
+        }
+        if (names) kv_env_free_names(names, n);
+    }
+    /* the destination's manifest */
+    if (!rc) {
+        version_set *vs2;
+        rc = vset_new(env, dest, &vs2);
+        if (!rc) {
+            vs2->next_file = next_file;
+            vs2->last_seq = last_seq;
+            vs2->log_number = log_number;
+            vs2->batchlog_floor = db->vs->batchlog_floor;
+            version_edit e;
+            edit_init(&e);
+            for (int l = 0; l < KV_MAX_LEVELS && !rc; l++)
+                for (size_t i = 0; i < v->nfiles[l] && !rc; i++) rc = edit_add_file(&e, l, v->files[l][i]);
+            for (size_t i = 0; i < v->nblobs && !rc; i++) rc = edit_add_blob(&e, v->blobs[i]->file_no);
+            if (!rc) rc = vset_write_snapshot(vs2);
+            if (!rc) rc = vset_log_and_apply(vs2, &e);
+            edit_free(&e);
+            vset_free(vs2);
+        }
+    }
+    if (!rc) rc = env->sync_dir(env, dest);
+
+    pthread_mutex_lock(&db->mu);
+    version_unref(v);
+    db->writers_head = w.next;
+    if (!db->writers_head) db->writers_tail = NULL;
+    else pthread_cond_signal(&db->writers_head->cv);
+    pthread_mutex_unlock(&db->mu);
+    pthread_cond_destroy(&w.cv);
+    db_leave(db);
+    return rc;
+}
+
+/* ---- statistics ------------------------------------------------------------------------------------------------------ */
+
+int kv_get_stats(kv_db *db, kv_stats *s) {
+    if (!s) return kv_set_error(KV_EINVAL, "kv_get_stats: NULL out");
+    if (!db_enter(db)) return KV_ECLOSED;
+    memset(s, 0, sizeof *s);
+    pthread_mutex_lock(&db->mu);
+    version *v = db->vs->current;
+    for (int l = 0; l < KV_MAX_LEVELS; l++) {
+        s->level_files[l] = v->nfiles[l];
+        for (size_t i = 0; i < v->nfiles[l]; i++) {
+            s->level_bytes[l] += v->files[l][i]->file_size;
+            s->estimated_keys += v->files[l][i]->entries;
+        }
+    }
+    memtable_meta mm;
+    memtable_get_meta(db->mem, &mm);
+    s->memtable_bytes = mm.bytes;
+    s->estimated_keys += mm.entries;
+    for (int i = 0; i < db->nimm; i++) {
+        memtable_get_meta(db->imm[i].mem, &mm);
+        s->memtable_bytes += mm.bytes;
+        s->estimated_keys += mm.entries;
+    }
+    s->immutable_memtables = (uint64_t)db->nimm;
+    s->blob_files = v->nblobs;
+    uint64_t blob_nos[1024];
+    size_t nb = v->nblobs < 1024 ? v->nblobs : 1024;
+    for (size_t i = 0; i < nb; i++) blob_nos[i] = v->blobs[i]->file_no;
+    pthread_mutex_unlock(&db->mu);
+    for (size_t i = 0; i < nb; i++) {
+        char path[4096];
+        uint64_t size;
+        file_name(path, sizeof path, db->dir, blob_nos[i], "blob");
+        if (db->env->file_size(db->env, path, &size) == KV_OK) s->blob_bytes += size;
+    }
+    block_cache_stats(db->cache, &s->cache_hits, &s->cache_misses, &s->cache_bytes, &s->cache_capacity);
+    s->user_bytes_written = atomic_load(&db->st_user_bytes);
+    s->wal_bytes_written = atomic_load(&db->st_wal_bytes);
+    s->flush_bytes_written = atomic_load(&db->st_flush_bytes);
+    s->compaction_bytes_written = atomic_load(&db->st_compact_bytes);
+    s->compaction_bytes_read = atomic_load(&db->st_compact_read);
+    s->blob_bytes_written = atomic_load(&db->st_blob_bytes);
+    s->stall_micros = atomic_load(&db->st_stall_us);
+    s->flushes = atomic_load(&db->st_flushes);
+    s->compactions = atomic_load(&db->st_compactions);
+    s->last_sequence = atomic_load(&db->last_seq);
+    uint64_t written = s->wal_bytes_written + s->flush_bytes_written + s->compaction_bytes_written + s->blob_bytes_written;
+    s->write_amplification = s->user_bytes_written ? (double)written / (double)s->user_bytes_written : 0;
+    batchlog_range(db->blog, &s->batch_log_oldest, &s->batch_log_newest);
+    char **names;
+    size_t n;
+    if (db->env->list_dir(db->env, db->dir, &names, &n) == KV_OK) {
+        for (size_t i = 0; i < n; i++) {
+            char path[4096];
+            uint64_t size;
+            snprintf(path, sizeof path, "%s/%s", db->dir, names[i]);
+            if (db->env->file_size(db->env, path, &size) == KV_OK) s->disk_bytes += size;
+        }
+        kv_env_free_names(names, n);
+    }
+    db_leave(db);
+    return KV_OK;
+}
+
+/* ---- blob garbage collection ----------------------------------------------------------------------------------------- */
+
+typedef struct gc_file {
+    uint64_t no, size, referenced, live;
+    bool candidate;
+} gc_file;
+
+static gc_file *gc_find(gc_file *fs, size_t n, uint64_t no) {
+    for (size_t i = 0; i < n; i++)
+        if (fs[i].no == no) return &fs[i];
+    return NULL;
+}
+
+/* Copy the whole value described by payload into a fresh record of w; the new reference in out. */
+static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out) {
+    blob_ref ref = {0}, nref = {0};
+    int rc = blob_ref_decode(payload, plen, &ref);
+    char *buf = malloc(BLOB_CHUNK);
+    if (!buf) rc = KV_ENOMEM;
+    if (!rc) rc = blob_writer_begin(w);
+    for (uint64_t off = 0; !rc && off < ref.size;) {
+        size_t got = 0;
+        rc = blob_read(db->blobs, &ref, off, buf, BLOB_CHUNK, &got);
+        if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
+        if (!rc) rc = blob_writer_append(w, buf, got);
+        off += got;
+    }
+    blob_extent e;
+    if (!rc) rc = blob_writer_end(w, &e);
+    if (!rc) rc = blob_ref_splice(&nref, 0, &e);
+    if (!rc) {
+        bytes_clear(out);
+        rc = blob_ref_encode(&nref, out);
+    }
+    free(buf);
+    blob_ref_free(&ref);
+    blob_ref_free(&nref);
+    return rc;
+}
+
+int kv_blob_gc(kv_db *db, double min_ratio) {
+    if (!db_enter(db)) return KV_ECLOSED;
+    if (db->opt.read_only) {
+        db_leave(db);
+        return kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    }
+    /* the candidates: blob files that nobody is writing */
+    pthread_mutex_lock(&db->mu);
+    version *v = db->vs->current;
+    size_t n = v->nblobs;
+    gc_file *fs = calloc(n ? n : 1, sizeof *fs);
+    if (!fs) {
+        pthread_mutex_unlock(&db->mu);
+        db_leave(db);
+        return KV_ENOMEM;
+    }
+    uint64_t active = 0;
+    pthread_mutex_unlock(&db->mu);
+    pthread_mutex_lock(&db->blob_mu);
+    if (db->blob_w) active = blob_writer_file_no(db->blob_w);
+    pthread_mutex_unlock(&db->blob_mu);
+    pthread_mutex_lock(&db->mu);
+    v = db->vs->current;
+    n = n < v->nblobs ? n : v->nblobs;
+    for (size_t i = 0; i < n; i++) {
+        fs[i].no = v->blobs[i]->file_no;
+        bool pending = false;
+        for (size_t j = 0; j < db->npending; j++)
+            if (db->pending[j] == fs[i].no) pending = true;
+        fs[i].candidate = fs[i].no != active && !pending;
+    }
+    pthread_mutex_unlock(&db->mu);
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        file_name(path, sizeof path, db->dir, fs[i].no, "blob");
+        if (db->env->file_size(db->env, path, &fs[i].size)) fs[i].candidate = false;
+    }
+
+    /* one pass over every entry: what references each file at all, and what the newest versions use */
+    db_raw_iter *ri;
+    iter *it;
+    int rc = db_raw_iter_new(db, false, &ri, &it);
+    kv_bytes prev = {0};
+    bool have_prev = false;
+    for (it && !rc ? it->seek_first(it) : (void)0; !rc && it->valid(it); it->next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = it->key(it, &kl), *val = it->value(it, &vl);
+        bool newest = !have_prev || ukey_cmp(k, kl - 8, prev.data, prev.len) != 0;
+        if (newest) {
+            bytes_clear(&prev);
+            bytes_append(&prev, k, kl - 8);
+            have_prev = true;
+        }
+        if (ikey_type(k, kl) != KV_TYPE_BLOB) continue;
+        int64_t ts;
+        const uint8_t *p;
+        size_t plen;
+        blob_ref ref = {0};
+        if (entry_decode(val, vl, &ts, &p, &plen) || blob_ref_decode(p, plen, &ref)) continue;
+        for (size_t e = 0; e < ref.n; e++) {
+            gc_file *f = gc_find(fs, n, ref.ext[e].file_no);
+            if (!f) continue;
+            f->referenced += ref.ext[e].len + 1;
+            if (newest) f->live += ref.ext[e].len;
+        }
+        blob_ref_free(&ref);
+    }
+    if (!rc && it) rc = it->status(it);
+    if (ri) db_raw_iter_free(db, ri);
+
+    /* files nothing references go; files mostly garbage get their live values copied out */
+    version_edit e;
+    edit_init(&e);
+    blob_writer *w = NULL;
+    for (size_t i = 0; i < n && !rc; i++) {
+        gc_file *f = &fs[i];
+        if (!f->candidate) continue;
+        if (f->referenced == 0) {
+            rc = edit_delete_blob(&e, f->no);
+            continue;
+        }
+        double garbage = f->size > BLOB_HEADER ? 1.0 - (double)f->live / (double)(f->size - BLOB_HEADER) : 0;
+        if (garbage <= min_ratio || f->live == 0) continue;
+        /* rewrite: every newest value that touches f */
+        kv_iter *uit = NULL;
+        for (int ks = 0; ks < 256 && !rc; ks++) {
+            kv_read_opts ro = {NULL, (uint8_t)ks};
+            rc = kv_iter_new(db, &ro, &uit);
+            if (rc) break;
+            for (kv_iter_seek_first(uit); !rc && kv_iter_valid(uit); kv_iter_next(uit)) {
+                kv_info info;
+                if (kv_iter_info(uit, &info) || !info.external) continue;
+                const uint8_t *p;
+                size_t plen;
+                if (db_iter_payload(uit, &p, &plen)) continue;
+                blob_ref ref = {0};
+                if (blob_ref_decode(p, plen, &ref)) continue;
+                bool touches = blob_ref_bytes_in_file(&ref, f->no) > 0;
+                blob_ref_free(&ref);
+                if (!touches) continue;
+                if (!w) {
+                    rc = db_new_blob_file(db, &w);
+                    if (rc) break;
+                }
+                kv_bytes nref = {0};
+                rc = gc_copy_value(db, w, p, plen, &nref);
+                if (!rc) rc = blob_writer_sync(w);
+                if (!rc) {
+                    kv_batch b = {0};
+                    size_t kl;
+                    const void *key = kv_iter_key(uit, &kl);
+                    batch_op *op;
+                    rc = kv_batch_delete_ks(&b, (uint8_t)ks, key, kl); /* placeholder op, rewritten below */
+                    if (!rc) {
+                        op = &b.ops[0];
+                        op->kind = BOP_REPLACE_IF;
+                        op->key2_off = b.data.len;
+                        op->k2len = plen;
+                        rc = bytes_append(&b.data, p, plen);
+                        op->data_off = b.data.len;
+                        op->len = nref.len;
+                        op->vtype = KV_TYPE_BLOB;
+                        op->off = (uint64_t)info.timestamp_ms;
+                        if (!rc) rc = bytes_append(&b.data, nref.data, nref.len);
+                        b.reads = true;
+                    }
+                    if (!rc) {
+                        rc = db_write_internal(db, &b, 0, NULL);
+                        if (rc == KV_ENOTFOUND) rc = KV_OK; /* changed meanwhile: its new value is elsewhere */
+                    }
+                    free(b.ops);
+                    bytes_free(&b.data);
+                }
+                bytes_free(&nref);
+            }
+            if (!rc) rc = kv_iter_status(uit);
+            kv_iter_free(uit);
+            uit = NULL;
+        }
+    }
+    if (w) {
+        uint64_t no = blob_writer_file_no(w);
+        blob_writer_close(w);
+        pthread_mutex_lock(&db->mu);
+        pending_remove(db, no);
+        pthread_mutex_unlock(&db->mu);
+    }
+    pthread_mutex_lock(&db->mu);
+    if (!rc && e.nblob_del) rc = vset_log_and_apply(db->vs, &e);
+    db_delete_obsolete_files(db);
+    pthread_mutex_unlock(&db->mu);
+    edit_free(&e);
+    bytes_free(&prev);
+    free(fs);
+    db_leave(db);
+    return rc;
+}

@@ -1,0 +1,427 @@
+/*
+ * db_resolve.c — turning a write batch into its log record, and streams.
+ *
+ * A batch may hold operations whose result depends on the current value (move, write_at, truncate). The leader
+ * resolves them, alone in its group, against the latest state plus the batch's own earlier operations, into plain
+ * puts, blob-reference puts and deletes. Large values go to the shared blob file here, so the log record and the
+ * memtable only ever hold small payloads.
+ *
+ * Invariants
+ *  - The resolved record holds at most one operation per key (the last one wins), so every entry of a batch has a
+ *    distinct internal key (the batch shares one sequence number).
+ *  - Resolution writes nothing but blob bytes; if it fails, those bytes are unreferenced garbage for blob GC.
+ *  - Lock order: blob_mu before mu. Nobody takes blob_mu while holding mu.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_impl.h"
+#include "dbformat.h"
+#include "error.h"
+
+/* ---- blob files -------------------------------------------------------------------------------------------------- */
+
+/* Create a blob file registered in the version (caller holds blob_mu if it is the shared one, never mu). */
+int db_new_blob_file(kv_db *db, blob_writer **out) {
+    pthread_mutex_lock(&db->mu);
+    uint64_t no = vset_new_file_number(db->vs);
+    pending_add(db, no);
+    pthread_mutex_unlock(&db->mu);
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "blob");
+    int rc = blob_writer_new(db->env, path, no, out);
+    if (!rc) rc = db->env->sync_dir(db->env, db->dir);
+    pthread_mutex_lock(&db->mu);
+    if (!rc) {
+        version_edit e;
+        edit_init(&e);
+        rc = edit_add_blob(&e, no);
+        if (!rc) rc = vset_log_and_apply(db->vs, &e);
+        edit_free(&e);
+    }
+    if (rc) {
+        pending_remove(db, no);
+        if (*out) blob_writer_close(*out);
+        *out = NULL;
+        db->env->remove(db->env, path);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+/* Append one record to the shared blob file (leader only). */
+static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) {
+    pthread_mutex_lock(&db->blob_mu);
+    int rc = KV_OK;
+    if (db->blob_w && blob_writer_size(db->blob_w) >= db->opt.blob_file_bytes) {
+        /* full: make its bytes durable before it leaves our hands, then start another */
+        rc = blob_writer_sync(db->blob_w);
+        if (!rc) {
+            blob_writer_close(db->blob_w);
+            db->blob_w = NULL;
+            db->blob_dirty = false;
+        }
+    }
+    if (!rc && !db->blob_w) rc = db_new_blob_file(db, &db->blob_w);
+    if (!rc) rc = blob_writer_add(db->blob_w, data, len, e);
+    if (!rc) {
+        db->blob_dirty = true;
+        atomic_fetch_add(&db->st_blob_bytes, len);
+    }
+    pthread_mutex_unlock(&db->blob_mu);
+    return rc;
+}
+
+/* ---- the overlay: this batch's resolved operations --------------------------------------------------------------- */
+
+typedef struct rop {
+    int type;
+    kv_bytes ukey;
+    kv_bytes payload;
+} rop;
+
+typedef struct overlay {
+    rop *ops;
+    size_t n, cap;
+    uint32_t *slots; /* open addressing: index+1, 0 = empty */
+    size_t nslots;
+} overlay;
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+static void overlay_free(overlay *o) {
+    for (size_t i = 0; i < o->n; i++) {
+        bytes_free(&o->ops[i].ukey);
+        bytes_free(&o->ops[i].payload);
+    }
+    free(o->ops);
+    free(o->slots);
+}
+
+static int overlay_rehash(overlay *o) {
+    size_t ns = o->nslots ? o->nslots * 2 : 64;
+    uint32_t *s = calloc(ns, sizeof *s);
+    if (!s) return KV_ENOMEM;
+    for (size_t i = 0; i < o->n; i++) {
+        size_t h = hash_bytes(o->ops[i].ukey.data, o->ops[i].ukey.len) & (ns - 1);
+        while (s[h]) h = (h + 1) & (ns - 1);
+        s[h] = (uint32_t)(i + 1);
+    }
+    free(o->slots);
+    o->slots = s;
+    o->nslots = ns;
+    return KV_OK;
+}
+
+static rop *overlay_find(overlay *o, const uint8_t *ukey, size_t ulen) {
+    if (!o->nslots) return NULL;
+    size_t h = hash_bytes(ukey, ulen) & (o->nslots - 1);
+    while (o->slots[h]) {
+        rop *r = &o->ops[o->slots[h] - 1];
+        if (r->ukey.len == ulen && memcmp(r->ukey.data, ukey, ulen) == 0) return r;
+        h = (h + 1) & (o->nslots - 1);
+    }
+    return NULL;
+}
+
+/* Set the resolved operation for ukey (replacing an earlier one of this batch). */
+static int overlay_set(overlay *o, const uint8_t *ukey, size_t ulen, int type, const uint8_t *payload, size_t plen) {
+    rop *r = overlay_find(o, ukey, ulen);
+    if (!r) {
+        if ((o->n + 1) * 2 > o->nslots && overlay_rehash(o)) return KV_ENOMEM;
+        if (o->n == o->cap) {
+            size_t cap = o->cap ? o->cap * 2 : 8;
+            rop *p = realloc(o->ops, cap * sizeof *p);
+            if (!p) return KV_ENOMEM;
+            o->ops = p;
+            o->cap = cap;
+        }
+        r = &o->ops[o->n++];
+        memset(r, 0, sizeof *r);
+        if (bytes_append(&r->ukey, ukey, ulen)) return KV_ENOMEM;
+        size_t h = hash_bytes(ukey, ulen) & (o->nslots - 1);
+        while (o->slots[h]) h = (h + 1) & (o->nslots - 1);
+        o->slots[h] = (uint32_t)o->n;
+    }
+    r->type = type;
+    if (payload == r->payload.data && plen == r->payload.len) return KV_OK;
+    kv_bytes nb = {0};
+    if (bytes_append(&nb, payload, plen)) return KV_ENOMEM;
+    bytes_free(&r->payload);
+    r->payload = nb;
+    return KV_OK;
+}
+
+/* The current state of ukey: from the batch so far, else from the store. type KV_TYPE_DELETE means absent. */
+static int current_state(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen, int *type, kv_bytes *payload) {
+    rop *r = overlay_find(o, ukey, ulen);
+    bytes_clear(payload);
+    if (r) {
+        *type = r->type;
+        return bytes_append(payload, r->payload.data, r->payload.len);
+    }
+    int64_t ts;
+    uint64_t fseq;
+    int rc = db_get_entry(db, ukey, ulen, atomic_load(&db->last_seq), type, &ts, payload, &fseq);
+    if (rc < 0) return rc;
+    if (rc == 0) *type = KV_TYPE_DELETE;
+    return KV_OK;
+}
+
+/* ---- value transformations ------------------------------------------------------------------------------------------ */
+
+/* Turn an inline value into a blob reference (its bytes become one record). */
+static int inline_to_ref(kv_db *db, const kv_bytes *val, blob_ref *ref) {
+    memset(ref, 0, sizeof *ref);
+    if (val->len == 0) return KV_OK;
+    blob_extent e;
+    int rc = blob_append(db, val->data, val->len, &e);
+    if (!rc) rc = blob_ref_splice(ref, 0, &e);
+    return rc;
+}
+
+static int ref_payload(const blob_ref *ref, kv_bytes *out) {
+    bytes_clear(out);
+    return blob_ref_encode(ref, out);
+}
+
+/* Read a whole (small) blob value into out. */
+static int ref_to_inline(kv_db *db, const blob_ref *ref, kv_bytes *out) {
+    bytes_clear(out);
+    if (bytes_reserve(out, (size_t)ref->size)) return KV_ENOMEM;
+    size_t got = 0;
+    int rc = blob_read(db->blobs, ref, 0, out->data, (size_t)ref->size, &got);
+    if (rc) return rc;
+    out->len = got;
+    return KV_OK;
+}
+
+/* write_at / truncate on the state (type, cur); result in (*type, out). */
+static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op, const uint8_t *data, kv_bytes *out) {
+    uint64_t thr = db->opt.blob_threshold;
+    bytes_clear(out);
+    if (*type == KV_TYPE_DELETE) {
+        *type = KV_TYPE_VALUE;
+        bytes_clear(cur);
+    }
+    if (*type == KV_TYPE_VALUE) {
+        uint64_t n = cur->len;
+        uint64_t newsize = op->kind == BOP_TRUNCATE ? op->off : (op->len == 0 ? n : (op->off + op->len > n ? op->off + op->len : n));
+        if (newsize < thr) {
+            if (bytes_append(out, cur->data, (size_t)(n < newsize ? n : newsize))) return KV_ENOMEM;
+            if (out->len < newsize) {
+                if (bytes_reserve(out, (size_t)(newsize - out->len))) return KV_ENOMEM;
+                memset(out->data + out->len, 0, (size_t)(newsize - out->len));
+                out->len = (size_t)newsize;
+            }
+            if (op->kind == BOP_WRITE_AT && op->len) memcpy(out->data + op->off, data, (size_t)op->len);
+            return KV_OK;
+        }
+        /* grows past the threshold: becomes a blob reference */
+        blob_ref ref;
+        int rc = inline_to_ref(db, cur, &ref);
+        if (!rc && op->kind == BOP_TRUNCATE) rc = blob_ref_truncate(&ref, newsize);
+        if (!rc && op->kind == BOP_WRITE_AT) {
+            blob_extent e;
+            rc = blob_append(db, data, (size_t)op->len, &e);
+            if (!rc) rc = blob_ref_splice(&ref, op->off, &e);
+        }
+        if (!rc) rc = ref_payload(&ref, out);
+        blob_ref_free(&ref);
+        *type = KV_TYPE_BLOB;
+        return rc;
+    }
+    /* a blob reference */
+    blob_ref ref = {0};
+    int rc = blob_ref_decode(cur->data, cur->len, &ref);
+    if (rc) return rc;
+    if (op->kind == BOP_TRUNCATE) {
+        rc = blob_ref_truncate(&ref, op->off);
+        if (!rc && ref.size < thr) {
+            rc = ref_to_inline(db, &ref, out);
+            *type = KV_TYPE_VALUE;
+            blob_ref_free(&ref);
+            return rc;
+        }
+    } else if (op->len) {
+        blob_extent e;
+        rc = blob_append(db, data, (size_t)op->len, &e);
+        if (!rc) rc = blob_ref_splice(&ref, op->off, &e);
+    }
+    if (!rc) rc = ref_payload(&ref, out);
+    blob_ref_free(&ref);
+    return rc;
+}
+
+/* ---- resolution -------------------------------------------------------------------------------------------------------- */
+
+int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync, kv_bytes *rec) {
+    overlay o = {0};
+    kv_bytes cur = {0}, out = {0};
+    uint8_t ubuf[KV_MAX_KEY + 1], ubuf2[KV_MAX_KEY + 1];
+    int rc = KV_OK;
+    const uint8_t *base = b->data.data;
+    for (size_t i = 0; i < b->n && rc == KV_OK; i++) {
+        const batch_op *op = &b->ops[i];
+        ubuf[0] = op->ks;
+        memcpy(ubuf + 1, base + op->key_off, op->klen);
+        size_t ulen = op->klen + 1;
+        const uint8_t *data = base + op->data_off;
+        int type;
+        switch (op->kind) {
+        case BOP_PUT:
+            if (op->len >= db->opt.blob_threshold) {
+                blob_ref ref = {0};
+                blob_extent e;
+                rc = blob_append(db, data, (size_t)op->len, &e);
+                if (!rc) rc = blob_ref_splice(&ref, 0, &e);
+                if (!rc) rc = ref_payload(&ref, &out);
+                blob_ref_free(&ref);
+                if (!rc) rc = overlay_set(&o, ubuf, ulen, KV_TYPE_BLOB, out.data, out.len);
+            } else {
+                rc = overlay_set(&o, ubuf, ulen, KV_TYPE_VALUE, data, (size_t)op->len);
+            }
+            break;
+        case BOP_DELETE:
+            rc = overlay_set(&o, ubuf, ulen, KV_TYPE_DELETE, NULL, 0);
+            break;
+        case BOP_MOVE:
+            rc = current_state(db, &o, ubuf, ulen, &type, &cur);
+            if (rc) break;
+            if (type == KV_TYPE_DELETE) {
+                rc = kv_set_error(KV_ENOTFOUND, "move: the source key is absent");
+                break;
+            }
+            ubuf2[0] = op->ks2;
+            memcpy(ubuf2 + 1, base + op->key2_off, op->k2len);
+            if (op->k2len + 1 == ulen && memcmp(ubuf, ubuf2, ulen) == 0) break; /* onto itself: nothing */
+            rc = overlay_set(&o, ubuf2, op->k2len + 1, type, cur.data, cur.len);
+            if (!rc) rc = overlay_set(&o, ubuf, ulen, KV_TYPE_DELETE, NULL, 0);
+            break;
+        case BOP_WRITE_AT:
+        case BOP_TRUNCATE:
+            rc = current_state(db, &o, ubuf, ulen, &type, &cur);
+            if (!rc) rc = apply_change(db, &type, &cur, op, data, &out);
+            if (!rc) rc = overlay_set(&o, ubuf, ulen, type, out.data, out.len);
+            break;
+        case BOP_PUT_STREAM: {
+            kv_stream *s = op->stream;
+            if (s->w) {
+                if (!s->ended) {
+                    rc = blob_writer_end(s->w, &s->ext);
+                    if (rc) break;
+                    s->ended = true;
+                }
+                if (sync && (rc = blob_writer_sync(s->w))) break;
+                blob_ref ref = {0};
+                rc = blob_ref_splice(&ref, 0, &s->ext);
+                if (!rc) rc = ref_payload(&ref, &out);
+                blob_ref_free(&ref);
+                if (!rc) rc = overlay_set(&o, ubuf, ulen, KV_TYPE_BLOB, out.data, out.len);
+            } else {
+                rc = overlay_set(&o, ubuf, ulen, KV_TYPE_VALUE, s->inline_data.data, s->inline_data.len);
+            }
+            if (!rc) s->committed = true;
+            break;
+        }
+        case BOP_REPLACE_IF:
+            /* blob GC: swap a reference only if the value is still the one GC copied */
+            rc = current_state(db, &o, ubuf, ulen, &type, &cur);
+            if (rc) break;
+            if (type == KV_TYPE_BLOB && cur.len == op->k2len && memcmp(cur.data, base + op->key2_off, cur.len) == 0) {
+                rc = overlay_set(&o, ubuf, ulen, op->vtype, data, (size_t)op->len);
+                ts = (int64_t)op->off; /* keep the value's write time: GC is not a write */
+            }
+            break;
+        default:
+            rc = kv_set_error(KV_EINVAL, "unknown batch operation");
+        }
+    }
+    bytes_free(&cur);
+    bytes_free(&out);
+    if (rc == KV_OK && o.n == 0 && b->n && b->ops[0].kind == BOP_REPLACE_IF)
+        rc = kv_set_error(KV_ENOTFOUND, "the value changed since blob GC copied it");
+    if (rc == KV_OK) {
+        size_t start = rec->len;
+        rc = bytes_append_fixed64(rec, seq);
+        if (!rc) rc = bytes_append_varint(rec, (uint64_t)ts);
+        if (!rc) rc = bytes_append_varint(rec, o.n);
+        for (size_t i = 0; i < o.n && !rc; i++) {
+            uint8_t t = (uint8_t)o.ops[i].type;
+            rc = bytes_append(rec, &t, 1);
+            if (!rc) rc = bytes_append_lenprefixed(rec, o.ops[i].ukey.data, o.ops[i].ukey.len);
+            if (!rc && t != KV_TYPE_DELETE) rc = bytes_append_lenprefixed(rec, o.ops[i].payload.data, o.ops[i].payload.len);
+        }
+        if (rc) rec->len = start;
+    }
+    overlay_free(&o);
+    return rc;
+}
+
+/* ---- streams ---------------------------------------------------------------------------------------------------------- */
+
+int kv_stream_new(kv_db *db, kv_stream **out) {
+    if (!out) return kv_set_error(KV_EINVAL, "kv_stream_new: NULL out");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = KV_OK;
+    if (db->opt.read_only) rc = kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    kv_stream *s = rc ? NULL : calloc(1, sizeof *s);
+    if (!rc && !s) rc = KV_ENOMEM;
+    if (!rc) {
+        s->db = db;
+        atomic_fetch_add(&db->pins, 1);
+        *out = s;
+    }
+    db_leave(db);
+    return rc;
+}
+
+int kv_stream_append(kv_stream *s, const void *data, size_t len) {
+    if (!s || (len && !data)) return kv_set_error(KV_EINVAL, "kv_stream_append: bad arguments");
+    if (s->committed || s->ended) return kv_set_error(KV_EINVAL, "the stream was already put");
+    kv_db *db = s->db;
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = KV_OK;
+    if (!s->w && s->inline_data.len + len < db->opt.blob_threshold) {
+        rc = bytes_append(&s->inline_data, data, len);
+    } else {
+        if (!s->w) {
+            rc = db_new_blob_file(db, &s->w);
+            if (!rc) rc = blob_writer_begin(s->w);
+            if (!rc) rc = blob_writer_append(s->w, s->inline_data.data, s->inline_data.len);
+            bytes_free(&s->inline_data);
+        }
+        if (!rc) rc = blob_writer_append(s->w, data, len);
+        if (!rc) atomic_fetch_add(&db->st_blob_bytes, len);
+    }
+    if (!rc) s->size += len;
+    db_leave(db);
+    return rc;
+}
+
+uint64_t kv_stream_size(const kv_stream *s) { return s ? s->size : 0; }
+
+void kv_stream_free(kv_stream *s) {
+    if (!s) return;
+    kv_db *db = s->db;
+    if (s->w) {
+        uint64_t no = blob_writer_file_no(s->w);
+        if (!s->ended) {
+            blob_extent e;
+            (void)blob_writer_end(s->w, &e); /* an unused record: garbage for blob GC */
+        }
+        (void)blob_writer_sync(s->w);
+        blob_writer_close(s->w);
+        pthread_mutex_lock(&db->mu);
+        pending_remove(db, no);
+        pthread_mutex_unlock(&db->mu);
+    }
+    bytes_free(&s->inline_data);
+    free(s);
+    db_unpin(db);
+}

@@ -1,0 +1,291 @@
+/*
+ * wal.c — the record log (wal.h; the format is in docs/format-wal.md).
+ *
+ * Record:  fixed32 checksum | fixed32 length | payload[length],  checksum = kv_checksum(length field || payload).
+ *
+ * Invariants
+ *  - Writer: every record reaches the environment in exactly one append call, so a crash or a failed write leaves at
+ *    most one partial record, and only at the end of the file. w->size is always the offset just past the last
+ *    record that was appended in full. When an append fails, the writer cuts the file back to w->size so the next
+ *    record starts on a record boundary; if even that fails, the writer refuses further appends (w->broken) rather
+ *    than write a good record behind a partial one, which a reader would take for corruption.
+ *  - Reader: r->pos is the offset of the next record and only moves past records whose checksum matched, so it is
+ *    also the valid end. The window buf[0 .. len) holds file bytes [buf_off, buf_off + len), with buf_off <= pos;
+ *    it grows only to hold the largest record met (plus the header), never to the file size.
+ *  - Classification (wal.h): no bytes at pos = clean end; 1..7 bytes = torn (header cut short); a length running
+ *    past the end of the file = torn, checked against the file size before any buffer grows, so a bogus length
+ *    never allocates; a bad checksum = torn if the record ends exactly at the end of the file, else corruption; a
+ *    length above WAL_MAX_RECORD that still fits in the file = corruption (no writer produces it).
+ *    Torn and clean ends return KV_ENOTFOUND and are re-evaluated on each call, so a reader may poll a log that is
+ *    still growing.
+ */
+#include "wal.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coding.h"
+#include "error.h"
+#include "kv.h"
+
+#define READ_CHUNK ((size_t)32 << 10) /* smallest reader window */
+#define SCRATCH_KEEP ((size_t)4 << 20) /* a writer keeps a record buffer up to this size between appends */
+
+/* ---- Writer ---------------------------------------------------------------------------------------------------- */
+
+struct wal_writer {
+    kv_env *env;
+    kv_file *file;
+    uint64_t size;
+    bool broken;
+    kv_bytes rec; /* scratch: the record being appended */
+    char path[];
+};
+
+static int writer_new(kv_env *env, const char *path, wal_writer **out) {
+    size_t n = strlen(path);
+    wal_writer *w = calloc(1, sizeof *w + n + 1);
+    if (!w) return kv_set_error(KV_ENOMEM, "wal %s: out of memory", path);
+    w->env = env;
+    memcpy(w->path, path, n + 1);
+    *out = w;
+    return KV_OK;
+}
+
+int wal_writer_open(kv_env *env, const char *path, wal_writer **out) {
+    *out = NULL;
+    if (!env) env = kv_env_posix();
+    wal_writer *w;
+    int rc = writer_new(env, path, &w);
+    if (rc != KV_OK) return rc;
+    rc = env->open_write(env, path, &w->file);
+    if (rc != KV_OK) {
+        free(w);
+        return rc;
+    }
+    *out = w;
+    return KV_OK;
+}
+
+int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_writer **out) {
+    *out = NULL;
+    if (!env) env = kv_env_posix();
+    uint64_t size = 0;
+    int rc = env->file_size(env, path, &size);
+    if (rc != KV_OK && rc != KV_ENOTFOUND) return rc;
+    /* valid_end comes from a reader of this very file, so it can never lie past the end */
+    if (size < valid_end)
+        return kv_set_error(KV_EINVAL, "wal %s: valid end %llu is past the end of the file (%llu bytes)", path,
+                            (unsigned long long)valid_end, (unsigned long long)size);
+    /* Cut a torn tail off first: a record appended behind it would otherwise read as corruption. */
+    if (size > valid_end) {
+        rc = env->truncate(env, path, valid_end);
+        if (rc != KV_OK) return rc;
+    }
+    wal_writer *w;
+    rc = writer_new(env, path, &w);
+    if (rc != KV_OK) return rc;
+    rc = env->open_append(env, path, &w->file);
+    if (rc != KV_OK) {
+        free(w);
+        return rc;
+    }
+    w->size = valid_end;
+    *out = w;
+    return KV_OK;
+}
+
+int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, size_t nparts) {
+    if (w->broken)
+        return kv_set_error(KV_EIO, "wal %s: not writable after an earlier append failed and could not be undone",
+                            w->path);
+    size_t total = 0;
+    for (size_t i = 0; i < nparts; i++) {
+        if (lens[i] > WAL_MAX_RECORD - total)
+            return kv_set_error(KV_EINVAL, "wal %s: record larger than %u bytes", w->path, WAL_MAX_RECORD);
+        total += lens[i];
+    }
+    /* Build header and payload in one buffer so that the record goes out in one append call. */
+    bytes_clear(&w->rec);
+    if (bytes_reserve(&w->rec, WAL_HEADER + total) != KV_OK)
+        return kv_set_error(KV_ENOMEM, "wal %s: out of memory for a %zu-byte record", w->path, total);
+    uint8_t *p = w->rec.data;
+    put_fixed32(p + 4, (uint32_t)total);
+    size_t at = WAL_HEADER;
+    for (size_t i = 0; i < nparts; i++) {
+        if (lens[i]) memcpy(p + at, parts[i], lens[i]);
+        at += lens[i];
+    }
+    /* The length field and the payload are contiguous here, so one pass covers kv_checksum2(length, payload). */
+    put_fixed32(p, kv_checksum(p + 4, 4 + total));
+    w->rec.len = at;
+
+    int rc = w->env->append(w->env, w->file, p, at);
+    if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec); /* do not pin the memory of one huge record */
+    if (rc == KV_OK) {
+        w->size += at;
+        return KV_OK;
+    }
+    /* The file may now end in part of this record: cut it back so the log stays a clean sequence of records.
+     * Keep the append's message, which says what really went wrong. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
+    return kv_set_error(rc, "%s", msg);
+}
+
+int wal_append(wal_writer *w, const void *payload, size_t len) {
+    const void *parts[1] = {payload};
+    size_t lens[1] = {len};
+    return wal_appendv(w, parts, lens, 1);
+}
+
+int wal_sync(wal_writer *w) { return w->env->sync(w->env, w->file); }
+
+uint64_t wal_writer_size(const wal_writer *w) { return w->size; }
+
+int wal_writer_close(wal_writer *w) {
+    if (!w) return KV_OK;
+    int rc = w->env->close(w->env, w->file);
+    bytes_free(&w->rec);
+    free(w);
+    return rc;
+}
+
+/* ---- Reader ---------------------------------------------------------------------------------------------------- */
+
+struct wal_reader {
+    kv_env *env;
+    kv_file *file;
+    uint8_t *buf;
+    size_t cap, len;  /* window: buf[0 .. len) = file bytes [buf_off, buf_off + len) */
+    uint64_t buf_off;
+    uint64_t pos;     /* next record; everything before it is good records */
+    bool torn;
+    char name[];      /* for messages */
+};
+
+int wal_reader_open(kv_env *env, const char *path, const char *name, wal_reader **out) {
+    *out = NULL;
+    if (!env) env = kv_env_posix();
+    if (!name) name = path;
+    size_t n = strlen(name);
+    wal_reader *r = calloc(1, sizeof *r + n + 1);
+    if (!r) return kv_set_error(KV_ENOMEM, "wal %s: out of memory", name);
+    memcpy(r->name, name, n + 1);
+    r->env = env;
+    int rc = env->open_read(env, path, &r->file);
+    if (rc != KV_OK) {
+        free(r);
+        return rc;
+    }
+    *out = r;
+    return KV_OK;
+}
+
+/* Make the window hold [pos, pos + n) if the file has it; *avail = bytes available from pos (may be < n only at
+ * the end of the file, and may be more than n: the window reads ahead). */
+static int window_fill(wal_reader *r, size_t n, size_t *avail) {
+    assert(r->buf_off <= r->pos && r->pos - r->buf_off <= r->len);
+    size_t skip = (size_t)(r->pos - r->buf_off);
+    size_t have = r->len - skip;
+    if (have >= n) {
+        *avail = have;
+        return KV_OK;
+    }
+    /* drop what was consumed, then grow to fit the record */
+    if (skip) {
+        memmove(r->buf, r->buf + skip, have);
+        r->buf_off = r->pos;
+        r->len = have;
+    }
+    if (r->cap < n) {
+        size_t ncap = r->cap ? r->cap : READ_CHUNK;
+        while (ncap < n) ncap = ncap <= n / 2 ? ncap * 2 : n;
+        uint8_t *nb = realloc(r->buf, ncap);
+        if (!nb) return kv_set_error(KV_ENOMEM, "%s: out of memory for a %zu-byte record at offset %llu", r->name,
+                                     n, (unsigned long long)r->pos);
+        r->buf = nb;
+        r->cap = ncap;
+    }
+    while (r->len < n) {
+        size_t want = r->cap - r->len, got = 0;
+        int rc = r->env->read_at(r->env, r->file, r->buf_off + r->len, r->buf + r->len, want, &got);
+        if (rc != KV_OK) return rc;
+        r->len += got;
+        if (got < want) break; /* end of file */
+    }
+    *avail = r->len;
+    return KV_OK;
+}
+
+static int end_torn(wal_reader *r, const char *why) {
+    r->torn = true;
+    return kv_set_error(KV_ENOTFOUND, "%s: log ends in a torn record at offset %llu (%s)", r->name,
+                        (unsigned long long)r->pos, why);
+}
+
+static int file_size(wal_reader *r, uint64_t *size) { return r->env->size(r->env, r->file, size); }
+
+int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset) {
+    *payload = NULL;
+    *len = 0;
+    *offset = r->pos;
+    r->torn = false;
+    size_t avail;
+    int rc = window_fill(r, WAL_HEADER, &avail);
+    if (rc != KV_OK) return rc;
+    if (avail == 0) return kv_set_error(KV_ENOTFOUND, "%s: end of log at offset %llu", r->name,
+                                        (unsigned long long)r->pos);
+    if (avail < WAL_HEADER) return end_torn(r, "header cut short");
+
+    const uint8_t *h = r->buf + (r->pos - r->buf_off);
+    uint32_t want_sum = get_fixed32(h), n = get_fixed32(h + 4);
+    uint64_t end = r->pos + WAL_HEADER + n;
+    /* Never trust the length: check it against the file before reading (or allocating) that much. */
+    if ((uint64_t)avail < WAL_HEADER + (uint64_t)n) {
+        uint64_t size;
+        rc = file_size(r, &size);
+        if (rc != KV_OK) return rc;
+        if (end > size) return end_torn(r, "record runs past the end of the file");
+    }
+    if (n > WAL_MAX_RECORD)
+        return kv_set_error(KV_ECORRUPT, "%s: corrupt record at offset %llu: length %u exceeds the maximum %u",
+                            r->name, (unsigned long long)r->pos, n, WAL_MAX_RECORD);
+    rc = window_fill(r, WAL_HEADER + (size_t)n, &avail);
+    if (rc != KV_OK) return rc;
+    if (avail < WAL_HEADER + (size_t)n) return end_torn(r, "record runs past the end of the file");
+
+    h = r->buf + (r->pos - r->buf_off);
+    if (kv_checksum(h + 4, 4 + (size_t)n) != want_sum) {
+        /* The last record of the file may be a write cut short by a crash; anything earlier is damage. */
+        bool last = avail == WAL_HEADER + (size_t)n;
+        if (last) {
+            uint64_t size;
+            rc = file_size(r, &size);
+            if (rc != KV_OK) return rc;
+            last = end >= size;
+        }
+        if (last) return end_torn(r, "checksum mismatch in the last record");
+        return kv_set_error(KV_ECORRUPT, "%s: corrupt record at offset %llu: checksum mismatch (length %u)",
+                            r->name, (unsigned long long)r->pos, n);
+    }
+    *payload = h + WAL_HEADER;
+    *len = n;
+    *offset = r->pos;
+    r->pos = end;
+    return KV_OK;
+}
+
+bool wal_reader_torn(const wal_reader *r) { return r->torn; }
+
+uint64_t wal_reader_valid_end(const wal_reader *r) { return r->pos; }
+
+void wal_reader_close(wal_reader *r) {
+    if (!r) return;
+    r->env->close(r->env, r->file);
+    free(r->buf);
+    free(r);
+}

@@ -1,0 +1,627 @@
+/* test_db.c — the store through its public API: basics, batches, iterators, snapshots, reopen, closed handles,
+ * large values, prefixes, the batch log, check/checkpoint/stats, and a randomized model test. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "env.h"
+#include "kv.h"
+#include "model.h"
+#include "t.h"
+
+/* small sizes so that flushes and compactions happen constantly */
+static void small_options(kv_options *o) {
+    kv_options_init(o);
+    o->memtable_bytes = 32 << 10;
+    o->table_bytes = 16 << 10;
+    o->level1_bytes = 64 << 10;
+    o->block_bytes = 512;
+    o->blob_threshold = 1024;
+    o->block_cache_bytes = 256 << 10;
+    o->max_open_tables = 16;
+}
+
+static int get_str(kv_db *db, const char *k, char *out, size_t n) {
+    kv_buf b;
+    int rc = kv_get(db, NULL, k, strlen(k), &b);
+    if (rc) return rc;
+    size_t m = b.len < n - 1 ? (size_t)b.len : n - 1;
+    memcpy(out, b.data, m);
+    out[m] = 0;
+    kv_buf_free(&b);
+    return KV_OK;
+}
+
+TEST(test_db_basic) {
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, NULL, &db));
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    CHECK_OK(kv_put(db, "b", 1, "2", 1, KV_SYNC));
+    char buf[64];
+    CHECK_OK(get_str(db, "a", buf, sizeof buf));
+    CHECK(strcmp(buf, "1") == 0);
+    CHECK_EQ(kv_contains(db, NULL, "b", 1), 1);
+    CHECK_OK(kv_delete(db, "a", 1, 0));
+    CHECK_EQ(get_str(db, "a", buf, sizeof buf), KV_ENOTFOUND);
+    CHECK_EQ(kv_contains(db, NULL, "a", 1), 0);
+    CHECK_EQ(kv_current_sequence(db), 3);
+    /* empty values, bad keys */
+    CHECK_OK(kv_put(db, "empty", 5, "", 0, 0));
+    kv_buf b;
+    CHECK_OK(kv_get(db, NULL, "empty", 5, &b));
+    CHECK_EQ(b.len, 0);
+    kv_buf_free(&b);
+    CHECK_EQ(kv_put(db, "", 0, "x", 1, 0), KV_EINVAL);
+    static char big[KV_MAX_KEY + 1];
+    CHECK_EQ(kv_put(db, big, sizeof big, "x", 1, 0), KV_EINVAL);
+    CHECK_OK(kv_put(db, big, KV_MAX_KEY, "x", 1, 0));
+    /* a second open of the same store is refused */
+    kv_db *db2;
+    CHECK_EQ(kv_open(dir, NULL, &db2), KV_EBUSY);
+    CHECK_OK(kv_close(db));
+    /* calls on a closed handle answer "closed" */
+    CHECK_EQ(kv_put(db, "a", 1, "1", 1, 0), KV_ECLOSED);
+    CHECK_EQ(kv_get(db, NULL, "b", 1, &b), KV_ECLOSED);
+    CHECK_EQ(kv_close(db), KV_ECLOSED);
+    kv_free(db);
+    /* reopen: everything is there */
+    CHECK_OK(kv_open(dir, NULL, &db));
+    CHECK_OK(get_str(db, "b", buf, sizeof buf));
+    CHECK(strcmp(buf, "2") == 0);
+    CHECK_EQ(kv_current_sequence(db), 5);
+    kv_free(db);
+}
+
+TEST(test_db_missing_store) {
+    kv_options o;
+    kv_options_init(&o);
+    o.create_if_missing = false;
+    char path[512];
+    snprintf(path, sizeof path, "%s/nothing", t_tmpdir());
+    kv_db *db;
+    CHECK_EQ(kv_open(path, &o, &db), KV_ENOTFOUND);
+    CHECK(strstr(kv_errmsg(), "nothing") != NULL);
+}
+
+TEST(test_db_batch_atomic_and_move) {
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), NULL, &db));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put(b, "x", 1, "1", 1));
+    CHECK_OK(kv_batch_put(b, "y", 1, "2", 1));
+    CHECK_OK(kv_batch_delete(b, "x", 1));
+    CHECK_OK(kv_batch_put(b, "y", 1, "3", 1)); /* the last op of a key wins */
+    uint64_t seq;
+    CHECK_OK(kv_write(db, b, 0, &seq));
+    CHECK_EQ(seq, 1);
+    char buf[16];
+    CHECK_EQ(get_str(db, "x", buf, sizeof buf), KV_ENOTFOUND);
+    CHECK_OK(get_str(db, "y", buf, sizeof buf));
+    CHECK(strcmp(buf, "3") == 0);
+    /* move, and a move of an absent key fails the whole batch */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_move(b, 0, "y", 1, 0, "z", 1));
+    CHECK_OK(kv_write(db, b, 0, &seq));
+    CHECK_EQ(seq, 2);
+    CHECK_EQ(get_str(db, "y", buf, sizeof buf), KV_ENOTFOUND);
+    CHECK_OK(get_str(db, "z", buf, sizeof buf));
+    CHECK(strcmp(buf, "3") == 0);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put(b, "w", 1, "9", 1));
+    CHECK_OK(kv_batch_move(b, 0, "nope", 4, 0, "q", 1));
+    CHECK_EQ(kv_write(db, b, 0, &seq), KV_ENOTFOUND);
+    CHECK_EQ(get_str(db, "w", buf, sizeof buf), KV_ENOTFOUND);
+    CHECK_EQ(kv_current_sequence(db), 2);
+    /* keyspaces are separate */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put_ks(b, 1, "z", 1, "meta", 4));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    kv_read_opts ro = {NULL, 1};
+    kv_buf v;
+    CHECK_OK(kv_get(db, &ro, "z", 1, &v));
+    CHECK_MEM(v.data, v.len, "meta", 4);
+    kv_buf_free(&v);
+    CHECK_OK(get_str(db, "z", buf, sizeof buf));
+    CHECK(strcmp(buf, "3") == 0);
+    kv_batch_free(b);
+    kv_free(db);
+}
+
+TEST(test_db_write_at_and_truncate) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    const char *dir = t_tmpdir();
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    uint8_t model[20000];
+    memset(model, 0, sizeof model);
+    size_t size = 0;
+    uint64_t rs = t_seed();
+    for (int i = 0; i < 300; i++) {
+        kv_batch_clear(b);
+        if (t_rand(&rs) % 5 == 0) {
+            size_t ns = t_rand(&rs) % sizeof model;
+            if (ns > size) memset(model + size, 0, ns - size);
+            size = ns;
+            CHECK_OK(kv_batch_truncate(b, 0, "f", 1, ns));
+        } else {
+            size_t off = t_rand(&rs) % (sizeof model - 3000), len = t_rand(&rs) % 3000;
+            uint8_t data[3000];
+            for (size_t j = 0; j < len; j++) data[j] = (uint8_t)t_rand(&rs);
+            if (len && off > size) memset(model + size, 0, off - size);
+            memcpy(model + off, data, len);
+            if (len && off + len > size) size = off + len;
+            CHECK_OK(kv_batch_write_at(b, 0, "f", 1, off, data, len));
+        }
+        CHECK_OK(kv_write(db, b, 0, NULL));
+        kv_info info;
+        CHECK_OK(kv_stat(db, NULL, "f", 1, &info));
+        CHECK_EQ(info.size, size);
+        if (i % 20 == 0 || i == 299) {
+            kv_buf v;
+            CHECK_OK(kv_get(db, NULL, "f", 1, &v));
+            CHECK_MEM(v.data, v.len, model, size);
+            kv_buf_free(&v);
+            uint8_t part[777];
+            size_t got;
+            uint64_t off = size ? t_rand(&rs) % size : 0;
+            CHECK_OK(kv_read_range(db, NULL, "f", 1, off, part, sizeof part, &got));
+            size_t want = size - off < sizeof part ? size - off : sizeof part;
+            CHECK_MEM(part, got, model + off, want);
+        }
+    }
+    /* a sparse value: a hole costs nothing and reads as zeros */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_truncate(b, 0, "sparse", 6, 5ull << 30));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    kv_info info;
+    CHECK_OK(kv_stat(db, NULL, "sparse", 6, &info));
+    CHECK(info.size == 5ull << 30);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_write_at(b, 0, "sparse", 6, 4ull << 30, "tail", 4));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    char rb[8];
+    size_t got;
+    CHECK_OK(kv_read_range(db, NULL, "sparse", 6, (4ull << 30) - 2, rb, 8, &got));
+    CHECK_EQ(got, 8);
+    CHECK(memcmp(rb, "\0\0tail\0\0", 8) == 0);
+    kv_batch_free(b);
+    kv_free(db);
+    /* after reopen the large value reads the same */
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_buf v;
+    CHECK_OK(kv_get(db, NULL, "f", 1, &v));
+    CHECK_MEM(v.data, v.len, model, size);
+    kv_buf_free(&v);
+    uint64_t problems = 0;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    kv_free(db);
+}
+
+TEST(test_db_stream) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    kv_stream *s;
+    CHECK_OK(kv_stream_new(db, &s));
+    uint8_t piece[1000];
+    for (int i = 0; i < 300; i++) {
+        memset(piece, i & 0xff, sizeof piece);
+        CHECK_OK(kv_stream_append(s, piece, sizeof piece));
+    }
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put_stream(b, 0, "big", 3, s));
+    CHECK_OK(kv_write(db, b, KV_SYNC, NULL));
+    CHECK_EQ(kv_stream_append(s, "x", 1), KV_EINVAL);
+    kv_stream_free(s);
+    kv_info info;
+    CHECK_OK(kv_stat(db, NULL, "big", 3, &info));
+    CHECK_EQ(info.size, 300000);
+    CHECK(info.external);
+    uint8_t rb[1000];
+    size_t got;
+    CHECK_OK(kv_read_range(db, NULL, "big", 3, 123000, rb, sizeof rb, &got));
+    CHECK_EQ(got, 1000);
+    CHECK(rb[0] == 123 && rb[999] == 123);
+    /* moving a large value moves its reference */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_move(b, 0, "big", 3, 0, "moved", 5));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_read_range(db, NULL, "moved", 5, 299000, rb, sizeof rb, &got));
+    CHECK(got == 1000 && rb[0] == (299 & 0xff));
+    kv_batch_free(b);
+    kv_free(db);
+}
+
+typedef struct collect {
+    char keys[64][16];
+    int n;
+} collect;
+
+static int collect_cb(void *ctx, const void *k, size_t kl, const void *v, uint64_t vl) {
+    (void)v;
+    (void)vl;
+    collect *c = ctx;
+    if (c->n < 64 && kl < 16) {
+        memcpy(c->keys[c->n], k, kl);
+        c->keys[c->n][kl] = 0;
+    }
+    c->n++;
+    return 0;
+}
+
+TEST(test_db_scans_and_prefixes) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    const char *keys[] = {"app", "apple", "apply", "banana", "band", "can"};
+    for (int i = 0; i < 6; i++) CHECK_OK(kv_put(db, keys[i], strlen(keys[i]), "v", 1, 0));
+    collect c = {0};
+    CHECK_OK(kv_range_scan(db, NULL, "apple", 5, "band", 4, 0, true, collect_cb, &c));
+    CHECK_EQ(c.n, 4);
+    CHECK(strcmp(c.keys[0], "apple") == 0 && strcmp(c.keys[3], "band") == 0);
+    c.n = 0;
+    CHECK_OK(kv_range_scan(db, NULL, "apple", 5, "band", 4, 2, false, collect_cb, &c));
+    CHECK_EQ(c.n, 2);
+    CHECK(strcmp(c.keys[0], "band") == 0 && strcmp(c.keys[1], "banana") == 0);
+    c.n = 0;
+    CHECK_OK(kv_range_scan(db, NULL, NULL, 0, NULL, 0, 0, false, collect_cb, &c));
+    CHECK_EQ(c.n, 6);
+    CHECK(strcmp(c.keys[0], "can") == 0);
+    c.n = 0;
+    CHECK_OK(kv_prefix_scan(db, NULL, "app", 3, 0, false, collect_cb, &c));
+    CHECK_EQ(c.n, 3);
+    CHECK(strcmp(c.keys[0], "apply") == 0 && strcmp(c.keys[2], "app") == 0);
+    kv_buf k1, k2;
+    CHECK_EQ(kv_resolve_prefix(db, NULL, "ap", 2, &k1, &k2), KV_EAMBIGUOUS);
+    CHECK_MEM(k1.data, k1.len, "app", 3);
+    CHECK_MEM(k2.data, k2.len, "apple", 5);
+    kv_buf_free(&k1);
+    kv_buf_free(&k2);
+    CHECK_OK(kv_resolve_prefix(db, NULL, "bana", 4, &k1, &k2));
+    CHECK_MEM(k1.data, k1.len, "banana", 6);
+    kv_buf_free(&k1);
+    CHECK_EQ(kv_resolve_prefix(db, NULL, "zz", 2, &k1, NULL), KV_ENOTFOUND);
+    size_t pl;
+    CHECK_OK(kv_shortest_unique_prefix(db, NULL, "banana", 6, &pl));
+    CHECK_EQ(pl, 4);
+    CHECK_OK(kv_shortest_unique_prefix(db, NULL, "can", 3, &pl));
+    CHECK_EQ(pl, 1);
+    CHECK_EQ(kv_shortest_unique_prefix(db, NULL, "app", 3, &pl), KV_EAMBIGUOUS);
+    CHECK_EQ(kv_shortest_unique_prefix(db, NULL, "nope", 4, &pl), KV_ENOTFOUND);
+    kv_free(db);
+}
+
+TEST(test_db_batch_log) {
+    kv_options o;
+    small_options(&o);
+    o.batch_log_max_batches = 50;
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    for (int i = 0; i < 120; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%03d", i);
+        kv_batch *b;
+        CHECK_OK(kv_batch_new(&b));
+        CHECK_OK(kv_batch_put(b, k, strlen(k), k, strlen(k)));
+        if (i % 3 == 0) CHECK_OK(kv_batch_delete(b, "gone", 4));
+        CHECK_OK(kv_write(db, b, 0, NULL));
+        kv_batch_free(b);
+    }
+    uint64_t oldest;
+    CHECK_OK(kv_oldest_retained_batch(db, &oldest));
+    CHECK_EQ(oldest, 71);
+    kv_logged_batch *lb;
+    CHECK_EQ(kv_get_batch(db, 70, &lb), KV_EEVICTED);
+    CHECK_EQ(kv_get_batch(db, 121, &lb), KV_ENOTFOUND);
+    CHECK_OK(kv_get_batch(db, 100, &lb));
+    CHECK_EQ(lb->sequence, 100);
+    CHECK_EQ(lb->nops, 2); /* k099 and the delete of "gone" */
+    kv_logged_batch_free(lb);
+    CHECK_OK(kv_prune_batch_log(db, 90));
+    CHECK_EQ(kv_get_batch(db, 89, &lb), KV_EEVICTED);
+    kv_free(db);
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_EQ(kv_get_batch(db, 89, &lb), KV_EEVICTED);
+    CHECK_OK(kv_get_batch(db, 120, &lb));
+    CHECK_MEM(lb->ops[0].key, lb->ops[0].klen, "k119", 4);
+    kv_logged_batch_free(lb);
+    kv_free(db);
+    /* with retention off every sequence is evicted */
+    small_options(&o);
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_EQ(kv_get_batch(db, 120, &lb), KV_EEVICTED);
+    kv_free(db);
+}
+
+TEST(test_db_checkpoint_and_stats) {
+    kv_options o;
+    small_options(&o);
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char k[32], v[64];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(k, sizeof k, "key%06d", i);
+        snprintf(v, sizeof v, "value-%d-%d", i, i * 7);
+        CHECK_OK(kv_put(db, k, strlen(k), v, strlen(v), 0));
+    }
+    uint8_t large[5000];
+    memset(large, 7, sizeof large);
+    CHECK_OK(kv_put(db, "large", 5, large, sizeof large, 0));
+    char dest[600];
+    snprintf(dest, sizeof dest, "%s/copy", t_tmpdir());
+    CHECK_OK(kv_checkpoint(db, dest, NULL, NULL));
+    CHECK_OK(kv_put(db, "after", 5, "x", 1, 0));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK(st.last_sequence == 3002);
+    CHECK(st.flushes > 0);
+    CHECK(st.write_amplification > 0);
+    CHECK(st.disk_bytes > 0);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.level_files[0], 0);
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+    /* the checkpoint opens as a store with exactly what was there at the time */
+    kv_db *cp;
+    CHECK_OK(kv_open(dest, &o, &cp));
+    for (int i = 0; i < 3000; i += 97) {
+        snprintf(k, sizeof k, "key%06d", i);
+        snprintf(v, sizeof v, "value-%d-%d", i, i * 7);
+        kv_buf b;
+        CHECK_OK(kv_get(cp, NULL, k, strlen(k), &b));
+        CHECK_MEM(b.data, b.len, v, strlen(v));
+        kv_buf_free(&b);
+    }
+    kv_buf b;
+    CHECK_OK(kv_get(cp, NULL, "large", 5, &b));
+    CHECK_MEM(b.data, b.len, large, sizeof large);
+    kv_buf_free(&b);
+    CHECK_EQ(kv_get(cp, NULL, "after", 5, &b), KV_ENOTFOUND);
+    kv_free(cp);
+}
+
+/* ---- the randomized model test ------------------------------------------------------------------------------------ */
+
+static void rand_key(uint64_t *rs, char *k, size_t *kl) {
+    /* a small key space so that overwrites, deletes and shadowing are common */
+    *kl = (size_t)snprintf(k, 32, "k%04u", (unsigned)(t_rand(rs) % 2000));
+}
+
+static int compare_all(kv_db *db, const kv_read_opts *ro, const model *m, uint64_t *rs) {
+    kv_iter *it;
+    if (kv_iter_new(db, ro, &it)) return -1;
+    size_t i = 0;
+    for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it), i++) {
+        size_t kl;
+        const void *k = kv_iter_key(it, &kl);
+        const void *v;
+        uint64_t vl;
+        if (i >= m->n || model_keycmp(k, kl, m->e[i].key, m->e[i].klen) != 0) { kv_iter_free(it); return -2; }
+        if (kv_iter_value(it, &v, &vl) || vl != m->e[i].vlen || memcmp(v, m->e[i].val, vl)) { kv_iter_free(it); return -3; }
+    }
+    if (i != m->n || kv_iter_status(it)) { kv_iter_free(it); return -4; }
+    /* backward */
+    i = m->n;
+    for (kv_iter_seek_last(it); kv_iter_valid(it); kv_iter_prev(it)) {
+        size_t kl;
+        const void *k = kv_iter_key(it, &kl);
+        if (i == 0 || model_keycmp(k, kl, m->e[i - 1].key, m->e[i - 1].klen) != 0) { kv_iter_free(it); return -5; }
+        i--;
+    }
+    if (i != 0) { kv_iter_free(it); return -6; }
+    /* random seeks with direction changes */
+    for (int s = 0; s < 20; s++) {
+        char k[32];
+        size_t kl;
+        rand_key(rs, k, &kl);
+        size_t pos = model_lower(m, k, kl);
+        kv_iter_seek(it, k, kl);
+        for (int step = 0; step < 6; step++) {
+            bool fwd = t_rand(rs) % 2;
+            if (pos >= m->n) { if (kv_iter_valid(it)) { kv_iter_free(it); return -7; } break; }
+            size_t ikl;
+            const void *ik = kv_iter_key(it, &ikl);
+            if (!kv_iter_valid(it) || model_keycmp(ik, ikl, m->e[pos].key, m->e[pos].klen) != 0) { kv_iter_free(it); return -8; }
+            if (fwd) { kv_iter_next(it); pos++; }
+            else {
+                kv_iter_prev(it);
+                if (pos == 0) { if (kv_iter_valid(it)) { kv_iter_free(it); return -9; } break; }
+                pos--;
+            }
+        }
+    }
+    kv_iter_free(it);
+    return 0;
+}
+
+static void run_model(int steps, bool background) {
+    kv_options o;
+    small_options(&o);
+    o.background_threads = background;
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    model m = {0};
+    uint64_t rs = t_seed() ^ (background ? 0x1234 : 0);
+    kv_snapshot *snap = NULL;
+    model snap_model = {0};
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    for (int step = 0; step < steps; step++) {
+        int op = (int)(t_rand(&rs) % 100);
+        char k[32], v[300];
+        size_t kl;
+        rand_key(&rs, k, &kl);
+        if (op < 50) {
+            size_t vl = t_rand(&rs) % 40 == 0 ? 1500 + t_rand(&rs) % 1000 : t_rand(&rs) % 100; /* some are blobs */
+            if (vl > sizeof v) {
+                char *bigv = malloc(vl);
+                for (size_t j = 0; j < vl; j++) bigv[j] = (char)('a' + (step + j) % 26);
+                CHECK_OK(kv_put(db, k, kl, bigv, vl, 0));
+                model_put(&m, k, kl, bigv, vl);
+                free(bigv);
+            } else {
+                for (size_t j = 0; j < vl; j++) v[j] = (char)t_rand(&rs);
+                CHECK_OK(kv_put(db, k, kl, v, vl, 0));
+                model_put(&m, k, kl, v, vl);
+            }
+        } else if (op < 70) {
+            CHECK_OK(kv_delete(db, k, kl, 0));
+            model_del(&m, k, kl);
+        } else if (op < 80) {
+            kv_batch_clear(b);
+            int n = 1 + (int)(t_rand(&rs) % 10);
+            for (int j = 0; j < n; j++) {
+                rand_key(&rs, k, &kl);
+                if (t_rand(&rs) % 3) {
+                    snprintf(v, sizeof v, "b%d-%d", step, j);
+                    CHECK_OK(kv_batch_put(b, k, kl, v, strlen(v)));
+                    model_put(&m, k, kl, v, strlen(v));
+                } else {
+                    CHECK_OK(kv_batch_delete(b, k, kl));
+                    model_del(&m, k, kl);
+                }
+            }
+            CHECK_OK(kv_write(db, b, 0, NULL));
+        } else if (op < 90) {
+            kv_buf got;
+            const model_entry *e = model_get(&m, k, kl);
+            int rc = kv_get(db, NULL, k, kl, &got);
+            if (e) {
+                CHECK_MSG(rc == KV_OK, "step %d: get %s: %s", step, k, kv_strerror(rc));
+                CHECK_MEM(got.data, got.len, e->val, e->vlen);
+                kv_buf_free(&got);
+            } else {
+                CHECK_MSG(rc == KV_ENOTFOUND, "step %d: get %s: expected absent, got %d", step, k, rc);
+            }
+        } else if (op < 93) {
+            if (snap) {
+                kv_read_opts ro = {snap, 0};
+                int r = compare_all(db, &ro, &snap_model, &rs);
+                CHECK_MSG(r == 0, "step %d: snapshot view differs (%d)", step, r);
+                kv_snapshot_release(db, snap);
+                model_free(&snap_model);
+                snap = NULL;
+            } else {
+                CHECK_OK(kv_snapshot_new(db, &snap));
+                snap_model = model_copy(&m);
+            }
+        } else if (op < 96) {
+            int r = compare_all(db, NULL, &m, &rs);
+            CHECK_MSG(r == 0, "step %d: iteration differs from the model (%d)", step, r);
+        } else if (op < 97) {
+            /* reopen */
+            if (snap) {
+                kv_snapshot_release(db, snap);
+                model_free(&snap_model);
+                snap = NULL;
+            }
+            kv_free(db);
+            CHECK_OK(kv_open(dir, &o, &db));
+        }
+    }
+    int r = compare_all(db, NULL, &m, &rs);
+    CHECK_MSG(r == 0, "final iteration differs from the model (%d)", r);
+    uint64_t problems = 0;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    if (snap) {
+        kv_snapshot_release(db, snap);
+        model_free(&snap_model);
+    }
+    kv_batch_free(b);
+    kv_free(db);
+    model_free(&m);
+}
+
+TEST(test_db_model_inline) { run_model(getenv("KVFS_MODEL_STEPS") ? atoi(getenv("KVFS_MODEL_STEPS")) : 20000, false); }
+TEST(test_db_model_background) { run_model(getenv("KVFS_MODEL_STEPS") ? atoi(getenv("KVFS_MODEL_STEPS")) : 20000, true); }
+
+/* ---- concurrency ---------------------------------------------------------------------------------------------------- */
+
+typedef struct worker {
+    kv_db *db;
+    int id, n;
+    int errors;
+} worker;
+
+static void *writer_main(void *arg) {
+    worker *w = arg;
+    for (int i = 0; i < w->n; i++) {
+        char k[32], v[32];
+        snprintf(k, sizeof k, "w%d-%05d", w->id, i);
+        snprintf(v, sizeof v, "%d", i);
+        if (kv_put(w->db, k, strlen(k), v, strlen(v), i % 50 == 0 ? KV_SYNC : 0)) w->errors++;
+        kv_buf b;
+        if (kv_get(w->db, NULL, k, strlen(k), &b)) w->errors++;
+        else kv_buf_free(&b);
+    }
+    return NULL;
+}
+
+TEST(test_db_concurrent_writers) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    pthread_t th[8];
+    worker ws[8];
+    for (int i = 0; i < 8; i++) {
+        ws[i] = (worker){db, i, 1500, 0};
+        pthread_create(&th[i], NULL, writer_main, &ws[i]);
+    }
+    for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 8; i++) CHECK_EQ(ws[i].errors, 0);
+    CHECK_EQ(kv_current_sequence(db), 8 * 1500);
+    kv_iter *it;
+    CHECK_OK(kv_iter_new(db, NULL, &it));
+    int n = 0;
+    for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) n++;
+    kv_iter_free(it);
+    CHECK_EQ(n, 8 * 1500);
+    kv_free(db);
+}
+
+static void *closer_victim(void *arg) {
+    worker *w = arg;
+    for (int i = 0; i < 100000; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "c%d-%d", w->id, i);
+        int rc = kv_put(w->db, k, strlen(k), "v", 1, 0);
+        if (rc == KV_ECLOSED) return NULL;
+        if (rc) w->errors++;
+    }
+    return NULL;
+}
+
+TEST(test_db_close_while_writing) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    pthread_t th[4];
+    worker ws[4];
+    for (int i = 0; i < 4; i++) {
+        ws[i] = (worker){db, i, 0, 0};
+        pthread_create(&th[i], NULL, closer_victim, &ws[i]);
+    }
+    usleep(50000);
+    CHECK_OK(kv_close(db));
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) CHECK_EQ(ws[i].errors, 0);
+    kv_free(db);
+}

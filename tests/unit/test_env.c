@@ -1,0 +1,552 @@
+/* test_env.c — the POSIX environment, the fault-injecting environment and its simulated power loss. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "env.h"
+#include "t.h"
+
+static char *path_in(const char *dir, const char *name) {
+    static char bufs[8][512];
+    static int next;
+    char *p = bufs[next++ % 8];
+    snprintf(p, sizeof bufs[0], "%s/%s", dir, name);
+    return p;
+}
+
+/* Create path holding data; sync the file when asked. */
+static int put_file(kv_env *env, const char *path, const char *data, bool sync) {
+    kv_file *f;
+    int rc = env->open_write(env, path, &f);
+    if (rc != KV_OK) return rc;
+    rc = env->append(env, f, data, strlen(data));
+    if (rc == KV_OK && sync) rc = env->sync(env, f);
+    int rc2 = env->close(env, f);
+    return rc != KV_OK ? rc : rc2;
+}
+
+/* Read a whole (small) file into buf as a string; returns its size or a negative code. */
+static long get_file(kv_env *env, const char *path, char *buf, size_t cap) {
+    kv_file *f;
+    int rc = env->open_read(env, path, &f);
+    if (rc != KV_OK) return rc;
+    size_t n = 0;
+    rc = env->read_at(env, f, 0, buf, cap - 1, &n);
+    env->close(env, f);
+    if (rc != KV_OK) return rc;
+    buf[n] = 0;
+    return (long)n;
+}
+
+static uint64_t fsize(kv_env *env, const char *path) {
+    uint64_t n = UINT64_MAX;
+    if (env->file_size(env, path, &n) != KV_OK) return UINT64_MAX;
+    return n;
+}
+
+/* ---- POSIX ----------------------------------------------------------------------------------------------------- */
+
+TEST(test_posix_file_basics) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "a.dat");
+    kv_file *f;
+    CHECK_OK(env->open_write(env, p, &f));
+    CHECK_OK(env->append(env, f, "hello ", 6));
+    CHECK_OK(env->append(env, f, "", 0));
+    CHECK_OK(env->append(env, f, "world", 5));
+    CHECK_OK(env->sync(env, f));
+    uint64_t n;
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 11);
+    /* a writable handle can read back what it wrote */
+    char buf[64];
+    size_t got;
+    CHECK_OK(env->read_at(env, f, 6, buf, 5, &got));
+    CHECK_MEM(buf, got, "world", 5);
+    CHECK_OK(env->close(env, f));
+
+    CHECK_OK(env->open_read(env, p, &f));
+    CHECK_OK(env->read_at(env, f, 0, buf, sizeof buf, &got)); /* short only at end of file */
+    CHECK_MEM(buf, got, "hello world", 11);
+    CHECK_OK(env->read_at(env, f, 11, buf, 4, &got));
+    CHECK_EQ(got, 0);
+    CHECK_OK(env->read_at(env, f, 1000, buf, 4, &got));
+    CHECK_EQ(got, 0);
+    CHECK_OK(env->close(env, f));
+
+    /* open_append continues at the end; open_write truncates */
+    CHECK_OK(env->open_append(env, p, &f));
+    CHECK_OK(env->append(env, f, "!", 1));
+    CHECK_OK(env->close(env, f));
+    CHECK(get_file(env, p, buf, sizeof buf) == 12 && strcmp(buf, "hello world!") == 0);
+    CHECK_OK(env->open_append(env, path_in(dir, "new.dat"), &f)); /* created if missing */
+    CHECK_OK(env->close(env, f));
+    CHECK_EQ(fsize(env, path_in(dir, "new.dat")), 0);
+    CHECK_OK(put_file(env, p, "x", false));
+    CHECK(get_file(env, p, buf, sizeof buf) == 1);
+
+    /* a multi-megabyte append and read */
+    size_t big = 3u << 20;
+    uint8_t *src = malloc(big), *dst = malloc(big);
+    CHECK(src && dst);
+    uint64_t seed = t_seed();
+    for (size_t i = 0; i < big; i++) src[i] = (uint8_t)t_rand(&seed);
+    CHECK_OK(env->open_write(env, p, &f));
+    CHECK_OK(env->append(env, f, src, big));
+    CHECK_OK(env->close(env, f));
+    CHECK_OK(env->open_read(env, p, &f));
+    CHECK_OK(env->read_at(env, f, 0, dst, big, &got));
+    CHECK_OK(env->close(env, f));
+    CHECK_MEM(src, big, dst, got);
+    free(src);
+    free(dst);
+}
+
+TEST(test_posix_names) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    char buf[64];
+    CHECK_OK(put_file(env, path_in(dir, "a"), "AAA", true));
+    CHECK_OK(put_file(env, path_in(dir, "b"), "BB", true));
+    CHECK_EQ(env->exists(env, path_in(dir, "a")), 1);
+    CHECK_EQ(env->exists(env, path_in(dir, "zz")), 0);
+    CHECK_EQ(fsize(env, path_in(dir, "a")), 3);
+
+    CHECK_OK(env->rename(env, path_in(dir, "a"), path_in(dir, "b"))); /* replaces b */
+    CHECK_EQ(env->exists(env, path_in(dir, "a")), 0);
+    CHECK(get_file(env, path_in(dir, "b"), buf, sizeof buf) == 3 && strcmp(buf, "AAA") == 0);
+
+    CHECK_OK(env->link(env, path_in(dir, "b"), path_in(dir, "c")));
+    CHECK(get_file(env, path_in(dir, "c"), buf, sizeof buf) == 3 && strcmp(buf, "AAA") == 0);
+    CHECK(env->link(env, path_in(dir, "b"), path_in(dir, "c")) == KV_EIO); /* exists */
+
+    CHECK_OK(env->truncate(env, path_in(dir, "c"), 1));
+    CHECK_EQ(fsize(env, path_in(dir, "b")), 1); /* same inode */
+    CHECK_OK(env->truncate(env, path_in(dir, "c"), 10));
+    CHECK_EQ(fsize(env, path_in(dir, "c")), 10);
+
+    CHECK_OK(env->mkdir(env, path_in(dir, "sub"), 0755));
+    CHECK_OK(env->mkdir(env, path_in(dir, "sub"), 0755)); /* exists: fine */
+    CHECK(env->mkdir(env, path_in(dir, "b"), 0755) == KV_EIO); /* a file is in the way */
+    CHECK_OK(put_file(env, path_in(dir, "sub/x"), "x", false));
+    CHECK(env->rmdir(env, path_in(dir, "sub")) == KV_EIO); /* not empty */
+
+    char **names;
+    size_t n;
+    CHECK_OK(env->list_dir(env, dir, &names, &n));
+    CHECK_EQ(n, 3);
+    int seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(names[i], "b")) seen |= 1;
+        if (!strcmp(names[i], "c")) seen |= 2;
+        if (!strcmp(names[i], "sub")) seen |= 4;
+    }
+    kv_env_free_names(names, n);
+    CHECK_EQ(seen, 7);
+    CHECK_OK(env->sync_dir(env, dir));
+
+    CHECK_OK(env->remove(env, path_in(dir, "sub/x")));
+    CHECK_OK(env->rmdir(env, path_in(dir, "sub")));
+    CHECK_OK(env->remove(env, path_in(dir, "b")));
+    CHECK_OK(env->remove(env, path_in(dir, "c")));
+    CHECK_OK(env->list_dir(env, dir, &names, &n));
+    CHECK_EQ(n, 0);
+    kv_env_free_names(names, n);
+}
+
+TEST(test_posix_errors) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *missing = path_in(dir, "missing");
+    kv_file *f = (kv_file *)1;
+    CHECK_EQ(env->open_read(env, missing, &f), KV_ENOTFOUND);
+    CHECK(f == NULL);
+    CHECK(strstr(kv_errmsg(), missing) != NULL);
+    uint64_t n;
+    CHECK_EQ(env->file_size(env, missing, &n), KV_ENOTFOUND);
+    CHECK(strstr(kv_errmsg(), missing) != NULL);
+    CHECK_EQ(env->remove(env, missing), KV_ENOTFOUND);
+    CHECK_EQ(env->rename(env, missing, path_in(dir, "x")), KV_ENOTFOUND);
+    CHECK(strstr(kv_errmsg(), missing) != NULL);
+    CHECK_EQ(env->truncate(env, missing, 0), KV_ENOTFOUND);
+    CHECK_EQ(env->rmdir(env, missing), KV_ENOTFOUND);
+    CHECK_EQ(env->sync_dir(env, missing), KV_ENOTFOUND);
+    char **names;
+    size_t cnt;
+    CHECK_EQ(env->list_dir(env, missing, &names, &cnt), KV_ENOTFOUND);
+    CHECK_EQ(env->open_write(env, path_in(dir, "no/such/dir/f"), &f), KV_ENOTFOUND);
+    /* a directory cannot be opened for writing */
+    CHECK_EQ(env->open_write(env, dir, &f), KV_EIO);
+    CHECK(strstr(kv_errmsg(), dir) != NULL);
+}
+
+TEST(test_posix_lock) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "LOCK");
+    kv_file *l1, *l2;
+    CHECK_OK(env->lock(env, p, &l1));
+    CHECK_EQ(env->exists(env, p), 1);
+    /* the same process locking again must conflict too */
+    CHECK_EQ(env->lock(env, p, &l2), KV_EBUSY);
+    CHECK(strstr(kv_errmsg(), p) != NULL);
+
+    /* and so must another process */
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        kv_file *l;
+        int rc = env->lock(env, p, &l);
+        _exit(rc == KV_EBUSY ? 0 : 1);
+    }
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    CHECK_OK(env->unlock(env, l1));
+    CHECK_OK(env->lock(env, p, &l2));
+    CHECK_OK(env->unlock(env, l2));
+    CHECK_EQ(env->lock(env, path_in(dir, "no/dir/LOCK"), &l2), KV_ENOTFOUND);
+}
+
+/* ---- Faults ---------------------------------------------------------------------------------------------------- */
+
+TEST(test_fault_passthrough) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env);
+    const char *dir = t_tmpdir();
+    char buf[64];
+    CHECK_OK(put_file(env, path_in(dir, "a"), "data", true));
+    CHECK(get_file(env, path_in(dir, "a"), buf, sizeof buf) == 4 && !strcmp(buf, "data"));
+    CHECK_OK(env->rename(env, path_in(dir, "a"), path_in(dir, "b")));
+    CHECK_OK(env->link(env, path_in(dir, "b"), path_in(dir, "c")));
+    CHECK_OK(env->truncate(env, path_in(dir, "c"), 2));
+    CHECK_EQ(fsize(env, path_in(dir, "b")), 2);
+    CHECK_OK(env->mkdir(env, path_in(dir, "d"), 0700));
+    CHECK_OK(env->sync_dir(env, dir));
+    char **names;
+    size_t n;
+    CHECK_OK(env->list_dir(env, dir, &names, &n));
+    kv_env_free_names(names, n);
+    CHECK_EQ(n, 3);
+    CHECK_OK(env->remove(env, path_in(dir, "b")));
+    CHECK_OK(env->remove(env, path_in(dir, "c")));
+    CHECK_OK(env->rmdir(env, path_in(dir, "d")));
+    CHECK_EQ(env->exists(env, path_in(dir, "b")), 0);
+    kv_file *l, *l2;
+    CHECK_OK(env->lock(env, path_in(dir, "LOCK"), &l));
+    CHECK_EQ(env->lock(env, path_in(dir, "LOCK"), &l2), KV_EBUSY);
+    CHECK_OK(env->unlock(env, l));
+    CHECK_EQ(kv_fault_env_failures(env), 0);
+    /* the fault API leaves other environments alone */
+    kv_fault_env_arm(kv_env_posix(), KV_FAULT_WRITE_EIO, 0, NULL);
+    CHECK_EQ(kv_fault_env_apply_crash(kv_env_posix()), KV_EINVAL);
+    env->destroy(env);
+}
+
+TEST(test_fault_write_eio) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *p = path_in(t_tmpdir(), "w");
+    kv_file *f;
+    CHECK_OK(env->open_write(env, p, &f));
+    kv_fault_env_arm(env, KV_FAULT_WRITE_EIO, 2, NULL);
+    CHECK_OK(env->append(env, f, "ab", 2));
+    CHECK_OK(env->append(env, f, "cd", 2));
+    CHECK_EQ(env->append(env, f, "ef", 2), KV_EIO);
+    CHECK(strstr(kv_errmsg(), p) != NULL);
+    CHECK_EQ(env->append(env, f, "gh", 2), KV_EIO); /* stays failing */
+    CHECK_EQ(kv_fault_env_failures(env), 2);
+    uint64_t n;
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 4); /* nothing of the failed appends was written */
+    CHECK_OK(env->sync(env, f)); /* other kinds of operation are unaffected */
+    kv_fault_env_clear(env);
+    CHECK_OK(env->append(env, f, "ij", 2));
+    CHECK_OK(env->close(env, f));
+    char buf[16];
+    CHECK(get_file(env, p, buf, sizeof buf) == 6 && !strcmp(buf, "abcdij"));
+    env->destroy(env);
+}
+
+TEST(test_fault_write_short) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *p = path_in(t_tmpdir(), "s");
+    kv_file *f;
+    CHECK_OK(env->open_write(env, p, &f));
+    CHECK_OK(env->append(env, f, "0123", 4));
+    kv_fault_env_arm(env, KV_FAULT_WRITE_SHORT, 0, NULL);
+    CHECK_EQ(env->append(env, f, "abcdefghij", 10), KV_EIO);
+    CHECK_EQ(kv_fault_env_failures(env), 1);
+    CHECK_OK(env->close(env, f));
+    char buf[32];
+    CHECK(get_file(env, p, buf, sizeof buf) == 9 && !strcmp(buf, "0123abcde"));
+    env->destroy(env);
+}
+
+TEST(test_fault_enospc) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    CHECK_OK(put_file(env, path_in(dir, "old"), "x", true));
+    kv_fault_env_arm(env, KV_FAULT_ENOSPC, 0, NULL);
+    kv_file *f;
+    CHECK_EQ(env->open_write(env, path_in(dir, "new"), &f), KV_ENOSPC);
+    CHECK_EQ(env->exists(env, path_in(dir, "new")), 0);
+    CHECK_EQ(env->open_append(env, path_in(dir, "new2"), &f), KV_ENOSPC);
+    CHECK_EQ(env->open_write(env, path_in(dir, "old"), &f), KV_ENOSPC); /* would truncate: a creation */
+    /* appending to an existing file opens fine, but the appends fail */
+    CHECK_OK(env->open_append(env, path_in(dir, "old"), &f));
+    CHECK_EQ(env->append(env, f, "y", 1), KV_ENOSPC);
+    CHECK(strstr(kv_errmsg(), "old") != NULL);
+    CHECK_OK(env->sync(env, f));
+    CHECK_EQ(kv_fault_env_failures(env), 4);
+    kv_fault_env_clear(env); /* space freed */
+    CHECK_OK(env->append(env, f, "y", 1));
+    CHECK_OK(env->close(env, f));
+    CHECK_EQ(fsize(env, path_in(dir, "old")), 2);
+    CHECK_OK(put_file(env, path_in(dir, "new"), "z", false));
+    env->destroy(env);
+}
+
+TEST(test_fault_sync_and_read_eio) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "f");
+    kv_file *f;
+    CHECK_OK(env->open_write(env, p, &f));
+    CHECK_OK(env->append(env, f, "abc", 3));
+    kv_fault_env_arm(env, KV_FAULT_SYNC_EIO, 1, NULL);
+    CHECK_OK(env->sync(env, f));
+    CHECK_EQ(env->sync(env, f), KV_EIO);
+    CHECK_EQ(env->sync_dir(env, dir), KV_EIO);
+    CHECK(strstr(kv_errmsg(), dir) != NULL);
+    CHECK_OK(env->append(env, f, "d", 1));
+    CHECK_EQ(kv_fault_env_failures(env), 2);
+
+    kv_fault_env_arm(env, KV_FAULT_READ_EIO, 1, NULL);
+    char buf[8];
+    size_t n;
+    CHECK_OK(env->read_at(env, f, 0, buf, 4, &n));
+    CHECK_MEM(buf, n, "abcd", 4);
+    CHECK_EQ(env->read_at(env, f, 0, buf, 4, &n), KV_EIO);
+    CHECK(strstr(kv_errmsg(), p) != NULL);
+    CHECK_OK(env->append(env, f, "e", 1)); /* writes unaffected */
+    CHECK_EQ(kv_fault_env_failures(env), 3);
+    kv_fault_env_clear(env);
+    CHECK_OK(env->read_at(env, f, 0, buf, 8, &n));
+    CHECK_MEM(buf, n, "abcde", 5);
+    CHECK_OK(env->sync(env, f));
+    CHECK_OK(env->close(env, f));
+    env->destroy(env);
+}
+
+TEST(test_fault_path_filter) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    kv_file *a, *b;
+    CHECK_OK(env->open_write(env, path_in(dir, "000001.log"), &a));
+    CHECK_OK(env->open_write(env, path_in(dir, "000002.sst"), &b));
+    kv_fault_env_arm(env, KV_FAULT_WRITE_EIO, 1, ".sst");
+    /* appends to the other file neither fail nor count toward `after` */
+    for (int i = 0; i < 5; i++) CHECK_OK(env->append(env, a, "x", 1));
+    CHECK_OK(env->append(env, b, "x", 1));
+    CHECK_OK(env->append(env, a, "x", 1));
+    CHECK_EQ(env->append(env, b, "x", 1), KV_EIO);
+    CHECK_OK(env->append(env, a, "x", 1));
+    CHECK_EQ(kv_fault_env_failures(env), 1);
+    CHECK_OK(env->close(env, a));
+    CHECK_OK(env->close(env, b));
+    env->destroy(env);
+}
+
+/* ---- Power loss ------------------------------------------------------------------------------------------------ */
+
+TEST(test_crash_drops_unsynced_data_and_creations) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    kv_file *a, *b;
+    /* a: 100 bytes synced, then 50 more not synced */
+    CHECK_OK(env->open_write(env, path_in(dir, "a"), &a));
+    char block[100];
+    memset(block, 'a', sizeof block);
+    CHECK_OK(env->append(env, a, block, 100));
+    CHECK_OK(env->sync(env, a));
+    CHECK_OK(env->append(env, a, block, 50));
+    /* b: created and its directory synced, but its data never synced */
+    CHECK_OK(env->open_write(env, path_in(dir, "b"), &b));
+    CHECK_OK(env->append(env, b, block, 30));
+    CHECK_OK(env->sync_dir(env, dir));
+    /* c: data synced but its creation not made durable (no sync_dir after it) */
+    CHECK_OK(put_file(env, path_in(dir, "c"), "ccc", true));
+    /* d: pre-existing file (written outside the fault env) opened for append: its old content counts as durable */
+    CHECK_OK(put_file(kv_env_posix(), path_in(dir, "d"), "dddd", true));
+    kv_file *d;
+    CHECK_OK(env->open_append(env, path_in(dir, "d"), &d));
+    CHECK_OK(env->append(env, d, "D", 1));
+
+    kv_fault_env_crash(env);
+    /* after the crash nothing reaches the disk, yet everything "succeeds" */
+    CHECK_OK(env->append(env, a, block, 10));
+    CHECK_OK(env->sync(env, a));
+    kv_file *e;
+    CHECK_OK(env->open_write(env, path_in(dir, "e"), &e));
+    CHECK_OK(env->append(env, e, "e", 1));
+    uint64_t n;
+    CHECK_OK(env->size(env, e, &n));
+    CHECK_EQ(n, 1);
+    CHECK_OK(env->close(env, e));
+    CHECK_EQ(env->exists(env, path_in(dir, "e")), 0);
+    CHECK_OK(env->remove(env, path_in(dir, "b")));
+    CHECK_EQ(env->exists(env, path_in(dir, "b")), 1);
+    CHECK_OK(env->rename(env, path_in(dir, "a"), path_in(dir, "z")));
+    CHECK_EQ(env->exists(env, path_in(dir, "a")), 1);
+    CHECK_OK(env->truncate(env, path_in(dir, "a"), 0));
+    CHECK_OK(env->sync_dir(env, dir));
+    CHECK_EQ(fsize(env, path_in(dir, "a")), 150); /* the unsynced bytes are still there until apply */
+    CHECK_OK(env->close(env, a));
+    CHECK_OK(env->close(env, b));
+    CHECK_OK(env->close(env, d));
+
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(fsize(env, path_in(dir, "a")), 100);
+    CHECK_EQ(fsize(env, path_in(dir, "b")), 0);
+    CHECK_EQ(env->exists(env, path_in(dir, "c")), 0);
+    CHECK_EQ(fsize(env, path_in(dir, "d")), 4);
+    CHECK_EQ(env->exists(env, path_in(dir, "e")), 0);
+
+    /* the environment works normally again, and a second crash rewinds from the new state */
+    CHECK_OK(env->open_append(env, path_in(dir, "a"), &a));
+    CHECK_OK(env->append(env, a, block, 7));
+    CHECK_OK(env->close(env, a));
+    CHECK_EQ(fsize(env, path_in(dir, "a")), 107);
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(fsize(env, path_in(dir, "a")), 100);
+    env->destroy(env);
+}
+
+TEST(test_crash_undoes_renames_and_removals) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    char buf[64];
+    CHECK_OK(put_file(env, path_in(dir, "CURRENT"), "old", true));
+    CHECK_OK(put_file(env, path_in(dir, "victim"), "keep me", true));
+    CHECK_OK(env->sync_dir(env, dir));
+
+    /* the classic replace: write a temporary file, sync it, rename it over the target — no sync_dir */
+    CHECK_OK(put_file(env, path_in(dir, "CURRENT.tmp"), "new", true));
+    CHECK_OK(env->rename(env, path_in(dir, "CURRENT.tmp"), path_in(dir, "CURRENT")));
+    CHECK_OK(env->remove(env, path_in(dir, "victim")));
+    /* a second replace in a row */
+    CHECK_OK(put_file(env, path_in(dir, "CURRENT.tmp"), "newer", true));
+    CHECK_OK(env->rename(env, path_in(dir, "CURRENT.tmp"), path_in(dir, "CURRENT")));
+    CHECK(get_file(env, path_in(dir, "CURRENT"), buf, sizeof buf) == 5);
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK(get_file(env, path_in(dir, "CURRENT"), buf, sizeof buf) == 3 && !strcmp(buf, "old"));
+    CHECK_EQ(env->exists(env, path_in(dir, "CURRENT.tmp")), 0);
+    CHECK(get_file(env, path_in(dir, "victim"), buf, sizeof buf) == 7 && !strcmp(buf, "keep me"));
+
+    /* with the directory synced, the rename and the removal survive */
+    CHECK_OK(put_file(env, path_in(dir, "CURRENT.tmp"), "new", true));
+    CHECK_OK(env->rename(env, path_in(dir, "CURRENT.tmp"), path_in(dir, "CURRENT")));
+    CHECK_OK(env->remove(env, path_in(dir, "victim")));
+    CHECK_OK(env->sync_dir(env, dir));
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK(get_file(env, path_in(dir, "CURRENT"), buf, sizeof buf) == 3 && !strcmp(buf, "new"));
+    CHECK_EQ(env->exists(env, path_in(dir, "CURRENT.tmp")), 0);
+    CHECK_EQ(env->exists(env, path_in(dir, "victim")), 0);
+
+    /* a rename whose data was never synced: the name survives (dir synced) but the content does not */
+    CHECK_OK(put_file(env, path_in(dir, "CURRENT.tmp"), "unsynced", false));
+    CHECK_OK(env->rename(env, path_in(dir, "CURRENT.tmp"), path_in(dir, "CURRENT")));
+    CHECK_OK(env->sync_dir(env, dir));
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(fsize(env, path_in(dir, "CURRENT")), 0);
+
+    /* a directory spelled differently ("dir/" and "dir//x") is the same directory */
+    char spelled[600];
+    snprintf(spelled, sizeof spelled, "%s//", dir);
+    CHECK_OK(put_file(env, path_in(dir, "/y"), "y", true));
+    CHECK_OK(env->sync_dir(env, spelled));
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(fsize(env, path_in(dir, "y")), 1);
+    env->destroy(env);
+}
+
+TEST(test_crash_state_is_per_path) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "shared");
+    kv_file *w, *s;
+    CHECK_OK(env->open_write(env, p, &w));
+    CHECK_OK(env->sync_dir(env, dir));
+    CHECK_OK(env->append(env, w, "12345", 5));
+    /* a second handle of the same path syncs: what the first one wrote is durable */
+    CHECK_OK(env->open_append(env, p, &s));
+    CHECK_OK(env->sync(env, s));
+    CHECK_OK(env->append(env, w, "678", 3));
+    CHECK_OK(env->close(env, w));
+    CHECK_OK(env->close(env, s));
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(fsize(env, p), 5);
+    env->destroy(env);
+}
+
+/* Several threads appending, syncing, reading and creating files through one fault environment. */
+typedef struct {
+    kv_env *env;
+    const char *dir;
+    int id;
+    int rc;
+} worker_arg;
+
+static void *worker(void *arg) {
+    worker_arg *a = arg;
+    char name[64], path[600];
+    for (int round = 0; round < 20 && a->rc == KV_OK; round++) {
+        snprintf(name, sizeof name, "t%d-%d", a->id, round);
+        snprintf(path, sizeof path, "%s/%s", a->dir, name);
+        kv_file *f;
+        if ((a->rc = a->env->open_write(a->env, path, &f)) != KV_OK) break;
+        for (int i = 0; i < 50 && a->rc == KV_OK; i++) a->rc = a->env->append(a->env, f, "0123456789", 10);
+        if (a->rc == KV_OK) a->rc = a->env->sync(a->env, f);
+        char buf[16];
+        size_t n;
+        if (a->rc == KV_OK) a->rc = a->env->read_at(a->env, f, 490, buf, 16, &n);
+        if (a->rc == KV_OK && (n != 10 || memcmp(buf, "0123456789", 10) != 0)) a->rc = KV_ECORRUPT;
+        a->env->close(a->env, f);
+        if (a->rc == KV_OK && round % 2) a->rc = a->env->remove(a->env, path);
+        if (a->rc == KV_OK && round % 5 == 0) a->rc = a->env->sync_dir(a->env, a->dir);
+    }
+    return NULL;
+}
+
+TEST(test_fault_env_threads) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    pthread_t th[4];
+    worker_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (worker_arg){env, dir, i, KV_OK};
+        CHECK(pthread_create(&th[i], NULL, worker, &args[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) CHECK_OK(args[i].rc);
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    /* every surviving file holds exactly its synced 500 bytes */
+    char **names;
+    size_t n;
+    CHECK_OK(env->list_dir(env, dir, &names, &n));
+    for (size_t i = 0; i < n; i++) CHECK_EQ(fsize(env, path_in(dir, names[i])), 500);
+    kv_env_free_names(names, n);
+    env->destroy(env);
+}

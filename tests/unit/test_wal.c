@@ -1,0 +1,500 @@
+/* test_wal.c — the record log: round trips, torn tails, corruption, bogus lengths, reopen, faults, power loss. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "coding.h"
+#include "env.h"
+#include "t.h"
+#include "wal.h"
+
+static char *path_in(const char *dir, const char *name) {
+    static char bufs[4][512];
+    static int next;
+    char *p = bufs[next++ % 4];
+    snprintf(p, sizeof bufs[0], "%s/%s", dir, name);
+    return p;
+}
+
+/* Deterministic payload of record i: its bytes depend on i and the position. */
+static void fill_payload(uint8_t *p, size_t len, uint64_t i) {
+    uint64_t s = i * 0x9e3779b97f4a7c15ULL + 1;
+    for (size_t k = 0; k < len; k++) p[k] = (uint8_t)(t_rand(&s) >> 56);
+}
+
+/* Whole file in memory (malloc'ed). */
+static uint8_t *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(n > 0 ? (size_t)n : 1);
+    *len = b ? fread(b, 1, (size_t)n, f) : 0;
+    fclose(f);
+    return b;
+}
+
+static int spit(const char *path, const uint8_t *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return KV_EIO;
+    size_t w = len ? fwrite(data, 1, len, f) : 0;
+    return fclose(f) == 0 && w == len ? KV_OK : KV_EIO;
+}
+
+/* Write records with the given sizes; record i's payload is fill_payload(i). Offsets go to offs (if not NULL). */
+static int write_log(kv_env *env, const char *path, const size_t *sizes, size_t n, uint64_t *offs) {
+    wal_writer *w;
+    int rc = wal_writer_open(env, path, &w);
+    if (rc != KV_OK) return rc;
+    for (size_t i = 0; i < n && rc == KV_OK; i++) {
+        uint8_t *p = malloc(sizes[i] ? sizes[i] : 1);
+        if (!p) { rc = KV_ENOMEM; break; }
+        fill_payload(p, sizes[i], i);
+        if (offs) offs[i] = wal_writer_size(w);
+        rc = wal_append(w, p, sizes[i]);
+        free(p);
+    }
+    if (rc == KV_OK) rc = wal_sync(w);
+    int rc2 = wal_writer_close(w);
+    return rc != KV_OK ? rc : rc2;
+}
+
+/* Read the log and check that it holds exactly records 0..expect-1 of `sizes`, then the status `end_rc` (with the
+ * torn flag `torn`). Returns true when all matched; on mismatch it reports through t_fail. */
+static bool expect_log(kv_env *env, const char *path, const size_t *sizes, size_t expect, int end_rc, bool torn,
+                       uint64_t valid_end) {
+    wal_reader *r;
+    int rc = wal_reader_open(env, path, "test.log", &r);
+    if (rc != KV_OK) {
+        t_fail(__FILE__, __LINE__, "open: %s", kv_errmsg());
+        return false;
+    }
+    bool ok = true;
+    uint64_t want_off = 0;
+    for (size_t i = 0; i < expect && ok; i++) {
+        const uint8_t *p;
+        size_t len;
+        uint64_t off;
+        rc = wal_read(r, &p, &len, &off);
+        if (rc != KV_OK || len != sizes[i] || off != want_off) {
+            t_fail(__FILE__, __LINE__, "record %zu: rc %d len %zu (want %zu) off %" PRIu64 " (want %" PRIu64 ") %s",
+                   i, rc, len, sizes[i], off, want_off, kv_errmsg());
+            ok = false;
+            break;
+        }
+        uint8_t *want = malloc(len ? len : 1);
+        fill_payload(want, len, i);
+        if (len && memcmp(p, want, len) != 0) {
+            t_fail(__FILE__, __LINE__, "record %zu: payload differs", i);
+            ok = false;
+        }
+        free(want);
+        want_off += WAL_HEADER + len;
+    }
+    if (ok) {
+        const uint8_t *p;
+        size_t len;
+        uint64_t off;
+        rc = wal_read(r, &p, &len, &off);
+        if (rc != end_rc || wal_reader_torn(r) != torn || wal_reader_valid_end(r) != valid_end) {
+            t_fail(__FILE__, __LINE__, "end: rc %d (want %d) torn %d (want %d) valid_end %" PRIu64
+                   " (want %" PRIu64 "): %s", rc, end_rc, wal_reader_torn(r), torn, wal_reader_valid_end(r),
+                   valid_end, kv_errmsg());
+            ok = false;
+        }
+        /* asking again gives the same answer */
+        if (ok && wal_read(r, &p, &len, &off) != end_rc) {
+            t_fail(__FILE__, __LINE__, "second read at end differs");
+            ok = false;
+        }
+    }
+    wal_reader_close(r);
+    return ok;
+}
+
+TEST(test_wal_roundtrip_sizes) {
+    kv_env *env = kv_env_posix();
+    const char *p = path_in(t_tmpdir(), "000001.log");
+    enum { N = 300 };
+    size_t sizes[N];
+    uint64_t offs[N];
+    uint64_t seed = t_seed();
+    size_t fixed[] = {0, 1, 7, 8, 9, 100, 32767, 32768, 32769, 65536, 200 * 1024, 0, 200 * 1024, 3};
+    size_t nfixed = sizeof fixed / sizeof fixed[0];
+    uint64_t total = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (i < nfixed) sizes[i] = fixed[i];
+        else if (i % 10 == 0) sizes[i] = (size_t)(t_rand(&seed) % (200 * 1024 + 1));
+        else sizes[i] = (size_t)(t_rand(&seed) % 2000);
+        total += WAL_HEADER + sizes[i];
+    }
+    CHECK_OK(write_log(env, p, sizes, N, offs));
+    uint64_t fs;
+    CHECK_OK(env->file_size(env, p, &fs));
+    CHECK_EQ(fs, total);
+    CHECK(expect_log(env, p, sizes, N, KV_ENOTFOUND, false, total));
+
+    /* the checksum is kv_checksum2(length field, payload) as documented */
+    size_t len;
+    uint8_t *raw = slurp(p, &len);
+    CHECK(raw);
+    for (size_t i = 0; i < N; i += 37) {
+        const uint8_t *h = raw + offs[i];
+        CHECK_EQ(get_fixed32(h + 4), sizes[i]);
+        CHECK(get_fixed32(h) == kv_checksum2(h + 4, 4, h + 8, sizes[i]));
+    }
+    free(raw);
+}
+
+TEST(test_wal_appendv_matches_append) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *a = path_in(dir, "a.log"), *b = path_in(dir, "b.log");
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(env, a, &w));
+    CHECK_OK(wal_append(w, "headerpayload-tail", 18));
+    CHECK_OK(wal_append(w, "", 0));
+    CHECK_EQ(wal_writer_size(w), 18 + 2 * WAL_HEADER);
+    CHECK_OK(wal_writer_close(w));
+    CHECK_OK(wal_writer_open(env, b, &w));
+    const void *parts[] = {"header", "", "payload", "-tail"};
+    size_t lens[] = {6, 0, 7, 5};
+    CHECK_OK(wal_appendv(w, parts, lens, 4));
+    CHECK_OK(wal_appendv(w, NULL, NULL, 0));
+    CHECK_OK(wal_writer_close(w));
+    size_t na, nb;
+    uint8_t *da = slurp(a, &na), *db = slurp(b, &nb);
+    CHECK_MEM(da, na, db, nb);
+    free(da);
+    free(db);
+
+    /* oversized records are refused before anything is allocated or written */
+    CHECK_OK(wal_writer_open(env, a, &w));
+    CHECK_EQ(wal_append(w, "x", (size_t)WAL_MAX_RECORD + 1), KV_EINVAL);
+    size_t huge[] = {WAL_MAX_RECORD, WAL_MAX_RECORD, SIZE_MAX};
+    const void *hp[] = {"", "", ""};
+    CHECK_EQ(wal_appendv(w, hp, huge, 3), KV_EINVAL);
+    CHECK_EQ(wal_writer_size(w), 0);
+    CHECK_OK(wal_writer_close(w));
+}
+
+TEST(test_wal_torn_tail_every_cut) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *src = path_in(dir, "src.log"), *cut = path_in(dir, "cut.log");
+    size_t sizes[] = {10, 0, 500, 3000, 257};
+    size_t n = sizeof sizes / sizeof sizes[0];
+    uint64_t offs[8];
+    CHECK_OK(write_log(env, src, sizes, n, offs));
+    size_t len;
+    uint8_t *raw = slurp(src, &len);
+    CHECK(raw);
+    uint64_t last = offs[n - 1];
+    /* every cut inside the last record: the earlier records, then a silent end */
+    for (size_t c = (size_t)last; c < len; c++) {
+        CHECK_OK(spit(cut, raw, c));
+        bool ok = expect_log(env, cut, sizes, n - 1, KV_ENOTFOUND, c > last, last);
+        CHECK_MSG(ok, "cut at %zu", c);
+    }
+    CHECK_OK(spit(cut, raw, len));
+    CHECK(expect_log(env, cut, sizes, n, KV_ENOTFOUND, false, len));
+
+    /* a corrupted byte inside the last record (not cut) is a torn tail too: it is the last thing in the file */
+    raw[len - 1] ^= 0x40;
+    CHECK_OK(spit(cut, raw, len));
+    CHECK(expect_log(env, cut, sizes, n - 1, KV_ENOTFOUND, true, last));
+    free(raw);
+}
+
+/* Flip one byte of a non-last record: corruption naming the file and the record's offset. Flips of the length field
+ * that make the record run past the end of the file are the one exception: by the format's rule they read as a torn
+ * tail at that record (a reader cannot tell them from an interrupted append). */
+TEST(test_wal_corrupt_byte_flips) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *src = path_in(dir, "src.log"), *bad = path_in(dir, "000042.log");
+    size_t sizes[] = {0, 5, 300, 1, 40};
+    size_t n = sizeof sizes / sizeof sizes[0];
+    uint64_t offs[8];
+    CHECK_OK(write_log(env, src, sizes, n, offs));
+    size_t len;
+    uint8_t *raw = slurp(src, &len);
+    CHECK(raw);
+    const uint8_t masks[] = {0xff, 0x01, 0x80};
+    int corrupt = 0, torn = 0;
+    for (size_t rec = 0; rec + 1 < n; rec++) {
+        for (uint64_t at = offs[rec]; at < offs[rec + 1]; at++) {
+            for (size_t m = 0; m < sizeof masks; m++) {
+                raw[at] ^= masks[m];
+                CHECK_OK(spit(bad, raw, len));
+                uint32_t flen = get_fixed32(raw + offs[rec] + 4);
+                raw[at] ^= masks[m];
+                uint64_t end = offs[rec] + WAL_HEADER + (uint64_t)flen;
+                wal_reader *r;
+                CHECK_OK(wal_reader_open(env, bad, "000042.log", &r));
+                const uint8_t *p;
+                size_t plen;
+                uint64_t off;
+                for (size_t i = 0; i < rec; i++) {
+                    CHECK_OK(wal_read(r, &p, &plen, &off));
+                    CHECK_EQ(off, offs[i]);
+                }
+                int rc = wal_read(r, &p, &plen, &off);
+                if (end >= len) {
+                    /* length now points at or past the end of the file */
+                    CHECK_MSG(rc == KV_ENOTFOUND && wal_reader_torn(r), "flip %#x at %" PRIu64 ": rc %d",
+                              masks[m], at, rc);
+                    torn++;
+                } else {
+                    CHECK_MSG(rc == KV_ECORRUPT, "flip %#x at %" PRIu64 ": rc %d (%s)", masks[m], at, rc,
+                              kv_errmsg());
+                    char want[64];
+                    snprintf(want, sizeof want, "offset %" PRIu64, offs[rec]);
+                    CHECK_MSG(strstr(kv_errmsg(), "000042.log") && strstr(kv_errmsg(), want),
+                              "message lacks file or offset: %s", kv_errmsg());
+                    /* the error stays */
+                    CHECK_EQ(wal_read(r, &p, &plen, &off), KV_ECORRUPT);
+                    corrupt++;
+                }
+                CHECK_EQ(wal_reader_valid_end(r), offs[rec]);
+                wal_reader_close(r);
+            }
+        }
+    }
+    /* all checksum and payload flips, and the length flips that stay inside the file, are corruption */
+    CHECK(corrupt > torn * 2);
+    free(raw);
+}
+
+TEST(test_wal_bogus_lengths) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "bogus.log");
+    size_t sizes[] = {20, 30};
+    uint64_t offs[2];
+    CHECK_OK(write_log(env, p, sizes, 2, offs));
+    size_t len;
+    uint8_t *raw = slurp(p, &len);
+    CHECK(raw);
+    /* a header at the end claiming 4 GiB: a torn tail, found without allocating 4 GiB */
+    uint8_t *grown = malloc(len + 100);
+    CHECK(grown);
+    memcpy(grown, raw, len);
+    memset(grown + len, 0xab, 100);
+    put_fixed32(grown + len + 4, 0xffffffffu);
+    CHECK_OK(spit(p, grown, len + 100));
+    CHECK(expect_log(env, p, sizes, 2, KV_ENOTFOUND, true, len));
+    /* the same within the file: length WAL_MAX_RECORD + 1 in the second record */
+    put_fixed32(raw + offs[1] + 4, WAL_MAX_RECORD + 1);
+    CHECK_OK(spit(p, raw, len));
+    CHECK(expect_log(env, p, sizes, 1, KV_ENOTFOUND, true, offs[1]));
+    /* a header cut short after a good record */
+    CHECK_OK(spit(p, grown, len + 5));
+    CHECK(expect_log(env, p, sizes, 2, KV_ENOTFOUND, true, len));
+    free(grown);
+
+    /* a length above WAL_MAX_RECORD that does fit in a (sparse) file is corruption, not an allocation */
+    put_fixed32(raw + 4, WAL_MAX_RECORD + 1);
+    CHECK_OK(spit(p, raw, len));
+    CHECK_OK(env->truncate(env, p, (uint64_t)WAL_MAX_RECORD + 4096));
+    wal_reader *r;
+    CHECK_OK(wal_reader_open(env, p, "bogus.log", &r));
+    const uint8_t *pl;
+    size_t plen;
+    uint64_t off;
+    CHECK_EQ(wal_read(r, &pl, &plen, &off), KV_ECORRUPT);
+    CHECK(strstr(kv_errmsg(), "bogus.log") && strstr(kv_errmsg(), "offset 0"));
+    wal_reader_close(r);
+    free(raw);
+
+    /* an empty file and a missing file */
+    CHECK_OK(spit(p, NULL, 0));
+    CHECK(expect_log(env, p, sizes, 0, KV_ENOTFOUND, false, 0));
+    CHECK_EQ(wal_reader_open(env, path_in(dir, "missing.log"), "missing.log", &r), KV_ENOTFOUND);
+}
+
+TEST(test_wal_reopen_after_torn_tail) {
+    kv_env *env = kv_env_posix();
+    const char *p = path_in(t_tmpdir(), "re.log");
+    size_t sizes[] = {100, 200, 300, 400, 500, 600};
+    uint64_t offs[6];
+    CHECK_OK(write_log(env, p, sizes, 4, offs));
+    uint64_t full;
+    CHECK_OK(env->file_size(env, p, &full));
+    /* tear the 4th record */
+    CHECK_OK(env->truncate(env, p, offs[3] + 123));
+    wal_reader *r;
+    CHECK_OK(wal_reader_open(env, p, "re.log", &r));
+    const uint8_t *pl;
+    size_t len;
+    uint64_t off;
+    while (wal_read(r, &pl, &len, &off) == KV_OK) {}
+    CHECK(wal_reader_torn(r));
+    uint64_t end = wal_reader_valid_end(r);
+    CHECK_EQ(end, offs[3]);
+    wal_reader_close(r);
+
+    wal_writer *w;
+    CHECK_OK(wal_writer_reopen(env, p, end, &w));
+    CHECK_EQ(wal_writer_size(w), end);
+    for (size_t i = 3; i < 6; i++) {
+        uint8_t *buf = malloc(sizes[i]);
+        fill_payload(buf, sizes[i], i);
+        CHECK_OK(wal_append(w, buf, sizes[i]));
+        free(buf);
+    }
+    CHECK_OK(wal_sync(w));
+    uint64_t total = wal_writer_size(w);
+    CHECK_OK(wal_writer_close(w));
+    CHECK(expect_log(env, p, sizes, 6, KV_ENOTFOUND, false, total));
+
+    /* a valid end past the file is refused; a missing file with valid end 0 is created */
+    CHECK_EQ(wal_writer_reopen(env, p, total + 1, &w), KV_EINVAL);
+    const char *q = path_in(t_tmpdir(), "fresh.log");
+    CHECK_OK(wal_writer_reopen(env, q, 0, &w));
+    CHECK_OK(wal_append(w, "x", 1));
+    CHECK_OK(wal_writer_close(w));
+    CHECK_EQ(wal_writer_reopen(env, path_in(t_tmpdir(), "gone.log"), 5, &w), KV_EINVAL);
+}
+
+TEST(test_wal_faults_then_recovery) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "f.log");
+    size_t sizes[] = {1000, 2000, 3000, 4000, 5000, 6000};
+    uint8_t *bufs[6];
+    for (int i = 0; i < 6; i++) {
+        bufs[i] = malloc(sizes[i]);
+        fill_payload(bufs[i], sizes[i], (uint64_t)i);
+    }
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(env, p, &w));
+    for (int i = 0; i < 3; i++) CHECK_OK(wal_append(w, bufs[i], sizes[i]));
+    uint64_t before = wal_writer_size(w);
+
+    /* a short write: the writer reports it and cuts the partial record off, so the log stays clean */
+    kv_fault_env_arm(env, KV_FAULT_WRITE_SHORT, 0, "f.log");
+    CHECK_EQ(wal_append(w, bufs[3], sizes[3]), KV_EIO);
+    CHECK(strstr(kv_errmsg(), "f.log") && strstr(kv_errmsg(), "short"));
+    CHECK_EQ(wal_writer_size(w), before);
+    uint64_t fs;
+    CHECK_OK(env->file_size(env, p, &fs));
+    CHECK_EQ(fs, before);
+    /* a full disk, then space comes back */
+    kv_fault_env_arm(env, KV_FAULT_ENOSPC, 0, NULL);
+    CHECK_EQ(wal_append(w, bufs[3], sizes[3]), KV_ENOSPC);
+    kv_fault_env_clear(env);
+    for (int i = 3; i < 6; i++) CHECK_OK(wal_append(w, bufs[i], sizes[i]));
+    CHECK_OK(wal_writer_close(w));
+    CHECK(expect_log(env, p, sizes, 6, KV_ENOTFOUND, false, fs + 15000 + 3 * WAL_HEADER));
+
+    /* a short write left behind (the writer died before it could clean up) is a torn tail; recover with reopen */
+    CHECK_OK(wal_writer_open(env, p, &w));
+    for (int i = 0; i < 2; i++) CHECK_OK(wal_append(w, bufs[i], sizes[i]));
+    CHECK_OK(wal_writer_close(w));
+    kv_file *f;
+    CHECK_OK(env->open_append(env, p, &f));
+    kv_fault_env_arm(env, KV_FAULT_WRITE_SHORT, 0, NULL);
+    uint8_t rec[WAL_HEADER + 3000];
+    put_fixed32(rec + 4, 3000);
+    memcpy(rec + WAL_HEADER, bufs[2], 3000);
+    put_fixed32(rec, kv_checksum(rec + 4, 3004));
+    CHECK_EQ(env->append(env, f, rec, sizeof rec), KV_EIO);
+    kv_fault_env_clear(env);
+    CHECK_OK(env->close(env, f));
+    uint64_t end = 1000 + 2000 + 2 * WAL_HEADER;
+    CHECK(expect_log(env, p, sizes, 2, KV_ENOTFOUND, true, end));
+    CHECK_OK(wal_writer_reopen(env, p, end, &w));
+    for (int i = 2; i < 6; i++) CHECK_OK(wal_append(w, bufs[i], sizes[i]));
+    CHECK_OK(wal_writer_close(w));
+    CHECK(expect_log(env, p, sizes, 6, KV_ENOTFOUND, false, 21000 + 6 * WAL_HEADER));
+
+    /* read errors surface as KV_EIO and the reader can go on afterwards */
+    wal_reader *r;
+    CHECK_OK(wal_reader_open(env, p, "f.log", &r));
+    kv_fault_env_arm(env, KV_FAULT_READ_EIO, 0, NULL);
+    const uint8_t *pl;
+    size_t len;
+    uint64_t off;
+    CHECK_EQ(wal_read(r, &pl, &len, &off), KV_EIO);
+    kv_fault_env_clear(env);
+    CHECK_OK(wal_read(r, &pl, &len, &off));
+    CHECK_MEM(pl, len, bufs[0], sizes[0]);
+    wal_reader_close(r);
+
+    for (int i = 0; i < 6; i++) free(bufs[i]);
+    env->destroy(env);
+}
+
+TEST(test_wal_power_loss_keeps_synced_records) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "000003.log");
+    size_t sizes[40];
+    uint8_t buf[5000];
+    for (int i = 0; i < 40; i++) sizes[i] = (size_t)(i * 97 % 5000);
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(env, p, &w));
+    CHECK_OK(env->sync_dir(env, dir));
+    uint64_t synced_end = 0;
+    for (int i = 0; i < 40; i++) {
+        fill_payload(buf, sizes[i], (uint64_t)i);
+        CHECK_OK(wal_append(w, buf, sizes[i]));
+        if (i == 24) {
+            CHECK_OK(wal_sync(w));
+            synced_end = wal_writer_size(w);
+        }
+    }
+    kv_fault_env_crash(env);
+    CHECK_OK(wal_append(w, "lost", 4));
+    CHECK_OK(wal_sync(w));
+    CHECK_OK(wal_writer_close(w));
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK(expect_log(env, p, sizes, 25, KV_ENOTFOUND, false, synced_end));
+
+    /* a log created and never made durable by a directory sync disappears entirely */
+    const char *q = path_in(dir, "000004.log");
+    CHECK_OK(wal_writer_open(env, q, &w));
+    CHECK_OK(wal_append(w, "x", 1));
+    CHECK_OK(wal_sync(w));
+    CHECK_OK(wal_writer_close(w));
+    kv_fault_env_crash(env);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_EQ(env->exists(env, q), 0);
+    env->destroy(env);
+}
+
+/* When a failed append cannot even be cut back, the writer refuses further records instead of writing them behind
+ * a partial one. */
+TEST(test_wal_writer_broken_after_failed_cleanup) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *p = path_in(t_tmpdir(), "b.log");
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(env, p, &w));
+    CHECK_OK(wal_append(w, "one", 3));
+    CHECK_OK(env->remove(env, p)); /* the cleanup's truncate will find no file */
+    kv_fault_env_arm(env, KV_FAULT_WRITE_SHORT, 0, NULL);
+    CHECK_EQ(wal_append(w, "two two two", 11), KV_EIO);
+    CHECK(strstr(kv_errmsg(), "short")); /* the first, precise message survives the failed cleanup */
+    kv_fault_env_clear(env);
+    CHECK_EQ(wal_append(w, "three", 5), KV_EIO);
+    CHECK(strstr(kv_errmsg(), "b.log"));
+    CHECK_OK(wal_sync(w));
+    CHECK_OK(wal_writer_close(w));
+    env->destroy(env);
+}
+
+/* The exact bytes of one record, as docs/format-wal.md shows them: the format must not drift. */
+TEST(test_wal_golden_record) {
+    const char *p = path_in(t_tmpdir(), "golden.log");
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(NULL, p, &w));
+    CHECK_OK(wal_append(w, "abc", 3));
+    CHECK_OK(wal_writer_close(w));
+    size_t len;
+    uint8_t *raw = slurp(p, &len);
+    const uint8_t want[] = {0x4c, 0xbe, 0x6e, 0x8c, 0x03, 0x00, 0x00, 0x00, 'a', 'b', 'c'};
+    CHECK_MEM(raw, len, want, sizeof want);
+    free(raw);
+}
