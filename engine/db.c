@@ -651,27 +651,37 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         size_t starts[GROUP_MAX_WRITERS + 1];
         size_t nrec = 0;
         int log_rc = KV_OK;
+        writer *members[GROUP_MAX_WRITERS];
         for (writer *p = &w;; p = p->next) {
-            p->status = log_rc;
-            if (!log_rc) {
-                size_t start = recs.len;
-                int r = db_resolve_batch(db, p->batch, next_seq + 1, ts, sync, &recs);
-                if (!r) r = wal_append(db->log, recs.data + start, recs.len - start);
-                else recs.len = start; /* this batch fails alone: it changed nothing */
-                if (r && r != KV_ENOTFOUND && r != KV_EINVAL) log_rc = r; /* the log may hold a partial record */
-                if (r) {
-                    recs.len = start;
-                    p->status = r;
-                } else {
-                    atomic_fetch_add(&db->st_wal_bytes, recs.len - start + WAL_HEADER);
-                    atomic_fetch_add(&db->st_user_bytes, p->batch->data.len);
-                    starts[nrec++] = start;
-                    p->seq = ++next_seq;
-                }
+            size_t start = recs.len;
+            int r = db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, sync, &recs);
+            p->status = r; /* a batch that fails to resolve fails alone: it appended nothing */
+            if (r == KV_OK) {
+                starts[nrec] = start;
+                members[nrec++] = p;
             }
             if (p == last) break;
         }
         starts[nrec] = recs.len;
+        if (nrec) {
+            const void *parts[GROUP_MAX_WRITERS];
+            size_t lens[GROUP_MAX_WRITERS];
+            for (size_t i = 0; i < nrec; i++) {
+                parts[i] = recs.data + starts[i];
+                lens[i] = starts[i + 1] - starts[i];
+            }
+            log_rc = wal_append_records(db->log, parts, lens, nrec);
+            if (log_rc) {
+                for (size_t i = 0; i < nrec; i++) members[i]->status = log_rc;
+                nrec = 0;
+            } else {
+                for (size_t i = 0; i < nrec; i++) {
+                    members[i]->seq = ++next_seq;
+                    atomic_fetch_add(&db->st_user_bytes, members[i]->batch->data.len);
+                }
+                atomic_fetch_add(&db->st_wal_bytes, recs.len + nrec * WAL_HEADER);
+            }
+        }
         int sync_rc = KV_OK;
         if (sync && nrec) {
             pthread_mutex_lock(&db->blob_mu);

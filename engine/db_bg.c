@@ -116,6 +116,7 @@ typedef struct compaction {
     file_meta **in[2];
     size_t nin[2];
     version *v;
+    bool manual;                /* never a trivial move: the point is to rewrite (drop old versions) */
 } compaction;
 
 static void compaction_free(compaction *c) {
@@ -256,7 +257,7 @@ static int run_compaction(kv_db *db, compaction *c) {
     int out_level = c->level + 1;
     int rc = KV_OK;
 
-    if (c->nin[0] == 1 && c->nin[1] == 0) {
+    if (c->nin[0] == 1 && c->nin[1] == 0 && !c->manual) {
         /* nothing to merge with: move the file down without rewriting it */
         file_meta *f = c->in[0][0];
         rc = edit_delete_file(&e, c->level, f->file_no);
@@ -393,6 +394,7 @@ static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, cons
     memset(&c, 0, sizeof c);
     c.level = level;
     c.v = db->vs->current;
+    c.manual = true;
     int rc = overlapping(c.v, level, begin->len ? begin->data : NULL, begin->len, end->len ? end->data : NULL,
                          end->len, &c.in[0], &c.nin[0]);
     if (rc) return rc;
@@ -451,6 +453,7 @@ static void *compact_main(void *arg) {
     kv_db *db = arg;
     pthread_mutex_lock(&db->mu);
     int failures = 0;
+    int idle_seconds = 0;
     while (!db->stopping) {
         if (!db->manual_running && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
@@ -461,9 +464,17 @@ static void *compact_main(void *arg) {
             } else {
                 failures = 0;
             }
+            idle_seconds = 0;
             continue;
         }
         timed_wait(db, &db->work_cv, 1000);
+        /* when compaction has been idle for a minute, reclaim blob space (it is a no-op without blob files) */
+        if (++idle_seconds >= 60 && db->vs->current->nblobs > 0 && !db->stopping) {
+            idle_seconds = 0;
+            pthread_mutex_unlock(&db->mu);
+            (void)kv_blob_gc(db, db->opt.blob_gc_ratio);
+            pthread_mutex_lock(&db->mu);
+        }
     }
     pthread_mutex_unlock(&db->mu);
     return NULL;

@@ -63,7 +63,15 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
             db->blob_dirty = false;
         }
     }
-    if (!rc && !db->blob_w) rc = db_new_blob_file(db, &db->blob_w);
+    if (!rc && !db->blob_w) {
+        rc = db_new_blob_file(db, &db->blob_w);
+        if (!rc) {
+            /* listed in the version now; GC tells the active file apart by its number */
+            pthread_mutex_lock(&db->mu);
+            pending_remove(db, blob_writer_file_no(db->blob_w));
+            pthread_mutex_unlock(&db->mu);
+        }
+    }
     if (!rc) rc = blob_writer_add(db->blob_w, data, len, e);
     if (!rc) {
         db->blob_dirty = true;

@@ -41,7 +41,7 @@
 #define DEFAULT_BLOCK_BYTES 4096
 #define DEFAULT_RESTART_INTERVAL 16
 #define ZLIB_LEVEL 1
-#define ZLIB_MEMLEVEL 8 /* zlib's default */
+#define ZLIB_MEMLEVEL 8                 /* zlib's default */
 #define ZLIB_MAX_RATIO 1032             /* deflate can never shrink data more than this */
 
 void sst_props_free(sst_props *p) {

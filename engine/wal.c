@@ -136,6 +136,41 @@ int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, siz
     return kv_set_error(rc, "%s", msg);
 }
 
+int wal_append_records(wal_writer *w, const void *const *payloads, const size_t *lens, size_t n) {
+    if (w->broken)
+        return kv_set_error(KV_EIO, "wal %s: not writable after an earlier append failed and could not be undone",
+                            w->path);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > WAL_MAX_RECORD)
+            return kv_set_error(KV_EINVAL, "wal %s: record larger than %u bytes", w->path, WAL_MAX_RECORD);
+        total += WAL_HEADER + lens[i];
+    }
+    /* Every record framed in one buffer: the group goes out in one append call (group commit). */
+    bytes_clear(&w->rec);
+    if (bytes_reserve(&w->rec, total) != KV_OK)
+        return kv_set_error(KV_ENOMEM, "wal %s: out of memory for %zu bytes of records", w->path, total);
+    uint8_t *p = w->rec.data;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        put_fixed32(p + at + 4, (uint32_t)lens[i]);
+        if (lens[i]) memcpy(p + at + WAL_HEADER, payloads[i], lens[i]);
+        put_fixed32(p + at, kv_checksum(p + at + 4, 4 + lens[i]));
+        at += WAL_HEADER + lens[i];
+    }
+    w->rec.len = at;
+    int rc = w->env->append(w->env, w->file, p, at);
+    if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec);
+    if (rc == KV_OK) {
+        w->size += at;
+        return KV_OK;
+    }
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
+    return kv_set_error(rc, "%s", msg);
+}
+
 int wal_append(wal_writer *w, const void *payload, size_t len) {
     const void *parts[1] = {payload};
     size_t lens[1] = {len};

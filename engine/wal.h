@@ -33,6 +33,8 @@ int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_wri
 int wal_append(wal_writer *w, const void *payload, size_t len);
 /* Append several payloads as one record without concatenating them first. */
 int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, size_t nparts);
+/* Append n records with one append call (group commit); on failure none of them is in the log. */
+int wal_append_records(wal_writer *w, const void *const *payloads, const size_t *lens, size_t n);
 int wal_sync(wal_writer *w);
 uint64_t wal_writer_size(const wal_writer *w); /* bytes appended, including headers */
 int wal_writer_close(wal_writer *w);           /* frees w; does not sync */

@@ -6,10 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blob.h"
 #include "env.h"
 #include "kv.h"
 #include "model.h"
 #include "t.h"
+
+#define BLOB_TEST_FILE BLOB_CHUNK
 
 /* small sizes so that flushes and compactions happen constantly */
 static void small_options(kv_options *o) {
@@ -623,5 +626,52 @@ TEST(test_db_close_while_writing) {
     CHECK_OK(kv_close(db));
     for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < 4; i++) CHECK_EQ(ws[i].errors, 0);
+    kv_free(db);
+}
+
+TEST(test_db_blob_gc) {
+    kv_options o;
+    small_options(&o);
+    o.blob_file_bytes = BLOB_TEST_FILE;
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    static uint8_t v[3000];
+    /* many versions of a few large values: most blob bytes become garbage */
+    for (int round = 0; round < 20; round++)
+        for (int k = 0; k < 10; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "big%d", k);
+            memset(v, round * 10 + k, sizeof v);
+            CHECK_OK(kv_put(db, key, strlen(key), v, sizeof v, 0));
+        }
+    CHECK_OK(kv_delete(db, "big9", 4, 0));
+    kv_stats before, after;
+    CHECK_OK(kv_get_stats(db, &before));
+    CHECK(before.blob_files > 3);
+    /* rewrite mostly-garbage files, then (once compaction dropped the old versions) delete unreferenced ones */
+    CHECK_OK(kv_blob_gc(db, 0.5));
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_blob_gc(db, 0.5));
+    CHECK_OK(kv_get_stats(db, &after));
+    CHECK_MSG(after.blob_bytes < before.blob_bytes / 2, "blob bytes %llu -> %llu", (unsigned long long)before.blob_bytes,
+              (unsigned long long)after.blob_bytes);
+    for (int k = 0; k < 9; k++) {
+        char key[16];
+        snprintf(key, sizeof key, "big%d", k);
+        memset(v, 19 * 10 + k, sizeof v);
+        kv_buf b;
+        CHECK_OK(kv_get(db, NULL, key, strlen(key), &b));
+        CHECK_MEM(b.data, b.len, v, sizeof v);
+        kv_buf_free(&b);
+    }
+    uint64_t problems = 0;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    kv_free(db);
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_buf b;
+    CHECK_OK(kv_get(db, NULL, "big3", 4, &b));
+    CHECK_EQ(b.len, sizeof v);
+    kv_buf_free(&b);
     kv_free(db);
 }
