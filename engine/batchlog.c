@@ -40,6 +40,7 @@ struct batchlog {
     wal_writer *w; /* appends to files[nfiles - 1] */
     uint64_t next_no;
     uint64_t total_bytes;
+    bool read_only;      /* never write or delete (a read-only open) */
 };
 
 static void bl_path(const batchlog *bl, uint64_t no, char *buf, size_t n) {
@@ -68,7 +69,9 @@ static int scan_file(batchlog *bl, bl_file *f) {
     }
     f->bytes = wal_reader_valid_end(r);
     wal_reader_close(r);
-    return rc == KV_ENOTFOUND ? KV_OK : rc;
+    /* a damaged change feed must not keep the store from opening: what follows the damage is unreachable, and
+     * kv_check reports it */
+    return rc == KV_ENOTFOUND || rc == KV_ECORRUPT ? KV_OK : rc;
 }
 
 static int cmp_file(const void *a, const void *b) {
@@ -81,7 +84,7 @@ static void drop_below_floor(batchlog *bl) {
     for (size_t i = 0; i < bl->nfiles; i++) {
         bool active = bl->w && i == bl->nfiles - 1;
         bl_file *f = &bl->files[i];
-        if (!active && (f->last_seq < bl->floor || f->first_seq == 0)) {
+        if (!active && !bl->read_only && (f->last_seq < bl->floor || f->first_seq == 0)) {
             char path[4096];
             bl_path(bl, f->no, path, sizeof path);
             bl->env->remove(bl->env, path);
@@ -94,7 +97,7 @@ static void drop_below_floor(batchlog *bl) {
 }
 
 int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t max_bytes, uint64_t floor,
-                  batchlog **out) {
+                  bool read_only, batchlog **out) {
     batchlog *bl = calloc(1, sizeof *bl);
     if (!bl) return KV_ENOMEM;
     pthread_mutex_init(&bl->mu, NULL);
@@ -103,6 +106,7 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
     bl->max_batches = max_batches;
     bl->max_bytes = max_bytes;
     bl->floor = floor;
+    bl->read_only = read_only;
     bl->next_no = 1;
     if (!bl->dir) {
         batchlog_close(bl);
@@ -190,7 +194,7 @@ static int start_file(batchlog *bl) {
 }
 
 int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
-    if (!batchlog_enabled(bl)) return KV_OK;
+    if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
     pthread_mutex_lock(&bl->mu);
     int rc = KV_OK;
     if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);

@@ -227,7 +227,7 @@ typedef struct output {
 
 static iter *input_iter(kv_db *db, file_meta *f) {
     sst_reader *r;
-    int rc = table_cache_get(db->tables, f->file_no, &r);
+    int rc = db_open_table(db, f->file_no, &r);
     if (rc) return iter_empty(rc);
     iter *it = sst_reader_iter(r, false);
     sst_reader_unref(r);

@@ -74,7 +74,7 @@ const uint8_t *batch_record_next_op(const uint8_t *p, const uint8_t *lim, resolv
 
 typedef struct batchlog batchlog;
 int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t max_bytes, uint64_t floor,
-                  batchlog **out);
+                  bool read_only, batchlog **out);
 void batchlog_close(batchlog *bl);
 bool batchlog_enabled(const batchlog *bl);
 uint64_t batchlog_newest(const batchlog *bl); /* 0 when empty */
@@ -201,6 +201,8 @@ uint64_t db_now_us(void);
 uint64_t db_oldest_snapshot_seq(kv_db *db); /* caller holds mu */
 
 /* db_read.c */
+/* A referenced reader of table file_no; a missing table file is KV_ECORRUPT. */
+int db_open_table(kv_db *db, uint64_t file_no, sst_reader **r);
 /* The newest entry for ukey visible at seq: 1 found (type, timestamp, payload copied into *payload), 0 absent
  * (also for a delete: *type tells), < 0 error. */
 int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, int64_t *ts,

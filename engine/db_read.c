@@ -59,10 +59,18 @@ static bool in_range(const file_meta *f, const uint8_t *ukey, size_t ulen) {
            ukey_cmp(ukey, ulen, f->largest.data, f->largest.len - 8) <= 0;
 }
 
+/* A table the version lists must exist: its absence is corruption, never "key absent". */
+int db_open_table(kv_db *db, uint64_t file_no, sst_reader **r) {
+    int rc = table_cache_get(db->tables, file_no, r);
+    if (rc == KV_ENOTFOUND)
+        rc = kv_set_error(KV_ECORRUPT, "%06" PRIu64 ".sst: table file listed in the manifest is missing", file_no);
+    return rc;
+}
+
 static int table_get(kv_db *db, const file_meta *f, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type,
                      kv_bytes *val, uint64_t *fseq) {
     sst_reader *r;
-    int rc = table_cache_get(db->tables, f->file_no, &r);
+    int rc = db_open_table(db, f->file_no, &r);
     if (rc) return rc;
     rc = sst_reader_get(r, ukey, ulen, seq, type, val, fseq);
     sst_reader_unref(r);
@@ -285,7 +293,7 @@ typedef struct iter_ctx {
 static iter *open_table_iter(void *ctx, const file_meta *f) {
     iter_ctx *c = ctx;
     sst_reader *r;
-    int rc = table_cache_get(c->db->tables, f->file_no, &r);
+    int rc = db_open_table(c->db, f->file_no, &r);
     if (rc) return iter_empty(rc);
     iter *it = sst_reader_iter(r, c->fill_cache);
     sst_reader_unref(r);
@@ -350,8 +358,12 @@ struct kv_iter {
     uint8_t ks;
     bool valid, reverse;
     int status;
-    kv_bytes key;     /* ukey (keyspace byte first) of the current entry */
-    kv_bytes val;     /* its payload */
+    const uint8_t *kp, *vp; /* the current entry: ukey (keyspace byte first) and payload. Moving forward they
+                             * point into the inner iterator (valid until it moves); backward into key/val */
+    size_t kl, vl;
+    kv_bytes key;     /* saved copies, backward only */
+    kv_bytes val;
+    kv_bytes skip;    /* the user key being stepped over */
     int vtype;
     int64_t ts;
     uint64_t eseq;
@@ -365,16 +377,25 @@ static void it_fail(kv_iter *it, int rc) {
     if (!it->status) it->status = rc;
 }
 
-static int save_entry(kv_iter *it, const uint8_t *ik, size_t klen, const uint8_t *v, size_t vlen) {
+/* Point the current entry at (ik, v) without copying (forward), or copy it (backward: copy true). */
+static int set_entry(kv_iter *it, const uint8_t *ik, size_t klen, const uint8_t *v, size_t vlen, bool copy) {
     const uint8_t *p;
     size_t plen;
     if (entry_decode(v, vlen, &it->ts, &p, &plen)) return kv_set_error(KV_ECORRUPT, "malformed entry value");
-    bytes_clear(&it->key);
-    bytes_clear(&it->val);
     it->vtype = ikey_type(ik, klen);
     it->eseq = ikey_seq(ik, klen);
     it->is_loaded = false;
-    if (bytes_append(&it->key, ik, klen - 8) || bytes_append(&it->val, p, plen)) return KV_ENOMEM;
+    if (copy) {
+        bytes_clear(&it->key);
+        bytes_clear(&it->val);
+        if (bytes_append(&it->key, ik, klen - 8) || bytes_append(&it->val, p, plen)) return KV_ENOMEM;
+        ik = it->key.data;
+        p = it->val.data;
+    }
+    it->kp = ik;
+    it->kl = klen - 8;
+    it->vp = p;
+    it->vl = plen;
     return KV_OK;
 }
 
@@ -396,7 +417,7 @@ static void find_next(kv_iter *it, bool skipping, kv_bytes *skip) {
             } else {
                 size_t vl;
                 const uint8_t *v = in->value(in, &vl);
-                int rc = save_entry(it, k, kl, v, vl);
+                int rc = set_entry(it, k, kl, v, vl, false);
                 if (rc) { it_fail(it, rc); return; }
                 it->valid = true;
                 return;
@@ -425,7 +446,7 @@ static void find_prev(kv_iter *it) {
             } else {
                 size_t vl;
                 const uint8_t *v = in->value(in, &vl);
-                int rc = save_entry(it, k, kl, v, vl);
+                int rc = set_entry(it, k, kl, v, vl, true);
                 if (rc) { it_fail(it, rc); return; }
             }
         }
@@ -476,6 +497,7 @@ void kv_iter_free(kv_iter *it) {
     refs_drop(db, &it->refs);
     bytes_free(&it->key);
     bytes_free(&it->val);
+    bytes_free(&it->skip);
     bytes_free(&it->loaded);
     bytes_free(&it->seekbuf);
     free(it);
@@ -486,9 +508,7 @@ void kv_iter_seek_first(kv_iter *it) {
     it->reverse = false;
     uint8_t k = it->ks;
     seek_ukey(it, &k, 1, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
-    kv_bytes skip = {0};
-    find_next(it, false, &skip);
-    bytes_free(&skip);
+    find_next(it, false, &it->skip);
 }
 
 void kv_iter_seek_last(kv_iter *it) {
@@ -510,9 +530,7 @@ void kv_iter_seek(kv_iter *it, const void *key, size_t klen) {
     ub[0] = it->ks;
     if (klen) memcpy(ub + 1, key, klen);
     seek_ukey(it, ub, klen + 1, it->seq, KV_TYPE_FOR_SEEK);
-    kv_bytes skip = {0};
-    find_next(it, false, &skip);
-    bytes_free(&skip);
+    find_next(it, false, &it->skip);
 }
 
 void kv_iter_seek_for_prev(kv_iter *it, const void *key, size_t klen) {
@@ -531,21 +549,24 @@ bool kv_iter_valid(const kv_iter *it) { return it && it->valid; }
 
 void kv_iter_next(kv_iter *it) {
     if (!it->valid) return;
-    kv_bytes skip = {0};
-    if (bytes_append(&skip, it->key.data, it->key.len)) { it_fail(it, KV_ENOMEM); return; }
+    kv_bytes *skip = &it->skip;
+    bytes_clear(skip);
+    if (bytes_append(skip, it->kp, it->kl)) { it_fail(it, KV_ENOMEM); return; }
     if (it->reverse) {
         /* the inner iterator is before the current key: go back to it */
         it->reverse = false;
-        seek_ukey(it, skip.data, skip.len, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
+        seek_ukey(it, skip->data, skip->len, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
     }
-    find_next(it, true, &skip);
-    bytes_free(&skip);
+    find_next(it, true, skip);
 }
 
 void kv_iter_prev(kv_iter *it) {
     if (!it->valid) return;
     if (!it->reverse) {
         /* step the inner iterator to just before the current key's entries */
+        /* find_prev compares against the saved key: save it before the inner iterator moves */
+        bytes_clear(&it->key);
+        if (bytes_append(&it->key, it->kp, it->kl)) { it_fail(it, KV_ENOMEM); return; }
         seek_ukey(it, it->key.data, it->key.len, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
         if (it->in->valid(it->in)) it->in->prev(it->in);
         else it->in->seek_last(it->in);
@@ -558,20 +579,21 @@ const void *kv_iter_key(const kv_iter *it, size_t *klen) {
         if (klen) *klen = 0;
         return NULL;
     }
-    if (klen) *klen = it->key.len - 1;
-    return it->key.data + 1;
+    if (klen) *klen = it->kl - 1;
+    return it->kp + 1;
 }
 
 int kv_iter_value(kv_iter *it, const void **val, uint64_t *vlen) {
     if (!it->valid) return kv_set_error(KV_EINVAL, "the iterator is not positioned on an entry");
     if (it->vtype != KV_TYPE_BLOB) {
-        *val = it->val.data;
-        *vlen = it->val.len;
+        *val = it->vp;
+        *vlen = it->vl;
         return KV_OK;
     }
     if (!it->is_loaded) {
         kv_buf b = {0};
-        int rc = blob_value(it->db, &it->val, &b);
+        kv_bytes payload = {(uint8_t *)it->vp, it->vl, it->vl};
+        int rc = blob_value(it->db, &payload, &b);
         if (rc) return rc;
         bytes_free(&it->loaded);
         it->loaded = (kv_bytes){b.data, (size_t)b.len, (size_t)b.len};
@@ -587,10 +609,10 @@ int kv_iter_info(kv_iter *it, kv_info *info) {
     info->timestamp_ms = it->ts;
     info->sequence = it->eseq;
     info->external = it->vtype == KV_TYPE_BLOB;
-    info->size = it->val.len;
+    info->size = it->vl;
     if (info->external) {
         uint64_t size = 0;
-        if (!get_varint64(it->val.data, it->val.data + it->val.len, &size))
+        if (!get_varint64(it->vp, it->vp + it->vl, &size))
             return kv_set_error(KV_ECORRUPT, "malformed blob reference");
         info->size = size;
     }
@@ -601,8 +623,8 @@ int kv_iter_status(const kv_iter *it) { return it->status; }
 
 int db_iter_payload(kv_iter *it, const uint8_t **p, size_t *plen) {
     if (!it->valid) return KV_EINVAL;
-    *p = it->val.data;
-    *plen = it->val.len;
+    *p = it->vp;
+    *plen = it->vl;
     return KV_OK;
 }
 

@@ -1,5 +1,5 @@
 /*
- * sst.c — SSTable builder, reader, iterator and checker (see sst.h; byte layout in docs/format-sst.md).
+ * sst.c — SSTable builder, reader, iterator and checker (see sst.h; byte layout in docs/format.md ("SSTable")).
  *
  * Invariants
  *  - The file is a gap-free sequence: data blocks from offset 0, then the filter block (absent when bloom filters
@@ -8,7 +8,8 @@
  *    checksum, and the reader rejects a footer whose handles do not tile the file exactly like that.
  *  - Every block is checksummed over its stored bytes and its type byte, and the checksum is verified each time a
  *    block is read from the file (not when it comes from the cache: cached blocks were verified when read). A
- *    zlib block's payload is varint uncompressed_size || zlib stream, and must inflate to exactly that size.
+ *    zlib block's payload is varint uncompressed_size || raw deflate stream (RFC 1951, no zlib header or adler32),
+ *    and must inflate to exactly that size.
  *  - Data blocks are compressed only when that saves >= 1/8; filter, properties and index blocks never are.
  *  - Index keys are the last internal key of their data block, so for any lookup key the first index entry >= it
  *    names the only block that can hold the first entry >= it. Index blocks use restart interval 1 (every key stored
@@ -24,6 +25,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <zlib.h>
 
@@ -102,7 +104,8 @@ static int write_block(sst_builder *b, const uint8_t *raw, size_t n, bool may_co
     if (may_compress && b->o.compression && n >= 64 && n <= UINT32_MAX) {
         if (!b->z_ready) {
             memset(&b->z, 0, sizeof b->z);
-            if (deflateInit2(&b->z, ZLIB_LEVEL, Z_DEFLATED, 15, ZLIB_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
+            /* raw deflate (negative window bits): no zlib header or adler32; every block has our own checksum */
+            if (deflateInit2(&b->z, ZLIB_LEVEL, Z_DEFLATED, -15, ZLIB_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
                 return builder_oom();
             b->z_ready = true;
         } else if (deflateReset(&b->z) != Z_OK) {
@@ -348,6 +351,34 @@ static int corrupt_at(const src *s, uint64_t off, const char *what) {
 
 /* Read the block at [off, off + size) and its trailer, verify the checksum and inflate it. On success *data is a
  * malloc'ed buffer whose first *len bytes are the block. On corruption *what names the problem (message set). */
+/* One inflate stream per thread, reset between blocks: inflateInit's allocations are not paid per block read. */
+static pthread_key_t inflater_key;
+static pthread_once_t inflater_once = PTHREAD_ONCE_INIT;
+
+static void inflater_free(void *p) {
+    inflateEnd(p);
+    free(p);
+}
+
+static void inflater_key_init(void) { (void)pthread_key_create(&inflater_key, inflater_free); }
+
+static z_stream *thread_inflater(void) {
+    pthread_once(&inflater_once, inflater_key_init);
+    z_stream *zs = pthread_getspecific(inflater_key);
+    if (zs) return zs;
+    zs = calloc(1, sizeof *zs);
+    if (!zs) return NULL;
+    if (inflateInit2(zs, -15) != Z_OK) {
+        free(zs);
+        return NULL;
+    }
+    if (pthread_setspecific(inflater_key, zs) != 0) {
+        inflater_free(zs);
+        return NULL;
+    }
+    return zs;
+}
+
 static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data, size_t *len, const char **what) {
     *data = NULL;
     *len = 0;
@@ -394,8 +425,19 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
         return kv_set_error(KV_ENOMEM, "%s: out of memory inflating a block at offset %llu", s->name,
                             (unsigned long long)off);
     }
-    uLongf out_len = (uLongf)raw_len;
-    int zrc = uncompress(raw, &out_len, z, (uLong)zlen);
+    z_stream *zs = thread_inflater();
+    int zrc = Z_MEM_ERROR;
+    uint64_t out_len = 0;
+    if (zs) {
+        zs->next_in = (Bytef *)z;
+        zs->avail_in = (uInt)zlen;
+        zs->next_out = raw;
+        zs->avail_out = (uInt)raw_len;
+        zrc = inflate(zs, Z_FINISH);
+        out_len = raw_len - zs->avail_out;
+        if (zrc == Z_STREAM_END) zrc = Z_OK;
+        inflateReset(zs);
+    }
     free(buf);
     if (zrc != Z_OK || out_len != raw_len) {
         free(raw);

@@ -1,5 +1,5 @@
 /*
- * wal.c — the record log (wal.h; the format is in docs/format-wal.md).
+ * wal.c — the record log (wal.h; the format is in docs/format.md ("Record log")).
  *
  * Record:  fixed32 checksum | fixed32 length | payload[length],  checksum = kv_checksum(length field || payload).
  *

@@ -485,7 +485,7 @@ TEST(test_wal_writer_broken_after_failed_cleanup) {
     env->destroy(env);
 }
 
-/* The exact bytes of one record, as docs/format-wal.md shows them: the format must not drift. */
+/* The exact bytes of one record, as docs/format.md ("Record log") shows them: the format must not drift. */
 TEST(test_wal_golden_record) {
     const char *p = path_in(t_tmpdir(), "golden.log");
     wal_writer *w;
