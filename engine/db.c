@@ -427,8 +427,23 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
             rc = kv_set_error(KV_ENOTFOUND, "%s: no store here (no CURRENT file)", dir);
             goto fail;
         }
+        /* Without CURRENT a new store would treat every existing table and log as obsolete and delete it: refuse
+         * when the directory already holds data files (CURRENT was lost, not never written). A lone manifest is
+         * what a creation interrupted before CURRENT leaves behind: harmless. */
+        char **names;
+        size_t n;
+        if ((rc = db->env->list_dir(db->env, dir, &names, &n))) goto fail;
+        for (size_t i = 0; i < n && !rc; i++) {
+            uint64_t no;
+            const char *ext;
+            if (parse_file_name(names[i], &no, &ext) &&
+                (!strcmp(ext, "sst") || !strcmp(ext, "log") || !strcmp(ext, "blob")))
+                rc = kv_set_error(KV_ECORRUPT, "%s: CURRENT is missing but the directory holds store files (%s)", dir,
+                                  names[i]);
+        }
+        kv_env_free_names(names, n);
+        if (rc) goto fail;
         fresh = true;
-        rc = KV_OK;
     } else if (rc == KV_OK && o.error_if_exists) {
         rc = kv_set_error(KV_EEXIST, "%s: a store already exists", dir);
         goto fail;

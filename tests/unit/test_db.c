@@ -675,3 +675,17 @@ TEST(test_db_blob_gc) {
     kv_buf_free(&b);
     kv_free(db);
 }
+
+TEST(test_db_lost_current_is_not_a_new_store) {
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, NULL, &db));
+    CHECK_OK(kv_put(db, "precious", 8, "data", 4, KV_SYNC));
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    kv_free(db);
+    char path[600];
+    snprintf(path, sizeof path, "%s/CURRENT", dir);
+    CHECK(remove(path) == 0);
+    CHECK_EQ(kv_open(dir, NULL, &db), KV_ECORRUPT);
+    CHECK(strstr(kv_errmsg(), "CURRENT is missing") != NULL);
+}
