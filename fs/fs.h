@@ -1,0 +1,114 @@
+/*
+ * fs.h — the filesystem logic of kvfs, independent of libfuse: path-based operations over a store (store.h).
+ *
+ * fs_fuse.c maps libfuse's high-level operations onto these; unit tests call them directly over store_mem.
+ * Paths are FUSE paths ("/a/b"), names escaped as in names.h. Every function returns 0 (or a byte count) or a
+ * negative errno value. Permission checks are the kernel's (default_permissions); these functions check only
+ * what the kernel cannot know (existence of keys, emptiness of directories, the shape of names).
+ */
+#ifndef KVFS_FS_H
+#define KVFS_FS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#include "store.h"
+
+typedef struct kvfs_config {
+    mode_t file_mode;          /* permission bits shown for keys written without attributes (0644) */
+    mode_t dir_mode;           /* ... and for directories without attributes (0755) */
+    uid_t uid;                 /* owner of keys without attributes */
+    gid_t gid;
+    bool sync_writes;          /* every store write is synced */
+    bool writeback_cache;      /* the kernel caches writes and owns mtime: do not stamp mtime at write */
+    size_t write_buffer_bytes; /* per open file; default 1 MiB */
+} kvfs_config;
+
+void kvfs_config_init(kvfs_config *c);
+
+typedef struct kvfs_fs kvfs_fs;
+typedef struct kvfs_file kvfs_file; /* an open file (shared by every open of the same file) */
+typedef struct kvfs_dir kvfs_dir;   /* an open directory listing */
+
+/* Who is asking (from the FUSE request). */
+typedef struct kvfs_caller {
+    uid_t uid;
+    gid_t gid;
+} kvfs_caller;
+
+/* Create the filesystem over st (not owned). Removes leftovers of files unlinked while open at a previous run. */
+int kvfs_fs_new(store *st, const kvfs_config *cfg, kvfs_fs **out);
+/* Write every buffered byte to the store. */
+int kvfs_fs_flush_all(kvfs_fs *fs);
+/* The kernel's writeback cache was negotiated (then the kernel owns mtime of written files). */
+void kvfs_fs_set_writeback_cache(kvfs_fs *fs, bool on);
+bool kvfs_fs_writeback_cache(const kvfs_fs *fs);
+/* Make everything written so far durable. */
+int kvfs_fs_sync(kvfs_fs *fs);
+/* Flush everything and free (open files are forgotten: their buffers are written first). */
+void kvfs_fs_free(kvfs_fs *fs);
+
+/* Attributes. f may be NULL; when given it names the file (even after unlink or rename) and path may be NULL. */
+int kvfs_getattr(kvfs_fs *fs, const char *path, kvfs_file *f, struct stat *st);
+int kvfs_chmod(kvfs_fs *fs, const char *path, kvfs_file *f, mode_t mode);
+int kvfs_chown(kvfs_fs *fs, const char *path, kvfs_file *f, uid_t uid, gid_t gid);
+/* ts[0] atime, ts[1] mtime; tv_nsec UTIME_NOW / UTIME_OMIT as for utimensat. */
+int kvfs_utimens(kvfs_fs *fs, const char *path, kvfs_file *f, const struct timespec ts[2]);
+int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size);
+
+/* Namespace. */
+int kvfs_mkdir(kvfs_fs *fs, const char *path, mode_t mode, const kvfs_caller *who);
+int kvfs_rmdir(kvfs_fs *fs, const char *path);
+int kvfs_unlink(kvfs_fs *fs, const char *path);
+int kvfs_mknod(kvfs_fs *fs, const char *path, mode_t mode, dev_t rdev, const kvfs_caller *who);
+int kvfs_symlink(kvfs_fs *fs, const char *target, const char *path, const kvfs_caller *who);
+int kvfs_readlink(kvfs_fs *fs, const char *path, char *buf, size_t size);
+/* flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE. */
+int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags);
+
+/* Files. flags are open(2) flags. */
+int kvfs_create(kvfs_fs *fs, const char *path, mode_t mode, int flags, const kvfs_caller *who, kvfs_file **out);
+int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out);
+/* Bytes read (short only at end of file), or -errno. */
+ssize_t kvfs_read(kvfs_fs *fs, kvfs_file *f, void *buf, size_t size, off_t off);
+/* Bytes written, or -errno. append: write at the end of file whatever off says. */
+ssize_t kvfs_write(kvfs_fs *fs, kvfs_file *f, const void *buf, size_t size, off_t off, bool append);
+int kvfs_flush(kvfs_fs *fs, kvfs_file *f);
+int kvfs_fsync(kvfs_fs *fs, kvfs_file *f, bool datasync);
+/* One open fewer; the last one flushes and frees f (and a file unlinked while open disappears). */
+int kvfs_release(kvfs_fs *fs, kvfs_file *f);
+
+/* Directories. The fill callback returns non-zero when the caller's buffer is full (that entry was not taken).
+ * st is complete when plus is set, else only st_mode's type and st_ino. off is the entry's cookie: passing it
+ * back to kvfs_readdir resumes after that entry. */
+typedef int (*kvfs_fill_fn)(void *ctx, const char *name, const struct stat *st, off_t off);
+int kvfs_opendir(kvfs_fs *fs, const char *path, kvfs_dir **out);
+int kvfs_readdir(kvfs_fs *fs, kvfs_dir *d, off_t off, bool plus, kvfs_fill_fn fill, void *ctx);
+void kvfs_releasedir(kvfs_fs *fs, kvfs_dir *d);
+
+/* Extended attributes: only the user.* namespace is stored; others are ENOTSUP (set) or ENODATA (get). */
+int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *value, size_t size, int flags);
+/* Value length (copied when size is large enough, -ERANGE when too small; size 0 asks for the length). */
+ssize_t kvfs_getxattr(kvfs_fs *fs, const char *path, const char *name, void *value, size_t size);
+ssize_t kvfs_listxattr(kvfs_fs *fs, const char *path, char *list, size_t size);
+int kvfs_removexattr(kvfs_fs *fs, const char *path, const char *name);
+
+int kvfs_statfs(kvfs_fs *fs, struct statvfs *out);
+
+/* Forget everything the filesystem caches: call after the store was changed by someone else (the daemon's own
+ * writes never need it; other writers are also noticed by the store's sequence number at the next lookup). */
+void kvfs_fs_invalidate(kvfs_fs *fs);
+
+/* For the control socket (mount/ctl.c): the key `key` of keyspace 0 was put or deleted by another writer than the
+ * mounted filesystem, and that write is committed. Drops the filesystem's cached facts and tells the kernel to
+ * forget its cached attributes and pages of the key's file and of the directories above it, so that the next
+ * stat, read or listing through the mount shows the store's state (new keys appear at once in any case: lookups
+ * that fail are not cached). Cheap when nothing of the key is cached. Thread-safe; call it from any thread that is
+ * not serving a FUSE request; does nothing when no mount is running. Defined in fs_fuse.c. */
+void kvfs_notify_key_changed(const void *key, size_t klen);
+
+#endif /* KVFS_FS_H */

@@ -1,0 +1,338 @@
+/*
+ * fs_file.c — open files: one kvfs_file per open key, shared by all its opens, holding a bounded write buffer.
+ *
+ * Invariants
+ *  - The table maps keys of keyspace 0 to open files; a file unlinked (or replaced by rename) while open leaves
+ *    the table and keeps its content under an orphan key of keyspace 2 until its last release.
+ *  - The write buffer is one extent of at most cfg.write_buffer_bytes; a write that does not extend it, or would
+ *    overflow it, first writes it to the store (as one write_at), so memory per file is bounded whatever its size.
+ *  - f->size is the file's logical size: what the store holds with the buffer applied. Reads that touch the
+ *    buffer flush it first, so readers always see every byte written before them.
+ *  - mtime is stamped when a write happens (unless the kernel owns it: writeback cache), never at flush or close,
+ *    so a utimensat between the write and the close survives.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "fs_internal.h"
+
+int fs_make_file(kvfs_fs *fs, const char *path, mode_t mode, dev_t rdev, const void *content, size_t clen,
+                 const kvfs_caller *who, fs_node *n, fs_attr *a);
+
+uint64_t file_key_hash(const uint8_t *key, size_t klen) { return XXH64(key, klen, 0); }
+
+kvfs_file *file_find(kvfs_fs *fs, const uint8_t *key, size_t klen) {
+    for (kvfs_file *f = fs->table[file_key_hash(key, klen) % FS_TABLE_SIZE]; f; f = f->next)
+        if (f->klen == klen && memcmp(f->key, key, klen) == 0) return f;
+    return NULL;
+}
+
+/* The open file of key, one more open; created from the given state if absent. tbl_mu held. */
+static kvfs_file *file_get_or_add(kvfs_fs *fs, const uint8_t *key, size_t klen, uint64_t ino, const fs_attr *a,
+                                  bool stored, uint64_t size) {
+    kvfs_file *f = file_find(fs, key, klen);
+    if (f) {
+        f->opens++;
+        return f;
+    }
+    f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->key = malloc(klen);
+    if (!f->key) {
+        free(f);
+        return NULL;
+    }
+    memcpy(f->key, key, klen);
+    f->klen = klen;
+    f->ks = STORE_KS_DATA;
+    f->ino = ino;
+    f->attr = *a;
+    f->attr_stored = stored;
+    f->size = size;
+    f->opens = 1;
+    pthread_mutex_init(&f->mu, NULL);
+    uint64_t h = file_key_hash(key, klen) % FS_TABLE_SIZE;
+    f->next = fs->table[h];
+    fs->table[h] = f;
+    return f;
+}
+
+void file_put_attr(kvfs_fs *fs, kvfs_file *f, store_batch *b) {
+    (void)fs;
+    if (f->ks != STORE_KS_DATA) return; /* an orphan's attributes live only in memory */
+    keybuf mk;
+    kb_init(&mk);
+    meta_file_key(&mk, f->key, f->klen);
+    uint8_t rec[META_RECORD_BYTES];
+    meta_encode(&f->attr, rec);
+    if (mk.oom)
+        b->error = -ENOMEM;
+    else
+        store_batch_put(b, STORE_KS_META, mk.p, mk.len, rec, sizeof rec);
+    kb_free(&mk);
+}
+
+/* Put bytes [off, off + len) of f into b: a plain put when they are the whole file (a new or rewritten small file:
+ * the engine need not read the old value), else a write_at. f->size is the size before these bytes. */
+static void put_extent(kvfs_file *f, store_batch *b, uint64_t off, const void *data, size_t len) {
+    if (off == 0 && len >= f->size)
+        store_batch_put(b, f->ks, f->key, f->klen, data, len);
+    else
+        store_batch_write_at(b, f->ks, f->key, f->klen, off, data, len);
+}
+
+int file_flush_locked(kvfs_fs *fs, kvfs_file *f) {
+    if (f->buf_len == 0 && !f->dirty_attr) return 0;
+    store_batch b;
+    store_batch_init(&b);
+    /* f->size already counts the buffer: it is the whole file when it starts at 0 and reaches the end. */
+    if (f->buf_len && f->buf_off == 0 && f->buf_len == f->size)
+        store_batch_put(&b, f->ks, f->key, f->klen, f->buf, f->buf_len);
+    else if (f->buf_len)
+        store_batch_write_at(&b, f->ks, f->key, f->klen, f->buf_off, f->buf, f->buf_len);
+    file_put_attr(fs, f, &b);
+    int rc = fs_write_batch(fs, &b);
+    store_batch_free(&b);
+    if (rc == 0) {
+        f->buf_len = 0;
+        f->dirty_attr = false;
+        if (f->ks == STORE_KS_DATA) f->attr_stored = true;
+    }
+    return rc;
+}
+
+static void file_free(kvfs_file *f) {
+    pthread_mutex_destroy(&f->mu);
+    free(f->buf);
+    free(f->key);
+    free(f);
+}
+
+static void table_remove(kvfs_fs *fs, kvfs_file *f) {
+    uint64_t h = file_key_hash(f->key, f->klen) % FS_TABLE_SIZE;
+    for (kvfs_file **pp = &fs->table[h]; *pp; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            return;
+        }
+}
+
+int kvfs_release(kvfs_fs *fs, kvfs_file *f) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    if (--f->opens > 0) {
+        pthread_mutex_unlock(&fs->tbl_mu);
+        return 0;
+    }
+    /* Last close: write what is buffered while still in the table, so a new open cannot read around it. */
+    pthread_mutex_lock(&f->mu);
+    int rc = file_flush_locked(fs, f);
+    if (f->ks == STORE_KS_ORPHAN) {
+        store_batch b;
+        store_batch_init(&b);
+        store_batch_delete(&b, STORE_KS_ORPHAN, f->key, f->klen);
+        rc = fs_write_batch(fs, &b);
+        store_batch_free(&b);
+    } else {
+        table_remove(fs, f);
+    }
+    pthread_mutex_unlock(&f->mu);
+    pthread_mutex_unlock(&fs->tbl_mu);
+    file_free(f);
+    return rc;
+}
+
+static int truncate_locked(kvfs_fs *fs, kvfs_file *f, uint64_t size) {
+    int rc = file_flush_locked(fs, f);
+    if (rc) return rc;
+    fs_attr old = f->attr;
+    f->attr.mtime = f->attr.ctime = fs_now();
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_truncate(&b, f->ks, f->key, f->klen, size);
+    file_put_attr(fs, f, &b);
+    rc = fs_write_batch(fs, &b);
+    store_batch_free(&b);
+    if (rc == 0) {
+        f->size = size;
+        if (f->ks == STORE_KS_DATA) f->attr_stored = true;
+    } else {
+        f->attr = old;
+    }
+    return rc;
+}
+
+int kvfs_create(kvfs_fs *fs, const char *path, mode_t mode, int flags, const kvfs_caller *who, kvfs_file **out) {
+    pthread_mutex_lock(&fs->ns_mu);
+    fs_node n;
+    fs_attr a;
+    int rc = fs_make_file(fs, path, S_IFREG | (mode & 07777), 0, "", 0, who, &n, &a);
+    if (rc == 0) {
+        pthread_mutex_lock(&fs->tbl_mu);
+        *out = file_get_or_add(fs, n.p.key, n.p.klen, path_ino(path), &a, true, 0);
+        pthread_mutex_unlock(&fs->tbl_mu);
+        if (!*out) rc = -ENOMEM;
+        node_free(&n);
+    }
+    pthread_mutex_unlock(&fs->ns_mu);
+    if (rc == -EEXIST && !(flags & O_EXCL)) return kvfs_open(fs, path, flags, out);
+    return rc;
+}
+
+int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out) {
+    /* Under ns_mu so an unlink cannot slip between the lookup and the table entry. */
+    pthread_mutex_lock(&fs->ns_mu);
+    fs_node n;
+    int rc = node_lookup(fs, path, &n);
+    if (rc) {
+        pthread_mutex_unlock(&fs->ns_mu);
+        return rc == -EINVAL ? -ENOENT : rc;
+    }
+    if (n.type != NODE_FILE) {
+        rc = n.type == NODE_DIR ? -EISDIR : -ENOENT;
+    } else {
+        pthread_mutex_lock(&fs->tbl_mu);
+        *out = file_get_or_add(fs, n.p.key, n.p.klen, path_ino(path), &n.attr, n.stored, n.data.size);
+        pthread_mutex_unlock(&fs->tbl_mu);
+        if (!*out) rc = -ENOMEM;
+    }
+    node_free(&n);
+    pthread_mutex_unlock(&fs->ns_mu);
+    if (!rc && (flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
+        kvfs_file *f = *out;
+        pthread_mutex_lock(&f->mu);
+        if (f->size != 0) rc = truncate_locked(fs, f, 0);
+        pthread_mutex_unlock(&f->mu);
+        if (rc) kvfs_release(fs, f);
+    }
+    return rc;
+}
+
+ssize_t kvfs_read(kvfs_fs *fs, kvfs_file *f, void *buf, size_t size, off_t off) {
+    if (off < 0) return -EINVAL;
+    pthread_mutex_lock(&f->mu);
+    ssize_t rc = 0;
+    uint64_t uoff = (uint64_t)off;
+    if (f->buf_len && uoff < f->buf_off + f->buf_len && uoff + size > f->buf_off) rc = file_flush_locked(fs, f);
+    if (!rc && uoff < f->size) {
+        size_t n = f->size - uoff < size ? (size_t)(f->size - uoff) : size;
+        size_t got = 0;
+        rc = store_read(fs->st, f->ks, f->key, f->klen, uoff, buf, n, &got);
+        if (rc == -ENOENT) rc = 0, got = 0; /* only buffered so far: the rest is a hole */
+        if (!rc) {
+            /* Bytes past the stored end but inside the logical size (a buffered extent further on) are zeros. */
+            if (got < n) memset((char *)buf + got, 0, n - got);
+            rc = (ssize_t)n;
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    return rc;
+}
+
+ssize_t kvfs_write(kvfs_fs *fs, kvfs_file *f, const void *data, size_t size, off_t off, bool append) {
+    if (off < 0) return -EINVAL;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    uint64_t uoff = append ? f->size : (uint64_t)off;
+    if (!fs->cfg.writeback_cache) {
+        f->attr.mtime = f->attr.ctime = fs_now();
+        f->dirty_attr = true;
+    }
+    size_t cap = fs->cfg.write_buffer_bytes;
+    if (f->buf_len && (uoff != f->buf_off + f->buf_len || f->buf_len + size > cap)) rc = file_flush_locked(fs, f);
+    if (!rc && (size >= cap || fs->cfg.writeback_cache)) {
+        /* Large writes go straight to the store: nothing to gain by copying them. With the kernel's writeback
+         * cache every write does: the kernel has merged them already (up to max_write), and close() does not
+         * send FLUSH (fs_fuse.c), so a write must be in the store when its reply leaves. */
+        store_batch b;
+        store_batch_init(&b);
+        put_extent(f, &b, uoff, data, size);
+        file_put_attr(fs, f, &b);
+        rc = fs_write_batch(fs, &b);
+        store_batch_free(&b);
+        if (!rc) f->dirty_attr = false;
+    } else if (!rc && size) {
+        if (!f->buf) {
+            f->buf = malloc(cap);
+            if (!f->buf) rc = -ENOMEM;
+            f->buf_cap = cap;
+        }
+        if (!rc) {
+            if (f->buf_len == 0) f->buf_off = uoff;
+            memcpy(f->buf + f->buf_len, data, size);
+            f->buf_len += size;
+        }
+    }
+    if (!rc && uoff + size > f->size) f->size = uoff + size;
+    pthread_mutex_unlock(&f->mu);
+    return rc ? rc : (ssize_t)size;
+}
+
+int kvfs_flush(kvfs_fs *fs, kvfs_file *f) {
+    pthread_mutex_lock(&f->mu);
+    int rc = file_flush_locked(fs, f);
+    if (!rc && f->deferred_error) {
+        rc = f->deferred_error;
+        f->deferred_error = 0;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return rc;
+}
+
+int kvfs_fsync(kvfs_fs *fs, kvfs_file *f, bool datasync) {
+    (void)datasync; /* data and attributes travel in the same batches: one sync covers both */
+    int rc = kvfs_flush(fs, f);
+    return rc ? rc : store_sync(fs->st);
+}
+
+int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size) {
+    if (size < 0) return -EINVAL;
+    bool opened_here = false;
+    if (!f) {
+        if (!path) return -ENOENT;
+        int rc = kvfs_open(fs, path, O_WRONLY, &f);
+        if (rc) return rc;
+        opened_here = true;
+    }
+    pthread_mutex_lock(&f->mu);
+    int rc = S_ISREG(f->attr.mode) ? truncate_locked(fs, f, (uint64_t)size) : -EINVAL;
+    pthread_mutex_unlock(&f->mu);
+    if (opened_here) {
+        int rc2 = kvfs_release(fs, f);
+        if (!rc) rc = rc2;
+    }
+    return rc;
+}
+
+int kvfs_fs_flush_all(kvfs_fs *fs) {
+    int rc = 0;
+    pthread_mutex_lock(&fs->tbl_mu);
+    for (size_t h = 0; h < FS_TABLE_SIZE; h++)
+        for (kvfs_file *f = fs->table[h]; f; f = f->next) {
+            pthread_mutex_lock(&f->mu);
+            int r = file_flush_locked(fs, f);
+            if (r && !rc) rc = r;
+            pthread_mutex_unlock(&f->mu);
+        }
+    pthread_mutex_unlock(&fs->tbl_mu);
+    return rc;
+}
+
+void kvfs_fs_free(kvfs_fs *fs) {
+    if (!fs) return;
+    kvfs_fs_flush_all(fs);
+    for (size_t h = 0; h < FS_TABLE_SIZE; h++) {
+        kvfs_file *f = fs->table[h];
+        while (f) {
+            kvfs_file *next = f->next;
+            file_free(f);
+            f = next;
+        }
+    }
+    dc_free(fs);
+    pthread_mutex_destroy(&fs->ns_mu);
+    pthread_mutex_destroy(&fs->tbl_mu);
+    free(fs);
+}

@@ -1,0 +1,319 @@
+/*
+ * fs_fuse.c — libfuse high-level operations mapped onto fs.h.
+ *
+ * Why the high-level API: a path is a key, so the path libfuse hands each operation is exactly what the store
+ * needs, and libfuse keeps the inode table (lookup counts, renames of open files) that the low-level API would
+ * have us rebuild. Long entry/attribute timeouts and the writeback cache keep most requests in the kernel.
+ *
+ * Invariants
+ *  - fi->fh of an open file is its kvfs_file, of an open directory its kvfs_dir; both stay valid until release.
+ *  - hard_remove and nullpath_ok are set: an unlinked open file is reached through fi->fh with a NULL path (kvfs
+ *    keeps its content itself), and libfuse never renames it to a ".fuse_hidden" file (which would land in the
+ *    store as a key).
+ *  - Every handler returns what fs.h returns: 0, a byte count, or -errno. No handler exits or aborts.
+ */
+#include "fs_fuse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "names.h"
+#include <fuse_lowlevel.h>
+
+/* The running mount, for kvfs_notify_key_changed (set at init, cleared at destroy). */
+static pthread_mutex_t notify_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct fuse *notify_fuse;
+static kvfs_fs *notify_fs;
+
+static kvfs_fuse *ctx(void) { return fuse_get_context()->private_data; }
+static kvfs_fs *FS(void) { return ctx()->fs; }
+static kvfs_file *FILE_OF(struct fuse_file_info *fi) { return fi ? (kvfs_file *)(uintptr_t)fi->fh : NULL; }
+
+static kvfs_caller caller(void) {
+    struct fuse_context *c = fuse_get_context();
+    kvfs_caller w = {c->uid, c->gid};
+    return w;
+}
+
+static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
+    kvfs_fuse *k = ctx();
+    cfg->use_ino = 1;
+    cfg->readdir_ino = 0;
+    cfg->entry_timeout = k->timeout;
+    cfg->attr_timeout = k->timeout;
+    cfg->negative_timeout = 0; /* keys put through the control socket must appear at once */
+    cfg->hard_remove = 1;
+    cfg->nullpath_ok = 1;
+    cfg->kernel_cache = 1;     /* only this daemon writes: cached pages stay valid across opens */
+    cfg->auto_cache = 0;
+    cfg->direct_io = 0;
+    conn->max_write = 1u << 20;
+    conn->max_readahead = 1u << 20;
+    conn->time_gran = 1;
+    bool wb = k->writeback && !k->read_only && (conn->capable & FUSE_CAP_WRITEBACK_CACHE);
+    if (wb) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+    kvfs_fs_set_writeback_cache(k->fs, wb);
+    pthread_mutex_lock(&notify_mu);
+    notify_fuse = fuse_get_context()->fuse;
+    notify_fs = k->fs;
+    pthread_mutex_unlock(&notify_mu);
+    return k;
+}
+
+static void op_destroy(void *data) {
+    kvfs_fuse *k = data;
+    pthread_mutex_lock(&notify_mu);
+    notify_fuse = NULL;
+    notify_fs = NULL;
+    pthread_mutex_unlock(&notify_mu);
+    kvfs_fs_flush_all(k->fs);
+}
+
+/* Invalidate the kernel's cache of the path of key[0..klen) (as a file: marked or not, as a directory). */
+static void inval_key_path(struct fuse *f, const uint8_t *key, size_t klen, bool marker) {
+    char *path = names_key_to_path(key, klen, marker);
+    if (!path) return;
+    (void)fuse_invalidate_path(f, path); /* -ENOENT when the kernel does not know it: nothing to forget */
+    free(path);
+}
+
+/* Drop the kernel's entry of the top-level name of key's path (and with it every cached entry below it): the
+ * only entries whose parent's node id the high-level API lets us name (the root's, 1). With the writeback cache
+ * the kernel trusts its own size and mtime of a cached file over ours, so only a fresh inode shows the new
+ * value's; dropping the entries lets the next lookup make one (unless the file is open). */
+static void inval_top_entry(struct fuse *f, const uint8_t *key, size_t klen, bool marker) {
+    char *path = names_key_to_path(key, klen, marker);
+    if (!path) return;
+    const char *name = path[0] == '/' ? path + 1 : path;
+    size_t n = strcspn(name, "/");
+    if (n) (void)fuse_lowlevel_notify_inval_entry(fuse_get_session(f), FUSE_ROOT_ID, name, n);
+    free(path);
+}
+
+void kvfs_notify_key_changed(const void *key, size_t klen) {
+    const uint8_t *k = key;
+    pthread_mutex_lock(&notify_mu);
+    if (notify_fuse && notify_fs && (k || klen == 0)) {
+        kvfs_fs_invalidate(notify_fs);
+        if (klen) {
+            inval_key_path(notify_fuse, k, klen, false);
+            inval_key_path(notify_fuse, k, klen, true);
+            inval_top_entry(notify_fuse, k, klen, false);
+            if (!memchr(k, '/', klen)) inval_top_entry(notify_fuse, k, klen, true);
+        }
+        /* The directories above it: their times change, and implicit ones appear or vanish with their keys. */
+        for (size_t i = klen; i-- > 0;)
+            if (k[i] == '/') inval_key_path(notify_fuse, k, i, false);
+        (void)fuse_invalidate_path(notify_fuse, "/");
+    }
+    pthread_mutex_unlock(&notify_mu);
+}
+
+static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+    return kvfs_getattr(FS(), path, FILE_OF(fi), st);
+}
+
+static int op_readlink(const char *path, char *buf, size_t size) { return kvfs_readlink(FS(), path, buf, size); }
+
+static int op_mknod(const char *path, mode_t mode, dev_t rdev) {
+    kvfs_caller w = caller();
+    return kvfs_mknod(FS(), path, mode, rdev, &w);
+}
+
+static int op_mkdir(const char *path, mode_t mode) {
+    kvfs_caller w = caller();
+    return kvfs_mkdir(FS(), path, mode, &w);
+}
+
+static int op_unlink(const char *path) { return kvfs_unlink(FS(), path); }
+static int op_rmdir(const char *path) { return kvfs_rmdir(FS(), path); }
+
+static int op_symlink(const char *target, const char *path) {
+    kvfs_caller w = caller();
+    return kvfs_symlink(FS(), target, path, &w);
+}
+
+static int op_rename(const char *from, const char *to, unsigned int flags) {
+    return kvfs_rename(FS(), from, to, flags);
+}
+
+static int op_link(const char *from, const char *to) {
+    (void)from, (void)to;
+    return -EPERM; /* hard links are not supported (docs/mapping.md) */
+}
+
+static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
+    return kvfs_chmod(FS(), path, FILE_OF(fi), mode);
+}
+
+static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
+    return kvfs_chown(FS(), path, FILE_OF(fi), uid, gid);
+}
+
+static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
+    return kvfs_truncate(FS(), path, FILE_OF(fi), size);
+}
+
+static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
+    return kvfs_utimens(FS(), path, FILE_OF(fi), tv);
+}
+
+static int op_open(const char *path, struct fuse_file_info *fi) {
+    kvfs_file *f;
+    int rc = kvfs_open(FS(), path, fi->flags, &f);
+    if (rc) return rc;
+    fi->fh = (uint64_t)(uintptr_t)f;
+    fi->keep_cache = 1;
+    /* A read-only open has nothing to flush at close: spare the round trip (the writeback cache makes the kernel
+     * ignore this, but then FLUSH is switched off altogether: see op_flush). */
+    if ((fi->flags & O_ACCMODE) == O_RDONLY) fi->noflush = 1;
+    return 0;
+}
+
+static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+    kvfs_caller w = caller();
+    kvfs_file *f;
+    int rc = kvfs_create(FS(), path, mode, fi->flags, &w, &f);
+    if (rc) return rc;
+    fi->fh = (uint64_t)(uintptr_t)f;
+    return 0;
+}
+
+static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)path;
+    ssize_t n = kvfs_read(FS(), FILE_OF(fi), buf, size, off);
+    return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+static int op_write(const char *path, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)path;
+    kvfs_fs *fs = FS();
+    /* With the writeback cache the kernel resolves O_APPEND offsets itself. */
+    bool append = (fi->flags & O_APPEND) && !kvfs_fs_writeback_cache(fs);
+    ssize_t n = kvfs_write(fs, FILE_OF(fi), buf, size, off, append);
+    return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+static int op_statfs(const char *path, struct statvfs *st) {
+    (void)path;
+    return kvfs_statfs(FS(), st);
+}
+
+static int op_flush(const char *path, struct fuse_file_info *fi) {
+    (void)path;
+    kvfs_fs *fs = FS();
+    int rc = kvfs_flush(fs, FILE_OF(fi));
+    /* With the writeback cache, close() first writes the dirty pages (WRITE, which go straight to the store) and
+     * the times (SETATTR), and waits for both: FLUSH has nothing left to do. ENOSYS tells the kernel never to send
+     * it again (it takes that as success), which saves a round trip on every close. */
+    if (rc == 0 && kvfs_fs_writeback_cache(fs)) return -ENOSYS;
+    return rc;
+}
+
+static int op_release(const char *path, struct fuse_file_info *fi) {
+    (void)path;
+    return kvfs_release(FS(), FILE_OF(fi));
+}
+
+static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+    (void)path;
+    return kvfs_fsync(FS(), FILE_OF(fi), datasync != 0);
+}
+
+static int op_setxattr(const char *path, const char *name, const char *value, size_t size, int flags) {
+    return kvfs_setxattr(FS(), path, name, value, size, flags);
+}
+
+static int op_getxattr(const char *path, const char *name, char *value, size_t size) {
+    ssize_t n = kvfs_getxattr(FS(), path, name, value, size);
+    return n > INT32_MAX ? -E2BIG : (int)n;
+}
+
+static int op_listxattr(const char *path, char *list, size_t size) {
+    ssize_t n = kvfs_listxattr(FS(), path, list, size);
+    return n > INT32_MAX ? -E2BIG : (int)n;
+}
+
+static int op_removexattr(const char *path, const char *name) { return kvfs_removexattr(FS(), path, name); }
+
+static int op_opendir(const char *path, struct fuse_file_info *fi) {
+    kvfs_dir *d;
+    int rc = kvfs_opendir(FS(), path, &d);
+    if (rc) return rc;
+    fi->fh = (uint64_t)(uintptr_t)d;
+    return 0;
+}
+
+typedef struct fill_ctx {
+    void *buf;
+    fuse_fill_dir_t filler;
+    bool plus;
+} fill_ctx;
+
+static int fill_one(void *c, const char *name, const struct stat *st, off_t off) {
+    fill_ctx *fc = c;
+    bool dots = name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
+    return fc->filler(fc->buf, name, st, off, fc->plus && !dots ? FUSE_FILL_DIR_PLUS : 0);
+}
+
+static int op_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi,
+                      enum fuse_readdir_flags flags) {
+    (void)path;
+    fill_ctx fc = {buf, filler, (flags & FUSE_READDIR_PLUS) != 0};
+    return kvfs_readdir(FS(), (kvfs_dir *)(uintptr_t)fi->fh, off, fc.plus, fill_one, &fc);
+}
+
+static int op_releasedir(const char *path, struct fuse_file_info *fi) {
+    (void)path;
+    kvfs_releasedir(FS(), (kvfs_dir *)(uintptr_t)fi->fh);
+    return 0;
+}
+
+static int op_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi) {
+    (void)path, (void)datasync, (void)fi;
+    return kvfs_fs_sync(FS());
+}
+
+static const struct fuse_operations kvfs_ops = {
+    .getattr = op_getattr,
+    .readlink = op_readlink,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .chmod = op_chmod,
+    .chown = op_chown,
+    .truncate = op_truncate,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .statfs = op_statfs,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
+    .init = op_init,
+    .destroy = op_destroy,
+    .create = op_create,
+    .utimens = op_utimens,
+};
+
+const struct fuse_operations *kvfs_fuse_operations(void) { return &kvfs_ops; }

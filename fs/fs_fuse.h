@@ -1,0 +1,23 @@
+/*
+ * fs_fuse.h — the libfuse (high-level, path-based API) operations table of kvfs: a thin layer from FUSE requests
+ * to the functions of fs.h. The daemon (mount/) builds a kvfs_fuse and hands fuse_new() these operations.
+ */
+#ifndef KVFS_FS_FUSE_H
+#define KVFS_FS_FUSE_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse.h>
+
+#include "fs.h"
+
+typedef struct kvfs_fuse {
+    kvfs_fs *fs;
+    double timeout;        /* entry and attribute cache timeout, seconds (the daemon is the only writer) */
+    bool writeback;        /* ask for the kernel's writeback cache */
+    bool read_only;
+} kvfs_fuse;
+
+/* The operations; fuse_new's user_data must be a kvfs_fuse that outlives the session. */
+const struct fuse_operations *kvfs_fuse_operations(void);
+
+#endif /* KVFS_FS_FUSE_H */

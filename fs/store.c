@@ -1,0 +1,151 @@
+/*
+ * store.c — the backend-independent half of the store interface: building batches and small helpers on top of the
+ * operations table.
+ *
+ * Invariants
+ *  - A batch owns a copy of every key and value handed to it, in one growing byte buffer; ops refer to offsets
+ *    (not pointers), so growing the buffer never invalidates an op.
+ *  - The first allocation failure is remembered in b->error and every later builder call does nothing; the
+ *    backends refuse a batch whose error is set, so a half-built batch is never applied.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void store_buf_free(store_buf *b) {
+    if (!b) return;
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+}
+
+void store_batch_init(store_batch *b) { memset(b, 0, sizeof *b); }
+
+void store_batch_clear(store_batch *b) {
+    b->n = 0;
+    b->blen = 0;
+    b->error = 0;
+}
+
+void store_batch_free(store_batch *b) {
+    free(b->ops);
+    free(b->bytes);
+    store_batch_init(b);
+}
+
+/* Append bytes to the batch buffer; returns their offset, or SIZE_MAX after setting b->error. */
+static size_t add_bytes(store_batch *b, const void *p, size_t n) {
+    if (b->error) return SIZE_MAX;
+    if (b->blen + n > b->bcap) {
+        size_t cap = b->bcap ? b->bcap : 256;
+        while (cap < b->blen + n) cap *= 2;
+        uint8_t *nb = realloc(b->bytes, cap);
+        if (!nb) {
+            b->error = -ENOMEM;
+            return SIZE_MAX;
+        }
+        b->bytes = nb;
+        b->bcap = cap;
+    }
+    size_t off = b->blen;
+    if (n) memcpy(b->bytes + off, p, n);
+    b->blen += n;
+    return off;
+}
+
+static store_op *add_op(store_batch *b, enum store_op_kind kind, uint8_t ks, const void *key, size_t klen) {
+    if (b->error) return NULL;
+    if (klen == 0 || klen > STORE_MAX_KEY) {
+        b->error = klen ? -ENAMETOOLONG : -EINVAL;
+        return NULL;
+    }
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 8;
+        store_op *no = realloc(b->ops, cap * sizeof *no);
+        if (!no) {
+            b->error = -ENOMEM;
+            return NULL;
+        }
+        b->ops = no;
+        b->cap = cap;
+    }
+    size_t off = add_bytes(b, key, klen);
+    if (off == SIZE_MAX) return NULL;
+    store_op *op = &b->ops[b->n++];
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    op->ks = ks;
+    op->key_off = off;
+    op->klen = klen;
+    return op;
+}
+
+void store_batch_put(store_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, size_t vlen) {
+    store_op *op = add_op(b, STORE_PUT, ks, key, klen);
+    if (!op) return;
+    op->data_off = add_bytes(b, val, vlen);
+    op->dlen = vlen;
+    if (b->error) b->n--;
+}
+
+void store_batch_delete(store_batch *b, uint8_t ks, const void *key, size_t klen) {
+    add_op(b, STORE_DELETE, ks, key, klen);
+}
+
+void store_batch_write_at(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
+                          size_t len) {
+    store_op *op = add_op(b, STORE_WRITE_AT, ks, key, klen);
+    if (!op) return;
+    op->off = off;
+    op->data_off = add_bytes(b, data, len);
+    op->dlen = len;
+    if (b->error) b->n--;
+}
+
+void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {
+    store_op *op = add_op(b, STORE_TRUNCATE, ks, key, klen);
+    if (op) op->off = size;
+}
+
+void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
+                      size_t tlen) {
+    if (!b->error && (tlen == 0 || tlen > STORE_MAX_KEY)) {
+        b->error = tlen ? -ENAMETOOLONG : -EINVAL;
+        return;
+    }
+    store_op *op = add_op(b, STORE_MOVE, from_ks, from, flen);
+    if (!op) return;
+    op->to_ks = to_ks;
+    op->to_off = add_bytes(b, to, tlen);
+    op->tlen = tlen;
+    if (b->error) b->n--;
+}
+
+size_t store_prefix_end(const void *prefix, size_t plen, uint8_t *out) {
+    const uint8_t *p = prefix;
+    size_t n = plen;
+    while (n > 0 && p[n - 1] == 0xff) n--;
+    if (n == 0) return 0;
+    memcpy(out, p, n);
+    out[n - 1]++;
+    return n;
+}
+
+static int stop_at_first(void *ctx, const uint8_t *key, size_t klen, const store_info *info, const void *val,
+                         size_t vlen) {
+    (void)key, (void)klen, (void)info, (void)val, (void)vlen;
+    *(int *)ctx = 1;
+    return 1;
+}
+
+int store_has_prefix(store *s, uint8_t ks, const void *prefix, size_t plen) {
+    uint8_t *end = malloc(plen ? plen : 1);
+    if (!end) return -ENOMEM;
+    size_t elen = store_prefix_end(prefix, plen, end);
+    int found = 0;
+    int rc = store_scan(s, ks, prefix, plen, end, elen, 1, true, false, stop_at_first, &found);
+    free(end);
+    return rc < 0 ? rc : found;
+}

@@ -1,0 +1,458 @@
+/*
+ * ctl.c — the control socket, both ends (see ctl.h for the design and the wire format).
+ *
+ * Invariants
+ *  - The socket file is created only by bind(), made 0600 right after, and removed at stop only if it is still the
+ *    one we bound (same inode). An existing socket is removed at start only when nothing answers on it; a file of
+ *    that name that is not a socket is never touched.
+ *  - Every connection is checked with SO_PEERCRED before anything is read from it: the daemon's user or root.
+ *  - Each request runs on its own thread; ctl_server_stop() returns only when no thread uses the store any more.
+ *    It shuts down each connection, which the running command sees as cancellation (tools.h).
+ *  - Descriptors received from a client are closed on every path; all descriptors are close-on-exec.
+ */
+#include "ctl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "tools.h"
+
+#define REQ_MAGIC "KVFSCTL1"
+#define RES_MAGIC "KVFSRES1"
+#define MAX_ARGS 65536
+#define MAX_ARG_BYTES (16u << 20)
+#define MAX_CONNS 256
+#define RES_DENIED 1 /* reply flag: the daemon refused the client (another user) */
+
+struct req_hdr {
+    char magic[8];
+    uint32_t argc;
+    uint32_t bytes;
+};
+struct res_hdr {
+    char magic[8];
+    int32_t status;
+    int32_t flags;
+};
+
+struct conn {
+    struct ctl_server *s;
+    int fd;
+    struct conn *next;
+};
+
+struct ctl_server {
+    kv_db *db;
+    char *datadir;
+    int dirfd;              /* DATADIR, for *at() calls on the socket's name */
+    int lfd;                /* listening socket */
+    int wake[2];            /* a pipe: written by stop to wake the accept thread */
+    ino_t sock_ino;
+    pthread_t accept_thread;
+    pthread_mutex_t mu;
+    pthread_cond_t idle;    /* signalled when a connection ends */
+    int active;             /* connections being served */
+    struct conn *conns;
+};
+
+void kvfs_store_options(kv_options *o) {
+    o->batch_log_max_batches = KVFS_BATCH_LOG_MAX_BATCHES;
+    o->batch_log_max_bytes = KVFS_BATCH_LOG_MAX_BYTES;
+}
+
+static _Thread_local char errbuf[512];
+const char *ctl_errmsg(void) { return errbuf; }
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* The address of DATADIR/kvfs.sock. sun_path holds about 107 bytes; a longer DATADIR is reached through its open
+ * descriptor as /proc/self/fd/N/kvfs.sock (dirfd must then stay open until bind/connect is done). */
+static int sock_addr(const char *datadir, int dirfd, struct sockaddr_un *a) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    int n = snprintf(a->sun_path, sizeof a->sun_path, "%s/%s", datadir, CTL_SOCKET_NAME);
+    if (n > 0 && (size_t)n < sizeof a->sun_path) return 0;
+    if (dirfd < 0) return -1;
+    snprintf(a->sun_path, sizeof a->sun_path, "/proc/self/fd/%d/%s", dirfd, CTL_SOCKET_NAME);
+    return 0;
+}
+
+/* ---- Server --------------------------------------------------------------------------------------------------- */
+
+static bool peer_allowed(int fd) {
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) return false;
+    return cr.uid == 0 || cr.uid == geteuid();
+}
+
+static int read_full(int fd, void *buf, size_t n) {
+    char *p = buf;
+    while (n) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r == 0) return -1;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += r, n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void send_reply(int fd, int status, int flags) {
+    struct res_hdr r;
+    memcpy(r.magic, RES_MAGIC, 8);
+    r.status = status;
+    r.flags = flags;
+    /* MSG_NOSIGNAL: a client that is gone must not kill the daemon */
+    (void)!send(fd, &r, sizeof r, MSG_NOSIGNAL);
+}
+
+/* Receive the request header and the three descriptors. Returns 0, or -1 (fds closed). */
+static int recv_request(int fd, struct req_hdr *h, int fds[3]) {
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+    } cm;
+    struct iovec iov = {h, sizeof *h};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+    fds[0] = fds[1] = fds[2] = -1;
+    ssize_t r;
+    do r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+    while (r < 0 && errno == EINTR);
+    int got = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int tmp[8];
+        memcpy(tmp, CMSG_DATA(c), (n > 8 ? 8 : n) * sizeof(int));
+        for (size_t i = 0; i < n && i < 8; i++) {
+            if (got < 3) fds[got++] = tmp[i];
+            else close(tmp[i]);
+        }
+    }
+    if (r != (ssize_t)sizeof *h || got != 3 || (m.msg_flags & MSG_CTRUNC) || memcmp(h->magic, REQ_MAGIC, 8) != 0 ||
+        h->argc == 0 || h->argc > MAX_ARGS || h->bytes > MAX_ARG_BYTES) {
+        for (int i = 0; i < 3; i++)
+            if (fds[i] >= 0) close(fds[i]);
+        return -1;
+    }
+    return 0;
+}
+
+static void serve(struct ctl_server *s, int fd) {
+    if (!peer_allowed(fd)) {
+        send_reply(fd, TOOL_FAIL, RES_DENIED);
+        return;
+    }
+    /* A client has 10 seconds to send its request; after that the connection only carries cancellation. */
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct req_hdr h;
+    int fds[3];
+    if (recv_request(fd, &h, fds) != 0) return;
+    char *body = malloc((size_t)h.bytes + 1);
+    char **argv = calloc((size_t)h.argc + 1, sizeof *argv);
+    int status = TOOL_FAIL;
+    if (body && argv && read_full(fd, body, h.bytes) == 0) {
+        body[h.bytes] = 0;
+        /* Split into exactly argc NUL-terminated strings; anything else is a malformed request. */
+        uint32_t n = 0;
+        size_t off = 0;
+        while (n < h.argc && off < h.bytes) {
+            argv[n++] = body + off;
+            off += strlen(body + off) + 1;
+        }
+        if (n == h.argc && off == h.bytes) {
+            status = tools_serve(s->db, s->datadir, (int)h.argc, argv, fds, fd);
+            send_reply(fd, status, 0);
+        }
+    }
+    free(argv);
+    free(body);
+    for (int i = 0; i < 3; i++) close(fds[i]);
+}
+
+static void *conn_thread(void *arg) {
+    struct conn *c = arg;
+    struct ctl_server *s = c->s;
+    serve(s, c->fd);
+    pthread_mutex_lock(&s->mu);
+    for (struct conn **pp = &s->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    close(c->fd);
+    free(c);
+    s->active--;
+    pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Start a thread that takes no process-directed signal (SIGINT, SIGTERM...): those belong to the daemon's main
+ * loop, and a handler run on one of our threads would not wake it. The new thread inherits the blocked mask. */
+static int start_thread(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(t, attr, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static void *accept_thread(void *arg) {
+    struct ctl_server *s = arg;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = s->lfd, .events = POLLIN}, {.fd = s->wake[0], .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) continue;
+        if (p[1].revents) break; /* stopping */
+        if (!p[0].revents) continue;
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == ENOBUFS) poll(NULL, 0, 100);
+            continue;
+        }
+        struct conn *c = calloc(1, sizeof *c);
+        pthread_mutex_lock(&s->mu);
+        bool ok = c && s->active < MAX_CONNS;
+        if (ok) {
+            c->s = s;
+            c->fd = fd;
+            c->next = s->conns;
+            s->conns = c;
+            s->active++;
+        }
+        pthread_mutex_unlock(&s->mu);
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (ok && start_thread(&t, &at, conn_thread, c) != 0) {
+            pthread_mutex_lock(&s->mu);
+            s->conns = c->next; /* c is still the head: only this thread adds, and conn threads never ran */
+            s->active--;
+            pthread_mutex_unlock(&s->mu);
+            ok = false;
+        }
+        pthread_attr_destroy(&at);
+        if (!ok) {
+            free(c);
+            send_reply(fd, TOOL_FAIL, 0);
+            close(fd);
+        }
+    }
+    return NULL;
+}
+
+/* Is there a live server on the socket at addr? */
+static bool answers(const struct sockaddr_un *a) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    int r = connect(fd, (const struct sockaddr *)a, sizeof *a);
+    close(fd);
+    return r == 0;
+}
+
+int ctl_server_start(kv_db *db, const char *datadir, struct ctl_server **out) {
+    *out = NULL;
+    struct ctl_server *s = calloc(1, sizeof *s);
+    if (!s) return fail(KV_ENOMEM, "out of memory");
+    s->db = db;
+    s->lfd = s->wake[0] = s->wake[1] = -1;
+    s->datadir = strdup(datadir);
+    s->dirfd = open(datadir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = KV_EIO;
+    struct sockaddr_un a;
+    struct stat st;
+    if (!s->datadir || s->dirfd < 0) {
+        rc = fail(s->datadir ? KV_EIO : KV_ENOMEM, "%s: %s", datadir, strerror(errno));
+        goto err;
+    }
+    sock_addr(datadir, s->dirfd, &a);
+    if (fstatat(s->dirfd, CTL_SOCKET_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            rc = fail(KV_EEXIST, "%s/%s exists and is not a socket", datadir, CTL_SOCKET_NAME);
+            goto err;
+        }
+        if (answers(&a)) {
+            rc = fail(KV_EBUSY, "%s/%s: another daemon is serving this store", datadir, CTL_SOCKET_NAME);
+            goto err;
+        }
+        unlinkat(s->dirfd, CTL_SOCKET_NAME, 0); /* stale: left by a daemon that died */
+    }
+    s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0) {
+        rc = fail(KV_EIO, "%s/%s: %s", datadir, CTL_SOCKET_NAME, strerror(errno));
+        goto err;
+    }
+    /* Owner only. (Until this chmod the socket has the umask's mode; SO_PEERCRED checks cover that moment.) */
+    if (fchmodat(s->dirfd, CTL_SOCKET_NAME, 0600, 0) != 0 ||
+        fstatat(s->dirfd, CTL_SOCKET_NAME, &st, AT_SYMLINK_NOFOLLOW) != 0 || listen(s->lfd, 64) != 0 ||
+        pipe2(s->wake, O_CLOEXEC) != 0) {
+        rc = fail(KV_EIO, "%s/%s: %s", datadir, CTL_SOCKET_NAME, strerror(errno));
+        unlinkat(s->dirfd, CTL_SOCKET_NAME, 0);
+        goto err;
+    }
+    s->sock_ino = st.st_ino;
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle, NULL);
+    if (start_thread(&s->accept_thread, NULL, accept_thread, s) != 0) {
+        rc = fail(KV_ENOMEM, "cannot start the control socket's thread");
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->idle);
+        unlinkat(s->dirfd, CTL_SOCKET_NAME, 0);
+        goto err;
+    }
+    *out = s;
+    return KV_OK;
+err:
+    if (s->lfd >= 0) close(s->lfd);
+    if (s->wake[0] >= 0) close(s->wake[0]), close(s->wake[1]);
+    if (s->dirfd >= 0) close(s->dirfd);
+    free(s->datadir);
+    free(s);
+    return rc;
+}
+
+void ctl_server_stop(struct ctl_server *s) {
+    if (!s) return;
+    (void)!write(s->wake[1], "x", 1);
+    pthread_join(s->accept_thread, NULL);
+    pthread_mutex_lock(&s->mu);
+    for (struct conn *c = s->conns; c; c = c->next) shutdown(c->fd, SHUT_RDWR); /* cancels the running command */
+    while (s->active > 0) pthread_cond_wait(&s->idle, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    struct stat st;
+    if (fstatat(s->dirfd, CTL_SOCKET_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino == s->sock_ino)
+        unlinkat(s->dirfd, CTL_SOCKET_NAME, 0);
+    close(s->lfd);
+    close(s->wake[0]);
+    close(s->wake[1]);
+    close(s->dirfd);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->idle);
+    free(s->datadir);
+    free(s);
+}
+
+/* ---- Client --------------------------------------------------------------------------------------------------- */
+
+int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
+    struct sockaddr_un a;
+    int dirfd = -1;
+    if (sock_addr(datadir, -1, &a) != 0) {
+        dirfd = open(datadir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dirfd < 0 || sock_addr(datadir, dirfd, &a) != 0) {
+            if (dirfd >= 0) close(dirfd);
+            return 0;
+        }
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        if (fd >= 0) close(fd);
+        if (dirfd >= 0) close(dirfd);
+        return 0;
+    }
+    if (dirfd >= 0) close(dirfd);
+
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++) bytes += strlen(argv[i]) + 1;
+    char *body = malloc(bytes ? bytes : 1);
+    *status = TOOL_FAIL;
+    if (!body || bytes > MAX_ARG_BYTES) {
+        fprintf(stderr, "kvfs: %s\n", body ? "arguments too long" : "out of memory");
+        free(body);
+        close(fd);
+        return 1;
+    }
+    size_t off = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        memcpy(body + off, argv[i], n);
+        off += n;
+    }
+    struct req_hdr h;
+    memcpy(h.magic, REQ_MAGIC, 8);
+    h.argc = (uint32_t)argc;
+    h.bytes = (uint32_t)bytes;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+    } cm;
+    memset(&cm, 0, sizeof cm);
+    struct iovec iov = {&h, sizeof h};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+    int fds[3] = {0, 1, 2};
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    bool sent = sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+    for (off = 0; sent && off < bytes;) {
+        ssize_t w = send(fd, body + off, bytes - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) sent = false;
+        else off += (size_t)w;
+    }
+    free(body);
+
+    /* Wait for the reply. An interrupt (Ctrl-C) ends the wait: closing the connection cancels the command in the
+     * daemon, which stops at a safe point. */
+    struct res_hdr r;
+    char *p = (char *)&r;
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = recv(fd, p + got, sizeof r - got, 0);
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            close(fd);
+            *status = -SIGINT;
+            return 1;
+        }
+        break;
+    }
+    close(fd);
+    if (got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0) {
+        if (r.flags & RES_DENIED) {
+            fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);
+            return 1;
+        }
+        *status = r.status;
+        return 1;
+    }
+    if (!sent && got == 0) {
+        /* The daemon took the connection but could not read the request: it is stopping, or overloaded. */
+        fprintf(stderr, "kvfs: %s: could not send the command to the mount daemon\n", datadir);
+    } else {
+        fprintf(stderr, "kvfs: %s: the mount daemon ended the connection before the command finished\n", datadir);
+    }
+    return 1;
+}

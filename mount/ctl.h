@@ -1,0 +1,48 @@
+/*
+ * ctl.h — the control socket: how `kvfs` tools reach a store that a mount daemon holds open (and locked).
+ *
+ * The daemon listens on DATADIR/kvfs.sock (mode 0600; only the daemon's own user and root may talk to it, checked
+ * with SO_PEERCRED). A client sends the argv of one tool command together with its stdin, stdout and stderr
+ * descriptors (SCM_RIGHTS); the daemon runs the same tool code on a thread against its open kv_db, reading and
+ * writing the client's descriptors directly, and answers with the exit status. So output is identical whether the
+ * store is mounted or not, and streaming commands (scan, changes --follow, put from stdin) need no protocol of
+ * their own. When the client goes away (Ctrl-C), the connection closes and the command stops at a safe point.
+ *
+ * Wire format (native byte order: both ends are on the same host):
+ *   request  = struct { char magic[8] = "KVFSCTL1"; uint32 argc; uint32 bytes; } with 3 descriptors attached,
+ *              then `bytes` bytes: argc NUL-terminated strings
+ *   reply    = struct { char magic[8] = "KVFSRES1"; int32 status; } (status < 0: ended as if killed by -status)
+ */
+#ifndef KVFS_CTL_H
+#define KVFS_CTL_H
+
+#include "kv.h"
+
+#define CTL_SOCKET_NAME "kvfs.sock"
+
+struct ctl_server;
+
+/* Batch-log retention every kvfs process opens a store with (the engine does not store it, and a process that opens
+ * the store with the log off would leave a gap in the change feed): the mount daemon should call this after
+ * kv_options_init() too. 100,000 batches or 64 MiB, whichever is reached first. */
+#define KVFS_BATCH_LOG_MAX_BATCHES 100000u
+#define KVFS_BATCH_LOG_MAX_BYTES (64ull << 20)
+void kvfs_store_options(kv_options *o);
+
+/* Start serving db on DATADIR/kvfs.sock. Fails (KV_EBUSY) when another server answers there; a stale socket left
+ * by a dead daemon is replaced; a non-socket file of that name is never removed (KV_EEXIST). Sets SIGPIPE to be
+ * ignored if it was at its default (clients' pipes may close under a running command). KV_OK or a KV_E* code,
+ * with kv_errmsg()-style detail available from ctl_errmsg(). */
+int ctl_server_start(kv_db *db, const char *datadir, struct ctl_server **out);
+/* Stop accepting, cancel running commands and wait for them to end, remove the socket, free s. Call it before
+ * kv_close() of the store. NULL is allowed. */
+void ctl_server_stop(struct ctl_server *s);
+/* The detail of the last ctl_server_start failure on this thread. */
+const char *ctl_errmsg(void);
+
+/* Client: run argv (argv[0] is the command name) in the daemon serving datadir. Returns 0 when no daemon answers
+ * (nothing was run), 1 when the command ran there: *status is its exit status (negative: -signal). Failures after
+ * connecting are reported on stderr as "kvfs: ..." and give status 1. */
+int ctl_client_run(const char *datadir, int argc, char **argv, int *status);
+
+#endif /* KVFS_CTL_H */

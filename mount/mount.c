@@ -1,0 +1,609 @@
+/*
+ * mount.c — the mount daemon: parse `kvfs mount [-f] [-o OPTIONS] DATADIR MOUNTPOINT`, open the store (which
+ * locks DATADIR), serve it over FUSE and the control socket, and shut down cleanly.
+ *
+ * Invariants
+ *  - The command returns only once the mount is usable, or with a message saying why it is not. In the background
+ *    the work happens in a child: the engine's threads are started after the fork (threads do not survive one),
+ *    and the parent waits on a pipe for the child's verdict.
+ *  - Layering: this file opens the engine (it owns the kv_db and the lock), wraps it in a store (fs/store.h) and
+ *    hands the store to the filesystem; the FUSE operations never see the engine.
+ *  - Shutdown (unmount, SIGTERM, SIGINT, SIGHUP) always runs the same path: leave the FUSE loop, write every
+ *    buffered byte, stop the control socket, close the engine. Nothing here calls exit() or abort().
+ *  - Messages go to stderr until the daemon detaches, to syslog after (with -f: stderr throughout).
+ */
+#include "mount.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "fs.h"
+#include "fs_fuse.h"
+#include <fuse_lowlevel.h>
+#include "kv.h"
+#include "store.h"
+
+#if defined(__has_include)
+#if __has_include("ctl.h")
+#include "ctl.h"
+#define KVFS_HAVE_CTL 1
+/* Weak: the daemon links and runs without the control socket's code. */
+#pragma weak ctl_server_start
+#pragma weak ctl_server_stop
+#pragma weak ctl_errmsg
+#pragma weak kvfs_store_options
+#endif
+#endif
+
+typedef struct mount_opts {
+    char *datadir, *mountpoint;
+    int foreground, debug, help, read_only;
+    int sync, no_default_permissions, no_writeback;
+    char *store_kind;  /* "mem": in-memory store, for testing only */
+    char *cache_size, *memtable_size, *compression;
+    unsigned file_mode, dir_mode;
+    int file_mode_set, dir_mode_set;
+    unsigned uid, gid;
+    int uid_set, gid_set;
+    double timeout;
+} mount_opts;
+
+enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_FILE_MODE, KEY_DIR_MODE, KEY_UID, KEY_GID };
+
+#define OPT(t, f, v) {t, offsetof(mount_opts, f), v}
+static const struct fuse_opt mount_spec[] = {
+    OPT("store=%s", store_kind, 0),
+    OPT("cache_size=%s", cache_size, 0),
+    OPT("memtable_size=%s", memtable_size, 0),
+    OPT("compression=%s", compression, 0),
+    OPT("sync", sync, 1),
+    OPT("no_default_permissions", no_default_permissions, 1),
+    OPT("no_writeback_cache", no_writeback, 1),
+    OPT("cache_timeout=%lf", timeout, 0),
+    OPT("default_file_mode=%o", file_mode, 0),
+    OPT("default_file_mode=", file_mode_set, 1),
+    OPT("default_dir_mode=%o", dir_mode, 0),
+    OPT("default_dir_mode=", dir_mode_set, 1),
+    OPT("default_uid=%u", uid, 0),
+    OPT("default_uid=", uid_set, 1),
+    OPT("default_gid=%u", gid, 0),
+    OPT("default_gid=", gid_set, 1),
+    FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+    FUSE_OPT_KEY("-d", KEY_DEBUG),
+    FUSE_OPT_KEY("debug", KEY_DEBUG),
+    FUSE_OPT_KEY("-h", KEY_HELP),
+    FUSE_OPT_KEY("--help", KEY_HELP),
+    FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_END,
+};
+
+static bool use_syslog;
+
+static void say(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(int prio, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (use_syslog) {
+        vsyslog(prio, fmt, ap);
+    } else {
+        fputs("kvfs: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+    }
+    va_end(ap);
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out) {
+    (void)out;
+    mount_opts *o = data;
+    switch (key) {
+    case FUSE_OPT_KEY_NONOPT:
+        if (!o->datadir) return (o->datadir = strdup(arg)) ? 0 : -1;
+        if (!o->mountpoint) return (o->mountpoint = strdup(arg)) ? 0 : -1;
+        say(LOG_ERR, "mount: unexpected argument '%s'", arg);
+        return -1;
+    case KEY_FOREGROUND:
+        o->foreground = 1;
+        return 0;
+    case KEY_DEBUG:
+        o->debug = o->foreground = 1;
+        return 1; /* libfuse prints requests too */
+    case KEY_HELP:
+        o->help = 1;
+        return 0;
+    case KEY_RO:
+        o->read_only = 1;
+        return 1; /* the kernel must know as well: EROFS before a request is even sent */
+    default:
+        return 1;
+    }
+}
+
+static void usage(void) {
+    printf("usage: kvfs mount [-f] [-o OPTIONS] DATADIR MOUNTPOINT\n\n"
+           "Mount the key-value store in DATADIR (created, mode 0700, if missing) at MOUNTPOINT.\n"
+           "Returns once the mount is usable; the daemon then runs in the background (logging to syslog).\n"
+           "Unmount with fusermount3 -u MOUNTPOINT, umount, or SIGTERM/SIGINT to the daemon.\n\n"
+           "  -f                       stay in the foreground, log to stderr\n"
+           "  -d, -o debug             foreground, and log every FUSE request\n"
+           "  -o ro                    read-only mount (writes fail with EROFS)\n"
+           "  -o allow_other           let other users use the mount (see /etc/fuse.conf)\n"
+           "  -o no_default_permissions  do not let the kernel check permissions (on by default)\n"
+           "  -o sync                  every write reaches the disk before it returns\n"
+           "  -o cache_size=SIZE       engine block cache (default 32M)\n"
+           "  -o memtable_size=SIZE    engine write buffer (default 8M)\n"
+           "  -o compression=on|off    compress table blocks (default on)\n"
+           "  -o default_file_mode=M   mode of keys written without attributes (default 0644)\n"
+           "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
+           "  -o default_uid=N, default_gid=N  their owner (default: the mounting user)\n"
+           "  -o cache_timeout=SECS    kernel attribute/entry cache time (default 86400)\n"
+           "  -o no_writeback_cache    do not use the kernel's writeback cache\n"
+           "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
+}
+
+/* "64M" -> bytes; false on junk. */
+static bool parse_size(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) return false;
+    unsigned long long mul = 1;
+    switch (*end) {
+    case 0: break;
+    case 'k': case 'K': mul = 1ull << 10; end++; break;
+    case 'm': case 'M': mul = 1ull << 20; end++; break;
+    case 'g': case 'G': mul = 1ull << 30; end++; break;
+    default: return false;
+    }
+    if (*end == 'i' || *end == 'B' || *end == 'b') end++;
+    if (*end || v > SIZE_MAX / mul) return false;
+    *out = (size_t)(v * mul);
+    return true;
+}
+
+/* Escape ',' and '\' for a -o value. */
+static char *opt_escape(const char *s) {
+    size_t n = strlen(s);
+    char *out = malloc(2 * n + 1), *p = out;
+    if (!out) return NULL;
+    for (; *s; s++) {
+        if (*s == ',' || *s == '\\') *p++ = '\\';
+        *p++ = *s;
+    }
+    *p = 0;
+    return out;
+}
+
+/* ---- the request loop ----------------------------------------------------------------------------------------
+ *
+ * libfuse's multi-threaded loop keeps several threads blocked in read() on /dev/fuse; the kernel hands each request
+ * to the one that has waited longest, so every request costs a thread switch (measured here: twice the daemon CPU
+ * per request, half the small-file creates per second of a single-threaded loop). This loop is a leader/followers
+ * pool: one thread reads; when a request is quick (lookups, attributes, small writes: most of them) it handles
+ * it itself and reads the next one, staying hot; before a request that may block (fsync, large reads and writes,
+ * listings, renames, rmdir) it hands the reading over to a waiting thread (or starts one, up to LOOP_MAX_THREADS),
+ * so slow requests run in parallel with everything else, as in libfuse's multi-threaded loop. */
+
+#define LOOP_MAX_THREADS 16
+#define LOOP_BIG_IO (64u * 1024u)
+
+typedef struct req_loop {
+    struct fuse_session *se;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool reading;        /* a thread has the reader's role */
+    pthread_t reader;
+    int idle;            /* threads waiting for the role */
+    bool exiting;
+    bool all_slow;       /* -o sync: every write may block on the disk */
+    int error;
+    pthread_t threads[LOOP_MAX_THREADS];
+    int nthreads;
+    sem_t done;
+} req_loop;
+
+/* Opcodes of linux/fuse.h (not included: its macros clash with libfuse's). */
+enum { OP_RMDIR = 11, OP_RENAME = 12, OP_READ = 15, OP_WRITE = 16, OP_FSYNC = 20, OP_INIT = 26, OP_READDIR = 28,
+       OP_FSYNCDIR = 30, OP_DESTROY = 38, OP_FALLOCATE = 43, OP_READDIRPLUS = 44, OP_RENAME2 = 45,
+       OP_COPY_FILE_RANGE = 47, OP_SYNCFS = 50 };
+enum { IN_HEADER_BYTES = 40, IO_SIZE_AT = 16 }; /* fuse_in_header; size in fuse_read_in / fuse_write_in */
+
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static bool may_block(const req_loop *l, const struct fuse_buf *b) {
+    if (l->all_slow || (b->flags & FUSE_BUF_IS_FD) || b->size < IN_HEADER_BYTES) return true;
+    const uint8_t *p = b->mem;
+    switch (get_u32(p + 4)) {
+    case OP_READ:
+    case OP_WRITE:
+        return b->size < IN_HEADER_BYTES + IO_SIZE_AT + 4 || get_u32(p + IN_HEADER_BYTES + IO_SIZE_AT) > LOOP_BIG_IO;
+    case OP_RMDIR: case OP_RENAME: case OP_RENAME2: case OP_FSYNC: case OP_FSYNCDIR: case OP_INIT:
+    case OP_READDIR: case OP_READDIRPLUS: case OP_DESTROY: case OP_FALLOCATE: case OP_COPY_FILE_RANGE:
+    case OP_SYNCFS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void *loop_thread(void *arg);
+
+/* Another thread to take the reader's role (l->mu held). */
+static void loop_handoff(req_loop *l) {
+    if (l->idle > 0) {
+        pthread_cond_signal(&l->cv);
+    } else if (l->nthreads < LOOP_MAX_THREADS &&
+               pthread_create(&l->threads[l->nthreads], NULL, loop_thread, l) == 0) {
+        l->nthreads++;
+    }
+}
+
+static void *loop_thread(void *arg) {
+    req_loop *l = arg;
+    struct fuse_buf buf;
+    memset(&buf, 0, sizeof buf);
+    /* Termination signals go to the main thread (see run_loop). */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (l->reading && !l->exiting) {
+            l->idle++;
+            pthread_cond_wait(&l->cv, &l->mu);
+            l->idle--;
+        }
+        if (l->exiting) break;
+        l->reading = true;
+        l->reader = pthread_self();
+        pthread_mutex_unlock(&l->mu);
+        int res;
+        do {
+            /* Only a thread blocked here may be cancelled (at shutdown by a signal): it holds nothing. */
+            pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+            res = fuse_session_receive_buf(l->se, &buf);
+            pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+        } while (res == -EINTR && !fuse_session_exited(l->se));
+        pthread_mutex_lock(&l->mu);
+        l->reading = false;
+        if (res <= 0 || fuse_session_exited(l->se)) {
+            if (res < 0 && res != -EINTR && res != -ENODEV) l->error = res;
+            l->exiting = true;
+            pthread_cond_broadcast(&l->cv);
+            sem_post(&l->done);
+            break;
+        }
+        if (may_block(l, &buf)) loop_handoff(l);
+        pthread_mutex_unlock(&l->mu);
+        fuse_session_process_buf(l->se, &buf);
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    free(buf.mem);
+    return NULL;
+}
+
+/* Serve requests until unmounted or told to stop (a signal: libfuse's handlers mark the session exited). */
+static int run_loop(struct fuse_session *se, bool all_slow) {
+    req_loop l;
+    memset(&l, 0, sizeof l);
+    l.se = se;
+    l.all_slow = all_slow;
+    pthread_mutex_init(&l.mu, NULL);
+    pthread_cond_init(&l.cv, NULL);
+    sem_init(&l.done, 0, 0);
+    int rc = 0;
+    pthread_mutex_lock(&l.mu);
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&l.threads[l.nthreads], NULL, loop_thread, &l) == 0) l.nthreads++;
+    pthread_mutex_unlock(&l.mu);
+    if (l.nthreads == 0) rc = -1;
+    while (rc == 0) {
+        if (sem_wait(&l.done) == 0) break;
+        if (errno == EINTR && fuse_session_exited(se)) break;
+    }
+    pthread_mutex_lock(&l.mu);
+    l.exiting = true;
+    pthread_cond_broadcast(&l.cv);
+    /* A thread still blocked in read() (stopped by a signal, not by an unmount) is woken by cancelling it. */
+    if (l.reading) pthread_cancel(l.reader);
+    int n = l.nthreads;
+    pthread_mutex_unlock(&l.mu);
+    for (int i = 0; i < n; i++) pthread_join(l.threads[i], NULL);
+    if (l.error) rc = -1;
+    fuse_session_reset(se);
+    sem_destroy(&l.done);
+    pthread_cond_destroy(&l.cv);
+    pthread_mutex_destroy(&l.mu);
+    return rc;
+}
+
+typedef struct daemon_state {
+    kv_db *db;
+    store *st;
+    kvfs_fs *fs;
+    struct fuse *fuse;
+    void *ctl;
+    kvfs_fuse fctx;
+} daemon_state;
+
+/* Tell the waiting parent how it went (0 usable, 1 failed), once. */
+static void report(int *fd, int status) {
+    if (*fd < 0) return;
+    char c = status ? '1' : '0';
+    ssize_t w = write(*fd, &c, 1);
+    (void)w;
+    close(*fd);
+    *fd = -1;
+}
+
+static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
+    daemon_state d;
+    memset(&d, 0, sizeof d);
+    int status = 1;
+    bool mem = o->store_kind && strcmp(o->store_kind, "mem") == 0;
+    if (o->store_kind && !mem) {
+        say(LOG_ERR, "mount: unknown store '%s'", o->store_kind);
+        goto out;
+    }
+    if (mem) {
+        d.st = store_mem_new();
+    } else {
+        kv_options ko;
+        kv_options_init(&ko);
+#ifdef KVFS_HAVE_CTL
+        if (kvfs_store_options) kvfs_store_options(&ko);
+#endif
+        ko.read_only = o->read_only;
+        if (o->cache_size && !parse_size(o->cache_size, &ko.block_cache_bytes)) {
+            say(LOG_ERR, "mount: bad cache_size '%s'", o->cache_size);
+            goto out;
+        }
+        if (o->memtable_size && !parse_size(o->memtable_size, &ko.memtable_bytes)) {
+            say(LOG_ERR, "mount: bad memtable_size '%s'", o->memtable_size);
+            goto out;
+        }
+        if (o->compression) {
+            if (!strcmp(o->compression, "on") || !strcmp(o->compression, "zlib"))
+                ko.compression = true;
+            else if (!strcmp(o->compression, "off") || !strcmp(o->compression, "none"))
+                ko.compression = false;
+            else {
+                say(LOG_ERR, "mount: compression must be on or off, not '%s'", o->compression);
+                goto out;
+            }
+        }
+        int rc = kv_open(o->datadir, &ko, &d.db);
+        if (rc == KV_EBUSY) {
+            say(LOG_ERR, "%s is in use: the store is already mounted or open in another kvfs process", o->datadir);
+            goto out;
+        }
+        if (rc) {
+            say(LOG_ERR, "cannot open the store in %s: %s%s%s", o->datadir, kv_strerror(rc), *kv_errmsg() ? ": " : "",
+                kv_errmsg());
+            goto out;
+        }
+        d.st = store_kv_new(d.db, o->datadir);
+    }
+    if (!d.st) {
+        say(LOG_ERR, "out of memory");
+        goto out;
+    }
+    kvfs_config cfg;
+    kvfs_config_init(&cfg);
+    if (o->file_mode_set) cfg.file_mode = o->file_mode & 07777;
+    if (o->dir_mode_set) cfg.dir_mode = o->dir_mode & 07777;
+    if (o->uid_set) cfg.uid = o->uid;
+    if (o->gid_set) cfg.gid = o->gid;
+    cfg.sync_writes = o->sync;
+    int rc = kvfs_fs_new(d.st, &cfg, &d.fs);
+    if (rc) {
+        say(LOG_ERR, "cannot start the filesystem: %s", strerror(-rc));
+        goto out;
+    }
+#ifdef KVFS_HAVE_CTL
+    if (d.db && ctl_server_start) {
+        struct ctl_server *cs = NULL;
+        rc = ctl_server_start(d.db, o->datadir, &cs);
+        if (rc) {
+            say(LOG_ERR, "cannot start the control socket in %s: %s%s%s", o->datadir, kv_strerror(rc),
+                ctl_errmsg ? ": " : "", ctl_errmsg ? ctl_errmsg() : "");
+            goto out;
+        }
+        d.ctl = cs;
+    }
+#endif
+    d.fctx.fs = d.fs;
+    d.fctx.timeout = o->timeout > 0 ? o->timeout : 86400.0;
+    d.fctx.writeback = !o->no_writeback;
+    d.fctx.read_only = o->read_only;
+    d.fuse = fuse_new(fargs, kvfs_fuse_operations(), sizeof(struct fuse_operations), &d.fctx);
+    if (!d.fuse) {
+        say(LOG_ERR, "mount: bad FUSE options (see kvfs mount --help)");
+        goto out;
+    }
+    if (fuse_mount(d.fuse, o->mountpoint) != 0) {
+        say(LOG_ERR, "cannot mount on %s (is it an existing directory, and is /dev/fuse usable?)", o->mountpoint);
+        fuse_destroy(d.fuse);
+        d.fuse = NULL;
+        goto out;
+    }
+    struct fuse_session *se = fuse_get_session(d.fuse);
+    if (fuse_set_signal_handlers(se) != 0) {
+        say(LOG_ERR, "cannot install signal handlers");
+        fuse_unmount(d.fuse);
+        fuse_destroy(d.fuse);
+        d.fuse = NULL;
+        goto out;
+    }
+    /* Usable: requests wait in the kernel until the loop below answers them. Detach from the terminal now. */
+    if (ready_fd >= 0) {
+        report(&ready_fd, 0);
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+            dup2(nul, 2);
+            if (nul > 2) close(nul);
+        }
+        if (chdir("/") != 0) { /* nothing to do: stay where we are */
+        }
+        openlog("kvfs", LOG_PID, LOG_DAEMON);
+        use_syslog = true;
+    }
+    say(LOG_INFO, "mounted %s on %s", o->datadir, o->mountpoint);
+    rc = run_loop(se, o->sync);
+    fuse_remove_signal_handlers(se);
+    fuse_unmount(d.fuse);
+    status = rc < 0 ? 1 : 0;
+    say(LOG_INFO, "unmounting %s", o->mountpoint);
+out:
+    report(&ready_fd, 1);
+    if (d.fuse) fuse_destroy(d.fuse);
+    if (d.fs) {
+        rc = kvfs_fs_flush_all(d.fs);
+        if (rc) {
+            say(LOG_ERR, "writing buffered data failed: %s", strerror(-rc));
+            status = 1;
+        }
+        kvfs_fs_free(d.fs);
+    }
+#ifdef KVFS_HAVE_CTL
+    if (d.ctl && ctl_server_stop) ctl_server_stop(d.ctl);
+#endif
+    store_destroy(d.st);
+    if (d.db) {
+        rc = kv_close(d.db);
+        if (rc) {
+            say(LOG_ERR, "closing the store failed: %s %s", kv_strerror(rc), kv_errmsg());
+            status = 1;
+        }
+        kv_free(d.db);
+    }
+    if (use_syslog) closelog();
+    return status;
+}
+
+int kvfs_mount_main(int argc, char **argv) {
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    mount_opts o;
+    memset(&o, 0, sizeof o);
+    int status = 1;
+    char *real_data = NULL, *real_mnt = NULL, *esc = NULL, *extra = NULL;
+    struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
+    if (fuse_opt_parse(&args, &o, mount_spec, opt_proc) != 0) goto out;
+    if (o.help) {
+        usage();
+        status = 0;
+        goto out;
+    }
+    if (!o.datadir || !o.mountpoint) {
+        fprintf(stderr, "usage: kvfs mount [-f] [-o OPTIONS] DATADIR MOUNTPOINT (kvfs mount --help)\n");
+        goto out;
+    }
+    bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
+    if (!mem && mkdir(o.datadir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));
+        goto out;
+    }
+    real_data = realpath(o.datadir, NULL);
+    real_mnt = realpath(o.mountpoint, NULL);
+    if ((!real_data && !mem) || !real_mnt) {
+        fprintf(stderr, "kvfs: %s: %s\n", !real_mnt ? o.mountpoint : o.datadir, strerror(errno));
+        goto out;
+    }
+    if (real_data) {
+        free(o.datadir);
+        o.datadir = real_data;
+        real_data = NULL;
+    }
+    free(o.mountpoint);
+    o.mountpoint = real_mnt;
+    real_mnt = NULL;
+
+    /* The FUSE arguments: what the user gave that is not ours, plus the name shown in mount tables. */
+    esc = opt_escape(o.datadir);
+    size_t n = (esc ? strlen(esc) : 0) + 64;
+    extra = malloc(n);
+    if (!esc || !extra) goto out;
+    snprintf(extra, n, "-osubtype=kvfs,fsname=%s%s", esc, o.no_default_permissions ? "" : ",default_permissions");
+    if (fuse_opt_add_arg(&fargs, argc > 0 ? argv[0] : "kvfs") != 0 || fuse_opt_add_arg(&fargs, extra) != 0)
+        goto out;
+    for (int i = 1; i < args.argc; i++)
+        if (fuse_opt_add_arg(&fargs, args.argv[i]) != 0) goto out;
+
+    if (o.foreground) {
+        status = run(&o, &fargs, -1);
+        goto out;
+    }
+    int pfd[2];
+    if (pipe(pfd) != 0) {
+        fprintf(stderr, "kvfs: pipe: %s\n", strerror(errno));
+        goto out;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "kvfs: fork: %s\n", strerror(errno));
+        close(pfd[0]);
+        close(pfd[1]);
+        goto out;
+    }
+    if (pid == 0) {
+        close(pfd[0]);
+        setsid();
+        int st = run(&o, &fargs, pfd[1]);
+        fuse_opt_free_args(&fargs);
+        fuse_opt_free_args(&args);
+        _exit(st); /* the daemon child ends here: nothing of the caller's may run in it */
+    }
+    close(pfd[1]);
+    char c = '1';
+    ssize_t r;
+    do r = read(pfd[0], &c, 1);
+    while (r < 0 && errno == EINTR);
+    close(pfd[0]);
+    if (r == 1 && c == '0') {
+        status = 0;
+    } else {
+        /* The child said why on stderr; reap it if it is gone. */
+        waitpid(pid, NULL, WNOHANG);
+        status = 1;
+    }
+out:
+    free(real_data);
+    free(real_mnt);
+    free(esc);
+    free(extra);
+    free(o.datadir);
+    free(o.mountpoint);
+    free(o.store_kind);
+    free(o.cache_size);
+    free(o.memtable_size);
+    free(o.compression);
+    fuse_opt_free_args(&fargs);
+    fuse_opt_free_args(&args);
+    return status;
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env bats
+# fs_persist.bats — the daemon's life: mounting, the lock on DATADIR, unmounting by every route, persistence across
+# remounts, and survival of fsync'ed and closed files when the daemon is killed with SIGKILL.
+
+load helpers.bash-fs
+
+setup() {
+    fs_setup
+}
+
+teardown() {
+    fs_teardown
+}
+
+@test "mount creates DATADIR 0700 and returns only when usable" {
+    fs_mount
+    [ "$(stat -c %a "$D")" = 700 ]
+    # usable at once, no sleep
+    echo x > "$M/f"
+    [ "$(cat "$M/f")" = x ]
+    grep -q " $M fuse.kvfs " /proc/mounts
+}
+
+@test "a second mount of the same store fails with a clear message" {
+    fs_mount
+    mkdir "$T/mnt2"
+    run t "$KVFS" mount "$D" "$T/mnt2"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"in use"* ]]
+    ! grep -q " $T/mnt2 " /proc/mounts
+}
+
+@test "everything survives unmount and remount" {
+    fs_mount
+    mkdir -p "$M/d/empty"
+    echo content > "$M/d/f"
+    chmod 0600 "$M/d/f"
+    touch -d '2010-01-01 00:00:00.25' "$M/d/f"
+    ln -s d/f "$M/link"
+    setfattr -n user.k -v v "$M/d/f" 2>/dev/null || true
+    head -c 2000000 /dev/urandom > "$T/big"
+    cp "$T/big" "$M/big"
+    before=$(tree_attrs_with_times "$M")
+    fs_remount
+    [ -d "$M/d/empty" ]
+    [ "$(cat "$M/d/f")" = content ]
+    cmp "$T/big" "$M/big"
+    [ "$(tree_attrs_with_times "$M")" = "$before" ]
+    if command -v getfattr >/dev/null; then
+        [ "$(getfattr --only-values -n user.k "$M/d/f")" = v ]
+    fi
+}
+
+@test "SIGTERM and SIGINT unmount cleanly, with everything written" {
+    fs_mount
+    echo one > "$M/a"
+    kill -TERM "$(daemon_pid)"
+    for i in $(seq 1 100); do is_mounted || break; sleep 0.05; done
+    fs_unmount
+    fs_mount
+    [ "$(cat "$M/a")" = one ]
+    echo two > "$M/b"
+    kill -INT "$(daemon_pid)"
+    for i in $(seq 1 100); do is_mounted || break; sleep 0.05; done
+    fs_unmount
+    fs_mount
+    [ "$(cat "$M/b")" = two ]
+}
+
+@test "kill -9: fsync'ed and closed files survive" {
+    fs_mount
+    python3 - "$M" <<'PY'
+import os, sys
+m = sys.argv[1]
+with open(os.path.join(m, "synced"), "wb") as f:
+    f.write(b"x" * 100000)
+    f.flush()
+    os.fsync(f.fileno())
+with open(os.path.join(m, "closed"), "wb") as f:
+    f.write(b"closed content")
+os.mkdir(os.path.join(m, "dir"))
+PY
+    fs_crash
+    fs_mount
+    [ "$(stat -c %s "$M/synced")" -eq 100000 ]
+    [ "$(cat "$M/closed")" = "closed content" ]
+    [ -d "$M/dir" ]
+}
+
+@test "umount works as well as fusermount3 -u" {
+    fs_mount
+    echo z > "$M/z"
+    pid=$(daemon_pid)
+    t umount "$M"
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    ! kill -0 "$pid" 2>/dev/null
+    fs_mount
+    [ "$(cat "$M/z")" = z ]
+}
+
+@test "foreground mode (-f) serves until unmounted" {
+    (t "$KVFS" mount -f "$D" "$M" 2>"$T/fg.err" &)
+    for i in $(seq 1 100); do is_mounted && break; sleep 0.05; done
+    is_mounted
+    echo fg > "$M/f"
+    fs_unmount
+    fs_mount
+    [ "$(cat "$M/f")" = fg ]
+}
+
+@test "the options are accepted" {
+    fs_mount -o sync,cache_size=8M,memtable_size=4M,compression=off,default_file_mode=0600,default_dir_mode=0700
+    echo x > "$M/f"
+    [ "$(cat "$M/f")" = x ]
+    fs_unmount
+    kv put "$D" raw/key value
+    fs_mount -o default_file_mode=0600,default_dir_mode=0700,default_uid=12,default_gid=34
+    [ "$(stat -c '%a %u %g' "$M/raw/key")" = "600 12 34" ]
+    [ "$(stat -c '%a' "$M/raw")" = "700" ]
+    run t "$KVFS" mount -o compression=maybe "$D" "$T/mnt"
+    [ "$status" -ne 0 ]
+}

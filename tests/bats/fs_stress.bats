@@ -1,0 +1,71 @@
+#!/usr/bin/env bats
+# fs_stress.bats — concurrency (several processes writing, renaming and listing in the same directories), a full
+# disk (ENOSPC with a small tmpfs as DATADIR: nothing written is lost, writing works again once space is freed), and
+# bounded daemon memory for a large file.
+
+load helpers.bash-fs
+
+setup() {
+    fs_setup
+}
+
+teardown() {
+    fs_teardown
+}
+
+@test "several processes write, rename and list at once" {
+    fs_mount
+    mkdir "$M/shared"
+    for w in 1 2 3 4; do
+        (
+            for i in $(seq 1 150); do
+                echo "$w-$i" > "$M/shared/.tmp-$w-$i"
+                mv "$M/shared/.tmp-$w-$i" "$M/shared/f-$w-$i"
+                [ $((i % 10)) -eq 0 ] && ls "$M/shared" > /dev/null
+            done
+        ) &
+    done
+    ( for i in $(seq 1 50); do ls -la "$M/shared" > /dev/null; done ) &
+    wait
+    run sh -c "ls '$M/shared' | wc -l"
+    [ "$output" -eq 600 ]
+    for w in 1 2 3 4; do
+        for i in 1 77 150; do
+            [ "$(cat "$M/shared/f-$w-$i")" = "$w-$i" ]
+        done
+    done
+    ! ls -a "$M/shared" | grep -q '^\.tmp'
+    fs_remount
+    run sh -c "ls '$M/shared' | wc -l"
+    [ "$output" -eq 600 ]
+}
+
+@test "ENOSPC when the backing disk is full; nothing lost; works again after freeing" {
+    mkdir -p "$D"
+    mount -t tmpfs -o size=32m tmpfs "$D" || skip "cannot mount a tmpfs here"
+    # ballast beside the store, to free space later without depending on the engine's garbage collection
+    head -c 12M /dev/zero > "$D/ballast"
+    fs_mount -o memtable_size=1M
+    echo keep > "$M/keep"
+    run sh -c "dd if=/dev/urandom of='$M/fill' bs=1M count=64 conv=fsync status=none"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"No space left"* ]]
+    [ "$(cat "$M/keep")" = keep ]
+    rm -f "$D/ballast"
+    echo again > "$M/again"
+    [ "$(cat "$M/again")" = again ]
+    rm -f "$M/fill"
+    fs_remount
+    [ "$(cat "$M/keep")" = keep ]
+    [ "$(cat "$M/again")" = again ]
+}
+
+@test "writing a large file keeps the daemon's memory bounded" {
+    fs_mount
+    pid=$(daemon_pid)
+    dd if=/dev/zero of="$M/big" bs=1M count=1024 status=none
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    [ "$(stat -c %s "$M/big")" -eq $((1024 * 1024 * 1024)) ]
+    echo "peak RSS ${rss} kB"
+    [ "$rss" -lt $((300 * 1024)) ]
+}

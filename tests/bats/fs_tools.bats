@@ -1,0 +1,263 @@
+#!/usr/bin/env bats
+# fs_tools.bats — ordinary Unix tools on a real kvfs mount: shell redirection, cp, mv, rm, mkdir, ls, find, grep,
+# tar, dd, truncate, ln -s, chmod, chown, touch, stat, xattrs, df; and bad input getting errors, not crashes.
+
+load helpers.bash-fs
+
+setup() {
+    fs_setup
+    fs_mount
+}
+
+teardown() {
+    fs_teardown
+}
+
+@test "echo, >>, cat" {
+    echo hello > "$M/greeting"
+    echo world >> "$M/greeting"
+    run cat "$M/greeting"
+    [ "$output" = "$(printf 'hello\nworld')" ]
+    [ "$(stat -c %s "$M/greeting")" -eq 12 ]
+}
+
+@test "cp and cp -a keep content, modes and times" {
+    mkdir -p "$T/src/sub"
+    head -c 300000 /dev/urandom > "$T/src/big"
+    echo small > "$T/src/sub/small"
+    chmod 0640 "$T/src/sub/small"
+    touch -d '2001-02-03 04:05:06.123456789' "$T/src/big"
+    cp "$T/src/big" "$M/plain"
+    cmp "$T/src/big" "$M/plain"
+    cp -a "$T/src" "$M/copy"
+    cmp "$T/src/big" "$M/copy/big"
+    [ "$(stat -c '%a %Y' "$M/copy/sub/small")" = "$(stat -c '%a %Y' "$T/src/sub/small")" ]
+    [ "$(stat -c %y "$M/copy/big")" = "$(stat -c %y "$T/src/big")" ]
+}
+
+@test "mv files and directories, within and across directories" {
+    mkdir -p "$M/a/b" "$M/c"
+    echo 1 > "$M/a/b/f"
+    echo 2 > "$M/a/g"
+    mv "$M/a/g" "$M/c/g2"
+    [ "$(cat "$M/c/g2")" = 2 ]
+    [ ! -e "$M/a/g" ]
+    mv "$M/a" "$M/c/moved"
+    [ "$(cat "$M/c/moved/b/f")" = 1 ]
+    [ ! -e "$M/a" ]
+    echo 3 > "$M/over"
+    mv -f "$M/c/g2" "$M/over"
+    [ "$(cat "$M/over")" = 2 ]
+}
+
+@test "rm, rm -rf, mkdir -p, rmdir; empty directories persist" {
+    mkdir -p "$M/x/y/z"
+    echo f > "$M/x/y/z/file"
+    rm "$M/x/y/z/file"
+    [ -d "$M/x/y/z" ]
+    run rmdir "$M/x/y"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"not empty"* ]]
+    rmdir "$M/x/y/z"
+    [ -d "$M/x/y" ]
+    mkdir -p "$M/tree/a/b" "$M/tree/c"
+    for i in 1 2 3; do echo $i > "$M/tree/a/b/$i"; echo $i > "$M/tree/c/$i"; done
+    rm -rf "$M/tree"
+    [ ! -e "$M/tree" ]
+    run ls -A "$M"
+    [ "$output" = "x" ]
+}
+
+@test "ls -la, find, grep -r" {
+    mkdir -p "$M/d/e"
+    echo needle > "$M/d/e/hay"
+    echo other > "$M/d/f"
+    run ls -la "$M/d"
+    [[ "$output" == *" . "* || "$output" == *" ."$'\n'* ]]
+    [[ "$output" == *"e"* && "$output" == *"f"* ]]
+    run find "$M" -type f
+    [ "${#lines[@]}" -eq 2 ]
+    run grep -r needle "$M"
+    [ "$output" = "$M/d/e/hay:needle" ]
+}
+
+@test "tar in and out" {
+    mkdir -p "$T/src/a/b"
+    echo one > "$T/src/a/1"
+    head -c 100000 /dev/urandom > "$T/src/a/b/2"
+    ln -s 1 "$T/src/a/link"
+    tar -C "$T/src" -cf "$T/in.tar" .
+    mkdir "$M/x"
+    tar -C "$M/x" -xf "$T/in.tar"
+    diff -r "$T/src" "$M/x"
+    tar -C "$M/x" -cf "$T/out.tar" .
+    mkdir "$T/back"
+    tar -C "$T/back" -xf "$T/out.tar"
+    diff -r "$T/src" "$T/back"
+    [ "$(readlink "$T/back/a/link")" = 1 ]
+}
+
+@test "dd with seek makes holes that read as zeros; truncate up and down" {
+    dd if=/dev/urandom of="$M/sparse" bs=4096 count=1 seek=1000 status=none
+    [ "$(stat -c %s "$M/sparse")" -eq $((1001 * 4096)) ]
+    run sh -c "head -c 4096000 '$M/sparse' | tr -d '\\0' | wc -c"
+    [ "$output" -eq 0 ]
+    truncate -s 10 "$M/sparse"
+    [ "$(stat -c %s "$M/sparse")" -eq 10 ]
+    truncate -s 5M "$M/sparse"
+    [ "$(stat -c %s "$M/sparse")" -eq $((5 * 1024 * 1024)) ]
+    run sh -c "tail -c +11 '$M/sparse' | tr -d '\\0' | wc -c"
+    [ "$output" -eq 0 ]
+    printf 'abcdef' > "$M/t"
+    dd if=/dev/zero of="$M/t" bs=1 count=1 seek=2 conv=notrunc status=none
+    [ "$(od -An -c "$M/t" | tr -d ' ')" = 'ab\0def' ]
+}
+
+@test "ln -s, chmod, chown, touch -d, stat" {
+    echo data > "$M/f"
+    ln -s f "$M/l"
+    [ "$(readlink "$M/l")" = f ]
+    [ "$(cat "$M/l")" = data ]
+    [ "$(stat -c %F "$M/l")" = "symbolic link" ]
+    chmod 0751 "$M/f"
+    [ "$(stat -c %a "$M/f")" = 751 ]
+    chown 1234:5678 "$M/f"
+    [ "$(stat -c %u:%g "$M/f")" = 1234:5678 ]
+    touch -d '1999-12-31 23:59:58.5' "$M/f"
+    [ "$(stat -c %y "$M/f")" = "1999-12-31 23:59:58.500000000 +0000" ] || \
+        [ "$(stat -c %Y "$M/f")" = "$(date -d '1999-12-31 23:59:58' +%s)" ]
+    run ln "$M/f" "$M/hard"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"not permitted"* ]]
+}
+
+@test "created files belong to the caller, filtered by its umask" {
+    command -v setpriv >/dev/null || skip "setpriv is not installed"
+    fs_remount -o allow_other # other users may not use a FUSE mount otherwise
+    chmod 0755 "$T"
+    chmod 0777 "$M"
+    mkdir "$M/shared"
+    chmod 0777 "$M/shared"
+    setpriv --reuid 4321 --regid 8765 --clear-groups sh -c "umask 027; echo x > '$M/shared/mine'; mkdir '$M/shared/dir'"
+    [ "$(stat -c '%u %g %a' "$M/shared/mine")" = "4321 8765 640" ]
+    [ "$(stat -c '%u %g %a' "$M/shared/dir")" = "4321 8765 750" ]
+}
+
+@test "user xattrs with setfattr and getfattr" {
+    command -v setfattr >/dev/null || skip "attr tools are not installed"
+    echo x > "$M/f"
+    mkdir "$M/d"
+    setfattr -n user.color -v blue "$M/f"
+    setfattr -n user.empty "$M/d"
+    [ "$(getfattr --only-values -n user.color "$M/f")" = blue ]
+    run getfattr -d "$M/d"
+    [[ "$output" == *"user.empty"* ]]
+    setfattr -x user.color "$M/f"
+    run getfattr -n user.color "$M/f"
+    [ "$status" -ne 0 ]
+}
+
+@test "df reports the backing file system" {
+    run df -P "$M"
+    [ "$status" -eq 0 ]
+    local ours theirs
+    ours=$(df -P "$M" | awk 'NR==2 {print $2}')
+    theirs=$(df -P "$T" | awk 'NR==2 {print $2}')
+    [ "$ours" -gt 0 ]
+    [ "$((ours / 1024))" -eq "$((theirs / 1024))" ]
+}
+
+@test "bad input gets errors: ENAMETOOLONG ENOTEMPTY EEXIST ENOTDIR EISDIR" {
+    long=$(printf 'n%.0s' $(seq 1 256))
+    run touch "$M/$long"
+    [[ "$output" == *"name too long"* ]]
+    mkdir -p "$M/d/e"
+    run rmdir "$M/d"
+    [[ "$output" == *"not empty"* ]]
+    run mkdir "$M/d"
+    [[ "$output" == *"exists"* ]]
+    echo x > "$M/file"
+    run mkdir "$M/file/sub"
+    [[ "$output" == *"Not a directory"* ]]
+    run sh -c "echo x > '$M/d'"
+    [[ "$output" == *"Is a directory"* ]]
+    run mv "$M/file" "$M/d"
+    [ "$status" -eq 0 ] # mv moves it into the directory
+    [ -f "$M/d/file" ]
+    mkdir "$M/x" "$M/y"
+    echo 1 > "$M/y/keep"
+    run python3 -c "import os; os.rename('$M/x', '$M/y')"
+    [[ "$output" == *"not empty"* ]]
+    # the daemon is still alive and well
+    echo fine > "$M/after"
+    [ "$(cat "$M/after")" = fine ]
+}
+
+@test "a file unlinked while open stays usable until closed" {
+    run python3 - "$M" <<'PY'
+import os, sys
+m = sys.argv[1]
+p = os.path.join(m, "tmp")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"before")
+os.unlink(p)
+assert not os.path.exists(p)
+os.write(fd, b"+after")
+os.lseek(fd, 0, 0)
+assert os.read(fd, 100) == b"before+after", "content lost"
+assert os.fstat(fd).st_size == 12
+os.close(fd)
+assert os.listdir(m) == [], os.listdir(m)
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
+@test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
+    echo a > "$M/a"
+    echo b > "$M/b"
+    if mv --help | grep -q -- --exchange; then
+        mv --exchange "$M/a" "$M/b"
+        [ "$(cat "$M/a")" = b ]
+        [ "$(cat "$M/b")" = a ]
+    fi
+    run mv --no-clobber "$M/a" "$M/b"
+    [ "$(cat "$M/b")" != "" ]
+    # an unflushed file renamed over its target keeps its content (rsync's pattern)
+    run python3 - "$M" <<'PY'
+import os, sys
+m = sys.argv[1]
+fd = os.open(os.path.join(m, ".b.XXXX"), os.O_WRONLY | os.O_CREAT, 0o600)
+os.write(fd, b"new content")
+os.rename(os.path.join(m, ".b.XXXX"), os.path.join(m, "b"))
+os.close(fd)
+assert open(os.path.join(m, "b"), "rb").read() == b"new content"
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
+@test "read-only mount: EROFS" {
+    echo x > "$M/f"
+    fs_remount -o ro
+    [ "$(cat "$M/f")" = x ]
+    run sh -c "echo y > '$M/g'"
+    [[ "$output" == *"Read-only file system"* ]]
+    run mkdir "$M/d"
+    [[ "$output" == *"Read-only file system"* ]]
+}
+
+@test "a directory's mtime follows its entries; many files stat and list fast and right" {
+    mkdir "$M/d"
+    touch -d '2001-01-01 00:00:00' "$M/d"
+    echo x > "$M/d/f"
+    [ "$(stat -c %Y "$M/d")" -gt "$(date -d '2001-01-02' +%s)" ]
+    touch -d '2001-01-01 00:00:00' "$M/d"
+    rm "$M/d/f"
+    [ "$(stat -c %Y "$M/d")" -gt "$(date -d '2001-01-02' +%s)" ]
+    for i in $(seq 1 300); do echo "$i" > "$M/d/f$i"; done
+    chmod 0600 "$M/d/f150"
+    fs_remount
+    [ "$(stat -c %a "$M/d/f150")" = 600 ]
+    [ "$(stat -c %s "$M/d/f300")" = 4 ]
+    [ "$(ls "$M/d" | wc -l)" -eq 300 ]
+    [ "$(cat "$M/d/f42")" = 42 ]
+}

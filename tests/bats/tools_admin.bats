@@ -1,0 +1,277 @@
+#!/usr/bin/env bats
+# tools_admin.bats — maintenance and history commands on a store that is not mounted: stats, compact, check,
+# checkpoint (and restoring one), changes (--since, --follow, --json, eviction), prune, dump.
+
+load helpers.bash-tools
+
+setup() { tools_setup; }
+teardown() { tools_teardown; }
+
+# A store with some history: 30 batches of puts and deletes, one large value.
+fill() {
+    local i
+    for i in $(seq 1 30); do
+        printf 'put k%03d v%d\nput j%03d %d\n' "$i" "$i" "$i" "$i" | kv batch "$D"
+        [ $((i % 7)) -ne 0 ] || kv del "$D" "j$(printf %03d $((i - 1)))"
+    done
+    head -c 200000 /dev/urandom > "$T/blob"
+    kv put "$D" big < "$T/blob"
+}
+
+@test "stats: text and valid JSON with levels, sequence and batch-log range" {
+    fill
+    run kv stats "$D"
+    [ "$status" -eq 0 ]
+    for w in "keys (estimated)" "last sequence" "batch log" "memtable" "level 0" "block cache" "write amplification"; do
+        [[ "$output" == *"$w"* ]] || { echo "missing $w"; false; }
+    done
+    kv stats "$D" --json | json_ok
+    last=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
+    [ "$last" -eq 35 ]
+    [ "$(kv stats "$D" --json | json_get 'd["batch_log"]["newest"]')" -eq 35 ]
+    [ "$(kv stats "$D" --json | json_get 'len(d["levels"])')" -eq 7 ]
+    [ "$(kv stats "$D" --json | json_get 'd["estimated_keys"] > 0')" = True ]
+}
+
+@test "compact: whole store and a range; data unchanged" {
+    fill
+    kv scan "$D" > "$T/before"
+    kv compact "$D" --start k010 --end k020
+    kv compact "$D"
+    kv scan "$D" > "$T/after"
+    cmp "$T/before" "$T/after"
+    kv check "$D"
+    # no progress bar when stderr is not a terminal
+    run --separate-stderr kv compact "$D"
+    [ "$status" -eq 0 ]
+    [ -z "$stderr" ]
+}
+
+@test "check: clean store passes; a damaged table is reported with file and offset, exit 1" {
+    fill
+    kv compact "$D"
+    run kv check "$D"
+    [ "$status" -eq 0 ]
+    [ "$output" = "no problems found" ]
+    sst=$(ls "$D"/*.sst | head -n 1)
+    name=$(basename "$sst")
+    # flip bytes inside the first data block
+    printf '\xde\xad\xbe\xef' | dd of="$sst" bs=1 seek=10 conv=notrunc status=none
+    run --separate-stderr kv check "$D"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$name: offset "* ]]
+    [[ "$stderr" == "kvfs: $D: "*" found" ]]
+}
+
+@test "checkpoint: a copy restored elsewhere opens and matches key for key" {
+    fill
+    kv checkpoint "$D" "$T/cp"
+    [ -f "$T/cp/CURRENT" ]
+    # table files are hard links (same file system)
+    sst=$(ls "$D"/*.sst | head -n 1)
+    [ "$(stat -c %h "$sst")" -ge 2 ]
+    # writes after the checkpoint do not show in it
+    kv put "$D" after x
+    # restore: copy the checkpoint somewhere else, as a backup would, and open it there
+    cp -a "$T/cp" "$T/restored"
+    rm -rf "$T/cp"
+    kv scan "$D" --json | json_get '[e for e in d if e["key"] != "after"]' > "$T/orig"
+    kv scan "$T/restored" --json | json_get 'd' > "$T/rest"
+    cmp "$T/orig" "$T/rest"
+    kv get "$T/restored" big | cmp - "$T/blob"
+    run kv get "$T/restored" after
+    [ "$status" -eq 1 ]
+    kv check "$T/restored"
+    # the restored store is writable
+    kv put "$T/restored" new 1
+    # DEST must not exist
+    run --separate-stderr kv checkpoint "$D" "$T/restored"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: checkpoint of $D in $T/restored:"* ]]
+}
+
+# The README's recipe. CURRENT keeps its size from one checkpoint to the next, so rsync's quick check (size and
+# mtime) could skip it: it is sent separately with --ignore-times.
+backup_ckpt() { # DEST BACKUP
+    rsync -a --delete --exclude CURRENT "$1/" "$2/"
+    rsync -a --ignore-times "$1/CURRENT" "$2/CURRENT"
+}
+
+@test "checkpoint + rsync backup recipe is incremental and restores" {
+    command -v rsync >/dev/null || skip "rsync is not installed"
+    fill
+    kv checkpoint "$D" "$T/cp1"
+    backup_ckpt "$T/cp1" "$T/backup"
+    rm -rf "$T/cp1"
+    kv put "$D" later 2
+    kv checkpoint "$D" "$T/cp2"
+    out=$(rsync -a --delete --exclude CURRENT --itemize-changes "$T/cp2/" "$T/backup/")
+    rsync -a --ignore-times "$T/cp2/CURRENT" "$T/backup/CURRENT"
+    # table and blob files already in the backup are not sent again: only new ones ("+++++++++") are
+    echo "$out"
+    ! grep -E '^>f[^+]{9} .*\.(sst|blob)$' <<<"$out"
+    grep -qE '^>f\+{9} .*\.sst$' <<<"$out"
+    rm -rf "$T/cp2"
+    # restore: copy the backup to a new data directory and open it
+    rsync -a "$T/backup/" "$T/restored/"
+    [ "$(kv get "$T/restored" later)" = 2 ]
+    cmp <(kv scan "$D") <(kv scan "$T/restored")
+    kv check "$T/restored"
+}
+
+@test "changes --since SEQ replays exactly the batches committed after SEQ" {
+    kv put "$D" a 1
+    kv put "$D" b 2
+    seq=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
+    printf 'put c 3\ndel a\n' | kv batch "$D"
+    kv del "$D" b
+    printf 'x' | kv put "$D" 'sp ace'
+    run kv changes "$D" --since "$seq"
+    [ "$status" -eq 0 ]
+    got=$(sed -E 's/^(batch [0-9]+) .*/\1/' <<<"$output")
+    expect="batch $((seq + 1))
+put c 1 3
+del a
+batch $((seq + 2))
+del b
+batch $((seq + 3))
+put sp%20ace 1 x"
+    [ "$got" = "$expect" ]
+    # --json: the same batches
+    kv changes "$D" --since "$seq" --json | json_ok
+    [ "$(kv changes "$D" --since "$seq" --json | json_get '[b["seq"] for b in d]')" = "[$((seq + 1)), $((seq + 2)), $((seq + 3))]" ]
+    [ "$(kv changes "$D" --since "$seq" --json | json_get 'd[0]["ops"]')" = '[{"op": "put", "key": "c", "size": 1, "value": "3"}, {"op": "del", "key": "a"}]' ]
+    # replaying them onto a copy of the store as it was at SEQ gives the same store
+    [ "$(kv changes "$D" --since "$((seq + 3))")" = "" ]
+    [ "$(kv changes "$D" --since "$((seq + 3))" --json)" = "[]" ]
+    # everything from the start
+    [ "$(kv changes "$D" | grep -c '^batch ')" -eq $((seq + 3)) ]
+}
+
+@test "changes shows large values by size, and time stamps in UTC" {
+    head -c 300000 /dev/urandom | kv put "$D" big
+    run kv changes "$D"
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" =~ ^batch\ 1\ [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$ ]]
+    [ "${lines[1]}" = "put big 300000" ]
+    [ "$(kv changes "$D" --json | json_get 'd[0]["ops"][0]["external"]')" = True ]
+}
+
+@test "prune, and the evicted error naming the oldest retained batch" {
+    for i in 1 2 3 4 5 6; do kv put "$D" "k$i" "$i"; done
+    kv prune "$D" --before 4
+    run kv changes "$D"
+    [ "$status" -eq 0 ]
+    [ "$(grep -c '^batch ' <<<"$output")" -eq 3 ]
+    [[ "${lines[0]}" == "batch 4 "* ]]
+    run --separate-stderr kv changes "$D" --since 1
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: batch 2 was evicted from the batch log, oldest retained is 4" ]
+    run kv changes "$D" --since 3
+    [ "$status" -eq 0 ]
+    [ "$(grep -c '^batch ' <<<"$output")" -eq 3 ]
+    [ "$(kv stats "$D" --json | json_get 'd["batch_log"]["oldest"]')" -eq 4 ]
+}
+
+@test "changes --follow prints new batches as they come, until interrupted" {
+    kv put "$D" a 1
+    timeout 30 "$KVFS" changes "$D" --since 1 --follow > "$T/follow" 2>"$T/follow.err" &
+    pid=$!
+    sleep 0.5
+    kv put "$D" b 2
+    printf 'put c 3\ndel b\n' | kv batch "$D"
+    for i in $(seq 1 100); do
+        [ "$(grep -c '^batch ' "$T/follow")" -ge 2 ] && break
+        sleep 0.1
+    done
+    kill -INT "$pid"
+    wait "$pid" && st=0 || st=$?
+    [ "$st" -eq 130 ]
+    [ "$(sed -E 's/^(batch [0-9]+) .*/\1/' "$T/follow")" = "$(printf 'batch 2\nput b 1 2\nbatch 3\nput c 1 3\ndel b')" ]
+    [ ! -s "$T/follow.err" ]
+    # the store was left closed and consistent
+    kv check "$D"
+}
+
+@test "changes --follow --json prints one JSON object a line" {
+    kv put "$D" a 1
+    timeout 30 "$KVFS" changes "$D" --follow --json > "$T/follow" &
+    pid=$!
+    sleep 0.3
+    kv put "$D" b 2
+    for i in $(seq 1 100); do
+        [ "$(wc -l < "$T/follow")" -ge 2 ] && break
+        sleep 0.1
+    done
+    kill -INT "$pid"
+    wait "$pid" || true
+    [ "$(wc -l < "$T/follow")" -eq 2 ]
+    while read -r line; do json_ok <<<"$line"; done < "$T/follow"
+}
+
+@test "dump: WAL, SSTable, manifest, batch log, blob file, CURRENT" {
+    kv put "$D" 'dump%0Ame' hello
+    head -c 200000 /dev/urandom | kv put "$D" big
+    kv compact "$D"
+    kv put "$D" inwal x
+    sst=$(ls "$D"/*.sst | head -n 1)
+    run kv dump "$sst"
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "$(basename "$sst"): SSTable"* ]]
+    [[ "$output" == *'put ks0 dump%0Ame @1 '*'= 5 bytes "hello"'* ]]
+    [[ "$output" == *'put ks0 big @2 '*'blob of 200000 bytes'* ]]
+    log=$(ls "$D"/*.log | tail -n 1)
+    run kv dump "$log"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"record log of batches"* ]]
+    run kv dump "$D/$(cat "$D/CURRENT")"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"manifest"* ]]
+    [[ "$output" == *"add L"*".sst"* ]]
+    bl=$(ls "$D"/BATCHLOG-* | head -n 1)
+    run kv dump "$bl"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"batch 1 "* ]]
+    blob=$(ls "$D"/*.blob | head -n 1)
+    run kv dump "$blob"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"200000 bytes in 4 chunks"* ]]
+    run kv dump "$D/CURRENT"
+    [ "$status" -eq 0 ]
+    [[ "$output" == "CURRENT: the live manifest is MANIFEST-"* ]]
+}
+
+@test "dump: errors for a damaged file (with offset), an unknown file, a missing file" {
+    kv put "$D" a 1
+    kv put "$D" b 2
+    bl=$(ls "$D"/BATCHLOG-* | head -n 1)
+    cp "$bl" "$T/BATCHLOG-000099"
+    # damage the first record's payload; a second record follows, so this is corruption, not a torn tail
+    printf 'put c 3\n' | kv batch "$D"
+    cat "$(ls "$D"/BATCHLOG-* | tail -n 1)" >> "$T/BATCHLOG-000099"
+    printf '\xff' | dd of="$T/BATCHLOG-000099" bs=1 seek=12 conv=notrunc status=none
+    run --separate-stderr kv dump "$T/BATCHLOG-000099"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $T/BATCHLOG-000099: "*"offset 0"* ]]
+    echo hi > "$T/whatever.txt"
+    run --separate-stderr kv dump "$T/whatever.txt"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $T/whatever.txt: unknown kind of file"* ]]
+    run --separate-stderr kv dump "$T/nope.sst"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: $T/nope.sst: no such file" ]
+}
+
+@test "progress bar on a terminal only" {
+    command -v script >/dev/null || skip "script(1) is not installed"
+    fill
+    for i in $(seq 1 20); do head -c 100000 /dev/urandom | kv put "$D" "blob$i"; done
+    # on a terminal: a bar drawn with carriage returns, then erased
+    script -qec "'$KVFS' check '$D'" /dev/null > "$T/tty.out" < /dev/null
+    grep -q $'\r''check \[' "$T/tty.out"
+    grep -q 'no problems found' "$T/tty.out"
+    # piped: nothing on stderr
+    run --separate-stderr kv check "$D"
+    [ "$status" -eq 0 ]
+    [ -z "$stderr" ]
+}

@@ -1,0 +1,326 @@
+#!/usr/bin/env bats
+# tools_basic.bats — the kvfs key commands on a store that is not mounted: put, get, del, batch, scan, resolve,
+# short; help, version, usage errors and the text form of keys.
+
+load helpers.bash-tools
+
+setup() { tools_setup; }
+teardown() { tools_teardown; }
+
+@test "--version, --help and COMMAND --help" {
+    run kv --version
+    [ "$status" -eq 0 ]
+    [[ "$output" =~ ^kvfs\ [0-9]+\.[0-9]+\.[0-9]+$ ]]
+    run kv --help
+    [ "$status" -eq 0 ]
+    for c in mount put get del batch scan resolve short stats compact check checkpoint changes prune dump; do
+        [[ "$output" == *"  $c "* ]] || { echo "missing $c"; false; }
+    done
+    run kv scan --help
+    [ "$status" -eq 0 ]
+    [[ "$output" == "usage: kvfs scan DATADIR"* ]]
+    [[ "$output" == *"--keys-only"* ]]
+    run kv help batch
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"put KEY VALUE"* ]]
+}
+
+@test "usage errors exit 2 with one kvfs: line" {
+    run --separate-stderr kv
+    [ "$status" -eq 2 ]
+    run --separate-stderr kv frobnicate
+    [ "$status" -eq 2 ]
+    [ "$stderr" = "kvfs: unknown command 'frobnicate' (see kvfs --help)" ]
+    run --separate-stderr kv get "$D"
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: get: missing arguments"* ]]
+    run --separate-stderr kv get "$D" a b
+    [ "$status" -eq 2 ]
+    run --separate-stderr kv scan "$D" --bogus
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: scan: unknown option '--bogus'"* ]]
+    run --separate-stderr kv scan "$D" --limit x
+    [ "$status" -eq 2 ]
+    run --separate-stderr kv scan "$D" --prefix a --start b
+    [ "$status" -eq 2 ]
+    run --separate-stderr kv prune "$D"
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"--before SEQ is required"* ]]
+    run --separate-stderr kv get "$D" ''
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"empty key"* ]]
+    # every error is exactly one line
+    [ "$(printf '%s\n' "$stderr" | wc -l)" -eq 1 ]
+    # nothing was created by usage errors
+    [ ! -e "$D" ]
+}
+
+@test "bad escape in a key is a usage error naming the key" {
+    run --separate-stderr kv get "$D" 'ab%4g'
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: get: bad escape in key 'ab%4g' at byte 2"* ]]
+    run --separate-stderr kv put "$D" '%+x' v
+    [ "$status" -eq 2 ]
+}
+
+@test "missing store: one error line, exit 1, nothing created" {
+    run --separate-stderr kv get "$T/nowhere" k
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $T/nowhere: no store here"* ]]
+    [ ! -e "$T/nowhere" ]
+    mkdir "$T/empty"
+    run --separate-stderr kv scan "$T/empty"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $T/empty: no store here"* ]]
+    touch "$T/file"
+    run --separate-stderr kv get "$T/file" k
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"not a directory"* ]]
+}
+
+@test "put and get: argument, stdin, -, empty value, binary" {
+    kv put "$D" users/alice/email alice@example.com
+    [ "$(stat -c %a "$D")" = 700 ]
+    run kv get "$D" users/alice/email
+    [ "$status" -eq 0 ]
+    [ "$output" = alice@example.com ]
+    printf 'from stdin' | kv put "$D" s
+    [ "$(kv get "$D" s)" = "from stdin" ]
+    printf 'dash' | kv put "$D" s2 -
+    [ "$(kv get "$D" s2)" = dash ]
+    kv put "$D" empty ''
+    kv get "$D" empty > "$T/e"
+    [ ! -s "$T/e" ]
+    head -c 4096 /dev/urandom > "$T/bin"
+    kv put "$D" bin < "$T/bin"
+    kv get "$D" bin > "$T/bin.out"
+    cmp "$T/bin" "$T/bin.out"
+    # overwrite
+    kv put "$D" s new
+    [ "$(kv get "$D" s)" = new ]
+}
+
+@test "get of an absent key: exit 1 and a message" {
+    kv put "$D" a 1
+    run --separate-stderr kv get "$D" b
+    [ "$status" -eq 1 ]
+    [ "$output" = "" ]
+    [ "$stderr" = "kvfs: key 'b' not found" ]
+}
+
+@test "large value streamed through put and get (binary-safe, bigger than a chunk)" {
+    head -c $((9 * 1024 * 1024 + 123)) /dev/urandom > "$T/big"
+    kv put "$D" big < "$T/big"
+    kv get "$D" big > "$T/big.out"
+    cmp "$T/big" "$T/big.out"
+    # a value above the blob threshold but in one chunk
+    head -c 300000 /dev/urandom > "$T/mid"
+    kv put "$D" mid < "$T/mid"
+    cmp "$T/mid" <(kv get "$D" mid)
+}
+
+@test "keys that are not printable round-trip through their escaped text form" {
+    kv put "$D" 'a%00b' nul
+    kv put "$D" 'new%0Aline' nl
+    kv put "$D" 'sp ace' sp
+    kv put "$D" 'pct%25' pc
+    kv put "$D" '100%' lit
+    kv put "$D" 'caf%C3%A9' utf
+    kv put "$D" 'x%FFy' ff
+    kv put "$D" 'a//b' dbl
+    kv put "$D" '%2E%2E' dotdot
+    run kv scan "$D" --keys-only
+    [ "$status" -eq 0 ]
+    [ "$output" = "$(printf '%s\n' '%2E%2E' '100%' 'a%00b' 'a/%/b' 'café' 'new%0Aline' 'pct%' 'sp%20ace' 'x%FFy')" ]
+    # every printed key reads back, with the value that was put
+    [ "$(kv get "$D" 'a%00b')" = nul ]
+    [ "$(kv get "$D" 'sp%20ace')" = sp ]
+    [ "$(kv get "$D" 'café')" = utf ]
+    [ "$(kv get "$D" 'a/%/b')" = dbl ]
+    [ "$(kv get "$D" '..')" = dotdot ]
+    [ "$(kv get "$D" '100%')" = lit ]
+    [ "$(kv get "$D" 'pct%25')" = pc ]
+    [ "$(kv get "$D" 'pct%')" = pc ]
+}
+
+@test "del: several keys in one batch; absent keys are fine" {
+    kv put "$D" a 1
+    kv put "$D" b 2
+    kv put "$D" c 3
+    seq_before=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
+    kv del "$D" a b zzz
+    [ "$(kv scan "$D" --keys-only)" = c ]
+    seq_after=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
+    [ "$seq_after" -eq $((seq_before + 1)) ]
+    run kv get "$D" a
+    [ "$status" -eq 1 ]
+    # a key starting with '-' goes after --
+    kv put "$D" -- -dash v
+    [ "$(kv get "$D" -- -dash)" = v ]
+    kv del "$D" -- -dash
+    run kv get "$D" -- -dash
+    [ "$status" -eq 1 ]
+}
+
+@test "batch: puts and deletes applied atomically from stdin" {
+    kv put "$D" old 1
+    printf '%s\n' '# a comment' '' 'put k1 v1' 'put k2 hello world%0A' 'put empty' 'del old' 'put sp%20key x' |
+        kv batch "$D"
+    [ "$(kv get "$D" k1)" = v1 ]
+    [ "$(kv get "$D" k2 | od -An -c | tr -s ' ')" = "$(printf 'hello world\n' | od -An -c | tr -s ' ')" ]
+    [ "$(kv get "$D" empty | wc -c)" -eq 0 ]
+    [ "$(kv get "$D" 'sp key')" = x ]
+    run kv get "$D" old
+    [ "$status" -eq 1 ]
+    # one batch: one sequence number for all of it
+    [ "$(kv changes "$D" --since 1 | grep -c '^batch ')" -eq 1 ]
+}
+
+@test "batch: a bad line applies nothing and names the line" {
+    kv put "$D" keep 1
+    run --separate-stderr kv batch "$D" <<<"$(printf '%s\n' 'put a 1' 'del keep' 'frob x' 'put b 2')"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: batch: line 3: unknown operation 'frob' (expected put or del)" ]
+    run kv get "$D" a
+    [ "$status" -eq 1 ]
+    [ "$(kv get "$D" keep)" = 1 ]
+    run --separate-stderr kv batch "$D" <<<"put k%4x v"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: batch: line 1: bad escape in key"* ]]
+    run --separate-stderr kv batch "$D" <<<"del a b"
+    [ "$status" -eq 1 ]
+    run --separate-stderr kv batch "$D" <<<"put"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"line 1: missing key"* ]]
+}
+
+@test "scan: order, --start/--end inclusive, --prefix, --limit, --reverse, --keys-only" {
+    for k in a b ba bb bc c d; do printf 'put %s v%s\n' "$k" "$k"; done | kv batch "$D"
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "a b ba bb bc c d " ]
+    [ "$(kv scan "$D" --start b --end c --keys-only | tr '\n' ' ')" = "b ba bb bc c " ]
+    [ "$(kv scan "$D" --start bb --keys-only | tr '\n' ' ')" = "bb bc c d " ]
+    [ "$(kv scan "$D" --end b --keys-only | tr '\n' ' ')" = "a b " ]
+    [ "$(kv scan "$D" --prefix b --keys-only | tr '\n' ' ')" = "b ba bb bc " ]
+    [ "$(kv scan "$D" --prefix b --end bb --keys-only | tr '\n' ' ')" = "b ba bb " ]
+    [ "$(kv scan "$D" --prefix b --reverse --keys-only | tr '\n' ' ')" = "bc bb ba b " ]
+    [ "$(kv scan "$D" --prefix b --end bb --reverse --keys-only | tr '\n' ' ')" = "bb ba b " ]
+    [ "$(kv scan "$D" --reverse --limit 3 --keys-only | tr '\n' ' ')" = "d c bc " ]
+    [ "$(kv scan "$D" --start b --end c --reverse --keys-only | tr '\n' ' ')" = "c bc bb ba b " ]
+    [ "$(kv scan "$D" --limit 2)" = "$(printf 'a\tva\nb\tvb')" ]
+    [ "$(kv scan "$D" --prefix zz | wc -c)" -eq 0 ]
+    # a prefix of 0xff bytes has no successor: the reverse scan starts at the end
+    kv put "$D" '%FF%FF' x
+    kv put "$D" '%FF%FFa' y
+    [ "$(kv scan "$D" --prefix '%FF%FF' --reverse --keys-only | tr '\n' ' ')" = "%FF%FFa %FF%FF " ]
+}
+
+@test "scan --json is valid JSON; binary values as base64; values with newlines escaped in text" {
+    kv put "$D" text 'he said "hi"\'
+    printf 'two\nlines\ttab' | kv put "$D" nl
+    printf '\xff\xfe\x00bin' | kv put "$D" 'bin%01'
+    kv scan "$D" --json | json_ok
+    [ "$(kv scan "$D" --json | json_get 'len(d)')" -eq 3 ]
+    [ "$(kv scan "$D" --json | json_get '[e["value"] for e in d if e["key"]=="text"][0]')" = 'he said "hi"\' ]
+    [ "$(kv scan "$D" --json | json_get '[e["value"] for e in d if e["key"]=="nl"][0]')" = "$(printf 'two\nlines\ttab')" ]
+    [ "$(kv scan "$D" --json | json_get '[e["value_base64"] for e in d if e["key"]=="bin%01"][0]')" = "$(printf '\xff\xfe\x00bin' | base64)" ]
+    kv scan "$D" --json --keys-only | json_ok
+    kv scan "$D" --json --prefix nothing | json_ok
+    [ "$(kv scan "$D" --json --prefix nothing)" = "[]" ]
+    [ "$(kv scan "$D" --prefix nl)" = "$(printf 'nl\ttwo%%0Alines%%09tab')" ]
+}
+
+@test "scan --json of a large binary value streams it as base64" {
+    head -c $((5 * 1024 * 1024 + 7)) /dev/urandom > "$T/big"
+    kv put "$D" big < "$T/big"
+    kv scan "$D" --json | json_get 'd[0]["value_base64"]' | base64 -d > "$T/big.out"
+    cmp "$T/big" "$T/big.out"
+}
+
+@test "scan streams: the first key comes out before the scan ends" {
+    seq 1 200000 | sed 's/^/put k/; s/$/ v/' | kv batch "$D"
+    # head closes the pipe after one line: the scan must stop (SIGPIPE), not run to the end
+    run bash -c "'$KVFS' scan '$D' --keys-only | head -n 1"
+    [ "$status" -eq 0 ]
+    [ "$output" = k1 ]
+    [ "$(kv scan "$D" --keys-only | wc -l)" -eq 200000 ]
+}
+
+@test "resolve and short" {
+    printf '%s\n' 'put abc1 x' 'put abd2 y' 'put zeta z' 'put ab z' | kv batch "$D"
+    [ "$(kv resolve "$D" abc)" = abc1 ]
+    [ "$(kv resolve "$D" z)" = zeta ]
+    run --separate-stderr kv resolve "$D" abx
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: no key starts with 'abx'" ]
+    run --separate-stderr kv resolve "$D" ab
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: prefix 'ab' is ambiguous: 'ab', 'abc1', ..." ]
+    [ "$(kv short "$D" zeta)" = z ]
+    [ "$(kv short "$D" abc1)" = abc ]
+    run --separate-stderr kv short "$D" nope
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: key 'nope' not found" ]
+    run --separate-stderr kv short "$D" ab
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"no unique prefix"* ]]
+}
+
+@test "a store locked by a process that is not a kvfs daemon: clear error after waiting" {
+    kv put "$D" a 1
+    # a put reading a pipe holds the store open (and locked) until its input ends
+    mkfifo "$T/fifo"
+    timeout 30 "$KVFS" put "$D" held < "$T/fifo" &
+    holder=$!
+    exec 7>"$T/fifo"
+    sleep 0.3
+    SECONDS=0
+    run --separate-stderr env KVFS_LOCK_WAIT=1 timeout 20 "$KVFS" get "$D" a
+    waited=$SECONDS
+    exec 7>&-
+    wait "$holder"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $D: the store is locked by another process"* ]]
+    [ "$waited" -ge 1 ] && [ "$waited" -le 5 ]
+    [ "$(kv get "$D" a)" = 1 ]
+    [ "$(kv get "$D" held | wc -c)" -eq 0 ]
+}
+
+@test "tools wait for each other: concurrent writers all succeed" {
+    kv put "$D" init 0
+    for i in $(seq 1 8); do kv put "$D" "k$i" "$i" & done
+    wait
+    [ "$(kv scan "$D" --prefix k --keys-only | wc -l)" -eq 8 ]
+}
+
+@test "Ctrl-C while put reads stdin writes nothing and leaves the store usable" {
+    kv put "$D" a 1
+    mkfifo "$T/fifo"
+    timeout 20 "$KVFS" put "$D" partial < "$T/fifo" &
+    pid=$!
+    exec 7>"$T/fifo"
+    printf 'some bytes' >&7
+    sleep 0.3
+    kill -INT "$pid"
+    wait "$pid" && st=0 || st=$?
+    exec 7>&-
+    [ "$st" -eq 130 ]
+    run kv get "$D" partial
+    [ "$status" -eq 1 ]
+    [ "$(kv get "$D" a)" = 1 ]
+    kv check "$D"
+}
+
+@test "Ctrl-C while batch reads stdin applies nothing" {
+    mkfifo "$T/fifo"
+    timeout 20 "$KVFS" batch "$D" < "$T/fifo" &
+    pid=$!
+    exec 7>"$T/fifo"
+    printf 'put x 1\nput y 2\n' >&7
+    sleep 0.3
+    kill -INT "$pid"
+    wait "$pid" && st=0 || st=$?
+    exec 7>&-
+    [ "$st" -eq 130 ]
+    run kv get "$D" x
+    [ "$status" -eq 1 ]
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bats
+# tools_mounted.bats — the tools on a store mounted with `kvfs mount`: they reach the daemon through its control
+# socket and see what the mount shows; the key view and the file view agree; the README's backup recipes work.
+
+load helpers.bash-tools
+
+setup() {
+    tools_setup
+    can_mount || skip "$MOUNT_SKIP"
+    M="$T/mnt"
+}
+
+teardown() { tools_teardown; }
+
+@test "mounted: the daemon serves the tools on an owner-only socket" {
+    mount_store "$D" "$M"
+    [ "$(stat -c %a "$D/kvfs.sock")" = 600 ]
+    kv put "$D" a 1
+    [ "$(kv get "$D" a)" = 1 ]
+    printf 'put b 2\nput c 3\ndel a\n' | kv batch "$D"
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "b c " ]
+    kv del "$D" c
+    kv stats "$D" --json | json_ok
+    kv check "$D"
+    kv compact "$D"
+    [ "$(kv changes "$D" --since 1 | grep -c '^batch ')" -ge 2 ]
+    run --separate-stderr kv get "$D" a
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: key 'a' not found" ]
+}
+
+@test "mounted: a key put with kvfs appears as a file, a file written through the mount reads back with kvfs get" {
+    mount_store "$D" "$M"
+    kv put "$D" users/alice/email alice@example.com
+    [ "$(cat "$M/users/alice/email")" = alice@example.com ]
+    echo "written through the mount" > "$M/notes.txt"
+    [ "$(kv get "$D" notes.txt)" = "written through the mount" ]
+    head -c 2000000 /dev/urandom > "$T/big"
+    cp "$T/big" "$M/big.bin"
+    kv get "$D" big.bin | cmp - "$T/big"
+    head -c 1500000 /dev/urandom | kv put "$D" big2.bin
+    cmp "$M/big2.bin" <(kv get "$D" big2.bin)
+    rm "$M/notes.txt"
+    run kv get "$D" notes.txt
+    [ "$status" -eq 1 ]
+}
+
+@test "mounted: odd keys show under the same escaped names in kvfs and in the mount" {
+    mount_store "$D" "$M"
+    kv put "$D" 'a//b' empty-component
+    kv put "$D" '%2E%2E' dotdot
+    kv put "$D" '100%' percent
+    kv put "$D" 'pct%2541' hexlike   # the key is the 6 bytes pct%41
+    [ "$(cat "$M/a/%/b")" = empty-component ]
+    [ "$(cat "$M/%2E%2E")" = dotdot ]
+    [ "$(cat "$M/100%")" = percent ]
+    [ "$(cat "$M/pct%2541")" = hexlike ]
+    # kvfs prints every (printable) key as its path under the mount
+    while read -r key; do
+        [ -f "$M/$key" ] || { echo "no file for key $key"; false; }
+    done < <(kv scan "$D" --keys-only)
+    # and a path from the mount names its key
+    [ "$(kv get "$D" 'pct%2541')" = hexlike ]
+    kv scan "$D" --keys-only | grep -qx 'pct%2541'
+}
+
+@test "mounted and unmounted: the same output" {
+    mount_store "$D" "$M"
+    mkdir -p "$M/dir/sub"
+    echo one > "$M/dir/one"
+    echo two > "$M/dir/sub/two"
+    kv put "$D" 'bin%00key' "$(printf 'v\tx')"
+    i=0
+    for c in "scan|$D" "scan|$D|--json" "scan|$D|--prefix|dir/|--reverse|--keys-only" "get|$D|dir/one" \
+             "resolve|$D|dir/s" "short|$D|dir/sub/two" "changes|$D" "changes|$D|--json" "check|$D"; do
+        IFS='|' read -r -a argv <<<"$c"
+        kv "${argv[@]}" > "$T/mounted.$i" 2>&1 || true
+        i=$((i + 1))
+    done
+    unmount_store "$M"
+    i=0
+    for c in "scan|$D" "scan|$D|--json" "scan|$D|--prefix|dir/|--reverse|--keys-only" "get|$D|dir/one" \
+             "resolve|$D|dir/s" "short|$D|dir/sub/two" "changes|$D" "changes|$D|--json" "check|$D"; do
+        IFS='|' read -r -a argv <<<"$c"
+        kv "${argv[@]}" > "$T/direct.$i" 2>&1 || true
+        cmp "$T/mounted.$i" "$T/direct.$i" || { echo "differs: $c"; diff "$T/mounted.$i" "$T/direct.$i"; false; }
+        i=$((i + 1))
+    done
+    grep -q '^dir/one' "$T/direct.0"
+}
+
+@test "mounted: changes --follow shows writes made through the mount" {
+    mount_store "$D" "$M"
+    kv put "$D" start 0
+    seq=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
+    timeout 30 "$KVFS" changes "$D" --since "$seq" --follow > "$T/follow" &
+    pid=$!
+    sleep 0.3
+    echo hello > "$M/greeting"
+    sync "$M/greeting" 2>/dev/null || true
+    for i in $(seq 1 100); do
+        grep -q '^put greeting ' "$T/follow" && break
+        sleep 0.1
+    done
+    kill -INT "$pid"
+    wait "$pid" || true
+    grep -q '^put greeting ' "$T/follow"
+}
+
+@test "mounted: checkpoint of a mounted store, restored elsewhere, matches key for key" {
+    mount_store "$D" "$M"
+    mkdir -p "$M/a/b"
+    for i in $(seq 1 50); do echo "file $i" > "$M/a/b/f$i"; done
+    head -c 300000 /dev/urandom > "$M/a/blob"
+    (cd "$T" && kv checkpoint "$D" ckpt)
+    cp -a "$T/ckpt" "$T/restored"
+    cmp <(kv scan "$D" --json) <(kv scan "$T/restored" --json)
+    kv check "$T/restored"
+    # the restored store mounts and shows the same files
+    mount_store "$T/restored" "$T/mnt2"
+    diff -r "$M/a" "$T/mnt2/a"
+}
+
+@test "README recipe: rsync -a of the mounted tree, restored into a new store" {
+    command -v rsync >/dev/null || skip "rsync is not installed"
+    mount_store "$D" "$M"
+    mkdir -p "$M/docs/deep"
+    echo one > "$M/docs/one"
+    echo two > "$M/docs/deep/two"
+    ln -s one "$M/docs/link"
+    chmod 600 "$M/docs/one"
+    rsync -a "$M/" "$T/backup/"
+    # restore: mount a fresh store and copy the tree back
+    mount_store "$T/newdata" "$T/newmnt"
+    rsync -a "$T/backup/" "$T/newmnt/"
+    diff -r "$M" "$T/newmnt"
+    [ "$(stat -c %a "$T/newmnt/docs/one")" = 600 ]
+    [ "$(readlink "$T/newmnt/docs/link")" = one ]
+    [ "$(kv get "$T/newdata" docs/deep/two)" = two ]
+}

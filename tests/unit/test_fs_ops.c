@@ -1,0 +1,631 @@
+/*
+ * test_fs_ops.c — the filesystem logic (fs/fs.h) over the in-memory store: files, buffers, holes, truncate,
+ * implicit and explicit directories, the file-and-directory case, listings that resume and skip subtrees,
+ * rename in all its forms, unlink while open, attributes, ownership, xattrs.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+
+#include "fs.h"
+#include "store.h"
+#include "t.h"
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+typedef struct env {
+    store *st;
+    kvfs_fs *fs;
+} env;
+
+static const kvfs_caller ALICE = {1000, 1000};
+
+static bool env_open(env *e, size_t bufsize) {
+    e->st = store_mem_new();
+    kvfs_config c;
+    kvfs_config_init(&c);
+    c.uid = 0;
+    c.gid = 0;
+    if (bufsize) c.write_buffer_bytes = bufsize;
+    return e->st && kvfs_fs_new(e->st, &c, &e->fs) == 0;
+}
+
+static void env_close(env *e) {
+    kvfs_fs_free(e->fs);
+    store_destroy(e->st);
+}
+
+static int put_key(env *e, const char *key, size_t klen, const char *val) {
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_put(&b, STORE_KS_DATA, key, klen, val, strlen(val));
+    int rc = store_write(e->st, &b, false);
+    store_batch_free(&b);
+    return rc;
+}
+
+static int write_file(env *e, const char *path, const char *content) {
+    kvfs_file *f;
+    int rc = kvfs_create(e->fs, path, 0644, O_WRONLY | O_CREAT | O_TRUNC, &ALICE, &f);
+    if (rc) return rc;
+    ssize_t n = kvfs_write(e->fs, f, content, strlen(content), 0, false);
+    rc = kvfs_flush(e->fs, f);
+    kvfs_release(e->fs, f);
+    return n < 0 ? (int)n : rc;
+}
+
+/* Read a whole file into buf (NUL-terminated); returns length or -errno. */
+static ssize_t read_file(env *e, const char *path, char *buf, size_t cap) {
+    kvfs_file *f;
+    int rc = kvfs_open(e->fs, path, O_RDONLY, &f);
+    if (rc) return rc;
+    ssize_t n = kvfs_read(e->fs, f, buf, cap - 1, 0);
+    kvfs_release(e->fs, f);
+    if (n >= 0) buf[n] = 0;
+    return n;
+}
+
+typedef struct listing {
+    char names[64][300];
+    mode_t modes[64];
+    int n;
+    int room; /* entries accepted before reporting full; <0 unlimited */
+    off_t last;
+} listing;
+
+static int fill(void *ctx, const char *name, const struct stat *st, off_t off) {
+    listing *l = ctx;
+    if (l->room == 0 || l->n == 64) return 1;
+    if (l->room > 0) l->room--;
+    snprintf(l->names[l->n], sizeof l->names[0], "%s", name);
+    l->modes[l->n] = st->st_mode;
+    l->n++;
+    l->last = off;
+    return 0;
+}
+
+/* List path completely, in calls of `room` entries each. Names joined by spaces (without . and ..). */
+static int list_dir(env *e, const char *path, int room, char *out, size_t cap) {
+    kvfs_dir *d;
+    int rc = kvfs_opendir(e->fs, path, &d);
+    if (rc) return rc;
+    listing all = {.room = -1};
+    off_t off = 0;
+    for (;;) {
+        listing part = {.room = room};
+        rc = kvfs_readdir(e->fs, d, off, true, fill, &part);
+        if (rc || part.n == 0) break;
+        for (int i = 0; i < part.n && all.n < 64; i++) {
+            memcpy(all.names[all.n], part.names[i], sizeof all.names[0]);
+            all.modes[all.n++] = part.modes[i];
+        }
+        off = part.last;
+    }
+    kvfs_releasedir(e->fs, d);
+    out[0] = 0;
+    for (int i = 0; i < all.n; i++) {
+        if (!strcmp(all.names[i], ".") || !strcmp(all.names[i], "..")) continue;
+        if (out[0]) strncat(out, " ", cap - strlen(out) - 1);
+        strncat(out, all.names[i], cap - strlen(out) - 1);
+        if (S_ISDIR(all.modes[i])) strncat(out, "/", cap - strlen(out) - 1);
+    }
+    return rc;
+}
+
+TEST(fs_create_write_read) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/hello", "hello world"));
+    char buf[64];
+    CHECK_EQ(read_file(&e, "/hello", buf, sizeof buf), 11);
+    CHECK(strcmp(buf, "hello world") == 0);
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, "/hello", NULL, &st));
+    CHECK_EQ(st.st_size, 11);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK_EQ(st.st_mode & 0777, 0644);
+    CHECK_EQ(st.st_uid, 1000);
+    /* The value in keyspace 0 is exactly the content. */
+    store_buf v;
+    CHECK_OK(store_get(e.st, STORE_KS_DATA, "hello", 5, &v, NULL));
+    CHECK_MEM(v.data, v.len, "hello world", 11);
+    store_buf_free(&v);
+    /* O_EXCL on an existing file */
+    kvfs_file *f;
+    CHECK_EQ(kvfs_create(e.fs, "/hello", 0644, O_CREAT | O_EXCL | O_WRONLY, &ALICE, &f), -EEXIST);
+    CHECK_EQ(kvfs_getattr(e.fs, "/nope", NULL, &st), -ENOENT);
+    env_close(&e);
+}
+
+TEST(fs_buffered_writes_holes_truncate_append) {
+    env e;
+    CHECK(env_open(&e, 4096));
+    kvfs_file *f;
+    CHECK_OK(kvfs_create(e.fs, "/f", 0600, O_RDWR | O_CREAT, &ALICE, &f));
+    char block[1000];
+    for (int i = 0; i < 20; i++) { /* 20 KB through a 4 KB buffer */
+        memset(block, 'a' + i, sizeof block);
+        CHECK_EQ(kvfs_write(e.fs, f, block, sizeof block, i * 1000, false), 1000);
+    }
+    char buf[100];
+    /* A read of buffered bytes sees them. */
+    CHECK_EQ(kvfs_read(e.fs, f, buf, 10, 19995), 5);
+    CHECK(buf[0] == 't');
+    /* A hole: write far away, read zeros between. */
+    CHECK_EQ(kvfs_write(e.fs, f, "end", 3, 100000, false), 3);
+    CHECK_EQ(kvfs_read(e.fs, f, buf, 10, 50000), 10);
+    for (int i = 0; i < 10; i++) CHECK_EQ(buf[i], 0);
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 100003);
+    CHECK_OK(kvfs_getattr(e.fs, "/f", NULL, &st));
+    CHECK_EQ(st.st_size, 100003);
+    /* Truncate down, then up: the regrown part reads as zeros. */
+    CHECK_OK(kvfs_truncate(e.fs, NULL, f, 1500));
+    CHECK_OK(kvfs_truncate(e.fs, "/f", NULL, 3000));
+    CHECK_EQ(kvfs_read(e.fs, f, buf, 100, 1450), 100);
+    CHECK_EQ(buf[0], 'b');
+    CHECK_EQ(buf[60], 0);
+    /* O_APPEND writes at the end whatever the offset. */
+    CHECK_EQ(kvfs_write(e.fs, f, "xyz", 3, 0, true), 3);
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 3003);
+    CHECK_EQ(kvfs_read(e.fs, f, buf, 10, 3000), 3);
+    CHECK(memcmp(buf, "xyz", 3) == 0);
+    CHECK_OK(kvfs_release(e.fs, f));
+    store_info info;
+    CHECK_OK(store_stat(e.st, STORE_KS_DATA, "f", 1, &info));
+    CHECK_EQ(info.size, 3003);
+    env_close(&e);
+}
+
+TEST(fs_mtime_set_before_close_survives) {
+    env e;
+    CHECK(env_open(&e, 0));
+    kvfs_file *f;
+    CHECK_OK(kvfs_create(e.fs, "/m", 0644, O_WRONLY | O_CREAT, &ALICE, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "data", 4, 0, false), 4);
+    struct timespec ts[2] = {{1000000000, 5}, {1000000000, 123456789}};
+    CHECK_OK(kvfs_utimens(e.fs, "/m", NULL, ts));
+    CHECK_OK(kvfs_flush(e.fs, f));
+    CHECK_OK(kvfs_release(e.fs, f));
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, "/m", NULL, &st));
+    CHECK_EQ(st.st_mtim.tv_sec, 1000000000);
+    CHECK_EQ(st.st_mtim.tv_nsec, 123456789);
+    CHECK_EQ(st.st_size, 4);
+    env_close(&e);
+}
+
+TEST(fs_implicit_and_explicit_directories) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(put_key(&e, "users/alice/email", 17, "a@x"));
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, "/users", NULL, &st));
+    CHECK(S_ISDIR(st.st_mode));
+    CHECK_EQ(st.st_mode & 0777, 0755);
+    CHECK_OK(kvfs_getattr(e.fs, "/users/alice/email", NULL, &st));
+    CHECK(S_ISREG(st.st_mode));
+    CHECK_EQ(st.st_mode & 0777, 0644);
+    /* Removing the last file of an implicit directory removes the directory. */
+    CHECK_OK(kvfs_unlink(e.fs, "/users/alice/email"));
+    CHECK_EQ(kvfs_getattr(e.fs, "/users", NULL, &st), -ENOENT);
+    /* An explicit one stays. */
+    CHECK_OK(kvfs_mkdir(e.fs, "/d", 0750, &ALICE));
+    CHECK_OK(write_file(&e, "/d/f", "x"));
+    CHECK_EQ(kvfs_rmdir(e.fs, "/d"), -ENOTEMPTY);
+    CHECK_OK(kvfs_unlink(e.fs, "/d/f"));
+    CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st));
+    CHECK(S_ISDIR(st.st_mode));
+    CHECK_EQ(st.st_mode & 0777, 0750);
+    CHECK_EQ(st.st_uid, 1000);
+    CHECK_OK(kvfs_mkdir(e.fs, "/d/e", 0755, &ALICE));
+    CHECK_EQ(kvfs_mkdir(e.fs, "/d/e", 0755, &ALICE), -EEXIST);
+    CHECK_EQ(kvfs_rmdir(e.fs, "/d"), -ENOTEMPTY);
+    CHECK_OK(kvfs_rmdir(e.fs, "/d/e"));
+    CHECK_OK(kvfs_rmdir(e.fs, "/d"));
+    CHECK_EQ(kvfs_getattr(e.fs, "/d", NULL, &st), -ENOENT);
+    CHECK_EQ(kvfs_rmdir(e.fs, "/"), -EBUSY);
+    CHECK_OK(write_file(&e, "/plain", "x"));
+    CHECK_EQ(kvfs_rmdir(e.fs, "/plain%F"), -ENOTDIR);
+    CHECK_OK(kvfs_rmdir(e.fs, "/users")); /* vanished with its last file: rm -r must not fail */
+    CHECK_EQ(kvfs_unlink(e.fs, "/"), -EISDIR);
+    /* Nothing but content in keyspace 0. */
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_DATA, "d", 1), 0);
+    env_close(&e);
+}
+
+TEST(fs_setgid_directory_rule) {
+    env e;
+    CHECK(env_open(&e, 0));
+    kvfs_caller root = {0, 0};
+    CHECK_OK(kvfs_mkdir(e.fs, "/g", 02775, &root));
+    CHECK_OK(kvfs_chown(e.fs, "/g", NULL, 0, 50));
+    CHECK_OK(kvfs_mkdir(e.fs, "/g/sub", 0755, &ALICE));
+    CHECK_OK(write_file(&e, "/g/file", "x"));
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, "/g/sub", NULL, &st));
+    CHECK_EQ(st.st_gid, 50);
+    CHECK(st.st_mode & S_ISGID);
+    CHECK_OK(kvfs_getattr(e.fs, "/g/file", NULL, &st));
+    CHECK_EQ(st.st_gid, 50);
+    CHECK_EQ(st.st_uid, 1000);
+    env_close(&e);
+}
+
+TEST(fs_listing_skips_subtrees_and_resumes) {
+    env e;
+    CHECK(env_open(&e, 0));
+    char key[64];
+    for (int i = 0; i < 300; i++) { /* many descendants under one child */
+        int n = snprintf(key, sizeof key, "big/deep/%04d", i);
+        CHECK_OK(put_key(&e, key, (size_t)n, "v"));
+    }
+    CHECK_OK(put_key(&e, "a", 1, "1"));
+    CHECK_OK(put_key(&e, "big!", 4, "2"));  /* sorts between "big" and "big/" */
+    CHECK_OK(put_key(&e, "c", 1, "3"));
+    CHECK_OK(kvfs_mkdir(e.fs, "/empty", 0755, &ALICE));
+    CHECK_OK(kvfs_mkdir(e.fs, "/c2", 0755, &ALICE));
+    char out[2000];
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "a big! big/ c c2/ empty/") == 0, "got '%s'", out);
+    /* One entry per call: the same listing, resumed from each cookie. */
+    CHECK_OK(list_dir(&e, "/", 1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "a big! big/ c c2/ empty/") == 0, "got '%s'", out);
+    CHECK_OK(list_dir(&e, "/big", 1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "deep/") == 0, "got '%s'", out);
+    env_close(&e);
+}
+
+TEST(fs_file_and_directory_at_one_key) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(put_key(&e, "a", 1, "file a"));
+    CHECK_OK(put_key(&e, "a/b", 3, "file a/b"));
+    char out[500];
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "a%F a/") == 0, "got '%s'", out);
+    char buf[64];
+    CHECK_EQ(read_file(&e, "/a%F", buf, sizeof buf), 6);
+    CHECK(strcmp(buf, "file a") == 0);
+    CHECK_EQ(read_file(&e, "/a/b", buf, sizeof buf), 8);
+    /* rm -r a: the directory's file, the directory, then the file. */
+    CHECK_OK(kvfs_unlink(e.fs, "/a/b"));
+    CHECK_OK(kvfs_rmdir(e.fs, "/a")); /* implicit and already gone */
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "a") == 0, "got '%s'", out);
+    CHECK_OK(kvfs_unlink(e.fs, "/a%F"));
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "") == 0, "got '%s'", out);
+    env_close(&e);
+}
+
+TEST(fs_odd_keys_are_reachable) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(put_key(&e, "x//y", 4, "1"));
+    CHECK_OK(put_key(&e, "/lead", 5, "2"));
+    CHECK_OK(put_key(&e, "n\0ul", 4, "3"));
+    CHECK_OK(put_key(&e, "p/..", 4, "4"));
+    char out[500];
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "%/ n%00ul p/ x/") == 0, "got '%s'", out);
+    char buf[16];
+    CHECK_EQ(read_file(&e, "/x/%/y", buf, sizeof buf), 1);
+    CHECK_EQ(read_file(&e, "/%/lead", buf, sizeof buf), 1);
+    CHECK_EQ(read_file(&e, "/n%00ul", buf, sizeof buf), 1);
+    CHECK_EQ(read_file(&e, "/p/%2E%2E", buf, sizeof buf), 1);
+    CHECK(buf[0] == '4');
+    /* A long component. */
+    char key[400];
+    memset(key, 'L', 300);
+    CHECK_OK(put_key(&e, key, 300, "long"));
+    CHECK_OK(list_dir(&e, "/", -1, out, sizeof out));
+    CHECK(strstr(out, "%+/") != NULL);
+    env_close(&e);
+}
+
+TEST(fs_rename_files_and_directories) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/a", "AAA"));
+    CHECK_OK(write_file(&e, "/b", "BB"));
+    CHECK_OK(kvfs_setxattr(e.fs, "/a", "user.k", "v", 1, 0));
+    CHECK_OK(kvfs_rename(e.fs, "/a", "/b", 0)); /* replaces */
+    char buf[64];
+    CHECK_EQ(read_file(&e, "/b", buf, sizeof buf), 3);
+    CHECK_EQ(kvfs_getxattr(e.fs, "/b", "user.k", buf, sizeof buf), 1);
+    struct stat st;
+    CHECK_EQ(kvfs_getattr(e.fs, "/a", NULL, &st), -ENOENT);
+    CHECK_OK(write_file(&e, "/c", "C"));
+    CHECK_EQ(kvfs_rename(e.fs, "/c", "/b", RENAME_NOREPLACE), -EEXIST);
+    CHECK_OK(kvfs_rename(e.fs, "/c", "/b", RENAME_EXCHANGE));
+    CHECK_EQ(read_file(&e, "/b", buf, sizeof buf), 1);
+    CHECK_EQ(read_file(&e, "/c", buf, sizeof buf), 3);
+    /* A directory moves with its subtree, explicit subdirectories and attributes included. */
+    CHECK_OK(kvfs_mkdir(e.fs, "/d", 0700, &ALICE));
+    CHECK_OK(kvfs_mkdir(e.fs, "/d/empty", 0755, &ALICE));
+    CHECK_OK(write_file(&e, "/d/x", "x"));
+    CHECK_OK(put_key(&e, "d/sub/y", 7, "y"));
+    CHECK_OK(kvfs_mkdir(e.fs, "/t", 0755, &ALICE));
+    CHECK_OK(kvfs_rename(e.fs, "/d", "/t/d2", 0));
+    char out[500];
+    CHECK_OK(list_dir(&e, "/t/d2", -1, out, sizeof out));
+    CHECK_MSG(strcmp(out, "empty/ sub/ x") == 0, "got '%s'", out);
+    CHECK_OK(kvfs_getattr(e.fs, "/t/d2", NULL, &st));
+    CHECK_EQ(st.st_mode & 0777, 0700);
+    CHECK_EQ(kvfs_getattr(e.fs, "/d", NULL, &st), -ENOENT);
+    /* Onto a non-empty directory: ENOTEMPTY; onto an empty one: replaces it. */
+    CHECK_OK(kvfs_mkdir(e.fs, "/full", 0755, &ALICE));
+    CHECK_OK(write_file(&e, "/full/f", "f"));
+    CHECK_EQ(kvfs_rename(e.fs, "/t/d2", "/full", 0), -ENOTEMPTY);
+    CHECK_OK(kvfs_mkdir(e.fs, "/void", 0755, &ALICE));
+    CHECK_OK(kvfs_rename(e.fs, "/t/d2", "/void", 0));
+    CHECK_EQ(read_file(&e, "/void/sub/y", buf, sizeof buf), 1);
+    CHECK_EQ(kvfs_rename(e.fs, "/void", "/void/sub/z", 0), -EINVAL);
+    CHECK_EQ(kvfs_rename(e.fs, "/void", "/b", 0), -ENOTDIR);
+    CHECK_EQ(kvfs_rename(e.fs, "/b", "/void", 0), -EISDIR);
+    /* Exchange a directory and a file. */
+    CHECK_OK(kvfs_rename(e.fs, "/void", "/b", RENAME_EXCHANGE));
+    CHECK_EQ(read_file(&e, "/void", buf, sizeof buf), 1);
+    CHECK_EQ(read_file(&e, "/b/sub/y", buf, sizeof buf), 1);
+    env_close(&e);
+}
+
+TEST(fs_open_files_follow_rename_and_survive_unlink) {
+    env e;
+    CHECK(env_open(&e, 0));
+    kvfs_file *f;
+    CHECK_OK(kvfs_create(e.fs, "/tmpfile", 0644, O_RDWR | O_CREAT, &ALICE, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "abc", 3, 0, false), 3);
+    /* rsync's pattern: rename before the data is flushed keeps the content. */
+    CHECK_OK(kvfs_rename(e.fs, "/tmpfile", "/final", 0));
+    CHECK_EQ(kvfs_write(e.fs, f, "def", 3, 3, false), 3);
+    CHECK_OK(kvfs_release(e.fs, f));
+    char buf[64];
+    CHECK_EQ(read_file(&e, "/final", buf, sizeof buf), 6);
+    CHECK(strcmp(buf, "abcdef") == 0);
+    /* Unlink while open: still readable and writable through the handle, gone at the last close. */
+    CHECK_OK(kvfs_open(e.fs, "/final", O_RDWR, &f));
+    CHECK_OK(kvfs_unlink(e.fs, "/final"));
+    struct stat st;
+    CHECK_EQ(kvfs_getattr(e.fs, "/final", NULL, &st), -ENOENT);
+    CHECK_EQ(kvfs_write(e.fs, f, "gh", 2, 6, false), 2);
+    CHECK_OK(kvfs_flush(e.fs, f));
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 8);
+    CHECK(memcmp(buf, "abcdefgh", 8) == 0);
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 8);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 1);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
+    /* A file replaced by rename while open keeps its content for its reader. */
+    CHECK_OK(write_file(&e, "/old", "old content"));
+    CHECK_OK(write_file(&e, "/new", "new"));
+    CHECK_OK(kvfs_open(e.fs, "/old", O_RDONLY, &f));
+    CHECK_OK(kvfs_rename(e.fs, "/new", "/old", 0));
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 11);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_EQ(read_file(&e, "/old", buf, sizeof buf), 3);
+    env_close(&e);
+}
+
+TEST(fs_attributes_symlinks_xattrs) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/f", "x"));
+    CHECK_OK(kvfs_chmod(e.fs, "/f", NULL, 0600));
+    CHECK_OK(kvfs_chown(e.fs, "/f", NULL, 7, 8));
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, "/f", NULL, &st));
+    CHECK_EQ(st.st_mode, S_IFREG | 0600);
+    CHECK_EQ(st.st_uid, 7);
+    CHECK_EQ(st.st_gid, 8);
+    CHECK_OK(kvfs_symlink(e.fs, "target/path", "/ln", &ALICE));
+    char buf[64];
+    CHECK_OK(kvfs_readlink(e.fs, "/ln", buf, sizeof buf));
+    CHECK(strcmp(buf, "target/path") == 0);
+    CHECK_OK(kvfs_getattr(e.fs, "/ln", NULL, &st));
+    CHECK(S_ISLNK(st.st_mode));
+    CHECK_EQ(st.st_size, 11);
+    CHECK_EQ(kvfs_readlink(e.fs, "/f", buf, sizeof buf), -EINVAL);
+    /* xattrs on files and directories, with create/replace flags. */
+    CHECK_OK(kvfs_setxattr(e.fs, "/f", "user.a", "1", 1, 0));
+    CHECK_OK(kvfs_setxattr(e.fs, "/f", "user.b", "22", 2, XATTR_CREATE));
+    CHECK_EQ(kvfs_setxattr(e.fs, "/f", "user.b", "22", 2, XATTR_CREATE), -EEXIST);
+    CHECK_EQ(kvfs_setxattr(e.fs, "/f", "user.c", "3", 1, XATTR_REPLACE), -ENODATA);
+    CHECK_EQ(kvfs_setxattr(e.fs, "/f", "trusted.x", "3", 1, 0), -ENOTSUP);
+    CHECK_OK(kvfs_setxattr(e.fs, "/", "user.root", "r", 1, 0));
+    char list[100];
+    CHECK_EQ(kvfs_listxattr(e.fs, "/f", list, sizeof list), 14);
+    CHECK(memcmp(list, "user.a\0user.b\0", 14) == 0);
+    CHECK_EQ(kvfs_getxattr(e.fs, "/f", "user.b", buf, 0), 2);
+    CHECK_EQ(kvfs_getxattr(e.fs, "/f", "user.b", buf, 1), -ERANGE);
+    CHECK_EQ(kvfs_getxattr(e.fs, "/f", "security.capability", buf, sizeof buf), -ENODATA);
+    CHECK_EQ(kvfs_listxattr(e.fs, "/", list, sizeof list), 10);
+    CHECK_OK(kvfs_removexattr(e.fs, "/f", "user.a"));
+    CHECK_EQ(kvfs_removexattr(e.fs, "/f", "user.a"), -ENODATA);
+    CHECK_EQ(kvfs_listxattr(e.fs, "/f", list, sizeof list), 7);
+    CHECK_OK(kvfs_unlink(e.fs, "/f"));
+    CHECK_OK(write_file(&e, "/f", "y"));
+    CHECK_EQ(kvfs_listxattr(e.fs, "/f", list, sizeof list), 0);
+    env_close(&e);
+}
+
+TEST(fs_store_errors_are_returned) {
+    env e;
+    CHECK(env_open(&e, 0));
+    store_mem_fail_next_write(e.st, -ENOSPC);
+    CHECK_EQ(write_file(&e, "/f", "x"), -ENOSPC);
+    CHECK_OK(write_file(&e, "/f", "x"));
+    kvfs_file *f;
+    CHECK_OK(kvfs_open(e.fs, "/f", O_WRONLY, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "abc", 3, 0, false), 3);
+    store_mem_fail_next_write(e.st, -ENOSPC);
+    CHECK_EQ(kvfs_flush(e.fs, f), -ENOSPC);
+    CHECK_OK(kvfs_flush(e.fs, f)); /* the buffer was kept: space is back, the write lands */
+    CHECK_OK(kvfs_release(e.fs, f));
+    char buf[8];
+    CHECK_EQ(read_file(&e, "/f", buf, sizeof buf), 3);
+    CHECK_EQ(kvfs_getattr(e.fs, "/%41", NULL, &(struct stat){0}), -ENOENT);
+    CHECK_EQ(kvfs_mkdir(e.fs, "/%41", 0755, &ALICE), -EINVAL);
+    env_close(&e);
+}
+
+static int del_key(env *e, const char *key) {
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_delete(&b, STORE_KS_DATA, key, strlen(key));
+    int rc = store_write(e->st, &b, false);
+    store_batch_free(&b);
+    return rc;
+}
+
+static bool ts_after(struct timespec a, struct timespec b) {
+    return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
+}
+
+/* The filesystem caches what lookups learn (fs_dcache.c); writes to the store by anyone else must still show. */
+TEST(fs_cached_lookups_see_other_writers) {
+    env e;
+    CHECK(env_open(&e, 0));
+    struct stat st;
+    CHECK_OK(kvfs_mkdir(e.fs, "/d", 0755, &ALICE));
+    for (int i = 0; i < 50; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/d/f%02d", i);
+        CHECK_OK(write_file(&e, p, "x"));
+    }
+    CHECK_EQ(kvfs_getattr(e.fs, "/d/new", NULL, &st), -ENOENT);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/f07", NULL, &st));
+    CHECK_EQ(st.st_size, 1);
+    /* keys put from outside: a new file, a rewritten one, a new implicit directory below a known directory */
+    CHECK_OK(put_key(&e, "d/new", 5, "hello"));
+    CHECK_OK(put_key(&e, "d/f07", 5, "longer"));
+    CHECK_OK(put_key(&e, "d/sub/g", 7, "g"));
+    CHECK_OK(kvfs_getattr(e.fs, "/d/new", NULL, &st));
+    CHECK_EQ(st.st_size, 5);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/f07", NULL, &st));
+    CHECK_EQ(st.st_size, 6);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/sub", NULL, &st));
+    CHECK(S_ISDIR(st.st_mode));
+    /* deleted from outside: the implicit directory goes with its last key */
+    CHECK_OK(del_key(&e, "d/sub/g"));
+    CHECK_EQ(kvfs_getattr(e.fs, "/d/sub", NULL, &st), -ENOENT);
+    CHECK_OK(del_key(&e, "d/new"));
+    CHECK_EQ(kvfs_getattr(e.fs, "/d/new", NULL, &st), -ENOENT);
+    /* the listing and the lookups agree */
+    char out[4096];
+    CHECK_OK(list_dir(&e, "/d", 7, out, sizeof out));
+    int words = 1;
+    for (const char *p = out; *p; p++) words += *p == ' ';
+    CHECK_EQ(words, 50);
+    CHECK(strstr(out, "f49") && !strstr(out, "new") && !strstr(out, "sub"));
+    /* changes through the filesystem itself */
+    CHECK_OK(kvfs_rename(e.fs, "/d/f01", "/d/moved", 0));
+    CHECK_EQ(kvfs_getattr(e.fs, "/d/f01", NULL, &st), -ENOENT);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/moved", NULL, &st));
+    CHECK(S_ISREG(st.st_mode));
+    CHECK_OK(kvfs_mkdir(e.fs, "/d/e", 0700, &ALICE));
+    CHECK_OK(write_file(&e, "/d/e/x", "abc"));
+    CHECK_OK(kvfs_rename(e.fs, "/d/e", "/d/e2", 0));
+    CHECK_EQ(kvfs_getattr(e.fs, "/d/e", NULL, &st), -ENOENT);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2", NULL, &st));
+    CHECK_EQ(st.st_mode & 0777, 0700);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2/x", NULL, &st));
+    CHECK_EQ(st.st_size, 3);
+    CHECK_OK(kvfs_chmod(e.fs, "/d/e2", NULL, 0711));
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2", NULL, &st));
+    CHECK_EQ(st.st_mode & 0777, 0711);
+    /* a file's size follows writes through open files and after close */
+    kvfs_file *f;
+    CHECK_OK(kvfs_open(e.fs, "/d/e2/x", O_WRONLY, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "defgh", 5, 3, false), 5);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2/x", NULL, &st));
+    CHECK_EQ(st.st_size, 8);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2/x", NULL, &st));
+    CHECK_EQ(st.st_size, 8);
+    CHECK_OK(kvfs_truncate(e.fs, "/d/e2/x", NULL, 2));
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2/x", NULL, &st));
+    CHECK_EQ(st.st_size, 2);
+    /* a directory read in one pass (its files' records beside a subdirectory's): same attributes as one by one */
+    CHECK_OK(kvfs_chmod(e.fs, "/d/f49", NULL, 0600));
+    CHECK_OK(kvfs_chmod(e.fs, "/d/e2/x", NULL, 0640));
+    kvfs_fs_invalidate(e.fs);
+    CHECK_OK(list_dir(&e, "/d", 64, out, sizeof out));
+    CHECK_OK(kvfs_getattr(e.fs, "/d/f49", NULL, &st));
+    CHECK_EQ(st.st_mode & 0777, 0600);
+    CHECK_EQ(st.st_size, 1);
+    CHECK_OK(kvfs_getattr(e.fs, "/d/e2/x", NULL, &st));
+    CHECK_EQ(st.st_mode & 0777, 0640);
+    env_close(&e);
+}
+
+/* POSIX: adding or removing an entry changes the directory's mtime and ctime; implicit directories too (kept in
+ * memory: they have no record). */
+TEST(fs_directory_times_follow_entries) {
+    env e;
+    CHECK(env_open(&e, 0));
+    struct stat st, st2;
+    CHECK_OK(kvfs_mkdir(e.fs, "/d", 0755, &ALICE));
+    CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st));
+    struct timespec ts[2] = {{1000, 0}, {1000, 0}};
+    CHECK_OK(kvfs_utimens(e.fs, "/d", NULL, ts));
+    CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st));
+    CHECK_EQ(st.st_mtim.tv_sec, 1000);
+    CHECK_OK(write_file(&e, "/d/f", "x"));
+    CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st2));
+    CHECK(ts_after(st2.st_mtim, st.st_mtim));
+    CHECK_OK(kvfs_utimens(e.fs, "/d", NULL, ts));
+    CHECK_OK(kvfs_unlink(e.fs, "/d/f"));
+    CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st2));
+    CHECK(st2.st_mtim.tv_sec > 1000);
+    /* an implicit directory */
+    CHECK_OK(put_key(&e, "imp/a", 5, "a"));
+    CHECK_OK(kvfs_getattr(e.fs, "/imp", NULL, &st));
+    CHECK_OK(write_file(&e, "/imp/b", "b"));
+    CHECK_OK(kvfs_getattr(e.fs, "/imp", NULL, &st2));
+    CHECK(ts_after(st2.st_mtim, st.st_mtim));
+    CHECK(S_ISDIR(st2.st_mode));
+    CHECK_EQ(st2.st_mode & 0777, 0755);
+    env_close(&e);
+}
+
+/* More entries than one fetch of the listing's cursors (64): every name comes out whole. */
+TEST(fs_listing_of_many_files_is_exact) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(kvfs_mkdir(e.fs, "/m", 0755, &ALICE));
+    for (int i = 0; i < 200; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/m/f%03d", i);
+        CHECK_OK(write_file(&e, p, "x"));
+    }
+    kvfs_dir *d;
+    CHECK_OK(kvfs_opendir(e.fs, "/m", &d));
+    int seen = 0;
+    off_t off = 0;
+    for (;;) {
+        listing part = {.room = -1};
+        CHECK_OK(kvfs_readdir(e.fs, d, off, true, fill, &part));
+        if (part.n == 0) break;
+        for (int i = 0; i < part.n; i++) {
+            if (part.names[i][0] == '.') continue;
+            char want[16];
+            snprintf(want, sizeof want, "f%03d", seen);
+            CHECK_MSG(strcmp(part.names[i], want) == 0, "entry %d is '%s'", seen, part.names[i]);
+            seen++;
+        }
+        off = part.last;
+    }
+    kvfs_releasedir(e.fs, d);
+    CHECK_EQ(seen, 200);
+    env_close(&e);
+}
