@@ -468,7 +468,9 @@ int kv_stream_append(kv_stream *s, const void *data, size_t len) {
             rc = db_new_blob_file(db, &s->w);
             if (!rc) rc = blob_writer_begin(s->w);
             if (!rc) rc = blob_writer_append(s->w, s->inline_data.data, s->inline_data.len);
-            bytes_free(&s->inline_data);
+            /* test_faults: keep the bytes so far when no blob file could be made (a full disk): freeing them
+             * anyway let a later append succeed on a stream that had silently lost its beginning */
+            if (s->w) bytes_free(&s->inline_data);
         }
         if (!rc) rc = blob_writer_append(s->w, data, len);
         if (!rc) atomic_fetch_add(&db->st_blob_bytes, len);

@@ -1,0 +1,678 @@
+/* test_faults.c — fault injection through the fault environment (env.h: kv_fault_env_arm).
+ *
+ * Failed writes (EIO), short writes and ENOSPC while appending to the write-ahead log, while flushing (".sst"),
+ * compacting, writing blob files (".blob") and the manifest ("MANIFEST"); failed fsyncs; EIO on reads. In each case:
+ *   - the call that meets the fault returns an error (and never crashes);
+ *   - the store stays consistent and readable: everything acknowledged before reads back, no batch is partly
+ *     applied (the batches that fail write several keys "fail-N-a/b/c": all or none may be visible);
+ *   - once kv_fault_env_clear() is called, later writes succeed (a failed background flush is retried: the test
+ *     waits, bounded, until a write succeeds);
+ *   - after close and reopen everything acknowledged is there and kv_check is clean.
+ * test_faults_random arms random faults at random moments while writers run (KVFS_FAULT_ROUNDS rounds).
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "env.h"
+#include "kv.h"
+#include "model.h"
+#include "t.h"
+
+typedef struct fx {
+    char dir[512];
+    kv_env *env;
+    kv_db *db;
+    kv_options o;
+    model m;            /* what must be there: every acknowledged write */
+    int next;           /* key counter */
+    int nfail;          /* failed batches (keys fail-N-a/b/c) */
+    int *fbase;         /* failed batches of key%06d keys: base, base+1, base+2 (test_faults_random) */
+    int nfbase, capfbase;
+    uint64_t rs;
+    char err[600];
+} fx;
+
+static void fx_options(kv_options *o, bool background) {
+    kv_options_init(o);
+    o->memtable_bytes = 16 << 10;
+    o->table_bytes = 8 << 10;
+    o->level1_bytes = 32 << 10;
+    o->block_bytes = 512;
+    o->blob_threshold = 1024;
+    o->blob_file_bytes = 64 << 10;
+    o->block_cache_bytes = 64 << 10;
+    o->max_open_tables = 8;
+    o->l0_compaction_trigger = 2;
+    o->background_threads = background;
+}
+
+static int fx_open(fx *f, bool background) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s", t_tmpdir());
+    f->env = kv_fault_env_new(kv_env_posix());
+    if (!f->env) return KV_ENOMEM;
+    fx_options(&f->o, background);
+    f->o.env = f->env;
+    static uint64_t opened;
+    f->rs = t_seed() ^ (++opened * 0x9e3779b97f4a7c15ull);
+    return kv_open(f->dir, &f->o, &f->db);
+}
+
+static void fx_free(fx *f) {
+    if (f->db) kv_free(f->db);
+    f->db = NULL;
+    if (f->env) f->env->destroy(f->env);
+    f->env = NULL;
+    model_free(&f->m);
+    free(f->fbase);
+    f->fbase = NULL;
+}
+
+static bool fx_is_uncertain(const fx *f, const char *k, size_t kl) {
+    if (kl >= 5 && memcmp(k, "fail-", 5) == 0) return true;
+    if (kl != 9 || memcmp(k, "key", 3) != 0) return false;
+    int num = atoi(k + 3);
+    for (int i = 0; i < f->nfbase; i++)
+        if (num >= f->fbase[i] && num < f->fbase[i] + 3) return true;
+    return false;
+}
+
+/* A value for key number i: large (a blob) when big. */
+static size_t fx_value(int i, bool big, char *v) {
+    size_t n = big ? 1500 + (size_t)(i * 37) % 2000 : 10 + (size_t)(i * 13) % 150;
+    for (size_t j = 0; j < n; j++) v[j] = (char)('a' + (i + (int)j * 7) % 26);
+    return n;
+}
+
+/* Put key number `next` (and count it in the model when acknowledged). */
+static int fx_put(fx *f, bool big, unsigned flags) {
+    char k[32], v[4000];
+    int i = f->next++;
+    snprintf(k, sizeof k, "key%06d", i);
+    size_t n = fx_value(i, big, v);
+    int rc = kv_put(f->db, k, strlen(k), v, n, flags);
+    if (rc == KV_OK) model_put(&f->m, k, strlen(k), v, n);
+    return rc;
+}
+
+/* Acknowledged puts of n keys, some large, some overwriting older keys, and a few deletes. */
+static int fx_fill(fx *f, int n) {
+    for (int j = 0; j < n; j++) {
+        int rc;
+        uint64_t x = t_rand(&f->rs) % 20;
+        if (x == 0 && f->m.n > 0) {
+            const model_entry *e = &f->m.e[t_rand(&f->rs) % f->m.n];
+            char k[64];
+            snprintf(k, sizeof k, "%.*s", (int)e->klen, (const char *)e->key);
+            rc = kv_delete(f->db, k, strlen(k), 0);
+            if (rc == KV_OK) model_del(&f->m, k, strlen(k));
+        } else {
+            rc = fx_put(f, x < 3, x == 5 ? KV_SYNC : 0);
+        }
+        if (rc) return rc;
+    }
+    return KV_OK;
+}
+
+/* A batch of three keys fail-N-a/b/c (one large); returns kv_write's status. Never counted in the model. */
+static int fx_fail_batch(fx *f, unsigned flags) {
+    kv_batch *b;
+    if (kv_batch_new(&b)) return KV_ENOMEM;
+    int N = f->nfail++;
+    for (int x = 0; x < 3; x++) {
+        char k[32], v[4000];
+        snprintf(k, sizeof k, "fail-%04d-%c", N, 'a' + x);
+        size_t n = fx_value(N * 3 + x, x == 1, v);
+        kv_batch_put(b, k, strlen(k), v, n);
+    }
+    int rc = kv_write(f->db, b, flags, NULL);
+    kv_batch_free(b);
+    return rc;
+}
+
+/* Everything in the model reads back (kv_get and iteration), and every failed batch is all there or not at all. */
+static bool fx_verify(fx *f) {
+    for (size_t i = 0; i < f->m.n; i++) {
+        const model_entry *e = &f->m.e[i];
+        kv_buf v;
+        int rc = kv_get(f->db, NULL, e->key, e->klen, &v);
+        if (rc) {
+            snprintf(f->err, sizeof f->err, "kv_get(%.*s): %s (%s)", (int)e->klen, (const char *)e->key,
+                     kv_strerror(rc), kv_errmsg());
+            return false;
+        }
+        bool ok = v.len == e->vlen && memcmp(v.data, e->val, e->vlen) == 0;
+        kv_buf_free(&v);
+        if (!ok) {
+            snprintf(f->err, sizeof f->err, "kv_get(%.*s): wrong value", (int)e->klen, (const char *)e->key);
+            return false;
+        }
+    }
+    kv_iter *it;
+    int rc = kv_iter_new(f->db, NULL, &it);
+    if (rc) {
+        snprintf(f->err, sizeof f->err, "kv_iter_new: %s", kv_strerror(rc));
+        return false;
+    }
+    size_t i = 0;
+    for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
+        size_t kl;
+        const char *k = kv_iter_key(it, &kl);
+        if (fx_is_uncertain(f, k, kl)) continue;
+        if (i >= f->m.n || kl != f->m.e[i].klen || memcmp(k, f->m.e[i].key, kl) != 0) {
+            snprintf(f->err, sizeof f->err, "iteration: unexpected key %.*s at position %zu", (int)kl, k, i);
+            kv_iter_free(it);
+            return false;
+        }
+        i++;
+    }
+    rc = kv_iter_status(it);
+    kv_iter_free(it);
+    if (rc || i != f->m.n) {
+        snprintf(f->err, sizeof f->err, "iteration: %zu of %zu keys, status %s", i, f->m.n, kv_strerror(rc));
+        return false;
+    }
+    /* failed batches: all three keys with their values, or none */
+    for (int N = 0; N < f->nfail + f->nfbase; N++) {
+        int present = 0;
+        for (int x = 0; x < 3; x++) {
+            char k[32], want[4000];
+            size_t n;
+            if (N < f->nfail) {
+                snprintf(k, sizeof k, "fail-%04d-%c", N, 'a' + x);
+                n = fx_value(N * 3 + x, x == 1, want);
+            } else {
+                int num = f->fbase[N - f->nfail] + x;
+                snprintf(k, sizeof k, "key%06d", num);
+                n = fx_value(num, num % 6 == 1, want);
+            }
+            kv_buf v;
+            rc = kv_get(f->db, NULL, k, strlen(k), &v);
+            if (rc == KV_OK) {
+                bool ok = v.len == n && memcmp(v.data, want, n) == 0;
+                kv_buf_free(&v);
+                if (!ok) {
+                    snprintf(f->err, sizeof f->err, "%s: wrong value", k);
+                    return false;
+                }
+                present++;
+            } else if (rc != KV_ENOTFOUND) {
+                snprintf(f->err, sizeof f->err, "kv_get(%s): %s (%s)", k, kv_strerror(rc), kv_errmsg());
+                return false;
+            }
+        }
+        if (present != 0 && present != 3) {
+            snprintf(f->err, sizeof f->err, "failed batch %d is partly applied (%d of 3 keys)", N, present);
+            return false;
+        }
+    }
+    return true;
+}
+
+typedef struct probs {
+    uint64_t n;
+    char first[400];
+} probs;
+
+static void on_problem(void *ctx, const char *file, uint64_t off, const char *what) {
+    probs *p = ctx;
+    if (p->n++ == 0) snprintf(p->first, sizeof p->first, "%s at %llu: %s", file, (unsigned long long)off, what);
+}
+
+static bool fx_check(fx *f) {
+    probs p = {0, ""};
+    int rc = kv_check(f->db, on_problem, NULL, &p, NULL);
+    if (rc || p.n) {
+        snprintf(f->err, sizeof f->err, "kv_check: %s, %llu problem(s), first: %s", kv_strerror(rc),
+                 (unsigned long long)p.n, p.first);
+        return false;
+    }
+    return true;
+}
+
+/* After kv_fault_env_clear: writes work again. A background flush that failed is retried after a pause, and until
+ * then a write that needs room may still report its error, so this waits (bounded: 10 s) until writes succeed and
+ * two more memtables have been flushed since the fault was cleared, and kv_sync works. */
+static bool fx_writes_recover(fx *f) {
+    kv_stats st;
+    int rc = kv_get_stats(f->db, &st);
+    uint64_t flushes0 = st.flushes;
+    int failures = 0;
+    for (int tries = 0; tries < 20000 && rc != KV_ECLOSED; tries++) {
+        rc = fx_put(f, tries % 10 == 0, tries % 50 == 0 ? KV_SYNC : 0);
+        if (rc != KV_OK) {
+            if (++failures > 500) break;
+            usleep(20000);
+            continue;
+        }
+        if (kv_get_stats(f->db, &st) == KV_OK && st.flushes >= flushes0 + 2) {
+            rc = kv_sync(f->db);
+            if (rc == KV_OK) return true;
+        }
+    }
+    snprintf(f->err, sizeof f->err, "writes do not recover after the fault was cleared: %s (%s)", kv_strerror(rc),
+             kv_errmsg());
+    return false;
+}
+
+/* Close, reopen (with the real file system), verify, check. */
+static bool fx_reopen(fx *f) {
+    kv_free(f->db);
+    f->db = NULL;
+    kv_options o = f->o;
+    o.env = NULL;
+    int rc = kv_open(f->dir, &o, &f->db);
+    if (rc) {
+        snprintf(f->err, sizeof f->err, "reopen: %s (%s)", kv_strerror(rc), kv_errmsg());
+        return false;
+    }
+    return fx_verify(f) && fx_check(f);
+}
+
+/* The common course of a write fault: fill, arm, writes fail, reads work, clear, writes work, reopen. */
+static void write_fault(kv_fault_kind kind, uint64_t after, const char *substr, bool background, bool sync) {
+    fx f;
+    CHECK_OK(fx_open(&f, background));
+    CHECK_OK(fx_fill(&f, 300));
+    kv_fault_env_arm(f.env, kind, after, substr);
+    int failures = 0;
+    for (int i = 0; i < 400 && failures < 8; i++) {
+        int rc = fx_fail_batch(&f, sync ? KV_SYNC : 0);
+        if (rc != KV_OK) {
+            failures++;
+            CHECK_MSG(rc == KV_EIO || rc == KV_ENOSPC, "a write failed with %s (%s)", kv_strerror(rc), kv_errmsg());
+            CHECK_MSG(kv_errmsg()[0] != 0, "a failed write left no message");
+        }
+        CHECK_MSG(fx_verify(&f), "while the fault is armed: %s", f.err);
+    }
+    CHECK_MSG(failures > 0, "the fault (%d on %s) never made a write fail", kind, substr ? substr : "all files");
+    CHECK(kv_fault_env_failures(f.env) > 0);
+    kv_fault_env_clear(f.env);
+    CHECK_MSG(fx_writes_recover(&f), "%s", f.err);
+    CHECK_OK(fx_fill(&f, 200));
+    CHECK_MSG(fx_verify(&f), "after the fault: %s", f.err);
+    CHECK_MSG(fx_check(&f), "after the fault: %s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+TEST(test_faults_wal_eio) { write_fault(KV_FAULT_WRITE_EIO, 0, ".log", true, false); }
+TEST(test_faults_wal_eio_sync) { write_fault(KV_FAULT_WRITE_EIO, 3, ".log", true, true); }
+TEST(test_faults_wal_short_write) { write_fault(KV_FAULT_WRITE_SHORT, 2, ".log", true, false); }
+TEST(test_faults_wal_enospc) { write_fault(KV_FAULT_ENOSPC, 0, ".log", true, true); }
+TEST(test_faults_wal_sync_eio) { write_fault(KV_FAULT_SYNC_EIO, 1, ".log", true, true); }
+TEST(test_faults_blob_eio) { write_fault(KV_FAULT_WRITE_EIO, 0, ".blob", true, false); }
+TEST(test_faults_blob_short_write) { write_fault(KV_FAULT_WRITE_SHORT, 1, ".blob", true, false); }
+TEST(test_faults_blob_enospc) { write_fault(KV_FAULT_ENOSPC, 2, ".blob", true, true); }
+TEST(test_faults_blob_sync_eio) { write_fault(KV_FAULT_SYNC_EIO, 0, ".blob", true, true); }
+TEST(test_faults_all_files_enospc) { write_fault(KV_FAULT_ENOSPC, 0, NULL, true, false); }
+TEST(test_faults_inline_flush_enospc) { write_fault(KV_FAULT_ENOSPC, 5, ".sst", false, false); }
+TEST(test_faults_inline_manifest_eio) { write_fault(KV_FAULT_WRITE_EIO, 0, "MANIFEST", false, false); }
+
+/* Background flushes fail: writes go on until frozen memtables pile up, then fail; reads work throughout; once the
+ * fault is gone the flush thread catches up. */
+static void flush_fault(kv_fault_kind kind, uint64_t after, const char *substr) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    CHECK_OK(fx_fill(&f, 200));
+    kv_fault_env_arm(f.env, kind, after, substr);
+    int failed_writes = 0;
+    for (int i = 0; i < 600 && failed_writes < 5; i++) {
+        int rc = fx_fail_batch(&f, 0);
+        if (rc) {
+            failed_writes++;
+            CHECK_MSG(rc == KV_EIO || rc == KV_ENOSPC, "a write failed with %s (%s)", kv_strerror(rc), kv_errmsg());
+        }
+        if (i % 50 == 0) CHECK_MSG(fx_verify(&f), "while the fault is armed: %s", f.err);
+    }
+    CHECK_MSG(kv_fault_env_failures(f.env) > 0, "no flush met the fault");
+    CHECK_MSG(failed_writes > 0, "writes never noticed that flushes fail");
+    CHECK_MSG(fx_verify(&f), "while the fault is armed: %s", f.err);
+    kv_fault_env_clear(f.env);
+    CHECK_MSG(fx_writes_recover(&f), "%s", f.err);
+    CHECK_OK(fx_fill(&f, 300));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(f.db, &st));
+    CHECK(st.flushes > 0);
+    CHECK_MSG(fx_verify(&f), "after the fault: %s", f.err);
+    CHECK_MSG(fx_check(&f), "after the fault: %s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+TEST(test_faults_flush_enospc) { flush_fault(KV_FAULT_ENOSPC, 0, ".sst"); }
+TEST(test_faults_flush_enospc_mid_table) { flush_fault(KV_FAULT_ENOSPC, 3, ".sst"); }
+TEST(test_faults_flush_eio) { flush_fault(KV_FAULT_WRITE_EIO, 1, ".sst"); }
+TEST(test_faults_flush_short_write) { flush_fault(KV_FAULT_WRITE_SHORT, 0, ".sst"); }
+TEST(test_faults_flush_sync_eio) { flush_fault(KV_FAULT_SYNC_EIO, 0, ".sst"); }
+TEST(test_faults_manifest_enospc) { flush_fault(KV_FAULT_ENOSPC, 0, "MANIFEST"); }
+TEST(test_faults_manifest_eio) { flush_fault(KV_FAULT_WRITE_EIO, 1, "MANIFEST"); }
+TEST(test_faults_manifest_short_write) { flush_fault(KV_FAULT_WRITE_SHORT, 0, "MANIFEST"); }
+TEST(test_faults_manifest_sync_eio) { flush_fault(KV_FAULT_SYNC_EIO, 0, "MANIFEST"); }
+
+/* A compaction fails: kv_compact_range reports it, nothing is lost, and it works once the fault is gone. */
+static void compaction_fault(kv_fault_kind kind, uint64_t after, const char *substr) {
+    fx f;
+    CHECK_OK(fx_open(&f, false));
+    CHECK_OK(fx_fill(&f, 400));
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    /* overwrite part of it, and move the memtable into a level-0 table by reopening */
+    CHECK_OK(fx_fill(&f, 150));
+    kv_free(f.db);
+    f.db = NULL;
+    CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(f.db, &st));
+    CHECK(st.level_files[0] > 0);
+    kv_fault_env_arm(f.env, kind, after, substr);
+    int rc = kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL);
+    CHECK_MSG(rc != KV_OK, "kv_compact_range succeeded in spite of the fault");
+    CHECK_MSG(rc == KV_EIO || rc == KV_ENOSPC, "kv_compact_range failed with %s (%s)", kv_strerror(rc), kv_errmsg());
+    if (kind != KV_FAULT_READ_EIO) CHECK_MSG(fx_verify(&f), "after the failed compaction: %s", f.err);
+    kv_fault_env_clear(f.env);
+    CHECK_MSG(fx_verify(&f), "after the failed compaction: %s", f.err);
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_get_stats(f.db, &st));
+    CHECK_EQ(st.level_files[0], 0);
+    CHECK_MSG(fx_writes_recover(&f), "%s", f.err);
+    CHECK_MSG(fx_verify(&f), "after the compaction: %s", f.err);
+    CHECK_MSG(fx_check(&f), "after the compaction: %s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+TEST(test_faults_compaction_enospc) { compaction_fault(KV_FAULT_ENOSPC, 4, ".sst"); }
+TEST(test_faults_compaction_eio) { compaction_fault(KV_FAULT_WRITE_EIO, 0, ".sst"); }
+TEST(test_faults_compaction_short_write) { compaction_fault(KV_FAULT_WRITE_SHORT, 2, ".sst"); }
+TEST(test_faults_compaction_manifest) { compaction_fault(KV_FAULT_ENOSPC, 0, "MANIFEST"); }
+TEST(test_faults_compaction_read_eio) { compaction_fault(KV_FAULT_READ_EIO, 3, ".sst"); }
+
+/* EIO on reads: a read returns an error or the right value (never a wrong one, never "not found"). */
+TEST(test_faults_read_eio) {
+    fx f;
+    CHECK_OK(fx_open(&f, false));
+    CHECK_OK(fx_fill(&f, 500));
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    const char *targets[] = {".sst", ".blob", NULL};
+    for (int t = 0; t < 3; t++) {
+        /* a cold cache: reopen */
+        kv_free(f.db);
+        f.db = NULL;
+        CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+        kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, targets[t]);
+        int errors = 0;
+        for (size_t i = 0; i < f.m.n; i++) {
+            const model_entry *e = &f.m.e[i];
+            kv_buf v;
+            int rc = kv_get(f.db, NULL, e->key, e->klen, &v);
+            if (rc == KV_OK) {
+                bool ok = v.len == e->vlen && memcmp(v.data, e->val, e->vlen) == 0;
+                kv_buf_free(&v);
+                CHECK_MSG(ok, "kv_get(%.*s) returned a wrong value under read faults", (int)e->klen,
+                          (const char *)e->key);
+            } else {
+                CHECK_MSG(rc == KV_EIO, "kv_get(%.*s) under read faults: %s (%s)", (int)e->klen, (const char *)e->key,
+                          kv_strerror(rc), kv_errmsg());
+                errors++;
+            }
+        }
+        CHECK_MSG(errors > 0, "no read failed (faults on %s)", targets[t] ? targets[t] : "all files");
+        /* an iterator stops with the error */
+        kv_iter *it;
+        CHECK_OK(kv_iter_new(f.db, NULL, &it));
+        size_t n = 0;
+        for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) n++;
+        int st = kv_iter_status(it);
+        kv_iter_free(it);
+        CHECK_MSG(st != KV_OK || n == f.m.n, "iteration ended cleanly after %zu of %zu keys", n, f.m.n);
+        /* the check reports the unreadable files, without crashing */
+        uint64_t problems = 0;
+        CHECK(kv_check(f.db, NULL, NULL, NULL, &problems) != KV_OK);
+        CHECK(problems > 0);
+        kv_fault_env_clear(f.env);
+        CHECK_MSG(fx_verify(&f), "after the read faults: %s", f.err);
+    }
+    /* faults while opening: kv_open fails cleanly */
+    const char *at_open[] = {"MANIFEST", "CURRENT", ".log"};
+    for (int t = 0; t < 3; t++) {
+        kv_free(f.db);
+        f.db = NULL;
+        kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, at_open[t]);
+        int rc = kv_open(f.dir, &f.o, &f.db);
+        CHECK_MSG(rc == KV_EIO, "kv_open with read faults on %s: %s (%s)", at_open[t], kv_strerror(rc), kv_errmsg());
+        CHECK_MSG(strstr(kv_errmsg(), at_open[t]) != NULL, "kv_open error does not name the file: %s", kv_errmsg());
+        f.db = NULL;
+        kv_fault_env_clear(f.env);
+        CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+        CHECK_MSG(fx_verify(&f), "after faults at open: %s", f.err);
+    }
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+/* A failed open for lack of space leaves the store openable. */
+TEST(test_faults_open_enospc) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    CHECK_OK(fx_fill(&f, 300));
+    const char *targets[] = {"MANIFEST", "CURRENT", ".log", ".sst", NULL};
+    for (int t = 0; t < 5; t++) {
+        kv_free(f.db);
+        f.db = NULL;
+        CHECK_OK(fx_fill(&f, 0));
+        kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, targets[t]);
+        int rc = kv_open(f.dir, &f.o, &f.db);
+        if (rc == KV_OK) {
+            /* nothing of that kind needed writing at open (no log to turn into a table) */
+            kv_fault_env_clear(f.env);
+            CHECK_MSG(fx_verify(&f), "%s", f.err);
+            CHECK_OK(fx_fill(&f, 100)); /* so that the next open has a log to replay */
+            continue;
+        }
+        f.db = NULL;
+        CHECK_MSG(rc == KV_ENOSPC, "kv_open with ENOSPC on %s: %s (%s)", targets[t] ? targets[t] : "all",
+                  kv_strerror(rc), kv_errmsg());
+        kv_fault_env_clear(f.env);
+        CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+        CHECK_MSG(fx_verify(&f), "after a failed open (%s): %s", targets[t] ? targets[t] : "all", f.err);
+        CHECK_MSG(fx_check(&f), "after a failed open (%s): %s", targets[t] ? targets[t] : "all", f.err);
+        CHECK_OK(fx_fill(&f, 100));
+    }
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+/* ---- random faults while writers run ------------------------------------------------------------------------------ */
+
+typedef struct rwriter {
+    fx *f;
+    pthread_mutex_t *mu; /* guards f's model and counters */
+    atomic_bool *stop;
+    uint64_t rs;
+    int acked, failed;
+    char err[300];
+} rwriter;
+
+/* Batches of three keys key<base..base+2>; acknowledged ones join the model, failed ones the uncertain list. */
+static void *rwriter_main(void *arg) {
+    rwriter *w = arg;
+    fx *f = w->f;
+    kv_batch *b;
+    if (kv_batch_new(&b)) return NULL;
+    while (!atomic_load(w->stop)) {
+        kv_batch_clear(b);
+        pthread_mutex_lock(w->mu);
+        int base = f->next;
+        f->next += 3;
+        pthread_mutex_unlock(w->mu);
+        char k[3][32], v[3][4000];
+        size_t n[3];
+        for (int x = 0; x < 3; x++) {
+            snprintf(k[x], sizeof k[x], "key%06d", base + x);
+            n[x] = fx_value(base + x, (base + x) % 6 == 1, v[x]);
+            kv_batch_put(b, k[x], strlen(k[x]), v[x], n[x]);
+        }
+        unsigned flags = t_rand(&w->rs) % 4 == 0 ? KV_SYNC : 0;
+        int rc = kv_write(f->db, b, flags, NULL);
+        pthread_mutex_lock(w->mu);
+        if (rc == KV_OK) {
+            w->acked++;
+            for (int x = 0; x < 3; x++) model_put(&f->m, k[x], strlen(k[x]), v[x], n[x]);
+        } else {
+            w->failed++;
+            if (rc != KV_EIO && rc != KV_ENOSPC && !w->err[0])
+                snprintf(w->err, sizeof w->err, "kv_write: %s (%s)", kv_strerror(rc), kv_errmsg());
+            if (f->nfbase == f->capfbase) {
+                f->capfbase = f->capfbase ? 2 * f->capfbase : 64;
+                f->fbase = realloc(f->fbase, (size_t)f->capfbase * sizeof *f->fbase);
+            }
+            f->fbase[f->nfbase++] = base;
+        }
+        pthread_mutex_unlock(w->mu);
+        if (rc != KV_OK) usleep(2000);
+    }
+    kv_batch_free(b);
+    return NULL;
+}
+
+TEST(test_faults_random) {
+    int rounds = getenv("KVFS_FAULT_ROUNDS") ? atoi(getenv("KVFS_FAULT_ROUNDS")) : 12;
+    uint64_t rs = t_seed() ^ 0x7a11;
+    const kv_fault_kind kinds[] = {KV_FAULT_WRITE_EIO, KV_FAULT_WRITE_SHORT, KV_FAULT_ENOSPC, KV_FAULT_SYNC_EIO,
+                                   KV_FAULT_READ_EIO};
+    const char *subs[] = {".log", ".sst", ".blob", "MANIFEST", NULL};
+    int acked = 0, failed = 0;
+    for (int round = 0; round < rounds && !t_failed(); round++) {
+        fx f;
+        CHECK_OK(fx_open(&f, true));
+        pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        atomic_bool stop = false;
+        rwriter ws[2];
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++) {
+            ws[i] = (rwriter){&f, &mu, &stop, t_rand(&rs), 0, 0, ""};
+            pthread_create(&th[i], NULL, rwriter_main, &ws[i]);
+        }
+        for (int phase = 0; phase < 3; phase++) {
+            usleep((useconds_t)(5000 + t_rand(&rs) % 20000));
+            kv_fault_kind kind = kinds[t_rand(&rs) % 5];
+            const char *sub = subs[t_rand(&rs) % 5];
+            kv_fault_env_arm(f.env, kind, t_rand(&rs) % 8, sub);
+            usleep((useconds_t)(2000 + t_rand(&rs) % 20000));
+            kv_fault_env_clear(f.env);
+        }
+        atomic_store(&stop, true);
+        for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+        for (int i = 0; i < 2; i++) {
+            CHECK_MSG(!ws[i].err[0], "round %d writer %d: %s", round, i, ws[i].err);
+            acked += ws[i].acked;
+            failed += ws[i].failed;
+        }
+        CHECK_MSG(fx_writes_recover(&f), "round %d: %s", round, f.err);
+        CHECK_MSG(fx_verify(&f), "round %d: %s", round, f.err);
+        CHECK_MSG(fx_check(&f), "round %d: %s", round, f.err);
+        CHECK_MSG(fx_reopen(&f), "round %d after reopen: %s", round, f.err);
+        fx_free(&f);
+    }
+    printf("# %d rounds: %d batches acknowledged, %d failed\n", rounds, acked, failed);
+}
+
+/* Streams and read-modify-write operations (write_at, move) under faults. */
+TEST(test_faults_stream_and_read_modify) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    CHECK_OK(fx_fill(&f, 200));
+    uint8_t piece[5000];
+    memset(piece, 's', sizeof piece);
+    /* a stream whose blob file fills up (at its creation, its header, or in its data) fails; if a later append
+     * succeeds, the value put must still be exactly what was appended successfully; a new stream works */
+    kv_stream *s;
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    uint8_t head[500];
+    memset(head, 'h', sizeof head);
+    for (int after = 0; after < 5; after++) {
+        char sk[32];
+        snprintf(sk, sizeof sk, "fail-stream%d", after);
+        CHECK_OK(kv_stream_new(f.db, &s));
+        CHECK_OK(kv_stream_append(s, head, sizeof head)); /* still inline */
+        kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, (uint64_t)after, ".blob");
+        int rc = KV_OK;
+        for (int i = 0; i < 40 && rc == KV_OK; i++) rc = kv_stream_append(s, piece, sizeof piece);
+        CHECK_MSG(rc == KV_ENOSPC, "kv_stream_append under ENOSPC: %s", kv_strerror(rc));
+        kv_fault_env_clear(f.env);
+        rc = kv_stream_append(s, piece, sizeof piece);
+        if (rc == KV_OK) {
+            kv_batch_clear(b);
+            CHECK_OK(kv_batch_put_stream(b, 0, sk, strlen(sk), s));
+            rc = kv_write(f.db, b, KV_SYNC, NULL);
+        }
+        if (rc == KV_OK) {
+            kv_buf v;
+            CHECK_OK(kv_get(f.db, NULL, sk, strlen(sk), &v));
+            bool ok = v.len == kv_stream_size(s) && v.len >= sizeof head && memcmp(v.data, head, sizeof head) == 0;
+            for (size_t i = sizeof head; ok && i < v.len; i++) ok = ((uint8_t *)v.data)[i] == 's';
+            kv_buf_free(&v);
+            CHECK_MSG(ok, "a stream that met a failure (after %d) stored a wrong value", after);
+        }
+        kv_stream_free(s);
+    }
+    CHECK_OK(kv_stream_new(f.db, &s));
+    for (int i = 0; i < 30; i++) CHECK_OK(kv_stream_append(s, piece, sizeof piece));
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put_stream(b, 0, "streamed", 8, s));
+    CHECK_OK(kv_write(f.db, b, KV_SYNC, NULL));
+    kv_stream_free(s);
+    kv_info info;
+    CHECK_OK(kv_stat(f.db, NULL, "streamed", 8, &info));
+    CHECK_EQ(info.size, 30 * sizeof piece);
+    {
+        uint8_t *all = malloc(30 * sizeof piece);
+        memset(all, 's', 30 * sizeof piece);
+        model_put(&f.m, "streamed", 8, all, 30 * sizeof piece);
+        free(all);
+    }
+    /* write_at and move read the current value: with reads failing they fail, and change nothing */
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    kv_free(f.db);
+    f.db = NULL;
+    CHECK_OK(kv_open(f.dir, &f.o, &f.db)); /* a cold cache */
+    const model_entry *e = &f.m.e[f.m.n / 2];
+    char key[64];
+    snprintf(key, sizeof key, "%.*s", (int)e->klen, (const char *)e->key);
+    kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, NULL);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_write_at(b, 0, key, strlen(key), 3, "XYZ", 3));
+    CHECK_OK(kv_batch_put(b, "fail-9999-a", 11, "x", 1));
+    CHECK_EQ(kv_write(f.db, b, 0, NULL), KV_EIO);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_move(b, 0, key, strlen(key), 0, "fail-9999-b", 11));
+    CHECK_EQ(kv_write(f.db, b, 0, NULL), KV_EIO);
+    kv_fault_env_clear(f.env);
+    CHECK_EQ(kv_contains(f.db, NULL, "fail-9999-a", 11), 0);
+    CHECK_EQ(kv_contains(f.db, NULL, "fail-9999-b", 11), 0);
+    CHECK_MSG(fx_verify(&f), "after failed read-modify-writes: %s", f.err);
+    /* and they work once reads do */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_move(b, 0, key, strlen(key), 0, "moved", 5));
+    CHECK_OK(kv_write(f.db, b, 0, NULL));
+    {
+        uint8_t *val = malloc(e->vlen ? e->vlen : 1);
+        memcpy(val, e->val, e->vlen);
+        size_t vl = e->vlen;
+        model_put(&f.m, "moved", 5, val, vl);
+        model_del(&f.m, key, strlen(key));
+        free(val);
+    }
+    kv_batch_free(b);
+    CHECK_MSG(fx_writes_recover(&f), "%s", f.err);
+    CHECK_MSG(fx_verify(&f), "%s", f.err);
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
