@@ -144,6 +144,8 @@ struct kv_db {
 
     /* write path */
     writer *writers_head, *writers_tail;
+    size_t nwriters;        /* writers queued, the leader included */
+    size_t last_sync_group; /* size of the last group that synced */
     wal_writer *log;
     uint64_t log_no;
     bool log_broken;        /* the last append failed: switch to a new log before the next */
@@ -182,7 +184,7 @@ struct kv_db {
 
     /* statistics */
     _Atomic uint64_t st_user_bytes, st_wal_bytes, st_flush_bytes, st_compact_bytes, st_compact_read,
-        st_blob_bytes, st_stall_us, st_flushes, st_compactions;
+        st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups;
 };
 
 /* db.c */

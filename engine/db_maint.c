@@ -507,6 +507,9 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
     s->stall_micros = atomic_load(&db->st_stall_us);
     s->flushes = atomic_load(&db->st_flushes);
     s->compactions = atomic_load(&db->st_compactions);
+    s->write_batches = atomic_load(&db->st_batches);
+    s->write_groups = atomic_load(&db->st_groups);
+    s->synced_groups = atomic_load(&db->st_sync_groups);
     s->last_sequence = atomic_load(&db->last_seq);
     uint64_t written = s->wal_bytes_written + s->flush_bytes_written + s->compaction_bytes_written + s->blob_bytes_written;
     s->write_amplification = s->user_bytes_written ? (double)written / (double)s->user_bytes_written : 0;

@@ -293,6 +293,8 @@ typedef struct kv_stats {
     double write_amplification;   /* (wal + flush + compaction + blob bytes) / user bytes */
     uint64_t stall_micros;        /* time writers spent slowed down or waiting for flush/compaction */
     uint64_t flushes, compactions;
+    uint64_t write_batches, write_groups; /* batches committed, and the log writes (groups) that carried them */
+    uint64_t synced_groups;       /* groups that ended in an fsync */
     uint64_t last_sequence;
     uint64_t batch_log_oldest, batch_log_newest; /* 0, 0 when the log is empty or off */
     uint64_t disk_bytes;          /* all files of the store */

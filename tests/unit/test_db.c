@@ -689,3 +689,33 @@ TEST(test_db_lost_current_is_not_a_new_store) {
     CHECK_EQ(kv_open(dir, NULL, &db), KV_ECORRUPT);
     CHECK(strstr(kv_errmsg(), "CURRENT is missing") != NULL);
 }
+
+static void *synced_writer(void *arg) {
+    worker *w = arg;
+    for (int i = 0; i < w->n; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "s%d-%05d", w->id, i);
+        if (kv_put(w->db, k, strlen(k), "v", 1, KV_SYNC)) w->errors++;
+    }
+    return NULL;
+}
+
+TEST(test_db_group_commit_shares_fsyncs) {
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), NULL, &db));
+    pthread_t th[8];
+    worker ws[8];
+    for (int i = 0; i < 8; i++) {
+        ws[i] = (worker){db, i, 150, 0};
+        pthread_create(&th[i], NULL, synced_writer, &ws[i]);
+    }
+    for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 8; i++) CHECK_EQ(ws[i].errors, 0);
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.write_batches, 8 * 150);
+    /* eight writers waiting on fsyncs: each fsync must carry several of them */
+    CHECK_MSG(st.synced_groups * 2 < st.write_batches, "%llu synced groups for %llu batches",
+              (unsigned long long)st.synced_groups, (unsigned long long)st.write_batches);
+    kv_free(db);
+}
