@@ -655,7 +655,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         /* rewrite: every newest value that touches f */
         kv_iter *uit = NULL;
         for (int ks = 0; ks < 256 && !rc; ks++) {
-            kv_read_opts ro = {NULL, (uint8_t)ks};
+            kv_read_opts ro = {.keyspace = (uint8_t)ks};
             rc = kv_iter_new(db, &ro, &uit);
             if (rc) break;
             for (kv_iter_seek_first(uit); !rc && kv_iter_valid(uit); kv_iter_next(uit)) {

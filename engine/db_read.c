@@ -178,7 +178,7 @@ static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
     return KV_OK;
 }
 
-static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out) {
+static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info) {
     int type;
     int64_t ts;
     uint64_t fseq;
@@ -186,9 +186,17 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
     out->data = NULL;
     out->len = 0;
     int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq);
+    if (rc == 1 && info) {
+        info->timestamp_ms = ts;
+        info->sequence = fseq;
+        info->external = type == KV_TYPE_BLOB;
+        info->size = payload.len;
+    }
     if (rc == 0) rc = KV_ENOTFOUND;
-    else if (rc == 1 && type == KV_TYPE_BLOB) rc = blob_value(db, &payload, out);
-    else if (rc == 1) {
+    else if (rc == 1 && type == KV_TYPE_BLOB) {
+        rc = blob_value(db, &payload, out);
+        if (!rc && info) info->size = out->len;
+    } else if (rc == 1) {
         out->data = payload.data;
         out->len = payload.len;
         payload.data = NULL;
@@ -201,7 +209,15 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
 int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out) {
     if (!out) return kv_set_error(KV_EINVAL, "kv_get: NULL out");
     if (!db_enter(db)) return KV_ECLOSED;
-    int rc = get_locked(db, ro, key, klen, out);
+    int rc = get_locked(db, ro, key, klen, out, NULL);
+    db_leave(db);
+    return rc;
+}
+
+int kv_get_with_info(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info) {
+    if (!out || !info) return kv_set_error(KV_EINVAL, "kv_get_with_info: NULL out or info");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int rc = get_locked(db, ro, key, klen, out, info);
     db_leave(db);
     return rc;
 }
@@ -222,10 +238,10 @@ int kv_get_many(kv_db *db, const kv_read_opts *ro, size_t n, const kv_slice *key
     if (n && (!keys || !vals || !status)) return kv_set_error(KV_EINVAL, "kv_get_many: NULL arrays");
     if (!db_enter(db)) return KV_ECLOSED;
     /* one sequence number for all, so the answers are consistent with each other */
-    kv_read_opts o = {NULL, ro ? ro->keyspace : 0};
+    kv_read_opts o = {.keyspace = ro ? ro->keyspace : 0};
     struct kv_snapshot snap = {.seq = db_snapshot_seq(db, ro)};
     o.snapshot = &snap;
-    for (size_t i = 0; i < n; i++) status[i] = get_locked(db, &o, keys[i].data, keys[i].len, &vals[i]);
+    for (size_t i = 0; i < n; i++) status[i] = get_locked(db, &o, keys[i].data, keys[i].len, &vals[i], NULL);
     db_leave(db);
     return KV_OK;
 }
@@ -370,7 +386,16 @@ struct kv_iter {
     kv_bytes loaded;  /* a blob value read in full */
     bool is_loaded;
     kv_bytes seekbuf;
+    kv_bytes lower, upper; /* bounds as ukeys (keyspace byte first); len 0 = none */
 };
+
+/* Is ukey (keyspace byte first) at or past the upper bound / below the lower bound? */
+static bool past_upper(const kv_iter *it, const uint8_t *uk, size_t ul) {
+    return it->upper.len && ukey_cmp(uk, ul, it->upper.data, it->upper.len) >= 0;
+}
+static bool before_lower(const kv_iter *it, const uint8_t *uk, size_t ul) {
+    return it->lower.len && ukey_cmp(uk, ul, it->lower.data, it->lower.len) < 0;
+}
 
 static void it_fail(kv_iter *it, int rc) {
     it->valid = false;
@@ -405,7 +430,7 @@ static void find_next(kv_iter *it, bool skipping, kv_bytes *skip) {
     while (in->valid(in)) {
         size_t kl;
         const uint8_t *k = in->key(in, &kl);
-        if (kl < 9 || k[0] != it->ks) break;
+        if (kl < 9 || k[0] != it->ks || past_upper(it, k, kl - 8)) break;
         if (ikey_seq(k, kl) <= it->seq) {
             int t = ikey_type(k, kl);
             if (skipping && ukey_cmp(k, kl - 8, skip->data, skip->len) <= 0) {
@@ -436,7 +461,7 @@ static void find_prev(kv_iter *it) {
     while (in->valid(in)) {
         size_t kl;
         const uint8_t *k = in->key(in, &kl);
-        if (kl < 9 || k[0] != it->ks) break;
+        if (kl < 9 || k[0] != it->ks || before_lower(it, k, kl - 8)) break;
         if (ikey_seq(k, kl) <= it->seq) {
             if (vtype != KV_TYPE_DELETE && ukey_cmp(k, kl - 8, it->key.data, it->key.len) < 0) break;
             vtype = ikey_type(k, kl);
@@ -476,6 +501,27 @@ int kv_iter_new(kv_db *db, const kv_read_opts *ro, kv_iter **out) {
     it->seq = db_snapshot_seq(db, ro);
     it->ks = ro ? ro->keyspace : 0;
     it->ctx = (iter_ctx){db, true};
+    if (ro && ((ro->lower_len && (!ro->lower_bound || ro->lower_len > KV_MAX_KEY)) ||
+               (ro->upper_len && (!ro->upper_bound || ro->upper_len > KV_MAX_KEY)))) {
+        free(it);
+        db_leave(db);
+        return kv_set_error(KV_EINVAL, "kv_iter_new: bad iteration bounds");
+    }
+    if (ro && ro->lower_len &&
+        (bytes_append(&it->lower, &it->ks, 1) || bytes_append(&it->lower, ro->lower_bound, ro->lower_len))) {
+        bytes_free(&it->lower);
+        free(it);
+        db_leave(db);
+        return KV_ENOMEM;
+    }
+    if (ro && ro->upper_len &&
+        (bytes_append(&it->upper, &it->ks, 1) || bytes_append(&it->upper, ro->upper_bound, ro->upper_len))) {
+        bytes_free(&it->lower);
+        bytes_free(&it->upper);
+        free(it);
+        db_leave(db);
+        return KV_ENOMEM;
+    }
     refs_take(db, &it->refs);
     it->in = build_internal_iter(db, &it->refs, &it->ctx);
     if (!it->in) {
@@ -498,6 +544,8 @@ void kv_iter_free(kv_iter *it) {
     bytes_free(&it->key);
     bytes_free(&it->val);
     bytes_free(&it->skip);
+    bytes_free(&it->lower);
+    bytes_free(&it->upper);
     bytes_free(&it->loaded);
     bytes_free(&it->seekbuf);
     free(it);
@@ -507,12 +555,18 @@ void kv_iter_free(kv_iter *it) {
 void kv_iter_seek_first(kv_iter *it) {
     it->reverse = false;
     uint8_t k = it->ks;
-    seek_ukey(it, &k, 1, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
+    if (it->lower.len) seek_ukey(it, it->lower.data, it->lower.len, it->seq, KV_TYPE_FOR_SEEK);
+    else seek_ukey(it, &k, 1, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
     find_next(it, false, &it->skip);
 }
 
 void kv_iter_seek_last(kv_iter *it) {
-    if (it->ks == 255) {
+    if (it->upper.len) {
+        /* everything before the (exclusive) upper bound */
+        seek_ukey(it, it->upper.data, it->upper.len, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
+        if (it->in->valid(it->in)) it->in->prev(it->in);
+        else it->in->seek_last(it->in);
+    } else if (it->ks == 255) {
         it->in->seek_last(it->in);
     } else {
         uint8_t k = (uint8_t)(it->ks + 1);
@@ -529,6 +583,10 @@ void kv_iter_seek(kv_iter *it, const void *key, size_t klen) {
     if (klen > KV_MAX_KEY) klen = KV_MAX_KEY;
     ub[0] = it->ks;
     if (klen) memcpy(ub + 1, key, klen);
+    if (before_lower(it, ub, klen + 1)) {
+        kv_iter_seek_first(it);
+        return;
+    }
     seek_ukey(it, ub, klen + 1, it->seq, KV_TYPE_FOR_SEEK);
     find_next(it, false, &it->skip);
 }
@@ -538,6 +596,10 @@ void kv_iter_seek_for_prev(kv_iter *it, const void *key, size_t klen) {
     if (klen > KV_MAX_KEY) klen = KV_MAX_KEY;
     ub[0] = it->ks;
     if (klen) memcpy(ub + 1, key, klen);
+    if (past_upper(it, ub, klen + 1)) {
+        kv_iter_seek_last(it);
+        return;
+    }
     /* the last possible entry of key: everything after it has a larger user key */
     seek_ukey(it, ub, klen + 1, 0, 0);
     if (it->in->valid(it->in)) it->in->prev(it->in);

@@ -102,10 +102,17 @@ void kv_buf_free(kv_buf *b);
 /* Write flags. */
 #define KV_SYNC 1u /* the call returns once the write is on disk (fsync); without it, once it is in the OS */
 
-/* Read options: which snapshot (NULL = latest) and which keyspace. Pass NULL for {latest, keyspace 0}. */
+/* Read options: which snapshot (NULL = latest) and which keyspace. Pass NULL for {latest, keyspace 0}.
+ * Iterators and scans can be bounded: they never visit a key below lower_bound (inclusive) or at or above
+ * upper_bound (exclusive); a length of 0 means no bound. Bounds also stop the iterator from stepping over deleted
+ * entries outside them, so a bounded scan costs what its range holds. Point lookups ignore bounds. */
 typedef struct kv_read_opts {
     const kv_snapshot *snapshot;
     uint8_t keyspace;
+    const void *lower_bound;
+    size_t lower_len;
+    const void *upper_bound;
+    size_t upper_len;
 } kv_read_opts;
 
 /* Open (or create) the store in directory dir. opts may be NULL for defaults. Takes an exclusive lock on the
@@ -119,10 +126,20 @@ int kv_close(kv_db *db);
 /* Free a handle. Closes it first if it is still open. No call may use it afterwards. */
 void kv_free(kv_db *db);
 
+/* Metadata of one entry without reading its value. */
+typedef struct kv_info {
+    uint64_t size;         /* value length in bytes */
+    int64_t timestamp_ms;  /* wall-clock time of the write, milliseconds since the epoch */
+    uint64_t sequence;     /* sequence number of the batch that wrote it */
+    bool external;         /* the value lives in a blob file */
+} kv_info;
+
 int kv_put(kv_db *db, const void *key, size_t klen, const void *val, uint64_t vlen, unsigned flags);
 int kv_delete(kv_db *db, const void *key, size_t klen, unsigned flags);
 /* KV_OK with the value in *out, or KV_ENOTFOUND. For values too large to hold, use kv_read_range(). */
 int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out);
+/* kv_get that also fills *info (size, write time, sequence) from the same lookup. */
+int kv_get_with_info(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info);
 /* 1 when present, 0 when absent, negative on error. */
 int kv_contains(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen);
 
@@ -134,13 +151,6 @@ typedef struct kv_slice {
  * Returns KV_OK unless the call itself failed. */
 int kv_get_many(kv_db *db, const kv_read_opts *ro, size_t n, const kv_slice *keys, kv_buf *vals, int *status);
 
-/* Metadata of one entry without reading its value. */
-typedef struct kv_info {
-    uint64_t size;         /* value length in bytes */
-    int64_t timestamp_ms;  /* wall-clock time of the write, milliseconds since the epoch */
-    uint64_t sequence;     /* sequence number of the batch that wrote it */
-    bool external;         /* the value lives in a blob file */
-} kv_info;
 int kv_stat(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_info *info);
 
 /* Read len bytes of a value from offset off into buf; *nread gets the count (short at the end of the value). */

@@ -70,11 +70,12 @@ static int kvs_write(store *s, const store_batch *b, bool sync) {
 }
 
 static int kvs_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf *out, store_info *info) {
-    kv_read_opts ro = {NULL, ks};
+    kv_read_opts ro = {.keyspace = ks};
     kv_buf v = {0};
+    kv_info ki;
     out->data = NULL;
     out->len = 0;
-    int rc = kv_get(DB(s), &ro, key, klen, &v);
+    int rc = kv_get_with_info(DB(s), &ro, key, klen, &v, &ki); /* value and write time from one lookup */
     if (rc) return errno_of(rc);
     if (v.len > SIZE_MAX) {
         kv_buf_free(&v);
@@ -83,22 +84,14 @@ static int kvs_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf
     out->data = v.data; /* kv_buf memory is malloc'ed: store_buf_free's free() releases it */
     out->len = (size_t)v.len;
     if (info) {
-        kv_info ki;
-        rc = kv_stat(DB(s), &ro, key, klen, &ki);
-        if (rc == KV_OK) {
-            info->size = ki.size;
-            info->write_ms = ki.timestamp_ms;
-        } else {
-            /* Overwritten or deleted between the two calls: report what was read. */
-            info->size = out->len;
-            info->write_ms = 0;
-        }
+        info->size = ki.size;
+        info->write_ms = ki.timestamp_ms;
     }
     return 0;
 }
 
 static int kvs_stat(store *s, uint8_t ks, const void *key, size_t klen, store_info *info) {
-    kv_read_opts ro = {NULL, ks};
+    kv_read_opts ro = {.keyspace = ks};
     kv_info ki;
     int rc = kv_stat(DB(s), &ro, key, klen, &ki);
     if (rc) return errno_of(rc);
@@ -109,7 +102,7 @@ static int kvs_stat(store *s, uint8_t ks, const void *key, size_t klen, store_in
 
 static int kvs_read(store *s, uint8_t ks, const void *key, size_t klen, uint64_t off, void *buf, size_t len,
                     size_t *nread) {
-    kv_read_opts ro = {NULL, ks};
+    kv_read_opts ro = {.keyspace = ks};
     *nread = 0;
     return errno_of(kv_read_range(DB(s), &ro, key, klen, off, buf, len, nread));
 }
@@ -122,7 +115,8 @@ static int keycmp(const void *a, size_t al, const void *b, size_t bl) {
 
 static int kvs_scan(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen,
                     uint64_t limit, bool forward, bool with_values, store_scan_fn cb, void *ctx) {
-    kv_read_opts ro = {NULL, ks};
+    /* the range [start, end) as iteration bounds: deleted entries outside it are never stepped over */
+    kv_read_opts ro = {.keyspace = ks, .lower_bound = start, .lower_len = slen, .upper_bound = end, .upper_len = elen};
     kv_iter *it;
     int rc = kv_iter_new(DB(s), &ro, &it);
     if (rc) return errno_of(rc);

@@ -128,7 +128,7 @@ int cmd_get(tool_ctx *c, const targs *a) {
     kv_snapshot *snap;
     int rc = kv_snapshot_new(c->db, &snap);
     if (rc) return tool_kv_error(c, rc, "get");
-    kv_read_opts ro = {snap, 0};
+    kv_read_opts ro = {.snapshot = snap};
     kv_info info;
     int status = TOOL_OK;
     rc = kv_stat(c->db, &ro, k->p, k->n, &info);
@@ -262,7 +262,6 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", kv_batch_count(b));
     }
     kv_batch_free(b);
-    (void)a;
     return status;
 }
 
@@ -399,7 +398,7 @@ int cmd_scan(tool_ctx *c, const targs *a) {
     kv_snapshot *snap;
     int rc = kv_snapshot_new(c->db, &snap);
     if (rc) return tool_kv_error(c, rc, "scan");
-    struct scan s = {c, a, {snap, 0}, 0};
+    struct scan s = {c, a, {.snapshot = snap}, 0};
     kv_iter *it;
     rc = kv_iter_new(c->db, &s.ro, &it);
     if (rc) {

@@ -123,7 +123,7 @@ TEST(test_db_batch_atomic_and_move) {
     kv_batch_clear(b);
     CHECK_OK(kv_batch_put_ks(b, 1, "z", 1, "meta", 4));
     CHECK_OK(kv_write(db, b, 0, NULL));
-    kv_read_opts ro = {NULL, 1};
+    kv_read_opts ro = {.keyspace = 1};
     kv_buf v;
     CHECK_OK(kv_get(db, &ro, "z", 1, &v));
     CHECK_MEM(v.data, v.len, "meta", 4);
@@ -514,7 +514,7 @@ static void run_model(int steps, bool background) {
             }
         } else if (op < 93) {
             if (snap) {
-                kv_read_opts ro = {snap, 0};
+                kv_read_opts ro = {.snapshot = snap};
                 int r = compare_all(db, &ro, &snap_model, &rs);
                 CHECK_MSG(r == 0, "step %d: snapshot view differs (%d)", step, r);
                 kv_snapshot_release(db, snap);
@@ -717,5 +717,50 @@ TEST(test_db_group_commit_shares_fsyncs) {
     /* eight writers waiting on fsyncs: each fsync must carry several of them */
     CHECK_MSG(st.synced_groups * 2 < st.write_batches, "%llu synced groups for %llu batches",
               (unsigned long long)st.synced_groups, (unsigned long long)st.write_batches);
+    kv_free(db);
+}
+
+TEST(test_db_iteration_bounds) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    char k[32];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), "v", 1, 0));
+    }
+    /* delete a long run: a bounded scan before it must not step over it */
+    for (int i = 500; i < 1900; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_delete(db, k, strlen(k), 0));
+    }
+    kv_read_opts ro = {.lower_bound = "k00100", .lower_len = 6, .upper_bound = "k00200", .upper_len = 6};
+    kv_iter *it;
+    CHECK_OK(kv_iter_new(db, &ro, &it));
+    int n = 0;
+    for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) n++;
+    CHECK_EQ(n, 100);
+    n = 0;
+    for (kv_iter_seek_last(it); kv_iter_valid(it); kv_iter_prev(it)) n++;
+    CHECK_EQ(n, 100);
+    kv_iter_seek(it, "a", 1); /* below the lower bound: the first key in range */
+    size_t kl;
+    const void *key = kv_iter_key(it, &kl);
+    CHECK_MEM(key, kl, "k00100", 6);
+    kv_iter_seek_for_prev(it, "z", 1); /* past the upper bound: the last key in range */
+    key = kv_iter_key(it, &kl);
+    CHECK_MEM(key, kl, "k00199", 6);
+    kv_iter_seek(it, "k00200", 6);
+    CHECK(!kv_iter_valid(it));
+    kv_iter_free(it);
+    /* the value and its info from one lookup */
+    kv_buf v;
+    kv_info info;
+    CHECK_OK(kv_get_with_info(db, NULL, "k00001", 6, &v, &info));
+    CHECK_EQ(info.size, 1);
+    CHECK(info.timestamp_ms > 0 && info.sequence == 2);
+    kv_buf_free(&v);
+    CHECK_EQ(kv_get_with_info(db, NULL, "k00600", 6, &v, &info), KV_ENOTFOUND);
     kv_free(db);
 }
