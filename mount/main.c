@@ -109,17 +109,17 @@ const tool_cmd tool_cmds[] = {
      "Shows a progress bar on a terminal.\n",
      2, 2, 0, 0, 0, STORE_WRITE, cmd_checkpoint},
     {"changes", "DATADIR [--since SEQ] [--follow] [--json]", "list the committed batches (the batch log)",
-     "For each batch: a line \"batch SEQ TIME\", then one line per operation: \"put KEY VALUE\" (text forms; a value\n"
-     "kept in a blob file is shown as \"put KEY <N bytes>\" instead) or \"del KEY\". Batches that touch only file\n"
+     "For each batch: a line \"batch SEQ TIME\" (UTC), then one line per operation: \"put KEY SIZE VALUE\" (text\n"
+     "forms; VALUE is left out when the value is kept in a blob file) or \"del KEY\". Batches that touch only file\n"
      "attributes (not keyspace 0) are not shown. Exit status 1 when a batch that should be shown was pruned.\n"
      "\nOptions:\n"
      "  --since SEQ  only batches committed after SEQ (default: all retained)\n"
      "  --follow     keep printing new batches until interrupted\n"
-     "  --json       a JSON array of {\"seq\", \"time_ms\", \"ops\"}; with --follow one object a line\n",
+     "  --json       a JSON array of {\"seq\", \"time_ms\", \"time\", \"ops\"}; with --follow one object a line\n",
      1, 1, 0, 0, OPT_SINCE | OPT_FOLLOW | OPT_JSON, STORE_READ, cmd_changes},
     {"prune", "DATADIR --before SEQ", "drop batches older than SEQ from the batch log", "",
      1, 1, 0, 0, OPT_BEFORE, STORE_WRITE, cmd_prune},
-    {"dump", "FILE", "print a readable listing of a WAL, SSTable, manifest or blob file",
+    {"dump", "FILE", "print a readable listing of a WAL, SSTable, manifest, batch log or blob file",
      "For debugging and support. Reads the file only; works on a mounted store too.\n",
      1, 1, 0, 0, 0, STORE_NONE, cmd_dump},
     {0},
@@ -181,8 +181,14 @@ static int parse_key(tool_ctx *c, const tool_cmd *cmd, const char *what, const c
     int rc = keyfmt_decode(text, strlen(text), true, &k->p, &k->n, &why, &where);
     if (rc == -2) return usage_err(c, cmd, "out of memory");
     if (rc < 0) return usage_err(c, cmd, "bad escape in %s '%s' at byte %zu: %s", what, text, where, why);
-    if (k->n == 0) return usage_err(c, cmd, "empty %s: keys are 1 to %u bytes", what, KV_MAX_KEY);
-    if (k->n > KV_MAX_KEY) return usage_err(c, cmd, "%s is %zu bytes, longer than %u", what, k->n, KV_MAX_KEY);
+    if (k->n == 0 || k->n > KV_MAX_KEY) {
+        size_t n = k->n;
+        free(k->p);
+        k->p = NULL;
+        k->n = 0;
+        if (n == 0) return usage_err(c, cmd, "empty %s: keys are 1 to %u bytes", what, KV_MAX_KEY);
+        return usage_err(c, cmd, "%s is %zu bytes, longer than %u", what, n, KV_MAX_KEY);
+    }
     return TOOL_OK;
 }
 
@@ -311,7 +317,7 @@ int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int
 
 /* ---- Direct runs ---------------------------------------------------------------------------------------------- */
 
-static volatile int interrupted;
+static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig) {
     if (interrupted) { /* second Ctrl-C: stop now (the write-ahead log keeps the store consistent) */

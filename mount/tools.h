@@ -13,6 +13,7 @@
 #ifndef KVFS_TOOLS_H
 #define KVFS_TOOLS_H
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -43,7 +44,7 @@ typedef struct tool_ctx {
     int in_fd;              /* the caller's stdin */
     tout out, err;          /* the caller's stdout and stderr */
     int cancel_fd;          /* daemon runs: the client connection; readable or hung up = cancelled. -1 otherwise */
-    volatile int *interrupted; /* direct runs: set by the SIGINT/SIGTERM handler. NULL otherwise */
+    volatile sig_atomic_t *interrupted; /* direct runs: set by the SIGINT/SIGTERM handler. NULL otherwise */
     bool progress;          /* stderr is a terminal: draw progress bars */
     bool remote;            /* running inside the mount daemon */
     bool stopped;           /* cancellation seen (sticky) */

@@ -175,7 +175,7 @@ put sp%20ace 1 x"
 
 @test "changes --follow prints new batches as they come, until interrupted" {
     kv put "$D" a 1
-    timeout 30 "$KVFS" changes "$D" --since 1 --follow > "$T/follow" 2>"$T/follow.err" &
+    timeout 30 "$KVFS" changes "$D" --since 1 --follow > "$T/follow" 2>"$T/follow.err" 3>&- &
     pid=$!
     sleep 0.5
     kv put "$D" b 2
@@ -195,7 +195,7 @@ put sp%20ace 1 x"
 
 @test "changes --follow --json prints one JSON object a line" {
     kv put "$D" a 1
-    timeout 30 "$KVFS" changes "$D" --follow --json > "$T/follow" &
+    timeout 30 "$KVFS" changes "$D" --follow --json > "$T/follow" 3>&- &
     pid=$!
     sleep 0.3
     kv put "$D" b 2

@@ -269,7 +269,7 @@ teardown() { tools_teardown; }
     kv put "$D" a 1
     # a put reading a pipe holds the store open (and locked) until its input ends
     mkfifo "$T/fifo"
-    timeout 30 "$KVFS" put "$D" held < "$T/fifo" &
+    timeout 30 "$KVFS" put "$D" held < "$T/fifo" 3>&- &
     holder=$!
     exec 7>"$T/fifo"
     sleep 0.3
@@ -287,7 +287,7 @@ teardown() { tools_teardown; }
 
 @test "tools wait for each other: concurrent writers all succeed" {
     kv put "$D" init 0
-    for i in $(seq 1 8); do kv put "$D" "k$i" "$i" & done
+    for i in $(seq 1 8); do kv put "$D" "k$i" "$i" 3>&- & done
     wait
     [ "$(kv scan "$D" --prefix k --keys-only | wc -l)" -eq 8 ]
 }
@@ -295,7 +295,7 @@ teardown() { tools_teardown; }
 @test "Ctrl-C while put reads stdin writes nothing and leaves the store usable" {
     kv put "$D" a 1
     mkfifo "$T/fifo"
-    timeout 20 "$KVFS" put "$D" partial < "$T/fifo" &
+    timeout 20 "$KVFS" put "$D" partial < "$T/fifo" 3>&- &
     pid=$!
     exec 7>"$T/fifo"
     printf 'some bytes' >&7
@@ -312,7 +312,7 @@ teardown() { tools_teardown; }
 
 @test "Ctrl-C while batch reads stdin applies nothing" {
     mkfifo "$T/fifo"
-    timeout 20 "$KVFS" batch "$D" < "$T/fifo" &
+    timeout 20 "$KVFS" batch "$D" < "$T/fifo" 3>&- &
     pid=$!
     exec 7>"$T/fifo"
     printf 'put x 1\nput y 2\n' >&7

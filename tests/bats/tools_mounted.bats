@@ -93,7 +93,7 @@ teardown() { tools_teardown; }
     mount_store "$D" "$M"
     kv put "$D" start 0
     seq=$(kv stats "$D" --json | json_get 'd["last_sequence"]')
-    timeout 30 "$KVFS" changes "$D" --since "$seq" --follow > "$T/follow" &
+    timeout 30 "$KVFS" changes "$D" --since "$seq" --follow > "$T/follow" 3>&- &
     pid=$!
     sleep 0.3
     echo hello > "$M/greeting"

@@ -1,0 +1,233 @@
+#!/usr/bin/env bats
+# tools_socket.bats — the tools on a store held open by a daemon, through its control socket. The daemon here is
+# `kvfs serve` (the socket without FUSE), so this runs on machines without FUSE too; tools_mounted.bats does the
+# same through a real `kvfs mount`.
+
+load helpers.bash-tools
+
+setup() {
+    tools_setup
+    SERVE_PID=""
+}
+
+teardown() {
+    stop_serve
+    tools_teardown
+}
+
+# Start `kvfs serve` in the background. SERVE_PID is the kvfs process itself (not a wrapper), so that tests can
+# signal it; fd 3 is closed so that bats never waits for it.
+start_serve() {
+    mkdir -p "$D"
+    "$KVFS" serve "$D" 2>"$T/serve.err" 3>&- &
+    SERVE_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        [ -S "$D/kvfs.sock" ] && return 0
+        kill -0 "$SERVE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$T/serve.err" >&2
+    return 1
+}
+
+# Stop it with SIGINT, as a user would; kill it if it has not ended 10 seconds later.
+stop_serve() {
+    [ -n "$SERVE_PID" ] || return 0
+    kill -INT "$SERVE_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 200); do
+        kill -0 "$SERVE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -9 "$SERVE_PID" 2>/dev/null || true
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+}
+
+@test "the socket is owner-only and removed when the daemon stops" {
+    kv put "$D" a 1
+    start_serve
+    [ "$(stat -c %a "$D/kvfs.sock")" = 600 ]
+    [ "$(stat -c %u "$D/kvfs.sock")" = "$(id -u)" ]
+    [ "$(kv get "$D" a)" = 1 ]
+    stop_serve
+    [ ! -e "$D/kvfs.sock" ]
+    [ ! -s "$T/serve.err" ]
+}
+
+@test "every command gives the same output through the daemon as directly" {
+    printf 'put a 1\nput b%%0A two\nput c/d 3\nput c/e 4\n' | kv batch "$D"
+    head -c 100000 /dev/urandom > "$T/blob"
+    kv put "$D" blob < "$T/blob"
+    cmds=(
+        "get|$D|c/d"
+        "get|$D|blob"
+        "scan|$D"
+        "scan|$D|--json"
+        "scan|$D|--prefix|c/|--reverse"
+        "scan|$D|--start|b|--end|c/d|--keys-only"
+        "resolve|$D|c/e"
+        "short|$D|c/d"
+        "changes|$D"
+        "changes|$D|--since|2|--json"
+        "check|$D"
+        "get|$D|missing"
+        "resolve|$D|c"
+    )
+    run_all() { # OUTDIR
+        local i=0 c
+        mkdir -p "$1"
+        for c in "${cmds[@]}"; do
+            IFS='|' read -r -a argv <<<"$c"
+            kv "${argv[@]}" > "$1/$i.out" 2> "$1/$i.err" && echo 0 > "$1/$i.rc" || echo $? > "$1/$i.rc"
+            i=$((i + 1))
+        done
+    }
+    start_serve
+    run_all "$T/remote"
+    # the daemon really served them: the store stayed locked by it all along
+    [ -S "$D/kvfs.sock" ]
+    stop_serve
+    run_all "$T/direct"
+    diff -r "$T/remote" "$T/direct"
+    [ "$(cat "$T/direct/11.rc")" = 1 ]
+}
+
+@test "writes through the daemon: put (argument, stdin, large), del, batch, compact, checkpoint, prune" {
+    kv put "$D" seed 0
+    start_serve
+    kv put "$D" a 1
+    printf 'piped' | kv put "$D" p
+    head -c $((3 * 1024 * 1024 + 5)) /dev/urandom > "$T/big"
+    kv put "$D" big < "$T/big"
+    printf 'put x 1\nput y 2\ndel a\n' | kv batch "$D"
+    kv del "$D" y
+    kv compact "$D"
+    # a relative DEST is relative to the client's directory, not the daemon's
+    (cd "$T" && kv checkpoint "$D" cp)
+    [ -f "$T/cp/CURRENT" ]
+    kv prune "$D" --before 3
+    [ "$(kv get "$D" p)" = piped ]
+    kv get "$D" big | cmp - "$T/big"
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "big p seed x " ]
+    run --separate-stderr kv changes "$D" --since 1
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"oldest retained is 3" ]]
+    stop_serve
+    [ "$(kv scan "$T/cp" --keys-only | tr '\n' ' ')" = "big p seed x " ]
+    kv get "$D" big | cmp - "$T/big"
+}
+
+@test "a data directory whose socket path is too long for sun_path still works" {
+    D="$T/$(printf 'x%.0s' $(seq 1 60))/$(printf 'y%.0s' $(seq 1 60))/data"
+    mkdir -p "$(dirname "$D")"
+    kv put "$D" a 1
+    start_serve
+    [ "${#D}" -gt 108 ]
+    [ "$(kv get "$D" a)" = 1 ]
+    kv put "$D" b 2
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "a b " ]
+}
+
+@test "usage errors are found by the client, with status 2, before reaching the daemon" {
+    kv put "$D" a 1
+    start_serve
+    run --separate-stderr kv scan "$D" --frob
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: scan: unknown option '--frob'"* ]]
+    run --separate-stderr kv get "$D" 'x%4'
+    [ "$status" -eq 2 ]
+}
+
+@test "changes --follow through the daemon; interrupting the client stops it in the daemon" {
+    kv put "$D" a 1
+    start_serve
+    timeout 30 "$KVFS" changes "$D" --since 1 --follow > "$T/follow" 3>&- &
+    pid=$!
+    sleep 0.3
+    kv put "$D" b 2
+    for i in $(seq 1 100); do
+        grep -q '^put b' "$T/follow" && break
+        sleep 0.1
+    done
+    kill -INT "$pid"
+    wait "$pid" || true
+    [ "$(sed -E 's/^(batch [0-9]+) .*/\1/' "$T/follow")" = "$(printf 'batch 2\nput b 1 2')" ]
+    # the daemon is still healthy, and stops promptly (no command left running in it)
+    [ "$(kv get "$D" b)" = 2 ]
+    SECONDS=0
+    stop_serve
+    [ "$SECONDS" -le 3 ]
+}
+
+@test "interrupting a put that streams stdin through the daemon writes nothing" {
+    kv put "$D" a 1
+    start_serve
+    mkfifo "$T/fifo"
+    timeout 20 "$KVFS" put "$D" partial < "$T/fifo" 3>&- &
+    pid=$!
+    exec 7>"$T/fifo"
+    head -c 100000 /dev/zero >&7
+    sleep 0.3
+    kill -INT "$pid"
+    wait "$pid" || true
+    sleep 0.3
+    exec 7>&-
+    run kv get "$D" partial
+    [ "$status" -eq 1 ]
+    [ "$(kv get "$D" a)" = 1 ]
+}
+
+@test "a reader that goes away (scan | head) ends the command in the daemon" {
+    seq 1 100000 | sed 's/^/put k/; s/$/ v/' | kv batch "$D"
+    start_serve
+    run bash -c "'$KVFS' scan '$D' --keys-only | head -n 2"
+    [ "$status" -eq 0 ]
+    [ "$output" = "$(printf 'k1\nk10')" ]
+    [ "$(kv get "$D" k5)" = v ]
+    SECONDS=0
+    stop_serve
+    [ "$SECONDS" -le 3 ]
+}
+
+@test "a stale socket (daemon killed) does not get in the way, and is replaced by the next daemon" {
+    kv put "$D" a 1
+    start_serve
+    kill -9 "$SERVE_PID"
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+    [ -S "$D/kvfs.sock" ]
+    # the lock died with the daemon: tools open the store directly
+    [ "$(kv get "$D" a)" = 1 ]
+    start_serve
+    [ "$(kv get "$D" a)" = 1 ]
+}
+
+@test "a second daemon on the same store is refused; a non-socket kvfs.sock is never removed" {
+    kv put "$D" a 1
+    start_serve
+    run --separate-stderr timeout 10 "$KVFS" serve "$D"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $D: cannot open the store: "* ]]
+    stop_serve
+    echo precious > "$D/kvfs.sock"
+    run --separate-stderr timeout 10 "$KVFS" serve "$D"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $D: $D/kvfs.sock exists and is not a socket" ]]
+    [ "$(cat "$D/kvfs.sock")" = precious ]
+}
+
+@test "the daemon refuses clients of another user (SO_PEERCRED)" {
+    [ "$(id -u)" -eq 0 ] || skip "needs root to run a client as another user"
+    command -v setpriv >/dev/null || skip "setpriv is not installed"
+    kv put "$D" secret s3cret
+    start_serve
+    # open the way so that only the credential check stands between the other user and the store
+    chmod 0755 "$T" "$D"
+    chmod 0666 "$D/kvfs.sock" "$D/LOCK"
+    run --separate-stderr timeout 20 setpriv --reuid=65534 --regid=65534 --clear-groups env KVFS_LOCK_WAIT=0 "$KVFS" get "$D" secret
+    [ "$status" -eq 1 ]
+    [ "$output" = "" ]
+    [ "$stderr" = "kvfs: $D: the mount daemon refused the request (it runs as another user)" ]
+}
