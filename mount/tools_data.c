@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "keyfmt.h"
+#include "fs.h"
 #include "tools.h"
 
 #define CHUNK (1u << 20)            /* piece size for large values */
@@ -22,6 +23,12 @@
 
 static unsigned write_flags(const targs *a) { return (a->seen & OPT_SYNC) ? KV_SYNC : 0; }
 
+/* Inside the mount daemon, a key changed behind the kernel's back: drop what the kernel and the filesystem cache
+ * of its file (the mount keeps attributes and pages for a day, safe only while it is the only writer). */
+static void changed(const tool_ctx *c, const void *key, size_t klen) {
+    if (c->remote) kvfs_notify_key_changed(key, klen);
+}
+
 /* ---- put ------------------------------------------------------------------------------------------------------ */
 
 int cmd_put(tool_ctx *c, const targs *a) {
@@ -29,6 +36,7 @@ int cmd_put(tool_ctx *c, const targs *a) {
     int rc;
     if (a->npos == 3 && strcmp(a->pos[2], "-") != 0) {
         rc = kv_put(c->db, k->p, k->n, a->pos[2], strlen(a->pos[2]), write_flags(a));
+        if (rc == KV_OK) changed(c, k->p, k->n);
         return rc ? tool_kv_error(c, rc, "put %s", tool_keystr(c, k->p, k->n)) : TOOL_OK;
     }
     /* From stdin: a value that fits in the first chunk is put in one call; a larger one is streamed. */
@@ -66,6 +74,7 @@ int cmd_put(tool_ctx *c, const targs *a) {
         rc = kv_write(c->db, b, write_flags(a), NULL);
     }
     if (rc) status = tool_kv_error(c, rc, "put %s", tool_keystr(c, k->p, k->n));
+    else changed(c, k->p, k->n);
 out:
     kv_batch_free(b);
     kv_stream_free(s);
@@ -157,6 +166,8 @@ int cmd_del(tool_ctx *c, const targs *a) {
     for (int i = 0; rc == KV_OK && i < a->nkeys; i++) rc = kv_batch_delete(b, a->keys[i].p, a->keys[i].n);
     if (rc == KV_OK) rc = kv_write(c->db, b, write_flags(a), NULL);
     kv_batch_free(b);
+    if (rc == KV_OK)
+        for (int i = 0; i < a->nkeys; i++) changed(c, a->keys[i].p, a->keys[i].n);
     return rc ? tool_kv_error(c, rc, "del") : TOOL_OK;
 }
 
@@ -210,6 +221,9 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         return tool_kv_error(c, rc, "batch");
     }
     size_t lineno = 0;
+    /* inside the daemon: the keys written, to tell the mount once the batch is committed */
+    struct changed_key { uint8_t *p; size_t n; } *keys = NULL;
+    size_t nkeys = 0, capkeys = 0;
     for (char *p = in; p < in + inlen && status == TOOL_OK;) {
         char *eol = memchr(p, '\n', (size_t)(in + inlen - p));
         if (!eol) eol = in + inlen;
@@ -253,6 +267,18 @@ int cmd_batch(tool_ctx *c, const targs *a) {
             if (status == TOOL_OK) rc = kv_batch_put(b, k, kn, v, vn);
         }
         if (status == TOOL_OK && rc) status = tool_kv_error(c, rc, "batch: line %zu", lineno);
+        if (status == TOOL_OK && c->remote && k) {
+            if (nkeys == capkeys) {
+                size_t cap = capkeys ? capkeys * 2 : 16;
+                struct changed_key *nk = realloc(keys, cap * sizeof *nk);
+                if (!nk) status = tool_error(c, "out of memory");
+                else keys = nk, capkeys = cap;
+            }
+            if (status == TOOL_OK) {
+                keys[nkeys++] = (struct changed_key){k, kn};
+                k = NULL; /* kept for the notification */
+            }
+        }
         free(k);
         free(v);
     }
@@ -260,7 +286,11 @@ int cmd_batch(tool_ctx *c, const targs *a) {
     if (status == TOOL_OK && !tool_cancelled(c) && kv_batch_count(b) > 0) {
         rc = kv_write(c->db, b, write_flags(a), NULL);
         if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", kv_batch_count(b));
+        else
+            for (size_t i = 0; i < nkeys; i++) changed(c, keys[i].p, keys[i].n);
     }
+    for (size_t i = 0; i < nkeys; i++) free(keys[i].p);
+    free(keys);
     kv_batch_free(b);
     return status;
 }

@@ -138,3 +138,20 @@ teardown() { tools_teardown; }
     [ "$(readlink "$T/newmnt/docs/link")" = one ]
     [ "$(kv get "$T/newdata" docs/deep/two)" = two ]
 }
+
+@test "mounted: a file the kernel has cached shows what kvfs put, del and batch wrote behind it" {
+    mount_store "$D" "$M"
+    echo old > "$M/f"
+    mkdir -p "$M/dir"
+    echo first > "$M/dir/g"
+    [ "$(cat "$M/f")" = old ]          # now in the kernel's page and attribute caches
+    [ "$(stat -c %s "$M/dir/g")" = 6 ]
+    kv put "$D" f "new content"
+    [ "$(cat "$M/f")" = "new content" ]
+    [ "$(stat -c %s "$M/f")" = 11 ]
+    printf 'put dir/g second-version\nput dir/h 1\n' | kv batch "$D"
+    [ "$(cat "$M/dir/g")" = second-version ]
+    [ "$(ls "$M/dir" | tr '\n' ' ')" = "g h " ]
+    kv del "$D" f
+    [ ! -e "$M/f" ]
+}
