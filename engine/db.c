@@ -163,7 +163,8 @@ void db_delete_obsolete_files(kv_db *db) {
         if (parse_file_name(names[i], &no, &ext)) {
             if (strcmp(ext, "log") == 0) remove = no < db->vs->log_number && no != db->log_no;
             else if (strcmp(ext, "sst") == 0 || strcmp(ext, "blob") == 0)
-                remove = no < db->vs->next_file && !is_pending(db, no) && !vset_file_is_live(db->vs, no);
+                remove = no < db->vs->next_file && !is_pending(db, no) && !db->vs->deletions_unsafe &&
+                         !vset_file_is_live(db->vs, no);
             if (remove && strcmp(ext, "sst") == 0) table_cache_evict(db->tables, no);
             if (remove && strcmp(ext, "blob") == 0) blob_store_forget(db->blobs, no);
         } else if (strncmp(names[i], "MANIFEST-", 9) == 0) {
@@ -730,6 +731,9 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             log_rc = wal_append_records(db->log, parts, lens, nrec);
             if (log_rc) {
                 for (size_t i = 0; i < nrec; i++) members[i]->status = log_rc;
+                /* If the log could not be cut back, these records may stay in it and come back at recovery:
+                 * never hand their sequence numbers to other batches. */
+                if (wal_writer_broken(db->log)) next_seq += nrec;
                 nrec = 0;
             } else {
                 atomic_fetch_add(&db->st_groups, 1);

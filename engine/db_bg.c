@@ -99,11 +99,8 @@ int db_flush_one(kv_db *db) {
     }
     sst_props_free(&props);
     pending_remove(db, no);
-    if (rc) {
-        char path2[4096];
-        file_name(path2, sizeof path2, db->dir, no, "sst");
-        db->env->remove(db->env, path2);
-    }
+    /* a table that failed is removed by the sweep below, which spares it while a failed manifest write may still
+     * name it (deletions_unsafe) */
     db_delete_obsolete_files(db);
     pthread_cond_broadcast(&db->bg_cv);
     return rc;

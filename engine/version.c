@@ -509,6 +509,7 @@ int vset_write_snapshot(version_set *vs) {
     if (vs->manifest) wal_writer_close(vs->manifest);
     vs->manifest = w;
     vs->manifest_no = no;
+    vs->deletions_unsafe = false; /* CURRENT names a manifest that lists exactly the current version */
     return KV_OK;
 }
 
@@ -540,11 +541,14 @@ int vset_log_and_apply(version_set *vs, version_edit *e) {
     if (!rc) rc = wal_sync(vs->manifest);
     bytes_free(&rec);
     if (rc) {
-        /* The manifest may now end in a partial record: start a fresh one on the next change rather than append
-         * after garbage. Writing the snapshot may fail too (the disk is full); then the next call tries again. */
+        /* The manifest may now end in a partial record, or hold this edit whole with only its fsync failed: start a
+         * fresh one rather than append after it. Until a fresh manifest is in place, the live manifest may name
+         * files of this edit, so no table or blob file may be deleted (deletions_unsafe). Writing the snapshot may
+         * fail too (the disk is full); then the next call tries again. */
         version_destroy(v);
         wal_writer_close(vs->manifest);
         vs->manifest = NULL;
+        vs->deletions_unsafe = true;
         int rc2 = vset_write_snapshot(vs);
         (void)rc2;
         return rc;

@@ -95,6 +95,8 @@ typedef struct version_set {
     uint64_t batchlog_floor;  /* batches below this sequence were pruned */
     uint64_t manifest_no;
     struct wal_writer *manifest;
+    bool deletions_unsafe;    /* a manifest write failed and no fresh manifest replaced it yet: the live manifest
+                                 may list files the current version does not, so none may be deleted */
     kv_bytes compact_pointer[KV_MAX_LEVELS_INTERNAL];
     uint64_t level1_bytes;
     int level_multiplier, l0_trigger;

@@ -181,6 +181,8 @@ int wal_sync(wal_writer *w) { return w->env->sync(w->env, w->file); }
 
 uint64_t wal_writer_size(const wal_writer *w) { return w->size; }
 
+bool wal_writer_broken(const wal_writer *w) { return w->broken; }
+
 int wal_writer_close(wal_writer *w) {
     if (!w) return KV_OK;
     int rc = w->env->close(w->env, w->file);

@@ -37,6 +37,8 @@ int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, siz
 int wal_append_records(wal_writer *w, const void *const *payloads, const size_t *lens, size_t n);
 int wal_sync(wal_writer *w);
 uint64_t wal_writer_size(const wal_writer *w); /* bytes appended, including headers */
+/* An append failed and the file could not be cut back: it may end in records (or part of one) that failed. */
+bool wal_writer_broken(const wal_writer *w);
 int wal_writer_close(wal_writer *w);           /* frees w; does not sync */
 
 typedef struct wal_reader wal_reader;
