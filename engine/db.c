@@ -571,6 +571,13 @@ static int make_room(kv_db *db, bool force) {
     bool allow_delay = !force;
     for (;;) {
         if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
+        if (!db->opt.background_threads && db->vs->current->score >= 1) {
+            /* no compaction thread: compact here whenever it is due (level-0 files also come from recovery) */
+            bool did = true;
+            int rc = KV_OK;
+            while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+            if (rc) return rc;
+        }
         if (allow_delay && l0_files(db) >= db->opt.l0_slowdown_trigger) {
             /* spread the slowdown over many writes rather than stopping one for seconds */
             uint64_t t = db_now_us();

@@ -25,6 +25,12 @@ tally() { # file exit_code label
     failed=$((failed + f))
 }
 
+# Unit tests need no real disk (power loss is simulated by the fault environment): tmpfs spares them fsync waits.
+unit_tmp=${TMPDIR:-/tmp}
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    unit_tmp=/dev/shm
+fi
+
 if [ -z "${KVFS_SKIP_UNIT:-}" ]; then
     for t in build-san/tests/test_*; do
         [ -x "$t" ] || continue
@@ -32,12 +38,28 @@ if [ -z "${KVFS_SKIP_UNIT:-}" ]; then
         name=$(basename "$t")
         echo "=== unit: $name"
         out="$log/$name.out"
-        "$t" > "$out" 2>&1
+        TMPDIR=$unit_tmp "$t" > "$out" 2>&1
         rc=$?
         grep -vE '^ok ' "$out" | head -n 200
         tally "$out" "$rc" "$name"
         echo "    $(grep -cE '^ok ' "$out") ok, $(grep -cE '^not ok ' "$out") not ok"
     done
+fi
+
+# The randomized model test at full length: millions of operations against the reference map, on the optimized
+# build (the sanitizer run above does a shorter one). KVFS_LONG_MODEL_STEPS=0 skips it.
+long_steps=${KVFS_LONG_MODEL_STEPS:-1000000}
+if [ -z "${KVFS_SKIP_UNIT:-}" ] && [ "$long_steps" != 0 ] && [ -x build/tests/test_db ]; then
+    case "test_db_model" in *"$filter"*)
+        echo "=== unit: test_db model, $long_steps steps per mode (optimized build)"
+        out="$log/model-long.out"
+        TMPDIR=$unit_tmp KVFS_MODEL_STEPS=$long_steps build/tests/test_db model > "$out" 2>&1
+        rc=$?
+        grep -vE '^ok ' "$out" | head -n 50
+        tally "$out" "$rc" "test_db model (long)"
+        echo "    $(grep -cE '^ok ' "$out") ok, $(grep -cE '^not ok ' "$out") not ok"
+        ;;
+    esac
 fi
 
 if [ -z "${KVFS_SKIP_BATS:-}" ]; then
