@@ -550,10 +550,7 @@ static int l0_files(kv_db *db) { return (int)db->vs->current->nfiles[0]; }
  * them). kv_sync and synced writes sync only the current log, so records left unsynced in an older log were lost by
  * a power failure even after a later kv_sync returned OK. Caller holds mu and is the leader; mu is released for the
  * fsyncs (lock order: blob_mu before mu), and no record is appended meanwhile since the leader owns the queue. */
-static int sync_log_before_switch(kv_db *db) {
-    if (!db->log) return KV_OK;
-    wal_writer *old = db->log;
-    pthread_mutex_unlock(&db->mu);
+int db_sync_blob_file(kv_db *db) {
     int rc = KV_OK;
     pthread_mutex_lock(&db->blob_mu);
     if (db->blob_w && db->blob_dirty) {
@@ -561,6 +558,14 @@ static int sync_log_before_switch(kv_db *db) {
         if (!rc) db->blob_dirty = false;
     }
     pthread_mutex_unlock(&db->blob_mu);
+    return rc;
+}
+
+static int sync_log_before_switch(kv_db *db) {
+    if (!db->log) return KV_OK;
+    wal_writer *old = db->log;
+    pthread_mutex_unlock(&db->mu);
+    int rc = db_sync_blob_file(db);
     if (!rc) rc = wal_sync(old);
     pthread_mutex_lock(&db->mu);
     return rc;
@@ -755,12 +760,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         }
         int sync_rc = KV_OK;
         if (sync && nrec) {
-            pthread_mutex_lock(&db->blob_mu);
-            if (db->blob_w && db->blob_dirty) {
-                sync_rc = blob_writer_sync(db->blob_w);
-                if (!sync_rc) db->blob_dirty = false;
-            }
-            pthread_mutex_unlock(&db->blob_mu);
+            sync_rc = db_sync_blob_file(db);
             if (!sync_rc) sync_rc = wal_sync(db->log);
         }
         for (size_t i = 0; i < nrec; i++) {
@@ -868,12 +868,7 @@ int kv_sync(kv_db *db) {
         usleep(50);
         pthread_mutex_lock(&db->mu);
     }
-    pthread_mutex_lock(&db->blob_mu);
-    if (db->blob_w) {
-        rc = blob_writer_sync(db->blob_w);
-        if (!rc) db->blob_dirty = false;
-    }
-    pthread_mutex_unlock(&db->blob_mu);
+    rc = db_sync_blob_file(db);
     if (!rc && db->log) rc = wal_sync(db->log);
     if (!rc && db->blog) rc = batchlog_sync(db->blog);
     pthread_mutex_unlock(&db->mu);

@@ -38,13 +38,7 @@ int db_flush_one(kv_db *db) {
     db->flush_running = true;
     pthread_mutex_unlock(&db->mu);
 
-    int rc = KV_OK;
-    pthread_mutex_lock(&db->blob_mu);
-    if (db->blob_w && db->blob_dirty) {
-        rc = blob_writer_sync(db->blob_w);
-        if (!rc) db->blob_dirty = false;
-    }
-    pthread_mutex_unlock(&db->blob_mu);
+    int rc = db_sync_blob_file(db);
     if (!rc && db->blog) rc = batchlog_sync(db->blog);
 
     char path[4096];

@@ -193,6 +193,9 @@ void db_leave(kv_db *db);
 void db_unpin(kv_db *db);
 /* b == NULL: switch the memtable (if it holds anything) instead of writing. */
 int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
+/* fsync the shared blob file if it holds unsynced bytes. Takes blob_mu, which a leader holds while it takes mu:
+ * call it without mu, or (kv_sync) with mu only when no leader is active. */
+int db_sync_blob_file(kv_db *db);
 /* Switch the memtable and wait until every immutable memtable is flushed. */
 int db_flush_memtable(kv_db *db);
 void db_delete_obsolete_files(kv_db *db); /* caller holds mu */

@@ -97,6 +97,23 @@ int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_wri
     return KV_OK;
 }
 
+/* Append the framed records in w->rec with one append call. On failure the file may end in part of them: cut it
+ * back so the log stays a clean sequence of records (and if that fails too, refuse further appends). */
+static int append_framed(wal_writer *w) {
+    size_t at = w->rec.len;
+    int rc = w->env->append(w->env, w->file, w->rec.data, at);
+    if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec); /* do not pin the memory of one huge record */
+    if (rc == KV_OK) {
+        w->size += at;
+        return KV_OK;
+    }
+    /* Keep the append's message, which says what really went wrong. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
+    return kv_set_error(rc, "%s", msg);
+}
+
 int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, size_t nparts) {
     if (w->broken)
         return kv_set_error(KV_EIO, "wal %s: not writable after an earlier append failed and could not be undone",
@@ -121,19 +138,7 @@ int wal_appendv(wal_writer *w, const void *const *parts, const size_t *lens, siz
     /* The length field and the payload are contiguous here, so one pass covers kv_checksum2(length, payload). */
     put_fixed32(p, kv_checksum(p + 4, 4 + total));
     w->rec.len = at;
-
-    int rc = w->env->append(w->env, w->file, p, at);
-    if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec); /* do not pin the memory of one huge record */
-    if (rc == KV_OK) {
-        w->size += at;
-        return KV_OK;
-    }
-    /* The file may now end in part of this record: cut it back so the log stays a clean sequence of records.
-     * Keep the append's message, which says what really went wrong. */
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", kv_errmsg());
-    if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
-    return kv_set_error(rc, "%s", msg);
+    return append_framed(w);
 }
 
 int wal_append_records(wal_writer *w, const void *const *payloads, const size_t *lens, size_t n) {
@@ -159,16 +164,7 @@ int wal_append_records(wal_writer *w, const void *const *payloads, const size_t 
         at += WAL_HEADER + lens[i];
     }
     w->rec.len = at;
-    int rc = w->env->append(w->env, w->file, p, at);
-    if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec);
-    if (rc == KV_OK) {
-        w->size += at;
-        return KV_OK;
-    }
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", kv_errmsg());
-    if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
-    return kv_set_error(rc, "%s", msg);
+    return append_framed(w);
 }
 
 int wal_append(wal_writer *w, const void *payload, size_t len) {
