@@ -120,3 +120,18 @@ PY
     run t "$KVFS" mount -o compression=maybe "$D" "$T/mnt"
     [ "$status" -ne 0 ]
 }
+
+@test "the fstab helper mounts a fuse.kvfs entry the way mount(8) calls it" {
+    mkdir -p "$T/bin"
+    ln -s "$KVFS" "$T/bin/kvfs"
+    # mount(8) runs: mount.fuse.kvfs DATADIR MOUNTPOINT -o OPTIONS (fstab-only options must be dropped)
+    PATH="$T/bin:$PATH" t sh "$KVFS_ROOT/mount/mount.kvfs" "$D" "$M" -o defaults,_netdev,nofail
+    grep -q " $M fuse.kvfs " /proc/mounts
+    echo via-fstab > "$M/f"
+    t fusermount3 -u "$M"
+    PATH="$T/bin:$PATH" t sh "$KVFS_ROOT/mount/mount.kvfs" "$D" "$M" -o ro,noauto
+    grep " $M fuse.kvfs " /proc/mounts | grep -q "[ ,]ro[ ,]"
+    [ "$(cat "$M/f")" = via-fstab ]
+    run sh -c "echo x > '$M/g'"
+    [ "$status" -ne 0 ]
+}
