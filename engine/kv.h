@@ -123,7 +123,9 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out);
  * Waits for threads still inside the engine to leave it. The handle stays valid (a few bytes): later calls on it
  * return KV_ECLOSED. Release it with kv_free(). Closing twice returns KV_ECLOSED. */
 int kv_close(kv_db *db);
-/* Free a handle. Closes it first if it is still open. No call may use it afterwards. */
+/* Free a handle. Closes it first if it is still open. No call may use it afterwards. Iterators, streams and
+ * snapshots of the store must be freed or released before it (after kv_close they still work: iterators keep
+ * reading what they were opened on, and the store's memory and files are released when the last one goes). */
 void kv_free(kv_db *db);
 
 /* Metadata of one entry without reading its value. */
