@@ -161,7 +161,7 @@ void db_delete_obsolete_files(kv_db *db) {
         const char *ext;
         bool remove = false;
         if (parse_file_name(names[i], &no, &ext)) {
-            if (strcmp(ext, "log") == 0) remove = no < db->vs->log_number && no != db->log_no;
+            if (strcmp(ext, "log") == 0) remove = no < db->vs->log_number && no != db->log_no && !db->checkpoints;
             else if (strcmp(ext, "sst") == 0 || strcmp(ext, "blob") == 0)
                 remove = no < db->vs->next_file && !is_pending(db, no) && !db->vs->deletions_unsafe &&
                          !vset_file_is_live(db->vs, no);
@@ -700,7 +700,10 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         if (!b->reads) {
             int n = 1;
             for (writer *p = w.next; p && n < GROUP_MAX_WRITERS; p = p->next, n++) {
-                if ((p->sync && !w.sync) || p->batch->reads || bytes + p->batch->data.len > GROUP_MAX_BYTES) break;
+                /* a writer without a batch (a flush request, kv_checkpoint holding the queue) is never grouped */
+                if (!p->batch || (p->sync && !w.sync) || p->batch->reads ||
+                    bytes + p->batch->data.len > GROUP_MAX_BYTES)
+                    break;
                 bytes += p->batch->data.len;
                 last = p;
             }

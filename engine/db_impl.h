@@ -146,6 +146,7 @@ struct kv_db {
     writer *writers_head, *writers_tail;
     size_t nwriters;        /* writers queued, the leader included */
     size_t last_sync_group; /* size of the last group that synced */
+    int checkpoints;        /* kv_checkpoint calls copying logs: no log file is deleted meanwhile */
     wal_writer *log;
     uint64_t log_no;
     bool log_broken;        /* the last append failed: switch to a new log before the next */

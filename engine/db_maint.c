@@ -376,6 +376,8 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
     uint64_t log_number = db->vs->log_number, last_seq = atomic_load(&db->last_seq), next_file = db->vs->next_file;
     uint64_t cur_log = db->log_no;
     uint64_t cur_log_size = db->log ? wal_writer_size(db->log) : 0;
+    /* a flush finishing meanwhile must not delete a log this version still needs (its tables are not in v) */
+    db->checkpoints++;
     pthread_mutex_unlock(&db->mu);
 
     /* the shared blob file must not grow after we link it: close it (a new one starts on the next write) */
@@ -424,6 +426,7 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
                 snprintf(from, sizeof from, "%s/%s", db->dir, names[i]);
                 snprintf(to, sizeof to, "%s/%s", dest, names[i]);
                 rc = copy_file(env, from, to, UINT64_MAX);
+                if (rc == KV_ENOTFOUND) rc = KV_OK; /* pruned meanwhile (oldest first): those batches are evicted */
             }
         }
         if (names) kv_env_free_names(names, n);
@@ -452,6 +455,7 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
 
     pthread_mutex_lock(&db->mu);
     version_unref(v);
+    db->checkpoints--;
     db->writers_head = w.next;
     if (!db->writers_head) db->writers_tail = NULL;
     else pthread_cond_signal(&db->writers_head->cv);

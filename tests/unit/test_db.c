@@ -1,6 +1,8 @@
 /* test_db.c — the store through its public API: basics, batches, iterators, snapshots, reopen, closed handles,
  * large values, prefixes, the batch log, check/checkpoint/stats, and a randomized model test. */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -396,6 +398,69 @@ TEST(test_db_checkpoint_and_stats) {
     kv_buf_free(&b);
     CHECK_EQ(kv_get(cp, NULL, "after", 5, &b), KV_ENOTFOUND);
     kv_free(cp);
+}
+
+/* Checkpoints taken while a writer fills memtables that flush in the background (so logs are retired and deleted
+ * during the copy): each one opens and holds every key acknowledged before it began. */
+typedef struct cp_writer {
+    kv_db *db;
+    atomic_int acked; /* keys 0..acked-1 are written */
+    atomic_bool stop;
+    int rc;
+} cp_writer;
+
+static void *cp_writer_main(void *arg) {
+    cp_writer *w = arg;
+    char k[32], v[100];
+    memset(v, 'v', sizeof v);
+    for (int i = 0; !atomic_load(&w->stop) && i < 200000; i++) {
+        snprintf(k, sizeof k, "w%08d", i);
+        if ((w->rc = kv_put(w->db, k, strlen(k), v, sizeof v, 0)) != 0) break;
+        atomic_store(&w->acked, i + 1);
+    }
+    return NULL;
+}
+
+TEST(test_db_checkpoint_while_flushing) {
+    kv_options o;
+    small_options(&o);
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    cp_writer w = {.db = db};
+    atomic_init(&w.acked, 0);
+    atomic_init(&w.stop, false);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, cp_writer_main, &w) == 0);
+    int ok = 1;
+    for (int round = 0; round < 20 && ok; round++) {
+        while (atomic_load(&w.acked) < (round + 1) * 300) sched_yield();
+        int acked = atomic_load(&w.acked);
+        char dest[600];
+        snprintf(dest, sizeof dest, "%s/cp%02d", t_tmpdir(), round);
+        int rc = kv_checkpoint(db, dest, NULL, NULL);
+        if (rc) {
+            fprintf(stderr, "# round %d: %s\n", round, kv_errmsg());
+            ok = 0;
+            break;
+        }
+        kv_db *cp;
+        if (kv_open(dest, &o, &cp)) { ok = 0; break; }
+        for (int i = 0; i < acked && ok; i += 7) {
+            char k[32];
+            snprintf(k, sizeof k, "w%08d", i);
+            if (kv_contains(cp, NULL, k, strlen(k)) != 1) {
+                fprintf(stderr, "# round %d: key %s (of %d acknowledged) missing\n", round, k, acked);
+                ok = 0;
+            }
+        }
+        kv_free(cp);
+    }
+    atomic_store(&w.stop, true);
+    pthread_join(th, NULL);
+    CHECK_OK(w.rc);
+    CHECK(ok);
+    kv_free(db);
 }
 
 /* ---- the randomized model test ------------------------------------------------------------------------------------ */
