@@ -481,7 +481,7 @@ static int new_entry_attr(kvfs_fs *fs, const fs_node *n, mode_t mode, const kvfs
         a->gid = pa.gid;
         if (S_ISDIR(mode)) a->mode |= S_ISGID;
     }
-    a->atime = a->mtime = a->ctime = fs_now();
+    a->atime = a->mtime = a->ctime = fs_now_coarse();
     return 0;
 }
 

@@ -58,5 +58,6 @@ void meta_dir_key(keybuf *out, const uint8_t *dir_key, size_t dlen);
 void meta_xattr_key(keybuf *out, bool dir, const uint8_t *k, size_t klen, const char *name);
 
 struct timespec fs_now(void);
+struct timespec fs_now_coarse(void); /* for the times of a new file or directory */
 
 #endif /* KVFS_FS_META_H */

@@ -121,6 +121,27 @@ PY
     [ "$status" -ne 0 ]
 }
 
+@test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {
+    # utime + stime of the daemon, in clock ticks
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+    for spin in 0 50 ""; do
+        if [ -n "$spin" ]; then fs_mount -o spin=$spin; else fs_mount; fi
+        mkdir "$M/d$spin"
+        for i in $(seq 1 200); do echo "$i" > "$M/d$spin/f$i"; done
+        [ "$(cat "$M/d$spin/f200")" = 200 ]
+        [ "$(ls "$M/d$spin" | wc -l)" -eq 200 ]
+        # idle: the reader sleeps once its polling window has passed (a spinning daemon would use ~1 s of CPU)
+        pid=$(daemon_pid)
+        sleep 0.2
+        before=$(cpu_ticks "$pid")
+        sleep 1
+        after=$(cpu_ticks "$pid")
+        echo "spin=$spin: $((after - before)) ticks of CPU while idle for 1 s"
+        [ $((after - before)) -le $(($(getconf CLK_TCK) / 10)) ]
+        fs_unmount
+    done
+}
+
 @test "the fstab helper mounts a fuse.kvfs entry the way mount(8) calls it" {
     mkdir -p "$T/bin"
     ln -s "$KVFS" "$T/bin/kvfs"
