@@ -3,7 +3,7 @@
  *
  * Invariants
  *  - Nodes live in the memtable's arena and are never moved, changed (apart from linking) or freed before the
- *    memtable itself. A node is laid out as [prefix, klen, height | next[height] | vlen | internal key | value].
+ *    memtable itself. A node is laid out as [prefix, prefix2, klen, height | next[height] | vlen | internal key | value].
  *  - Level 0 is the complete list in ikey_cmp order; level i is a sub-list of level i-1. Among entries with identical
  *    internal keys the one added last comes first, so a lookup sees the latest write.
  *  - Only the single writer (memtable_add; callers serialise) changes links and meta. It fills a node completely, then
@@ -31,7 +31,9 @@
 #define BRANCH_BITS 2 /* a node reaches the next level with probability 1/4 */
 
 typedef struct mnode {
-    uint64_t prefix; /* the ukey's first 8 bytes, big-endian, zero-padded: decides most comparisons on its own */
+    uint64_t prefix;  /* the ukey's first 8 bytes, big-endian, zero-padded: decides most comparisons on its own */
+    uint64_t prefix2; /* its bytes 8-15, the same way: keys that share 8 bytes (a keyspace byte and a common path
+                         or a zero-padded number) are still told apart without reading the key, on another line */
     uint32_t klen;   /* internal key length: ukey + 8 */
     uint32_t height; /* 1 .. MAX_HEIGHT */
     _Atomic(struct mnode *) next[];
@@ -71,6 +73,12 @@ static inline uint64_t key_prefix(const uint8_t *u, size_t ulen) {
     return v;
 }
 
+/* key_prefix of the bytes after the first 8 (0 when there are none): compared only when the prefixes are equal,
+ * it orders keys as ukey_cmp does whenever it differs, by the same argument. */
+static inline uint64_t key_prefix2(const uint8_t *u, size_t ulen) {
+    return ulen > 8 ? key_prefix(u + 8, ulen - 8) : 0;
+}
+
 static inline mnode *load_next(const mnode *n, int level) {
     /* The cast drops const only for the atomic load, which does not write. */
     return atomic_load_explicit((_Atomic(mnode *) *)&n->next[level], memory_order_acquire);
@@ -81,16 +89,18 @@ typedef struct probe {
     const uint8_t *ukey;
     size_t ulen;
     uint64_t trailer;
-    uint64_t prefix; /* key_prefix(ukey, ulen) */
+    uint64_t prefix;  /* key_prefix(ukey, ulen) */
+    uint64_t prefix2; /* key_prefix2(ukey, ulen) */
 } probe;
 
 static inline probe make_probe(const uint8_t *ukey, size_t ulen, uint64_t trailer) {
-    return (probe){ukey, ulen, trailer, key_prefix(ukey, ulen)};
+    return (probe){ukey, ulen, trailer, key_prefix(ukey, ulen), key_prefix2(ukey, ulen)};
 }
 
 /* ikey_cmp(node key, probe key), computed on the split form. */
 static inline int node_cmp(const mnode *n, const probe *p) {
     if (n->prefix != p->prefix) return n->prefix < p->prefix ? -1 : 1;
+    if (n->prefix2 != p->prefix2) return n->prefix2 < p->prefix2 ? -1 : 1;
     const uint8_t *k = node_key(n);
     size_t ulen = n->klen - IKEY_TRAILER;
     int c = ukey_cmp(k, ulen, p->ukey, p->ulen);
@@ -181,6 +191,7 @@ int memtable_new(memtable **out) {
         return kv_set_error(KV_ENOMEM, "memtable: out of memory");
     }
     m->head->prefix = 0;
+    m->head->prefix2 = 0;
     m->head->klen = 0;
     m->head->height = MAX_HEIGHT;
     for (int i = 0; i < MAX_HEIGHT; i++) atomic_init(&m->head->next[i], NULL);
@@ -220,6 +231,7 @@ int memtable_add(memtable *m, uint64_t seq, int type, const uint8_t *ukey, size_
     mnode *n = arena_alloc(&m->arena, fixed + vlen);
     if (!n) return kv_set_error(KV_ENOMEM, "memtable: out of memory adding %zu bytes", fixed + vlen);
     n->prefix = key_prefix(ukey, ulen);
+    n->prefix2 = key_prefix2(ukey, ulen);
     n->klen = (uint32_t)klen;
     n->height = (uint32_t)height;
     memcpy(node_vlen_at(n), &vlen, sizeof vlen);
@@ -231,7 +243,7 @@ int memtable_add(memtable *m, uint64_t seq, int type, const uint8_t *ukey, size_
 
     /* Insert before the first node >= the new key: identical keys then put the latest addition first. */
     mnode *prev[MAX_HEIGHT];
-    probe p = {ukey, ulen, trailer, n->prefix};
+    probe p = {ukey, ulen, trailer, n->prefix, n->prefix2};
     find_ge(m, &p, prev);
     int max = atomic_load_explicit(&m->max_height, memory_order_relaxed);
     if (height > max) {
@@ -320,7 +332,7 @@ static void mi_prev(iter *it) {
     assert(mi->node);
     const mnode *cur = mi->node;
     const uint8_t *k = node_key(cur);
-    probe p = {k, cur->klen - IKEY_TRAILER, get_fixed64(k + cur->klen - IKEY_TRAILER), cur->prefix};
+    probe p = {k, cur->klen - IKEY_TRAILER, get_fixed64(k + cur->klen - IKEY_TRAILER), cur->prefix, cur->prefix2};
     mnode *x = find_lt(mi->m, &p);
     /* Nodes with a key identical to cur's may sit between x and cur: step to cur's true predecessor. Normally
      * x->next[0] is cur already. Concurrent inserts only add nodes, so cur stays reachable from x. */
