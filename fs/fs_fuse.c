@@ -18,8 +18,11 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "names.h"
 #include <fuse_lowlevel.h>
@@ -29,7 +32,115 @@ static pthread_mutex_t notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct fuse *notify_fuse;
 static kvfs_fs *notify_fs;
 
+/* ---- the device I/O: requests seen before libfuse parses them ------------------------------------------------------
+ *
+ * libfuse 3.14 predates FUSE_HANDLE_KILLPRIV_V2 (protocol 7.33). Without it the kernel asks for
+ * security.capability before every write() and chown and re-reads the attributes before a chown: up to six extra
+ * round trips per file that tar or rsync writes. With it the kernel sets SB_NOSEC and leaves the clearing of
+ * set-user-ID and set-group-ID bits to the filesystem, flagging the requests that must do it (FUSE_WRITE_KILL_SUIDGID,
+ * FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID), which libfuse's high-level API does not pass on. So the device
+ * reads and writes go through two hooks: the read hook notes the kernel's INIT flags and, per thread, whether the
+ * request being handled carries a kill flag (the thread that reads a request is the one that handles it); the
+ * writev hook adds FUSE_HANDLE_KILLPRIV_V2 to libfuse's INIT reply when the kernel offered it. kvfs keeps no
+ * security.* attributes (only user.*), so there is never a file capability to remove. */
+
+enum { IN_HDR = 40, OUT_HDR = 16 };
+enum { OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26 };
+#define INIT_HANDLE_KILLPRIV_V2 (1u << 28)
+#define SETATTR_KILL_SUIDGID (1u << 11)
+#define WRITE_KILL_SUIDGID (1u << 2)
+#define OPEN_KILL_SUIDGID (1u << 0)
+
+static _Thread_local bool req_kill_suidgid; /* the request this thread handles asks for it */
+static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is about */
+static uint64_t init_unique;                /* the INIT request (written and read by the one reading thread) */
+static uint32_t init_kernel_flags;
+
+static uint32_t rd32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
+    (void)userdata;
+    ssize_t n = read(fd, buf, len);
+    req_kill_suidgid = false;
+    if (n < IN_HDR) return n;
+    const uint8_t *p = buf;
+    uint32_t op = rd32(p + 4);
+    memcpy(&req_nodeid, p + 16, 8);
+    size_t body = (size_t)n - IN_HDR;
+    if (op == OPC_INIT && body >= 16) {
+        memcpy(&init_unique, p + 8, 8);
+        init_kernel_flags = rd32(p + IN_HDR + 12);
+    } else if (op == OPC_WRITE && body >= 24) {
+        req_kill_suidgid = (rd32(p + IN_HDR + 20) & WRITE_KILL_SUIDGID) != 0;
+    } else if (op == OPC_SETATTR && body >= 4) {
+        req_kill_suidgid = (rd32(p + IN_HDR) & SETATTR_KILL_SUIDGID) != 0;
+    } else if (op == OPC_OPEN && body >= 8) {
+        req_kill_suidgid = (rd32(p + IN_HDR + 4) & OPEN_KILL_SUIDGID) != 0;
+    }
+    return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+    (void)userdata;
+    if (init_unique && count >= 2 && iov[0].iov_len >= OUT_HDR && iov[1].iov_len >= 16) {
+        const uint8_t *h = iov[0].iov_base;
+        uint64_t unique;
+        int32_t error;
+        memcpy(&error, h + 4, 4);
+        memcpy(&unique, h + 8, 8);
+        if (unique == init_unique && error == 0) {
+            init_unique = 0;
+            if (init_kernel_flags & INIT_HANDLE_KILLPRIV_V2) {
+                uint8_t *flags = (uint8_t *)iov[1].iov_base + 12; /* fuse_init_out.flags */
+                uint32_t f = rd32(flags) | INIT_HANDLE_KILLPRIV_V2;
+                memcpy(flags, &f, 4);
+            }
+        }
+    }
+    return writev(fd, iov, count);
+}
+
+int kvfs_fuse_use_io(struct fuse_session *se) {
+    static const struct fuse_custom_io io = {.read = io_read, .writev = io_writev};
+    return fuse_session_custom_io(se, &io, fuse_session_fd(se));
+}
+
 static kvfs_fuse *ctx(void) { return fuse_get_context()->private_data; }
+
+/* Whether the caller of the request being handled is in group g (its fsgid or a supplementary group). */
+static bool caller_in_group(gid_t g) {
+    if (fuse_get_context()->gid == g) return true;
+    gid_t groups[64];
+    int n = fuse_getgroups(64, groups);
+    for (int i = 0; i < n && i < 64; i++)
+        if (groups[i] == g) return true;
+    return false;
+}
+
+/* What the kernel's VFS does to a non-directory on a write, truncate or chown by a caller without CAP_FSETID (for
+ * chown, by anyone): clear set-user-ID; clear set-group-ID when group execute is set, or when the caller is not in
+ * the file's group (capable: the caller may keep a non-executable set-group-ID file's bit, as root may on chown).
+ * A WRITE or OPEN reply carries no attributes and the kernel keeps the mode it cached: then tell it to drop the
+ * node's cached attributes (attributes only: a negative offset leaves the page cache alone, whose pages the kernel
+ * may hold locked for this very write). A SETATTR reply carries the new mode itself. */
+static int kill_suidgid(const char *path, kvfs_file *f, bool capable, bool notify) {
+    kvfs_fs *fs = ctx()->fs;
+    struct stat st;
+    int rc = kvfs_getattr(fs, path, f, &st);
+    if (rc || S_ISDIR(st.st_mode)) return rc;
+    mode_t m = st.st_mode & 07777;
+    if (m & S_ISUID) m &= ~(mode_t)S_ISUID;
+    if ((m & S_ISGID) && ((m & S_IXGRP) || (!capable && !caller_in_group(st.st_gid)))) m &= ~(mode_t)S_ISGID;
+    if (m == (st.st_mode & 07777)) return 0;
+    if ((rc = kvfs_chmod(fs, path, f, m))) return rc;
+    if (notify && req_nodeid)
+        (void)fuse_lowlevel_notify_inval_inode(fuse_get_session(fuse_get_context()->fuse), req_nodeid, -1, 0);
+    return 0;
+}
 static kvfs_fs *FS(void) { return ctx()->fs; }
 static kvfs_file *FILE_OF(struct fuse_file_info *fi) { return fi ? (kvfs_file *)(uintptr_t)fi->fh : NULL; }
 
@@ -155,11 +266,16 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
 }
 
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
-    return kvfs_chown(FS(), path, FILE_OF(fi), uid, gid);
+    int rc = kvfs_chown(FS(), path, FILE_OF(fi), uid, gid);
+    /* the kernel flags every chown of a non-directory; root keeps a non-executable set-group-ID bit */
+    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, FILE_OF(fi), fuse_get_context()->uid == 0, false);
+    return rc;
 }
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
-    return kvfs_truncate(FS(), path, FILE_OF(fi), size);
+    int rc = kvfs_truncate(FS(), path, FILE_OF(fi), size);
+    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, FILE_OF(fi), false, false);
+    return rc;
 }
 
 static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
@@ -170,6 +286,10 @@ static int op_open(const char *path, struct fuse_file_info *fi) {
     kvfs_file *f;
     int rc = kvfs_open(FS(), path, fi->flags, &f);
     if (rc) return rc;
+    if (req_kill_suidgid && (fi->flags & O_TRUNC) && (rc = kill_suidgid(path, f, false, true))) {
+        kvfs_release(FS(), f);
+        return rc;
+    }
     fi->fh = (uint64_t)(uintptr_t)f;
     fi->keep_cache = 1;
     /* A read-only open has nothing to flush at close: spare the round trip (the writeback cache makes the kernel
@@ -199,6 +319,10 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off, s
     /* With the writeback cache the kernel resolves O_APPEND offsets itself. */
     bool append = (fi->flags & O_APPEND) && !kvfs_fs_writeback_cache(fs);
     ssize_t n = kvfs_write(fs, FILE_OF(fi), buf, size, off, append);
+    if (n > 0 && req_kill_suidgid) {
+        int rc = kill_suidgid(path, FILE_OF(fi), false, true);
+        if (rc) return rc;
+    }
     return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 

@@ -20,4 +20,9 @@ typedef struct kvfs_fuse {
 /* The operations; fuse_new's user_data must be a kvfs_fuse that outlives the session. */
 const struct fuse_operations *kvfs_fuse_operations(void);
 
+/* Route the session's device reads and writes through kvfs's hooks (after fuse_mount, before the first request):
+ * they negotiate FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know (see fs_fuse.c). 0 or -1. */
+struct fuse_session;
+int kvfs_fuse_use_io(struct fuse_session *se);
+
 #endif /* KVFS_FS_FUSE_H */

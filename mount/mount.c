@@ -502,6 +502,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         goto out;
     }
     struct fuse_session *se = fuse_get_session(d.fuse);
+    if (kvfs_fuse_use_io(se) != 0) say(LOG_WARNING, "cannot hook the FUSE device I/O: suid bits are cleared by the kernel");
     if (fuse_set_signal_handlers(se) != 0) {
         say(LOG_ERR, "cannot install signal handlers");
         fuse_unmount(d.fuse);

@@ -143,6 +143,42 @@ teardown() {
     [ "$(stat -c '%u %g %a' "$M/shared/dir")" = "4321 8765 750" ]
 }
 
+@test "set-user-ID and set-group-ID bits are cleared as on a local filesystem (write, truncate, chown)" {
+    command -v setpriv >/dev/null || skip "setpriv is not installed"
+    fs_remount -o allow_other
+    chmod 0755 "$T"
+    chmod 0777 "$M"
+    # The same steps on a local directory and on the mount must leave the same modes.
+    ref="$T/ref"
+    mkdir -p "$ref"
+    chmod 0777 "$ref"
+    as_user() { setpriv --reuid 4321 --regid 8765 --clear-groups sh -c "$1"; }
+    for d in "$ref" "$M"; do
+        for f in w_suid w_sgid_x w_sgid_nox t_suid c_suid c_sgid_x r_suid; do echo data > "$d/$f"; done
+        chmod 4777 "$d/w_suid" "$d/t_suid" "$d/r_suid"
+        chmod 2777 "$d/w_sgid_x"
+        chmod 2767 "$d/w_sgid_nox"
+        chmod 4755 "$d/c_suid"
+        chmod 2775 "$d/c_sgid_x"
+        as_user "echo more >> '$d/w_suid'; echo more >> '$d/w_sgid_x'; echo more >> '$d/w_sgid_nox'"
+        as_user "truncate -s 2 '$d/t_suid'"
+        chown 4321:8765 "$d/c_suid" "$d/c_sgid_x"
+        echo root-writes >> "$d/r_suid" # CAP_FSETID: bits stay
+    done
+    for f in w_suid w_sgid_x w_sgid_nox t_suid c_suid c_sgid_x r_suid; do
+        echo "$f: local $(stat -c %a "$ref/$f"), kvfs $(stat -c %a "$M/$f")"
+        [ "$(stat -c %a "$ref/$f")" = "$(stat -c %a "$M/$f")" ]
+    done
+    [ "$(stat -c %a "$M/w_suid")" = 777 ]
+    [ "$(stat -c %a "$M/r_suid")" = 4777 ]
+    [ "$(cat "$M/w_suid")" = "$(printf 'data\nmore')" ]
+    # and it is what the store keeps
+    fs_remount -o allow_other
+    [ "$(stat -c %a "$M/w_suid")" = 777 ]
+    [ "$(stat -c %a "$M/t_suid")" = 777 ]
+    [ "$(stat -c %a "$M/c_suid")" = 755 ]
+}
+
 @test "user xattrs with setfattr and getfattr" {
     command -v setfattr >/dev/null || skip "attr tools are not installed"
     echo x > "$M/f"
