@@ -48,7 +48,6 @@ void kv_options_init(kv_options *o) {
     o->blob_file_bytes = 256ull << 20;
     o->blob_gc_ratio = 0.5;
     o->background_threads = true;
-    o->compaction_nice = 10;
 }
 
 uint64_t db_now_ms(void) {

@@ -15,10 +15,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "db_impl.h"
 #include "dbformat.h"
@@ -445,11 +442,6 @@ static void *flush_main(void *arg) {
 
 static void *compact_main(void *arg) {
     kv_db *db = arg;
-    /* Compaction is the engine's largest CPU consumer and is never on a writer's path until level 0 backs up (then
-     * the slowdown and stop triggers make writers wait for it). At a lower priority it yields to writers and to
-     * flushes on a busy machine and still gets every idle CPU cycle. On Linux, nice applies per thread. */
-    int inc = db->opt.compaction_nice;
-    if (inc > 0) (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), getpriority(PRIO_PROCESS, 0) + (inc > 19 ? 19 : inc));
     pthread_mutex_lock(&db->mu);
     int failures = 0;
     int idle_seconds = 0;

@@ -79,8 +79,6 @@ typedef struct kv_options {
     uint64_t batch_log_max_batches; /* batch log retention by count; 0 with batch_log_max_bytes 0 = log off */
     uint64_t batch_log_max_bytes;   /* batch log retention by bytes; 0 = no byte limit */
     bool background_threads;     /* default true; false runs flush/compaction inline (deterministic tests) */
-    int compaction_nice;         /* the compaction thread's nice increment (0-19), so that on a busy machine
-                                    writers and flushes get the CPU first; default 10; 0 = same as the caller */
     struct kv_env *env;          /* default NULL = POSIX */
 } kv_options;
 

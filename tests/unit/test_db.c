@@ -6,9 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
-#include <dirent.h>
 
 #include "blob.h"
 #include "env.h"
@@ -400,55 +398,6 @@ TEST(test_db_checkpoint_and_stats) {
     kv_buf_free(&b);
     CHECK_EQ(kv_get(cp, NULL, "after", 5, &b), KV_ENOTFOUND);
     kv_free(cp);
-}
-
-/* Threads of this process whose nice value is `nice` (field 19 of /proc/self/task/T/stat). */
-static int threads_with_nice(int nice) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[300], buf[1024];
-        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t len = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[len] = 0;
-        char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-        int field = 2, val = 0;
-        for (; p && *p && field < 19; p++)
-            if (*p == ' ') field++;
-        if (p && sscanf(p, "%d", &val) == 1 && val == nice) n++;
-    }
-    closedir(d);
-    return n;
-}
-
-/* The compaction thread runs at the configured lower priority; the caller's threads keep theirs. */
-TEST(test_db_compaction_thread_priority) {
-    int base = getpriority(PRIO_PROCESS, 0);
-    if (base > 9) {
-        fprintf(stderr, "# skipped: the process already runs at nice %d\n", base);
-        return;
-    }
-    int before = threads_with_nice(base + 10);
-    kv_options o;
-    kv_options_init(&o);
-    CHECK_EQ(o.compaction_nice, 10);
-    kv_db *db;
-    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
-    for (int i = 0; i < 200 && threads_with_nice(base + 10) == before; i++) usleep(5000);
-    CHECK_EQ(threads_with_nice(base + 10), before + 1);
-    CHECK_EQ(getpriority(PRIO_PROCESS, 0), base);
-    kv_free(db);
-    o.compaction_nice = 0;
-    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
-    usleep(50000);
-    CHECK_EQ(threads_with_nice(base + 10), before);
-    kv_free(db);
 }
 
 /* Checkpoints taken while a writer fills memtables that flush in the background (so logs are retired and deleted
