@@ -326,6 +326,23 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off, s
     return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
+/* libfuse hands .write a copy of the request's bytes in a fresh buffer (for a 1 MiB write: a malloc that maps and
+ * faults in 1 MiB, and a copy of it). .write_buf gets the request buffer itself: when it is one piece of memory, as
+ * from our reader, write from it directly. */
+static int op_write_buf(const char *path, struct fuse_bufvec *bv, off_t off, struct fuse_file_info *fi) {
+    size_t size = fuse_buf_size(bv);
+    if (bv->count == 1 && bv->idx == 0 && !(bv->buf[0].flags & FUSE_BUF_IS_FD))
+        return op_write(path, (const char *)bv->buf[0].mem + bv->off, size, off, fi);
+    char *mem = malloc(size ? size : 1);
+    if (!mem) return -ENOMEM;
+    struct fuse_bufvec dst = FUSE_BUFVEC_INIT(size);
+    dst.buf[0].mem = mem;
+    ssize_t got = fuse_buf_copy(&dst, bv, 0);
+    int rc = got < 0 ? (int)got : op_write(path, mem, (size_t)got, off, fi);
+    free(mem);
+    return rc;
+}
+
 static int op_statfs(const char *path, struct statvfs *st) {
     (void)path;
     return kvfs_statfs(FS(), st);
@@ -422,6 +439,7 @@ static const struct fuse_operations kvfs_ops = {
     .open = op_open,
     .read = op_read,
     .write = op_write,
+    .write_buf = op_write_buf,
     .statfs = op_statfs,
     .flush = op_flush,
     .release = op_release,
