@@ -159,7 +159,7 @@ static void usage(void) {
            "  -o cache_timeout=SECS    kernel attribute/entry cache time (default 86400)\n"
            "  -o no_writeback_cache    do not use the kernel's writeback cache\n"
            "  -o spin=USECS            after a request, poll for the next one this long before sleeping\n"
-           "                           (default 20 with two or more CPUs, 0 with one; 0: always sleep)\n"
+           "                           (default 50 with two or more CPUs, 0 with one; 0: always sleep)\n"
            "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
 }
 
@@ -342,7 +342,7 @@ static void *loop_thread(void *arg) {
     return NULL;
 }
 
-/* How long the reader polls: -o spin, else 20 µs when this process may run on two CPUs or more. Polling keeps
+/* How long the reader polls: -o spin, else 50 µs when this process may run on two CPUs or more. Polling keeps
  * the reader on its CPU, so a request from a process running on another CPU needs no cross-CPU wake-up (costly:
  * in a virtual machine an inter-processor interrupt exits to the hypervisor); with one CPU it would only take
  * time from the process waiting for the answer. */
@@ -350,7 +350,7 @@ static unsigned spin_default(const mount_opts *o) {
     if (o->spin_set) return o->spin_us > 100000 ? 100000 : o->spin_us;
     cpu_set_t cpus;
     if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
-    return CPU_COUNT(&cpus) >= 2 ? 20 : 0;
+    return CPU_COUNT(&cpus) >= 2 ? 50 : 0;
 }
 
 /* Serve requests until unmounted or told to stop (a signal: libfuse's handlers mark the session exited). */
