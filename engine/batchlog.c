@@ -277,6 +277,11 @@ static int decode_batch(const uint8_t *rec, size_t len, const char *name, uint64
             o->vlen = size;
         }
     }
+    if (p != lim) {
+        kv_logged_batch_free(b);
+        return kv_set_error(KV_ECORRUPT, "%s: batch record at offset %" PRIu64 " has bytes after its last operation",
+                            name, off);
+    }
     *out = b;
     return KV_OK;
 }

@@ -46,6 +46,7 @@ static inline const uint8_t *get_varint64(const uint8_t *p, const uint8_t *limit
     uint64_t result = 0;
     for (unsigned shift = 0; shift <= 63 && p < limit; shift += 7) {
         uint64_t byte = *p++;
+        if (shift == 63 && (byte & 0x7e)) return NULL; /* a tenth byte may only carry bit 63 */
         result |= (byte & 0x7f) << shift;
         if (!(byte & 0x80)) {
             *v = result;

@@ -229,6 +229,8 @@ static int apply_record(kv_db *db, memtable *m, const uint8_t *rec, size_t len, 
         rc = memtable_add(m, seq, op.type, op.ukey, op.ulen, val->data, val->len);
         if (rc) return rc;
     }
+    if (p != lim) return kv_set_error(KV_ECORRUPT, "%s: batch record at offset %" PRIu64 " has %zu bytes after its "
+                                                   "last operation", name, offset, (size_t)(lim - p));
     *seq_out = seq;
     return KV_OK;
 }

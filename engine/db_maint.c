@@ -118,6 +118,7 @@ static void check_log(kv_db *db, check_ctx *cc, const char *name, bool batches) 
             resolved_op op;
             for (size_t i = 0; i < count && p; i++) p = batch_record_next_op(p, rec + len, &op);
             if (!p) problem(cc, name, off, "malformed operation in batch record");
+            else if (p != rec + len) problem(cc, name, off, "bytes after the last operation of a batch record");
         } else {
             version_edit e;
             if (edit_decode(&e, rec, len, name, off)) problem(cc, name, off, "malformed manifest record");

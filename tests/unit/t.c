@@ -1,6 +1,7 @@
 /* t.c — the unit-test runner (see t.h). */
 #include "t.h"
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -36,6 +37,24 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
     return remove(p);
 }
 void t_rmrf(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n) {
+    DIR *d = opendir(dir);
+    if (!d || n == 0) {
+        if (d) closedir(d);
+        return false;
+    }
+    out[0] = 0;
+    size_t sl = strlen(suffix);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l > sl && strcmp(e->d_name + l - sl, suffix) == 0 && strcmp(e->d_name, out) > 0)
+            snprintf(out, n, "%s", e->d_name);
+    }
+    closedir(d);
+    return out[0] != 0;
+}
 
 static void cleanup(void) {
     if (tmp_root[0] && !getenv("KVFS_KEEP_TMP")) t_rmrf(tmp_root);

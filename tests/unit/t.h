@@ -25,6 +25,8 @@ uint64_t t_seed(void);
 uint64_t t_rand(uint64_t *state);
 /* Remove a directory tree. */
 void t_rmrf(const char *path);
+/* The greatest name in dir ending in suffix (store files are numbered: the newest) into out; false if none. */
+bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n);
 
 #define TEST(name)                                                                  \
     static void name(void);                                                         \

@@ -18,6 +18,17 @@ TEST(test_varint_roundtrip) {
     memset(over, 0xff, sizeof over);
     uint64_t v;
     CHECK(get_varint64(over, over + sizeof over, &v) == NULL);
+    /* a tenth byte carries only bit 63: anything more would be silently lost, so it is malformed */
+    for (unsigned last = 0; last < 0x80; last++) {
+        over[9] = (uint8_t)last;
+        const uint8_t *end = get_varint64(over, over + 10, &v);
+        if (last <= 1) {
+            CHECK(end == over + 10);
+            CHECK(v == (last ? UINT64_MAX : UINT64_MAX >> 1));
+        } else {
+            CHECK(end == NULL);
+        }
+    }
 }
 
 TEST(test_fixed_little_endian) {

@@ -710,17 +710,8 @@ TEST(test_crash_torn_blob_tail) {
     CHECK(st.blob_files >= 1);
     kv_free(db);
     /* the newest blob file: the one a next large value would have gone to */
-    char **names = NULL;
-    size_t n = 0;
-    CHECK_OK(kv_env_posix()->list_dir(kv_env_posix(), dir, &names, &n));
-    char newest[600] = "";
-    for (size_t i = 0; i < n; i++) {
-        size_t l = strlen(names[i]);
-        if (l > 5 && strcmp(names[i] + l - 5, ".blob") == 0 && strcmp(names[i], newest) > 0)
-            snprintf(newest, sizeof newest, "%s", names[i]);
-    }
-    kv_env_free_names(names, n);
-    CHECK(newest[0]);
+    char newest[600];
+    CHECK(t_newest_file(dir, ".blob", newest, sizeof newest));
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, newest);
     /* what a killed write of a 3000-byte chunk leaves: its header and the first 1000 bytes */
