@@ -70,6 +70,7 @@ struct ctl_server {
 void kvfs_store_options(kv_options *o) {
     o->batch_log_max_batches = KVFS_BATCH_LOG_MAX_BATCHES;
     o->batch_log_max_bytes = KVFS_BATCH_LOG_MAX_BYTES;
+    o->blob_threshold = KVFS_BLOB_THRESHOLD;
 }
 
 static _Thread_local char errbuf[512];

@@ -22,11 +22,15 @@
 
 struct ctl_server;
 
-/* Batch-log retention every kvfs process opens a store with (the engine does not store it, and a process that opens
- * the store with the log off would leave a gap in the change feed): the mount daemon should call this after
- * kv_options_init() too. 100,000 batches or 64 MiB, whichever is reached first. */
+/* Options every kvfs process opens a store with; the mount daemon calls this after kv_options_init() too.
+ *  - Batch-log retention (the engine does not store it, and a process that opens the store with the log off would
+ *    leave a gap in the change feed): 100,000 batches or 64 MiB, whichever is reached first.
+ *  - Values of 4 KiB or more go to blob files (the engine's default is 64 KiB): a directory pass, a cold listing or
+ *    an rsync that only compares then reads keys and small references instead of inflating every file's contents,
+ *    and file contents are written once instead of again by every compaction (docs/design-fs.md). */
 #define KVFS_BATCH_LOG_MAX_BATCHES 100000u
 #define KVFS_BATCH_LOG_MAX_BYTES (64ull << 20)
+#define KVFS_BLOB_THRESHOLD 4096u
 void kvfs_store_options(kv_options *o);
 
 /* Start serving db on DATADIR/kvfs.sock. Fails (KV_EBUSY) when another server answers there; a stale socket left

@@ -56,7 +56,7 @@ typedef struct mount_opts {
     int foreground, debug, help, read_only;
     int sync, no_default_permissions, no_writeback;
     char *store_kind;  /* "mem": in-memory store, for testing only */
-    char *cache_size, *memtable_size, *compression;
+    char *cache_size, *memtable_size, *compression, *blob_threshold;
     unsigned file_mode, dir_mode;
     int file_mode_set, dir_mode_set;
     unsigned uid, gid;
@@ -74,6 +74,7 @@ static const struct fuse_opt mount_spec[] = {
     OPT("cache_size=%s", cache_size, 0),
     OPT("memtable_size=%s", memtable_size, 0),
     OPT("compression=%s", compression, 0),
+    OPT("blob_threshold=%s", blob_threshold, 0),
     OPT("sync", sync, 1),
     OPT("no_default_permissions", no_default_permissions, 1),
     OPT("no_writeback_cache", no_writeback, 1),
@@ -153,6 +154,7 @@ static void usage(void) {
            "  -o cache_size=SIZE       engine block cache (default 32M)\n"
            "  -o memtable_size=SIZE    engine write buffer (default 8M)\n"
            "  -o compression=on|off    compress table blocks (default on)\n"
+           "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K)\n"
            "  -o default_file_mode=M   mode of keys written without attributes (default 0644)\n"
            "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
            "  -o default_uid=N, default_gid=N  their owner (default: the mounting user)\n"
@@ -428,6 +430,14 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         if (kvfs_store_options) kvfs_store_options(&ko);
 #endif
         ko.read_only = o->read_only;
+        if (o->blob_threshold) {
+            size_t bt;
+            if (!parse_size(o->blob_threshold, &bt) || bt == 0) {
+                say(LOG_ERR, "mount: bad blob_threshold '%s'", o->blob_threshold);
+                goto out;
+            }
+            ko.blob_threshold = bt;
+        }
         if (o->cache_size && !parse_size(o->cache_size, &ko.block_cache_bytes)) {
             say(LOG_ERR, "mount: bad cache_size '%s'", o->cache_size);
             goto out;
