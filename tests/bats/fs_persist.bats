@@ -109,9 +109,12 @@ PY
 }
 
 @test "the options are accepted" {
-    fs_mount -o sync,cache_size=8M,memtable_size=4M,compression=off,default_file_mode=0600,default_dir_mode=0700
+    fs_mount -o sync,cache_size=8M,memtable_size=4M,compression=off,default_file_mode=0600,default_dir_mode=0700,blob_threshold=8K
     echo x > "$M/f"
     [ "$(cat "$M/f")" = x ]
+    head -c 20000 /dev/urandom > "$T/big"
+    cp "$T/big" "$M/big"
+    cmp "$T/big" "$M/big"
     fs_unmount
     kv put "$D" raw/key value
     fs_mount -o default_file_mode=0600,default_dir_mode=0700,default_uid=12,default_gid=34
@@ -119,6 +122,9 @@ PY
     [ "$(stat -c '%a' "$M/raw")" = "700" ]
     run t "$KVFS" mount -o compression=maybe "$D" "$T/mnt"
     [ "$status" -ne 0 ]
+    run t "$KVFS" mount -o blob_threshold=0 "$D" "$T/mnt"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"bad blob_threshold"* ]]
 }
 
 @test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {
