@@ -575,7 +575,7 @@ static int sync_log_before_switch(kv_db *db) {
 
 /* Make sure the memtable has room (caller holds mu and is the leader). */
 static int make_room(kv_db *db, bool force) {
-    bool allow_delay = !force;
+    bool allow_delay = !force, retried = false;
     for (;;) {
         if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
         if (!db->opt.background_threads && db->vs->current->score >= 1) {
@@ -611,8 +611,24 @@ static int make_room(kv_db *db, bool force) {
                 continue;
             }
             if (db->bg_error && !db->flush_running) {
+                /* The last flush failed and the flush thread waits before it retries (up to 500 ms). The cause may
+                 * be gone (space freed): have it retry now and wait for that attempt (up to a second), so that the
+                 * first write after the cause is gone succeeds; fail only if that attempt fails too. */
+                if (!retried) {
+                    retried = true;
+                    uint64_t t = db_now_us();
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    ts.tv_sec += 1;
+                    uint64_t attempts = db->flush_attempts;
+                    pthread_cond_signal(&db->work_cv);
+                    while (db->bg_error && db->flush_attempts == attempts && !db->stopping &&
+                           pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
+                    }
+                    atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
+                    continue;
+                }
                 int rc = db->bg_error;
-                pthread_cond_signal(&db->work_cv); /* let the flush thread try again */
                 return kv_set_error(rc, "writes wait for a flush that keeps failing: %s", kv_strerror(rc));
             }
             uint64_t t = db_now_us();

@@ -70,6 +70,7 @@ int db_flush_one(kv_db *db) {
 
     pthread_mutex_lock(&db->mu);
     db->flush_running = false;
+    db->flush_attempts++;
     if (!rc) {
         version_edit e;
         edit_init(&e);

@@ -175,6 +175,7 @@ struct kv_db {
     bool stopping;          /* background threads should exit */
     int bg_error;           /* last background failure (retried) */
     bool flush_running, compact_running;
+    uint64_t flush_attempts; /* flushes finished, failed ones included (under mu) */
     int manual_pending;     /* manual compactions requested */
     bool manual_running;
     int manual_level;
