@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 typedef struct kv_file kv_file; /* opaque; each environment defines its own */
 
@@ -29,6 +30,8 @@ typedef struct kv_env {
     int (*read_at)(struct kv_env *env, kv_file *f, uint64_t off, void *buf, size_t len, size_t *nread);
     /* Append all len bytes (a short write is an error: the file may then hold a prefix of buf). */
     int (*append)(struct kv_env *env, kv_file *f, const void *buf, size_t len);
+    /* Optional (NULL: kv_env_appendv calls append per piece): append n pieces in order, as append does one. */
+    int (*appendv)(struct kv_env *env, kv_file *f, const struct iovec *iov, int n);
     /* Make the file's data durable (fdatasync). */
     int (*sync)(struct kv_env *env, kv_file *f);
     int (*size)(struct kv_env *env, kv_file *f, uint64_t *size);
@@ -58,6 +61,8 @@ typedef struct kv_env {
 /* The real file system. A process-wide singleton; never destroy it. */
 kv_env *kv_env_posix(void);
 void kv_env_free_names(char **names, size_t n);
+/* Append n pieces (env->appendv when the environment has one, else one append per piece). */
+int kv_env_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n);
 
 /* ---- Fault injection (env_fault.c), for tests ----------------------------------------------------------------- */
 

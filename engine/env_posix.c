@@ -23,6 +23,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -104,6 +105,43 @@ static int px_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
         /* write() returning 0 for a non-zero request would loop forever; treat it as a full disk. */
         if (r == 0) return kv_set_errno(ENOSPC, "write", f->path);
         done += (size_t)r;
+    }
+    return KV_OK;
+}
+
+/* writev, resumed after EINTR and partial transfers (a partial one may end inside any piece). */
+static int px_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n) {
+    (void)env;
+    struct iovec v[64];
+    while (n > 0) {
+        int m = n < 64 ? n : 64;
+        memcpy(v, iov, (size_t)m * sizeof *v);
+        int at = 0;
+        while (at < m) {
+            ssize_t r = writev(f->fd, v + at, m - at);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                return kv_set_errno(errno, "write", f->path);
+            }
+            if (r == 0) return kv_set_errno(ENOSPC, "write", f->path);
+            size_t left = (size_t)r;
+            while (at < m && left >= v[at].iov_len) left -= v[at++].iov_len;
+            if (at < m) {
+                v[at].iov_base = (char *)v[at].iov_base + left;
+                v[at].iov_len -= left;
+            }
+        }
+        iov += m;
+        n -= m;
+    }
+    return KV_OK;
+}
+
+int kv_env_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n) {
+    if (env->appendv) return env->appendv(env, f, iov, n);
+    for (int i = 0; i < n; i++) {
+        int rc = env->append(env, f, iov[i].iov_base, iov[i].iov_len);
+        if (rc) return rc;
     }
     return KV_OK;
 }
@@ -300,6 +338,7 @@ static kv_env posix_env = {
     .open_append = px_open_append,
     .read_at = px_read_at,
     .append = px_append,
+    .appendv = px_appendv,
     .sync = px_sync,
     .size = px_size,
     .close = px_close,

@@ -127,6 +127,7 @@ static void wrap_init(wrap_env *w) {
     w->e.open_write = w_open_write;
     w->e.read_at = w_read_at;
     w->e.append = w_append;
+    w->e.appendv = NULL; /* gathered appends go through w_append, piece by piece */
     w->e.sync = w_sync;
     w->e.size = w_size;
     w->e.close = w_close;
