@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -110,6 +109,8 @@ int kvfs_fuse_use_io(struct fuse_session *se) {
 }
 
 static kvfs_fuse *ctx(void) { return fuse_get_context()->private_data; }
+static kvfs_fs *FS(void) { return ctx()->fs; }
+static kvfs_file *FILE_OF(struct fuse_file_info *fi) { return fi ? (kvfs_file *)(uintptr_t)fi->fh : NULL; }
 
 /* Whether the caller of the request being handled is in group g (its fsgid or a supplementary group). */
 static bool caller_in_group(gid_t g) {
@@ -128,7 +129,7 @@ static bool caller_in_group(gid_t g) {
  * node's cached attributes (attributes only: a negative offset leaves the page cache alone, whose pages the kernel
  * may hold locked for this very write). A SETATTR reply carries the new mode itself. */
 static int kill_suidgid(const char *path, kvfs_file *f, bool capable, bool notify) {
-    kvfs_fs *fs = ctx()->fs;
+    kvfs_fs *fs = FS();
     struct stat st;
     int rc = kvfs_getattr(fs, path, f, &st);
     if (rc || S_ISDIR(st.st_mode)) return rc;
@@ -141,8 +142,6 @@ static int kill_suidgid(const char *path, kvfs_file *f, bool capable, bool notif
         (void)fuse_lowlevel_notify_inval_inode(fuse_get_session(fuse_get_context()->fuse), req_nodeid, -1, 0);
     return 0;
 }
-static kvfs_fs *FS(void) { return ctx()->fs; }
-static kvfs_file *FILE_OF(struct fuse_file_info *fi) { return fi ? (kvfs_file *)(uintptr_t)fi->fh : NULL; }
 
 static kvfs_caller caller(void) {
     struct fuse_context *c = fuse_get_context();
