@@ -117,7 +117,9 @@ static int px_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n) {
         int m = n < 64 ? n : 64;
         memcpy(v, iov, (size_t)m * sizeof *v);
         int at = 0;
-        while (at < m) {
+        for (;;) {
+            while (at < m && v[at].iov_len == 0) at++; /* writev of nothing returns 0, which means a full disk */
+            if (at == m) break;
             ssize_t r = writev(f->fd, v + at, m - at);
             if (r < 0) {
                 if (errno == EINTR) continue;

@@ -127,6 +127,7 @@ TEST(test_posix_appendv) {
         CHECK_OK(envs[e]->open_write(envs[e], p, &f));
         CHECK_OK(envs[e]->append(envs[e], f, "head", 4));
         CHECK_OK(kv_env_appendv(envs[e], f, iov, 300));
+        CHECK_OK(kv_env_appendv(envs[e], f, iov, 1)); /* only an empty piece: nothing to write, no error */
         CHECK_OK(envs[e]->close(envs[e], f));
         CHECK_EQ(fsize(env, p), 4 + off);
         static uint8_t back[4 + sizeof data];
