@@ -1131,6 +1131,9 @@ unlock:
 
 /* ---- extended attributes ---------------------------------------------------------------------------------------- */
 
+/* Only the user.* namespace is kept. Other names get ENOTSUP, never ENODATA: that is the answer of a filesystem
+ * without ACL or security-label support, and `ls -l` (gnulib's file_has_acl, coreutils' getfilecon_cache) stops
+ * asking a device that gave it once, where ENODATA makes it ask for every listed file (two round trips each). */
 static bool user_xattr(const char *name) { return strncmp(name, "user.", 5) == 0 && name[5] != 0; }
 
 /* The meta key of xattr name of the entry at path. */
@@ -1182,8 +1185,7 @@ int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *v
 }
 
 ssize_t kvfs_getxattr(kvfs_fs *fs, const char *path, const char *name, void *value, size_t size) {
-    /* Fast answer for the other namespaces: the kernel asks for security.capability before many writes. */
-    if (!user_xattr(name)) return -ENODATA;
+    if (!user_xattr(name)) return -ENOTSUP;
     keybuf k;
     kb_init(&k);
     ssize_t rc = xattr_key(fs, path, name, &k);
@@ -1258,7 +1260,7 @@ ssize_t kvfs_listxattr(kvfs_fs *fs, const char *path, char *list, size_t size) {
 }
 
 int kvfs_removexattr(kvfs_fs *fs, const char *path, const char *name) {
-    if (!user_xattr(name)) return -ENODATA;
+    if (!user_xattr(name)) return -ENOTSUP;
     keybuf k;
     kb_init(&k);
     pthread_mutex_lock(&fs->ns_mu);

@@ -193,6 +193,25 @@ teardown() {
     [ "$status" -ne 0 ]
 }
 
+@test "other xattr namespaces are unsupported, so ls -l asks once per listing, not per file" {
+    command -v getfattr >/dev/null || skip "attr tools are not installed"
+    mkdir "$M/many"
+    for i in $(seq 1 50); do echo x > "$M/many/f$i"; done
+    for name in security.selinux system.posix_acl_access trusted.x; do
+        run getfattr -n "$name" "$M/many/f1"
+        [ "$status" -ne 0 ]
+        [[ "$output" == *"Operation not supported"* ]]
+    done
+    run setfattr -n trusted.x -v 1 "$M/many/f1"
+    [ "$status" -ne 0 ]
+    command -v strace >/dev/null || skip "strace is not installed"
+    # ENODATA would make ls ask for both names for each of the 50 files.
+    run strace -f -c -e trace=getxattr,lgetxattr ls -l "$M/many"
+    [ "$status" -eq 0 ]
+    calls=$(awk '$NF ~ /getxattr$/ {n += $4} END {print n + 0}' <<<"$output")
+    [ "$calls" -le 4 ]
+}
+
 @test "df reports the backing file system" {
     run df -P "$M"
     [ "$status" -eq 0 ]
