@@ -208,6 +208,13 @@ cold() {
     drop_caches
 }
 
+# Before each target's large-I/O step: the page cache (and what the previous target left in it) dropped, so that
+# every target starts from the same memory. On a VM whose free memory goes back to the host (free page reporting,
+# here also DAMON's proactive reclaim), memory the guest has not touched lately costs a host fault per page on first
+# use: measured here, a 1 GiB `dd` into passthrough_ll took 1.24-1.33 s first and 3.9-5.2 s right after the same
+# `dd` into kvfs, and kvfs's 1.40-1.46 s first (or after a drop) and 2.3-4.0 s right after passthrough_ll's.
+same_start() { drop_caches; }
+
 daemon_cpu() { # user+system clock ticks of the daemon of $1 (0 for ext4)
     local p=${PID[$1]:-}
     if [ -n "$p" ] && [ -r "/proc/$p/stat" ]; then
@@ -393,14 +400,17 @@ one_round() {
     for t in "${TG[@]}"; do measure rm_tree "$t" rm -rf cp; done
     for t in "${TG[@]}"; do (cd "${D[$t]}" && timeout 300 rm -rf rsync tar) || warn "$t: cannot remove the tree copies"; done
 
-    # 3. Sequential 1 MiB I/O of incompressible data, the source file in the page cache.
+    # 3. Sequential 1 MiB I/O of incompressible data, the source file in the page cache. The page cache is dropped
+    # before each target's step, not once for all: on this VM a step that needs memory the guest has not touched
+    # lately runs 2-4 times slower (see same_start), which would penalise whichever target comes second.
     log "== sequential: $SEQ_MB MiB"
     for t in "${TG[@]}"; do
+        same_start
         cat "$W/random.bin" >/dev/null
         measure seq_write "$t" dd if="$W/random.bin" of=big bs=1M conv=fsync status=none
     done
     cold
-    for t in "${TG[@]}"; do measure seq_read "$t" dd if=big of=/dev/null bs=1M status=none; done
+    for t in "${TG[@]}"; do same_start; measure seq_read "$t" dd if=big of=/dev/null bs=1M status=none; done
     for t in "${TG[@]}"; do rm -f "${D[$t]}/big"; done
 
     # 4. Random 4 KiB I/O (buffered, no O_DIRECT) in a file of RAND_MB MiB written beforehand.
@@ -410,7 +420,7 @@ one_round() {
             warn "$t: cannot write the random-I/O file"
     done
     cold
-    for t in "${TG[@]}"; do measure rand_read "$t" "$FSOPS" rand rand read $RAND_OPS $RAND_BS 7; done
+    for t in "${TG[@]}"; do same_start; measure rand_read "$t" "$FSOPS" rand rand read $RAND_OPS $RAND_BS 7; done
     for t in "${TG[@]}"; do measure rand_write "$t" "$FSOPS" rand rand write $RAND_OPS $RAND_BS 8; done
     for t in "${TG[@]}"; do rm -f "${D[$t]}/rand"; done
 }
