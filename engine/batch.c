@@ -3,7 +3,8 @@
  *
  * Invariants
  *  - A kv_batch owns copies of every key and value handed to it (in one growing buffer, ops refer to offsets), so
- *    the caller may reuse its buffers at once.
+ *    the caller may reuse its buffers at once; except the values of the *_nocopy calls, which it only points to
+ *    (op->ext) and the caller keeps valid until the batch is cleared or freed.
  *  - Keys are validated when added (1..KV_MAX_KEY bytes): a bad key fails the add, never the commit.
  *  - The record decoder checks every length against the record's end; a malformed record is KV_ECORRUPT.
  */
@@ -84,18 +85,35 @@ static int add_keyed(kv_batch *b, int kind, uint8_t ks, const void *key, size_t 
 /* ops are committed to b->n only when fully built, so a failed add leaves the batch as it was (bar spare data) */
 #define COMMIT_OP(b) ((b)->n++)
 
-int kv_batch_put_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen) {
+/* A PUT or WRITE_AT op whose bytes are copied into the batch, or only pointed to (nocopy). */
+static int add_data_op(kv_batch *b, int kind, uint8_t ks, const void *key, size_t klen, uint64_t off,
+                       const void *data, uint64_t len, bool copy) {
+    if (kind == BOP_WRITE_AT && off > UINT64_MAX - len)
+        return kv_set_error(KV_EINVAL, "write_at: offset + length overflows");
+    if (len && !data) return kv_set_error(KV_EINVAL, "NULL value with non-zero length");
     batch_op *op;
-    int rc = add_keyed(b, BOP_PUT, ks, key, klen, &op);
+    int rc = add_keyed(b, kind, ks, key, klen, &op);
     if (rc) return rc;
-    size_t voff;
-    rc = add_bytes(b, val, vlen, &voff);
-    if (rc) return rc;
-    op = &b->ops[b->n];
-    op->data_off = voff;
-    op->len = vlen;
+    size_t doff = 0;
+    if (copy) {
+        rc = add_bytes(b, data, len, &doff);
+        if (rc) return rc;
+    }
+    op->off = off;
+    op->data_off = doff;
+    op->ext = copy ? NULL : data;
+    op->len = len;
     COMMIT_OP(b);
+    if (kind == BOP_WRITE_AT) b->reads = true;
     return KV_OK;
+}
+
+int kv_batch_put_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen) {
+    return add_data_op(b, BOP_PUT, ks, key, klen, 0, val, vlen, true);
+}
+
+int kv_batch_put_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen) {
+    return add_data_op(b, BOP_PUT, ks, key, klen, 0, val, vlen, false);
 }
 
 int kv_batch_delete_ks(kv_batch *b, uint8_t ks, const void *key, size_t klen) {
@@ -133,20 +151,12 @@ int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, u
 
 int kv_batch_write_at(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
                       size_t len) {
-    if (off > UINT64_MAX - len) return kv_set_error(KV_EINVAL, "write_at: offset + length overflows");
-    batch_op *op;
-    int rc = add_keyed(b, BOP_WRITE_AT, ks, key, klen, &op);
-    if (rc) return rc;
-    size_t doff;
-    rc = add_bytes(b, data, len, &doff);
-    if (rc) return rc;
-    op = &b->ops[b->n];
-    op->off = off;
-    op->data_off = doff;
-    op->len = len;
-    COMMIT_OP(b);
-    b->reads = true;
-    return KV_OK;
+    return add_data_op(b, BOP_WRITE_AT, ks, key, klen, off, data, len, true);
+}
+
+int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
+                             size_t len) {
+    return add_data_op(b, BOP_WRITE_AT, ks, key, klen, off, data, len, false);
 }
 
 int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {

@@ -40,7 +40,8 @@ typedef struct batch_op {
     uint8_t kind, ks, ks2;
     size_t key_off, klen;   /* into batch data */
     size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REPLACE_IF: the expected payload */
-    size_t data_off;        /* value / bytes / new payload */
+    size_t data_off;        /* value / bytes / new payload, in batch data unless ext is set */
+    const uint8_t *ext;     /* PUT / WRITE_AT made with *_nocopy: the caller's bytes (batch_op_data) */
     uint64_t len;           /* value length (PUT, WRITE_AT, REPLACE_IF) */
     uint64_t off;           /* WRITE_AT offset, TRUNCATE size, REPLACE_IF timestamp */
     int vtype;              /* REPLACE_IF: type of the new payload */
@@ -53,6 +54,11 @@ struct kv_batch {
     kv_bytes data;
     bool reads;             /* has an op whose result depends on the current value (move, write_at, ...) */
 };
+
+/* The bytes of a PUT / WRITE_AT / REPLACE_IF op: its own copy in the batch data, or the caller's (nocopy). */
+static inline const uint8_t *batch_op_data(const kv_batch *b, const batch_op *op) {
+    return op->ext ? op->ext : b->data.data + op->data_off;
+}
 
 /* A resolved operation: what goes into the log and the memtable. */
 typedef struct resolved_op {

@@ -310,6 +310,8 @@ static bool is_plain(const kv_db *db, const kv_batch *b) {
 static int encode_plain(const kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec) {
     size_t start = rec->len;
     size_t need = 8 + 10 + 10 + b->data.len + b->n * (1 + 1 + 10 + 10);
+    for (size_t i = 0; i < b->n; i++)
+        if (b->ops[i].ext) need += (size_t)b->ops[i].len; /* nocopy values are not in b->data */
     if (bytes_reserve(rec, need)) return KV_ENOMEM;
     uint8_t *p = rec->data + rec->len;
     put_fixed64(p, seq);
@@ -325,7 +327,7 @@ static int encode_plain(const kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *r
         p += op->klen;
         if (op->kind == BOP_PUT) {
             p = put_varint64(p, op->len);
-            if (op->len) memcpy(p, base + op->data_off, (size_t)op->len);
+            if (op->len) memcpy(p, batch_op_data(b, op), (size_t)op->len);
             p += op->len;
         }
     }
@@ -345,7 +347,7 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync
         ubuf[0] = op->ks;
         memcpy(ubuf + 1, base + op->key_off, op->klen);
         size_t ulen = op->klen + 1;
-        const uint8_t *data = base + op->data_off;
+        const uint8_t *data = batch_op_data(b, op);
         int type;
         switch (op->kind) {
         case BOP_PUT:

@@ -177,6 +177,13 @@ int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, u
  * key starts as an empty value. Only the written bytes are stored anew, even in a large value. */
 int kv_batch_write_at(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
                       size_t len);
+/* kv_batch_put_ks and kv_batch_write_at without the copy: the batch keeps a pointer to the value's bytes, which the
+ * caller keeps valid and unchanged until the batch is cleared or freed (kv_write reads them while it runs). For
+ * large values written once, such as a filesystem's buffered writes: the bytes then go from the caller's buffer
+ * to the log or a blob file without a copy in between. */
+int kv_batch_put_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, uint64_t vlen);
+int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
+                             size_t len);
 /* Set the value's length: cut it, or extend it with zeros (a hole, costing no space). Absent key: created. */
 int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
 /* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. */

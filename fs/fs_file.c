@@ -78,10 +78,11 @@ void file_put_attr(kvfs_fs *fs, kvfs_file *f, store_batch *b) {
 /* Put bytes [off, off + len) of f into b: a plain put when they are the whole file (a new or rewritten small file:
  * the engine need not read the old value), else a write_at. f->size is the size before these bytes. */
 static void put_extent(kvfs_file *f, store_batch *b, uint64_t off, const void *data, size_t len) {
+    /* nocopy: every caller writes b before data (a request's buffer or f->buf) changes */
     if (off == 0 && len >= f->size)
-        store_batch_put(b, f->ks, f->key, f->klen, data, len);
+        store_batch_put_nocopy(b, f->ks, f->key, f->klen, data, len);
     else
-        store_batch_write_at(b, f->ks, f->key, f->klen, off, data, len);
+        store_batch_write_at_nocopy(b, f->ks, f->key, f->klen, off, data, len);
 }
 
 int file_flush_locked(kvfs_fs *fs, kvfs_file *f) {
@@ -90,9 +91,9 @@ int file_flush_locked(kvfs_fs *fs, kvfs_file *f) {
     store_batch_init(&b);
     /* f->size already counts the buffer: it is the whole file when it starts at 0 and reaches the end. */
     if (f->buf_len && f->buf_off == 0 && f->buf_len == f->size)
-        store_batch_put(&b, f->ks, f->key, f->klen, f->buf, f->buf_len);
+        store_batch_put_nocopy(&b, f->ks, f->key, f->klen, f->buf, f->buf_len); /* f->buf is kept until written */
     else if (f->buf_len)
-        store_batch_write_at(&b, f->ks, f->key, f->klen, f->buf_off, f->buf, f->buf_len);
+        store_batch_write_at_nocopy(&b, f->ks, f->key, f->klen, f->buf_off, f->buf, f->buf_len);
     file_put_attr(fs, f, &b);
     int rc = fs_write_batch(fs, &b);
     store_batch_free(&b);

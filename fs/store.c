@@ -82,12 +82,24 @@ static store_op *add_op(store_batch *b, enum store_op_kind kind, uint8_t ks, con
     return op;
 }
 
-void store_batch_put(store_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, size_t vlen) {
-    store_op *op = add_op(b, STORE_PUT, ks, key, klen);
+/* A put or write_at whose bytes are copied into the batch, or only pointed to. */
+static void add_data_op(store_batch *b, enum store_op_kind kind, uint8_t ks, const void *key, size_t klen,
+                        uint64_t off, const void *data, size_t len, bool copy) {
+    store_op *op = add_op(b, kind, ks, key, klen);
     if (!op) return;
-    op->data_off = add_bytes(b, val, vlen);
-    op->dlen = vlen;
+    op->off = off;
+    if (copy) op->data_off = add_bytes(b, data, len);
+    else op->ext = len ? data : NULL;
+    op->dlen = len;
     if (b->error) b->n--;
+}
+
+void store_batch_put(store_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, size_t vlen) {
+    add_data_op(b, STORE_PUT, ks, key, klen, 0, val, vlen, true);
+}
+
+void store_batch_put_nocopy(store_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, size_t vlen) {
+    add_data_op(b, STORE_PUT, ks, key, klen, 0, val, vlen, false);
 }
 
 void store_batch_delete(store_batch *b, uint8_t ks, const void *key, size_t klen) {
@@ -96,12 +108,12 @@ void store_batch_delete(store_batch *b, uint8_t ks, const void *key, size_t klen
 
 void store_batch_write_at(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
                           size_t len) {
-    store_op *op = add_op(b, STORE_WRITE_AT, ks, key, klen);
-    if (!op) return;
-    op->off = off;
-    op->data_off = add_bytes(b, data, len);
-    op->dlen = len;
-    if (b->error) b->n--;
+    add_data_op(b, STORE_WRITE_AT, ks, key, klen, off, data, len, true);
+}
+
+void store_batch_write_at_nocopy(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off,
+                                 const void *data, size_t len) {
+    add_data_op(b, STORE_WRITE_AT, ks, key, klen, off, data, len, false);
 }
 
 void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {

@@ -59,14 +59,15 @@ typedef struct store_op {
     uint8_t ks, to_ks;      /* to_ks: STORE_MOVE's destination keyspace */
     size_t key_off, klen;   /* offsets into the batch's byte buffer */
     size_t to_off, tlen;    /* STORE_MOVE destination key */
-    size_t data_off, dlen;  /* STORE_PUT value, STORE_WRITE_AT bytes */
+    size_t data_off, dlen;  /* STORE_PUT value, STORE_WRITE_AT bytes (in bytes, unless ext is set) */
+    const uint8_t *ext;     /* made by a *_nocopy builder: the caller's bytes */
     uint64_t off;           /* STORE_WRITE_AT offset, STORE_TRUNCATE size */
 } store_op;
 
 typedef struct store_batch {
     store_op *ops;
     size_t n, cap;
-    uint8_t *bytes;         /* every key and value of the batch, copied */
+    uint8_t *bytes;         /* every key and value of the batch, copied (but the values of *_nocopy builders) */
     size_t blen, bcap;
     int error;              /* first allocation failure while building: store_write refuses the batch */
 } store_batch;
@@ -80,6 +81,12 @@ void store_batch_delete(store_batch *b, uint8_t ks, const void *key, size_t klen
 /* Replace bytes [off, off+len) of the value, extending it (a gap reads as zeros); an absent key starts empty. */
 void store_batch_write_at(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, const void *data,
                           size_t len);
+/* The same without copying the bytes: the caller keeps them valid and unchanged until the batch is written
+ * (store_write returned) or cleared. For large buffered file data, which the engine then writes straight from the
+ * caller's buffer. */
+void store_batch_put_nocopy(store_batch *b, uint8_t ks, const void *key, size_t klen, const void *val, size_t vlen);
+void store_batch_write_at_nocopy(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off,
+                                 const void *data, size_t len);
 /* Set the value's length (cut, or extend with a hole of zeros); an absent key is created. */
 void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
 /* Move a value to another key without copying its bytes; the source is deleted, the destination replaced. */
@@ -87,7 +94,9 @@ void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t 
                       size_t tlen);
 static inline const uint8_t *store_op_key(const store_batch *b, const store_op *op) { return b->bytes + op->key_off; }
 static inline const uint8_t *store_op_to(const store_batch *b, const store_op *op) { return b->bytes + op->to_off; }
-static inline const uint8_t *store_op_data(const store_batch *b, const store_op *op) { return b->bytes + op->data_off; }
+static inline const uint8_t *store_op_data(const store_batch *b, const store_op *op) {
+    return op->ext ? op->ext : b->bytes + op->data_off;
+}
 
 /* ---- The store --------------------------------------------------------------------------------------------------- */
 

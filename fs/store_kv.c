@@ -48,13 +48,14 @@ static int kvs_write(store *s, const store_batch *b, bool sync) {
         const uint8_t *key = store_op_key(b, op);
         switch (op->kind) {
         case STORE_PUT:
-            rc = kv_batch_put_ks(kb, op->ks, key, op->klen, store_op_data(b, op), op->dlen);
+            /* nocopy: b, which holds or points to the bytes, outlives kb */
+            rc = kv_batch_put_nocopy(kb, op->ks, key, op->klen, store_op_data(b, op), op->dlen);
             break;
         case STORE_DELETE:
             rc = kv_batch_delete_ks(kb, op->ks, key, op->klen);
             break;
         case STORE_WRITE_AT:
-            rc = kv_batch_write_at(kb, op->ks, key, op->klen, op->off, store_op_data(b, op), op->dlen);
+            rc = kv_batch_write_at_nocopy(kb, op->ks, key, op->klen, op->off, store_op_data(b, op), op->dlen);
             break;
         case STORE_TRUNCATE:
             rc = kv_batch_truncate(kb, op->ks, key, op->klen, op->off);

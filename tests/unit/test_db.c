@@ -152,6 +152,7 @@ TEST(test_db_write_at_and_truncate) {
     size_t size = 0;
     uint64_t rs = t_seed();
     for (int i = 0; i < 300; i++) {
+        uint8_t data[3000]; /* lives until kv_write: the nocopy builder only points to it */
         kv_batch_clear(b);
         if (t_rand(&rs) % 5 == 0) {
             size_t ns = t_rand(&rs) % sizeof model;
@@ -160,12 +161,14 @@ TEST(test_db_write_at_and_truncate) {
             CHECK_OK(kv_batch_truncate(b, 0, "f", 1, ns));
         } else {
             size_t off = t_rand(&rs) % (sizeof model - 3000), len = t_rand(&rs) % 3000;
-            uint8_t data[3000];
             for (size_t j = 0; j < len; j++) data[j] = (uint8_t)t_rand(&rs);
             if (len && off > size) memset(model + size, 0, off - size);
             memcpy(model + off, data, len);
             if (len && off + len > size) size = off + len;
-            CHECK_OK(kv_batch_write_at(b, 0, "f", 1, off, data, len));
+            if (i % 2) /* both ways: the batch's copy, or the caller's buffer read by kv_write */
+                CHECK_OK(kv_batch_write_at(b, 0, "f", 1, off, data, len));
+            else
+                CHECK_OK(kv_batch_write_at_nocopy(b, 0, "f", 1, off, data, len));
         }
         CHECK_OK(kv_write(db, b, 0, NULL));
         kv_info info;
@@ -209,6 +212,66 @@ TEST(test_db_write_at_and_truncate) {
     kv_buf_free(&v);
     uint64_t problems = 0;
     CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    kv_free(db);
+}
+
+/* The *_nocopy builders: kv_write reads the caller's bytes, in plain batches (small puts straight to the log), in
+ * batches that read current values (write_at) and for values that go to blob files; afterwards the caller's buffer
+ * is the caller's again. */
+TEST(test_db_nocopy_values) {
+    kv_options o;
+    small_options(&o); /* blob_threshold 1 KiB */
+    kv_db *db;
+    const char *dir = t_tmpdir();
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    char small[100], big[5000], patch[300];
+    memset(small, 's', sizeof small);
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 26);
+    memset(patch, 'P', sizeof patch);
+    /* a plain batch: copied and borrowed values side by side */
+    CHECK_OK(kv_batch_put_nocopy(b, 0, "small", 5, small, sizeof small));
+    CHECK_OK(kv_batch_put_ks(b, 0, "copied", 6, "c", 1));
+    CHECK_OK(kv_batch_put_nocopy(b, 0, "empty", 5, NULL, 0));
+    CHECK_EQ(kv_batch_put_nocopy(b, 0, "bad", 3, NULL, 1), KV_EINVAL);
+    CHECK_EQ(kv_batch_count(b), 3);
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    /* a blob-sized value, then a write_at into it */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put_nocopy(b, 0, "big", 3, big, sizeof big));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_write_at_nocopy(b, 0, "big", 3, 1000, patch, sizeof patch));
+    CHECK_OK(kv_batch_write_at_nocopy(b, 0, "small", 5, 90, patch, 20)); /* grows it to 110 bytes */
+    CHECK_OK(kv_write(db, b, KV_SYNC, NULL));
+    kv_batch_free(b);
+    char want_big[sizeof big], want_small[110];
+    memcpy(want_big, big, sizeof big);
+    memcpy(want_big + 1000, patch, sizeof patch);
+    memcpy(want_small, small, 90);
+    memset(want_small + 90, 'P', 20);
+    /* the caller's buffers are free again: scribbling on them changes nothing stored */
+    memset(small, 'x', sizeof small);
+    memset(big, 'x', sizeof big);
+    memset(patch, 'x', sizeof patch);
+    for (int round = 0; round < 2; round++) {
+        kv_buf v;
+        CHECK_OK(kv_get(db, NULL, "big", 3, &v));
+        CHECK_MEM(v.data, v.len, want_big, sizeof want_big);
+        kv_buf_free(&v);
+        CHECK_OK(kv_get(db, NULL, "small", 5, &v));
+        CHECK_MEM(v.data, v.len, want_small, sizeof want_small);
+        kv_buf_free(&v);
+        CHECK_OK(kv_get(db, NULL, "empty", 5, &v));
+        CHECK_EQ(v.len, 0);
+        kv_buf_free(&v);
+        kv_info info;
+        CHECK_OK(kv_stat(db, NULL, "big", 3, &info));
+        CHECK(info.external); /* it went to a blob file */
+        kv_free(db); /* then the same from the log and blob files after a reopen */
+        CHECK_OK(kv_open(dir, &o, &db));
+    }
     kv_free(db);
 }
 
