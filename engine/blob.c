@@ -302,6 +302,10 @@ int blob_ref_truncate(blob_ref *r, uint64_t size) {
     return KV_OK;
 }
 
+uint64_t blob_extent_record_end(const blob_extent *e) {
+    return e->file_no == 0 ? 0 : e->rec_off + rec_span(e->rec_len);
+}
+
 uint64_t blob_ref_bytes_in_file(const blob_ref *r, uint64_t file_no) {
     uint64_t n = 0;
     if (file_no == 0) return 0; /* holes are in no file */

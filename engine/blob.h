@@ -64,6 +64,9 @@ int blob_ref_splice(blob_ref *r, uint64_t off, const blob_extent *e);
 int blob_ref_truncate(blob_ref *r, uint64_t size);
 /* Bytes of file_no referenced by r (for garbage accounting). */
 uint64_t blob_ref_bytes_in_file(const blob_ref *r, uint64_t file_no);
+/* The file offset just past the last chunk of the record that extent e lies in (0 for a hole): a blob file shorter
+ * than this lacks part of the record. */
+uint64_t blob_extent_record_end(const blob_extent *e);
 
 /* The set of blob files of a store: naming (dir/NNNNNN.blob), a bounded cache of open readers, reads. */
 typedef struct blob_store blob_store;

@@ -283,6 +283,68 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 /* Replay every log at or after vs->log_number, in order (caller holds mu). */
+/* Recovery: the size of each blob file, looked up once. */
+typedef struct blob_sizes {
+    uint64_t *no, *size;
+    size_t n, cap;
+} blob_sizes;
+
+/* The size of blob file no, or UINT64_MAX when it cannot be known (missing, unreadable, out of memory). */
+static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
+    for (size_t i = 0; i < bs->n; i++)
+        if (bs->no[i] == no) return bs->size[i];
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "blob");
+    uint64_t size;
+    if (db->env->file_size(db->env, path, &size) != KV_OK) size = UINT64_MAX;
+    if (bs->n == bs->cap) {
+        size_t cap = bs->cap ? bs->cap * 2 : 16;
+        uint64_t *a = realloc(bs->no, cap * sizeof *a);
+        if (!a) return UINT64_MAX;
+        bs->no = a;
+        uint64_t *b = realloc(bs->size, cap * sizeof *b);
+        if (!b) return UINT64_MAX;
+        bs->size = b;
+        bs->cap = cap;
+    }
+    bs->no[bs->n] = no;
+    bs->size[bs->n++] = size;
+    return size;
+}
+
+/* Whether every blob record that a logged batch references is whole in its blob file as the file is now.
+ * Blob bytes are appended before the batch that references them is logged, and every sync makes the blob files
+ * durable before the log (db_sync_blob_file; a full blob file is synced before it is closed; a flush syncs them
+ * before its table is installed). So a logged batch that any sync covered references only durable bytes, and a
+ * batch whose blob file is now too short was never synced: a power loss kept the log's bytes but not the blob
+ * file's (the two files reach the disk independently). Neither was it, then, nor any later batch, so recovery may
+ * drop them all, as it drops a torn log tail. Malformed records and blob files that are missing or unreadable
+ * answer true, so that replay and reads report them as before. */
+static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_sizes *bs) {
+    uint64_t seq;
+    int64_t ts;
+    size_t count;
+    const uint8_t *p, *lim = rec + len;
+    if (batch_record_decode(rec, len, &seq, &ts, &count, &p, "", 0) != KV_OK) return true;
+    for (size_t i = 0; i < count; i++) {
+        resolved_op op;
+        p = batch_record_next_op(p, lim, &op);
+        if (!p) return true;
+        if (op.type != KV_TYPE_BLOB) continue;
+        blob_ref ref = {0};
+        if (blob_ref_decode(op.payload, op.plen, &ref) != KV_OK) continue;
+        bool whole = true;
+        for (size_t e = 0; e < ref.n && whole; e++) {
+            if (ref.ext[e].file_no == 0) continue;
+            uint64_t size = blob_size_of(db, bs, ref.ext[e].file_no);
+            if (size != UINT64_MAX && size < blob_extent_record_end(&ref.ext[e])) whole = false;
+        }
+        blob_ref_free(&ref);
+        if (!whole) return false;
+    }
+    return true;
+}
+
 static int recover_logs(kv_db *db) {
     char **names;
     size_t n;
@@ -307,6 +369,8 @@ static int recover_logs(kv_db *db) {
     uint64_t max_seq = db->vs->last_seq;
     version_edit e;
     edit_init(&e);
+    blob_sizes bs = {0};
+    uint64_t dropped = 0; /* batches not replayed because a power loss took their blob bytes */
     for (size_t i = 0; i < nlogs && rc == KV_OK; i++) {
         char path[4096], name[64];
         file_name(path, sizeof path, db->dir, logs[i], "log");
@@ -318,6 +382,10 @@ static int recover_logs(kv_db *db) {
         size_t len;
         uint64_t off;
         while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
+            if (dropped || !record_blobs_whole(db, rec, len, &bs)) {
+                dropped++; /* this one and every later batch, in this log and the next ones */
+                continue;
+            }
             uint64_t seq;
             rc = apply_record(db, db->mem, rec, len, name, off, &seq);
             if (rc) break;
@@ -335,6 +403,9 @@ static int recover_logs(kv_db *db) {
         if (rc == KV_ENOTFOUND) rc = KV_OK;
     }
     free(logs);
+    free(bs.no);
+    free(bs.size);
+    db->st_unsynced_dropped = dropped;
     if (rc == KV_OK && !db->opt.read_only) {
         memtable_meta mm;
         memtable_get_meta(db->mem, &mm);

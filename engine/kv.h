@@ -317,6 +317,9 @@ typedef struct kv_stats {
     uint64_t last_sequence;
     uint64_t batch_log_oldest, batch_log_newest; /* 0, 0 when the log is empty or off */
     uint64_t disk_bytes;          /* all files of the store */
+    uint64_t unsynced_batches_dropped; /* at the last open: logged batches whose blob bytes a power loss took
+                                        * (never synced, so the batch was not durable); dropped with every later
+                                        * batch, as a torn log tail is (docs/design.md, "Recovery") */
 } kv_stats;
 int kv_get_stats(kv_db *db, kv_stats *out);
 

@@ -466,6 +466,11 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
                 kv_errmsg());
             goto out;
         }
+        kv_stats ks;
+        if (kv_get_stats(d.db, &ks) == KV_OK && ks.unsynced_batches_dropped)
+            say(LOG_WARNING, "%s: recovered from a power loss: %llu batch(es) written but never synced were dropped "
+                "(their large-value bytes had not reached the disk)", o->datadir,
+                (unsigned long long)ks.unsynced_batches_dropped);
         d.st = store_kv_new(d.db, o->datadir);
     }
     if (!d.st) {

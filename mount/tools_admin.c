@@ -59,8 +59,9 @@ int cmd_stats(tool_ctx *c, const targs *a) {
                        ",\"compaction_bytes_read\":%" PRIu64 ",\"blob_bytes_written\":%" PRIu64 ",",
                     wa, st.user_bytes_written, st.wal_bytes_written, st.flush_bytes_written,
                     st.compaction_bytes_written, st.compaction_bytes_read, st.blob_bytes_written);
-        tout_printf(o, "\"flushes\":%" PRIu64 ",\"compactions\":%" PRIu64 ",\"stall_micros\":%" PRIu64 "}\n",
-                    st.flushes, st.compactions, st.stall_micros);
+        tout_printf(o, "\"flushes\":%" PRIu64 ",\"compactions\":%" PRIu64 ",\"stall_micros\":%" PRIu64
+                       ",\"unsynced_batches_dropped\":%" PRIu64 "}\n",
+                    st.flushes, st.compactions, st.stall_micros, st.unsynced_batches_dropped);
         return TOOL_OK;
     }
     char h1[32], h2[32], h3[32];
@@ -86,6 +87,9 @@ int cmd_stats(tool_ctx *c, const targs *a) {
     tout_printf(o, "%-22s %.2f\n", "write amplification", wa);
     tout_printf(o, "%-22s %" PRIu64 " flushes, %" PRIu64 " compactions, %.3f s stalled\n", "background work",
                 st.flushes, st.compactions, (double)st.stall_micros / 1e6);
+    if (st.unsynced_batches_dropped) /* only after a power loss: worth a line then */
+        tout_printf(o, "%-22s %" PRIu64 " unsynced batches whose blob bytes a power loss took\n", "dropped at open",
+                    st.unsynced_batches_dropped);
     return TOOL_OK;
 }
 
