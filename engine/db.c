@@ -816,7 +816,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         writer *members[GROUP_MAX_WRITERS];
         for (writer *p = &w;; p = p->next) {
             size_t start = recs.len;
-            int r = db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, sync, &recs);
+            int r = db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, &recs);
             p->status = r; /* a batch that fails to resolve fails alone: it appended nothing */
             if (r == KV_OK) {
                 starts[nrec] = start;

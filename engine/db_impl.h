@@ -240,6 +240,6 @@ int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const 
 /* db_resolve.c: resolve a batch into its log record (appended to rec); create a blob file listed in the version
  * (its number stays in db->pending until the caller removes it). */
 int db_new_blob_file(kv_db *db, blob_writer **out);
-int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync, kv_bytes *rec);
+int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec);
 
 #endif /* KV_DB_IMPL_H */

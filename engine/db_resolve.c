@@ -335,7 +335,7 @@ static int encode_plain(const kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *r
     return KV_OK;
 }
 
-int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync, kv_bytes *rec) {
+int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec) {
     if (is_plain(db, b)) return encode_plain(b, seq, ts, rec);
     overlay o = {0};
     kv_bytes cur = {0}, out = {0};
@@ -393,7 +393,10 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, bool sync
                     if (rc) break;
                     s->ended = true;
                 }
-                if (sync && (rc = blob_writer_sync(s->w))) break;
+                /* Synced even for an unsynced put: a later sync makes the shared blob file and the log durable,
+                 * not this stream's file, and recovery drops every batch from the first one whose blob bytes are
+                 * missing (db.c, record_blobs_whole), so a later synced batch must never depend on it. */
+                if ((rc = blob_writer_sync(s->w))) break;
                 blob_ref ref = {0};
                 rc = blob_ref_splice(&ref, 0, &s->ext);
                 if (!rc) rc = ref_payload(&ref, &out);

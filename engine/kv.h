@@ -186,7 +186,8 @@ int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t kl
                              size_t len);
 /* Set the value's length: cut it, or extend it with zeros (a hole, costing no space). Absent key: created. */
 int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
-/* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. */
+/* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. Committing the
+ * batch syncs the stream's blob file (one fsync per stream), even without KV_SYNC. */
 int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s);
 
 /* Apply a batch atomically. It gets the next sequence number (returned in *seq, which may be NULL). */
