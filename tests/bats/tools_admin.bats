@@ -31,6 +31,8 @@ fill() {
     [ "$(kv stats "$D" --json | json_get 'd["batch_log"]["newest"]')" -eq 35 ]
     [ "$(kv stats "$D" --json | json_get 'len(d["levels"])')" -eq 7 ]
     [ "$(kv stats "$D" --json | json_get 'd["estimated_keys"] > 0')" = True ]
+    [ "$(kv stats "$D" --json | json_get 'd["unsynced_batches_dropped"]')" -eq 0 ]
+    [[ "$output" != *"dropped at open"* ]] # printed only after a power loss
 }
 
 @test "compact: whole store and a range; data unchanged" {
