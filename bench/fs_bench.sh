@@ -421,7 +421,7 @@ one_round() {
     done
     cold
     for t in "${TG[@]}"; do same_start; measure rand_read "$t" "$FSOPS" rand rand read $RAND_OPS $RAND_BS 7; done
-    for t in "${TG[@]}"; do measure rand_write "$t" "$FSOPS" rand rand write $RAND_OPS $RAND_BS 8; done
+    for t in "${TG[@]}"; do same_start; measure rand_write "$t" "$FSOPS" rand rand write $RAND_OPS $RAND_BS 8; done
     for t in "${TG[@]}"; do rm -f "${D[$t]}/rand"; done
 }
 

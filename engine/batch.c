@@ -33,6 +33,7 @@ void kv_batch_clear(kv_batch *b) {
     if (!b) return;
     b->n = 0;
     b->reads = false;
+    b->ext_bytes = 0;
     bytes_clear(&b->data);
 }
 
@@ -104,6 +105,7 @@ static int add_data_op(kv_batch *b, int kind, uint8_t ks, const void *key, size_
     op->ext = copy ? NULL : data;
     op->len = len;
     COMMIT_OP(b);
+    if (!copy) b->ext_bytes += len;
     if (kind == BOP_WRITE_AT) b->reads = true;
     return KV_OK;
 }

@@ -221,6 +221,60 @@ int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     return rc;
 }
 
+int batchlog_forget_after(batchlog *bl, uint64_t seq) {
+    if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
+    pthread_mutex_lock(&bl->mu);
+    int rc = KV_OK;
+    while (bl->nfiles > 0 && rc == KV_OK) {
+        bl_file *f = &bl->files[bl->nfiles - 1];
+        if (f->last_seq <= seq) break;
+        if (bl->w) { /* the file being written: the next append starts a new one */
+            wal_writer_close(bl->w);
+            bl->w = NULL;
+        }
+        char path[4096], name[64];
+        bl_path(bl, f->no, path, sizeof path);
+        if (f->first_seq > seq) {
+            rc = bl->env->remove(bl->env, path);
+            if (rc == KV_OK || rc == KV_ENOTFOUND) {
+                rc = KV_OK;
+                bl->total_bytes -= f->bytes;
+                bl->nfiles--;
+            }
+            continue;
+        }
+        /* seq is inside this file: cut it before the first record above seq */
+        snprintf(name, sizeof name, "BATCHLOG-%06" PRIu64, f->no);
+        wal_reader *r;
+        rc = wal_reader_open(bl->env, path, name, &r);
+        if (rc) break;
+        const uint8_t *rec;
+        size_t len;
+        uint64_t off, cut = 0, last = 0;
+        bool found = false;
+        while (wal_read(r, &rec, &len, &off) == KV_OK) {
+            uint64_t s = len >= 8 ? get_fixed64(rec) : 0;
+            if (s > seq) {
+                cut = off;
+                found = true;
+                break;
+            }
+            if (s) last = s;
+        }
+        wal_reader_close(r);
+        if (found) rc = bl->env->truncate(bl->env, path, cut);
+        if (rc == KV_OK && found) {
+            bl->total_bytes -= f->bytes - cut;
+            f->bytes = cut;
+            f->last_seq = last;
+            if (!last) f->first_seq = 0;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&bl->mu);
+    return rc;
+}
+
 int batchlog_sync(batchlog *bl) {
     if (!bl) return KV_OK;
     pthread_mutex_lock(&bl->mu);

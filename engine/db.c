@@ -282,34 +282,32 @@ static int cmp_u64(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Replay every log at or after vs->log_number, in order (caller holds mu). */
-/* Recovery: the size of each blob file, looked up once. */
+/* Recovery: the size of each blob file the version lists (sizes[i] for vs->current->blobs[i]), looked up when
+ * first needed; UINT64_MAX when unknown (missing, unreadable). Files the version does not list are not looked up:
+ * a damaged record naming many of them costs a binary search each, not a stat. */
 typedef struct blob_sizes {
-    uint64_t *no, *size;
-    size_t n, cap;
+    uint64_t *size;
+    bool *known;
+    size_t n;
 } blob_sizes;
 
-/* The size of blob file no, or UINT64_MAX when it cannot be known (missing, unreadable, out of memory). */
 static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
-    for (size_t i = 0; i < bs->n; i++)
-        if (bs->no[i] == no) return bs->size[i];
-    char path[4096];
-    file_name(path, sizeof path, db->dir, no, "blob");
-    uint64_t size;
-    if (db->env->file_size(db->env, path, &size) != KV_OK) size = UINT64_MAX;
-    if (bs->n == bs->cap) {
-        size_t cap = bs->cap ? bs->cap * 2 : 16;
-        uint64_t *a = realloc(bs->no, cap * sizeof *a);
-        if (!a) return UINT64_MAX;
-        bs->no = a;
-        uint64_t *b = realloc(bs->size, cap * sizeof *b);
-        if (!b) return UINT64_MAX;
-        bs->size = b;
-        bs->cap = cap;
+    const version *v = db->vs->current;
+    if (!bs->known) return UINT64_MAX; /* out of memory: check nothing */
+    size_t lo = 0, hi = v->nblobs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->blobs[mid]->file_no < no) lo = mid + 1;
+        else hi = mid;
     }
-    bs->no[bs->n] = no;
-    bs->size[bs->n++] = size;
-    return size;
+    if (lo == v->nblobs || v->blobs[lo]->file_no != no) return UINT64_MAX;
+    if (!bs->known[lo]) {
+        char path[4096];
+        file_name(path, sizeof path, db->dir, no, "blob");
+        if (db->env->file_size(db->env, path, &bs->size[lo]) != KV_OK) bs->size[lo] = UINT64_MAX;
+        bs->known[lo] = true;
+    }
+    return bs->size[lo];
 }
 
 /* Whether every blob record that a logged batch references is whole in its blob file as the file is now.
@@ -318,8 +316,8 @@ static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
  * before its table is installed). So a logged batch that any sync covered references only durable bytes, and a
  * batch whose blob file is now too short was never synced: a power loss kept the log's bytes but not the blob
  * file's (the two files reach the disk independently). Neither was it, then, nor any later batch, so recovery may
- * drop them all, as it drops a torn log tail. Malformed records and blob files that are missing or unreadable
- * answer true, so that replay and reads report them as before. */
+ * drop them all, as it drops a torn log tail. Malformed records and blob files that are missing, unreadable or not
+ * listed in the version answer true, so that replay and reads report them as before. */
 static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_sizes *bs) {
     uint64_t seq;
     int64_t ts;
@@ -345,6 +343,7 @@ static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_s
     return true;
 }
 
+/* Replay every log at or after vs->log_number, in order (caller holds mu). */
 static int recover_logs(kv_db *db) {
     char **names;
     size_t n;
@@ -369,7 +368,13 @@ static int recover_logs(kv_db *db) {
     uint64_t max_seq = db->vs->last_seq;
     version_edit e;
     edit_init(&e);
-    blob_sizes bs = {0};
+    size_t nb = db->vs->current->nblobs;
+    blob_sizes bs = {calloc(nb + 1, sizeof *bs.size), calloc(nb + 1, sizeof *bs.known), nb};
+    if (!bs.size || !bs.known) {
+        free(bs.size);
+        free(bs.known);
+        bs.size = NULL, bs.known = NULL; /* blob_size_of then answers "unknown" */
+    }
     uint64_t dropped = 0; /* batches not replayed because a power loss took their blob bytes */
     for (size_t i = 0; i < nlogs && rc == KV_OK; i++) {
         char path[4096], name[64];
@@ -403,8 +408,8 @@ static int recover_logs(kv_db *db) {
         if (rc == KV_ENOTFOUND) rc = KV_OK;
     }
     free(logs);
-    free(bs.no);
     free(bs.size);
+    free(bs.known);
     db->st_unsynced_dropped = dropped;
     if (rc == KV_OK && !db->opt.read_only) {
         memtable_meta mm;
@@ -417,6 +422,11 @@ static int recover_logs(kv_db *db) {
             }
         }
     }
+    /* The batch log is written after the store's log, and both reach the disk on their own: it may hold batches
+     * that replay did not apply. Their sequence numbers go to the next batches, so the change feed forgets them.
+     * (A failure here leaves them; lookups prefer the newer file that the next batches go to.) */
+    if (rc == KV_OK && !db->opt.read_only && db->blog && batchlog_newest(db->blog) > max_seq)
+        (void)batchlog_forget_after(db->blog, max_seq);
     if (rc == KV_OK) {
         atomic_store(&db->last_seq, max_seq);
         db->vs->last_seq = max_seq;
@@ -626,7 +636,21 @@ static int l0_files(kv_db *db) { return (int)db->vs->current->nfiles[0]; }
 int db_sync_blob_file(kv_db *db) {
     int rc = KV_OK;
     pthread_mutex_lock(&db->blob_mu);
-    if (db->blob_w && db->blob_dirty) {
+    if (db->blob_unsynced_lost)
+        rc = kv_set_error(KV_EIO, "blob files retired after write errors could not be synced: reopen the store");
+    while (!rc && db->nblob_unsynced > 0) {
+        char path[4096];
+        file_name(path, sizeof path, db->dir, db->blob_unsynced[db->nblob_unsynced - 1], "blob");
+        kv_file *f;
+        rc = db->env->open_read(db->env, path, &f); /* not open_append: that would recreate a file GC deleted */
+        if (!rc) {
+            rc = db->env->sync(db->env, f);
+            db->env->close(db->env, f);
+        }
+        if (rc == KV_ENOTFOUND) rc = KV_OK; /* deleted by blob GC: nothing referenced it */
+        if (!rc) db->nblob_unsynced--;
+    }
+    if (!rc && db->blob_w && db->blob_dirty) {
         rc = blob_writer_sync(db->blob_w);
         if (!rc) db->blob_dirty = false;
     }
@@ -785,15 +809,15 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     if (rc == KV_OK && b == NULL) {
         /* a flush request: the memtable was switched; nothing to write */
     } else if (rc == KV_OK) {
-        size_t bytes = b->data.len;
+        uint64_t bytes = batch_bytes(b);
         if (!b->reads) {
             int n = 1;
             for (writer *p = w.next; p && n < GROUP_MAX_WRITERS; p = p->next, n++) {
                 /* a writer without a batch (a flush request, kv_checkpoint holding the queue) is never grouped */
                 if (!p->batch || (p->sync && !w.sync) || p->batch->reads ||
-                    bytes + p->batch->data.len > GROUP_MAX_BYTES)
+                    bytes + batch_bytes(p->batch) > GROUP_MAX_BYTES)
                     break;
-                bytes += p->batch->data.len;
+                bytes += batch_bytes(p->batch);
                 last = p;
             }
         }
@@ -845,7 +869,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                 if (sync) atomic_fetch_add(&db->st_sync_groups, 1);
                 for (size_t i = 0; i < nrec; i++) {
                     members[i]->seq = ++next_seq;
-                    atomic_fetch_add(&db->st_user_bytes, members[i]->batch->data.len);
+                    atomic_fetch_add(&db->st_user_bytes, batch_bytes(members[i]->batch));
                 }
                 atomic_fetch_add(&db->st_wal_bytes, recs.len + nrec * WAL_HEADER);
             }

@@ -52,8 +52,12 @@ struct kv_batch {
     batch_op *ops;
     size_t n, cap;
     kv_bytes data;
+    uint64_t ext_bytes;     /* bytes of the values only pointed to (nocopy): with data.len, the batch's size */
     bool reads;             /* has an op whose result depends on the current value (move, write_at, ...) */
 };
+
+/* Keys and values of a batch, wherever they are (statistics, group limits). */
+static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
 /* The bytes of a PUT / WRITE_AT / REPLACE_IF op: its own copy in the batch data, or the caller's (nocopy). */
 static inline const uint8_t *batch_op_data(const kv_batch *b, const batch_op *op) {
@@ -86,6 +90,9 @@ bool batchlog_enabled(const batchlog *bl);
 uint64_t batchlog_newest(const batchlog *bl); /* 0 when empty */
 int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len);
 int batchlog_sync(batchlog *bl);
+/* Forget the batches above seq: after recovery, those the store's logs lost (a torn tail, a power loss), whose
+ * sequence numbers the next batches get. */
+int batchlog_forget_after(batchlog *bl, uint64_t seq);
 int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out);
 int batchlog_oldest(batchlog *bl, uint64_t *seq);
 int batchlog_prune(batchlog *bl, uint64_t cutoff);
@@ -160,6 +167,12 @@ struct kv_db {
     pthread_mutex_t blob_mu; /* guards blob_w between the leader (appends) and the flush thread (sync) */
     blob_writer *blob_w;    /* the shared blob file for large puts and writes */
     bool blob_dirty;        /* blob_w has unsynced data */
+    /* Blob files retired after a failed append whose sync failed too: db_sync_blob_file syncs them before anything
+     * else, so no sync ever covers a logged batch whose blob bytes are not durable (recovery relies on it).
+     * blob_unsynced_lost: more than fit here; every sync then fails until the store is reopened. */
+    uint64_t blob_unsynced[8];
+    size_t nblob_unsynced;
+    bool blob_unsynced_lost;
     kv_bytes scratch;       /* leader's record buffer */
 
     version_set *vs;

@@ -85,15 +85,25 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
              * this file), and let the next large value start a new file. */
             char msg[512], path[4096];
             snprintf(msg, sizeof msg, "%s", kv_errmsg());
-            file_name(path, sizeof path, db->dir, blob_writer_file_no(db->blob_w), "blob");
+            uint64_t no = blob_writer_file_no(db->blob_w);
+            file_name(path, sizeof path, db->dir, no, "blob");
             uint64_t good = blob_writer_size(db->blob_w);
             blob_writer_close(db->blob_w);
             db->blob_w = NULL;
             kv_file *f;
+            bool synced = false;
             if (db->env->truncate(db->env, path, good) == KV_OK && db->env->open_append(db->env, path, &f) == KV_OK) {
-                if (db->env->sync(db->env, f) == KV_OK) db->blob_dirty = false;
+                synced = db->env->sync(db->env, f) == KV_OK;
                 db->env->close(db->env, f);
             }
+            if (!synced) {
+                /* it may hold bytes of logged batches: the next sync must make them durable first */
+                if (db->nblob_unsynced < sizeof db->blob_unsynced / sizeof db->blob_unsynced[0])
+                    db->blob_unsynced[db->nblob_unsynced++] = no;
+                else
+                    db->blob_unsynced_lost = true;
+            }
+            db->blob_dirty = false; /* about blob_w, which is gone */
             kv_set_error(rc, "%s", msg);
         }
     }

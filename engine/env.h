@@ -76,6 +76,7 @@ typedef enum {
     KV_FAULT_ENOSPC,      /* appends and file creations fail with KV_ENOSPC */
     KV_FAULT_SYNC_EIO,    /* sync and sync_dir fail with KV_EIO */
     KV_FAULT_READ_EIO,    /* read_at fails with KV_EIO */
+    KV_FAULT_DISK_EIO,    /* appends and syncs (also sync_dir) fail with KV_EIO, nothing written: a dying disk */
 } kv_fault_kind;
 
 /* Arm a fault: after `after` more successful operations of the affected kind, every further one fails as `kind`,

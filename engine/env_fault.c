@@ -260,6 +260,7 @@ static bool kind_applies(kv_fault_kind kind, int op) {
     case KV_FAULT_ENOSPC: return op == OP_APPEND || op == OP_CREATE;
     case KV_FAULT_SYNC_EIO: return op == OP_SYNC;
     case KV_FAULT_READ_EIO: return op == OP_READ;
+    case KV_FAULT_DISK_EIO: return op == OP_APPEND || op == OP_SYNC;
     default: return false;
     }
 }
@@ -400,6 +401,7 @@ static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
     pthread_mutex_unlock(&fe->mu);
     switch (k) {
     case KV_FAULT_WRITE_EIO:
+    case KV_FAULT_DISK_EIO:
         return kv_set_error(KV_EIO, "write %s: I/O error (injected fault)", f->path);
     case KV_FAULT_WRITE_SHORT: {
         int rc = fe->base->append(fe->base, f->inner, buf, len / 2);
@@ -423,7 +425,8 @@ static int fe_sync(kv_env *env, kv_file *f) {
     }
     kv_fault_kind k = fault_due(fe, OP_SYNC, f->path);
     pthread_mutex_unlock(&fe->mu);
-    if (k == KV_FAULT_SYNC_EIO) return kv_set_error(KV_EIO, "fdatasync %s: I/O error (injected fault)", f->path);
+    if (k == KV_FAULT_SYNC_EIO || k == KV_FAULT_DISK_EIO)
+        return kv_set_error(KV_EIO, "fdatasync %s: I/O error (injected fault)", f->path);
     /* What the file holds when the sync starts is durable once it returns; later appends are not. */
     uint64_t size;
     int rc = fe->base->size(fe->base, f->inner, &size);
@@ -586,7 +589,8 @@ static int fe_sync_dir(kv_env *env, const char *path) {
         return KV_OK;
     }
     int rc;
-    if (fault_due(fe, OP_SYNC, path) == KV_FAULT_SYNC_EIO) {
+    kv_fault_kind sk = fault_due(fe, OP_SYNC, path);
+    if (sk == KV_FAULT_SYNC_EIO || sk == KV_FAULT_DISK_EIO) {
         rc = kv_set_error(KV_EIO, "fsync directory %s: I/O error (injected fault)", path);
         goto done;
     }

@@ -4,8 +4,9 @@
  *
  * Invariants
  *  - A batch owns a copy of every key and value handed to it, in one growing byte buffer; ops refer to offsets
- *    (not pointers), so growing the buffer never invalidates an op.
- *  - The first allocation failure is remembered in b->error and every later builder call does nothing; the
+ *    (not pointers), so growing the buffer never invalidates an op. The exception: the values of the *_nocopy
+ *    builders, which an op points to (op->ext) and the caller keeps unchanged until the batch is written.
+ *  - The first allocation failure (or a NULL value with a length) is remembered in b->error and every later builder call does nothing; the
  *    backends refuse a batch whose error is set, so a half-built batch is never applied.
  */
 #include "store.h"
@@ -89,6 +90,7 @@ static void add_data_op(store_batch *b, enum store_op_kind kind, uint8_t ks, con
     if (!op) return;
     op->off = off;
     if (copy) op->data_off = add_bytes(b, data, len);
+    else if (len && !data) b->error = -EINVAL; /* store_op_data would read the batch's own bytes instead */
     else op->ext = len ? data : NULL;
     op->dlen = len;
     if (b->error) b->n--;

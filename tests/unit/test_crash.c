@@ -645,8 +645,6 @@ TEST(test_crash_power_loss) {
            (unsigned long long)stat_cycles, (unsigned long long)stat_durable, (unsigned long long)stat_retries);
 }
 
-/* kv_sync makes durable every batch written before it, also those still in a log the store has already switched
- * away from (its memtable waiting for a flush, here one that keeps failing). */
 /* A new store in a fresh temporary directory, opened through a new fault environment (*db NULL on failure). */
 static void open_faulty(char *dir, size_t n, kv_env **env, kv_options *o, kv_db **db) {
     *db = NULL;
@@ -658,6 +656,8 @@ static void open_faulty(char *dir, size_t n, kv_env **env, kv_options *o, kv_db 
     CHECK_OK(kv_open(dir, o, db));
 }
 
+/* kv_sync makes durable every batch written before it, also those still in a log the store has already switched
+ * away from (its memtable waiting for a flush, here one that keeps failing). */
 TEST(test_crash_sync_covers_older_logs) {
     char dir[512];
     kv_env *env;
@@ -772,6 +772,9 @@ TEST(test_crash_log_outlives_blob_bytes) {
     kv_db *db;
     open_faulty(dir, sizeof dir, &env, &o, &db);
     CHECK(db != NULL);
+    kv_free(db);
+    o.batch_log_max_batches = 1000; /* the change feed on: it must forget the dropped batches too */
+    CHECK_OK(kv_open(dir, &o, &db));
     uint8_t v1[3000], v2[3000];
     memset(v1, '1', sizeof v1);
     memset(v2, '2', sizeof v2);
@@ -795,10 +798,13 @@ TEST(test_crash_log_outlives_blob_bytes) {
     CHECK(sb.st_size > synced_size);
     CHECK(truncate(path, synced_size) == 0);
     small_options(&o);
+    o.batch_log_max_batches = 1000;
     CHECK_OK(kv_open(dir, &o, &db));
     kv_stats st;
     CHECK_OK(kv_get_stats(db, &st));
     CHECK_EQ(st.unsynced_batches_dropped, 2);
+    CHECK_EQ(st.last_sequence, 2);
+    CHECK_EQ(st.batch_log_newest, 2); /* the dropped batches 3 and 4 are gone from the change feed as well */
     kv_buf b;
     CHECK_OK(kv_get(db, NULL, "big", 3, &b)); /* the synced version, not a value whose bytes are gone */
     CHECK_MEM(b.data, b.len, v1, sizeof v1);
@@ -817,5 +823,50 @@ TEST(test_crash_log_outlives_blob_bytes) {
     CHECK_OK(kv_get(db, NULL, "big", 3, &b));
     CHECK_MEM(b.data, b.len, v2, sizeof v2);
     kv_buf_free(&b);
+    kv_free(db);
+}
+
+/* A blob append fails and so does the sync that should make the retired file's earlier records durable (a dying
+ * disk). Those records belong to logged batches, so the next sync must make them durable before it acknowledges
+ * anything (else a power loss would take them, and recovery, stopping at the first batch whose blob bytes are
+ * missing, would also drop the later synced batch); while it cannot, synced writes fail. */
+TEST(test_crash_retired_blob_file_synced_later) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    CHECK(db != NULL);
+    uint8_t v[3000];
+    memset(v, 'a', sizeof v);
+    CHECK_OK(kv_put(db, "a", 1, v, sizeof v, KV_SYNC));
+    memset(v, 'b', sizeof v);
+    CHECK_OK(kv_put(db, "b", 1, v, sizeof v, 0)); /* logged, its blob bytes not yet synced */
+    kv_fault_env_arm(env, KV_FAULT_DISK_EIO, 0, ".blob");
+    memset(v, 'c', sizeof v);
+    CHECK(kv_put(db, "c", 1, v, sizeof v, 0) != KV_OK); /* the append fails; retiring the file cannot sync it */
+    memset(v, 'd', sizeof v);
+    CHECK(kv_put(db, "d", 1, v, sizeof v, KV_SYNC) != KV_OK); /* still dying: not acknowledged */
+    kv_fault_env_clear(env);
+    memset(v, 'e', sizeof v);
+    CHECK_OK(kv_put(db, "e", 1, v, sizeof v, KV_SYNC)); /* the disk is back: this sync covers b's bytes too */
+    kv_fault_env_crash(env);
+    kv_close(db);
+    kv_free(db);
+    CHECK_OK(kv_fault_env_apply_crash(env)); /* a power loss: every file cut back to what was synced */
+    env->destroy(env);
+    small_options(&o);
+    CHECK_OK(kv_open(dir, &o, &db));
+    const char *want = "abe";
+    for (const char *k = want; *k; k++) {
+        kv_buf b;
+        int rc = kv_get(db, NULL, k, 1, &b);
+        CHECK_MSG(rc == KV_OK, "key %c after the power loss: %s", *k, kv_strerror(rc));
+        CHECK(b.len == sizeof v && ((uint8_t *)b.data)[0] == (uint8_t)*k && ((uint8_t *)b.data)[b.len - 1] == (uint8_t)*k);
+        kv_buf_free(&b);
+    }
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.unsynced_batches_dropped, 0);
     kv_free(db);
 }

@@ -246,6 +246,10 @@ TEST(test_db_nocopy_values) {
     CHECK_OK(kv_batch_write_at_nocopy(b, 0, "small", 5, 90, patch, 20)); /* grows it to 110 bytes */
     CHECK_OK(kv_write(db, b, KV_SYNC, NULL));
     kv_batch_free(b);
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st)); /* borrowed values count as written by the user, like copied ones */
+    CHECK(st.user_bytes_written >= sizeof small + 1 + sizeof big + sizeof patch + 20);
+    CHECK(st.write_amplification < 10);
     char want_big[sizeof big], want_small[110];
     memcpy(want_big, big, sizeof big);
     memcpy(want_big + 1000, patch, sizeof patch);

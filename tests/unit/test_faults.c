@@ -547,7 +547,7 @@ TEST(test_faults_random) {
     int rounds = getenv("KVFS_FAULT_ROUNDS") ? atoi(getenv("KVFS_FAULT_ROUNDS")) : 12;
     uint64_t rs = t_seed() ^ 0x7a11;
     const kv_fault_kind kinds[] = {KV_FAULT_WRITE_EIO, KV_FAULT_WRITE_SHORT, KV_FAULT_ENOSPC, KV_FAULT_SYNC_EIO,
-                                   KV_FAULT_READ_EIO};
+                                   KV_FAULT_READ_EIO, KV_FAULT_DISK_EIO};
     const char *subs[] = {".log", ".sst", ".blob", "MANIFEST", NULL};
     int acked = 0, failed = 0;
     for (int round = 0; round < rounds && !t_failed(); round++) {

@@ -117,6 +117,32 @@ static int list_dir(env *e, const char *path, int room, char *out, size_t cap) {
     return rc;
 }
 
+/* store batches built with the nocopy builders read the caller's bytes when written, and refuse a NULL value with
+ * a length (the op would otherwise read the batch's own buffer). */
+TEST(test_store_batch_nocopy) {
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_put_nocopy(&b, STORE_KS_DATA, "k", 1, NULL, 0); /* empty is fine */
+    CHECK_EQ(b.error, 0);
+    store_batch_write_at_nocopy(&b, STORE_KS_DATA, "k", 1, 0, NULL, 3);
+    CHECK_EQ(b.error, -EINVAL);
+    store_batch_free(&b);
+    store *st = store_mem_new();
+    CHECK(st != NULL);
+    char val[] = "hello";
+    store_batch_init(&b);
+    store_batch_put_nocopy(&b, STORE_KS_DATA, "k", 1, val, 5);
+    store_batch_write_at_nocopy(&b, STORE_KS_DATA, "k", 1, 5, " you", 4);
+    CHECK_OK(store_write(st, &b, false));
+    store_batch_free(&b);
+    memset(val, 'x', 5);
+    store_buf v = {0};
+    CHECK_OK(store_get(st, STORE_KS_DATA, "k", 1, &v, NULL));
+    CHECK_MEM(v.data, v.len, "hello you", 9);
+    store_buf_free(&v);
+    store_destroy(st);
+}
+
 TEST(fs_create_write_read) {
     env e;
     CHECK(env_open(&e, 0));
