@@ -656,6 +656,20 @@ static void open_faulty(char *dir, size_t n, kv_env **env, kv_options *o, kv_db 
     CHECK_OK(kv_open(dir, o, db));
 }
 
+/* A power loss now, then the machine back: nothing more reaches the disk (s, a stream still open, is freed in the
+ * dark), every file is cut back to what was synced, and the store is reopened without the fault environment. */
+static void power_loss_and_reopen(const char *dir, kv_env *env, kv_stream *s, kv_options *o, kv_db **db) {
+    kv_fault_env_crash(env);
+    kv_stream_free(s);
+    kv_close(*db);
+    kv_free(*db);
+    *db = NULL;
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    env->destroy(env);
+    small_options(o);
+    CHECK_OK(kv_open(dir, o, db));
+}
+
 /* kv_sync makes durable every batch written before it, also those still in a log the store has already switched
  * away from (its memtable waiting for a flush, here one that keeps failing). */
 TEST(test_crash_sync_covers_older_logs) {
@@ -679,13 +693,8 @@ TEST(test_crash_sync_covers_older_logs) {
         CHECK_MSG(n < 100000, "the memtable never switched");
     }
     CHECK_OK(kv_sync(db));
-    kv_fault_env_crash(env);
-    kv_close(db);
-    kv_free(db);
-    CHECK_OK(kv_fault_env_apply_crash(env));
-    env->destroy(env);
-    small_options(&o);
-    CHECK_OK(kv_open(dir, &o, &db));
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
     int missing = 0, first = -1;
     for (int i = 0; i < n; i++) {
         snprintf(k, sizeof k, "key%06d", i);
@@ -850,13 +859,8 @@ TEST(test_crash_retired_blob_file_synced_later) {
     kv_fault_env_clear(env);
     memset(v, 'e', sizeof v);
     CHECK_OK(kv_put(db, "e", 1, v, sizeof v, KV_SYNC)); /* the disk is back: this sync covers b's bytes too */
-    kv_fault_env_crash(env);
-    kv_close(db);
-    kv_free(db);
-    CHECK_OK(kv_fault_env_apply_crash(env)); /* a power loss: every file cut back to what was synced */
-    env->destroy(env);
-    small_options(&o);
-    CHECK_OK(kv_open(dir, &o, &db));
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
     const char *want = "abe";
     for (const char *k = want; *k; k++) {
         kv_buf b;
@@ -868,5 +872,36 @@ TEST(test_crash_retired_blob_file_synced_later) {
     kv_stats st;
     CHECK_OK(kv_get_stats(db, &st));
     CHECK_EQ(st.unsynced_batches_dropped, 0);
+    kv_free(db);
+}
+
+/* A stream writes into a blob file of its own, which the syncs of later batches do not cover. So its put syncs it
+ * at commit even when not synced itself: else a power loss after a later synced batch could take the stream's
+ * bytes, and recovery, stopping at the first batch whose blob bytes are missing, would drop the synced batch too. */
+TEST(test_crash_stream_put_then_synced_write) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    CHECK(db != NULL);
+    uint8_t v[5000];
+    memset(v, 's', sizeof v);
+    kv_stream *s;
+    CHECK_OK(kv_stream_new(db, &s));
+    CHECK_OK(kv_stream_append(s, v, sizeof v));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put_stream(b, 0, "stream", 6, s));
+    CHECK_OK(kv_write(db, b, 0, NULL)); /* not synced */
+    kv_batch_free(b);
+    CHECK_OK(kv_put(db, "synced", 6, "y", 1, KV_SYNC)); /* acknowledged as durable */
+    power_loss_and_reopen(dir, env, s, &o, &db); /* the stream still open: nothing else synced its file */
+    CHECK(db != NULL);
+    CHECK_MSG(kv_contains(db, NULL, "synced", 6) == 1, "a synced write was lost after a power loss");
+    kv_buf got;
+    CHECK_OK(kv_get(db, NULL, "stream", 6, &got));
+    CHECK_MEM(got.data, got.len, v, sizeof v);
+    kv_buf_free(&got);
     kv_free(db);
 }
