@@ -319,9 +319,7 @@ static bool is_plain(const kv_db *db, const kv_batch *b) {
 
 static int encode_plain(const kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec) {
     size_t start = rec->len;
-    size_t need = 8 + 10 + 10 + b->data.len + b->n * (1 + 1 + 10 + 10);
-    for (size_t i = 0; i < b->n; i++)
-        if (b->ops[i].ext) need += (size_t)b->ops[i].len; /* nocopy values are not in b->data */
+    size_t need = 8 + 10 + 10 + (size_t)batch_bytes(b) + b->n * (1 + 1 + 10 + 10); /* nocopy values included */
     if (bytes_reserve(rec, need)) return KV_ENOMEM;
     uint8_t *p = rec->data + rec->len;
     put_fixed64(p, seq);

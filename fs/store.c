@@ -6,8 +6,9 @@
  *  - A batch owns a copy of every key and value handed to it, in one growing byte buffer; ops refer to offsets
  *    (not pointers), so growing the buffer never invalidates an op. The exception: the values of the *_nocopy
  *    builders, which an op points to (op->ext) and the caller keeps unchanged until the batch is written.
- *  - The first allocation failure (or a NULL value with a length) is remembered in b->error and every later builder call does nothing; the
- *    backends refuse a batch whose error is set, so a half-built batch is never applied.
+ *  - The first allocation failure (or a NULL value with a length) is remembered in b->error and every later
+ *    builder call does nothing; the backends refuse a batch whose error is set, so a half-built batch is never
+ *    applied.
  */
 #include "store.h"
 
