@@ -278,6 +278,19 @@ int blob_ref_splice(blob_ref *r, uint64_t off, const blob_extent *e) {
     return KV_OK;
 }
 
+int blob_ref_append(blob_ref *r, const blob_extent *e) {
+    if (e->len == 0) return KV_OK;
+    if (!ext_is_hole(e) && !ext_in_record(e))
+        return kv_set_error(KV_EINVAL, "blob append: extent lies outside its record");
+    if (e->len > UINT64_MAX - r->size) return kv_set_error(KV_EINVAL, "blob append: value size overflows");
+    int rc = ref_reserve(r, r->n + 1);
+    if (rc) return rc;
+    r->ext[r->n++] = ext_is_hole(e) ? (blob_extent){.len = e->len} : *e;
+    r->size += e->len;
+    if (r->n >= 2) ref_try_merge(r, r->n - 2);
+    return KV_OK;
+}
+
 int blob_ref_truncate(blob_ref *r, uint64_t size) {
     if (size > r->size) {
         int rc = ref_reserve(r, r->n + 1);

@@ -60,6 +60,8 @@ int blob_ref_copy(blob_ref *dst, const blob_ref *src);
  * that continue each other (same file, the second record directly following a first one of whole chunks, or holes)
  * are merged, so sequential appends keep the list short. */
 int blob_ref_splice(blob_ref *r, uint64_t off, const blob_extent *e);
+/* Append extent e at the value's end (blob_ref_splice at r->size, without its scan from the start). */
+int blob_ref_append(blob_ref *r, const blob_extent *e);
 /* Set the size: cut extents, or extend with a hole. */
 int blob_ref_truncate(blob_ref *r, uint64_t size);
 /* Bytes of file_no referenced by r (for garbage accounting). */

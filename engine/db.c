@@ -47,6 +47,7 @@ void kv_options_init(kv_options *o) {
     o->blob_threshold = 64u << 10;
     o->blob_file_bytes = 256ull << 20;
     o->blob_gc_ratio = 0.5;
+    o->blob_page_extents = BLOB_PAGE_EXTENTS_DEFAULT;
     o->background_threads = true;
 }
 
@@ -310,6 +311,20 @@ static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
     return bs->size[lo];
 }
 
+typedef struct blob_whole_ctx {
+    kv_db *db;
+    blob_sizes *bs;
+} blob_whole_ctx;
+
+#define RECORD_MISSING 2
+/* blob_visit_fn: RECORD_MISSING when e's record runs past the end of its blob file. */
+static int record_missing(void *ctx, const blob_extent *e, bool page) {
+    (void)page;
+    blob_whole_ctx *w = ctx;
+    uint64_t size = blob_size_of(w->db, w->bs, e->file_no);
+    return size != UINT64_MAX && size < blob_extent_record_end(e) ? RECORD_MISSING : 0;
+}
+
 /* Whether every blob record that a logged batch references is whole in its blob file as the file is now.
  * Blob bytes are appended before the batch that references them is logged, and every sync makes the blob files
  * durable before the log (db_sync_blob_file; a full blob file is synced before it is closed; a flush syncs them
@@ -317,7 +332,8 @@ static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
  * batch whose blob file is now too short was never synced: a power loss kept the log's bytes but not the blob
  * file's (the two files reach the disk independently). Neither was it, then, nor any later batch, so recovery may
  * drop them all, as it drops a torn log tail. Malformed records and blob files that are missing, unreadable or not
- * listed in the version answer true, so that replay and reads report them as before. */
+ * listed in the version answer true, so that replay and reads report them as before. A paged reference's pages
+ * are checked before they are read, then the extents in them (an unreadable page also answers true). */
 static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_sizes *bs) {
     uint64_t seq;
     int64_t ts;
@@ -329,16 +345,8 @@ static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_s
         p = batch_record_next_op(p, lim, &op);
         if (!p) return true;
         if (op.type != KV_TYPE_BLOB) continue;
-        blob_ref ref = {0};
-        if (blob_ref_decode(op.payload, op.plen, &ref) != KV_OK) continue;
-        bool whole = true;
-        for (size_t e = 0; e < ref.n && whole; e++) {
-            if (ref.ext[e].file_no == 0) continue;
-            uint64_t size = blob_size_of(db, bs, ref.ext[e].file_no);
-            if (size != UINT64_MAX && size < blob_extent_record_end(&ref.ext[e])) whole = false;
-        }
-        blob_ref_free(&ref);
-        if (!whole) return false;
+        blob_whole_ctx w = {db, bs};
+        if (blob_value_visit(db->blobs, op.payload, op.plen, record_missing, &w) == RECORD_MISSING) return false;
     }
     return true;
 }
@@ -458,7 +466,8 @@ static int validate_options(const kv_options *o) {
         o->max_immutable < 1 || o->max_immutable > DB_MAX_IMM - 1 || o->l0_compaction_trigger < 1 ||
         o->l0_slowdown_trigger < o->l0_compaction_trigger || o->l0_stop_trigger < o->l0_slowdown_trigger ||
         o->level_multiplier < 2 || o->level1_bytes < 4096 || o->table_bytes < 4096 || o->max_open_tables < 1 ||
-        o->bloom_bits_per_key < 0 || o->blob_threshold < 1 || o->blob_file_bytes < BLOB_CHUNK)
+        o->bloom_bits_per_key < 0 || o->blob_threshold < 1 || o->blob_file_bytes < BLOB_CHUNK ||
+        o->blob_page_extents < BLOB_PAGE_EXTENTS_MIN || o->blob_page_extents > BLOB_PAGE_EXTENTS_MAX)
         return kv_set_error(KV_EINVAL, "invalid options");
     return KV_OK;
 }

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "blob.h"
+#include "blob_pages.h"
 #include "cache.h"
 #include "coding.h"
 #include "env.h"

@@ -171,6 +171,15 @@ static void blob_problem(void *ctx, const char *file, uint64_t off, const char *
     problem(tc->cc, file, off, what);
 }
 
+/* blob_visit_fn: mark the torn tails that record e reaches into (a page's record and the extents inside it). */
+static int torn_tail_user(void *ctx, const blob_extent *e, bool page) {
+    (void)page;
+    torn_ctx *tc = ctx;
+    for (size_t i = 0; i < tc->n; i++)
+        if (e->file_no == tc->t[i].file_no && blob_extent_record_end(e) > tc->t[i].off) tc->t[i].referenced = true;
+    return 0;
+}
+
 static void report_referenced_torn_tails(kv_db *db, torn_ctx *tc) {
     db_raw_iter *ri = NULL;
     iter *it = NULL;
@@ -182,16 +191,9 @@ static void report_referenced_torn_tails(kv_db *db, torn_ctx *tc) {
         int64_t ts;
         const uint8_t *p;
         size_t plen;
-        blob_ref ref = {0};
-        if (entry_decode(val, vl, &ts, &p, &plen) || blob_ref_decode(p, plen, &ref)) continue;
-        for (size_t e = 0; e < ref.n; e++)
-            for (size_t i = 0; i < tc->n; i++) {
-                const blob_extent *x = &ref.ext[e];
-                /* the record's chunks span rec_len bytes plus an 8-byte header per chunk (blob.h) */
-                uint64_t end = x->rec_off + x->rec_len + 8 * ((x->rec_len + BLOB_CHUNK - 1) / BLOB_CHUNK);
-                if (x->file_no == tc->t[i].file_no && end > tc->t[i].off) tc->t[i].referenced = true;
-            }
-        blob_ref_free(&ref);
+        if (entry_decode(val, vl, &ts, &p, &plen)) continue;
+        int v = blob_value_visit(db->blobs, p, plen, torn_tail_user, tc);
+        if (v && blob_ref_is_paged(p, plen)) rc = v; /* a page that cannot be read may hide users: report them all */
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
@@ -548,16 +550,18 @@ static gc_file *gc_find(gc_file *fs, size_t n, uint64_t no) {
     return NULL;
 }
 
-/* Copy the whole value described by payload into a fresh record of w; the new reference in out. */
+/* Copy the whole value described by payload (either form) into a fresh record of w; the new, direct reference in
+ * out. */
 static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out) {
-    blob_ref ref = {0}, nref = {0};
-    int rc = blob_ref_decode(payload, plen, &ref);
+    blob_ref nref = {0};
+    uint64_t size;
+    int rc = blob_ref_size(payload, plen, &size);
     char *buf = malloc(BLOB_CHUNK);
     if (!buf) rc = KV_ENOMEM;
     if (!rc) rc = blob_writer_begin(w);
-    for (uint64_t off = 0; !rc && off < ref.size;) {
+    for (uint64_t off = 0; !rc && off < size;) {
         size_t got = 0;
-        rc = blob_read(db->blobs, &ref, off, buf, BLOB_CHUNK, &got);
+        rc = blob_value_read(db->blobs, payload, plen, off, buf, BLOB_CHUNK, &got);
         if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
         if (!rc) rc = blob_writer_append(w, buf, got);
         off += got;
@@ -570,9 +574,63 @@ static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size
         rc = blob_ref_encode(&nref, out);
     }
     free(buf);
-    blob_ref_free(&ref);
     blob_ref_free(&nref);
     return rc;
+}
+
+/* The scan: bytes of each candidate file that any version references, and that the newest versions use. A page is
+ * looked into once: older versions share most pages with the newest, and what they reference is already counted. */
+typedef struct gc_scan {
+    gc_file *fs;
+    size_t n;
+    bool newest;
+    uint64_t *seen; /* open addressing of (file_no, rec_off) pairs; file_no 0 = empty */
+    size_t nseen, cap;
+} gc_scan;
+
+/* 1 if the page at (no, off) was new to g, 0 if seen before, KV_ENOMEM. */
+static int gc_seen_add(gc_scan *g, uint64_t no, uint64_t off) {
+    if (2 * (g->nseen + 1) > g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 256;
+        uint64_t *t = calloc(cap, 2 * sizeof *t);
+        if (!t) return kv_set_error(KV_ENOMEM, "blob gc: out of memory");
+        for (size_t i = 0; i < g->cap; i++) {
+            if (!g->seen[2 * i]) continue;
+            size_t h = (size_t)(g->seen[2 * i] * 0x9e3779b97f4a7c15ull ^ g->seen[2 * i + 1]) % cap;
+            while (t[2 * h]) h = (h + 1) % cap;
+            t[2 * h] = g->seen[2 * i];
+            t[2 * h + 1] = g->seen[2 * i + 1];
+        }
+        free(g->seen);
+        g->seen = t;
+        g->cap = cap;
+    }
+    size_t h = (size_t)(no * 0x9e3779b97f4a7c15ull ^ off) % g->cap;
+    for (; g->seen[2 * h]; h = (h + 1) % g->cap)
+        if (g->seen[2 * h] == no && g->seen[2 * h + 1] == off) return 0;
+    g->seen[2 * h] = no;
+    g->seen[2 * h + 1] = off;
+    g->nseen++;
+    return 1;
+}
+
+static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
+    gc_scan *g = ctx;
+    gc_file *f = gc_find(g->fs, g->n, e->file_no);
+    if (f) {
+        f->referenced += e->len + 1;
+        if (g->newest) f->live += e->len;
+    }
+    if (!page) return 0;
+    int added = gc_seen_add(g, e->file_no, e->rec_off);
+    if (added < 0) return added;
+    return added || g->newest ? 0 : BLOB_VISIT_SKIP;
+}
+
+#define GC_USES_FILE 2
+static int gc_uses_file(void *ctx, const blob_extent *e, bool page) {
+    (void)page;
+    return e->file_no == *(const uint64_t *)ctx ? GC_USES_FILE : 0;
 }
 
 int kv_blob_gc(kv_db *db, double min_ratio) {
@@ -617,6 +675,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     db_raw_iter *ri;
     iter *it;
     int rc = db_raw_iter_new(db, false, &ri, &it);
+    gc_scan scan = {.fs = fs, .n = n};
     kv_bytes prev = {0};
     bool have_prev = false;
     for (it && !rc ? it->seek_first(it) : (void)0; !rc && it->valid(it); it->next(it)) {
@@ -632,15 +691,11 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         int64_t ts;
         const uint8_t *p;
         size_t plen;
-        blob_ref ref = {0};
-        if (entry_decode(val, vl, &ts, &p, &plen) || blob_ref_decode(p, plen, &ref)) continue;
-        for (size_t e = 0; e < ref.n; e++) {
-            gc_file *f = gc_find(fs, n, ref.ext[e].file_no);
-            if (!f) continue;
-            f->referenced += ref.ext[e].len + 1;
-            if (newest) f->live += ref.ext[e].len;
-        }
-        blob_ref_free(&ref);
+        if (entry_decode(val, vl, &ts, &p, &plen)) continue;
+        scan.newest = newest;
+        int v = blob_value_visit(db->blobs, p, plen, gc_scan_extent, &scan);
+        /* a reference that cannot be read may name any file: delete nothing on this pass */
+        if (v) rc = v;
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
@@ -670,11 +725,8 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
                 const uint8_t *p;
                 size_t plen;
                 if (db_iter_payload(uit, &p, &plen)) continue;
-                blob_ref ref = {0};
-                if (blob_ref_decode(p, plen, &ref)) continue;
-                bool touches = blob_ref_bytes_in_file(&ref, f->no) > 0;
-                blob_ref_free(&ref);
-                if (!touches) continue;
+                /* unreadable references are left alone: f stays referenced, so it is not deleted */
+                if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &f->no) != GC_USES_FILE) continue;
                 if (!w) {
                     rc = db_new_blob_file(db, &w);
                     if (rc) break;
@@ -728,6 +780,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     pthread_mutex_unlock(&db->mu);
     edit_free(&e);
     bytes_free(&prev);
+    free(scan.seen);
     free(fs);
     db_leave(db);
     return rc;

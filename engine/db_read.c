@@ -153,22 +153,17 @@ static int lookup(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
 }
 
 static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
-    blob_ref ref = {0};
-    int rc = blob_ref_decode(payload->data, payload->len, &ref);
+    uint64_t size;
+    int rc = blob_ref_size(payload->data, payload->len, &size);
     if (rc) return rc;
-    if (ref.size > SIZE_MAX / 2) {
-        blob_ref_free(&ref);
+    if (size > SIZE_MAX / 2)
         return kv_set_error(KV_ENOMEM, "value of %" PRIu64 " bytes is too large to read whole; use kv_read_range",
-                            ref.size);
-    }
-    out->data = malloc(ref.size ? (size_t)ref.size : 1);
-    if (!out->data) {
-        blob_ref_free(&ref);
-        return kv_set_error(KV_ENOMEM, "no memory for a value of %" PRIu64 " bytes", ref.size);
-    }
+                            size);
+    out->data = malloc(size ? (size_t)size : 1);
+    if (!out->data) return kv_set_error(KV_ENOMEM, "no memory for a value of %" PRIu64 " bytes", size);
     size_t got = 0;
-    rc = blob_read(db->blobs, &ref, 0, out->data, (size_t)ref.size, &got);
-    blob_ref_free(&ref);
+    rc = blob_value_read(db->blobs, payload->data, payload->len, 0, out->data, (size_t)size, &got);
+    if (!rc && got != size) rc = kv_set_error(KV_ECORRUPT, "blob reference: value shorter than its size");
     if (rc) {
         free(out->data);
         out->data = NULL;
@@ -282,10 +277,7 @@ int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
     int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq);
     if (rc == 0) rc = KV_ENOTFOUND;
     else if (rc == 1 && type == KV_TYPE_BLOB) {
-        blob_ref ref = {0};
-        rc = blob_ref_decode(payload.data, payload.len, &ref);
-        if (!rc) rc = blob_read(db->blobs, &ref, off, buf, len, nread);
-        blob_ref_free(&ref);
+        rc = blob_value_read(db->blobs, payload.data, payload.len, off, buf, len, nread);
     } else if (rc == 1) {
         rc = KV_OK;
         if (off < payload.len) {

@@ -232,16 +232,19 @@ static int ref_payload(const blob_ref *ref, kv_bytes *out) {
     return blob_ref_encode(ref, out);
 }
 
-/* Read a whole (small) blob value into out. */
-static int ref_to_inline(kv_db *db, const blob_ref *ref, kv_bytes *out) {
+/* The first size bytes of a blob value (either form), zeros past its end: a value cut below the threshold. */
+static int ref_to_inline(kv_db *db, const kv_bytes *ref, uint64_t size, kv_bytes *out) {
     bytes_clear(out);
-    if (bytes_reserve(out, (size_t)ref->size)) return KV_ENOMEM;
+    if (bytes_reserve(out, (size_t)size)) return KV_ENOMEM;
     size_t got = 0;
-    int rc = blob_read(db->blobs, ref, 0, out->data, (size_t)ref->size, &got);
+    int rc = blob_value_read(db->blobs, ref->data, ref->len, 0, out->data, (size_t)size, &got);
     if (rc) return rc;
-    out->len = got;
+    memset(out->data + got, 0, (size_t)size - got);
+    out->len = (size_t)size;
     return KV_OK;
 }
+
+static int pager_append(void *db, const void *data, size_t len, blob_extent *e) { return blob_append(db, data, len, e); }
 
 /* write_at / truncate on the state (type, cur); result in (*type, out). */
 static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op, const uint8_t *data, kv_bytes *out) {
@@ -278,25 +281,17 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
         *type = KV_TYPE_BLOB;
         return rc;
     }
-    /* a blob reference */
-    blob_ref ref = {0};
-    int rc = blob_ref_decode(cur->data, cur->len, &ref);
-    if (rc) return rc;
+    /* a blob reference, direct or paged (blob_pages.h): a change costs the same however fragmented the value is */
+    blob_pager pg = {db->blobs, pager_append, db, (size_t)db->opt.blob_page_extents};
     if (op->kind == BOP_TRUNCATE) {
-        rc = blob_ref_truncate(&ref, op->off);
-        if (!rc && ref.size < thr) {
-            rc = ref_to_inline(db, &ref, out);
-            *type = KV_TYPE_VALUE;
-            blob_ref_free(&ref);
-            return rc;
-        }
-    } else if (op->len) {
-        blob_extent e;
-        rc = blob_append(db, data, (size_t)op->len, &e);
-        if (!rc) rc = blob_ref_splice(&ref, op->off, &e);
+        if (op->off >= thr) return blob_value_truncate(&pg, cur->data, cur->len, op->off, out);
+        *type = KV_TYPE_VALUE;
+        return ref_to_inline(db, cur, op->off, out);
     }
-    if (!rc) rc = ref_payload(&ref, out);
-    blob_ref_free(&ref);
+    if (op->len == 0) return bytes_append(out, cur->data, cur->len);
+    blob_extent e;
+    int rc = blob_append(db, data, (size_t)op->len, &e);
+    if (!rc) rc = blob_value_splice(&pg, cur->data, cur->len, op->off, &e, out);
     return rc;
 }
 

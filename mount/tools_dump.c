@@ -59,7 +59,25 @@ static void show_value(tool_ctx *c, const uint8_t *v, size_t n) {
     tout_printf(&c->out, "\"%s", n > SHOW_VALUE ? "..." : "");
 }
 
+static void show_blobpages(tool_ctx *c, const uint8_t *p, size_t n) {
+    blob_pages pp = {0};
+    if (blob_pages_decode(p, n, &pp) != KV_OK) {
+        tout_printf(&c->out, "malformed paged blob reference (%zu bytes)", n);
+        return;
+    }
+    tout_printf(&c->out, "blob of %" PRIu64 " bytes in %zu page%s:", pp.size, pp.n, pp.n == 1 ? "" : "s");
+    for (size_t i = 0; i < pp.n && i < 8; i++)
+        tout_printf(&c->out, " [page %06" PRIu64 ".blob record@%" PRIu64 " len %" PRIu64 " covers %" PRIu64 "]",
+                    pp.pg[i].file_no, pp.pg[i].rec_off, pp.pg[i].rec_len, pp.pg[i].len);
+    if (pp.n > 8) tout_printf(&c->out, " ...");
+    blob_pages_free(&pp);
+}
+
 static void show_blobref(tool_ctx *c, const uint8_t *p, size_t n) {
+    if (blob_ref_is_paged(p, n)) {
+        show_blobpages(c, p, n);
+        return;
+    }
     blob_ref r = {0};
     if (blob_ref_decode(p, n, &r) != KV_OK) {
         tout_printf(&c->out, "malformed blob reference (%zu bytes)", n);

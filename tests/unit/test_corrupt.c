@@ -43,6 +43,7 @@ static void store_options(kv_options *o, bool read_only) {
     o->table_bytes = 8 << 10;      /* several tables */
     o->block_bytes = 512;
     o->blob_threshold = 1024;
+    o->blob_page_extents = 4; /* "paged" below gets a paged reference */
     o->block_cache_bytes = 64 << 10;
     o->background_threads = false;
     o->read_only = read_only;
@@ -155,6 +156,22 @@ static void build_store(void) {
         model_put(&m, k, strlen(k), v, n);
         add_key(k);
     }
+    /* a large value fragmented by small writes: its reference is paged, its pages are blob records */
+    static char pv[6000];
+    for (size_t i = 0; i < sizeof pv; i++) pv[i] = (char)('a' + i % 26);
+    CHECK_OK(kv_put(db, "paged", 5, pv, sizeof pv, 0));
+    kv_batch *pb;
+    CHECK_OK(kv_batch_new(&pb));
+    for (int i = 0; i < 30; i++) {
+        size_t off = (size_t)(i * 997) % (sizeof pv - 40);
+        memset(pv + off, '0' + i % 10, 40);
+        kv_batch_clear(pb);
+        CHECK_OK(kv_batch_write_at(pb, 0, "paged", 5, off, pv + off, 40));
+        CHECK_OK(kv_write(db, pb, 0, NULL));
+    }
+    kv_batch_free(pb);
+    model_put(&m, "paged", 5, pv, sizeof pv);
+    add_key("paged");
     for (int i = 0; i < NKEYS; i += 9) {
         snprintf(k, sizeof k, "key%05d", i);
         CHECK_OK(kv_delete(db, k, strlen(k), 0));

@@ -19,7 +19,8 @@
  * batch was partly applied) and hold exactly the bytes that batch (and the history of the group) implies:
  *   k0   put of gen(t, B, 0)                   (some values are over blob_threshold: blob files)
  *   k1   put of gen(t, B, 1), every third visit through a move from -tmp (so -tmp must always be absent)
- *   k2   put of gen(t, B, 2) on some visits, else write_at(0, header): the header patched into the last put value
+ *   k2   put of gen(t, B, 2) on some visits, else write_at(k2_patch_at(B), header): each visit's header patched in
+ *        at its own place, so large values fragment and their references become paged (4 extents per page here)
  *   k3   put of the header on even visits, delete on odd ones
  * Since a thread writes its batches one after another, what survives must also be a prefix of them: if M is the
  * newest surviving batch of thread t, every group of t holds the newest of its batches <= M.
@@ -55,6 +56,7 @@ static void small_options(kv_options *o) {
     o->block_bytes = 512;
     o->blob_threshold = 1024;
     o->blob_file_bytes = 64 << 10; /* the minimum: blob files rotate often */
+    o->blob_page_extents = 4;      /* the minimum: fragmented values get paged references */
     o->block_cache_bytes = 256 << 10;
     o->max_open_tables = 16;
     o->l0_compaction_trigger = 2;
@@ -89,6 +91,7 @@ static void key_name(char *k, size_t n, int t, uint64_t r, const char *suffix) {
 static bool k1_by_move(uint64_t B) { return (B / GROUPS) % 3 == 0; }
 static bool k2_put(uint64_t B) { return (B / GROUPS) % 7 == 0 || (B / GROUPS) % 3 == 1; }
 static bool k3_put(uint64_t B) { return (B / GROUPS) % 2 == 0; }
+static uint64_t k2_patch_at(uint64_t B) { return (B * 2654435761u >> 7) % 4000; }
 
 static int build_batch(kv_batch *b, int t, uint64_t B) {
     static _Thread_local uint8_t v[MAXV];
@@ -115,7 +118,7 @@ static int build_batch(kv_batch *b, int t, uint64_t B) {
     } else {
         uint8_t h[HDR];
         header(B, h);
-        if ((rc = kv_batch_write_at(b, 0, k, strlen(k), 0, h, HDR))) return rc;
+        if ((rc = kv_batch_write_at(b, 0, k, strlen(k), k2_patch_at(B), h, HDR))) return rc;
     }
     key_name(k, sizeof k, t, r, "k3");
     if (k3_put(B)) {
@@ -128,18 +131,23 @@ static int build_batch(kv_batch *b, int t, uint64_t B) {
     return rc;
 }
 
-/* The value of k2 after batch B: the last put of k2 in the group (B or before), with B's header patched in. */
+/* The value of k2 after batch B: the last put of k2 in the group (B or before), with the headers of the group's
+ * later batches patched in, in order (zeros fill any gap a patch leaves past the end). */
 static size_t expected_k2(int t, uint64_t B, uint8_t *buf) {
+    uint64_t p = B;
+    while (!k2_put(p) && p > GROUPS) p -= GROUPS;
     size_t n = 0;
-    for (uint64_t p = B;; p -= GROUPS) {
-        if (k2_put(p)) {
-            n = gen(t, p, 2, buf);
-            break;
-        }
-        if (p < GROUPS + 1) break;
+    if (k2_put(p)) {
+        n = gen(t, p, 2, buf);
+        p += GROUPS;
     }
-    header(B, buf);
-    return n > HDR ? n : HDR;
+    for (; p <= B; p += GROUPS) {
+        size_t off = (size_t)k2_patch_at(p);
+        if (off > n) memset(buf + n, 0, off - n);
+        header(p, buf + off);
+        if (off + HDR > n) n = off + HDR;
+    }
+    return n;
 }
 
 /* The newest batch <= M of thread t's group r (0 when there is none). */

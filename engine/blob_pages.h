@@ -1,0 +1,88 @@
+/*
+ * blob_pages.h — the two-level extent map of a large value: paged blob references.
+ *
+ * A direct reference (blob.h) lists every extent of its value, so once small writes have fragmented a value each
+ * further write stores the whole list again: n random writes would cost O(n^2). When a direct list would pass
+ * `page_extents` extents, the value's reference becomes *paged* (docs/format.md, "Paged reference"):
+ *     varint size | varint 0 | varint m | m x page,     page = varint file_no | varint rec_off | varint rec_len | varint len
+ * A page is one record of a blob file whose bytes are a direct reference of exactly `len` bytes; the pages, in order,
+ * make up the value. A change reads and rewrites only the pages it touches, so its cost depends on page_extents,
+ * not on how fragmented the value has become. (A direct reference of size > 0 always has n > 0: "size > 0 and
+ * n = 0" marks the paged form, and a page's contents can never themselves be paged.)
+ *
+ * Every function here accepts either form of reference; the changes return whichever form fits.
+ *
+ * Invariants
+ *  - Pages are blob records like any other: immutable, checksummed chunk by chunk, shared freely between versions
+ *    (a rename moves the top-level reference and shares every page).
+ *  - A page built here holds 1 .. page_extents extents and its record fits in one chunk; a page read back must decode
+ *    as a direct reference whose size is the page's len, or the read fails with KV_ECORRUPT naming the file and
+ *    offset — a page is never trusted.
+ *  - A changed direct reference stays direct up to page_extents extents; a paged one becomes direct again only when
+ *    the whole value fits in page_extents / 2 extents, so a value does not flip form on every write.
+ */
+#ifndef KV_BLOB_PAGES_H
+#define KV_BLOB_PAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "blob.h"
+#include "coding.h"
+
+#define BLOB_PAGE_EXTENTS_DEFAULT 128
+#define BLOB_PAGE_EXTENTS_MIN 4
+#define BLOB_PAGE_EXTENTS_MAX 1024 /* 1024 extents of at most 50 bytes fit one chunk */
+
+typedef struct blob_page {
+    uint64_t file_no, rec_off, rec_len; /* the page's record */
+    uint64_t len;                       /* bytes of the value it covers */
+} blob_page;
+
+typedef struct blob_pages {
+    uint64_t size;
+    size_t n, cap;
+    blob_page *pg;
+} blob_pages;
+
+/* Is this encoded reference paged (else it is direct, or malformed)? */
+bool blob_ref_is_paged(const uint8_t *p, size_t len);
+/* The value's size from either form (KV_ECORRUPT if even the header is malformed). */
+int blob_ref_size(const uint8_t *p, size_t len, uint64_t *size);
+/* Top level of a paged reference only (no I/O): KV_OK or KV_ECORRUPT. out must be zeroed or previously used. */
+int blob_pages_decode(const uint8_t *p, size_t len, blob_pages *out);
+int blob_pages_encode(const blob_pages *pp, kv_bytes *out);
+void blob_pages_free(blob_pages *pp);
+/* The page's record as an extent (for size checks and garbage accounting). */
+blob_extent blob_page_extent(const blob_page *pg);
+/* Read and verify one page: its direct reference in out. */
+int blob_page_load(blob_store *s, const blob_page *pg, blob_ref *out);
+
+/* Read len bytes from off of the value (either form); *nread short only past the value's end. */
+int blob_value_read(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, void *buf, size_t len,
+                    size_t *nread);
+
+/* Visit every record a value uses: for a paged reference each page's record (page = true) and then, unless the
+ * callback answered BLOB_VISIT_SKIP for that page, the extents inside it; for a direct one its extents. Holes are not
+ * visited. The callback returns 0 to go on, BLOB_VISIT_SKIP, or anything else to stop: that value is returned. */
+#define BLOB_VISIT_SKIP 1
+typedef int (*blob_visit_fn)(void *ctx, const blob_extent *e, bool page);
+int blob_value_visit(blob_store *s, const uint8_t *ref, size_t rlen, blob_visit_fn fn, void *ctx);
+
+/* Changes write new pages through `append` (one whole record each) and put the new encoded reference in out
+ * (cleared first). */
+typedef int (*blob_append_fn)(void *ctx, const void *data, size_t len, blob_extent *e);
+typedef struct blob_pager {
+    blob_store *store;
+    blob_append_fn append;
+    void *ctx;
+    size_t page_extents; /* BLOB_PAGE_EXTENTS_MIN .. BLOB_PAGE_EXTENTS_MAX */
+} blob_pager;
+/* Replace bytes [off, off + e->len) with extent e (blob_ref_splice on the whole value). */
+int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_extent *e,
+                      kv_bytes *out);
+/* Set the value's size (cut, or extend with a hole). */
+int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t size, kv_bytes *out);
+
+#endif /* KV_BLOB_PAGES_H */
