@@ -243,17 +243,95 @@ int blob_value_visit(blob_store *s, const uint8_t *ref, size_t rlen, blob_visit_
     blob_pages pp = {0};
     if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
     blob_ref page = {0};
+    int damaged = KV_OK;
     for (size_t i = 0; i < pp.n && !rc; i++) {
         blob_extent e = blob_page_extent(&pp.pg[i]);
         int v = fn(ctx, &e, true);
         if (v == BLOB_VISIT_SKIP) continue;
         if (v) rc = v;
         if (!rc) rc = blob_page_load(s, &pp.pg[i], &page);
+        if (rc == KV_ECORRUPT) { /* go on with the other pages; the damage is reported at the end */
+            damaged = rc;
+            rc = KV_OK;
+            continue;
+        }
         if (!rc) rc = visit_extents(&page, fn, ctx);
     }
     blob_ref_free(&page);
     blob_pages_free(&pp);
+    return rc ? rc : damaged;
+}
+
+int blob_value_pieces(blob_store *s, const uint8_t *ref, size_t rlen, int (*fn)(void *ctx, const blob_ref *piece),
+                      void *ctx) {
+    int rc;
+    if (!blob_ref_is_paged(ref, rlen)) {
+        blob_ref r = {0};
+        rc = blob_ref_decode(ref, rlen, &r);
+        if (!rc) rc = fn(ctx, &r);
+        blob_ref_free(&r);
+        return rc;
+    }
+    blob_pages pp = {0};
+    if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
+    blob_ref page = {0};
+    for (size_t i = 0; i < pp.n && !rc; i++) {
+        rc = blob_page_load(s, &pp.pg[i], &page);
+        if (!rc) rc = fn(ctx, &page);
+    }
+    blob_ref_free(&page);
+    blob_pages_free(&pp);
     return rc;
+}
+
+int blob_ref_validate(const uint8_t *ref, size_t rlen) {
+    int rc;
+    if (blob_ref_is_paged(ref, rlen)) {
+        blob_pages pp = {0};
+        rc = blob_pages_decode(ref, rlen, &pp);
+        blob_pages_free(&pp);
+    } else {
+        blob_ref r = {0};
+        rc = blob_ref_decode(ref, rlen, &r);
+        blob_ref_free(&r);
+    }
+    return rc;
+}
+
+/* ---- sets of pages ---------------------------------------------------------------------------------------------- */
+
+static size_t page_hash(uint64_t no, uint64_t off, size_t cap) {
+    return (size_t)((no * 0x9e3779b97f4a7c15ull) ^ (off * 0xc2b2ae3d27d4eb4full)) % cap;
+}
+
+int blob_page_set_add(blob_page_set *set, const blob_extent *e) {
+    if (2 * (set->n + 1) > set->cap) {
+        size_t cap = set->cap ? 2 * set->cap : 256;
+        uint64_t *t = calloc(cap, 2 * sizeof *t);
+        if (!t) return kv_set_error(KV_ENOMEM, "blob pages: out of memory for a set of %zu pages", cap);
+        for (size_t i = 0; i < set->cap; i++) {
+            if (!set->k[2 * i]) continue;
+            size_t h = page_hash(set->k[2 * i], set->k[2 * i + 1], cap);
+            while (t[2 * h]) h = (h + 1) % cap;
+            t[2 * h] = set->k[2 * i];
+            t[2 * h + 1] = set->k[2 * i + 1];
+        }
+        free(set->k);
+        set->k = t;
+        set->cap = cap;
+    }
+    size_t h = page_hash(e->file_no, e->rec_off, set->cap);
+    for (; set->k[2 * h]; h = (h + 1) % set->cap)
+        if (set->k[2 * h] == e->file_no && set->k[2 * h + 1] == e->rec_off) return 0;
+    set->k[2 * h] = e->file_no;
+    set->k[2 * h + 1] = e->rec_off;
+    set->n++;
+    return 1;
+}
+
+void blob_page_set_free(blob_page_set *set) {
+    free(set->k);
+    *set = (blob_page_set){0};
 }
 
 /* ---- changes ----------------------------------------------------------------------------------------------------- */
@@ -287,8 +365,7 @@ static int write_pages(const blob_pager *pg, const blob_ref *r, blob_pages *out)
     return rc;
 }
 
-/* A changed direct list: direct while it has at most page_extents extents, else paged. */
-static int finish_direct(const blob_pager *pg, const blob_ref *r, kv_bytes *out) {
+int blob_ref_finish(const blob_pager *pg, const blob_ref *r, kv_bytes *out) {
     if (r->n <= pg->page_extents) return blob_ref_encode(r, out);
     blob_pages pp = {0};
     int rc = write_pages(pg, r, &pp);
@@ -373,7 +450,7 @@ int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uin
         blob_ref r = {0};
         rc = blob_ref_decode(ref, rlen, &r);
         if (!rc) rc = blob_ref_splice(&r, off, e);
-        if (!rc) rc = finish_direct(pg, &r, out);
+        if (!rc) rc = blob_ref_finish(pg, &r, out);
         blob_ref_free(&r);
         return rc;
     }
@@ -399,7 +476,7 @@ int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, u
         blob_ref r = {0};
         rc = blob_ref_decode(ref, rlen, &r);
         if (!rc) rc = blob_ref_truncate(&r, size);
-        if (!rc) rc = finish_direct(pg, &r, out);
+        if (!rc) rc = blob_ref_finish(pg, &r, out);
         blob_ref_free(&r);
         return rc;
     }

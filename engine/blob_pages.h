@@ -65,10 +65,28 @@ int blob_value_read(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off
 
 /* Visit every record a value uses: for a paged reference each page's record (page = true) and then, unless the
  * callback answered BLOB_VISIT_SKIP for that page, the extents inside it; for a direct one its extents. Holes are not
- * visited. The callback returns 0 to go on, BLOB_VISIT_SKIP, or anything else to stop: that value is returned. */
+ * visited. The callback returns 0 to go on, BLOB_VISIT_SKIP, or anything else to stop: that value is returned.
+ * A page that cannot be read because it is damaged (KV_ECORRUPT) is passed over and the others visited; the call
+ * then returns KV_ECORRUPT (with the page's message) if nothing else went wrong. Other errors stop the visit. */
 #define BLOB_VISIT_SKIP 1
 typedef int (*blob_visit_fn)(void *ctx, const blob_extent *e, bool page);
 int blob_value_visit(blob_store *s, const uint8_t *ref, size_t rlen, blob_visit_fn fn, void *ctx);
+
+/* Call fn with each direct piece of a value in order: the direct reference itself, or each page's (loaded and
+ * verified). Holes are pieces' extents like any other. Stops at the first error, which it returns. */
+int blob_value_pieces(blob_store *s, const uint8_t *ref, size_t rlen, int (*fn)(void *ctx, const blob_ref *piece),
+                      void *ctx);
+/* KV_OK if the reference's top level (either form) decodes, else KV_ECORRUPT; no I/O. */
+int blob_ref_validate(const uint8_t *ref, size_t rlen);
+
+/* A set of pages (by file and record offset), for passes that look into each shared page once. */
+typedef struct blob_page_set {
+    uint64_t *k; /* open addressing: (file_no, rec_off) pairs, file_no 0 = empty */
+    size_t n, cap;
+} blob_page_set;
+/* Add the page whose record is e: 1 if it was new, 0 if already there, KV_ENOMEM. */
+int blob_page_set_add(blob_page_set *set, const blob_extent *e);
+void blob_page_set_free(blob_page_set *set);
 
 /* Changes write new pages through `append` (one whole record each) and put the new encoded reference in out
  * (cleared first). */
@@ -79,6 +97,8 @@ typedef struct blob_pager {
     void *ctx;
     size_t page_extents; /* BLOB_PAGE_EXTENTS_MIN .. BLOB_PAGE_EXTENTS_MAX */
 } blob_pager;
+/* Encode a direct list as a reference: direct while it has at most page_extents extents, else cut into pages. */
+int blob_ref_finish(const blob_pager *pg, const blob_ref *r, kv_bytes *out);
 /* Replace bytes [off, off + e->len) with extent e (blob_ref_splice on the whole value). */
 int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_extent *e,
                       kv_bytes *out);

@@ -290,6 +290,7 @@ typedef struct blob_sizes {
     uint64_t *size;
     bool *known;
     size_t n;
+    blob_page_set checked; /* pages found whole, with the records inside them: each is looked into once */
 } blob_sizes;
 
 static uint64_t blob_size_of(kv_db *db, blob_sizes *bs, uint64_t no) {
@@ -319,10 +320,12 @@ typedef struct blob_whole_ctx {
 #define RECORD_MISSING 2
 /* blob_visit_fn: RECORD_MISSING when e's record runs past the end of its blob file. */
 static int record_missing(void *ctx, const blob_extent *e, bool page) {
-    (void)page;
     blob_whole_ctx *w = ctx;
     uint64_t size = blob_size_of(w->db, w->bs, e->file_no);
-    return size != UINT64_MAX && size < blob_extent_record_end(e) ? RECORD_MISSING : 0;
+    if (size != UINT64_MAX && size < blob_extent_record_end(e)) return RECORD_MISSING;
+    /* successive batches of a value share most of its pages: without this, replay would cost quadratic time */
+    if (page && blob_page_set_add(&w->bs->checked, e) == 0) return BLOB_VISIT_SKIP;
+    return 0;
 }
 
 /* Whether every blob record that a logged batch references is whole in its blob file as the file is now.
@@ -377,7 +380,7 @@ static int recover_logs(kv_db *db) {
     version_edit e;
     edit_init(&e);
     size_t nb = db->vs->current->nblobs;
-    blob_sizes bs = {calloc(nb + 1, sizeof *bs.size), calloc(nb + 1, sizeof *bs.known), nb};
+    blob_sizes bs = {calloc(nb + 1, sizeof *bs.size), calloc(nb + 1, sizeof *bs.known), nb, {0}};
     if (!bs.size || !bs.known) {
         free(bs.size);
         free(bs.known);
@@ -423,6 +426,7 @@ static int recover_logs(kv_db *db) {
     free(logs);
     free(bs.size);
     free(bs.known);
+    blob_page_set_free(&bs.checked);
     db->st_unsynced_dropped = dropped;
     if (rc == KV_OK && !db->opt.read_only) {
         memtable_meta mm;

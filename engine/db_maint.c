@@ -171,35 +171,107 @@ static void blob_problem(void *ctx, const char *file, uint64_t off, const char *
     problem(tc->cc, file, off, what);
 }
 
-/* blob_visit_fn: mark the torn tails that record e reaches into (a page's record and the extents inside it). */
-static int torn_tail_user(void *ctx, const blob_extent *e, bool page) {
-    (void)page;
-    torn_ctx *tc = ctx;
+/* The reference pass: every blob value of every version is followed to the records it names, each record judged
+ * once (versions share most of them). A record must lie inside its file: a blob file cut short at a chunk boundary
+ * passes blob_check_file's walk, and only this pass finds what it lost. Every page must read as a page (its chunks
+ * are checked by the walk, its content only here). And each record marks the torn tails it reaches into (above). */
+typedef struct ref_check {
+    kv_db *db;
+    const version *v;
+    torn_ctx *tc;
+    uint64_t *size; /* per blob file of v: its size, UINT64_MAX = unknown */
+    blob_page_set seen, reported;
+    int err;        /* what stopped the pass, if anything */
+} ref_check;
+
+/* The size of blob file no, if it is one of v's (others are not ours to judge: newer than the check); fresh: measure
+ * again (a record appended since the last look). */
+static uint64_t ref_file_size(ref_check *r, uint64_t no, bool fresh) {
+    size_t lo = 0, hi = r->v->nblobs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->v->blobs[mid]->file_no < no) lo = mid + 1;
+        else hi = mid;
+    }
+    if (!r->size || lo == r->v->nblobs || r->v->blobs[lo]->file_no != no) return UINT64_MAX;
+    if (r->size[lo] == 0 || fresh) {
+        char path[4096];
+        file_name(path, sizeof path, r->db->dir, no, "blob");
+        if (r->db->env->file_size(r->db->env, path, &r->size[lo]) != KV_OK) r->size[lo] = UINT64_MAX; /* the walk said */
+    }
+    return r->size[lo];
+}
+
+static void ref_problem(ref_check *r, const blob_extent *e, const char *what) {
+    if (blob_page_set_add(&r->reported, e) != 1) return; /* once per record */
+    char name[32];
+    snprintf(name, sizeof name, "%06" PRIu64 ".blob", e->file_no);
+    problem(r->tc->cc, name, e->rec_off, what);
+}
+
+/* blob_visit_fn for data records; pages go through check_page. */
+static int check_record(void *ctx, const blob_extent *e, bool page) {
+    ref_check *r = ctx;
+    torn_ctx *tc = r->tc;
+    uint64_t end = blob_extent_record_end(e);
     for (size_t i = 0; i < tc->n; i++)
-        if (e->file_no == tc->t[i].file_no && blob_extent_record_end(e) > tc->t[i].off) tc->t[i].referenced = true;
+        if (e->file_no == tc->t[i].file_no && end > tc->t[i].off) tc->t[i].referenced = true;
+    uint64_t size = ref_file_size(r, e->file_no, false);
+    if (size != UINT64_MAX && end > size) size = ref_file_size(r, e->file_no, true);
+    if (size != UINT64_MAX && end > size) {
+        ref_problem(r, e, page ? "a blob value's page record runs past the end of the file"
+                               : "a blob value's record runs past the end of the file");
+        return page ? BLOB_VISIT_SKIP : 0;
+    }
     return 0;
 }
 
-static void report_referenced_torn_tails(kv_db *db, torn_ctx *tc) {
+static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
+    blob_extent e = blob_page_extent(pg);
+    if (check_record(r, &e, true) || blob_page_set_add(&r->seen, &e) != 1) return;
+    blob_ref page = {0};
+    int rc = blob_page_load(s, pg, &page);
+    if (rc == KV_ECORRUPT) ref_problem(r, &e, kv_errmsg());
+    else if (rc) r->err = rc;
+    for (size_t i = 0; !rc && i < page.n; i++)
+        if (page.ext[i].file_no) check_record(r, &page.ext[i], false);
+    blob_ref_free(&page);
+}
+
+static void check_references(kv_db *db, const version *v, torn_ctx *tc) {
+    ref_check r = {db, v, tc, calloc(v->nblobs + 1, sizeof(uint64_t)), {0}, {0}, KV_OK};
     db_raw_iter *ri = NULL;
     iter *it = NULL;
     int rc = db_raw_iter_new(db, false, &ri, &it);
-    for (it && !rc ? it->seek_first(it) : (void)0; !rc && it && it->valid(it); it->next(it)) {
+    for (it && !rc ? it->seek_first(it) : (void)0; !rc && !r.err && it && it->valid(it); it->next(it)) {
         size_t kl, vl;
         const uint8_t *k = it->key(it, &kl), *val = it->value(it, &vl);
         if (kl < 9 || ikey_type(k, kl) != KV_TYPE_BLOB) continue;
         int64_t ts;
         const uint8_t *p;
         size_t plen;
-        if (entry_decode(val, vl, &ts, &p, &plen)) continue;
-        int v = blob_value_visit(db->blobs, p, plen, torn_tail_user, tc);
-        if (v && blob_ref_is_paged(p, plen)) rc = v; /* a page that cannot be read may hide users: report them all */
+        if (entry_decode(val, vl, &ts, &p, &plen)) continue; /* malformed entries: reads report them */
+        if (!blob_ref_is_paged(p, plen)) {
+            int e = blob_value_visit(db->blobs, p, plen, check_record, &r);
+            if (e && e != KV_ECORRUPT) r.err = e;
+            continue;
+        }
+        blob_pages pp = {0};
+        if (blob_pages_decode(p, plen, &pp) != KV_OK) continue;
+        for (size_t i = 0; i < pp.n && !r.err; i++) check_page(&r, db->blobs, &pp.pg[i]);
+        blob_pages_free(&pp);
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
+    if (!rc) rc = r.err;
+    if (rc) problem(tc->cc, "(blob references)", 0, kv_errmsg()); /* the pass could not finish */
+    /* a torn tail that no value reaches into is the trace of an append a crash interrupted, not damage */
     for (size_t i = 0; i < tc->n; i++)
         if (rc || tc->t[i].referenced) problem(tc->cc, tc->t[i].file, tc->t[i].off, tc->t[i].what);
     free(tc->t);
+    free(r.size);
+    blob_page_set_free(&r.seen);
+    blob_page_set_free(&r.reported);
 }
 
 int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, void *ctx, uint64_t *problems) {
@@ -243,7 +315,8 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
         long n = blob_check_file(db->env, path, name, blob_problem, &tc);
         if (n < 0) problem(&cc, name, 0, kv_errmsg());
     }
-    if (tc.n) report_referenced_torn_tails(db, &tc);
+    if (!rc) check_references(db, v, &tc);
+    else free(tc.t);
     if (!rc) {
         char **names;
         size_t n;
@@ -550,31 +623,60 @@ static gc_file *gc_find(gc_file *fs, size_t n, uint64_t no) {
     return NULL;
 }
 
-/* Copy the whole value described by payload (either form) into a fresh record of w; the new, direct reference in
- * out. */
+/* Copying a value out: its data into one new record of w, holes kept as holes (a sparse value stays sparse). */
+typedef struct gc_copy {
+    kv_db *db;
+    blob_writer *w;
+    uint8_t *buf;
+    blob_ref out;     /* the new list; data extents get their record's length once it is known */
+    uint64_t rec_off; /* where the new record starts */
+    uint64_t written; /* its bytes so far */
+} gc_copy;
+
+#define GC_REC_LEN_UNKNOWN (1ull << 62)
+
+static int gc_copy_piece(void *ctx, const blob_ref *piece) {
+    gc_copy *g = ctx;
+    int rc = KV_OK;
+    for (size_t i = 0; i < piece->n && !rc; i++) {
+        blob_extent x = piece->ext[i];
+        if (x.file_no == 0) {
+            rc = blob_ref_append(&g->out, &x);
+            continue;
+        }
+        blob_ref one = {.size = x.len, .n = 1, .cap = 1, .ext = &x};
+        for (uint64_t off = 0; !rc && off < x.len;) {
+            size_t got = 0;
+            rc = blob_read(g->db->blobs, &one, off, g->buf, BLOB_CHUNK, &got);
+            if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
+            if (!rc) rc = blob_writer_append(g->w, g->buf, got);
+            off += got;
+        }
+        blob_extent moved = {blob_writer_file_no(g->w), g->rec_off, GC_REC_LEN_UNKNOWN, g->written, x.len};
+        if (!rc) rc = blob_ref_append(&g->out, &moved);
+        g->written += x.len;
+    }
+    return rc;
+}
+
+static int gc_write_page(void *w, const void *data, size_t len, blob_extent *e) { return blob_writer_add(w, data, len, e); }
+
+/* Copy the value described by payload (either form) into w: its data as one fresh record, then, if the new list is
+ * long, its pages. The new reference in out. */
 static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out) {
-    blob_ref nref = {0};
-    uint64_t size;
-    int rc = blob_ref_size(payload, plen, &size);
-    char *buf = malloc(BLOB_CHUNK);
-    if (!buf) rc = KV_ENOMEM;
-    if (!rc) rc = blob_writer_begin(w);
-    for (uint64_t off = 0; !rc && off < size;) {
-        size_t got = 0;
-        rc = blob_value_read(db->blobs, payload, plen, off, buf, BLOB_CHUNK, &got);
-        if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
-        if (!rc) rc = blob_writer_append(w, buf, got);
-        off += got;
-    }
-    blob_extent e;
-    if (!rc) rc = blob_writer_end(w, &e);
-    if (!rc) rc = blob_ref_splice(&nref, 0, &e);
-    if (!rc) {
-        bytes_clear(out);
-        rc = blob_ref_encode(&nref, out);
-    }
-    free(buf);
-    blob_ref_free(&nref);
+    gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w)};
+    g.buf = malloc(BLOB_CHUNK);
+    int rc = g.buf ? blob_writer_begin(w) : kv_set_error(KV_ENOMEM, "blob gc: out of memory");
+    if (!rc) rc = blob_value_pieces(db->blobs, payload, plen, gc_copy_piece, &g);
+    blob_extent rec;
+    if (!rc) rc = blob_writer_end(w, &rec);
+    for (size_t i = 0; !rc && i < g.out.n; i++)
+        if (g.out.ext[i].file_no) g.out.ext[i].rec_len = rec.rec_len;
+    blob_pager pg = {db->blobs, gc_write_page, w, (size_t)db->opt.blob_page_extents};
+    bytes_clear(out);
+    if (!rc) rc = blob_ref_finish(&pg, &g.out, out);
+    free(g.buf);
+    blob_ref_free(&g.out);
     return rc;
 }
 
@@ -584,35 +686,8 @@ typedef struct gc_scan {
     gc_file *fs;
     size_t n;
     bool newest;
-    uint64_t *seen; /* open addressing of (file_no, rec_off) pairs; file_no 0 = empty */
-    size_t nseen, cap;
+    blob_page_set seen;
 } gc_scan;
-
-/* 1 if the page at (no, off) was new to g, 0 if seen before, KV_ENOMEM. */
-static int gc_seen_add(gc_scan *g, uint64_t no, uint64_t off) {
-    if (2 * (g->nseen + 1) > g->cap) {
-        size_t cap = g->cap ? 2 * g->cap : 256;
-        uint64_t *t = calloc(cap, 2 * sizeof *t);
-        if (!t) return kv_set_error(KV_ENOMEM, "blob gc: out of memory");
-        for (size_t i = 0; i < g->cap; i++) {
-            if (!g->seen[2 * i]) continue;
-            size_t h = (size_t)(g->seen[2 * i] * 0x9e3779b97f4a7c15ull ^ g->seen[2 * i + 1]) % cap;
-            while (t[2 * h]) h = (h + 1) % cap;
-            t[2 * h] = g->seen[2 * i];
-            t[2 * h + 1] = g->seen[2 * i + 1];
-        }
-        free(g->seen);
-        g->seen = t;
-        g->cap = cap;
-    }
-    size_t h = (size_t)(no * 0x9e3779b97f4a7c15ull ^ off) % g->cap;
-    for (; g->seen[2 * h]; h = (h + 1) % g->cap)
-        if (g->seen[2 * h] == no && g->seen[2 * h + 1] == off) return 0;
-    g->seen[2 * h] = no;
-    g->seen[2 * h + 1] = off;
-    g->nseen++;
-    return 1;
-}
 
 static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
     gc_scan *g = ctx;
@@ -622,7 +697,7 @@ static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
         if (g->newest) f->live += e->len;
     }
     if (!page) return 0;
-    int added = gc_seen_add(g, e->file_no, e->rec_off);
+    int added = blob_page_set_add(&g->seen, e);
     if (added < 0) return added;
     return added || g->newest ? 0 : BLOB_VISIT_SKIP;
 }
@@ -694,8 +769,9 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         if (entry_decode(val, vl, &ts, &p, &plen)) continue;
         scan.newest = newest;
         int v = blob_value_visit(db->blobs, p, plen, gc_scan_extent, &scan);
-        /* a reference that cannot be read may name any file: delete nothing on this pass */
-        if (v) rc = v;
+        /* A damaged reference or page cannot be read, so the files only it names hold nothing readable; any other
+         * failure (I/O, memory) could hide live references: then delete nothing on this pass. */
+        if (v && v != KV_ECORRUPT) rc = v;
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
@@ -780,7 +856,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     pthread_mutex_unlock(&db->mu);
     edit_free(&e);
     bytes_free(&prev);
-    free(scan.seen);
+    blob_page_set_free(&scan.seen);
     free(fs);
     db_leave(db);
     return rc;

@@ -154,7 +154,8 @@ static int lookup(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
 
 static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
     uint64_t size;
-    int rc = blob_ref_size(payload->data, payload->len, &size);
+    int rc = blob_ref_validate(payload->data, payload->len); /* before trusting its size for an allocation */
+    if (!rc) rc = blob_ref_size(payload->data, payload->len, &size);
     if (rc) return rc;
     if (size > SIZE_MAX / 2)
         return kv_set_error(KV_ENOMEM, "value of %" PRIu64 " bytes is too large to read whole; use kv_read_range",

@@ -239,7 +239,7 @@ static int ref_to_inline(kv_db *db, const kv_bytes *ref, uint64_t size, kv_bytes
     size_t got = 0;
     int rc = blob_value_read(db->blobs, ref->data, ref->len, 0, out->data, (size_t)size, &got);
     if (rc) return rc;
-    memset(out->data + got, 0, (size_t)size - got);
+    if (size > got) memset(out->data + got, 0, (size_t)size - got); /* out->data may be NULL for size 0 */
     out->len = (size_t)size;
     return KV_OK;
 }

@@ -76,13 +76,13 @@ typedef struct kv_options {
     uint64_t blob_threshold;     /* values of at least this many bytes live in blob files; default 64 KiB */
     uint64_t blob_file_bytes;    /* a blob file is closed and a new one started past this size; default 256 MiB */
     double blob_gc_ratio;        /* background GC rewrites a blob file whose garbage share exceeds this; default 0.5 */
-    int blob_page_extents;       /* a blob value fragmented into more extents than this keeps its extent list in
-                                    pages of at most this many (docs/format.md, "Paged reference"); default 128,
-                                    4 .. 1024 */
     uint64_t batch_log_max_batches; /* batch log retention by count; 0 with batch_log_max_bytes 0 = log off */
     uint64_t batch_log_max_bytes;   /* batch log retention by bytes; 0 = no byte limit */
     bool background_threads;     /* default true; false runs flush/compaction inline (deterministic tests) */
     struct kv_env *env;          /* default NULL = POSIX */
+    int blob_page_extents;       /* a blob value fragmented into more extents than this keeps its extent list in
+                                    pages of at most this many (docs/format.md, "Paged reference"); default 128,
+                                    4 .. 1024 */
 } kv_options;
 
 /* Fill *o with the defaults above. Always call it before changing fields. */

@@ -115,6 +115,19 @@ TEST(test_pages_decode_rejects_malformed) {
 
 /* ---- pages are read, never trusted -------------------------------------------------------------------------------- */
 
+static int count_calls(void *ctx, const blob_extent *e, bool page) {
+    (void)e;
+    (void)page;
+    ++*(int *)ctx;
+    return 0;
+}
+
+static int skip_pages(void *ctx, const blob_extent *e, bool page) {
+    (void)e;
+    ++*(int *)ctx;
+    return page ? BLOB_VISIT_SKIP : 0;
+}
+
 TEST(test_page_load_untrusted) {
     const char *dir = t_tmpdir();
     fixture f;
@@ -162,6 +175,21 @@ TEST(test_page_load_untrusted) {
     size_t got = 99;
     CHECK_EQ(blob_value_read(f.s, etop.data, etop.len, 0, buf, sizeof buf, &got), KV_ECORRUPT);
     CHECK_EQ(got, 0);
+    int seen = 0;
+    CHECK_EQ(blob_value_visit(f.s, etop.data, etop.len, count_calls, &seen), KV_ECORRUPT);
+    CHECK_EQ(seen, 1); /* the page's record was visited, its content could not be */
+    seen = 0;
+    CHECK_OK(blob_value_visit(f.s, etop.data, etop.len, skip_pages, &seen));
+    CHECK_EQ(seen, 1);
+    /* a damaged page among good ones: the others are still visited, and the damage reported at the end */
+    blob_page two[2] = {ps, pj};
+    blob_pages both = {.size = 7 + 22, .n = 2, .cap = 2, .pg = two};
+    kv_bytes eboth = {0};
+    CHECK_OK(blob_pages_encode(&both, &eboth));
+    seen = 0;
+    CHECK_EQ(blob_value_visit(f.s, eboth.data, eboth.len, count_calls, &seen), KV_ECORRUPT);
+    CHECK_EQ(seen, 2); /* both pages' records; the good page holds only a hole, which is not visited */
+    bytes_free(&eboth);
 
     /* a page record damaged on disk: the chunk checksum catches it */
     blob_ref d10 = {0};
