@@ -759,10 +759,37 @@ static int compare_all(kv_db *db, const kv_read_opts *ro, const model *m, uint64
     return 0;
 }
 
+/* write_at or truncate of key k on the store and on the model (an absent key reads as empty). */
+static int model_change(kv_db *db, kv_batch *b, model *m, const char *k, size_t kl, uint64_t *rs) {
+    static uint8_t buf[6000], patch[300];
+    const model_entry *e = model_get(m, k, kl);
+    size_t n = e ? e->vlen : 0;
+    if (n) memcpy(buf, e->val, n);
+    kv_batch_clear(b);
+    int rc;
+    if (t_rand(rs) % 4) {
+        size_t off = (size_t)(t_rand(rs) % 5000), len = 1 + (size_t)(t_rand(rs) % sizeof patch);
+        for (size_t j = 0; j < len; j++) patch[j] = (uint8_t)t_rand(rs);
+        if (off > n) memset(buf + n, 0, off - n);
+        memcpy(buf + off, patch, len);
+        if (off + len > n) n = off + len;
+        rc = kv_batch_write_at(b, 0, k, kl, off, patch, len);
+    } else {
+        size_t ns = (size_t)(t_rand(rs) % 5300);
+        if (ns > n) memset(buf + n, 0, ns - n);
+        n = ns;
+        rc = kv_batch_truncate(b, 0, k, kl, ns);
+    }
+    if (!rc) rc = kv_write(db, b, 0, NULL);
+    if (!rc) model_put(m, k, kl, buf, n);
+    return rc;
+}
+
 static void run_model(int steps, bool background) {
     kv_options o;
     small_options(&o);
     o.background_threads = background;
+    o.blob_page_extents = BLOB_PAGE_EXTENTS_MIN; /* the few keys that model_change keeps patching get paged */
     const char *dir = t_tmpdir();
     kv_db *db;
     CHECK_OK(kv_open(dir, &o, &db));
@@ -843,6 +870,12 @@ static void run_model(int steps, bool background) {
             }
             kv_free(db);
             CHECK_OK(kv_open(dir, &o, &db));
+        } else if (op < 99) {
+            /* write_at and truncate, mostly on a few keys, so that large values fragment */
+            if (t_rand(&rs) % 4) kl = (size_t)snprintf(k, sizeof k, "p%u", (unsigned)(t_rand(&rs) % 6));
+            CHECK_OK(model_change(db, b, &m, k, kl, &rs));
+        } else if (t_rand(&rs) % 4 == 0) {
+            CHECK_OK(kv_blob_gc(db, 0.3));
         }
     }
     int r = compare_all(db, NULL, &m, &rs);
