@@ -828,6 +828,24 @@ int blob_read(blob_store *s, const blob_ref *r, uint64_t off, void *buf, size_t 
  * a length of 1..BLOB_CHUNK, a matching checksum, and the file ending exactly after a chunk. A bad length or a torn
  * chunk ends the walk, since the next chunk's position is then unknown. A bad checksum does not: its length is
  * trusted to continue, and if the length was the damaged field the next step almost surely finds a bad length. */
+int blob_chunk_whole_at(kv_env *env, const char *path, uint64_t off) {
+    kv_file *f;
+    int rc = env->open_read(env, path, &f);
+    if (rc) return rc;
+    uint8_t *buf = malloc(CHUNK_HDR + BLOB_CHUNK);
+    size_t got = 0;
+    if (!buf) rc = kv_set_error(KV_ENOMEM, "%s: out of memory", path);
+    else rc = env->read_at(env, f, off, buf, CHUNK_HDR + BLOB_CHUNK, &got);
+    if (!rc) {
+        uint32_t clen = got >= CHUNK_HDR ? get_fixed32(buf + 4) : 0;
+        if (clen == 0 || clen > BLOB_CHUNK || CHUNK_HDR + clen > got || get_fixed32(buf) != kv_checksum(buf + 4, 4 + clen))
+            rc = kv_set_error(KV_ECORRUPT, "%s: no whole chunk at offset %" PRIu64, path, off);
+    }
+    free(buf);
+    env->close(env, f);
+    return rc;
+}
+
 long blob_check_file(kv_env *env, const char *path, const char *name, blob_problem_fn cb, void *ctx) {
     if (!name) name = path;
     kv_file *f;

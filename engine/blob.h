@@ -83,6 +83,9 @@ void blob_store_forget(blob_store *s, uint64_t file_no);
  * problems, < 0 if the file could not be read. */
 typedef void (*blob_problem_fn)(void *ctx, const char *file, uint64_t offset, const char *what);
 long blob_check_file(kv_env *env, const char *path, const char *name, blob_problem_fn cb, void *ctx);
+/* KV_OK if a whole chunk (valid length, matching checksum) starts at off of the file now: a torn tail that the walk
+ * met in a file still being appended to may be whole a moment later. */
+int blob_chunk_whole_at(kv_env *env, const char *path, uint64_t off);
 
 /* One blob file being written. Not thread-safe: the caller serialises. */
 typedef struct blob_writer blob_writer;

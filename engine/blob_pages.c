@@ -329,6 +329,13 @@ int blob_page_set_add(blob_page_set *set, const blob_extent *e) {
     return 1;
 }
 
+bool blob_page_set_has(const blob_page_set *set, const blob_extent *e) {
+    if (!set->cap) return false;
+    for (size_t h = page_hash(e->file_no, e->rec_off, set->cap); set->k[2 * h]; h = (h + 1) % set->cap)
+        if (set->k[2 * h] == e->file_no && set->k[2 * h + 1] == e->rec_off) return true;
+    return false;
+}
+
 void blob_page_set_free(blob_page_set *set) {
     free(set->k);
     *set = (blob_page_set){0};

@@ -86,6 +86,7 @@ typedef struct blob_page_set {
 } blob_page_set;
 /* Add the page whose record is e: 1 if it was new, 0 if already there, KV_ENOMEM. */
 int blob_page_set_add(blob_page_set *set, const blob_extent *e);
+bool blob_page_set_has(const blob_page_set *set, const blob_extent *e);
 void blob_page_set_free(blob_page_set *set);
 
 /* Changes write new pages through `append` (one whole record each) and put the new encoded reference in out

@@ -320,12 +320,34 @@ typedef struct blob_whole_ctx {
 #define RECORD_MISSING 2
 /* blob_visit_fn: RECORD_MISSING when e's record runs past the end of its blob file. */
 static int record_missing(void *ctx, const blob_extent *e, bool page) {
+    (void)page;
     blob_whole_ctx *w = ctx;
     uint64_t size = blob_size_of(w->db, w->bs, e->file_no);
-    if (size != UINT64_MAX && size < blob_extent_record_end(e)) return RECORD_MISSING;
-    /* successive batches of a value share most of its pages: without this, replay would cost quadratic time */
-    if (page && blob_page_set_add(&w->bs->checked, e) == 0) return BLOB_VISIT_SKIP;
-    return 0;
+    return size != UINT64_MAX && size < blob_extent_record_end(e) ? RECORD_MISSING : 0;
+}
+
+/* Whether every record of one value is whole. Successive batches of a paged value share most of its pages, so a
+ * page is looked into only until it has been found whole with all the records inside it (else replay would cost
+ * quadratic time); a page that cannot be read is left to the reads to report. */
+static bool value_blobs_whole(kv_db *db, blob_sizes *bs, const uint8_t *p, size_t plen) {
+    blob_whole_ctx w = {db, bs};
+    if (!blob_ref_is_paged(p, plen)) return blob_value_visit(db->blobs, p, plen, record_missing, &w) != RECORD_MISSING;
+    blob_pages pp = {0};
+    if (blob_pages_decode(p, plen, &pp) != KV_OK) return true;
+    bool whole = true;
+    blob_ref page = {0};
+    for (size_t i = 0; i < pp.n && whole; i++) {
+        blob_extent e = blob_page_extent(&pp.pg[i]);
+        if (record_missing(&w, &e, true) == RECORD_MISSING) whole = false;
+        if (!whole || blob_page_set_has(&bs->checked, &e) || blob_page_load(db->blobs, &pp.pg[i], &page) != KV_OK)
+            continue;
+        for (size_t j = 0; j < page.n && whole; j++)
+            if (page.ext[j].file_no && record_missing(&w, &page.ext[j], false) == RECORD_MISSING) whole = false;
+        if (whole) (void)blob_page_set_add(&bs->checked, &e); /* out of memory: it is looked into again */
+    }
+    blob_ref_free(&page);
+    blob_pages_free(&pp);
+    return whole;
 }
 
 /* Whether every blob record that a logged batch references is whole in its blob file as the file is now.
@@ -336,7 +358,7 @@ static int record_missing(void *ctx, const blob_extent *e, bool page) {
  * file's (the two files reach the disk independently). Neither was it, then, nor any later batch, so recovery may
  * drop them all, as it drops a torn log tail. Malformed records and blob files that are missing, unreadable or not
  * listed in the version answer true, so that replay and reads report them as before. A paged reference's pages
- * are checked before they are read, then the extents in them (an unreadable page also answers true). */
+ * are checked before they are read, then the records they name (value_blobs_whole). */
 static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_sizes *bs) {
     uint64_t seq;
     int64_t ts;
@@ -348,8 +370,7 @@ static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_s
         p = batch_record_next_op(p, lim, &op);
         if (!p) return true;
         if (op.type != KV_TYPE_BLOB) continue;
-        blob_whole_ctx w = {db, bs};
-        if (blob_value_visit(db->blobs, op.payload, op.plen, record_missing, &w) == RECORD_MISSING) return false;
+        if (!value_blobs_whole(db, bs, op.payload, op.plen)) return false;
     }
     return true;
 }

@@ -203,7 +203,7 @@ static uint64_t ref_file_size(ref_check *r, uint64_t no, bool fresh) {
 }
 
 static void ref_problem(ref_check *r, const blob_extent *e, const char *what) {
-    if (blob_page_set_add(&r->reported, e) != 1) return; /* once per record */
+    if (blob_page_set_add(&r->reported, e) == 0) return; /* once per record (and always when memory is short) */
     char name[32];
     snprintf(name, sizeof name, "%06" PRIu64 ".blob", e->file_no);
     problem(r->tc->cc, name, e->rec_off, what);
@@ -228,10 +228,18 @@ static int check_record(void *ctx, const blob_extent *e, bool page) {
 
 static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
     blob_extent e = blob_page_extent(pg);
-    if (check_record(r, &e, true) || blob_page_set_add(&r->seen, &e) != 1) return;
+    /* a file the check's version does not list is newer than the check, and may be gone again: not ours to read */
+    if (ref_file_size(r, e.file_no, false) == UINT64_MAX) return;
+    if (check_record(r, &e, true) || blob_page_set_add(&r->seen, &e) == 0) return;
     blob_ref page = {0};
     int rc = blob_page_load(s, pg, &page);
-    if (rc == KV_ECORRUPT) ref_problem(r, &e, kv_errmsg());
+    if (rc == KV_ECORRUPT) {
+        const char *msg = kv_errmsg();
+        char name[32];
+        int nl = snprintf(name, sizeof name, "%06" PRIu64 ".blob: ", e.file_no);
+        if (strncmp(msg, name, (size_t)nl) == 0) msg += nl; /* the problem names the file already */
+        ref_problem(r, &e, msg);
+    }
     else if (rc) r->err = rc;
     for (size_t i = 0; !rc && i < page.n; i++)
         if (page.ext[i].file_no) check_record(r, &page.ext[i], false);
@@ -240,6 +248,7 @@ static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
 
 static void check_references(kv_db *db, const version *v, torn_ctx *tc) {
     ref_check r = {db, v, tc, calloc(v->nblobs + 1, sizeof(uint64_t)), {0}, {0}, KV_OK};
+    if (!r.size) r.err = kv_set_error(KV_ENOMEM, "out of memory for the blob reference pass");
     db_raw_iter *ri = NULL;
     iter *it = NULL;
     int rc = db_raw_iter_new(db, false, &ri, &it);
@@ -251,9 +260,13 @@ static void check_references(kv_db *db, const version *v, torn_ctx *tc) {
         const uint8_t *p;
         size_t plen;
         if (entry_decode(val, vl, &ts, &p, &plen)) continue; /* malformed entries: reads report them */
+        if (blob_ref_validate(p, plen) != KV_OK) { /* the table's checksums held: written so by a bug */
+            problem(tc->cc, "(blob references)", 0, kv_errmsg());
+            continue;
+        }
         if (!blob_ref_is_paged(p, plen)) {
             int e = blob_value_visit(db->blobs, p, plen, check_record, &r);
-            if (e && e != KV_ECORRUPT) r.err = e;
+            if (e) r.err = e;
             continue;
         }
         blob_pages pp = {0};
@@ -265,9 +278,15 @@ static void check_references(kv_db *db, const version *v, torn_ctx *tc) {
     if (ri) db_raw_iter_free(db, ri);
     if (!rc) rc = r.err;
     if (rc) problem(tc->cc, "(blob references)", 0, kv_errmsg()); /* the pass could not finish */
-    /* a torn tail that no value reaches into is the trace of an append a crash interrupted, not damage */
-    for (size_t i = 0; i < tc->n; i++)
-        if (rc || tc->t[i].referenced) problem(tc->cc, tc->t[i].file, tc->t[i].off, tc->t[i].what);
+    /* A torn tail that no value reaches into is the trace of an append a crash interrupted, not damage. One that a
+     * value reaches into may be an append the walk met half done, in a file still being written: whole by now. */
+    for (size_t i = 0; i < tc->n; i++) {
+        if (!rc && !tc->t[i].referenced) continue;
+        char path[4096];
+        file_name(path, sizeof path, db->dir, tc->t[i].file_no, "blob");
+        if (blob_chunk_whole_at(db->env, path, tc->t[i].off) == KV_OK) continue;
+        problem(tc->cc, tc->t[i].file, tc->t[i].off, tc->t[i].what);
+    }
     free(tc->t);
     free(r.size);
     blob_page_set_free(&r.seen);
@@ -372,9 +391,13 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
     pthread_mutex_lock(&db->mu);
     while (!rc && (db->compact_running || db->manual_running)) pthread_cond_wait(&db->bg_cv, &db->mu);
     db->manual_running = true;
-    int last = 0;
-    for (int l = 0; l < KV_MAX_LEVELS - 1 && !rc; l++)
-        if (db->vs->current->nfiles[l]) last = l;
+    /* Compact each level into the next, through the deepest level that holds files (or into the last level), so that
+     * everything meets there and shadowed versions and tombstones go. (This once ignored files in the last level:
+     * data that had reached it was never merged with newer data again, and its old versions stayed for good.) */
+    int deepest = 0;
+    for (int l = 0; l < KV_MAX_LEVELS; l++)
+        if (db->vs->current->nfiles[l]) deepest = l;
+    int last = deepest < KV_MAX_LEVELS - 2 ? deepest : KV_MAX_LEVELS - 2;
     for (int l = 0; l <= last && !rc; l++) {
         if (atomic_load(&db->closed)) rc = kv_set_error(KV_ECLOSED, "the store is closing");
         if (!rc) rc = db_run_manual_compaction(db, l, &lo, &hi);
@@ -667,9 +690,13 @@ static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size
     gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w)};
     g.buf = malloc(BLOB_CHUNK);
     int rc = g.buf ? blob_writer_begin(w) : kv_set_error(KV_ENOMEM, "blob gc: out of memory");
+    bool begun = rc == KV_OK;
     if (!rc) rc = blob_value_pieces(db->blobs, payload, plen, gc_copy_piece, &g);
     blob_extent rec;
-    if (!rc) rc = blob_writer_end(w, &rec);
+    if (begun) { /* also after a failure: the writer must be out of the record for the next value */
+        int erc = blob_writer_end(w, &rec);
+        if (!rc) rc = erc;
+    }
     for (size_t i = 0; !rc && i < g.out.n; i++)
         if (g.out.ext[i].file_no) g.out.ext[i].rec_len = rec.rec_len;
     blob_pager pg = {db->blobs, gc_write_page, w, (size_t)db->opt.blob_page_extents};
@@ -702,10 +729,16 @@ static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
     return added || g->newest ? 0 : BLOB_VISIT_SKIP;
 }
 
-#define GC_USES_FILE 2
+typedef struct gc_use {
+    uint64_t no;
+    bool uses;
+} gc_use;
+
 static int gc_uses_file(void *ctx, const blob_extent *e, bool page) {
     (void)page;
-    return e->file_no == *(const uint64_t *)ctx ? GC_USES_FILE : 0;
+    gc_use *u = ctx;
+    if (e->file_no == u->no) u->uses = true;
+    return 0; /* on to the end: a damaged page anywhere must be seen */
 }
 
 int kv_blob_gc(kv_db *db, double min_ratio) {
@@ -751,6 +784,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     iter *it;
     int rc = db_raw_iter_new(db, false, &ri, &it);
     gc_scan scan = {.fs = fs, .n = n};
+    bool damaged = false;
     kv_bytes prev = {0};
     bool have_prev = false;
     for (it && !rc ? it->seek_first(it) : (void)0; !rc && it->valid(it); it->next(it)) {
@@ -769,9 +803,11 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         if (entry_decode(val, vl, &ts, &p, &plen)) continue;
         scan.newest = newest;
         int v = blob_value_visit(db->blobs, p, plen, gc_scan_extent, &scan);
-        /* A damaged reference or page cannot be read, so the files only it names hold nothing readable; any other
-         * failure (I/O, memory) could hide live references: then delete nothing on this pass. */
-        if (v && v != KV_ECORRUPT) rc = v;
+        /* A damaged reference or page hides which records it names: nothing is deleted while one is in the store
+         * (their bytes are intact, a repair could still reach them), and so nothing is rewritten either (the copies
+         * would only add files). Any other failure (I/O, memory) also stops the pass before anything is deleted. */
+        if (v == KV_ECORRUPT) damaged = true;
+        else if (v) rc = v;
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
@@ -783,6 +819,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     for (size_t i = 0; i < n && !rc; i++) {
         gc_file *f = &fs[i];
         if (!f->candidate) continue;
+        if (damaged) break;
         if (f->referenced == 0) {
             rc = edit_delete_blob(&e, f->no);
             continue;
@@ -801,14 +838,21 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
                 const uint8_t *p;
                 size_t plen;
                 if (db_iter_payload(uit, &p, &plen)) continue;
-                /* unreadable references are left alone: f stays referenced, so it is not deleted */
-                if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &f->no) != GC_USES_FILE) continue;
+                /* a damaged or unreadable value is left alone (its copy would fail): f stays referenced, so it is
+                 * not deleted */
+                gc_use use = {f->no, false};
+                if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &use) || !use.uses) continue;
                 if (!w) {
                     rc = db_new_blob_file(db, &w);
                     if (rc) break;
                 }
                 kv_bytes nref = {0};
                 rc = gc_copy_value(db, w, p, plen, &nref);
+                if (rc == KV_ECORRUPT) { /* a damaged data chunk: leave this value as it is, go on with the others */
+                    bytes_free(&nref);
+                    rc = KV_OK;
+                    continue;
+                }
                 if (!rc) rc = blob_writer_sync(w);
                 if (!rc) {
                     kv_batch b = {0};
@@ -859,5 +903,8 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     blob_page_set_free(&scan.seen);
     free(fs);
     db_leave(db);
+    if (!rc && damaged)
+        rc = kv_set_error(KV_ECORRUPT, "blob gc: a damaged blob reference stops blob garbage collection until its "
+                                       "value is rewritten or deleted (kv_check names it)");
     return rc;
 }

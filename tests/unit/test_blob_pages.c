@@ -181,14 +181,23 @@ TEST(test_page_load_untrusted) {
     seen = 0;
     CHECK_OK(blob_value_visit(f.s, etop.data, etop.len, skip_pages, &seen));
     CHECK_EQ(seen, 1);
-    /* a damaged page among good ones: the others are still visited, and the damage reported at the end */
-    blob_page two[2] = {ps, pj};
-    blob_pages both = {.size = 7 + 22, .n = 2, .cap = 2, .pg = two};
+    /* a damaged page before a good one: the good one and its extent are still visited, the damage reported at the
+     * end */
+    blob_ref rd = {0};
+    CHECK_OK(blob_ref_splice(&rd, 0, &data));
+    kv_bytes erd = {0};
+    CHECK_OK(blob_ref_encode(&rd, &erd));
+    blob_extent rec_d;
+    CHECK_OK(blob_writer_add(f.w, erd.data, erd.len, &rec_d));
+    blob_page two[2] = {pj, {7, rec_d.rec_off, rec_d.rec_len, 10}};
+    blob_pages both = {.size = 22 + 10, .n = 2, .cap = 2, .pg = two};
     kv_bytes eboth = {0};
     CHECK_OK(blob_pages_encode(&both, &eboth));
     seen = 0;
     CHECK_EQ(blob_value_visit(f.s, eboth.data, eboth.len, count_calls, &seen), KV_ECORRUPT);
-    CHECK_EQ(seen, 2); /* both pages' records; the good page holds only a hole, which is not visited */
+    CHECK_EQ(seen, 3); /* both pages' records, and the data extent inside the good one */
+    blob_ref_free(&rd);
+    bytes_free(&erd);
     bytes_free(&eboth);
 
     /* a page record damaged on disk: the chunk checksum catches it */
