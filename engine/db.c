@@ -339,8 +339,11 @@ static bool value_blobs_whole(kv_db *db, blob_sizes *bs, const uint8_t *p, size_
     for (size_t i = 0; i < pp.n && whole; i++) {
         blob_extent e = blob_page_extent(&pp.pg[i]);
         if (record_missing(&w, &e, true) == RECORD_MISSING) whole = false;
-        if (!whole || blob_page_set_has(&bs->checked, &e) || blob_page_load(db->blobs, &pp.pg[i], &page) != KV_OK)
+        if (!whole || blob_page_set_has(&bs->checked, &e)) continue;
+        if (blob_page_load(db->blobs, &pp.pg[i], &page) != KV_OK) {
+            (void)blob_page_set_add(&bs->checked, &e); /* the answer stays "whole": do not read it again */
             continue;
+        }
         for (size_t j = 0; j < page.n && whole; j++)
             if (page.ext[j].file_no && record_missing(&w, &page.ext[j], false) == RECORD_MISSING) whole = false;
         if (whole) (void)blob_page_set_add(&bs->checked, &e); /* out of memory: it is looked into again */

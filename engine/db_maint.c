@@ -234,11 +234,11 @@ static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
     blob_ref page = {0};
     int rc = blob_page_load(s, pg, &page);
     if (rc == KV_ECORRUPT) {
-        const char *msg = kv_errmsg();
-        char name[32];
+        char msg[512], name[32];
+        snprintf(msg, sizeof msg, "%s", kv_errmsg()); /* ref_problem may set another message */
         int nl = snprintf(name, sizeof name, "%06" PRIu64 ".blob: ", e.file_no);
-        if (strncmp(msg, name, (size_t)nl) == 0) msg += nl; /* the problem names the file already */
-        ref_problem(r, &e, msg);
+        bool named = strncmp(msg, name, (size_t)nl) == 0; /* the problem names the file already */
+        ref_problem(r, &e, named ? msg + nl : msg);
     }
     else if (rc) r->err = rc;
     for (size_t i = 0; !rc && i < page.n; i++)
@@ -389,7 +389,14 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
         if (rc) rc = KV_ENOMEM;
     }
     pthread_mutex_lock(&db->mu);
-    while (!rc && (db->compact_running || db->manual_running)) pthread_cond_wait(&db->bg_cv, &db->mu);
+    if (rc) { /* never touch manual_running without having waited for it: another call may hold it */
+        pthread_mutex_unlock(&db->mu);
+        bytes_free(&lo);
+        bytes_free(&hi);
+        db_leave(db);
+        return rc;
+    }
+    while (db->compact_running || db->manual_running) pthread_cond_wait(&db->bg_cv, &db->mu);
     db->manual_running = true;
     /* Compact each level into the next, through the deepest level that holds files (or into the last level), so that
      * everything meets there and shadowed versions and tombstones go. (This once ignored files in the last level:
@@ -664,7 +671,7 @@ static int gc_copy_piece(void *ctx, const blob_ref *piece) {
     for (size_t i = 0; i < piece->n && !rc; i++) {
         blob_extent x = piece->ext[i];
         if (x.file_no == 0) {
-            rc = blob_ref_append(&g->out, &x);
+            if (g->w) rc = blob_ref_append(&g->out, &x);
             continue;
         }
         blob_ref one = {.size = x.len, .n = 1, .cap = 1, .ext = &x};
@@ -672,9 +679,10 @@ static int gc_copy_piece(void *ctx, const blob_ref *piece) {
             size_t got = 0;
             rc = blob_read(g->db->blobs, &one, off, g->buf, BLOB_CHUNK, &got);
             if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
-            if (!rc) rc = blob_writer_append(g->w, g->buf, got);
+            if (!rc && g->w) rc = blob_writer_append(g->w, g->buf, got);
             off += got;
         }
+        if (!g->w) continue; /* only reading it through (gc_value_readable) */
         blob_extent moved = {blob_writer_file_no(g->w), g->rec_off, GC_REC_LEN_UNKNOWN, g->written, x.len};
         if (!rc) rc = blob_ref_append(&g->out, &moved);
         g->written += x.len;
@@ -683,6 +691,17 @@ static int gc_copy_piece(void *ctx, const blob_ref *piece) {
 }
 
 static int gc_write_page(void *w, const void *data, size_t len, blob_extent *e) { return blob_writer_add(w, data, len, e); }
+
+/* Read every chunk of a value (verifying each) without copying it: a value with a damaged chunk is found before any
+ * file is created for its copy. */
+static int gc_value_readable(kv_db *db, const uint8_t *payload, size_t plen) {
+    gc_copy g = {.db = db};
+    g.buf = malloc(BLOB_CHUNK);
+    int rc = g.buf ? blob_value_pieces(db->blobs, payload, plen, gc_copy_piece, &g)
+                   : kv_set_error(KV_ENOMEM, "blob gc: out of memory");
+    free(g.buf);
+    return rc;
+}
 
 /* Copy the value described by payload (either form) into w: its data as one fresh record, then, if the new list is
  * long, its pages. The new reference in out. */
@@ -784,7 +803,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     iter *it;
     int rc = db_raw_iter_new(db, false, &ri, &it);
     gc_scan scan = {.fs = fs, .n = n};
-    bool damaged = false;
+    bool damaged = false, damaged_data = false;
     kv_bytes prev = {0};
     bool have_prev = false;
     for (it && !rc ? it->seek_first(it) : (void)0; !rc && it->valid(it); it->next(it)) {
@@ -838,21 +857,25 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
                 const uint8_t *p;
                 size_t plen;
                 if (db_iter_payload(uit, &p, &plen)) continue;
-                /* a damaged or unreadable value is left alone (its copy would fail): f stays referenced, so it is
-                 * not deleted */
                 gc_use use = {f->no, false};
                 if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &use) || !use.uses) continue;
+                /* A value with a damaged chunk is left as it is (f stays referenced, so it is not deleted), and
+                 * found before a file is made for its copy: else every pass would make one. It is reported. */
+                int vr = gc_value_readable(db, p, plen);
+                if (vr == KV_ECORRUPT) {
+                    damaged_data = true;
+                    continue;
+                }
+                if (vr) {
+                    rc = vr;
+                    break;
+                }
                 if (!w) {
                     rc = db_new_blob_file(db, &w);
                     if (rc) break;
                 }
                 kv_bytes nref = {0};
                 rc = gc_copy_value(db, w, p, plen, &nref);
-                if (rc == KV_ECORRUPT) { /* a damaged data chunk: leave this value as it is, go on with the others */
-                    bytes_free(&nref);
-                    rc = KV_OK;
-                    continue;
-                }
                 if (!rc) rc = blob_writer_sync(w);
                 if (!rc) {
                     kv_batch b = {0};
@@ -904,7 +927,11 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     free(fs);
     db_leave(db);
     if (!rc && damaged)
-        rc = kv_set_error(KV_ECORRUPT, "blob gc: a damaged blob reference stops blob garbage collection until its "
-                                       "value is rewritten or deleted (kv_check names it)");
+        rc = kv_set_error(KV_ECORRUPT, "blob gc: a damaged blob reference stops blob garbage collection until every "
+                                       "version of its value is gone (rewritten or deleted, then compacted away; "
+                                       "kv_check names it)");
+    else if (!rc && damaged_data)
+        rc = kv_set_error(KV_ECORRUPT, "blob gc: a value with a damaged blob chunk was left where it is, and so was "
+                                       "its file (kv_check names it)");
     return rc;
 }

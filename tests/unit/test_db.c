@@ -474,6 +474,45 @@ TEST(test_db_blob_gc_with_damaged_page) {
     kv_free(db);
 }
 
+/* A damaged data chunk: GC leaves that value and its file where they are, says so, and does not make a new file for
+ * a copy it cannot finish, pass after pass. */
+TEST(test_db_blob_gc_with_damaged_chunk) {
+    kv_options o;
+    small_options(&o);
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    static uint8_t v[100000];
+    memset(v, 'b', sizeof v);
+    CHECK_OK(kv_put(db, "big", 3, v, sizeof v, 0)); /* the blob file's first record: chunks at 16 and 65560 */
+    for (int i = 0; i < 40; i++) CHECK_OK(kv_put(db, "x", 1, v, 3000, 0)); /* the file: more garbage than live */
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    char blob[600], path[1200];
+    CHECK(t_newest_file(dir, ".blob", blob, sizeof blob));
+    snprintf(path, sizeof path, "%s/%s", dir, blob);
+    kv_free(db);
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    CHECK(fseek(f, 65560 + 8 + 100, SEEK_SET) == 0 && fputc('!', f) != EOF);
+    fclose(f);
+    CHECK_OK(kv_open(dir, &o, &db));
+    char newest[3][600];
+    for (int pass = 0; pass < 3; pass++) {
+        CHECK_EQ(kv_blob_gc(db, 0.5), KV_ECORRUPT);
+        CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+        CHECK(t_newest_file(dir, ".blob", newest[pass], sizeof newest[pass]));
+    }
+    CHECK_MSG(strcmp(newest[1], newest[2]) == 0, "a new blob file on every pass: %s, then %s", newest[1], newest[2]);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0); /* big's file stays */
+    kv_buf got;
+    CHECK_OK(kv_get(db, NULL, "x", 1, &got));
+    CHECK_EQ(got.len, 3000);
+    kv_buf_free(&got);
+    CHECK_EQ(kv_get(db, NULL, "big", 3, &got), KV_ECORRUPT);
+    kv_free(db);
+}
+
 /* kv_compact_range merges everything down to the deepest level that holds files, the last level included: keys
  * deleted after their data sank to the last level are gone, tombstones and all, after one call. */
 TEST(test_db_compact_range_reaches_the_last_level) {
