@@ -464,7 +464,8 @@ static void *compact_main(void *arg) {
         if (++idle_seconds >= 60 && db->vs->current->nblobs > 0 && !db->stopping) {
             idle_seconds = 0;
             pthread_mutex_unlock(&db->mu);
-            (void)kv_blob_gc(db, db->opt.blob_gc_ratio);
+            int grc = kv_blob_gc(db, db->opt.blob_gc_ratio);
+            if (grc != KV_OK && grc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
             pthread_mutex_lock(&db->mu);
         }
     }

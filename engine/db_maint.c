@@ -621,6 +621,7 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
     s->write_groups = atomic_load(&db->st_groups);
     s->synced_groups = atomic_load(&db->st_sync_groups);
     s->unsynced_batches_dropped = db->st_unsynced_dropped;
+    s->blob_gc_failures = atomic_load(&db->st_gc_failures);
     s->last_sequence = atomic_load(&db->last_seq);
     uint64_t written = s->wal_bytes_written + s->flush_bytes_written + s->compaction_bytes_written + s->blob_bytes_written;
     s->write_amplification = s->user_bytes_written ? (double)written / (double)s->user_bytes_written : 0;

@@ -32,6 +32,7 @@ fill() {
     [ "$(kv stats "$D" --json | json_get 'len(d["levels"])')" -eq 7 ]
     [ "$(kv stats "$D" --json | json_get 'd["estimated_keys"] > 0')" = True ]
     [ "$(kv stats "$D" --json | json_get 'd["unsynced_batches_dropped"]')" -eq 0 ]
+    [ "$(kv stats "$D" --json | json_get 'd["blob_gc_failures"]')" -eq 0 ]
     [[ "$output" != *"dropped at open"* ]] # printed only after a power loss
 }
 
