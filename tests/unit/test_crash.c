@@ -885,7 +885,7 @@ TEST(test_crash_log_outlives_page_record) {
     CHECK(stat(path, &sb) == 0);
     off_t synced_size = sb.st_size;
     kv_batch_clear(b);
-    CHECK_OK(kv_batch_write_at(b, 0, "big", 3, 2500, "XXXXXXXXXX", 10)); /* not synced */
+    CHECK_OK(kv_batch_write_at(b, 0, "big", 3, 2500, "late-patch", 10)); /* not synced */
     CHECK_OK(kv_write(db, b, 0, NULL));
     CHECK_OK(kv_put(db, "later", 5, "l", 1, 0));
     kv_batch_free(b);
