@@ -21,7 +21,8 @@ CFLAGS_OPT := -O2
 LDFLAGS_SAN :=
 endif
 CFLAGS_ALL := $(CFLAGS_BASE) $(CFLAGS_OPT) $(FUSE_CFLAGS) $(CFLAGS)
-LIBS := -lxxhash -lz -lpthread
+LIBS := -lxxhash -lpthread
+TEST_LIBS := $(LIBS) -lz   # zlib: the reference codec the block codec's tests compare against
 
 ENGINE_SRC := $(wildcard engine/*.c)
 FS_SRC     := $(wildcard fs/*.c)
@@ -69,7 +70,7 @@ $(KVFS): $(MOUNT_OBJ) $(LIB_FS) $(LIB_A)
 # Test programs link the fs and engine archives: only the objects a test uses are pulled in.
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_SAN) -o $@ $< $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(LIBS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $< $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
 
 san:
 	$(MAKE) SAN=1 all

@@ -8,8 +8,8 @@
  *    checksum, and the reader rejects a footer whose handles do not tile the file exactly like that.
  *  - Every block is checksummed over its stored bytes and its type byte, and the checksum is verified each time a
  *    block is read from the file (not when it comes from the cache: cached blocks were verified when read). A
- *    zlib block's payload is varint uncompressed_size || raw deflate stream (RFC 1951, no zlib header or adler32),
- *    and must inflate to exactly that size.
+ *    compressed block's payload is varint uncompressed_size || raw deflate stream (RFC 1951, no zlib header or
+ *    adler32; engine/deflate.h), and must inflate to exactly that size, using every byte of the stream.
  *  - Data blocks are compressed only when that saves >= 1/8; filter, properties and index blocks never are.
  *  - Index keys are the last internal key of their data block, so for any lookup key the first index entry >= it
  *    names the only block that can hold the first entry >= it. Index blocks use restart interval 1 (every key stored
@@ -25,26 +25,23 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <pthread.h>
 #include <stdlib.h>
-#include <zlib.h>
 
 #include "block.h"
 #include "bloom.h"
 #include "dbformat.h"
+#include "deflate.h"
 #include "error.h"
 #include "kv.h"
 
 #define TRAILER 5                       /* type byte + fixed32 checksum */
 #define TYPE_NONE 0
-#define TYPE_ZLIB 1
+#define TYPE_DEFLATE 1
 #define FORMAT_VERSION 1
 #define OUT_BUF (64u * 1024u)           /* builder output is batched into appends of about this size */
 #define DEFAULT_BLOCK_BYTES 4096
 #define DEFAULT_RESTART_INTERVAL 16
-#define ZLIB_LEVEL 1
-#define ZLIB_MEMLEVEL 8                 /* zlib's default */
-#define ZLIB_MAX_RATIO 1032             /* deflate can never shrink data more than this */
+#define DEFLATE_MAX_RATIO 1032          /* deflate can never shrink data more than this */
 
 void sst_props_free(sst_props *p) {
     bytes_free(&p->smallest);
@@ -64,8 +61,7 @@ struct sst_builder {
     kv_bytes last_key;
     kv_bytes out;       /* encoded bytes not yet handed to the env */
     kv_bytes scratch;   /* compression output, filter bytes */
-    z_stream z;         /* reused for every block: a fresh deflate state per block costs more than the compression */
-    bool z_ready;
+    deflate_encoder *enc; /* made on the first compressed block, reused for the others */
     uint64_t written;   /* bytes handed to the env; file offset of out.data[0] */
     sst_props props;
     int status;
@@ -102,29 +98,17 @@ static int write_block(sst_builder *b, const uint8_t *raw, size_t n, bool may_co
     const uint8_t *payload = raw;
     size_t plen = n;
     if (may_compress && b->o.compression && n >= 64 && n <= UINT32_MAX) {
-        if (!b->z_ready) {
-            memset(&b->z, 0, sizeof b->z);
-            /* raw deflate (negative window bits): no zlib header or adler32; every block has our own checksum */
-            if (deflateInit2(&b->z, ZLIB_LEVEL, Z_DEFLATED, -15, ZLIB_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
-                return builder_oom();
-            b->z_ready = true;
-        } else if (deflateReset(&b->z) != Z_OK) {
-            return kv_set_error(KV_EIO, "%s: zlib deflateReset failed", b->path);
-        }
-        uLong bound = deflateBound(&b->z, (uLong)n);
-        if (bytes_reserve(&b->scratch, 10 + (size_t)bound)) return builder_oom();
-        uint8_t *z = put_varint64(b->scratch.data, n);
-        b->z.next_in = (Bytef *)raw;
-        b->z.avail_in = (uInt)n;
-        b->z.next_out = z;
-        b->z.avail_out = (uInt)bound;
-        /* Z_STREAM_END means the whole block fitted in the bound; anything else: store it uncompressed. */
-        if (deflate(&b->z, Z_FINISH) == Z_STREAM_END) {
-            size_t total = (size_t)(z - b->scratch.data) + (size_t)b->z.total_out;
-            if (total <= n - n / 8) {
-                type = TYPE_ZLIB;
+        /* Kept compressed only if the whole payload, size prefix included, saves an eighth: the encoder is given
+         * exactly that much room and gives up when the stream would not fit. Out of memory: stored raw. */
+        if (!b->enc) b->enc = deflate_encoder_new();
+        size_t room = n - n / 8, vlen = (size_t)varint_length(n);
+        if (b->enc && !bytes_reserve(&b->scratch, room)) {
+            uint8_t *z = put_varint64(b->scratch.data, n);
+            size_t zlen = deflate_compress(b->enc, raw, n, z, room - vlen);
+            if (zlen) {
+                type = TYPE_DEFLATE;
                 payload = b->scratch.data;
-                plen = total;
+                plen = vlen + zlen;
             }
         }
     }
@@ -301,7 +285,7 @@ static int finish_blocks(sst_builder *b) {
 }
 
 static void builder_free(sst_builder *b) {
-    if (b->z_ready) deflateEnd(&b->z);
+    deflate_encoder_free(b->enc);
     block_builder_free(&b->data);
     block_builder_free(&b->index);
     bloom_builder_free(&b->bloom);
@@ -351,34 +335,6 @@ static int corrupt_at(const src *s, uint64_t off, const char *what) {
 
 /* Read the block at [off, off + size) and its trailer, verify the checksum and inflate it. On success *data is a
  * malloc'ed buffer whose first *len bytes are the block. On corruption *what names the problem (message set). */
-/* One inflate stream per thread, reset between blocks: inflateInit's allocations are not paid per block read. */
-static pthread_key_t inflater_key;
-static pthread_once_t inflater_once = PTHREAD_ONCE_INIT;
-
-static void inflater_free(void *p) {
-    inflateEnd(p);
-    free(p);
-}
-
-static void inflater_key_init(void) { (void)pthread_key_create(&inflater_key, inflater_free); }
-
-static z_stream *thread_inflater(void) {
-    pthread_once(&inflater_once, inflater_key_init);
-    z_stream *zs = pthread_getspecific(inflater_key);
-    if (zs) return zs;
-    zs = calloc(1, sizeof *zs);
-    if (!zs) return NULL;
-    if (inflateInit2(zs, -15) != Z_OK) {
-        free(zs);
-        return NULL;
-    }
-    if (pthread_setspecific(inflater_key, zs) != 0) {
-        inflater_free(zs);
-        return NULL;
-    }
-    return zs;
-}
-
 static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data, size_t *len, const char **what) {
     *data = NULL;
     *len = 0;
@@ -408,14 +364,14 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
         *len = (size_t)size;
         return KV_OK;
     }
-    if (type != TYPE_ZLIB) {
+    if (type != TYPE_DEFLATE) {
         free(buf);
         return corrupt_at(s, off, *what = "unknown block compression type");
     }
     uint64_t raw_len;
     const uint8_t *z = get_varint64(buf, buf + size, &raw_len);
     size_t zlen = z ? (size_t)(buf + size - z) : 0;
-    if (!z || raw_len > (uint64_t)zlen * ZLIB_MAX_RATIO + 64 || raw_len > (uint64_t)SIZE_MAX / 2) {
+    if (!z || raw_len > (uint64_t)zlen * DEFLATE_MAX_RATIO + 64 || raw_len > (uint64_t)SIZE_MAX / 2) {
         free(buf);
         return corrupt_at(s, off, *what = "bad compressed block size");
     }
@@ -425,21 +381,9 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
         return kv_set_error(KV_ENOMEM, "%s: out of memory inflating a block at offset %llu", s->name,
                             (unsigned long long)off);
     }
-    z_stream *zs = thread_inflater();
-    int zrc = Z_MEM_ERROR;
-    uint64_t out_len = 0;
-    if (zs) {
-        zs->next_in = (Bytef *)z;
-        zs->avail_in = (uInt)zlen;
-        zs->next_out = raw;
-        zs->avail_out = (uInt)raw_len;
-        zrc = inflate(zs, Z_FINISH);
-        out_len = raw_len - zs->avail_out;
-        if (zrc == Z_STREAM_END) zrc = Z_OK;
-        inflateReset(zs);
-    }
+    int drc = deflate_decompress(z, zlen, raw, (size_t)raw_len);
     free(buf);
-    if (zrc != Z_OK || out_len != raw_len) {
+    if (drc) {
         free(raw);
         return corrupt_at(s, off, *what = "bad compressed block");
     }

@@ -447,7 +447,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
             goto out;
         }
         if (o->compression) {
-            if (!strcmp(o->compression, "on") || !strcmp(o->compression, "zlib"))
+            if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib"))
                 ko.compression = true;
             else if (!strcmp(o->compression, "off") || !strcmp(o->compression, "none"))
                 ko.compression = false;

@@ -117,7 +117,7 @@ EOF
     write_program
     export PKG_CONFIG_SYSROOT_DIR="$DEST" PKG_CONFIG_PATH="$DEST/usr/lib/pkgconfig"
     libs=$(pkg-config --static --libs kvfs)
-    [[ "$libs" == *"-lz"* ]]
+    [[ "$libs" != *"-lz"* ]] # the engine has its own block codec: no zlib
     [[ "$libs" == *"-lxxhash"* ]]
     [[ "$libs" == *"-lpthread"* ]]
     # prefer the archive: -l:libkvengine.a instead of -lkvengine

@@ -1,0 +1,391 @@
+/* test_deflate.c — the block codec: round trips, both directions against zlib, and malformed streams refused. */
+#include <stdlib.h>
+#include <zlib.h>
+
+#include "deflate.h"
+#include "t.h"
+
+/* ---- inputs ------------------------------------------------------------------------------------------------- */
+
+enum shape { S_ZEROS, S_RANDOM, S_TEXT, S_TABLE, S_SHORT_PERIOD, S_SKEWED, S_FAR_REPEAT, S_NSHAPES };
+static const char *shape_name[S_NSHAPES] = {"zeros", "random", "text", "table", "short-period", "skewed", "far-repeat"};
+
+/* Fill buf[0..n) with data of a shape: what tables hold (the benchmark's entries), text, runs, noise. */
+static void fill(uint8_t *buf, size_t n, enum shape s, uint64_t *rs) {
+    static const char *words[] = {"the", "key", "value", "store", "file", "directory", "of", "and", "a",
+                                  "compaction", "level", "block", "index", "\n", ", ", "users/alice/"};
+    size_t i = 0;
+    switch (s) {
+    case S_ZEROS:
+        memset(buf, 0, n);
+        break;
+    case S_RANDOM:
+        for (; i < n; i++) buf[i] = (uint8_t)t_rand(rs);
+        break;
+    case S_TEXT:
+        while (i < n) {
+            const char *w = words[t_rand(rs) % (sizeof words / sizeof *words)];
+            for (size_t k = 0; w[k] && i < n; k++) buf[i++] = (uint8_t)w[k];
+            if (i < n) buf[i++] = ' ';
+        }
+        break;
+    case S_TABLE: /* db_bench-like entries: a 16-digit key, a trailer, 50 printable characters twice */
+        while (i < n) {
+            uint8_t e[160];
+            size_t k = (size_t)snprintf((char *)e, 40, "%016llu", (unsigned long long)(t_rand(rs) % 1000000));
+            for (int j = 0; j < 8; j++) e[k++] = (uint8_t)t_rand(rs);
+            for (int j = 0; j < 50; j++) e[k + j] = e[k + 50 + j] = (uint8_t)(' ' + t_rand(rs) % 95);
+            k += 100;
+            for (size_t j = 0; j < k && i < n; j++) buf[i++] = e[j];
+        }
+        break;
+    case S_SHORT_PERIOD: { /* matches at distances 1..7, which the decoder copies byte by byte */
+        size_t period = 1 + t_rand(rs) % 7;
+        for (; i < n; i++) buf[i] = i < period ? (uint8_t)t_rand(rs) : buf[i - period];
+        for (size_t k = 0; k < n / 64; k++) buf[t_rand(rs) % n] ^= 1;
+        break;
+    }
+    case S_SKEWED: /* symbol k with probability about 2^-(k+1): Huffman depths far beyond 15 bits, cut to 15 */
+        for (; i < n; i++) {
+            uint64_t r = t_rand(rs);
+            buf[i] = (uint8_t)(r ? __builtin_ctzll(r) : 64);
+        }
+        break;
+    case S_FAR_REPEAT: /* a random run repeated at distances near the 32 KiB window's edge */
+        for (; i < n; i++) {
+            size_t d = 32768 - (t_rand(rs) % 3);
+            buf[i] = i >= d && (i / 1000) % 2 ? buf[i - d] : (uint8_t)t_rand(rs);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static int zlib_inflate(const uint8_t *in, size_t n, uint8_t *out, size_t outlen, size_t *got) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -15) != Z_OK) return -1;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)outlen;
+    int rc = inflate(&z, Z_FINISH);
+    *got = outlen - z.avail_out;
+    inflateEnd(&z);
+    return rc == Z_STREAM_END ? 0 : -1;
+}
+
+static size_t zlib_deflate(const uint8_t *in, size_t n, uint8_t *out, size_t cap, int level, int mem, int strategy) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, level, Z_DEFLATED, -15, mem, strategy) != Z_OK) return 0;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int rc = deflate(&z, Z_FINISH);
+    size_t len = cap - z.avail_out;
+    deflateEnd(&z);
+    return rc == Z_STREAM_END ? len : 0;
+}
+
+static const size_t sizes[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 100, 257, 1000, 4096, 4200, 10000, 40000, 70000};
+#define NSIZES (sizeof sizes / sizeof sizes[0])
+
+/* ---- round trips -------------------------------------------------------------------------------------------- */
+
+TEST(test_deflate_round_trip_and_zlib_reads_it) {
+    uint64_t rs = t_seed();
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    size_t maxn = 70000, cap = maxn * 2 + 1024;
+    uint8_t *in = malloc(maxn), *z = malloc(cap), *out = malloc(maxn + 1), *zo = malloc(maxn + 1);
+    CHECK(in && z && out && zo);
+    size_t compressed_any = 0;
+    for (int s = 0; s < S_NSHAPES; s++) {
+        for (size_t k = 0; k < NSIZES; k++) {
+            size_t n = sizes[k];
+            fill(in, n, (enum shape)s, &rs);
+            size_t zl = deflate_compress(e, in, n, z, cap);
+            /* With room to spare, everything compresses (fixed codes cost at most 9 bits a byte plus 10). */
+            CHECK_MSG(zl > 0, "%s, %zu bytes: not compressed with %zu bytes of room", shape_name[s], n, cap);
+            compressed_any += zl < n;
+            CHECK_MSG(deflate_decompress(z, zl, out, n) == 0, "%s, %zu bytes: own stream refused", shape_name[s], n);
+            CHECK_MEM(out, n, in, n);
+            size_t got = 0;
+            CHECK_MSG(zlib_inflate(z, zl, zo, n + 1, &got) == 0, "%s, %zu bytes: zlib refuses the stream",
+                      shape_name[s], n);
+            CHECK_MEM(zo, got, in, n);
+            /* The size must match exactly: one byte less or more of output is an error. */
+            if (n) CHECK(deflate_decompress(z, zl, out, n - 1) != 0);
+            CHECK(deflate_decompress(z, zl, out, n + 1) != 0);
+        }
+    }
+    CHECK(compressed_any > 50);
+    free(in);
+    free(z);
+    free(out);
+    free(zo);
+    deflate_encoder_free(e);
+}
+
+TEST(test_deflate_compresses_like_zlib) {
+    /* The sizes the engine cares about: within a few percent of zlib level 1 on table-like and text data. */
+    uint64_t rs = t_seed();
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    uint8_t in[4200], z[8192], zz[8192];
+    enum shape shapes[] = {S_TABLE, S_TEXT};
+    for (int j = 0; j < 2; j++) {
+        size_t ours = 0, theirs = 0;
+        for (int r = 0; r < 50; r++) {
+            fill(in, sizeof in, shapes[j], &rs);
+            size_t a = deflate_compress(e, in, sizeof in, z, sizeof z);
+            size_t b = zlib_deflate(in, sizeof in, zz, sizeof zz, 1, 8, Z_DEFAULT_STRATEGY);
+            CHECK(a && b);
+            ours += a;
+            theirs += b;
+        }
+        printf("# %s: %zu bytes, zlib level 1 %zu bytes (%.3f)\n", shape_name[shapes[j]], ours, theirs,
+               (double)ours / (double)theirs);
+        CHECK_MSG(ours <= theirs * 110 / 100, "%s: %zu bytes against zlib's %zu", shape_name[shapes[j]], ours, theirs);
+    }
+    deflate_encoder_free(e);
+}
+
+TEST(test_deflate_respects_cap) {
+    uint64_t rs = t_seed() + 1;
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    uint8_t in[5000], z[6000 + 16], out[5000];
+    for (int s = 0; s < S_NSHAPES; s++) {
+        fill(in, sizeof in, (enum shape)s, &rs);
+        size_t full = deflate_compress(e, in, sizeof in, z, 6000);
+        CHECK(full > 0);
+        /* Every smaller room either fits the same stream or is refused, and nothing lands past it. */
+        for (size_t cap = full > 40 ? full - 40 : 1; cap <= full + 2; cap++) {
+            memset(z, 0xa5, sizeof z);
+            size_t zl = deflate_compress(e, in, sizeof in, z, cap);
+            if (cap < full) CHECK_EQ(zl, 0);
+            else CHECK_EQ(zl, full);
+            for (size_t i = cap; i < sizeof z; i++) CHECK_MSG(z[i] == 0xa5, "byte %zu written with cap %zu", i, cap);
+            if (zl) {
+                CHECK_OK(deflate_decompress(z, zl, out, sizeof in));
+                CHECK_MEM(out, sizeof in, in, sizeof in);
+            }
+        }
+    }
+    deflate_encoder_free(e);
+}
+
+TEST(test_deflate_is_deterministic) {
+    uint64_t rs = t_seed() + 2;
+    deflate_encoder *a = deflate_encoder_new(), *b = deflate_encoder_new();
+    CHECK(a && b);
+    uint8_t in[4096], other[4096], za[8192], zb[8192];
+    fill(in, sizeof in, S_TABLE, &rs);
+    size_t la = deflate_compress(a, in, sizeof in, za, sizeof za);
+    /* b has seen other inputs first: its hash table holds their positions. */
+    for (int i = 0; i < 20; i++) {
+        memcpy(other, in, sizeof other);
+        for (int k = 0; k < 100; k++) other[t_rand(&rs) % sizeof other] ^= (uint8_t)(1 + i);
+        deflate_compress(b, other, sizeof other, zb, sizeof zb);
+    }
+    size_t lb = deflate_compress(b, in, sizeof in, zb, sizeof zb);
+    CHECK_MEM(za, la, zb, lb);
+    deflate_encoder_free(a);
+    deflate_encoder_free(b);
+}
+
+/* ---- zlib's streams --------------------------------------------------------------------------------------- */
+
+TEST(test_deflate_reads_what_zlib_writes) {
+    uint64_t rs = t_seed() + 3;
+    size_t maxn = 70000, cap = maxn * 2 + 1024;
+    uint8_t *in = malloc(maxn), *z = malloc(cap), *out = malloc(maxn);
+    CHECK(in && z && out);
+    /* Levels 0-9 (0: stored blocks), memory levels that cut the stream into many blocks, every strategy. */
+    int strategies[] = {Z_DEFAULT_STRATEGY, Z_FILTERED, Z_HUFFMAN_ONLY, Z_RLE, Z_FIXED};
+    int streams = 0;
+    for (int s = 0; s < S_NSHAPES; s++)
+        for (size_t k = 0; k < NSIZES; k++)
+            for (int level = 0; level <= 9; level += (k % 3) + 1)
+                for (int st = 0; st < 5; st++) {
+                    size_t n = sizes[k];
+                    int mem = 1 + (int)((k + (size_t)st) % 9);
+                    fill(in, n, (enum shape)s, &rs);
+                    size_t zl = zlib_deflate(in, n, z, cap, level, mem, strategies[st]);
+                    CHECK(zl > 0);
+                    CHECK_MSG(deflate_decompress(z, zl, out, n) == 0, "%s, %zu bytes, zlib level %d mem %d strategy %d",
+                              shape_name[s], n, level, mem, strategies[st]);
+                    CHECK_MEM(out, n, in, n);
+                    streams++;
+                }
+    printf("# %d zlib streams read\n", streams);
+    free(in);
+    free(z);
+    free(out);
+}
+
+/* ---- malformed streams --------------------------------------------------------------------------------------- */
+
+TEST(test_deflate_refuses_truncated_and_padded_streams) {
+    uint64_t rs = t_seed() + 4;
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    uint8_t in[3000], z[4096], out[3000], zl_buf[4096];
+    for (int s = 0; s < S_NSHAPES; s++) {
+        fill(in, sizeof in, (enum shape)s, &rs);
+        size_t zl = deflate_compress(e, in, sizeof in, z, sizeof z);
+        CHECK(zl > 0);
+        for (size_t cut = 0; cut < zl; cut++)
+            CHECK_MSG(deflate_decompress(z, cut, out, sizeof in) != 0, "%s: %zu of %zu bytes accepted", shape_name[s],
+                      cut, zl);
+        /* A byte after the final block is not part of the stream. */
+        memcpy(zl_buf, z, zl);
+        zl_buf[zl] = 0;
+        CHECK(deflate_decompress(zl_buf, zl + 1, out, sizeof in) != 0);
+        /* The same for a zlib stream with stored blocks. */
+        size_t sl = zlib_deflate(in, sizeof in, zl_buf, sizeof zl_buf, 0, 8, Z_DEFAULT_STRATEGY);
+        CHECK(sl > 0);
+        CHECK_OK(deflate_decompress(zl_buf, sl, out, sizeof in));
+        for (size_t cut = 0; cut < sl; cut += 7) CHECK(deflate_decompress(zl_buf, cut, out, sizeof in) != 0);
+    }
+    deflate_encoder_free(e);
+}
+
+TEST(test_deflate_survives_damage) {
+    /* Flipped bits and random bytes: an error or some output, never a read or write out of bounds (ASan). A stream
+     * that still decodes to the right size after a flip is possible; it is the block checksum's job to catch it. */
+    uint64_t rs = t_seed() + 5;
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    uint8_t in[4096], z[8192];
+    int refused = 0, trials = 0;
+    for (int s = 0; s < S_NSHAPES; s++) {
+        fill(in, sizeof in, (enum shape)s, &rs);
+        size_t zl = deflate_compress(e, in, sizeof in, z, sizeof z);
+        CHECK(zl > 0);
+        for (int r = 0; r < 400; r++) {
+            size_t bit = t_rand(&rs) % (zl * 8);
+            z[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            uint8_t *exact = malloc(sizeof in); /* exact size, so ASan sees any overrun */
+            CHECK(exact);
+            refused += deflate_decompress(z, zl, exact, sizeof in) != 0;
+            free(exact);
+            z[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            trials++;
+        }
+    }
+    for (int r = 0; r < 3000; r++) {
+        size_t n = 1 + t_rand(&rs) % 200;
+        uint8_t *junk = malloc(n);
+        CHECK(junk);
+        for (size_t i = 0; i < n; i++) junk[i] = (uint8_t)t_rand(&rs);
+        junk[0] = (uint8_t)((junk[0] & ~6u) | ((r % 3 + 0) << 1)); /* every block type */
+        size_t outlen = t_rand(&rs) % 600;
+        uint8_t *o = malloc(outlen ? outlen : 1);
+        CHECK(o);
+        (void)deflate_decompress(junk, n, o, outlen);
+        free(o);
+        free(junk);
+    }
+    printf("# %d of %d single-bit flips refused\n", refused, trials);
+    /* Flips in literal bits leave a valid stream; most others are caught. */
+    CHECK(refused > trials / 4);
+    deflate_encoder_free(e);
+}
+
+/* A hand-made fixed-code block, to reach symbols and distances no encoder writes. */
+typedef struct hand {
+    uint8_t buf[64];
+    size_t bits;
+} hand;
+
+static void hand_put(hand *h, unsigned v, unsigned n) { /* n bits, least significant first */
+    for (unsigned i = 0; i < n; i++, h->bits++)
+        if ((v >> i) & 1) h->buf[h->bits / 8] |= (uint8_t)(1u << (h->bits % 8));
+}
+
+static void hand_code(hand *h, unsigned code, unsigned len) { /* a Huffman code, most significant bit first */
+    for (unsigned i = len; i-- > 0;) hand_put(h, (code >> i) & 1, 1);
+}
+
+static void hand_lit(hand *h, unsigned sym) { /* the fixed literal/length code */
+    if (sym < 144) hand_code(h, 0x30 + sym, 8);
+    else if (sym < 256) hand_code(h, 0x190 + sym - 144, 9);
+    else if (sym < 280) hand_code(h, sym - 256, 7);
+    else hand_code(h, 0xc0 + sym - 280, 8);
+}
+
+static int hand_decode(hand *h, size_t outlen) {
+    uint8_t out[64];
+    return deflate_decompress(h->buf, (h->bits + 7) / 8, out, outlen);
+}
+
+TEST(test_deflate_refuses_bad_symbols) {
+    hand h;
+    /* Good: "ab", then a match of 3 at distance 2 ("aba"), end: 5 bytes. */
+    memset(&h, 0, sizeof h);
+    hand_put(&h, 1, 1);
+    hand_put(&h, 1, 2);
+    hand_lit(&h, 'a');
+    hand_lit(&h, 'b');
+    hand_lit(&h, 257);
+    hand_code(&h, 1, 5);
+    hand_lit(&h, 256);
+    CHECK_EQ(hand_decode(&h, 5), 0);
+    unsigned bad_lit[] = {286, 287};
+    for (int i = 0; i < 2; i++) { /* literal/length symbols 286 and 287 do not exist */
+        memset(&h, 0, sizeof h);
+        hand_put(&h, 1, 1);
+        hand_put(&h, 1, 2);
+        hand_lit(&h, 'a');
+        hand_lit(&h, bad_lit[i]);
+        hand_lit(&h, 256);
+        CHECK(hand_decode(&h, 4) != 0);
+    }
+    unsigned bad_dist[] = {30, 31};
+    for (int i = 0; i < 2; i++) { /* nor do distance symbols 30 and 31 */
+        memset(&h, 0, sizeof h);
+        hand_put(&h, 1, 1);
+        hand_put(&h, 1, 2);
+        hand_lit(&h, 'a');
+        hand_lit(&h, 257);
+        hand_code(&h, bad_dist[i], 5);
+        hand_lit(&h, 256);
+        CHECK(hand_decode(&h, 4) != 0);
+    }
+    /* A distance further back than the output. */
+    memset(&h, 0, sizeof h);
+    hand_put(&h, 1, 1);
+    hand_put(&h, 1, 2);
+    hand_lit(&h, 'a');
+    hand_lit(&h, 257);
+    hand_code(&h, 1, 5); /* distance 2, one byte written */
+    hand_lit(&h, 256);
+    CHECK(hand_decode(&h, 4) != 0);
+    /* Block type 3 is reserved. */
+    memset(&h, 0, sizeof h);
+    hand_put(&h, 1, 1);
+    hand_put(&h, 3, 2);
+    CHECK(hand_decode(&h, 0) != 0);
+    /* A stored block whose length and its complement disagree. */
+    memset(&h, 0, sizeof h);
+    hand_put(&h, 1, 1);
+    hand_put(&h, 0, 2);
+    h.bits = 8;
+    hand_put(&h, 2, 16);
+    hand_put(&h, 0xfffe ^ 1, 16);
+    hand_put(&h, 'x', 8);
+    hand_put(&h, 'y', 8);
+    CHECK(hand_decode(&h, 2) != 0);
+    /* A non-final block followed by nothing. */
+    memset(&h, 0, sizeof h);
+    hand_put(&h, 0, 1);
+    hand_put(&h, 1, 2);
+    hand_lit(&h, 'a');
+    hand_lit(&h, 256);
+    CHECK(hand_decode(&h, 1) != 0);
+}
