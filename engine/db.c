@@ -436,7 +436,7 @@ static int recover_logs(kv_db *db) {
                 rc = write_level0(db, db->mem, &e);
                 if (rc) break;
                 memtable_unref(db->mem);
-                if ((rc = memtable_new(&db->mem))) break;
+                if ((rc = memtable_new(db->opt.memtable_bytes, &db->mem))) break;
             }
         }
         wal_reader_close(r);
@@ -459,7 +459,7 @@ static int recover_logs(kv_db *db) {
             rc = write_level0(db, db->mem, &e);
             if (!rc) {
                 memtable_unref(db->mem);
-                rc = memtable_new(&db->mem);
+                rc = memtable_new(db->opt.memtable_bytes, &db->mem);
             }
         }
     }
@@ -582,7 +582,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     if ((rc = batchlog_open(db->env, dir, o.batch_log_max_batches, o.batch_log_max_bytes, db->vs->batchlog_floor, o.read_only,
                             &db->blog)))
         goto fail;
-    if ((rc = memtable_new(&db->mem))) goto fail;
+    if ((rc = memtable_new(db->opt.memtable_bytes, &db->mem))) goto fail;
 
     pthread_mutex_lock(&db->mu);
     if (!o.read_only) rc = vset_write_snapshot(db->vs); /* a fresh manifest; also creates a new store */
@@ -782,7 +782,7 @@ static int make_room(kv_db *db, bool force) {
         memtable *m;
         int rc = sync_log_before_switch(db);
         if (rc) return rc;
-        if ((rc = memtable_new(&m))) return rc;
+        if ((rc = memtable_new(db->opt.memtable_bytes, &m))) return rc;
         rc = new_log(db);
         if (rc) {
             memtable_unref(m);

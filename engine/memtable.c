@@ -11,6 +11,10 @@
  *    a reader reaches is fully initialised. A reader may miss a node being inserted concurrently, never sees a torn
  *    one, and always sees a sorted list.
  *  - max_height only grows; a reader seeing a new height before the head's links are set just finds NULL and goes down.
+ *  - The key filter (a bloom filter over user keys, one bit per 8 bytes of expected memtable size, 3 probes) has
+ *    every added key's bits set before the node is linked, and the writer publishes the batch that added it only
+ *    after that; a reader whose snapshot covers an entry therefore sees its bits. A lookup whose key's bits are not
+ *    all set skips the search. Bits are written by the single writer with relaxed stores, read with relaxed loads.
  *  - Meta counters are written by the writer alone (load+store, no read-modify-write needed) as atomics so readers of
  *    memtable_get_meta() race benignly; each field is individually exact, the set of fields not a consistent snapshot.
  */
@@ -21,6 +25,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <xxhash.h>
 
 #include "arena.h"
 #include "dbformat.h"
@@ -47,7 +53,33 @@ struct memtable {
     arena arena;  /* writer only */
     uint64_t rng; /* writer only: xorshift state for node heights */
     _Atomic uint64_t entries, tombstones, bytes, first_seq, last_seq;
+    _Atomic uint64_t *filter; /* the key filter's words */
+    uint64_t filter_mask;     /* its bit count minus one (a power of two) */
 };
+
+#define FILTER_PROBES 3
+
+/* The filter's bits for ukey: double hashing over one 64-bit hash. */
+static inline uint64_t filter_hash(const uint8_t *ukey, size_t ulen) { return XXH3_64bits(ukey, ulen); }
+
+static void filter_add(memtable *m, uint64_t h) {
+    uint64_t delta = (h >> 33) | 1;
+    for (int i = 0; i < FILTER_PROBES; i++, h += delta) {
+        uint64_t bit = h & m->filter_mask;
+        _Atomic uint64_t *w = &m->filter[bit >> 6];
+        uint64_t old = atomic_load_explicit(w, memory_order_relaxed);
+        atomic_store_explicit(w, old | (1ull << (bit & 63)), memory_order_relaxed); /* the only writer */
+    }
+}
+
+static bool filter_may_contain(const memtable *m, uint64_t h) {
+    uint64_t delta = (h >> 33) | 1;
+    for (int i = 0; i < FILTER_PROBES; i++, h += delta) {
+        uint64_t bit = h & m->filter_mask;
+        if (!(atomic_load_explicit(&m->filter[bit >> 6], memory_order_relaxed) & (1ull << (bit & 63)))) return false;
+    }
+    return true;
+}
 
 /* The value length sits after the links rather than in the header: searches never read it, and the header plus the
  * link they follow then share a cache line more often. */
@@ -181,12 +213,21 @@ static inline void meta_add(_Atomic uint64_t *c, uint64_t d) {
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d, memory_order_relaxed);
 }
 
-int memtable_new(memtable **out) {
+int memtable_new(size_t expected_bytes, memtable **out) {
     memtable *m = malloc(sizeof *m);
     if (!m) return kv_set_error(KV_ENOMEM, "memtable: out of memory");
+    uint64_t bits = 4096;
+    while (bits < expected_bytes / 8 && bits < (1ull << 30)) bits <<= 1;
+    m->filter_mask = bits - 1;
+    m->filter = calloc((size_t)(bits / 64), sizeof *m->filter);
+    if (!m->filter) {
+        free(m);
+        return kv_set_error(KV_ENOMEM, "memtable: out of memory");
+    }
     arena_init(&m->arena);
     m->head = arena_alloc(&m->arena, sizeof(mnode) + MAX_HEIGHT * sizeof(_Atomic(mnode *)));
     if (!m->head) {
+        free(m->filter);
         free(m);
         return kv_set_error(KV_ENOMEM, "memtable: out of memory");
     }
@@ -216,6 +257,7 @@ void memtable_unref(memtable *m) {
     assert(old > 0);
     if (old == 1) {
         arena_destroy(&m->arena);
+        free(m->filter);
         free(m);
     }
 }
@@ -241,6 +283,7 @@ int memtable_add(memtable *m, uint64_t seq, int type, const uint8_t *ukey, size_
     put_fixed64(k + ulen, trailer);
     if (vlen) memcpy(k + klen, val, vlen);
 
+    filter_add(m, filter_hash(ukey, ulen));
     /* Insert before the first node >= the new key: identical keys then put the latest addition first. */
     mnode *prev[MAX_HEIGHT];
     probe p = {ukey, ulen, trailer, n->prefix, n->prefix2};
@@ -269,6 +312,7 @@ int memtable_add(memtable *m, uint64_t seq, int type, const uint8_t *ukey, size_
 
 int memtable_get(memtable *m, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, const uint8_t **val,
                  size_t *vlen, uint64_t *found_seq) {
+    if (!filter_may_contain(m, filter_hash(ukey, ulen))) return 0;
     if (seq > KV_MAX_SEQUENCE) seq = KV_MAX_SEQUENCE;
     probe p = make_probe(ukey, ulen, ikey_pack(seq, KV_TYPE_FOR_SEEK));
     mnode *n = find_ge(m, &p, NULL);

@@ -7,6 +7,8 @@
  *    changed or freed while the memtable is referenced.
  *  - Memory comes from an arena freed all at once when the last reference goes.
  *  - Entries are never removed: a delete is an entry of type KV_TYPE_DELETE.
+ *  - A lookup of a user key the memtable never held usually costs one hash, not a search: a bloom filter over the
+ *    user keys answers first.
  */
 #ifndef KV_MEMTABLE_H
 #define KV_MEMTABLE_H
@@ -24,7 +26,8 @@ typedef struct memtable_meta {
     uint64_t first_seq, last_seq; /* 0, 0 when empty */
 } memtable_meta;
 
-int memtable_new(memtable **out); /* refcount 1 */
+/* refcount 1. expected_bytes (the size at which it will be frozen) sizes its key filter: 1/64 of it. */
+int memtable_new(size_t expected_bytes, memtable **out);
 void memtable_ref(memtable *m);
 void memtable_unref(memtable *m);
 

@@ -66,7 +66,7 @@ static bool iter_at(iter *it, const ref_entry *r, size_t n, size_t pos) {
 
 TEST(test_memtable_basic) {
     memtable *m;
-    CHECK_OK(memtable_new(&m));
+    CHECK_OK(memtable_new(1u << 20, &m));
     memtable_meta meta;
     memtable_get_meta(m, &meta);
     CHECK(meta.entries == 0 && meta.tombstones == 0 && meta.first_seq == 0 && meta.last_seq == 0);
@@ -132,7 +132,7 @@ TEST(test_memtable_basic) {
 
 TEST(test_memtable_empty) {
     memtable *m;
-    CHECK_OK(memtable_new(&m));
+    CHECK_OK(memtable_new(1u << 20, &m));
     iter *it = memtable_iter(m);
     it->seek_first(it);
     CHECK(!it->valid(it));
@@ -165,7 +165,7 @@ TEST(test_memtable_vs_reference) {
         memcpy(pool[i], buf, plen[i]);
     }
     memtable *m;
-    CHECK_OK(memtable_new(&m));
+    CHECK_OK(memtable_new(1u << 20, &m));
     ref_entry *ref = calloc(OPS, sizeof *ref);
     uint64_t seq = 0, tombs = 0, maxseq = 0;
     for (size_t i = 0; i < OPS; i++) {
@@ -285,7 +285,7 @@ TEST(test_memtable_vs_reference) {
 /* Keys at the size limit and values far beyond the arena's block size. */
 TEST(test_memtable_big_entries) {
     memtable *m;
-    CHECK_OK(memtable_new(&m));
+    CHECK_OK(memtable_new(1u << 20, &m));
     size_t ulen = 1 + KV_MAX_KEY;
     uint8_t *bigkey = malloc(ulen);
     memset(bigkey, 'k', ulen);
@@ -432,7 +432,7 @@ static void *conc_reader(void *arg) {
 
 TEST(test_memtable_concurrent_readers) {
     conc c = {0};
-    CHECK_OK(memtable_new(&c.m));
+    CHECK_OK(memtable_new(1u << 20, &c.m));
     atomic_init(&c.published, 0);
     atomic_init(&c.done, false);
     atomic_init(&c.failures, 0);
@@ -446,4 +446,37 @@ TEST(test_memtable_concurrent_readers) {
     memtable_get_meta(c.m, &meta);
     CHECK_EQ(meta.entries, CONC_KEYS);
     memtable_unref(c.m);
+}
+
+TEST(test_memtable_key_filter_has_no_false_negatives) {
+    /* A filter sized for a small memtable (the minimum, 4096 bits) holding 20,000 keys is saturated: it then says
+     * "maybe" to nearly everything, and every key added must still be found. One sized for them answers absent keys
+     * itself; those must stay absent. */
+    size_t sizes[] = {0, 20000 * 64};
+    for (int s = 0; s < 2; s++) {
+        memtable *m;
+        CHECK_OK(memtable_new(sizes[s], &m));
+        uint8_t k[24];
+        for (uint64_t i = 0; i < 20000; i++) {
+            int n = snprintf((char *)k, sizeof k, "%c%016llu", 0, (unsigned long long)(i * 7919 % 100003));
+            CHECK_OK(memtable_add(m, i + 1, KV_TYPE_VALUE, k, (size_t)n, (const uint8_t *)"\x01v", 2));
+        }
+        int type;
+        const uint8_t *v;
+        size_t vlen;
+        uint64_t fs;
+        for (uint64_t i = 0; i < 20000; i++) {
+            int n = snprintf((char *)k, sizeof k, "%c%016llu", 0, (unsigned long long)(i * 7919 % 100003));
+            CHECK_MSG(memtable_get(m, k, (size_t)n, KV_MAX_SEQUENCE, &type, &v, &vlen, &fs) == 1, "key %llu",
+                      (unsigned long long)i);
+            CHECK_EQ(fs, i + 1);
+            /* the same digits in another keyspace, and one digit more: never added */
+            k[0] = 1;
+            CHECK(memtable_get(m, k, (size_t)n, KV_MAX_SEQUENCE, &type, &v, &vlen, &fs) == 0);
+            k[0] = 0;
+            k[n] = '0';
+            CHECK(memtable_get(m, k, (size_t)n + 1, KV_MAX_SEQUENCE, &type, &v, &vlen, &fs) == 0);
+        }
+        memtable_unref(m);
+    }
 }

@@ -298,7 +298,7 @@ TEST(test_merge_vs_reference) {
                 fake_level_build(&levels[c], child_ents[c], cnt, &rs);
                 children[c] = level_iter_new(levels[c].metas, levels[c].nfiles, fake_open, &levels[c]);
             } else {
-                CHECK_OK(memtable_new(&mts[c]));
+                CHECK_OK(memtable_new(1u << 20, &mts[c]));
                 for (size_t i = 0; i < cnt; i++) {
                     const ent *x = &child_ents[c][i];
                     CHECK_OK(memtable_add(mts[c], ikey_seq(x->k, x->kl), ikey_type(x->k, x->kl), x->k, x->kl - 8, x->v,
@@ -340,7 +340,7 @@ TEST(test_merge_trivial) {
     it->destroy(it);
 
     memtable *m;
-    CHECK_OK(memtable_new(&m));
+    CHECK_OK(memtable_new(1u << 20, &m));
     CHECK_OK(memtable_add(m, 1, KV_TYPE_VALUE, (const uint8_t *)"\0k", 2, (const uint8_t *)"\0v", 2));
     iter *one[1] = {memtable_iter(m)};
     memtable_unref(m);
