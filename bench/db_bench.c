@@ -312,11 +312,13 @@ static void kvfs_describe(backend *b, char *buf, size_t n) {
     kv_options o = kvfs_opts();
     snprintf(buf, n,
              "kvfs %s: compression %s, memtable %zu MiB (max %d immutable), block cache %zu MiB (holds index and "
-             "filter blocks too), bloom %d bits/key, blocks %zu B, tables %" PRIu64 " MiB, L1 %" PRIu64
-             " MiB x%d, L0 trigger %d, values >= %" PRIu64 " KiB in blob files",
-             KV_VERSION_STRING, o.compression ? "zlib" : "none", o.memtable_bytes >> 20, o.max_immutable,
-             o.block_cache_bytes >> 20, o.bloom_bits_per_key, o.block_bytes, o.table_bytes >> 20,
-             o.level1_bytes >> 20, o.level_multiplier, o.l0_compaction_trigger, o.blob_threshold >> 10);
+             "filter blocks too), bloom %d bits/key, blocks %zu B (restart every %d keys), tables %" PRIu64
+             " MiB, L1 %" PRIu64 " MiB x%d, L0 trigger %d, values >= %" PRIu64 " KiB in blob files",
+             KV_VERSION_STRING, o.compression ? "deflate (seekable blocks, own codec)" : "none", o.memtable_bytes >> 20,
+             o.max_immutable,
+             o.block_cache_bytes >> 20, o.bloom_bits_per_key, o.block_bytes, o.block_restart_interval,
+             o.table_bytes >> 20, o.level1_bytes >> 20, o.level_multiplier, o.l0_compaction_trigger,
+             o.blob_threshold >> 10);
 }
 #endif
 

@@ -33,7 +33,7 @@ void kv_options_init(kv_options *o) {
     o->memtable_bytes = 8u << 20;
     o->max_immutable = 2;
     o->block_bytes = 4096;
-    o->block_restart_interval = 16;
+    o->block_restart_interval = 8;
     o->compression = true;
     o->bloom_bits_per_key = 10;
     o->block_cache_bytes = 32u << 20;
@@ -242,7 +242,7 @@ static int write_level0(kv_db *db, memtable *m, version_edit *e) {
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "sst");
     sst_options so = {db->opt.block_bytes, db->opt.block_restart_interval, db->opt.compression,
-                      db->opt.bloom_bits_per_key};
+                      db->opt.bloom_bits_per_key, false};
     sst_builder *b;
     int rc = sst_builder_new(db->env, path, &so, &b);
     if (rc) return rc;

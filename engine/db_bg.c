@@ -24,7 +24,7 @@
 
 static sst_options table_options(const kv_db *db) {
     return (sst_options){db->opt.block_bytes, db->opt.block_restart_interval, db->opt.compression,
-                         db->opt.bloom_bits_per_key};
+                         db->opt.bloom_bits_per_key, false};
 }
 
 /* ---- flush --------------------------------------------------------------------------------------------------------- */

@@ -38,9 +38,9 @@ struct deflate_encoder {
     uint32_t base;                  /* this call's offset; entries below it are from earlier calls */
     uint32_t *syms;                 /* literal: byte value; match: MATCH_FLAG | (len - 3) << 16 | (dist - 1) */
     size_t cap;
+    struct learned *code;           /* the code deflate_compress_spans uses, or NULL for the fixed one */
 };
 #define MATCH_FLAG 0x80000000u
-
 
 static unsigned length_code(unsigned len) { /* 3..258 -> 0..28 */
     unsigned c = 0;
@@ -63,31 +63,9 @@ static unsigned dist_code(unsigned dist) { /* 1..32768 -> 0..29 */
 static uint8_t len_sym[256], dist_sym[512], byte_rev[256];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
-static void init_tables(void) {
-    for (unsigned b = 0; b < 256; b++) {
-        unsigned r = 0;
-        for (unsigned i = 0; i < 8; i++) r |= ((b >> i) & 1u) << (7 - i);
-        byte_rev[b] = (uint8_t)r;
-    }
-    for (unsigned l = 3; l <= MAX_MATCH; l++) len_sym[l - 3] = (uint8_t)length_code(l);
-    for (unsigned d = 1; d <= 256; d++) dist_sym[d - 1] = (uint8_t)dist_code(d);
-    for (unsigned i = 2; i < 256; i++) dist_sym[256 + i] = (uint8_t)dist_code((i << 7) + 1);
-}
-
 static inline unsigned dist_symbol(unsigned dist) {
     unsigned d = dist - 1;
     return d < 256 ? dist_sym[d] : dist_sym[256 + (d >> 7)];
-}
-
-deflate_encoder *deflate_encoder_new(void) {
-    pthread_once(&tables_once, init_tables);
-    return calloc(1, sizeof(deflate_encoder));
-}
-
-void deflate_encoder_free(deflate_encoder *e) {
-    if (!e) return;
-    free(e->syms);
-    free(e);
 }
 
 /* ---- Huffman code lengths ------------------------------------------------------------------------------------ */
@@ -350,20 +328,22 @@ static inline unsigned match_len(const uint8_t *a, const uint8_t *b, unsigned ma
     return n;
 }
 
-/* Find the matches of in[0..n) into e->syms, counting symbols. Returns the number of symbols. */
-static size_t find_matches(deflate_encoder *e, const uint8_t *in, size_t n, uint32_t *lfreq, uint32_t *dfreq) {
+/* Find the matches of in[from..to) into e->syms from index ns on, counting symbols; no match reaches before from or
+ * past to (so a range decodes alone). Returns the new number of symbols. */
+static size_t find_matches(deflate_encoder *e, const uint8_t *in, size_t from, size_t to, size_t ns, uint32_t *lfreq,
+                           uint32_t *dfreq) {
     uint32_t *syms = e->syms;
-    size_t ns = 0, i = 0;
+    size_t i = from;
     const uint32_t base = e->base;
-    if (n >= MIN_MATCH) {
-        size_t last = n - MIN_MATCH; /* the last position a 4-byte sequence starts at */
+    if (to - from >= MIN_MATCH) {
+        size_t last = to - MIN_MATCH; /* the last position a 4-byte sequence starts at */
         while (i <= last) {
             uint32_t v = load32(in + i), h = hash4(v);
             uint32_t cand = e->head[h];
             e->head[h] = base + (uint32_t)i;
-            if (cand >= base && cand - base < i && i - (cand - base) <= WINDOW && load32(in + (cand - base)) == v) {
-                size_t c = cand - base;
-                size_t room = n - i < MAX_MATCH ? n - i : MAX_MATCH;
+            size_t c = (size_t)(cand - base);
+            if (cand >= base && c >= from && c < i && i - c <= WINDOW && load32(in + c) == v) {
+                size_t room = to - i < MAX_MATCH ? to - i : MAX_MATCH;
                 unsigned len =
                     MIN_MATCH + match_len(in + c + MIN_MATCH, in + i + MIN_MATCH, (unsigned)room - MIN_MATCH);
                 unsigned dist = (unsigned)(i - c);
@@ -373,8 +353,9 @@ static size_t find_matches(deflate_encoder *e, const uint8_t *in, size_t n, uint
                 /* Hash the positions inside a short match (cheap, and they find the next repeats); of a long one
                  * only its last. */
                 size_t stop = i + len;
-                size_t from = len <= SHORT_MATCH_INSERT ? i + 1 : stop - 1;
-                for (size_t j = from; j < stop && j <= last; j++) e->head[hash4(load32(in + j))] = base + (uint32_t)j;
+                size_t first = len <= SHORT_MATCH_INSERT ? i + 1 : stop - 1;
+                for (size_t k = first; k < stop && k <= last; k++)
+                    e->head[hash4(load32(in + k))] = base + (uint32_t)k;
                 i = stop;
             } else {
                 syms[ns++] = in[i];
@@ -383,12 +364,32 @@ static size_t find_matches(deflate_encoder *e, const uint8_t *in, size_t n, uint
             }
         }
     }
-    for (; i < n; i++) {
+    for (; i < to; i++) {
         syms[ns++] = in[i];
         lfreq[in[i]]++;
     }
     return ns;
 }
+
+/* Make room for n symbols and a fresh hash base for an input of n bytes. false: out of memory. */
+static bool begin_input(deflate_encoder *e, size_t n) {
+    if (n > UINT32_MAX / 2) return false;
+    if (n > e->cap) {
+        uint32_t *s = realloc(e->syms, (n ? n : 1) * sizeof *s);
+        if (!s) return false;
+        e->syms = s;
+        e->cap = n;
+    }
+    /* Positions of this call are base + i; when the next base could wrap, forget every entry. */
+    if ((uint64_t)e->base + 2 * (uint64_t)n + WINDOW + 1 > UINT32_MAX) {
+        memset(e->head, 0, sizeof e->head);
+        e->base = 0;
+    }
+    if (e->base == 0) e->base = 1; /* 0 marks an empty slot */
+    return true;
+}
+
+static void end_input(deflate_encoder *e, size_t n) { e->base += (uint32_t)n + WINDOW + 1; }
 
 /* ---- the block --------------------------------------------------------------------------------------------- */
 
@@ -406,9 +407,9 @@ static inline void match_bits(uint32_t s, const uint16_t *lcodes, const uint8_t 
     *dn = dlens[dc] + deflate_dist_extra[dc];
 }
 
-/* The symbols, then end-of-block. While there is room the bit buffer lives in locals (the output is written through
- * a byte pointer, which the compiler must assume may alias the writer's fields) and 8 bytes are stored after each
- * symbol, of which the whole ones count; near the end put_bits takes over, which checks every byte. */
+/* The symbols (not the end-of-block code). While there is room the bit buffer lives in locals (the output is written
+ * through a byte pointer, which the compiler must assume may alias the writer's fields) and 8 bytes are stored after
+ * each symbol, of which the whole ones count; near the end put_bits takes over, which checks every byte. */
 static void write_symbols(bitw *w, const uint32_t *syms, size_t ns, const uint16_t *lcodes, const uint8_t *llens,
                           const uint16_t *dcodes, const uint8_t *dlens) {
     size_t k = 0;
@@ -447,40 +448,64 @@ static void write_symbols(bitw *w, const uint32_t *syms, size_t ns, const uint16
         put_bits(w, lv, ln);
         put_bits(w, dv, dn);
     }
-    put_bits(w, lcodes[256], llens[256]);
+}
+
+/* The fixed code, built once with the other tables: over all 288 literal/length and 32 distance symbols (the last
+ * two of each are unused but take part in the canonical numbering). */
+static uint8_t fixed_llens[288], fixed_dlens[32];
+static uint16_t fixed_lcodes[288], fixed_dcodes[32];
+
+/* Bits the symbols counted in lfreq and dfreq take with the given code lengths, extra bits included. */
+static uint64_t symbol_bits(const uint32_t *lfreq, const uint32_t *dfreq, const uint8_t *llens, const uint8_t *dlens) {
+    uint64_t bits = 0;
+    for (unsigned s = 0; s < LITLEN_SYMS; s++) {
+        bits += (uint64_t)lfreq[s] * llens[s];
+        if (s >= 257) bits += (uint64_t)lfreq[s] * deflate_length_extra[s - 257];
+    }
+    for (unsigned s = 0; s < DIST_SYMS; s++) bits += (uint64_t)dfreq[s] * (dlens[s] + deflate_dist_extra[s]);
+    return bits;
+}
+
+static inline uint64_t bit_pos(const bitw *w, const uint8_t *out) { return (uint64_t)(w->p - out) * 8 + w->n; }
+
+static void init_tables(void) {
+    for (unsigned b = 0; b < 256; b++) {
+        unsigned r = 0;
+        for (unsigned i = 0; i < 8; i++) r |= ((b >> i) & 1u) << (7 - i);
+        byte_rev[b] = (uint8_t)r;
+    }
+    for (unsigned l = 3; l <= MAX_MATCH; l++) len_sym[l - 3] = (uint8_t)length_code(l);
+    for (unsigned d = 1; d <= 256; d++) dist_sym[d - 1] = (uint8_t)dist_code(d);
+    for (unsigned i = 2; i < 256; i++) dist_sym[256 + i] = (uint8_t)dist_code((i << 7) + 1);
+    for (unsigned s = 0; s < 288; s++) fixed_llens[s] = fixed_len(s);
+    memset(fixed_dlens, 5, sizeof fixed_dlens);
+    build_codes(fixed_llens, 288, fixed_lcodes);
+    build_codes(fixed_dlens, 32, fixed_dcodes);
+}
+
+
+deflate_encoder *deflate_encoder_new(void) {
+    pthread_once(&tables_once, init_tables);
+    return calloc(1, sizeof(deflate_encoder));
+}
+
+void deflate_encoder_free(deflate_encoder *e) {
+    if (!e) return;
+    free(e->syms);
+    free(e->code);
+    free(e);
 }
 
 size_t deflate_compress(deflate_encoder *e, const uint8_t *in, size_t n, uint8_t *out, size_t cap) {
-    if (n > UINT32_MAX / 2 || cap == 0) return 0;
-    if (n > e->cap) {
-        uint32_t *s = realloc(e->syms, (n ? n : 1) * sizeof *s);
-        if (!s) return 0;
-        e->syms = s;
-        e->cap = n;
-    }
-    /* Positions of this call are base + i; when the next base could wrap, forget every entry. */
-    if ((uint64_t)e->base + 2 * (uint64_t)n + WINDOW + 1 > UINT32_MAX) {
-        memset(e->head, 0, sizeof e->head);
-        e->base = 0;
-    }
-    if (e->base == 0) e->base = 1; /* 0 marks an empty slot */
+    if (cap == 0 || !begin_input(e, n)) return 0;
     uint32_t lfreq[LITLEN_SYMS] = {0}, dfreq[DIST_SYMS] = {0};
-    size_t ns = find_matches(e, in, n, lfreq, dfreq);
-    e->base += (uint32_t)n + WINDOW + 1;
+    size_t ns = find_matches(e, in, 0, n, 0, lfreq, dfreq);
+    end_input(e, n);
     lfreq[256] = 1;
 
-    /* Sizes of the two block types, in bits, before writing either. */
-    uint64_t extra_bits = 0, fixed_bits = 3;
-    for (unsigned s = 0; s < LITLEN_SYMS; s++) {
-        fixed_bits += (uint64_t)lfreq[s] * fixed_len(s);
-        if (s >= 257) extra_bits += (uint64_t)lfreq[s] * deflate_length_extra[s - 257];
-    }
-    for (unsigned s = 0; s < DIST_SYMS; s++) {
-        fixed_bits += (uint64_t)dfreq[s] * 5;
-        extra_bits += (uint64_t)dfreq[s] * deflate_dist_extra[s];
-    }
-    fixed_bits += extra_bits;
-    /* Each code needs two symbols with counts; a partner of count 0 costs nothing in the data. */
+    /* Sizes of the two block types, in bits, before writing either. Each dynamic code needs two symbols with
+     * counts; a partner of count 0 costs nothing in the data. */
+    uint64_t fixed_bits = 3 + symbol_bits(lfreq, dfreq, fixed_llens, fixed_dlens);
     uint32_t lf[LITLEN_SYMS], df[DIST_SYMS];
     memcpy(lf, lfreq, sizeof lf);
     memcpy(df, dfreq, sizeof df);
@@ -496,33 +521,129 @@ size_t deflate_compress(deflate_encoder *e, const uint8_t *in, size_t n, uint8_t
     build_lengths(df, DIST_SYMS, MAX_BITS, dlens);
     header h;
     build_header(&h, llens, dlens);
-    uint64_t dyn_bits = 3 + h.bits + extra_bits;
-    for (unsigned s = 0; s < LITLEN_SYMS; s++) dyn_bits += (uint64_t)lfreq[s] * llens[s];
-    for (unsigned s = 0; s < DIST_SYMS; s++) dyn_bits += (uint64_t)dfreq[s] * dlens[s];
+    uint64_t dyn_bits = 3 + h.bits + symbol_bits(lfreq, dfreq, llens, dlens);
 
     bool dynamic = dyn_bits < fixed_bits;
     uint64_t bits = dynamic ? dyn_bits : fixed_bits;
     if ((bits + 7) / 8 > cap) return 0;
     bitw w = {out, out + cap, 0, 0, false};
-    uint16_t lcodes[LITLEN_SYMS], dcodes[DIST_SYMS];
     if (dynamic) {
+        uint16_t lcodes[LITLEN_SYMS], dcodes[DIST_SYMS];
         put_bits(&w, 1 | 2 << 1, 3); /* final block, type 2 */
         write_header(&w, &h);
         build_codes(llens, LITLEN_SYMS, lcodes);
         build_codes(dlens, DIST_SYMS, dcodes);
         write_symbols(&w, e->syms, ns, lcodes, llens, dcodes, dlens);
+        put_bits(&w, lcodes[256], llens[256]);
     } else {
-        /* The fixed code is defined over 288 literal/length and 32 distance symbols (the last two of each unused):
-         * the canonical codes must be built over all of them. */
-        uint8_t fl[288], fd[32];
-        uint16_t flc[288], fdc[32];
-        for (unsigned s = 0; s < 288; s++) fl[s] = fixed_len(s);
-        memset(fd, 5, sizeof fd);
         put_bits(&w, 1 | 1 << 1, 3); /* final block, type 1 */
-        build_codes(fl, 288, flc);
-        build_codes(fd, 32, fdc);
-        write_symbols(&w, e->syms, ns, flc, fl, fdc, fd);
+        write_symbols(&w, e->syms, ns, fixed_lcodes, fixed_llens, fixed_dcodes, fixed_dlens);
+        put_bits(&w, fixed_lcodes[256], fixed_llens[256]);
     }
+    flush_bits(&w);
+    if (w.full) return 0;
+    return (size_t)(w.p - out);
+}
+
+/* A dynamic code learned from a sample (deflate_encoder_learn): every symbol has a length, so it codes any input. */
+struct learned {
+    uint8_t llens[LITLEN_SYMS], dlens[DIST_SYMS];
+    uint16_t lcodes[LITLEN_SYMS], dcodes[DIST_SYMS];
+    header h;
+};
+
+/* Literal/length lengths that give the `common` most frequent literals exactly `bits` bits (common = 2^bits -
+ * 2^(bits - k) for some k, so they fill all but 2^-k of the code space) and the other symbols a Huffman code of their
+ * own, k bits longer, in the rest. A decoder then reads runs of common literals several at a time (inflate.c).
+ * freq: smoothed counts (all nonzero). Returns the cost in bits of the sample counts raw. */
+static uint64_t uniform_lengths(const uint32_t *freq, const uint32_t *raw, unsigned bits, unsigned k, uint8_t *lens) {
+    unsigned common = (1u << bits) - (1u << (bits - k));
+    uint64_t keys[256];
+    for (unsigned s = 0; s < 256; s++) keys[s] = (uint64_t)freq[s] << 16 | s;
+    sort_keys(keys, 256); /* ascending: the common ones are the last `common` */
+    uint32_t rest[LITLEN_SYMS];
+    memcpy(rest, freq, sizeof rest);
+    for (unsigned i = 256 - common; i < 256; i++) rest[keys[i] & 0xffff] = 0;
+    build_lengths(rest, LITLEN_SYMS, MAX_BITS - k, lens);
+    uint64_t cost = 0;
+    for (unsigned s = 0; s < LITLEN_SYMS; s++) {
+        lens[s] = rest[s] ? (uint8_t)(lens[s] + k) : (uint8_t)bits;
+        cost += (uint64_t)raw[s] * lens[s];
+    }
+    return cost;
+}
+
+bool deflate_encoder_learn(deflate_encoder *e, const uint8_t *in, size_t n) {
+    if (!begin_input(e, n)) return false;
+    struct learned *c = e->code ? e->code : malloc(sizeof *c);
+    if (!c) return false;
+    uint32_t lfreq[LITLEN_SYMS] = {0}, dfreq[DIST_SYMS] = {0}, lraw[LITLEN_SYMS];
+    find_matches(e, in, 0, n, 0, lfreq, dfreq);
+    end_input(e, n);
+    memcpy(lraw, lfreq, sizeof lraw);
+    /* Counts scaled up, plus one for every symbol: what the sample used gets short codes, the rest long ones. */
+    for (unsigned s = 0; s < LITLEN_SYMS; s++) lfreq[s] = lfreq[s] * 8 + 1;
+    for (unsigned s = 0; s < DIST_SYMS; s++) dfreq[s] = dfreq[s] * 8 + 1;
+    build_lengths(lfreq, LITLEN_SYMS, MAX_BITS, c->llens);
+    uint64_t best = 0;
+    for (unsigned s = 0; s < LITLEN_SYMS; s++) best += (uint64_t)lraw[s] * c->llens[s];
+    /* A code whose common literals share one length decodes much faster; take the best such one when it costs at
+     * most 3% more than the Huffman code. */
+    uint8_t lens[LITLEN_SYMS], pick[LITLEN_SYMS];
+    uint64_t pick_cost = UINT64_MAX;
+    for (unsigned bits = 6; bits <= 8; bits++)
+        for (unsigned k = 1; k <= 4; k++) {
+            uint64_t cost = uniform_lengths(lfreq, lraw, bits, k, lens);
+            if (cost < pick_cost) {
+                pick_cost = cost;
+                memcpy(pick, lens, sizeof pick);
+            }
+        }
+    if (pick_cost <= best + best * 3 / 100) memcpy(c->llens, pick, sizeof pick);
+    build_lengths(dfreq, DIST_SYMS, MAX_BITS, c->dlens);
+    build_codes(c->llens, LITLEN_SYMS, c->lcodes);
+    build_codes(c->dlens, DIST_SYMS, c->dcodes);
+    build_header(&c->h, c->llens, c->dlens);
+    e->code = c;
+    return true;
+}
+
+size_t deflate_compress_spans(deflate_encoder *e, const uint8_t *in, size_t n, const uint32_t *spans, size_t nspans,
+                              uint8_t *out, size_t cap, uint64_t *bits) {
+    if (cap == 0 || nspans == 0 || spans[0] != 0 || !begin_input(e, n)) return 0;
+    for (size_t i = 1; i < nspans; i++)
+        if (spans[i] <= spans[i - 1] || spans[i] >= n) return 0;
+    /* Where each span's symbols begin: kept in bits[] until the bit offsets replace them. */
+    uint32_t lfreq[LITLEN_SYMS] = {0}, dfreq[DIST_SYMS] = {0};
+    size_t ns = 0;
+    for (size_t i = 0; i < nspans; i++) {
+        bits[i] = ns;
+        ns = find_matches(e, in, spans[i], i + 1 < nspans ? spans[i + 1] : n, ns, lfreq, dfreq);
+    }
+    end_input(e, n);
+    lfreq[256] = 1;
+    /* The learned code (its header included) or the fixed one, whichever is shorter here. */
+    const struct learned *c = e->code;
+    uint64_t fixed_bits = 3 + symbol_bits(lfreq, dfreq, fixed_llens, fixed_dlens);
+    uint64_t dyn_bits = c ? 3 + c->h.bits + symbol_bits(lfreq, dfreq, c->llens, c->dlens) : UINT64_MAX;
+    bool dynamic = dyn_bits < fixed_bits;
+    if (((dynamic ? dyn_bits : fixed_bits) + 7) / 8 > cap) return 0;
+    const uint16_t *lcodes = dynamic ? c->lcodes : fixed_lcodes, *dcodes = dynamic ? c->dcodes : fixed_dcodes;
+    const uint8_t *llens = dynamic ? c->llens : fixed_llens, *dlens = dynamic ? c->dlens : fixed_dlens;
+    bitw w = {out, out + cap, 0, 0, false};
+    if (dynamic) {
+        put_bits(&w, 1 | 2 << 1, 3); /* final block, type 2 */
+        write_header(&w, &c->h);
+    } else {
+        put_bits(&w, 1 | 1 << 1, 3); /* final block, type 1 */
+    }
+    for (size_t i = 0; i < nspans; i++) {
+        size_t first = (size_t)bits[i], stop = i + 1 < nspans ? (size_t)bits[i + 1] : ns;
+        bits[i] = bit_pos(&w, out);
+        write_symbols(&w, e->syms + first, stop - first, lcodes, llens, dcodes, dlens);
+    }
+    bits[nspans] = bit_pos(&w, out);
+    put_bits(&w, lcodes[256], llens[256]);
     flush_bits(&w);
     if (w.full) return 0;
     return (size_t)(w.p - out);

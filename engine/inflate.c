@@ -5,8 +5,10 @@
  * a whole literal/length code, its extra bits, a distance code and its extra bits (at most 48 bits); Huffman codes
  * are decoded by one lookup in a table indexed by the next LITLEN_BITS (or DIST_BITS) bits, with a second lookup in
  * a subtable for the rare longer codes; each table entry carries what the symbol means (literal byte, length or
- * distance base and extra-bit count), so a length or distance costs one lookup and one shift; matches are copied 8
- * bytes at a time when they do not overlap within 8 bytes and the output has room for the overshoot.
+ * distance base and extra-bit count), so a length or distance costs one lookup and one shift; a run of literals whose
+ * codes have the length most literals of the code have decodes four at a time, through four lookups that do not wait
+ * on each other; matches are copied 8 bytes at a time when they do not overlap within 8 bytes and the output has room
+ * for the overshoot. Spans (deflate.h) decode the same way, stopping exactly at a bit offset.
  *
  * Invariants
  *  - Reads: the 8-byte refill runs only while at least 8 input bytes remain; closer to the end bytes are read one at
@@ -27,6 +29,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LITLEN_BITS 10      /* root index bits of the literal/length table */
@@ -153,8 +156,36 @@ static int build_table(uint32_t *t, unsigned cap, unsigned root, const uint8_t *
     return 0;
 }
 
-/* The fixed codes of block type 1, built once. */
-static uint32_t fixed_litlen[LITLEN_TABLE], fixed_dist[DIST_TABLE];
+/* A code's decoding tables. Most literals of a code often have one length (8 bits for literals 0-143 of the fixed
+ * code; a learnt code gives its common literals one length on purpose, deflate.c): lit_run maps the next run_bits
+ * bits to such a literal (or 0xffff), and since the lookups of consecutive literals of one length do not depend on
+ * each other, a run of them decodes four at a time. */
+struct deflate_tables {
+    uint32_t litlen[LITLEN_TABLE], dist[DIST_TABLE];
+    uint16_t lit_run[256];
+    unsigned run_bits;      /* 5-8, or 0 when too few literals share a length */
+};
+
+/* Find the literal length most literals of the code in t->litlen have, and fill lit_run for it. */
+static void set_literal_runs(deflate_tables *t) {
+    unsigned best = 0, best_n = 0;
+    for (unsigned l = 5; l <= 8; l++) {
+        unsigned n = 0; /* each literal of length l has exactly one entry below 1 << l */
+        for (unsigned w = 0; w < (1u << l); w++)
+            n += E_KIND(t->litlen[w]) == K_LIT && E_LEN(t->litlen[w]) == l;
+        if (n > best_n) {
+            best = l;
+            best_n = n;
+        }
+    }
+    t->run_bits = best_n >= 16 ? best : 0;
+    for (unsigned w = 0; w < 256; w++) {
+        uint32_t e = t->litlen[w & ((1u << (t->run_bits ? t->run_bits : 8)) - 1)];
+        t->lit_run[w] = t->run_bits && E_KIND(e) == K_LIT && E_LEN(e) == t->run_bits ? (uint16_t)E_VALUE(e) : 0xffff;
+    }
+}
+
+static deflate_tables fixed_tables; /* the fixed code of block type 1, built once */
 static pthread_once_t fixed_once = PTHREAD_ONCE_INIT;
 static int fixed_ok;
 
@@ -167,8 +198,9 @@ static void build_fixed(void) {
     for (; s < 288; s++) lens[s] = 8;
     uint8_t dl[DIST_SYMS];
     memset(dl, 5, sizeof dl);
-    fixed_ok = build_table(fixed_litlen, LITLEN_TABLE, LITLEN_BITS, lens, LITLEN_SYMS, T_LITLEN) == 0 &&
-               build_table(fixed_dist, DIST_TABLE, DIST_BITS, dl, DIST_SYMS, T_DIST) == 0;
+    fixed_ok = build_table(fixed_tables.litlen, LITLEN_TABLE, LITLEN_BITS, lens, LITLEN_SYMS, T_LITLEN) == 0 &&
+               build_table(fixed_tables.dist, DIST_TABLE, DIST_BITS, dl, DIST_SYMS, T_DIST) == 0;
+    if (fixed_ok) set_literal_runs(&fixed_tables); /* literals 0-143: 8 bits */
 }
 
 /* ---- the bit reader ------------------------------------------------------------------------------------------ */
@@ -217,7 +249,7 @@ static inline unsigned take(bits *b, unsigned n) { /* n <= 32, with n bits valid
 
 /* ---- blocks -------------------------------------------------------------------------------------------------- */
 
-static int read_dynamic_tables(bits *b, uint32_t *lt, uint32_t *dt) {
+static int read_dynamic_tables(bits *b, deflate_tables *t) {
     if (!refill(b)) return -1;
     unsigned nlit = take(b, 5) + 257, ndist = take(b, 5) + 1, nclen = take(b, 4) + 4;
     if (nlit > 286 || ndist > 30) return -1;
@@ -254,8 +286,11 @@ static int read_dynamic_tables(bits *b, uint32_t *lt, uint32_t *dt) {
         n += rep;
     }
     if (lens[256] == 0) return -1; /* no end-of-block code */
-    if (build_table(lt, LITLEN_TABLE, LITLEN_BITS, lens, nlit, T_LITLEN)) return -1;
-    return build_table(dt, DIST_TABLE, DIST_BITS, lens + nlit, ndist, T_DIST);
+    if (build_table(t->litlen, LITLEN_TABLE, LITLEN_BITS, lens, nlit, T_LITLEN) ||
+        build_table(t->dist, DIST_TABLE, DIST_BITS, lens + nlit, ndist, T_DIST))
+        return -1;
+    set_literal_runs(t);
+    return 0;
 }
 
 /* A stored block: byte-align, then LEN, ~LEN and LEN raw bytes. */
@@ -299,9 +334,16 @@ static inline uint8_t *copy_match(uint8_t *o, uint8_t *oend, unsigned len, unsig
     return stop;
 }
 
-/* Decode one Huffman-coded block's symbols until its end-of-block code. The bit reader lives in locals here: the
- * output is written through a byte pointer, which the compiler must assume may alias the reader's fields. */
-static int decode_block(bits *b, const uint32_t *lt, const uint32_t *dt, uint8_t *out, uint8_t **op, uint8_t *oend) {
+/* Decode symbols of one Huffman-coded block. Whole (span false): until its end-of-block code. A span (span true):
+ * from where b stands until the stream position reaches stop_bit exactly (a symbol straddling it, or an end of block
+ * before it, is an error) or at least `want` bytes are out; `out` is the span's first byte, so no match reaches
+ * before it. The bit reader lives in locals here: the output is written through a byte pointer, which the compiler
+ * must assume may alias the reader's fields. Always inlined, so each mode gets its own loop. */
+static inline __attribute__((always_inline)) int decode_symbols(bits *b, const uint8_t *in, const deflate_tables *t,
+                                                                uint8_t *out, uint8_t **op, uint8_t *oend, bool span,
+                                                                uint64_t stop_bit, size_t want) {
+    const uint32_t *lt = t->litlen, *dt = t->dist;
+    const unsigned rb = t->run_bits, rmask = (1u << rb) - 1;
     const uint8_t *p = b->p, *const end = b->end;
     uint64_t buf = b->buf;
     unsigned left = b->left;
@@ -311,6 +353,19 @@ static int decode_block(bits *b, const uint32_t *lt, const uint32_t *dt, uint8_t
 #define TAKE(n) (buf >>= (n), left -= (n))
 #define PEEK(n) ((unsigned)(buf & ((1ull << (n)) - 1)))
     for (;;) {
+        bool room = true; /* the next 48 bits are the span's: several literals may be taken in one step */
+        if (span) {
+            uint64_t at = ((uint64_t)(p - in) + over) * 8 - left; /* bits consumed so far */
+            if (at >= stop_bit) {
+                if (at == stop_bit) rc = 0;
+                break;
+            }
+            if ((size_t)(o - out) >= want) {
+                rc = 0;
+                break;
+            }
+            room = stop_bit - at >= 48;
+        }
         if (end - p >= 8) {
             buf |= load64_le(p) << left;
             p += (63 - left) >> 3;
@@ -323,14 +378,31 @@ static int decode_block(bits *b, const uint32_t *lt, const uint32_t *dt, uint8_t
             }
             if (over > 8) break;
         }
+        if (rb && room && oend - o >= 4) {
+            /* Up to four literals of run_bits bits at once (at most 32 bits; the refill left at least 56). */
+            unsigned l0 = t->lit_run[buf & rmask];
+            if (l0 < 256) {
+                unsigned l1 = t->lit_run[(buf >> rb) & rmask], l2 = t->lit_run[(buf >> 2 * rb) & rmask],
+                         l3 = t->lit_run[(buf >> 3 * rb) & rmask];
+                o[0] = (uint8_t)l0;
+                o[1] = (uint8_t)l1;
+                o[2] = (uint8_t)l2;
+                o[3] = (uint8_t)l3;
+                unsigned k = l1 >= 256 ? 1 : l2 >= 256 ? 2 : l3 >= 256 ? 3 : 4;
+                TAKE(rb * k);
+                o += k;
+                continue;
+            }
+        }
         uint32_t e = lt[PEEK(LITLEN_BITS)];
         if (E_KIND(e) == K_SUB) e = lt[E_VALUE(e) + ((unsigned)(buf >> LITLEN_BITS) & ((1u << E_EXTRA(e)) - 1))];
         unsigned kind = E_KIND(e);
         if (kind == K_LIT) {
-            /* Literals come in runs: after one, the 56 refilled bits hold at least two more codes of 15 bits. */
             if (o == oend) break;
             TAKE(E_LEN(e));
             *o++ = (uint8_t)E_VALUE(e);
+            if (!room) continue;
+            /* Literals come in runs: after one, the 56 refilled bits hold at least two more codes of 15 bits. */
             e = lt[PEEK(LITLEN_BITS)];
             if (E_KIND(e) != K_LIT || o == oend) continue;
             TAKE(E_LEN(e));
@@ -342,6 +414,7 @@ static int decode_block(bits *b, const uint32_t *lt, const uint32_t *dt, uint8_t
             continue;
         }
         if (kind == K_EOB) {
+            if (span) break; /* a span ends before the end-of-block code */
             TAKE(E_LEN(e));
             rc = 0;
             break;
@@ -371,12 +444,16 @@ static int decode_block(bits *b, const uint32_t *lt, const uint32_t *dt, uint8_t
     return rc;
 }
 
+static int decode_block(bits *b, const deflate_tables *t, uint8_t *out, uint8_t **op, uint8_t *oend) {
+    return decode_symbols(b, NULL, t, out, op, oend, false, 0, 0);
+}
+
 int deflate_decompress(const uint8_t *in, size_t n, uint8_t *out, size_t outlen) {
     pthread_once(&fixed_once, build_fixed);
     if (!fixed_ok) return -1;
     bits b = {in, in + n, 0, 0, 0};
     uint8_t *o = out, *oend = out + outlen;
-    uint32_t lt[LITLEN_TABLE], dt[DIST_TABLE];
+    deflate_tables dyn;
     unsigned final;
     do {
         if (!refill(&b)) return -1;
@@ -386,10 +463,10 @@ int deflate_decompress(const uint8_t *in, size_t n, uint8_t *out, size_t outlen)
         if (type == 0) {
             rc = copy_stored(&b, &o, oend);
         } else if (type == 1) {
-            rc = decode_block(&b, fixed_litlen, fixed_dist, out, &o, oend);
+            rc = decode_block(&b, &fixed_tables, out, &o, oend);
         } else if (type == 2) {
-            rc = read_dynamic_tables(&b, lt, dt);
-            if (!rc) rc = decode_block(&b, lt, dt, out, &o, oend);
+            rc = read_dynamic_tables(&b, &dyn);
+            if (!rc) rc = decode_block(&b, &dyn, out, &o, oend);
         } else {
             rc = -1;
         }
@@ -400,4 +477,82 @@ int deflate_decompress(const uint8_t *in, size_t n, uint8_t *out, size_t outlen)
     size_t unread_bits = (size_t)(b.end - b.p) * 8 + b.left;
     if (b.over * 8 > b.left || unread_bits - b.over * 8 >= 8) return -1;
     return 0;
+}
+
+deflate_tables *deflate_tables_new(const uint8_t *in, size_t n, uint64_t *first_bit) {
+    *first_bit = 0;
+    pthread_once(&fixed_once, build_fixed);
+    deflate_tables *t = malloc(sizeof *t);
+    if (!t) return NULL;
+    bits b = {in, in + n, 0, 0, 0};
+    if (refill(&b)) {
+        take(&b, 1); /* the final-block bit: a span's block may be either */
+        if (take(&b, 2) == 2 && read_dynamic_tables(&b, t) == 0) {
+            uint64_t at = ((uint64_t)(b.p - in) + b.over) * 8 - b.left;
+            if (b.over * 8 <= b.left && at <= (uint64_t)n * 8) {
+                *first_bit = at;
+                return t;
+            }
+        }
+    }
+    free(t);
+    return NULL;
+}
+
+void deflate_tables_free(deflate_tables *t) { free(t); }
+
+void deflate_span_begin(deflate_span *sp, const uint8_t *in, size_t n, uint64_t from_bit, uint64_t to_bit,
+                        const deflate_tables *tables, uint8_t *out, size_t outcap) {
+    pthread_once(&fixed_once, build_fixed);
+    *sp = (deflate_span){.in = in, .p = in + n, .end = in + n, .stop_bit = to_bit, .tables = tables, .out = out,
+                         .o = out, .oend = out + outcap, .state = -1};
+    if (!fixed_ok || from_bit > to_bit || to_bit > (uint64_t)n * 8) return;
+    bits b = {in + from_bit / 8, in + n, 0, 0, 0};
+    if (from_bit % 8) {
+        if (!refill(&b)) return;
+        b.buf >>= from_bit % 8;
+        b.left -= (unsigned)(from_bit % 8);
+    }
+    sp->p = b.p;
+    sp->buf = b.buf;
+    sp->left = b.left;
+    sp->over = b.over;
+    sp->state = from_bit == to_bit ? 1 : 0;
+}
+
+int deflate_span_more(deflate_span *sp, size_t want) {
+    if (sp->state != 0) return sp->state;
+    bits b = {sp->p, sp->end, sp->buf, sp->left, sp->over};
+    int rc = decode_symbols(&b, sp->in, sp->tables ? sp->tables : &fixed_tables, sp->out, &sp->o, sp->oend, true,
+                            sp->stop_bit, want);
+    sp->p = b.p;
+    sp->buf = b.buf;
+    sp->left = b.left;
+    sp->over = b.over;
+    uint64_t at = ((uint64_t)(b.p - sp->in) + b.over) * 8 - b.left;
+    sp->state = rc ? -1 : at == sp->stop_bit ? 1 : 0;
+    return sp->state;
+}
+
+int deflate_decode_span(const uint8_t *in, size_t n, uint64_t from_bit, uint64_t to_bit, const deflate_tables *tables,
+                        uint8_t *out, size_t outcap, size_t want, size_t *produced) {
+    deflate_span sp;
+    deflate_span_begin(&sp, in, n, from_bit, to_bit, tables, out, outcap);
+    int st = deflate_span_more(&sp, want);
+    *produced = (size_t)(sp.o - sp.out);
+    return st < 0 ? -1 : 0;
+}
+
+int deflate_check_end(const uint8_t *in, size_t n, uint64_t bit, const deflate_tables *tables) {
+    pthread_once(&fixed_once, build_fixed);
+    if (!fixed_ok || bit >= (uint64_t)n * 8) return -1;
+    bits b = {in + bit / 8, in + n, 0, 0, 0};
+    if (!refill(&b)) return -1;
+    take(&b, (unsigned)(bit % 8));
+    const uint32_t *lt = tables ? tables->litlen : fixed_tables.litlen;
+    uint32_t e = lt[b.buf & ((1u << LITLEN_BITS) - 1)];
+    if (E_KIND(e) == K_SUB) e = lt[E_VALUE(e) + ((unsigned)(b.buf >> LITLEN_BITS) & ((1u << E_EXTRA(e)) - 1))];
+    if (E_KIND(e) != K_EOB) return -1;
+    uint64_t end = bit + E_LEN(e);
+    return end <= (uint64_t)n * 8 && (uint64_t)n * 8 - end < 8 ? 0 : -1;
 }

@@ -61,7 +61,7 @@ typedef struct kv_options {
     size_t memtable_bytes;       /* size at which the memtable is frozen and flushed; default 8 MiB */
     int max_immutable;           /* frozen memtables allowed to wait for flush before writers wait; default 2 */
     size_t block_bytes;          /* target uncompressed data block size; default 4096 */
-    int block_restart_interval;  /* keys between restart points in a block; default 16 */
+    int block_restart_interval;  /* keys between restart points in a data block; default 8 (a lookup inflates one) */
     bool compression;            /* deflate-compress data blocks when it saves >= 1/8; default true */
     int bloom_bits_per_key;      /* 0 disables bloom filters; default 10 (about 1% false positives) */
     size_t block_cache_bytes;    /* default 32 MiB */

@@ -31,12 +31,14 @@
 #include "bloom.h"
 #include "dbformat.h"
 #include "deflate.h"
+#include "zblock.h"
 #include "error.h"
 #include "kv.h"
 
 #define TRAILER 5                       /* type byte + fixed32 checksum */
 #define TYPE_NONE 0
-#define TYPE_DEFLATE 1
+#define TYPE_DEFLATE 1                  /* a whole raw deflate stream (written before seekable blocks; still read) */
+#define TYPE_SEEKABLE 2                 /* a seekable deflate stream cut at the restart points (zblock.h) */
 #define FORMAT_VERSION 1
 #define OUT_BUF (64u * 1024u)           /* builder output is batched into appends of about this size */
 #define DEFAULT_BLOCK_BYTES 4096
@@ -62,6 +64,7 @@ struct sst_builder {
     kv_bytes out;       /* encoded bytes not yet handed to the env */
     kv_bytes scratch;   /* compression output, filter bytes */
     deflate_encoder *enc; /* made on the first compressed block, reused for the others */
+    bool learned;       /* enc has learnt the table's code */
     uint64_t written;   /* bytes handed to the env; file offset of out.data[0] */
     sst_props props;
     int status;
@@ -98,17 +101,30 @@ static int write_block(sst_builder *b, const uint8_t *raw, size_t n, bool may_co
     const uint8_t *payload = raw;
     size_t plen = n;
     if (may_compress && b->o.compression && n >= 64 && n <= UINT32_MAX) {
-        /* Kept compressed only if the whole payload, size prefix included, saves an eighth: the encoder is given
-         * exactly that much room and gives up when the stream would not fit. Out of memory: stored raw. */
+        /* Kept compressed only if the whole payload, directory included, saves an eighth: the encoder is given
+         * exactly that much room and gives up when the block would not fit. Out of memory: stored raw. */
         if (!b->enc) b->enc = deflate_encoder_new();
-        size_t room = n - n / 8, vlen = (size_t)varint_length(n);
+        size_t room = n - n / 8;
         if (b->enc && !bytes_reserve(&b->scratch, room)) {
-            uint8_t *z = put_varint64(b->scratch.data, n);
-            size_t zlen = deflate_compress(b->enc, raw, n, z, room - vlen);
-            if (zlen) {
+            size_t zlen;
+            if (b->o.whole_stream_blocks) {
+                uint8_t *z = put_varint64(b->scratch.data, n);
+                size_t vlen = (size_t)(z - b->scratch.data);
+                zlen = deflate_compress(b->enc, raw, n, z, room - vlen);
+                if (zlen) zlen += vlen;
                 type = TYPE_DEFLATE;
+            } else {
+                /* One code for the table, learnt from its first compressed block, so readers build its decoding
+                 * tables once; a block it fits badly takes the fixed code instead (zblock_encode chooses). */
+                if (!b->learned) b->learned = deflate_encoder_learn(b->enc, raw, n);
+                zlen = zblock_encode(b->enc, raw, n, b->scratch.data, room);
+                type = TYPE_SEEKABLE;
+            }
+            if (zlen) {
                 payload = b->scratch.data;
-                plen = vlen + zlen;
+                plen = zlen;
+            } else {
+                type = TYPE_NONE;
             }
         }
     }
@@ -327,17 +343,18 @@ typedef struct src {
     kv_file *file;
     const char *name;
     uint64_t file_no;
+    zcode_cache *codes; /* the last dynamic code its seekable blocks used (a reader's), or NULL */
 } src;
 
 static int corrupt_at(const src *s, uint64_t off, const char *what) {
     return kv_set_error(KV_ECORRUPT, "%s: %s at offset %llu", s->name, what, (unsigned long long)off);
 }
 
-/* Read the block at [off, off + size) and its trailer, verify the checksum and inflate it. On success *data is a
- * malloc'ed buffer whose first *len bytes are the block. On corruption *what names the problem (message set). */
-static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data, size_t *len, const char **what) {
-    *data = NULL;
-    *len = 0;
+/* Read the block at [off, off + size) and its trailer and verify the checksum. On success *buf is a malloc'ed buffer
+ * whose first `size` bytes are the stored block, *type its compression type. On corruption *what names the problem
+ * (message set). */
+static int read_stored(const src *s, uint64_t off, uint64_t size, uint8_t **bufp, uint8_t *type, const char **what) {
+    *bufp = NULL;
     *what = NULL;
     if (size > SIZE_MAX - TRAILER - 1) return corrupt_at(s, off, *what = "block size out of range");
     size_t n = (size_t)size + TRAILER;
@@ -358,16 +375,18 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
         free(buf);
         return corrupt_at(s, off, *what = "bad block checksum");
     }
-    uint8_t type = buf[size];
-    if (type == TYPE_NONE) {
-        *data = buf;
-        *len = (size_t)size;
-        return KV_OK;
-    }
-    if (type != TYPE_DEFLATE) {
+    *type = buf[size];
+    if (*type != TYPE_NONE && *type != TYPE_DEFLATE && *type != TYPE_SEEKABLE) {
         free(buf);
         return corrupt_at(s, off, *what = "unknown block compression type");
     }
+    *bufp = buf;
+    return KV_OK;
+}
+
+/* Inflate a stored whole-stream deflate block (type 1): varint raw size || stream. Takes buf. */
+static int inflate_stored(const src *s, uint64_t off, uint8_t *buf, size_t size, uint8_t **data, size_t *len,
+                          const char **what) {
     uint64_t raw_len;
     const uint8_t *z = get_varint64(buf, buf + size, &raw_len);
     size_t zlen = z ? (size_t)(buf + size - z) : 0;
@@ -390,6 +409,29 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
     *data = raw;
     *len = (size_t)raw_len;
     return KV_OK;
+}
+
+/* Read, verify and inflate the block at [off, off + size): *data is a malloc'ed buffer holding the raw block. */
+static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data, size_t *len, const char **what) {
+    *data = NULL;
+    *len = 0;
+    uint8_t *buf, type;
+    int rc = read_stored(s, off, size, &buf, &type, what);
+    if (rc) return rc;
+    if (type == TYPE_NONE) {
+        *data = buf;
+        *len = (size_t)size;
+        return KV_OK;
+    }
+    if (type == TYPE_DEFLATE) return inflate_stored(s, off, buf, (size_t)size, data, len, what);
+    zblock *z;
+    rc = zblock_parse(buf, (size_t)size, s->file_no, off, s->codes, &z);
+    if (!rc) {
+        rc = zblock_inflate(z, data, len);
+        zblock_free(z);
+    }
+    if (rc == KV_ECORRUPT) *what = "bad compressed block";
+    return rc;
 }
 
 static int read_parsed_block(const src *s, uint64_t off, uint64_t size, block **out, const char **what) {
@@ -602,8 +644,63 @@ static int get_filter(sst_reader *r, const filter_blk **out, cache_handle **h) {
     return KV_OK;
 }
 
-/* A data block. *h is the cache handle to release, or NULL when the caller owns *out (free with block_free). */
-static int get_data_block(sst_reader *r, uint64_t off, uint64_t size, bool fill_cache, block **out,
+/* A data block as the cache holds it: a seekable block in its stored form (point lookups inflate one restart
+ * interval of it; iterators inflate it whole, for themselves), or any other block raw. */
+typedef struct data_blk {
+    block *raw;  /* exactly one of the two is set */
+    zblock *z;
+} data_blk;
+
+static void data_blk_free(data_blk *d) {
+    if (!d) return;
+    block_free(d->raw);
+    zblock_free(d->z);
+    free(d);
+}
+
+static void data_blk_free_v(void *v) { data_blk_free(v); }
+
+static size_t data_blk_charge(const data_blk *d) {
+    return sizeof *d + (d->z ? zblock_charge(d->z) : d->raw->len + sizeof *d->raw);
+}
+
+/* Read and verify a data block: seekable ones stay stored unless inflate is set, others are inflated and parsed. */
+static int read_data_blk(const src *s, uint64_t off, uint64_t size, bool inflate, data_blk **out) {
+    *out = NULL;
+    data_blk *d = calloc(1, sizeof *d);
+    if (!d) return kv_set_error(KV_ENOMEM, "%s: out of memory reading a block", s->name);
+    uint8_t *buf, type;
+    const char *what;
+    int rc = read_stored(s, off, size, &buf, &type, &what);
+    if (!rc && type == TYPE_SEEKABLE) {
+        rc = zblock_parse(buf, (size_t)size, s->file_no, off, s->codes, &d->z);
+        if (!rc && inflate) {
+            uint8_t *raw;
+            size_t len;
+            rc = zblock_inflate(d->z, &raw, &len);
+            zblock_free(d->z);
+            d->z = NULL;
+            if (!rc) rc = block_parse(raw, len, s->file_no, off, &d->raw);
+        }
+    } else if (!rc) {
+        uint8_t *data = buf;
+        size_t len = (size_t)size;
+        if (type == TYPE_DEFLATE) rc = inflate_stored(s, off, buf, (size_t)size, &data, &len, &what);
+        if (!rc) rc = block_parse(data, len, s->file_no, off, &d->raw);
+    }
+    if (rc) {
+        free(d);
+        return rc;
+    }
+    *out = d;
+    return KV_OK;
+}
+
+/* A data block. *h is the cache handle to release, or NULL when the caller owns *out (free with data_blk_free). A
+ * block read from the file is kept in the form its reader wants: stored for a point lookup, which inflates a piece
+ * of it each time (more blocks fit in the cache); inflated for an iterator (inflate set), which reads on through
+ * the block and would otherwise inflate it again at each visit. A cached block is used in whichever form it has. */
+static int get_data_block(sst_reader *r, uint64_t off, uint64_t size, bool fill_cache, bool inflate, data_blk **out,
                           cache_handle **h) {
     *h = NULL;
     if (r->cache) {
@@ -613,27 +710,27 @@ static int get_data_block(sst_reader *r, uint64_t off, uint64_t size, bool fill_
             return KV_OK;
         }
     }
-    const char *what;
-    int rc = read_parsed_block(&r->s, off, size, out, &what);
+    int rc = read_data_blk(&r->s, off, size, inflate, out);
     if (rc) return rc;
     if (r->cache && fill_cache) {
-        block *b = *out;
-        *h = block_cache_insert(r->cache, r->s.file_no, off, b, b->len + sizeof *b, false, block_free_v);
+        data_blk *d = *out;
+        *h = block_cache_insert(r->cache, r->s.file_no, off, d, data_blk_charge(d), false, data_blk_free_v);
         if (!*h) return KV_ENOMEM;
     }
     return KV_OK;
 }
 
 /* Let go of a data block from get_data_block. */
-static void release_block(sst_reader *r, block *b, cache_handle *h) {
+static void release_block(sst_reader *r, data_blk *d, cache_handle *h) {
     if (h)
         block_cache_release(r->cache, h);
     else
-        block_free(b);
+        data_blk_free(d);
 }
 
 static void reader_free(sst_reader *r) {
     if (r->s.file) r->s.env->close(r->s.env, r->s.file);
+    zcode_cache_free(r->s.codes);
     sst_props_free(&r->props);
     block_free(r->index);
     if (r->filter) filter_free(r->filter);
@@ -650,7 +747,12 @@ int sst_reader_open(kv_env *env, const char *path, const char *name, uint64_t fi
         return kv_set_error(KV_ENOMEM, "%s: out of memory opening the table", name);
     }
     atomic_init(&r->refs, 1);
-    r->s = (src){env, NULL, r->name, file_no};
+    r->s = (src){env, NULL, r->name, file_no, zcode_cache_new()};
+    if (!r->s.codes) {
+        free(r->name);
+        free(r);
+        return kv_set_error(KV_ENOMEM, "%s: out of memory opening the table", name);
+    }
     r->cache = cache;
     int rc = env->open_read(env, path, &r->s.file);
     if (!rc) rc = env->size(env, r->s.file, &r->file_size);
@@ -728,13 +830,21 @@ int sst_reader_get(sst_reader *r, const uint8_t *ukey, size_t ulen, uint64_t seq
         if (h) block_cache_release(r->cache, h);
     }
     if (rc == 1) {
-        block *db;
-        rc = get_data_block(r, off, size, true, &db, &h);
+        data_blk *db;
+        rc = get_data_block(r, off, size, true, false, &db, &h);
         if (!rc) {
             uint64_t trailer;
-            const uint8_t *v;
-            size_t vlen;
-            rc = block_seek_value(db, lk, lklen, true, &trailer, &v, &vlen);
+            if (db->z) {
+                rc = zblock_seek_value(db->z, lk, lklen, true, &trailer, val);
+            } else {
+                const uint8_t *v;
+                size_t vlen;
+                rc = block_seek_value(db->raw, lk, lklen, true, &trailer, &v, &vlen);
+                if (rc == 1) {
+                    bytes_clear(val);
+                    if (bytes_append(val, v, vlen)) rc = kv_set_error(KV_ENOMEM, "out of memory");
+                }
+            }
             if (rc == 1) {
                 int t = (int)(trailer & 0xff);
                 if (t > KV_TYPE_BLOB) {
@@ -742,8 +852,6 @@ int sst_reader_get(sst_reader *r, const uint8_t *ukey, size_t ulen, uint64_t seq
                 } else {
                     *type = t;
                     *found_seq = trailer >> 8;
-                    bytes_clear(val);
-                    if (bytes_append(val, v, vlen)) rc = kv_set_error(KV_ENOMEM, "out of memory");
                 }
             }
             release_block(r, db, h);
@@ -763,16 +871,15 @@ typedef struct sst_iter {
     cache_handle *ih;   /* the index block's cache handle, or NULL */
     iter *index;
     iter *data;         /* over the block at data_off, or NULL */
-    block *db;
+    data_blk *db;       /* that block (cached or owned), or NULL */
     cache_handle *dh;
     uint64_t data_off;
     int status;
 } sst_iter;
 
 static void drop_data(sst_iter *it) {
-    if (!it->data) return;
-    it->data->destroy(it->data);
-    release_block(it->r, it->db, it->dh);
+    if (it->data) it->data->destroy(it->data);
+    if (it->db) release_block(it->r, it->db, it->dh);
     it->data = NULL;
     it->db = NULL;
     it->dh = NULL;
@@ -799,23 +906,21 @@ static void init_data(sst_iter *it) {
     }
     if (it->data && it->data_off == off) return;
     drop_data(it);
-    block *b = NULL;
+    data_blk *d = NULL;
     cache_handle *h;
-    int rc = get_data_block(it->r, off, size, it->fill_cache, &b, &h);
+    int rc = get_data_block(it->r, off, size, it->fill_cache, true, &d, &h);
     if (rc) {
         set_status(it, rc);
         return;
     }
-    it->db = b;
+    /* A block cached in its stored form is read in place, one restart interval at a time; the iterator keeps the
+     * block (its cache handle, or the block itself) until it moves to another. */
+    it->db = d;
     it->dh = h;
     it->data_off = off;
-    it->data = block_iter_new(b, NULL, NULL);
-    if (!it->data) {
-        release_block(it->r, b, h);
-        it->db = NULL;
-        it->dh = NULL;
-        set_status(it, kv_set_error(KV_ENOMEM, "out of memory"));
-    }
+    it->data = d->z ? zblock_iter_new(d->z) : block_iter_new(d->raw, NULL, NULL);
+    int st = it->data->status(it->data);
+    if (st) set_status(it, st);
 }
 
 /* After a move: if the data iterator ran off its block, continue with the next (forward) or previous block. */

@@ -36,6 +36,8 @@ typedef struct sst_options {
     int restart_interval;
     bool compression;
     int bloom_bits_per_key;
+    bool whole_stream_blocks; /* compress data blocks as whole deflate streams (type 1), as versions before seekable
+                               * blocks did: only for tests that check such tables still read */
 } sst_options;
 
 typedef struct sst_props {

@@ -389,3 +389,144 @@ TEST(test_deflate_refuses_bad_symbols) {
     hand_lit(&h, 256);
     CHECK(hand_decode(&h, 1) != 0);
 }
+
+/* ---- spans ---------------------------------------------------------------------------------------------------- */
+
+TEST(test_deflate_spans_decode_alone) {
+    uint64_t rs = t_seed() + 6;
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    size_t maxn = 20000;
+    uint8_t *in = malloc(maxn), *z = malloc(2 * maxn + 64), *out = malloc(maxn + 300), *whole = malloc(maxn);
+    CHECK(in && z && out && whole);
+    uint32_t spans[64];
+    uint64_t bits[65];
+    int dynamic_rounds = 0;
+    for (int round = 0; round < 200; round++) {
+        enum shape s = (enum shape)(round % S_NSHAPES);
+        size_t n = 1 + t_rand(&rs) % maxn;
+        fill(in, n, s, &rs);
+        /* Random cuts, from one span to 64; the first at 0. */
+        size_t nspans = 1 + t_rand(&rs) % 64;
+        if (nspans > n) nspans = n;
+        spans[0] = 0;
+        for (size_t i = 1; i < nspans; i++) spans[i] = (uint32_t)(1 + t_rand(&rs) % (n - 1));
+        for (size_t i = 1; i < nspans; i++) /* sort, then drop repeats */
+            for (size_t j = i; j > 1 && spans[j - 1] > spans[j]; j--) {
+                uint32_t t = spans[j];
+                spans[j] = spans[j - 1];
+                spans[j - 1] = t;
+            }
+        size_t m = 1;
+        for (size_t i = 1; i < nspans; i++)
+            if (spans[i] != spans[m - 1]) spans[m++] = spans[i];
+        nspans = m;
+        /* Half the rounds with a learnt code (from this input or the last one), half with the fixed code. */
+        if (round % 4 == 1) CHECK(deflate_encoder_learn(e, in, n));
+        if (round % 4 == 0) {
+            deflate_encoder_free(e);
+            e = deflate_encoder_new();
+            CHECK(e);
+        }
+        size_t zl = deflate_compress_spans(e, in, n, spans, nspans, z, 2 * maxn + 64, bits);
+        CHECK_MSG(zl > 0, "%s, %zu bytes, %zu spans: not compressed", shape_name[s], n, nspans);
+        deflate_tables *tables = NULL;
+        if (((z[0] >> 1) & 3) == 2) {
+            uint64_t first;
+            tables = deflate_tables_new(z, zl, &first);
+            CHECK(tables);
+            CHECK_EQ(first, bits[0]);
+            dynamic_rounds++;
+        } else {
+            CHECK_EQ(bits[0], 3);
+        }
+        CHECK_OK(deflate_check_end(z, zl, bits[nspans], tables));
+        CHECK(deflate_check_end(z, zl, bits[nspans - 1], tables) != 0);
+        /* The whole stream is an ordinary deflate stream: ours and zlib's decoders read it. */
+        CHECK_OK(deflate_decompress(z, zl, whole, n));
+        CHECK_MEM(whole, n, in, n);
+        size_t got = 0;
+        CHECK(zlib_inflate(z, zl, whole, n, &got) == 0);
+        CHECK_MEM(whole, got, in, n);
+        for (size_t i = 0; i < nspans; i++) {
+            size_t len = (i + 1 < nspans ? spans[i + 1] : n) - spans[i];
+            size_t produced = 0;
+            CHECK_MSG(deflate_decode_span(z, zl, bits[i], bits[i + 1], tables, out, len + 300, SIZE_MAX, &produced) == 0,
+                      "%s: span %zu of %zu refused", shape_name[s], i, nspans);
+            CHECK_MEM(out, produced, in + spans[i], len);
+            /* Stopping early gives at least what was asked for, and a prefix of the span. */
+            size_t want = t_rand(&rs) % (len + 1);
+            CHECK_OK(deflate_decode_span(z, zl, bits[i], bits[i + 1], tables, out, len + 300, want, &produced));
+            CHECK(produced >= want && produced <= len);
+            CHECK_MEM(out, produced, in + spans[i], produced);
+            /* A piece at a time, in random steps, gives the same bytes and ends the same way. */
+            deflate_span sp;
+            deflate_span_begin(&sp, z, zl, bits[i], bits[i + 1], tables, out, len + 300);
+            int st = 0, pieces = 0;
+            while (st == 0 && pieces < 100000) {
+                st = deflate_span_more(&sp, (size_t)(sp.o - sp.out) + 1 + t_rand(&rs) % 64);
+                pieces++;
+            }
+            CHECK_EQ(st, 1);
+            CHECK_MEM(out, (size_t)(sp.o - sp.out), in + spans[i], len);
+            CHECK_EQ(deflate_span_more(&sp, SIZE_MAX), 1); /* ended stays ended */
+            /* An end that is not the span's end is not a symbol boundary, or the span's bytes differ. */
+            if (deflate_decode_span(z, zl, bits[i], bits[i + 1] + 1, tables, out, len + 300, SIZE_MAX, &produced) == 0)
+                CHECK(produced != len);
+            /* Too little room is an error, never an overrun. */
+            uint8_t *tight = malloc(len > 1 ? len - 1 : 1);
+            CHECK(tight);
+            if (len > 1)
+                CHECK(deflate_decode_span(z, zl, bits[i], bits[i + 1], tables, tight, len - 1, SIZE_MAX, &produced) != 0);
+            free(tight);
+        }
+        /* The end-of-block code is not part of any span. */
+        size_t produced = 0;
+        CHECK(deflate_decode_span(z, zl, bits[nspans - 1], zl * 8, tables, out, maxn + 300, SIZE_MAX, &produced) != 0);
+        deflate_tables_free(tables);
+    }
+    printf("# %d of 200 streams with a learnt code\n", dynamic_rounds);
+    CHECK(dynamic_rounds > 20);
+    /* Offsets that are not ascending, or past the input, are refused. */
+    uint32_t bad[2] = {0, 0};
+    CHECK_EQ(deflate_compress_spans(e, in, 100, bad, 2, z, 1000, bits), 0);
+    bad[1] = 100;
+    CHECK_EQ(deflate_compress_spans(e, in, 100, bad, 2, z, 1000, bits), 0);
+    bad[0] = 1;
+    CHECK_EQ(deflate_compress_spans(e, in, 100, bad, 1, z, 1000, bits), 0);
+    free(in);
+    free(z);
+    free(out);
+    free(whole);
+    deflate_encoder_free(e);
+}
+
+TEST(test_deflate_damaged_spans_stay_in_bounds) {
+    uint64_t rs = t_seed() + 7;
+    deflate_encoder *e = deflate_encoder_new();
+    CHECK(e);
+    uint8_t in[4096], z[8192];
+    uint32_t spans[9];
+    uint64_t bits[10];
+    for (int i = 0; i < 9; i++) spans[i] = (uint32_t)(i * 450);
+    fill(in, sizeof in, S_TABLE, &rs);
+    size_t zl = deflate_compress_spans(e, in, sizeof in, spans, 9, z, sizeof z, bits);
+    CHECK(zl > 0);
+    int refused = 0;
+    for (int r = 0; r < 4000; r++) {
+        size_t bit = t_rand(&rs) % (zl * 8);
+        z[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        size_t i = t_rand(&rs) % 9, outcap = 1 + t_rand(&rs) % 600, produced;
+        uint8_t *o = malloc(outcap); /* exact size, so ASan sees any overrun */
+        CHECK(o);
+        /* Sometimes a wrong bit range too. */
+        uint64_t from = bits[i] + (r % 5 == 0 ? t_rand(&rs) % 16 : 0), to = bits[i + 1];
+        refused += deflate_decode_span(z, zl, from, to, NULL, o, outcap, SIZE_MAX, &produced) != 0;
+        CHECK(produced <= outcap);
+        free(o);
+        z[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+    printf("# %d of 4000 damaged span reads refused\n", refused);
+    CHECK(refused > 1000);
+    deflate_encoder_free(e);
+}

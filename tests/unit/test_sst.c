@@ -370,11 +370,13 @@ typedef struct variant {
 } variant;
 
 static const variant variants[] = {
-    {"defaults, compressed, cached", {4096, 16, true, 10}, 8u << 20},
-    {"uncompressed, no bloom, uncached", {4096, 16, false, 0}, 0},
-    {"tiny blocks, restart 1, compressed", {64, 1, true, 10}, 0},
-    {"one entry per block, tiny cache", {1, 2, false, 10}, 4096},
-    {"small blocks, restart 3, cached", {300, 3, true, 5}, 1u << 20},
+    {"defaults, compressed, cached", {4096, 16, true, 10, false}, 8u << 20},
+    {"uncompressed, no bloom, uncached", {4096, 16, false, 0, false}, 0},
+    {"tiny blocks, restart 1, compressed", {64, 1, true, 10, false}, 0},
+    {"one entry per block, tiny cache", {1, 2, false, 10, false}, 4096},
+    {"small blocks, restart 3, cached", {300, 3, true, 5, false}, 1u << 20},
+    {"restart 4, compressed, small cache", {4096, 4, true, 10, false}, 64u << 10},
+    {"whole-stream deflate blocks, as earlier versions wrote", {4096, 16, true, 10, true}, 1u << 20},
 };
 
 TEST(test_sst_roundtrip_variants) {
@@ -420,7 +422,7 @@ out:
 TEST(test_sst_compression_saves_space) {
     menv *env = menv_new();
     dataset d = make_data(t_seed(), 500, 2, 0, true);
-    sst_options plain = {4096, 16, false, 10}, zipped = {4096, 16, true, 10};
+    sst_options plain = {4096, 16, false, 10, false}, zipped = {4096, 16, true, 10, false};
     CHECK_OK(build_table(&env->base, "plain.sst", &d, &plain, NULL));
     CHECK_OK(build_table(&env->base, "zip.sst", &d, &zipped, NULL));
     size_t a = mfile(env, "plain.sst")->len, b = mfile(env, "zip.sst")->len;
@@ -451,7 +453,7 @@ TEST(test_sst_compression_saves_space) {
 TEST(test_sst_empty_table) {
     menv *env = menv_new();
     dataset d = {NULL, 0};
-    sst_options o = {4096, 16, true, 10};
+    sst_options o = {4096, 16, true, 10, false};
     sst_props props;
     CHECK_OK(build_table(&env->base, "e.sst", &d, &o, &props));
     CHECK_EQ(props.entries, 0);
@@ -475,7 +477,7 @@ TEST(test_sst_large_values) {
         for (size_t j = 0; j < len; j++) d.e[i].val.data[d.e[i].val.len + j] = (uint8_t)(i % 2 ? j * 7 : j / 100);
         d.e[i].val.len += len;
     }
-    sst_options o = {4096, 16, true, 10};
+    sst_options o = {4096, 16, true, 10, false};
     CHECK_OK(build_table(&env->base, "big.sst", &d, &o, NULL));
     sst_reader *r;
     CHECK_OK(sst_reader_open(&env->base, "big.sst", "big.sst", 2, NULL, &r));
@@ -488,7 +490,7 @@ TEST(test_sst_large_values) {
 
 TEST(test_sst_builder_rejects_bad_keys) {
     menv *env = menv_new();
-    sst_options o = {4096, 16, true, 10};
+    sst_options o = {4096, 16, true, 10, false};
     sst_builder *b;
     CHECK_OK(sst_builder_new(&env->base, "x.sst", &o, &b));
     uint8_t k1[10], k2[10];
@@ -528,7 +530,7 @@ TEST(test_sst_builder_rejects_bad_keys) {
 TEST(test_sst_absent_keys_skip_data_reads) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 77, 2000, 2, 0, true);
-    sst_options with = {1024, 16, true, 10}, without = {1024, 16, true, 0};
+    sst_options with = {1024, 16, true, 10, false}, without = {1024, 16, true, 0, false};
     CHECK_OK(build_table(&env->base, "b.sst", &d, &with, NULL));
     CHECK_OK(build_table(&env->base, "n.sst", &d, &without, NULL));
     for (int cached = 0; cached < 2; cached++) {
@@ -582,7 +584,7 @@ TEST(test_sst_absent_keys_skip_data_reads) {
 TEST(test_sst_fill_cache_false) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 5, 500, 2, 0, true);
-    sst_options o = {1024, 16, true, 10};
+    sst_options o = {1024, 16, true, 10, false};
     CHECK_OK(build_table(&env->base, "f.sst", &d, &o, NULL));
     block_cache *bc;
     CHECK_OK(block_cache_new(16u << 20, &bc));
@@ -624,7 +626,7 @@ TEST(test_sst_fill_cache_false) {
 TEST(test_sst_read_errors) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 6, 300, 2, 0, true);
-    sst_options o = {512, 16, true, 10};
+    sst_options o = {512, 16, true, 10, false};
     CHECK_OK(build_table(&env->base, "r.sst", &d, &o, NULL));
     sst_reader *r;
     CHECK_OK(sst_reader_open(&env->base, "r.sst", "r.sst", 1, NULL, &r));
@@ -701,7 +703,7 @@ static void exercise_corrupt(menv *env, const char *path, const dataset *d, bloc
 TEST(test_sst_every_byte_flip_detected) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 42, 24, 2, 0, true);
-    sst_options o = {200, 4, true, 10};
+    sst_options o = {200, 4, true, 10, false};
     CHECK_OK(build_table(&env->base, "good.sst", &d, &o, NULL));
     kv_bytes good = {0};
     bytes_append(&good, mfile(env, "good.sst")->data, mfile(env, "good.sst")->len);
@@ -754,7 +756,7 @@ out:
 TEST(test_sst_check_reports_offsets) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 43, 200, 1, 0, true);
-    sst_options o = {512, 16, false, 10};
+    sst_options o = {512, 16, false, 10, false};
     CHECK_OK(build_table(&env->base, "c.sst", &d, &o, NULL));
     kv_bytes *fb = mfile(env, "c.sst");
     fb->data[600] ^= 0x40; /* inside the second data block (blocks are ~517 bytes + trailer) */
@@ -804,7 +806,7 @@ static void *getter_main(void *arg) {
 TEST(test_sst_concurrent_readers) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 8, 1000, 3, 0, true);
-    sst_options o = {1024, 16, true, 10};
+    sst_options o = {1024, 16, true, 10, false};
     CHECK_OK(build_table(&env->base, "m.sst", &d, &o, NULL));
     block_cache *bc;
     CHECK_OK(block_cache_new(64 * 1024, &bc)); /* small: constant eviction and reloading */
@@ -855,7 +857,7 @@ TEST(test_table_cache) {
     const char *dir = t_tmpdir();
     kv_env *env = kv_env_posix();
     dataset ds[8];
-    sst_options o = {4096, 16, true, 10};
+    sst_options o = {4096, 16, true, 10, false};
     for (int i = 0; i < 8; i++) {
         ds[i] = make_data(t_seed() + 1000 + (uint64_t)i, 100, 2, 0, true);
         char path[512];

@@ -1,0 +1,593 @@
+/*
+ * zblock.c — seekable compressed data blocks (see zblock.h; byte layout in docs/format.md, "Seekable blocks").
+ *
+ * Invariants
+ *  - Encoding cuts the stream exactly at the raw block's restart offsets and at its restart array, so span i of the
+ *    stream inflates alone to restart interval i, whose first entry stores its whole key.
+ *  - A lookup never trusts the directory beyond bounds: every span is inflated by deflate_decode_span, which fails
+ *    unless the span ends exactly at the next span's start, and the entries inflated are parsed by block.c's cursor
+ *    with all its checks.
+ *  - Scratch buffers live on the stack for blocks of ordinary size and on the heap above it; nothing is cached here.
+ */
+#include "zblock.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block.h"
+#include "dbformat.h"
+#include "error.h"
+#include "kv.h"
+
+#define STACK_BYTES 8192    /* a span of an ordinary 4 KiB block, and then some */
+#define PROBE_BYTES 32      /* inflated to read a span's first key: its three lengths and a short key */
+#define MAX_MATCH_OVERSHOOT 258
+
+static int zcorrupt(const zblock *z, const char *what) {
+    return kv_set_error(KV_ECORRUPT, "%06llu.sst: %s at offset %llu", (unsigned long long)z->file_no, what,
+                        (unsigned long long)z->offset);
+}
+
+/* ---- encoding ----------------------------------------------------------------------------------------------- */
+
+size_t zblock_encode(deflate_encoder *e, const uint8_t *raw, size_t n, uint8_t *out, size_t cap) {
+    if (n < 8 || n > UINT32_MAX) return 0;
+    uint32_t r = get_fixed32(raw + n - 4);
+    if (r == 0 || r > (n - 4) / 4) return 0;
+    size_t roff = n - 4 - 4 * (size_t)r;
+    uint32_t stack_spans[65];
+    uint64_t stack_bits[66];
+    uint32_t *spans = r < 65 ? stack_spans : malloc(((size_t)r + 1) * sizeof *spans);
+    uint64_t *bits = r < 65 ? stack_bits : malloc(((size_t)r + 2) * sizeof *bits);
+    size_t total = 0;
+    if (!spans || !bits) goto out;
+    for (uint32_t i = 0; i < r; i++) spans[i] = get_fixed32(raw + roff + 4 * (size_t)i);
+    spans[r] = (uint32_t)roff;
+    /* The directory's room: the two counts, then r + 2 deltas, none above the stream's bits. The stream is written
+     * after that room, and moved down once the directory's real size is known. */
+    size_t dir_max = (size_t)varint_length(n) + (size_t)varint_length(r) +
+                     ((size_t)r + 2) * (size_t)varint_length((uint64_t)cap * 8);
+    if (dir_max >= cap) goto out;
+    size_t zlen = deflate_compress_spans(e, raw, n, spans, (size_t)r + 1, out + dir_max, cap - dir_max, bits);
+    if (!zlen) goto out;
+    uint8_t *p = put_varint64(out, n);
+    p = put_varint64(p, r);
+    p = put_varint64(p, bits[0]);
+    for (uint32_t i = 0; i <= r; i++) p = put_varint64(p, bits[i + 1] - bits[i]);
+    memmove(p, out + dir_max, zlen);
+    total = (size_t)(p - out) + zlen;
+out:
+    if (spans != stack_spans) free(spans);
+    if (bits != stack_bits) free(bits);
+    return total;
+}
+
+/* ---- parsing ------------------------------------------------------------------------------------------------ */
+
+/* ---- codes shared by the blocks of a table ------------------------------------------------------------------ */
+
+/* A dynamic code's decoding tables and the header bits they were read from. Blocks that carry the same header share
+ * one: a table's blocks all use the code its writer learnt from its first block. */
+struct zcode {
+    atomic_int refs;
+    uint8_t *header;        /* the stream's first header_bits bits (the last byte's unused bits zero) */
+    uint64_t header_bits;
+    deflate_tables *tables;
+};
+
+struct zcode_cache {
+    pthread_mutex_t mu;
+    zcode *last;            /* the code last read, or NULL */
+};
+
+static void zcode_unref(zcode *c) {
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+    deflate_tables_free(c->tables);
+    free(c->header);
+    free(c);
+}
+
+zcode_cache *zcode_cache_new(void) {
+    zcode_cache *cc = calloc(1, sizeof *cc);
+    if (cc) pthread_mutex_init(&cc->mu, NULL);
+    return cc;
+}
+
+void zcode_cache_free(zcode_cache *cc) {
+    if (!cc) return;
+    zcode_unref(cc->last);
+    pthread_mutex_destroy(&cc->mu);
+    free(cc);
+}
+
+/* Whether the stream begins with exactly c's header. */
+static bool same_header(const zcode *c, const uint8_t *stream, size_t slen, uint64_t header_bits) {
+    if (c->header_bits != header_bits || (header_bits + 7) / 8 > slen) return false;
+    size_t whole = (size_t)(header_bits / 8);
+    if (memcmp(c->header, stream, whole)) return false;
+    unsigned part = (unsigned)(header_bits % 8);
+    return !part || (stream[whole] & ((1u << part) - 1)) == c->header[whole];
+}
+
+/* The code for a stream whose header ends at header_bits: from the cache when it matches, else read (and cached).
+ * KV_OK, KV_ECORRUPT (a malformed header) or KV_ENOMEM. */
+static int code_for(zcode_cache *cc, const zblock *z, uint64_t header_bits, zcode **out) {
+    *out = NULL;
+    if (cc) {
+        pthread_mutex_lock(&cc->mu);
+        zcode *c = cc->last;
+        if (c && same_header(c, z->stream, z->stream_len, header_bits)) atomic_fetch_add(&c->refs, 1);
+        else c = NULL;
+        pthread_mutex_unlock(&cc->mu);
+        *out = c;
+        if (c) return KV_OK;
+    }
+    zcode *c = calloc(1, sizeof *c);
+    size_t hbytes = (size_t)((header_bits + 7) / 8);
+    uint64_t first = 0;
+    if (c) c->header = malloc(hbytes ? hbytes : 1);
+    if (!c || !c->header) {
+        free(c);
+        return kv_set_error(KV_ENOMEM, "out of memory reading a block");
+    }
+    c->tables = deflate_tables_new(z->stream, z->stream_len, &first);
+    if (!c->tables || first != header_bits) {
+        deflate_tables_free(c->tables);
+        free(c->header);
+        free(c);
+        return zcorrupt(z, "bad compressed block header");
+    }
+    memcpy(c->header, z->stream, hbytes);
+    if (header_bits % 8) c->header[hbytes - 1] &= (uint8_t)((1u << (header_bits % 8)) - 1);
+    c->header_bits = header_bits;
+    atomic_init(&c->refs, 1);
+    if (cc) {
+        atomic_fetch_add(&c->refs, 1);
+        pthread_mutex_lock(&cc->mu);
+        zcode *old = cc->last;
+        cc->last = c;
+        pthread_mutex_unlock(&cc->mu);
+        zcode_unref(old);
+    }
+    *out = c;
+    return KV_OK;
+}
+
+/* ---- parsing ------------------------------------------------------------------------------------------------ */
+
+int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, zcode_cache *codes, zblock **out) {
+    *out = NULL;
+    zblock probe = {.file_no = file_no, .offset = offset};
+    const uint8_t *p = data, *end = data + len;
+    uint64_t raw_len, r;
+    if (!(p = get_varint64(p, end, &raw_len)) || !(p = get_varint64(p, end, &r)) || r == 0 || raw_len < 8 ||
+        r > (raw_len - 4) / 4 || raw_len > (uint64_t)len * 1032 + 64 || raw_len > UINT32_MAX) {
+        free(data);
+        return zcorrupt(&probe, "bad seekable block header");
+    }
+    zblock *z = calloc(1, sizeof *z);
+    uint64_t *bits = malloc(((size_t)r + 2) * sizeof *bits);
+    if (!z || !bits) {
+        free(z);
+        free(bits);
+        free(data);
+        return kv_set_error(KV_ENOMEM, "out of memory parsing a block");
+    }
+    uint64_t at = 0;
+    bool ok = true;
+    for (uint64_t i = 0; i <= r + 1 && ok; i++) {
+        uint64_t d;
+        ok = (p = get_varint64(p, end, &d)) != NULL && d > 0 && d <= UINT64_MAX / 2 - at;
+        if (ok) bits[i] = at += d;
+    }
+    /* Then the stream: a fixed-code header of 3 bits or a dynamic one, every span, and an end-of-block code of at
+     * most 15 bits after which the stream ends within a byte (checked exactly when the block is inflated whole). */
+    size_t slen = ok ? (size_t)(end - p) : 0;
+    unsigned btype = slen ? (p[0] >> 1) & 3 : 0;
+    if (!ok || bits[r + 1] >= (uint64_t)slen * 8 || (uint64_t)slen * 8 - bits[r + 1] > 15 + 7 ||
+        !((btype == 1 && bits[0] == 3) || (btype == 2 && bits[0] > 3)) || !(p[0] & 1)) {
+        free(bits);
+        free(z);
+        free(data);
+        return zcorrupt(&probe, "bad seekable block directory");
+    }
+    *z = (zblock){.data = data, .len = len, .stream = p, .stream_len = slen, .raw_len = (size_t)raw_len,
+                  .nspans = (uint32_t)r + 1, .bits = bits, .file_no = file_no, .offset = offset};
+    if (btype == 2) {
+        int rc = code_for(codes, z, bits[0], &z->code);
+        if (rc) {
+            zblock_free(z);
+            return rc;
+        }
+        z->tables = z->code->tables;
+    }
+    *out = z;
+    return KV_OK;
+}
+
+void zblock_free(zblock *z) {
+    if (!z) return;
+    zcode_unref(z->code);
+    free(z->data);
+    free(z->bits);
+    free(z);
+}
+
+size_t zblock_charge(const zblock *z) { return sizeof *z + z->len + ((size_t)z->nspans + 1) * sizeof *z->bits; }
+
+/* Inflate span i, or at least its first `want` bytes, into out (room outcap). */
+static int inflate_span(const zblock *z, uint32_t i, uint8_t *out, size_t outcap, size_t want, size_t *produced) {
+    if (deflate_decode_span(z->stream, z->stream_len, z->bits[i], z->bits[i + 1], z->tables, out, outcap, want,
+                            produced))
+        return zcorrupt(z, "bad compressed block");
+    return KV_OK;
+}
+
+int zblock_inflate(const zblock *z, uint8_t **rawp, size_t *raw_len) {
+    *rawp = NULL;
+    *raw_len = 0;
+    uint8_t *raw = malloc(z->raw_len);
+    uint32_t *starts = malloc((size_t)z->nspans * sizeof *starts);
+    int rc = KV_OK;
+    if (!raw || !starts) {
+        rc = kv_set_error(KV_ENOMEM, "out of memory inflating a block");
+        goto out;
+    }
+    size_t pos = 0;
+    for (uint32_t i = 0; i < z->nspans && !rc; i++) {
+        size_t got;
+        starts[i] = (uint32_t)pos;
+        rc = inflate_span(z, i, raw + pos, z->raw_len - pos, SIZE_MAX, &got);
+        if (!rc && got == 0) rc = zcorrupt(z, "empty span in a seekable block");
+        pos += got;
+    }
+    if (rc) goto out;
+    /* The end-of-block code follows the last span, and the stream ends with it; the restart array the spans
+     * rebuilt must name exactly the spans' starts. */
+    bool eob_ok = deflate_check_end(z->stream, z->stream_len, z->bits[z->nspans], z->tables) == 0;
+    uint32_t r = z->nspans - 1;
+    bool dir_ok = pos == z->raw_len && eob_ok && get_fixed32(raw + pos - 4) == r &&
+                  (size_t)starts[r] == pos - 4 - 4 * (size_t)r;
+    for (uint32_t i = 0; i < r && dir_ok; i++) dir_ok = get_fixed32(raw + starts[r] + 4 * (size_t)i) == starts[i];
+    if (!dir_ok) rc = zcorrupt(z, "seekable block directory does not match its restart array");
+out:
+    free(starts);
+    if (rc) {
+        free(raw);
+        return rc;
+    }
+    *rawp = raw;
+    *raw_len = z->raw_len;
+    return KV_OK;
+}
+
+/* ---- lookups ------------------------------------------------------------------------------------------------ */
+
+/* A buffer on the stack for ordinary sizes, on the heap above. */
+typedef struct scratch {
+    uint8_t *p;
+    size_t cap;
+    uint8_t stack[STACK_BYTES];
+} scratch;
+
+static int scratch_get(scratch *s, size_t need) {
+    if (need <= STACK_BYTES) {
+        s->p = s->stack;
+        s->cap = STACK_BYTES;
+        return KV_OK;
+    }
+    s->p = malloc(need);
+    s->cap = need;
+    return s->p ? KV_OK : kv_set_error(KV_ENOMEM, "out of memory reading a block");
+}
+
+static void scratch_put(scratch *s) {
+    if (s->p != s->stack) free(s->p);
+    s->p = NULL;
+}
+
+/* The first entry of span i: inflate as much of the span as its three lengths and its key (and, with
+ * with_value, its value) need. *key, *vp point into s. A restart entry stores its whole key (shared = 0). */
+static int first_entry(const zblock *z, uint32_t i, bool with_value, scratch *s, const uint8_t **key, size_t *klen,
+                       const uint8_t **vp, size_t *vlen) {
+    size_t want = PROBE_BYTES, got;
+    const char *bad = NULL;
+    for (;;) {
+        int rc = scratch_get(s, want + MAX_MATCH_OVERSHOOT);
+        if (rc) return rc;
+        rc = inflate_span(z, i, s->p, s->cap, want, &got);
+        if (rc) {
+            scratch_put(s);
+            return rc;
+        }
+        const uint8_t *p = s->p, *lim = s->p + got;
+        uint64_t shared, unshared, vl;
+        bool whole = got < want; /* the span ended before want: all of it is here */
+        if ((p = get_varint64(p, lim, &shared)) && (p = get_varint64(p, lim, &unshared)) &&
+            (p = get_varint64(p, lim, &vl))) {
+            size_t need = (size_t)(p - s->p) + unshared + (with_value ? vl : 0);
+            if (shared != 0 || unshared < IKEY_TRAILER) {
+                bad = "bad restart entry";
+            } else if (unshared > (uint64_t)z->raw_len || vl > (uint64_t)z->raw_len || need > z->raw_len) {
+                bad = "bad block entry lengths";
+            } else if (need <= got) {
+                *key = p;
+                *klen = (size_t)unshared;
+                *vp = p + unshared;
+                *vlen = (size_t)vl;
+                return KV_OK; /* the caller puts s back */
+            } else if (whole) {
+                bad = "truncated block entry";
+            }
+            want = need;
+        } else if (whole || want >= z->raw_len) {
+            bad = "truncated block entry";
+        } else {
+            want = z->raw_len; /* lengths longer than PROBE_BYTES allows: take the span whole */
+        }
+        scratch_put(s);
+        if (bad) return zcorrupt(z, bad);
+    }
+}
+
+/* Copy an entry found into the caller's buffers; 0 when same_ukey and the user key differs. */
+static int found(const uint8_t *key, size_t klen, const uint8_t *v, size_t vlen, const uint8_t *target, size_t tlen,
+                 bool same_ukey, uint64_t *trailer, kv_bytes *val) {
+    size_t ulen = klen - IKEY_TRAILER;
+    if (same_ukey && (ulen != tlen - IKEY_TRAILER || memcmp(key, target, ulen) != 0)) return 0;
+    if (trailer) *trailer = get_fixed64(key + ulen);
+    bytes_clear(val);
+    if (bytes_append(val, v, vlen)) return kv_set_error(KV_ENOMEM, "out of memory");
+    return 1;
+}
+
+/* The length of the whole entries at the start of p[0..got): where the first one cut off by got begins. */
+static size_t whole_entries(const uint8_t *p0, size_t got) {
+    size_t off = 0;
+    while (off < got) {
+        const uint8_t *p = p0 + off, *lim = p0 + got;
+        uint64_t shared, unshared, vlen;
+        if (!(p = get_varint64(p, lim, &shared)) || !(p = get_varint64(p, lim, &unshared)) ||
+            !(p = get_varint64(p, lim, &vlen)) || unshared > got || vlen > got)
+            break;
+        size_t end = (size_t)(p - p0) + (size_t)unshared + (size_t)vlen;
+        if (end > got) break;
+        off = end;
+    }
+    return off;
+}
+
+/* The last span whose first key is < target (or span 0): the first entry >= target is in it or starts the next
+ * one. A binary search that inflates only the first entry of the spans it compares. */
+static int find_span(const zblock *z, const uint8_t *target, size_t tlen, uint32_t *span) {
+    uint32_t lo = 0, hi = z->nspans - 2;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo + 1) / 2;
+        scratch s;
+        const uint8_t *k, *v;
+        size_t kl, vl;
+        int rc = first_entry(z, mid, false, &s, &k, &kl, &v, &vl);
+        if (rc) return rc;
+        int c = ikey_cmp(k, kl, target, tlen);
+        scratch_put(&s);
+        if (c < 0)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    *span = lo;
+    return KV_OK;
+}
+
+int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool same_ukey, uint64_t *trailer,
+                      kv_bytes *val) {
+    uint32_t r = z->nspans - 1; /* spans 0..r-1 hold entries */
+    scratch s;
+    const uint8_t *k, *v;
+    size_t kl, vl;
+    uint32_t lo;
+    int rc = find_span(z, target, tlen, &lo);
+    if (rc) return rc;
+    /* Inflate that span, a piece at a time, and search what is inflated as a block of one restart interval (its
+     * whole entries, then a restart array of one offset, 0, and its count) until an entry >= target turns up or the
+     * span ends: on average half the span is inflated. */
+    rc = scratch_get(&s, z->raw_len + 8);
+    if (rc) return rc;
+    deflate_span sp;
+    deflate_span_begin(&sp, z->stream, z->stream_len, z->bits[lo], z->bits[lo + 1], z->tables, s.p, s.cap - 8);
+    size_t step = z->raw_len / z->nspans / 2 + 16, want = step;
+    uint64_t tr;
+    bool other_ukey = false; /* the first entry >= target is in this span but has another user key */
+    for (;;) {
+        int st = deflate_span_more(&sp, want);
+        size_t got = (size_t)(sp.o - sp.out);
+        if (st < 0 || (st == 1 && got == 0)) {
+            rc = zcorrupt(z, st < 0 ? "bad compressed block" : "empty span in a seekable block");
+            break;
+        }
+        size_t upto = st == 1 ? got : whole_entries(s.p, got);
+        want = got + step;
+        if (upto == 0) continue;
+        /* The view's restart array goes right after its entries, over decoded bytes that are put back after. */
+        uint8_t saved[8];
+        memcpy(saved, s.p + upto, 8);
+        put_fixed32(s.p + upto, 0);
+        put_fixed32(s.p + upto + 4, 1);
+        block view = {.data = s.p, .len = upto + 8, .restart_off = upto, .num_restarts = 1, .file_no = z->file_no,
+                      .offset = z->offset};
+        rc = block_seek_value(&view, target, tlen, same_ukey, &tr, &v, &vl);
+        if (rc == 0 && same_ukey) {
+            rc = block_seek_value(&view, target, tlen, false, &tr, &v, &vl);
+            other_ukey = rc == 1;
+            if (other_ukey) rc = 0;
+        }
+        memcpy(s.p + upto, saved, 8);
+        if (rc != 0 || other_ukey || st == 1) break;
+    }
+    if (rc == 1) {
+        if (trailer) *trailer = tr;
+        bytes_clear(val);
+        if (bytes_append(val, v, vl)) rc = kv_set_error(KV_ENOMEM, "out of memory");
+    }
+    scratch_put(&s);
+    if (rc != 0 || other_ukey || lo + 1 >= r) return rc;
+    /* Every entry of the span is < target: the answer is the next span's first entry. */
+    rc = first_entry(z, lo + 1, true, &s, &k, &kl, &v, &vl);
+    if (!rc && ikey_cmp(k, kl, target, tlen) < 0) rc = zcorrupt(z, "block keys out of order");
+    if (!rc) rc = found(k, kl, v, vl, target, tlen, same_ukey, trailer, val);
+    scratch_put(&s);
+    return rc;
+}
+
+/* ---- iterator ----------------------------------------------------------------------------------------------- */
+
+/* Moves over one inflated span at a time: a block iterator over a view of the span (its entries and a restart array
+ * of one offset), replaced when it runs off either end. A seek inflates the probes and one span, not the block. */
+typedef struct zblock_iter {
+    iter base;
+    const zblock *z;
+    uint32_t span;    /* the span in buf, or UINT32_MAX */
+    uint8_t *buf;     /* raw_len + 8 bytes */
+    block view;
+    iter *in;         /* over view, or NULL */
+    int status;
+} zblock_iter;
+
+static void zi_fail(zblock_iter *it, int rc) {
+    if (!it->status) it->status = rc;
+    if (it->in) it->in->destroy(it->in);
+    it->in = NULL;
+}
+
+/* Inflate span i into buf and point the inner iterator at it (unpositioned). */
+static bool zi_load(zblock_iter *it, uint32_t i) {
+    if (it->span == i && it->in) return true;
+    if (it->in) it->in->destroy(it->in);
+    it->in = NULL;
+    it->span = UINT32_MAX;
+    size_t got = 0;
+    int rc = inflate_span(it->z, i, it->buf, it->z->raw_len, SIZE_MAX, &got);
+    if (!rc && got == 0) rc = zcorrupt(it->z, "empty span in a seekable block");
+    if (rc) {
+        zi_fail(it, rc);
+        return false;
+    }
+    put_fixed32(it->buf + got, 0);
+    put_fixed32(it->buf + got + 4, 1);
+    it->view = (block){.data = it->buf, .len = got + 8, .restart_off = got, .num_restarts = 1,
+                       .file_no = it->z->file_no, .offset = it->z->offset};
+    it->in = block_iter_new(&it->view, NULL, NULL);
+    int st = it->in->status(it->in);
+    if (st) {
+        zi_fail(it, st);
+        return false;
+    }
+    it->span = i;
+    return true;
+}
+
+/* After a move inside a span: an error stops; running off an end continues in the next span that way. */
+static void zi_settle(zblock_iter *it, bool forward) {
+    while (it->in && !it->in->valid(it->in)) {
+        int st = it->in->status(it->in);
+        if (st) {
+            zi_fail(it, st);
+            return;
+        }
+        uint32_t r = it->z->nspans - 1;
+        if (forward ? it->span + 1 >= r : it->span == 0) return; /* off the block's end */
+        if (!zi_load(it, forward ? it->span + 1 : it->span - 1)) return;
+        if (forward)
+            it->in->seek_first(it->in);
+        else
+            it->in->seek_last(it->in);
+    }
+}
+
+static bool zi_valid(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    return !it->status && it->in && it->in->valid(it->in);
+}
+
+static void zi_seek_first(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (it->status || !zi_load(it, 0)) return;
+    it->in->seek_first(it->in);
+    zi_settle(it, true);
+}
+
+static void zi_seek_last(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (it->status || !zi_load(it, it->z->nspans - 2)) return;
+    it->in->seek_last(it->in);
+    zi_settle(it, false);
+}
+
+static void zi_seek(iter *i, const uint8_t *target, size_t tlen) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (it->status) return;
+    uint32_t lo;
+    int rc = find_span(it->z, target, tlen, &lo);
+    if (rc) {
+        zi_fail(it, rc);
+        return;
+    }
+    if (!zi_load(it, lo)) return;
+    it->in->seek(it->in, target, tlen);
+    zi_settle(it, true);
+}
+
+static void zi_next(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (!zi_valid(i)) return;
+    it->in->next(it->in);
+    zi_settle(it, true);
+}
+
+static void zi_prev(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (!zi_valid(i)) return;
+    it->in->prev(it->in);
+    zi_settle(it, false);
+}
+
+static const uint8_t *zi_key(iter *i, size_t *n) {
+    zblock_iter *it = (zblock_iter *)i;
+    return it->in->key(it->in, n);
+}
+
+static const uint8_t *zi_value(iter *i, size_t *n) {
+    zblock_iter *it = (zblock_iter *)i;
+    return it->in->value(it->in, n);
+}
+
+static int zi_status(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (it->status) return it->status;
+    return it->in ? it->in->status(it->in) : KV_OK;
+}
+
+static void zi_destroy(iter *i) {
+    zblock_iter *it = (zblock_iter *)i;
+    if (it->in) it->in->destroy(it->in);
+    free(it->buf);
+    free(it);
+}
+
+iter *zblock_iter_new(const zblock *z) {
+    zblock_iter *it = calloc(1, sizeof *it);
+    uint8_t *buf = it ? malloc(z->raw_len + 8) : NULL;
+    if (!buf) {
+        free(it);
+        kv_set_error(KV_ENOMEM, "out of memory creating a block iterator");
+        return iter_empty(KV_ENOMEM);
+    }
+    it->base = (iter){zi_valid, zi_seek_first, zi_seek_last, zi_seek, zi_next, zi_prev, zi_key, zi_value, zi_status,
+                      zi_destroy};
+    it->z = z;
+    it->buf = buf;
+    it->span = UINT32_MAX;
+    return &it->base;
+}
