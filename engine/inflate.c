@@ -350,12 +350,13 @@ static inline __attribute__((always_inline)) int decode_symbols(bits *b, const u
     size_t over = b->over;
     uint8_t *o = *op;
     int rc = -1;
-#define TAKE(n) (buf >>= (n), left -= (n))
+    /* Bits consumed so far, kept up to date by TAKE (a whole block never reads it, so the compiler drops it). */
+    uint64_t at = span ? ((uint64_t)(p - in) + over) * 8 - left : 0;
+#define TAKE(n) (buf >>= (n), left -= (n), at += (n))
 #define PEEK(n) ((unsigned)(buf & ((1ull << (n)) - 1)))
     for (;;) {
         bool room = true; /* the next 48 bits are the span's: several literals may be taken in one step */
         if (span) {
-            uint64_t at = ((uint64_t)(p - in) + over) * 8 - left; /* bits consumed so far */
             if (at >= stop_bit) {
                 if (at == stop_bit) rc = 0;
                 break;

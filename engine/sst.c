@@ -913,7 +913,25 @@ static void init_data(sst_iter *it) {
         set_status(it, rc);
         return;
     }
-    /* A block cached in its stored form is read in place, one restart interval at a time; the iterator keeps the
+    if (d->z && h && it->fill_cache) {
+        /* Cached in its stored form by a point lookup: an iterator reads on through the block, and the next one
+         * would inflate it again, so the cache gets it inflated instead (a failure leaves the stored form). */
+        data_blk *raw = calloc(1, sizeof *raw);
+        uint8_t *bytes;
+        size_t len;
+        if (raw && !zblock_inflate(d->z, &bytes, &len) && !block_parse(bytes, len, it->r->s.file_no, off, &raw->raw)) {
+            cache_handle *nh =
+                block_cache_insert(it->r->cache, it->r->s.file_no, off, raw, data_blk_charge(raw), false, data_blk_free_v);
+            if (nh) {
+                block_cache_release(it->r->cache, h);
+                d = raw;
+                h = nh;
+            }
+        } else {
+            free(raw);
+        }
+    }
+    /* A block still in its stored form is read in place, one restart interval at a time; the iterator keeps the
      * block (its cache handle, or the block itself) until it moves to another. */
     it->db = d;
     it->dh = h;
