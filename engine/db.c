@@ -821,7 +821,9 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     else db->writers_head = &w;
     db->writers_tail = &w;
     db->nwriters++;
-    if (db->writers_head != &w) pthread_cond_signal(&db->writers_head->cv); /* a leader may be gathering */
+    /* A synced leader may be gathering its group: wake it once the group it waits for is complete, not at every
+     * arrival (each wake-up is a context switch on its CPU). */
+    if (db->writers_head != &w && db->nwriters >= db->last_sync_group) pthread_cond_signal(&db->writers_head->cv);
     while (!w.done && db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
     if (w.done) {
         pthread_mutex_unlock(&db->mu);
