@@ -28,7 +28,8 @@ typedef struct iter {
     void (*destroy)(struct iter *it);
 } iter;
 
-/* An iterator over nothing, or one that only reports an error status. */
+/* An iterator over nothing, or one that only reports an error status. Never NULL: when memory runs out it is a
+ * shared iterator reporting KV_ENOMEM (whose destroy does nothing). */
 iter *iter_empty(int status);
 
 #endif /* KV_ITER_H */

@@ -7,9 +7,10 @@
  *    trailer, then the 64-byte footer. So every byte of a table is covered by a block checksum or the footer
  *    checksum, and the reader rejects a footer whose handles do not tile the file exactly like that.
  *  - Every block is checksummed over its stored bytes and its type byte, and the checksum is verified each time a
- *    block is read from the file (not when it comes from the cache: cached blocks were verified when read). A
- *    compressed block's payload is varint uncompressed_size || raw deflate stream (RFC 1951, no zlib header or
- *    adler32; engine/deflate.h), and must inflate to exactly that size, using every byte of the stream.
+ *    block is read from the file (not when it comes from the cache: cached blocks were verified when read). A type 1
+ *    block's payload is varint uncompressed_size || raw deflate stream (RFC 1951, no zlib header or adler32;
+ *    engine/deflate.h), and must inflate to exactly that size, using every byte of the stream; a type 2 (seekable)
+ *    block is checked as zblock.h describes. The writer writes types 0 and 2; type 1 is read for older tables.
  *  - Data blocks are compressed only when that saves >= 1/8; filter, properties and index blocks never are.
  *  - Index keys are the last internal key of their data block, so for any lookup key the first index entry >= it
  *    names the only block that can hold the first entry >= it. Index blocks use restart interval 1 (every key stored
@@ -42,7 +43,7 @@
 #define FORMAT_VERSION 1
 #define OUT_BUF (64u * 1024u)           /* builder output is batched into appends of about this size */
 #define DEFAULT_BLOCK_BYTES 4096
-#define DEFAULT_RESTART_INTERVAL 16
+#define DEFAULT_RESTART_INTERVAL 8       /* kv_options' default too */
 #define DEFLATE_MAX_RATIO 1032          /* deflate can never shrink data more than this */
 
 void sst_props_free(sst_props *p) {
@@ -915,20 +916,29 @@ static void init_data(sst_iter *it) {
     }
     if (d->z && h && it->fill_cache) {
         /* Cached in its stored form by a point lookup: an iterator reads on through the block, and the next one
-         * would inflate it again, so the cache gets it inflated instead (a failure leaves the stored form). */
+         * would inflate it again, so the cache gets it inflated instead. Damage found on the way fails the
+         * iterator, as it would have had the block been read from the file; out of memory leaves the stored form. */
         data_blk *raw = calloc(1, sizeof *raw);
         uint8_t *bytes;
         size_t len;
-        if (raw && !zblock_inflate(d->z, &bytes, &len) && !block_parse(bytes, len, it->r->s.file_no, off, &raw->raw)) {
-            cache_handle *nh =
-                block_cache_insert(it->r->cache, it->r->s.file_no, off, raw, data_blk_charge(raw), false, data_blk_free_v);
-            if (nh) {
-                block_cache_release(it->r->cache, h);
-                d = raw;
-                h = nh;
-            }
-        } else {
+        rc = raw ? zblock_inflate(d->z, &bytes, &len) : KV_ENOMEM;
+        if (!rc) rc = block_parse(bytes, len, it->r->s.file_no, off, &raw->raw);
+        if (rc == KV_ECORRUPT) {
             free(raw);
+            block_cache_release(it->r->cache, h);
+            set_status(it, rc);
+            return;
+        }
+        cache_handle *nh = NULL;
+        if (!rc)
+            nh = block_cache_insert(it->r->cache, it->r->s.file_no, off, raw, data_blk_charge(raw), false,
+                                    data_blk_free_v);
+        else
+            free(raw);
+        if (nh) {
+            block_cache_release(it->r->cache, h);
+            d = raw;
+            h = nh;
         }
     }
     /* A block still in its stored form is read in place, one restart interval at a time; the iterator keeps the

@@ -3,7 +3,7 @@
  *
  * Layout (docs/format.md, "SSTable"):
  *     data block 1 .. data block n | filter block | properties block | index block | footer
- * Each block on disk is followed by a 5-byte trailer: 1 byte compression type (0 = none, 1 = deflate) | fixed32
+ * Each block on disk is followed by a 5-byte trailer: 1 byte compression type (0 = none, 1 = deflate, 2 = seekable deflate) | fixed32
  * checksum of the block bytes and the type byte. A data block is stored compressed only when that saves at least an
  * eighth. The index block maps, for each data block, its last internal key to its handle (varint offset | varint
  * size, size excluding the trailer). The filter is one bloom filter over the user keys of the whole table. The

@@ -167,6 +167,10 @@ int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, z
         free(data);
         return zcorrupt(&probe, "bad seekable block header");
     }
+    if (r + 2 > (uint64_t)(end - p)) { /* r + 2 deltas of a byte or more must fit, before anything is allocated */
+        free(data);
+        return zcorrupt(&probe, "bad seekable block directory");
+    }
     zblock *z = calloc(1, sizeof *z);
     uint64_t *bits = malloc(((size_t)r + 2) * sizeof *bits);
     if (!z || !bits) {
@@ -183,7 +187,7 @@ int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, z
         if (ok) bits[i] = at += d;
     }
     /* Then the stream: a fixed-code header of 3 bits or a dynamic one, every span, and an end-of-block code of at
-     * most 15 bits after which the stream ends within a byte (checked exactly when the block is inflated whole). */
+     * most 15 bits after which the stream ends within a byte (checked exactly below, once the code is known). */
     size_t slen = ok ? (size_t)(end - p) : 0;
     unsigned btype = slen ? (p[0] >> 1) & 3 : 0;
     if (!ok || bits[r + 1] >= (uint64_t)slen * 8 || (uint64_t)slen * 8 - bits[r + 1] > 15 + 7 ||
@@ -202,6 +206,10 @@ int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, z
             return rc;
         }
         z->tables = z->code->tables;
+    }
+    if (deflate_check_end(z->stream, z->stream_len, bits[r + 1], z->tables)) {
+        zblock_free(z);
+        return zcorrupt(&probe, "bad seekable block directory");
     }
     *out = z;
     return KV_OK;

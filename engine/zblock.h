@@ -12,8 +12,8 @@
  * end-of-block code.
  *
  * Invariants
- *  - zblock_parse checks the directory's shape (counts, offsets inside the stream, ascending); the spans themselves
- *    are checked as they are inflated: each must end exactly where the next begins, and a whole inflation must agree
+ *  - zblock_parse checks the directory's shape (counts, offsets inside the stream, ascending) and that the stream
+ *    ends with its end-of-block code where the directory says; the spans themselves are checked as they are inflated: each must end exactly where the next begins, and a whole inflation must agree
  *    with the restart array it rebuilds. A stored block whose checksum passed but whose content is bad gives
  *    KV_ECORRUPT naming the file and block offset, never a read outside a buffer.
  *  - A lookup inflates at most: a prefix of a few spans (to compare their first keys), one span, and the first entry

@@ -539,3 +539,46 @@ TEST(test_zblock_damage_is_reported) {
     free(e);
     deflate_encoder_free(enc);
 }
+
+TEST(test_zblock_directory_must_fit_the_block) {
+    /* A stream followed by a byte it does not need, and a directory that claims more restart points than the block
+     * has bytes: both are damage (KV_ECORRUPT), found before anything else is read or allocated. */
+    uint64_t rs = t_seed() + 42;
+    deflate_encoder *enc = deflate_encoder_new();
+    CHECK(enc);
+    ent *e = make_entries(&rs, 40);
+    size_t n = count_valid(e, 40);
+    block *b = build(e, n, 4);
+    CHECK(b);
+    for (int learn = 0; learn < 2; learn++) {
+        if (learn) CHECK(deflate_encoder_learn(enc, b->data, b->len));
+        size_t cap = b->len * 2 + 64;
+        uint8_t *stored = malloc(cap + 1);
+        CHECK(stored);
+        size_t len = zblock_encode(enc, b->data, b->len, stored, cap);
+        CHECK(len > 0);
+        stored[len] = 0;
+        zblock *z;
+        uint8_t *copy = malloc(len + 1);
+        CHECK(copy);
+        memcpy(copy, stored, len + 1);
+        CHECK_EQ(zblock_parse(copy, len + 1, 7, 4096, NULL, &z), KV_ECORRUPT);
+        copy = malloc(len);
+        CHECK(copy);
+        memcpy(copy, stored, len);
+        CHECK_OK(zblock_parse(copy, len, 7, 4096, NULL, &z));
+        zblock_free(z);
+        free(stored);
+    }
+    /* raw size 4,000,000, 999,000 restart points, in a block of 16 bytes */
+    uint8_t tiny[16] = {0}, *p = put_varint64(tiny, 4000000);
+    p = put_varint64(p, 999000);
+    uint8_t *copy = malloc(sizeof tiny);
+    CHECK(copy);
+    memcpy(copy, tiny, sizeof tiny);
+    zblock *z;
+    CHECK_EQ(zblock_parse(copy, sizeof tiny, 7, 4096, NULL, &z), KV_ECORRUPT);
+    block_free(b);
+    free(e);
+    deflate_encoder_free(enc);
+}
