@@ -12,7 +12,7 @@
  *
  * Usage: db_bench [--num=N] [--reads=N] [--seeks=N] [--num-sync=N] [--num-large=N] [--sync-threads=N]
  *                 [--benchmarks=a,b,..] [--backends=kvfs,leveldb,rocksdb] [--dir=D] [--seed=N] [--keep]
- *                 [--md=FILE] [--csv=FILE]
+ *                 [--use-existing=DIR] [--md=FILE] [--csv=FILE]
  * Build with -DBENCH_NO_KVFS to leave the kvfs backend out (before the engine links).
  */
 #include <dirent.h>
@@ -57,8 +57,9 @@ static struct {
     uint64_t seed;
     char dir[1024];
     bool keep;
+    const char *existing; /* --use-existing: the working directory of an earlier --keep run */
     const char *md, *csv;
-} cfg = {1000000, 0, 0, 0, 1000, 8, 301, "/var/tmp", false, NULL, NULL};
+} cfg = {1000000, 0, 0, 0, 1000, 8, 301, "/var/tmp", false, NULL, NULL, NULL};
 
 enum kind { FILL, OVERWRITE, READRANDOM, READSEQ, SEEKRANDOM, DELETERANDOM };
 
@@ -724,9 +725,13 @@ static void run_bench(backend *b, const bench_def *bd, int idx, result *r) {
     snprintf(dir, sizeof dir, "%s/%s", cfg.dir, b->name);
     memset(r, 0, sizeof *r);
     b->err[0] = 0;
+    if (bd->fresh && cfg.existing) {
+        snprintf(r->msg, sizeof r->msg, "needs a fresh store: not run with --use-existing");
+        return;
+    }
     if (bd->fresh || !b->db) {
         if (b->db) b->close(b);
-        rm_rf(dir);
+        if (!cfg.existing) rm_rf(dir);
         if (b->open(b, dir) < 0) {
             snprintf(r->msg, sizeof r->msg, "%s", b->err);
             if (b->db) b->close(b);
@@ -784,7 +789,7 @@ static void child_main(backend *b, int cmd_fd, int res_fd) {
             memset(&r, 0, sizeof r);
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/%s", cfg.dir, b->name);
-            rm_rf(dir);
+            if (!cfg.existing) rm_rf(dir);
             if (b->open(b, dir) == 0) b->describe(b, desc, sizeof desc);
             if (b->db) b->close(b);
             snprintf(r.msg, sizeof r.msg, "%s", desc[0] ? desc : b->err);
@@ -929,7 +934,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: db_bench [--num=N] [--reads=N] [--seeks=N] [--num-sync=N] [--num-large=N] [--sync-threads=N]\n"
             "                [--benchmarks=a,b,..] [--backends=kvfs,leveldb,rocksdb] [--dir=D] [--seed=N] [--keep]\n"
-            "                [--md=FILE] [--csv=FILE]\nbenchmarks:");
+            "                [--use-existing=DIR] [--md=FILE] [--csv=FILE]\nbenchmarks:");
     for (size_t i = 0; i < NBENCH; i++) fprintf(stderr, " %s", all_benches[i].name);
     fprintf(stderr, "\n");
     exit(2);
@@ -1018,6 +1023,7 @@ int main(int argc, char **argv) {
         else if (strncmp(a, "--md=", 5) == 0) cfg.md = a + 5;
         else if (strncmp(a, "--csv=", 6) == 0) cfg.csv = a + 6;
         else if (strcmp(a, "--keep") == 0) cfg.keep = true;
+        else if (strncmp(a, "--use-existing=", 15) == 0) cfg.existing = a + 15;
         else usage();
     }
     if (cfg.num == 0) usage();
@@ -1041,9 +1047,12 @@ int main(int argc, char **argv) {
     static char mach[8192];
     machine(mach, sizeof mach);
 
-    /* A fresh working directory under --dir. */
+    /* A fresh working directory under --dir, or the one an earlier --keep run left (kept again). */
     char tmpl[1024];
-    if (snprintf(tmpl, sizeof tmpl, "%s/kvfs-bench-XXXXXX", cfg.dir) >= (int)sizeof tmpl || !mkdtemp(tmpl)) {
+    if (cfg.existing) {
+        cfg.keep = true;
+        if (snprintf(tmpl, sizeof tmpl, "%s", cfg.existing) >= (int)sizeof tmpl) return 1;
+    } else if (snprintf(tmpl, sizeof tmpl, "%s/kvfs-bench-XXXXXX", cfg.dir) >= (int)sizeof tmpl || !mkdtemp(tmpl)) {
         fprintf(stderr, "db_bench: cannot create a directory under %s: %s\n", cfg.dir, strerror(errno));
         return 1;
     }
