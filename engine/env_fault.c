@@ -435,7 +435,7 @@ static int fe_sync(kv_env *env, kv_file *f) {
     if (rc != KV_OK) return rc;
     pthread_mutex_lock(&fe->mu);
     fstate *s = fe->crashed ? NULL : st_find(fe, f->path);
-    if (s) s->synced = size;
+    if (s && size > s->synced) s->synced = size; /* syncs of one file may run at once and end in any order */
     pthread_mutex_unlock(&fe->mu);
     return KV_OK;
 }
