@@ -428,7 +428,7 @@ static int read_block(const src *s, uint64_t off, uint64_t size, uint8_t **data,
     zblock *z;
     rc = zblock_parse(buf, (size_t)size, s->file_no, off, s->codes, &z);
     if (!rc) {
-        rc = zblock_inflate(z, data, len);
+        rc = zblock_inflate(z, s->codes, data, len);
         zblock_free(z);
     }
     if (rc == KV_ECORRUPT) *what = "bad compressed block";
@@ -678,7 +678,7 @@ static int read_data_blk(const src *s, uint64_t off, uint64_t size, bool inflate
         if (!rc && inflate) {
             uint8_t *raw;
             size_t len;
-            rc = zblock_inflate(d->z, &raw, &len);
+            rc = zblock_inflate(d->z, s->codes, &raw, &len);
             zblock_free(d->z);
             d->z = NULL;
             if (!rc) rc = block_parse(raw, len, s->file_no, off, &d->raw);
@@ -836,7 +836,7 @@ int sst_reader_get(sst_reader *r, const uint8_t *ukey, size_t ulen, uint64_t seq
         if (!rc) {
             uint64_t trailer;
             if (db->z) {
-                rc = zblock_seek_value(db->z, lk, lklen, true, &trailer, val);
+                rc = zblock_seek_value(db->z, r->s.codes, lk, lklen, true, &trailer, val);
             } else {
                 const uint8_t *v;
                 size_t vlen;
@@ -921,7 +921,7 @@ static void init_data(sst_iter *it) {
         data_blk *raw = calloc(1, sizeof *raw);
         uint8_t *bytes;
         size_t len;
-        rc = raw ? zblock_inflate(d->z, &bytes, &len) : KV_ENOMEM;
+        rc = raw ? zblock_inflate(d->z, it->r->s.codes, &bytes, &len) : KV_ENOMEM;
         if (!rc) rc = block_parse(bytes, len, it->r->s.file_no, off, &raw->raw);
         if (rc == KV_ECORRUPT) {
             free(raw);
@@ -946,7 +946,7 @@ static void init_data(sst_iter *it) {
     it->db = d;
     it->dh = h;
     it->data_off = off;
-    it->data = d->z ? zblock_iter_new(d->z) : block_iter_new(d->raw, NULL, NULL);
+    it->data = d->z ? zblock_iter_new(d->z, it->r->s.codes) : block_iter_new(d->raw, NULL, NULL);
     int st = it->data->status(it->data);
     if (st) set_status(it, st);
 }

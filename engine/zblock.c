@@ -82,8 +82,13 @@ struct zcode_cache {
     zcode *last;            /* the code last read, or NULL */
 };
 
+static atomic_size_t live_codes; /* codes allocated and not yet freed (zcode_live) */
+
+size_t zcode_live(void) { return atomic_load(&live_codes); }
+
 static void zcode_unref(zcode *c) {
     if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+    atomic_fetch_sub(&live_codes, 1);
     deflate_tables_free(c->tables);
     free(c->header);
     free(c);
@@ -143,6 +148,7 @@ static int code_for(zcode_cache *cc, const zblock *z, uint64_t header_bits, zcod
     if (header_bits % 8) c->header[hbytes - 1] &= (uint8_t)((1u << (header_bits % 8)) - 1);
     c->header_bits = header_bits;
     atomic_init(&c->refs, 1);
+    atomic_fetch_add(&live_codes, 1);
     if (cc) {
         atomic_fetch_add(&c->refs, 1);
         pthread_mutex_lock(&cc->mu);
@@ -154,6 +160,14 @@ static int code_for(zcode_cache *cc, const zblock *z, uint64_t header_bits, zcod
     *out = c;
     return KV_OK;
 }
+
+/* The code z's stream uses, as a new reference: NULL for the fixed code. */
+static int block_code(const zblock *z, zcode_cache *cc, zcode **out) {
+    *out = NULL;
+    return z->fixed ? KV_OK : code_for(cc, z, z->bits[0], out);
+}
+
+static const deflate_tables *tables_of(const zcode *c) { return c ? c->tables : NULL; }
 
 /* ---- parsing ------------------------------------------------------------------------------------------------ */
 
@@ -198,18 +212,15 @@ int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, z
         return zcorrupt(&probe, "bad seekable block directory");
     }
     *z = (zblock){.data = data, .len = len, .stream = p, .stream_len = slen, .raw_len = (size_t)raw_len,
-                  .nspans = (uint32_t)r + 1, .bits = bits, .file_no = file_no, .offset = offset};
-    if (btype == 2) {
-        int rc = code_for(codes, z, bits[0], &z->code);
-        if (rc) {
-            zblock_free(z);
-            return rc;
-        }
-        z->tables = z->code->tables;
-    }
-    if (deflate_check_end(z->stream, z->stream_len, bits[r + 1], z->tables)) {
+                  .nspans = (uint32_t)r + 1, .bits = bits, .fixed = btype == 1, .file_no = file_no, .offset = offset};
+    zcode *c;
+    int rc = block_code(z, codes, &c);
+    if (!rc && deflate_check_end(z->stream, z->stream_len, bits[r + 1], tables_of(c)))
+        rc = zcorrupt(&probe, "bad seekable block directory");
+    zcode_unref(c);
+    if (rc) {
         zblock_free(z);
-        return zcorrupt(&probe, "bad seekable block directory");
+        return rc;
     }
     *out = z;
     return KV_OK;
@@ -217,7 +228,6 @@ int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, z
 
 void zblock_free(zblock *z) {
     if (!z) return;
-    zcode_unref(z->code);
     free(z->data);
     free(z->bits);
     free(z);
@@ -226,19 +236,23 @@ void zblock_free(zblock *z) {
 size_t zblock_charge(const zblock *z) { return sizeof *z + z->len + ((size_t)z->nspans + 1) * sizeof *z->bits; }
 
 /* Inflate span i, or at least its first `want` bytes, into out (room outcap). */
-static int inflate_span(const zblock *z, uint32_t i, uint8_t *out, size_t outcap, size_t want, size_t *produced) {
-    if (deflate_decode_span(z->stream, z->stream_len, z->bits[i], z->bits[i + 1], z->tables, out, outcap, want,
+static int inflate_span(const zblock *z, const deflate_tables *t, uint32_t i, uint8_t *out, size_t outcap,
+                        size_t want, size_t *produced) {
+    if (deflate_decode_span(z->stream, z->stream_len, z->bits[i], z->bits[i + 1], t, out, outcap, want,
                             produced))
         return zcorrupt(z, "bad compressed block");
     return KV_OK;
 }
 
-int zblock_inflate(const zblock *z, uint8_t **rawp, size_t *raw_len) {
+int zblock_inflate(const zblock *z, zcode_cache *codes, uint8_t **rawp, size_t *raw_len) {
     *rawp = NULL;
     *raw_len = 0;
+    zcode *c;
+    int rc = block_code(z, codes, &c);
+    if (rc) return rc;
+    const deflate_tables *t = tables_of(c);
     uint8_t *raw = malloc(z->raw_len);
     uint32_t *starts = malloc((size_t)z->nspans * sizeof *starts);
-    int rc = KV_OK;
     if (!raw || !starts) {
         rc = kv_set_error(KV_ENOMEM, "out of memory inflating a block");
         goto out;
@@ -247,20 +261,21 @@ int zblock_inflate(const zblock *z, uint8_t **rawp, size_t *raw_len) {
     for (uint32_t i = 0; i < z->nspans && !rc; i++) {
         size_t got;
         starts[i] = (uint32_t)pos;
-        rc = inflate_span(z, i, raw + pos, z->raw_len - pos, SIZE_MAX, &got);
+        rc = inflate_span(z, t, i, raw + pos, z->raw_len - pos, SIZE_MAX, &got);
         if (!rc && got == 0) rc = zcorrupt(z, "empty span in a seekable block");
         pos += got;
     }
     if (rc) goto out;
     /* The end-of-block code follows the last span, and the stream ends with it; the restart array the spans
      * rebuilt must name exactly the spans' starts. */
-    bool eob_ok = deflate_check_end(z->stream, z->stream_len, z->bits[z->nspans], z->tables) == 0;
+    bool eob_ok = deflate_check_end(z->stream, z->stream_len, z->bits[z->nspans], t) == 0;
     uint32_t r = z->nspans - 1;
     bool dir_ok = pos == z->raw_len && eob_ok && get_fixed32(raw + pos - 4) == r &&
                   (size_t)starts[r] == pos - 4 - 4 * (size_t)r;
     for (uint32_t i = 0; i < r && dir_ok; i++) dir_ok = get_fixed32(raw + starts[r] + 4 * (size_t)i) == starts[i];
     if (!dir_ok) rc = zcorrupt(z, "seekable block directory does not match its restart array");
 out:
+    zcode_unref(c);
     free(starts);
     if (rc) {
         free(raw);
@@ -298,14 +313,14 @@ static void scratch_put(scratch *s) {
 
 /* The first entry of span i: inflate as much of the span as its three lengths and its key (and, with
  * with_value, its value) need. *key, *vp point into s. A restart entry stores its whole key (shared = 0). */
-static int first_entry(const zblock *z, uint32_t i, bool with_value, scratch *s, const uint8_t **key, size_t *klen,
-                       const uint8_t **vp, size_t *vlen) {
+static int first_entry(const zblock *z, const deflate_tables *t, uint32_t i, bool with_value, scratch *s,
+                       const uint8_t **key, size_t *klen, const uint8_t **vp, size_t *vlen) {
     size_t want = PROBE_BYTES, got;
     const char *bad = NULL;
     for (;;) {
         int rc = scratch_get(s, want + MAX_MATCH_OVERSHOOT);
         if (rc) return rc;
-        rc = inflate_span(z, i, s->p, s->cap, want, &got);
+        rc = inflate_span(z, t, i, s->p, s->cap, want, &got);
         if (rc) {
             scratch_put(s);
             return rc;
@@ -369,14 +384,14 @@ static size_t whole_entries(const uint8_t *p0, size_t got) {
 
 /* The last span whose first key is < target (or span 0): the first entry >= target is in it or starts the next
  * one. A binary search that inflates only the first entry of the spans it compares. */
-static int find_span(const zblock *z, const uint8_t *target, size_t tlen, uint32_t *span) {
+static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, uint32_t *span) {
     uint32_t lo = 0, hi = z->nspans - 2;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo + 1) / 2;
         scratch s;
         const uint8_t *k, *v;
         size_t kl, vl;
-        int rc = first_entry(z, mid, false, &s, &k, &kl, &v, &vl);
+        int rc = first_entry(z, t, mid, false, &s, &k, &kl, &v, &vl);
         if (rc) return rc;
         int c = ikey_cmp(k, kl, target, tlen);
         scratch_put(&s);
@@ -389,14 +404,14 @@ static int find_span(const zblock *z, const uint8_t *target, size_t tlen, uint32
     return KV_OK;
 }
 
-int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool same_ukey, uint64_t *trailer,
-                      kv_bytes *val) {
+static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, bool same_ukey,
+                      uint64_t *trailer, kv_bytes *val) {
     uint32_t r = z->nspans - 1; /* spans 0..r-1 hold entries */
     scratch s;
     const uint8_t *k, *v;
     size_t kl, vl;
     uint32_t lo;
-    int rc = find_span(z, target, tlen, &lo);
+    int rc = find_span(z, t, target, tlen, &lo);
     if (rc) return rc;
     /* Inflate that span, a piece at a time, and search what is inflated as a block of one restart interval (its
      * whole entries, then a restart array of one offset, 0, and its count) until an entry >= target turns up or the
@@ -404,7 +419,7 @@ int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool 
     rc = scratch_get(&s, z->raw_len + 8);
     if (rc) return rc;
     deflate_span sp;
-    deflate_span_begin(&sp, z->stream, z->stream_len, z->bits[lo], z->bits[lo + 1], z->tables, s.p, s.cap - 8);
+    deflate_span_begin(&sp, z->stream, z->stream_len, z->bits[lo], z->bits[lo + 1], t, s.p, s.cap - 8);
     size_t step = z->raw_len / z->nspans / 2 + 16, want = step;
     uint64_t tr;
     bool other_ukey = false; /* the first entry >= target is in this span but has another user key */
@@ -442,10 +457,20 @@ int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool 
     scratch_put(&s);
     if (rc != 0 || other_ukey || lo + 1 >= r) return rc;
     /* Every entry of the span is < target: the answer is the next span's first entry. */
-    rc = first_entry(z, lo + 1, true, &s, &k, &kl, &v, &vl);
+    rc = first_entry(z, t, lo + 1, true, &s, &k, &kl, &v, &vl);
     if (!rc && ikey_cmp(k, kl, target, tlen) < 0) rc = zcorrupt(z, "block keys out of order");
     if (!rc) rc = found(k, kl, v, vl, target, tlen, same_ukey, trailer, val);
     scratch_put(&s);
+    return rc;
+}
+
+int zblock_seek_value(const zblock *z, zcode_cache *codes, const uint8_t *target, size_t tlen, bool same_ukey,
+                      uint64_t *trailer, kv_bytes *val) {
+    zcode *c;
+    int rc = block_code(z, codes, &c);
+    if (rc) return rc;
+    rc = seek_value(z, tables_of(c), target, tlen, same_ukey, trailer, val);
+    zcode_unref(c);
     return rc;
 }
 
@@ -456,6 +481,7 @@ int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool 
 typedef struct zblock_iter {
     iter base;
     const zblock *z;
+    zcode *code;      /* z's code, held while the iterator lives (NULL: the fixed code) */
     uint32_t span;    /* the span in buf, or UINT32_MAX */
     uint8_t *buf;     /* raw_len + 8 bytes */
     block view;
@@ -476,7 +502,7 @@ static bool zi_load(zblock_iter *it, uint32_t i) {
     it->in = NULL;
     it->span = UINT32_MAX;
     size_t got = 0;
-    int rc = inflate_span(it->z, i, it->buf, it->z->raw_len, SIZE_MAX, &got);
+    int rc = inflate_span(it->z, tables_of(it->code), i, it->buf, it->z->raw_len, SIZE_MAX, &got);
     if (!rc && got == 0) rc = zcorrupt(it->z, "empty span in a seekable block");
     if (rc) {
         zi_fail(it, rc);
@@ -537,7 +563,7 @@ static void zi_seek(iter *i, const uint8_t *target, size_t tlen) {
     zblock_iter *it = (zblock_iter *)i;
     if (it->status) return;
     uint32_t lo;
-    int rc = find_span(it->z, target, tlen, &lo);
+    int rc = find_span(it->z, tables_of(it->code), target, tlen, &lo);
     if (rc) {
         zi_fail(it, rc);
         return;
@@ -580,14 +606,19 @@ static int zi_status(iter *i) {
 static void zi_destroy(iter *i) {
     zblock_iter *it = (zblock_iter *)i;
     if (it->in) it->in->destroy(it->in);
+    zcode_unref(it->code);
     free(it->buf);
     free(it);
 }
 
-iter *zblock_iter_new(const zblock *z) {
+iter *zblock_iter_new(const zblock *z, zcode_cache *codes) {
+    zcode *c;
+    int rc = block_code(z, codes, &c);
+    if (rc) return iter_empty(rc);
     zblock_iter *it = calloc(1, sizeof *it);
     uint8_t *buf = it ? malloc(z->raw_len + 8) : NULL;
     if (!buf) {
+        zcode_unref(c);
         free(it);
         kv_set_error(KV_ENOMEM, "out of memory creating a block iterator");
         return iter_empty(KV_ENOMEM);
@@ -595,6 +626,7 @@ iter *zblock_iter_new(const zblock *z) {
     it->base = (iter){zi_valid, zi_seek_first, zi_seek_last, zi_seek, zi_next, zi_prev, zi_key, zi_value, zi_status,
                       zi_destroy};
     it->z = z;
+    it->code = c;
     it->buf = buf;
     it->span = UINT32_MAX;
     return &it->base;

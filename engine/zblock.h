@@ -31,11 +31,15 @@
 #include "iter.h"
 
 /* The decoding tables of a dynamic code, shared by the blocks whose streams carry the same header (refcounted), and
- * a cache of the last one read, which a table reader keeps so that its blocks build the tables once. */
+ * a cache of the last one read, which a table reader keeps so that its blocks build the tables once. A parsed block
+ * holds no code: each call that decodes takes one from the caller's cache (or reads it from the block's header when
+ * the cache is NULL or holds another), for the call's duration (an iterator: for its life). So the codes in memory
+ * are those of open table readers and live iterators, whatever the block cache holds. */
 typedef struct zcode zcode;
 typedef struct zcode_cache zcode_cache;
 zcode_cache *zcode_cache_new(void); /* NULL when out of memory */
 void zcode_cache_free(zcode_cache *cc);
+size_t zcode_live(void);            /* codes in memory in the process (for tests) */
 
 typedef struct zblock {
     uint8_t *data;          /* the stored payload (owned) */
@@ -45,8 +49,7 @@ typedef struct zblock {
     size_t raw_len;
     uint32_t nspans;        /* restart points + 1 */
     uint64_t *bits;         /* nspans + 1 bit offsets into stream: each span's start, then the end-of-block code */
-    zcode *code;            /* the stream's dynamic code (a reference), or NULL for the fixed code */
-    const deflate_tables *tables; /* code's tables, or NULL */
+    bool fixed;             /* the stream uses the fixed code (else a dynamic one, whose header it carries) */
     uint64_t file_no, offset; /* for messages */
 } zblock;
 
@@ -55,9 +58,9 @@ typedef struct zblock {
  * caller then keeps another form). */
 size_t zblock_encode(deflate_encoder *e, const uint8_t *raw, size_t n, uint8_t *out, size_t cap);
 
-/* Take ownership of a stored payload (malloc'ed) and read its directory and, for a dynamic code, its code (from
- * codes when the header matches the last one seen there; codes may be NULL): KV_OK, KV_ECORRUPT or KV_ENOMEM (data
- * freed). */
+/* Take ownership of a stored payload (malloc'ed), read its directory and check its code's header (through codes,
+ * which keeps the code, when the header matches the last one seen there; codes may be NULL) and its end: KV_OK,
+ * KV_ECORRUPT or KV_ENOMEM (data freed). */
 int zblock_parse(uint8_t *data, size_t len, uint64_t file_no, uint64_t offset, zcode_cache *codes, zblock **out);
 void zblock_free(zblock *z);
 /* Bytes the parsed block holds in memory (for the block cache's budget). */
@@ -65,16 +68,16 @@ size_t zblock_charge(const zblock *z);
 
 /* Inflate the whole raw block, span by span, checking the directory against the restart array it rebuilds. *raw is
  * malloc'ed (raw_len bytes). KV_OK, KV_ECORRUPT or KV_ENOMEM. */
-int zblock_inflate(const zblock *z, uint8_t **raw, size_t *raw_len);
+int zblock_inflate(const zblock *z, zcode_cache *codes, uint8_t **raw, size_t *raw_len);
 
 /* The point lookup (as block_seek_value): find the first entry >= target (an internal key). Returns 1 with its value
  * copied into *val and its trailer in *trailer; 0 when every entry is < target or, with same_ukey, when that entry's
  * user key differs from target's; < 0 on error (message set). */
-int zblock_seek_value(const zblock *z, const uint8_t *target, size_t tlen, bool same_ukey, uint64_t *trailer,
-                      kv_bytes *val);
+int zblock_seek_value(const zblock *z, zcode_cache *codes, const uint8_t *target, size_t tlen, bool same_ukey,
+                      uint64_t *trailer, kv_bytes *val);
 
 /* An iterator over the block's entries (as block_iter_new over the raw block) that inflates one restart interval at
  * a time: a seek inflates the first entries of a few spans and one span, not the block. z must outlive it. */
-iter *zblock_iter_new(const zblock *z);
+iter *zblock_iter_new(const zblock *z, zcode_cache *codes);
 
 #endif /* KV_ZBLOCK_H */

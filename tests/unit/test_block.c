@@ -372,13 +372,14 @@ static zblock *seekable(deflate_encoder *enc, const block *b, zcode_cache *codes
 }
 
 /* zblock_seek_value answers as block_seek_value does on the raw block, for this target. */
-static bool same_answer(const zblock *z, const block *b, const uint8_t *k, size_t kn, bool same_ukey) {
+static bool same_answer(const zblock *z, zcode_cache *cc, const block *b, const uint8_t *k, size_t kn,
+                        bool same_ukey) {
     uint64_t tr1 = 0, tr2 = 0;
     const uint8_t *v;
     size_t vn;
     kv_bytes got = {0};
     int want = block_seek_value(b, k, kn, same_ukey, &tr1, &v, &vn);
-    int rc = zblock_seek_value(z, k, kn, same_ukey, &tr2, &got);
+    int rc = zblock_seek_value(z, cc, k, kn, same_ukey, &tr2, &got);
     bool ok = rc == want && (rc != 1 || (tr1 == tr2 && got.len == vn && (vn == 0 || !memcmp(got.data, v, vn))));
     bytes_free(&got);
     return ok;
@@ -405,36 +406,37 @@ TEST(test_zblock_lookups_match_raw_block) {
             block *b = build(e, n, intervals[a]);
             CHECK(b);
             if (mode == 2) CHECK(deflate_encoder_learn(own, b->data, b->len));
-            zblock *z = seekable(mode == 0 ? fixed : mode == 1 ? shared : own, b, mode == 1 ? codes : NULL);
+            zcode_cache *cc = mode == 1 ? codes : NULL;
+            zblock *z = seekable(mode == 0 ? fixed : mode == 1 ? shared : own, b, cc);
             CHECK_MSG(z, "interval %d, %zu entries: not encoded", intervals[a], n);
             CHECK_EQ(z->nspans, b->num_restarts + 1);
             /* Inflated whole, it is the raw block. */
             uint8_t *raw;
             size_t rl;
-            CHECK_OK(zblock_inflate(z, &raw, &rl));
+            CHECK_OK(zblock_inflate(z, cc, &raw, &rl));
             CHECK_MEM(raw, rl, b->data, b->len);
             free(raw);
             for (size_t i = 0; i < n; i++) {
                 uint8_t k[48];
                 size_t ulen = e[i].klen - 8;
                 /* every key as it is, the lookup keys around it, and a user key just after it */
-                CHECK_MSG(same_answer(z, b, e[i].key, e[i].klen, true), "entry %zu, interval %d", i, intervals[a]);
-                CHECK(same_answer(z, b, e[i].key, e[i].klen, false));
+                CHECK_MSG(same_answer(z, cc, b, e[i].key, e[i].klen, true), "entry %zu, interval %d", i, intervals[a]);
+                CHECK(same_answer(z, cc, b, e[i].key, e[i].klen, false));
                 ikey_build(k, e[i].key, ulen, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
-                CHECK(same_answer(z, b, k, ulen + 8, true));
+                CHECK(same_answer(z, cc, b, k, ulen + 8, true));
                 ikey_build(k, e[i].key, ulen, 0, 0);
-                CHECK(same_answer(z, b, k, ulen + 8, true));
-                CHECK(same_answer(z, b, k, ulen + 8, false));
+                CHECK(same_answer(z, cc, b, k, ulen + 8, true));
+                CHECK(same_answer(z, cc, b, k, ulen + 8, false));
                 memcpy(k, e[i].key, ulen);
                 k[ulen] = 0;
                 ikey_build(k, k, ulen + 1, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
-                CHECK(same_answer(z, b, k, ulen + 9, true));
+                CHECK(same_answer(z, cc, b, k, ulen + 9, true));
             }
             uint8_t big[9] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, small[9] = {0};
-            CHECK(same_answer(z, b, big, 9, false));
-            CHECK(same_answer(z, b, small, 9, false));
+            CHECK(same_answer(z, cc, b, big, 9, false));
+            CHECK(same_answer(z, cc, b, small, 9, false));
             /* The span-at-a-time iterator walks, steps and seeks as the raw block's does. */
-            iter *zi = zblock_iter_new(z);
+            iter *zi = zblock_iter_new(z, cc);
             size_t i = 0;
             for (zi->seek_first(zi); zi->valid(zi); zi->next(zi), i++) CHECK_AT(zi, e[i]);
             CHECK_EQ(i, n);
@@ -512,11 +514,11 @@ TEST(test_zblock_damage_is_reported) {
         }
         uint8_t *raw;
         size_t rl;
-        rc = zblock_inflate(z, &raw, &rl);
+        rc = zblock_inflate(z, NULL, &raw, &rl);
         if (rc) CHECK_EQ(rc, KV_ECORRUPT);
         else free(raw);
         reported += rc != 0;
-        iter *zi = zblock_iter_new(z);
+        iter *zi = zblock_iter_new(z, NULL);
         size_t steps = 0;
         for (zi->seek_first(zi); zi->valid(zi) && steps < 1000; zi->next(zi)) steps++;
         rc = zi->status(zi);
@@ -526,7 +528,7 @@ TEST(test_zblock_damage_is_reported) {
             const ent *x = &e[t_rand(&rs) % n];
             kv_bytes v = {0};
             uint64_t tr;
-            rc = zblock_seek_value(z, x->key, x->klen, true, &tr, &v);
+            rc = zblock_seek_value(z, NULL, x->key, x->klen, true, &tr, &v);
             CHECK(rc == 0 || rc == 1 || rc == KV_ECORRUPT);
             bytes_free(&v);
         }
@@ -535,6 +537,47 @@ TEST(test_zblock_damage_is_reported) {
     printf("# %d of 3000 damaged blocks reported by parse or inflate\n", reported);
     CHECK(reported > 1500);
     free(stored);
+    block_free(b);
+    free(e);
+    deflate_encoder_free(enc);
+}
+
+TEST(test_zblock_holds_no_code) {
+    /* A parsed block (as the block cache keeps it) holds no code: codes live in the readers' code caches and in
+     * iterators, so the codes in memory do not grow with the blocks cached from tables that are closed. */
+    uint64_t rs = t_seed() + 43;
+    deflate_encoder *enc = deflate_encoder_new();
+    CHECK(enc);
+    ent *e = make_entries(&rs, 60);
+    size_t n = count_valid(e, 60);
+    block *b = build(e, n, 4);
+    CHECK(b);
+    CHECK(deflate_encoder_learn(enc, b->data, b->len));
+    size_t base = zcode_live();
+    zcode_cache *reader = zcode_cache_new();
+    CHECK(reader);
+    zblock *z = seekable(enc, b, reader);
+    CHECK(z && !z->fixed);
+    CHECK_EQ(zcode_live(), base + 1); /* the reader's cache keeps the code it read */
+    zcode_cache_free(reader);         /* the reader closes; the block stays (cached) */
+    CHECK_EQ(zcode_live(), base);
+    /* A reader of the same table opened again reads the code from the block, once, and keeps it. */
+    zcode_cache *again = zcode_cache_new();
+    CHECK(again);
+    for (size_t i = 0; i < n; i++) CHECK(same_answer(z, again, b, e[i].key, e[i].klen, true));
+    CHECK_EQ(zcode_live(), base + 1);
+    iter *zi = zblock_iter_new(z, again);
+    zcode_cache_free(again); /* an iterator keeps its code while it lives */
+    CHECK_EQ(zcode_live(), base + 1);
+    size_t i = 0;
+    for (zi->seek_first(zi); zi->valid(zi); zi->next(zi), i++) CHECK_AT(zi, e[i]);
+    CHECK_EQ(i, n);
+    zi->destroy(zi);
+    CHECK_EQ(zcode_live(), base);
+    /* Without a code cache, a call reads the code and lets it go. */
+    CHECK(same_answer(z, NULL, b, e[0].key, e[0].klen, true));
+    CHECK_EQ(zcode_live(), base);
+    zblock_free(z);
     block_free(b);
     free(e);
     deflate_encoder_free(enc);
