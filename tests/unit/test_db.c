@@ -1297,23 +1297,32 @@ static void *synced_writer(void *arg) {
 }
 
 TEST(test_db_group_commit_shares_fsyncs) {
-    kv_db *db;
-    CHECK_OK(kv_open(t_tmpdir(), NULL, &db));
-    pthread_t th[8];
-    worker ws[8];
-    for (int i = 0; i < 8; i++) {
-        ws[i] = (worker){db, i, 150, 0};
-        pthread_create(&th[i], NULL, synced_writer, &ws[i]);
+    /* Eight writers waiting on fsyncs: each fsync must carry several of them. How many depends on scheduling (a
+     * machine busy with other work runs the writers late), so up to three rounds, each on a fresh store, and one
+     * must show it; every round must write every batch without error. */
+    unsigned long long groups[3] = {0}, batches[3] = {0};
+    bool shared = false;
+    for (int round = 0; round < 3 && !shared; round++) {
+        kv_db *db;
+        CHECK_OK(kv_open(t_tmpdir(), NULL, &db));
+        pthread_t th[8];
+        worker ws[8];
+        for (int i = 0; i < 8; i++) {
+            ws[i] = (worker){db, i, 150, 0};
+            pthread_create(&th[i], NULL, synced_writer, &ws[i]);
+        }
+        for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+        for (int i = 0; i < 8; i++) CHECK_EQ(ws[i].errors, 0);
+        kv_stats st;
+        CHECK_OK(kv_get_stats(db, &st));
+        CHECK_EQ(st.write_batches, 8 * 150);
+        groups[round] = st.synced_groups;
+        batches[round] = st.write_batches;
+        shared = st.synced_groups * 2 < st.write_batches;
+        kv_free(db);
     }
-    for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < 8; i++) CHECK_EQ(ws[i].errors, 0);
-    kv_stats st;
-    CHECK_OK(kv_get_stats(db, &st));
-    CHECK_EQ(st.write_batches, 8 * 150);
-    /* eight writers waiting on fsyncs: each fsync must carry several of them */
-    CHECK_MSG(st.synced_groups * 2 < st.write_batches, "%llu synced groups for %llu batches",
-              (unsigned long long)st.synced_groups, (unsigned long long)st.write_batches);
-    kv_free(db);
+    CHECK_MSG(shared, "synced groups for their batches in three rounds: %llu/%llu, %llu/%llu, %llu/%llu", groups[0],
+              batches[0], groups[1], batches[1], groups[2], batches[2]);
 }
 
 TEST(test_db_iteration_bounds) {
