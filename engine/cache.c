@@ -226,6 +226,14 @@ cache_handle *block_cache_insert(block_cache *c, uint64_t file_no, uint64_t offs
     return e;
 }
 
+bool block_cache_fits(block_cache *c, uint64_t file_no, uint64_t offset, size_t extra) {
+    shard *s = shard_of(c, mix(file_no, offset));
+    pthread_mutex_lock(&s->mu);
+    bool fits = extra <= s->capacity && s->usage <= s->capacity - extra;
+    pthread_mutex_unlock(&s->mu);
+    return fits;
+}
+
 void *cache_handle_value(cache_handle *h) { return h->value; }
 
 void block_cache_release(block_cache *c, cache_handle *e) {

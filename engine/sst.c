@@ -645,8 +645,8 @@ static int get_filter(sst_reader *r, const filter_blk **out, cache_handle **h) {
     return KV_OK;
 }
 
-/* A data block as the cache holds it: a seekable block in its stored form (point lookups inflate one restart
- * interval of it; iterators inflate it whole, for themselves), or any other block raw. */
+/* A data block as the cache holds it: a seekable block in its stored form (each reader inflates the pieces it needs)
+ * or inflated, or any other block raw. */
 typedef struct data_blk {
     block *raw;  /* exactly one of the two is set */
     zblock *z;
@@ -661,8 +661,27 @@ static void data_blk_free(data_blk *d) {
 
 static void data_blk_free_v(void *v) { data_blk_free(v); }
 
+static size_t inflated_charge(size_t raw_len) { return sizeof(data_blk) + sizeof(block) + raw_len; }
+
 static size_t data_blk_charge(const data_blk *d) {
-    return sizeof *d + (d->z ? zblock_charge(d->z) : d->raw->len + sizeof *d->raw);
+    return d->z ? sizeof *d + zblock_charge(d->z) : inflated_charge(d->raw->len);
+}
+
+/* A seekable block, inflated whole into a new data_blk. */
+static int inflate_blk(const src *s, uint64_t off, const zblock *z, data_blk **out) {
+    *out = NULL;
+    data_blk *d = calloc(1, sizeof *d);
+    if (!d) return kv_set_error(KV_ENOMEM, "%s: out of memory reading a block", s->name);
+    uint8_t *raw;
+    size_t len;
+    int rc = zblock_inflate(z, s->codes, &raw, &len);
+    if (!rc) rc = block_parse(raw, len, s->file_no, off, &d->raw);
+    if (rc) {
+        free(d);
+        return rc;
+    }
+    *out = d;
+    return KV_OK;
 }
 
 /* Read and verify a data block: seekable ones stay stored unless inflate is set, others are inflated and parsed. */
@@ -676,12 +695,10 @@ static int read_data_blk(const src *s, uint64_t off, uint64_t size, bool inflate
     if (!rc && type == TYPE_SEEKABLE) {
         rc = zblock_parse(buf, (size_t)size, s->file_no, off, s->codes, &d->z);
         if (!rc && inflate) {
-            uint8_t *raw;
-            size_t len;
-            rc = zblock_inflate(d->z, s->codes, &raw, &len);
-            zblock_free(d->z);
-            d->z = NULL;
-            if (!rc) rc = block_parse(raw, len, s->file_no, off, &d->raw);
+            data_blk *whole;
+            rc = inflate_blk(s, off, d->z, &whole);
+            data_blk_free(d);
+            d = rc ? NULL : whole;
         }
     } else if (!rc) {
         uint8_t *data = buf;
@@ -697,26 +714,70 @@ static int read_data_blk(const src *s, uint64_t off, uint64_t size, bool inflate
     return KV_OK;
 }
 
-/* A data block. *h is the cache handle to release, or NULL when the caller owns *out (free with data_blk_free). A
- * block read from the file is kept in the form its reader wants: stored for a point lookup, which inflates a piece
- * of it each time (more blocks fit in the cache); inflated for an iterator (inflate set), which reads on through
- * the block and would otherwise inflate it again at each visit. A cached block is used in whichever form it has. */
+/* A data block. *h is the cache handle to release, or NULL when the caller owns *out (free with data_blk_free).
+ * The cache keeps a seekable block inflated when a reader asks for that (inflate: an iterator that reads on through
+ * the block, which would otherwise inflate it again at each visit) or when the cache has room to spare for it (a
+ * store, or a part of one, that fits in the cache is then searched as LevelDB searches its cached blocks, without
+ * inflating anything); otherwise stored, so that about twice as many blocks fit, and a point lookup inflates the
+ * piece it needs. A block cached stored is replaced by its inflated form on those same conditions. Damage found while
+ * inflating fails the read (KV_ECORRUPT), as it would have had the block been read from the file; running out of
+ * memory leaves the stored form. Without fill_cache a block is used as it is found, and one read from the file is
+ * not cached. */
 static int get_data_block(sst_reader *r, uint64_t off, uint64_t size, bool fill_cache, bool inflate, data_blk **out,
                           cache_handle **h) {
     *h = NULL;
+    *out = NULL;
+    bool caching = r->cache && fill_cache;
     if (r->cache) {
-        *h = block_cache_lookup(r->cache, r->s.file_no, off);
-        if (*h) {
-            *out = cache_handle_value(*h);
+        cache_handle *ch = block_cache_lookup(r->cache, r->s.file_no, off);
+        if (ch) {
+            data_blk *d = cache_handle_value(ch);
+            *out = d;
+            *h = ch;
+            if (!caching || !d->z) return KV_OK;
+            size_t stored = data_blk_charge(d), full = inflated_charge(d->z->raw_len);
+            if (!inflate && !block_cache_fits(r->cache, r->s.file_no, off, full > stored ? full - stored : 0))
+                return KV_OK;
+            data_blk *whole;
+            int rc = inflate_blk(&r->s, off, d->z, &whole);
+            if (rc == KV_ECORRUPT) {
+                block_cache_release(r->cache, ch);
+                *out = NULL;
+                *h = NULL;
+                return rc;
+            }
+            if (rc) return KV_OK; /* out of memory: the stored form serves */
+            cache_handle *nh = block_cache_insert(r->cache, r->s.file_no, off, whole, data_blk_charge(whole), false,
+                                                  data_blk_free_v);
+            if (!nh) return KV_OK; /* whole was freed by the insert */
+            block_cache_release(r->cache, ch);
+            *out = whole;
+            *h = nh;
             return KV_OK;
         }
     }
-    int rc = read_data_blk(&r->s, off, size, inflate, out);
+    data_blk *d;
+    int rc = read_data_blk(&r->s, off, size, inflate, &d);
     if (rc) return rc;
-    if (r->cache && fill_cache) {
-        data_blk *d = *out;
+    if (caching && d->z && block_cache_fits(r->cache, r->s.file_no, off, inflated_charge(d->z->raw_len))) {
+        data_blk *whole;
+        rc = inflate_blk(&r->s, off, d->z, &whole);
+        if (rc == KV_ECORRUPT) {
+            data_blk_free(d);
+            return rc;
+        }
+        if (!rc) {
+            data_blk_free(d);
+            d = whole;
+        }
+    }
+    *out = d;
+    if (caching) {
         *h = block_cache_insert(r->cache, r->s.file_no, off, d, data_blk_charge(d), false, data_blk_free_v);
-        if (!*h) return KV_ENOMEM;
+        if (!*h) {
+            *out = NULL;
+            return KV_ENOMEM;
+        }
     }
     return KV_OK;
 }
@@ -913,33 +974,6 @@ static void init_data(sst_iter *it) {
     if (rc) {
         set_status(it, rc);
         return;
-    }
-    if (d->z && h && it->fill_cache) {
-        /* Cached in its stored form by a point lookup: an iterator reads on through the block, and the next one
-         * would inflate it again, so the cache gets it inflated instead. Damage found on the way fails the
-         * iterator, as it would have had the block been read from the file; out of memory leaves the stored form. */
-        data_blk *raw = calloc(1, sizeof *raw);
-        uint8_t *bytes;
-        size_t len;
-        rc = raw ? zblock_inflate(d->z, it->r->s.codes, &bytes, &len) : KV_ENOMEM;
-        if (!rc) rc = block_parse(bytes, len, it->r->s.file_no, off, &raw->raw);
-        if (rc == KV_ECORRUPT) {
-            free(raw);
-            block_cache_release(it->r->cache, h);
-            set_status(it, rc);
-            return;
-        }
-        cache_handle *nh = NULL;
-        if (!rc)
-            nh = block_cache_insert(it->r->cache, it->r->s.file_no, off, raw, data_blk_charge(raw), false,
-                                    data_blk_free_v);
-        else
-            free(raw);
-        if (nh) {
-            block_cache_release(it->r->cache, h);
-            d = raw;
-            h = nh;
-        }
     }
     /* A block still in its stored form is read in place, one restart interval at a time; the iterator keeps the
      * block (its cache handle, or the block itself) until it moves to another. */

@@ -623,6 +623,63 @@ TEST(test_sst_fill_cache_false) {
     m_destroy(&env->base);
 }
 
+/* Point lookups of every user key, each checked against the model. */
+static void get_all(sst_reader *r, const dataset *d) {
+    for (size_t i = 0; i < d->n; i++)
+        CHECK(check_get(r, d, d->e[i].key.data, d->e[i].key.len - 8, KV_MAX_SEQUENCE, false));
+}
+
+TEST(test_sst_cache_keeps_blocks_inflated_while_it_has_room) {
+    /* While the cache has room to spare, point lookups cache seekable blocks inflated, as iterators do (a store that
+     * fits in the cache is then searched without inflating anything); once it is full they cache them stored, and
+     * lookups still answer right. */
+    menv *env = menv_new();
+    dataset d = make_data(t_seed() + 6, 600, 2, 0, true);
+    sst_options o = {1024, 8, true, 10, false};
+    sst_props props;
+    CHECK_OK(build_table(&env->base, "g.sst", &d, &o, &props));
+    CHECK(props.data_blocks > 8);
+    uint64_t u_iter, u_get, u0;
+    block_cache *bc;
+    sst_reader *r;
+    /* every block through an iterator: all cached inflated */
+    CHECK_OK(block_cache_new(16u << 20, &bc));
+    CHECK_OK(sst_reader_open(&env->base, "g.sst", "g.sst", 11, bc, &r));
+    iter *it = sst_reader_iter(r, true);
+    for (it->seek_first(it); it->valid(it); it->next(it)) {}
+    CHECK_OK(it->status(it));
+    it->destroy(it);
+    block_cache_stats(bc, NULL, NULL, &u_iter, NULL);
+    sst_reader_unref(r);
+    block_cache_free(bc);
+    /* every block through point lookups, with room to spare: the same */
+    CHECK_OK(block_cache_new(16u << 20, &bc));
+    CHECK_OK(sst_reader_open(&env->base, "g.sst", "g.sst", 12, bc, &r));
+    block_cache_stats(bc, NULL, NULL, &u0, NULL); /* index and filter */
+    get_all(r, &d);
+    block_cache_stats(bc, NULL, NULL, &u_get, NULL);
+    CHECK_EQ(u_get, u_iter);
+    uint64_t before = atomic_load(&env->reads);
+    get_all(r, &d); /* all from the cache */
+    CHECK_EQ(atomic_load(&env->reads), before);
+    sst_reader_unref(r);
+    block_cache_free(bc);
+    /* a cache with room for half the inflated blocks: full, it takes blocks stored, and every answer is right */
+    size_t cap = (size_t)(u0 + (u_iter - u0) / 2);
+    CHECK_OK(block_cache_new(cap, &bc));
+    CHECK_OK(sst_reader_open(&env->base, "g.sst", "g.sst", 13, bc, &r));
+    for (int pass = 0; pass < 3; pass++) get_all(r, &d);
+    uint64_t u_small, hits, misses;
+    block_cache_stats(bc, &hits, &misses, &u_small, NULL);
+    CHECK(u_small <= cap);
+    CHECK(hits > 0);
+    sst_reader_unref(r);
+    block_cache_free(bc);
+    sst_props_free(&props);
+    ds_free(&d);
+    m_destroy(&env->base);
+}
+
 TEST(test_sst_read_errors) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 6, 300, 2, 0, true);
