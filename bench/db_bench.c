@@ -12,7 +12,7 @@
  *
  * Usage: db_bench [--num=N] [--reads=N] [--seeks=N] [--num-sync=N] [--num-large=N] [--sync-threads=N]
  *                 [--benchmarks=a,b,..] [--backends=kvfs,leveldb,rocksdb] [--dir=D] [--seed=N] [--keep]
- *                 [--use-existing=DIR] [--md=FILE] [--csv=FILE]
+ *                 [--use-existing=DIR] [--rounds=N] [--md=FILE] [--csv=FILE]
  * Build with -DBENCH_NO_KVFS to leave the kvfs backend out (before the engine links).
  */
 #include <dirent.h>
@@ -58,8 +58,9 @@ static struct {
     char dir[1024];
     bool keep;
     const char *existing; /* --use-existing: the working directory of an earlier --keep run */
+    int rounds;           /* --rounds: the benchmark list this many times; tables show the median round */
     const char *md, *csv;
-} cfg = {1000000, 0, 0, 0, 1000, 8, 301, "/var/tmp", false, NULL, NULL, NULL};
+} cfg = {1000000, 0, 0, 0, 1000, 8, 301, "/var/tmp", false, NULL, 1, NULL, NULL};
 
 enum kind { FILL, OVERWRITE, READRANDOM, READSEQ, SEEKRANDOM, DELETERANDOM };
 
@@ -934,7 +935,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: db_bench [--num=N] [--reads=N] [--seeks=N] [--num-sync=N] [--num-large=N] [--sync-threads=N]\n"
             "                [--benchmarks=a,b,..] [--backends=kvfs,leveldb,rocksdb] [--dir=D] [--seed=N] [--keep]\n"
-            "                [--use-existing=DIR] [--md=FILE] [--csv=FILE]\nbenchmarks:");
+            "                [--use-existing=DIR] [--rounds=N] [--md=FILE] [--csv=FILE]\nbenchmarks:");
     for (size_t i = 0; i < NBENCH; i++) fprintf(stderr, " %s", all_benches[i].name);
     fprintf(stderr, "\n");
     exit(2);
@@ -956,13 +957,44 @@ static const char *cell(char *buf, size_t n, const char *fmt, double v) {
     return buf;
 }
 
-/* results[benchmark][child] */
+/* results[benchmark][child]: the round being printed, then (after the last round) the median round of each */
 static result results[NBENCH][NBACKEND];
+#define MAX_ROUNDS 9
+static result round_results[MAX_ROUNDS][NBENCH][NBACKEND];
+
+/* The round whose ops/s is the median of the rounds that ran bi on child k (the lower middle of an even count), or
+ * -1 when none did. */
+static int median_round(size_t bi, int k) {
+    int idx[MAX_ROUNDS], n = 0;
+    for (int r = 0; r < cfg.rounds; r++)
+        if (round_results[r][bi][k].ok == 1) idx[n++] = r;
+    for (int i = 1; i < n; i++) /* insertion sort by ops/s */
+        for (int j = i; j > 0 && ops_per_sec(&round_results[idx[j]][bi][k]) <
+                                     ops_per_sec(&round_results[idx[j - 1]][bi][k]); j--) {
+            int t = idx[j];
+            idx[j] = idx[j - 1];
+            idx[j - 1] = t;
+        }
+    return n ? idx[(n - 1) / 2] : -1;
+}
+
+/* Median, smallest and largest of v[0..n). */
+static void median_range(double *v, int n, double *med, double *lo, double *hi) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    *med = n ? (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2) : 0;
+    *lo = n ? v[0] : 0;
+    *hi = n ? v[n - 1] : 0;
+}
 
 /* The cells of one result row: ops, µs/op, ops/s, MB/s, kvfs/leveldb, kvfs/rocksdb, MiB written, WA, WA (engine),
  * disk MiB, settle s, CPU s, note. False when the benchmark failed. */
 #define NCELL 13
-#define CELL 64
+#define CELL 128
 static bool row_cells(const child *kids, int nkids, size_t bi, int k, char c[NCELL][CELL]) {
     const bench_def *bd = &all_benches[bi];
     const result *r = &results[bi][k];
@@ -1024,6 +1056,7 @@ int main(int argc, char **argv) {
         else if (strncmp(a, "--csv=", 6) == 0) cfg.csv = a + 6;
         else if (strcmp(a, "--keep") == 0) cfg.keep = true;
         else if (strncmp(a, "--use-existing=", 15) == 0) cfg.existing = a + 15;
+        else if (parse_u64(a, "--rounds", &v)) cfg.rounds = v < 1 ? 1 : v > MAX_ROUNDS ? MAX_ROUNDS : (int)v;
         else usage();
     }
     if (cfg.num == 0) usage();
@@ -1104,10 +1137,13 @@ int main(int argc, char **argv) {
            "CPU s", "note");
 
     bool ran[NBENCH] = {false};
+    for (int round = 0; round < cfg.rounds; round++) {
+    if (cfg.rounds > 1) printf("round %d of %d\n", round + 1, cfg.rounds);
     for (size_t bi = 0; bi < NBENCH; bi++) {
         if (!in_list(bench_list, all_benches[bi].name)) continue;
         ran[bi] = true;
         for (int k = 0; k < nkids; k++) ask(&kids[k], (int)bi, &results[bi][k]);
+        for (int k = 0; k < nkids; k++) round_results[round][bi][k] = results[bi][k];
         for (int k = 0; k < nkids; k++) {
             char c[NCELL][CELL];
             if (!row_cells(kids, nkids, bi, k, c)) {
@@ -1120,6 +1156,13 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
     }
+    }
+    /* From here on, results holds each benchmark's median round, per engine. */
+    for (size_t bi = 0; bi < NBENCH; bi++)
+        for (int k = 0; ran[bi] && k < nkids; k++) {
+            int m = median_round(bi, k);
+            results[bi][k] = round_results[m < 0 ? cfg.rounds - 1 : m][bi][k];
+        }
     for (int k = 0; k < nkids; k++) {
         int stop = -1, st;
         if (!kids[k].dead && write(kids[k].cmd_fd, &stop, sizeof stop) < 0) perror("db_bench");
@@ -1141,14 +1184,19 @@ int main(int argc, char **argv) {
     if (cfg.csv) {
         FILE *f = fopen(cfg.csv, "w");
         if (f) {
-            fprintf(f, "benchmark,backend,ok,ops,secs,us_per_op,ops_per_sec,mb_per_sec,io_bytes,user_bytes,"
+            fprintf(f, "benchmark,backend,round,ok,ops,secs,us_per_op,ops_per_sec,mb_per_sec,io_bytes,user_bytes,"
                        "engine_bytes,disk_bytes,settle_secs,cpu_secs,found\n");
+            /* every round, then (with more than one) each engine's median round again, as round "median" */
+            for (int round = 0; round <= (cfg.rounds > 1 ? cfg.rounds : 0); round++)
             for (size_t bi = 0; bi < NBENCH; bi++)
                 for (int k = 0; ran[bi] && k < nkids; k++) {
-                    result *r = &results[bi][k];
-                    fprintf(f, "%s,%s,%d,%" PRIu64 ",%.6f,%.4f,%.1f,%.2f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-                               ",%.2f,%.2f,%" PRIu64 "\n",
-                            all_benches[bi].name, kids[k].b->name, r->ok == 1, r->ops, r->secs,
+                    result *r = round < cfg.rounds ? &round_results[round][bi][k] : &results[bi][k];
+                    char rname[16];
+                    if (round < cfg.rounds) snprintf(rname, sizeof rname, "%d", round + 1);
+                    else snprintf(rname, sizeof rname, "median");
+                    fprintf(f, "%s,%s,%s,%d,%" PRIu64 ",%.6f,%.4f,%.1f,%.2f,%" PRIu64 ",%" PRIu64 ",%" PRIu64
+                               ",%" PRIu64 ",%.2f,%.2f,%" PRIu64 "\n",
+                            all_benches[bi].name, kids[k].b->name, rname, r->ok == 1, r->ops, r->secs,
                             r->ops ? r->secs * 1e6 / r->ops : 0, ops_per_sec(r),
                             r->secs > 0 ? r->bytes / MIB / r->secs : 0, r->io_bytes, r->user_bytes,
                             r->engine_bytes + (r->engine_counts_wal ? 0 : r->user_bytes), r->disk_bytes,
@@ -1166,6 +1214,11 @@ int main(int argc, char **argv) {
         char when[64];
         strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&start));
         fprintf(f, "Measured %s by `bench/out/db_bench` (%.0f s in all).\n\n", when, elapsed);
+        if (cfg.rounds > 1)
+            fprintf(f, "Each engine ran the benchmark list %d times (rounds, each on fresh stores), taking turns "
+                       "within each benchmark. Each row is that engine's median round by ops/s, with the range "
+                       "over the rounds in its note; the targets are the median of the rounds' ratios.\n\n",
+                    cfg.rounds);
         fprintf(f, "- Machine: %s.\n", mach);
         fprintf(f, "- Load average (1, 5, 15 min) at start %s, at end %s.\n", load0, load1);
         fprintf(f, "- Workload: %d-byte keys, %d-byte half-compressible values; %" PRIu64 " entries, %" PRIu64
@@ -1184,6 +1237,15 @@ int main(int argc, char **argv) {
                     fprintf(f, "| %s | %s | | | | | | | | | | | | | FAILED: %s |\n", all_benches[bi].name,
                             kids[k].b->name, results[bi][k].msg);
                     continue;
+                }
+                if (cfg.rounds > 1) {
+                    double v[MAX_ROUNDS], med, lo, hi;
+                    int n = 0;
+                    for (int r = 0; r < cfg.rounds; r++)
+                        if (round_results[r][bi][k].ok == 1) v[n++] = ops_per_sec(&round_results[r][bi][k]);
+                    median_range(v, n, &med, &lo, &hi);
+                    size_t l = strlen(c[NCELL - 1]);
+                    snprintf(c[NCELL - 1] + l, CELL - l, "%s%d rounds: %.0f–%.0f ops/s", l ? ", " : "", n, lo, hi);
                 }
                 fprintf(f, "| %s | %s |", all_benches[bi].name, kids[k].b->name);
                 for (int i = 0; i < NCELL; i++) fprintf(f, " %s |", c[i]);
@@ -1206,17 +1268,39 @@ int main(int argc, char **argv) {
                 }
                 if (a < 0 || bref < 0 || results[a][kvfs_k].ok != 1 || results[bref][ldb_k].ok != 1) continue;
                 double x = ops_per_sec(&results[a][kvfs_k]), y = ops_per_sec(&results[bref][ldb_k]);
-                fprintf(f, "| %s ops/s%s | %.0f | %.0f | %.2f | ≥ %.1f | %s |\n", tg[t].bench,
-                        strcmp(tg[t].bench, tg[t].ref) ? " vs LevelDB fillsync (1 writer)" : "", x, y, x / y,
-                        tg[t].goal, x / y >= tg[t].goal ? "yes" : "**no**");
+                /* the ratio of each round's two runs; its median decides */
+                double v[MAX_ROUNDS], med, lo, hi;
+                int n = 0;
+                for (int r = 0; r < cfg.rounds; r++) {
+                    const result *rx = &round_results[r][a][kvfs_k], *ry = &round_results[r][bref][ldb_k];
+                    if (rx->ok == 1 && ry->ok == 1 && ops_per_sec(ry) > 0) v[n++] = ops_per_sec(rx) / ops_per_sec(ry);
+                }
+                median_range(v, n, &med, &lo, &hi);
+                char ratio[64];
+                if (n > 1) snprintf(ratio, sizeof ratio, "%.2f (%.2f–%.2f)", med, lo, hi);
+                else snprintf(ratio, sizeof ratio, "%.2f", med);
+                fprintf(f, "| %s ops/s%s | %.0f | %.0f | %s | ≥ %.1f | %s |\n", tg[t].bench,
+                        strcmp(tg[t].bench, tg[t].ref) ? " vs LevelDB fillsync (1 writer)" : "", x, y, ratio,
+                        tg[t].goal, med >= tg[t].goal ? "yes" : "**no**");
             }
             for (size_t bi = 0; bi < NBENCH; bi++) {
                 const bench_def *bd = &all_benches[bi];
                 if (!ran[bi] || !(bd->kind == FILL || bd->kind == OVERWRITE || bd->kind == DELETERANDOM)) continue;
                 if (results[bi][kvfs_k].ok != 1 || results[bi][ldb_k].ok != 1) continue;
                 double x = results[bi][kvfs_k].disk_bytes / MIB, y = results[bi][ldb_k].disk_bytes / MIB;
-                fprintf(f, "| disk MiB after %s | %.1f | %.1f | %.2f | ≤ 1.0 | %s |\n", bd->name, x, y, y > 0 ? x / y : 0,
-                        x <= y ? "yes" : "**no**");
+                double v[MAX_ROUNDS], med, lo, hi;
+                int n = 0;
+                for (int r = 0; r < cfg.rounds; r++) {
+                    const result *rx = &round_results[r][bi][kvfs_k], *ry = &round_results[r][bi][ldb_k];
+                    if (rx->ok == 1 && ry->ok == 1 && ry->disk_bytes > 0)
+                        v[n++] = (double)rx->disk_bytes / (double)ry->disk_bytes;
+                }
+                median_range(v, n, &med, &lo, &hi);
+                char ratio[64];
+                if (n > 1) snprintf(ratio, sizeof ratio, "%.2f (%.2f–%.2f)", med, lo, hi);
+                else snprintf(ratio, sizeof ratio, "%.2f", med);
+                fprintf(f, "| disk MiB after %s | %.1f | %.1f | %s | ≤ 1.0 | %s |\n", bd->name, x, y, ratio,
+                        n && med <= 1.0 ? "yes" : "**no**");
             }
         }
         fclose(f);
