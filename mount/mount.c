@@ -225,6 +225,7 @@ typedef struct req_loop {
     pthread_t threads[LOOP_MAX_THREADS];
     int nthreads;
     uint64_t spin_ns;    /* how long the reader polls for the next request before sleeping (0: never) */
+    bool bulk;           /* the last request read was a large read or write: the next read does not poll */
     sem_t done;
 } req_loop;
 
@@ -240,13 +241,22 @@ static uint32_t get_u32(const uint8_t *p) {
     return v;
 }
 
+/* A READ or WRITE of more than LOOP_BIG_IO bytes (or one whose size cannot be read). */
+static bool big_io(const struct fuse_buf *b) {
+    if ((b->flags & FUSE_BUF_IS_FD) || b->size < IN_HEADER_BYTES) return false;
+    const uint8_t *p = b->mem;
+    uint32_t op = get_u32(p + 4);
+    if (op != OP_READ && op != OP_WRITE) return false;
+    return b->size < IN_HEADER_BYTES + IO_SIZE_AT + 4 || get_u32(p + IN_HEADER_BYTES + IO_SIZE_AT) > LOOP_BIG_IO;
+}
+
 static bool may_block(const req_loop *l, const struct fuse_buf *b) {
     if (l->all_slow || (b->flags & FUSE_BUF_IS_FD) || b->size < IN_HEADER_BYTES) return true;
     const uint8_t *p = b->mem;
     switch (get_u32(p + 4)) {
     case OP_READ:
     case OP_WRITE:
-        return b->size < IN_HEADER_BYTES + IO_SIZE_AT + 4 || get_u32(p + IN_HEADER_BYTES + IO_SIZE_AT) > LOOP_BIG_IO;
+        return big_io(b);
     case OP_RMDIR: case OP_RENAME: case OP_RENAME2: case OP_FSYNC: case OP_FSYNCDIR: case OP_INIT:
     case OP_READDIR: case OP_READDIRPLUS: case OP_DESTROY: case OP_FALLOCATE: case OP_COPY_FILE_RANGE:
     case OP_SYNCFS:
@@ -274,10 +284,10 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The next request, into buf (the reader's role held, l->mu not held). */
-static int loop_receive(req_loop *l, struct fuse_buf *buf) {
+/* The next request, into buf (the reader's role held, l->mu not held), polling for spin_ns first if spin_ns > 0. */
+static int loop_receive(req_loop *l, struct fuse_buf *buf, uint64_t spin_ns) {
     int res;
-    uint64_t deadline = l->spin_ns ? now_ns() + l->spin_ns : 0;
+    uint64_t deadline = spin_ns ? now_ns() + spin_ns : 0;
     for (;;) {
         res = fuse_session_receive_buf(l->se, buf);
         if (res == -EAGAIN) {
@@ -323,8 +333,12 @@ static void *loop_thread(void *arg) {
         if (l->exiting) break;
         l->reading = true;
         l->reader = pthread_self();
+        /* Polling wins a small request's round trip; in a stream of large reads or writes there is always a
+         * request queued or on its way, and a polling reader would only take a CPU from the threads serving them
+         * (a cold 1 GiB dd read: 8% slower with it). */
+        uint64_t spin_ns = l->bulk ? 0 : l->spin_ns;
         pthread_mutex_unlock(&l->mu);
-        int res = loop_receive(l, &buf);
+        int res = loop_receive(l, &buf, spin_ns);
         pthread_mutex_lock(&l->mu);
         l->reading = false;
         if (res <= 0 || fuse_session_exited(l->se)) {
@@ -334,6 +348,7 @@ static void *loop_thread(void *arg) {
             sem_post(&l->done);
             break;
         }
+        l->bulk = big_io(&buf);
         if (may_block(l, &buf)) loop_handoff(l);
         pthread_mutex_unlock(&l->mu);
         fuse_session_process_buf(l->se, &buf);
