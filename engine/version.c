@@ -49,12 +49,11 @@ void file_meta_unref(file_meta *f) {
     }
 }
 
+/* Copy a file's description. Only the fields fixed at creation are read: refs and being_compacted change under the
+ * db mutex, which a caller such as kv_checkpoint (copying a pinned version) does not hold. */
 static int file_meta_copy(file_meta *dst, const file_meta *src) {
-    *dst = *src;
-    dst->refs = 0;
-    dst->being_compacted = false;
-    dst->smallest = (kv_bytes){0};
-    dst->largest = (kv_bytes){0};
+    *dst = (file_meta){.file_no = src->file_no, .file_size = src->file_size, .entries = src->entries,
+                       .tombstones = src->tombstones, .min_seq = src->min_seq, .max_seq = src->max_seq};
     if (bytes_append(&dst->smallest, src->smallest.data, src->smallest.len) ||
         bytes_append(&dst->largest, src->largest.data, src->largest.len)) {
         bytes_free(&dst->smallest);
