@@ -1020,18 +1020,28 @@ int kv_sync(kv_db *db) {
         db_leave(db);
         return KV_OK;
     }
+    /* Hold the write queue (enqueue as a writer without a batch and wait to lead), so that no record is appended
+     * between the blob sync and the log sync, then sync without mu: blob_mu is taken before mu, never while it is
+     * held (a streamed large write holds blob_mu and may need mu for a new blob file). The log is switched only by
+     * the queue's leader, so it stays the same meanwhile. */
+    writer w = {0};
+    pthread_cond_init(&w.cv, NULL);
     pthread_mutex_lock(&db->mu);
-    int rc = KV_OK;
-    /* wait until no writer is active so the log is quiescent, then sync */
-    while (db->writers_head && !db->stopping) {
-        pthread_mutex_unlock(&db->mu);
-        usleep(50);
-        pthread_mutex_lock(&db->mu);
-    }
-    rc = db_sync_blob_file(db);
-    if (!rc && db->log) rc = wal_sync(db->log);
-    if (!rc && db->blog) rc = batchlog_sync(db->blog);
+    if (db->writers_tail) db->writers_tail->next = &w;
+    else db->writers_head = &w;
+    db->writers_tail = &w;
+    while (db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
+    wal_writer *log = db->log;
     pthread_mutex_unlock(&db->mu);
+    int rc = db_sync_blob_file(db);
+    if (!rc && log) rc = wal_sync(log);
+    if (!rc && db->blog) rc = batchlog_sync(db->blog);
+    pthread_mutex_lock(&db->mu);
+    db->writers_head = w.next;
+    if (!db->writers_head) db->writers_tail = NULL;
+    else pthread_cond_signal(&db->writers_head->cv);
+    pthread_mutex_unlock(&db->mu);
+    pthread_cond_destroy(&w.cv);
     db_leave(db);
     return rc;
 }
