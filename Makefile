@@ -1,6 +1,7 @@
 # kvfs — build, test, benchmark, install.
 #   make            build the engine library, the kvfs command and the tests (normal build in build/)
-#   make test       unit tests (under ASan+UBSan, build-san/) and bats tests on a real mount; prints "N passed, N failed"
+#   make test       unit tests (under ASan+UBSan, build-san/; the multi-threaded ones also under TSan, build-tsan/)
+#                   and bats tests on a real mount; prints "N passed, N failed"
 #   make bench      engine and filesystem benchmarks against LevelDB, RocksDB, passthrough_ll and ext4
 #   make install    PREFIX=/usr/local DESTDIR=
 # Add a source file and it is built: engine/*.c -> libkvengine, fs/*.c + mount/*.c -> kvfs, tests/unit/test_*.c ->
@@ -9,13 +10,17 @@
 CC      ?= cc
 PREFIX  ?= /usr/local
 SAN     ?= 0
-BUILD   := $(if $(filter 1,$(SAN)),build-san,build)
+TSAN    ?= 0
+BUILD   := $(if $(filter 1,$(SAN)),build-san,$(if $(filter 1,$(TSAN)),build-tsan,build))
 FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 FUSE_LIBS   := $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -g -pthread -Iengine -Ifs -Imount
 ifeq ($(SAN),1)
 CFLAGS_OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS_SAN := -fsanitize=address,undefined
+else ifeq ($(TSAN),1)
+CFLAGS_OPT := -O1 -fno-omit-frame-pointer -fsanitize=thread
+LDFLAGS_SAN := -fsanitize=thread
 else
 CFLAGS_OPT := -O2
 LDFLAGS_SAN :=
@@ -42,7 +47,7 @@ LIB_FS := $(BUILD)/libkvfs-fs.a
 LIB_SO := $(BUILD)/libkvengine.so
 KVFS   := $(BUILD)/kvfs
 
-.PHONY: all test unit bats bench install clean san
+.PHONY: all test unit bats bench install clean san tsan
 all: $(LIB_A) $(LIB_SO) $(if $(MOUNT_SRC),$(KVFS)) $(TEST_BIN)
 
 $(BUILD)/%.o: %.c $(wildcard engine/*.h fs/*.h mount/*.h tests/unit/*.h)
@@ -75,11 +80,18 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A)
 san:
 	$(MAKE) SAN=1 all
 
-# The whole suite: unit tests under sanitizers, bats tests against the normal build.
+# The whole suite: unit tests under sanitizers (ASan+UBSan; the multi-threaded ones under TSan too), bats tests
+# against the normal build.
 test:
 	$(MAKE) all
 	$(MAKE) SAN=1 all
+	$(MAKE) TSAN=1 tsan
 	bash tests/run.sh
+
+# The test programs that tests/run.sh runs under ThreadSanitizer (build-tsan/).
+TSAN_TESTS := test_db test_sst test_cache test_memtable test_faults test_blob
+tsan:
+	$(MAKE) TSAN=1 $(TSAN_TESTS:%=build-tsan/tests/%)
 
 unit: san
 	KVFS_SKIP_BATS=1 bash tests/run.sh
@@ -107,4 +119,4 @@ install: all
 	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kvfs
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan

@@ -27,7 +27,7 @@
 
 bool blob_ref_is_paged(const uint8_t *p, size_t len) {
     const uint8_t *lim = p + len;
-    uint64_t size, n;
+    uint64_t size = 0, n = 0;
     return (p = get_varint64(p, lim, &size)) != NULL && get_varint64(p, lim, &n) != NULL && size > 0 && n == 0;
 }
 
