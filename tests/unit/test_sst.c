@@ -680,6 +680,65 @@ TEST(test_sst_cache_keeps_blocks_inflated_while_it_has_room) {
     m_destroy(&env->base);
 }
 
+TEST(test_sst_damage_found_when_a_cached_block_is_inflated) {
+    /* A seekable block whose checksum is right but one of whose later spans is damaged: a point lookup reads it, finds
+     * its key in the first span and caches the block stored (the cache has no room for it inflated). An iterator that
+     * then finds it in the cache inflates it whole to cache it so, meets the damage, and fails with KV_ECORRUPT; so
+     * does a lookup of a key in the damaged span. Nothing answers wrong. */
+    menv *env = menv_new();
+    dataset d = make_data(t_seed() + 7, 300, 1, 0, true);
+    sst_options o = {4096, 8, true, 10, false};
+    CHECK_OK(build_table(&env->base, "h.sst", &d, &o, NULL));
+    kv_bytes *f = mfile(env, "h.sst");
+    /* The first data block, at offset 0: its size n is where its type byte and checksum follow. */
+    size_t n = 0;
+    for (size_t k = 1; k + 5 <= f->len && !n; k++)
+        if (f->data[k] == 2 && get_fixed32(f->data + k + 1) == kv_checksum(f->data, k + 1)) n = k;
+    CHECK_MSG(n > 64, "no seekable first block found (%zu)", n);
+    /* Damage a byte two thirds into the block (inside the stream, past its first spans), then make the checksum
+     * right again, so that only decoding can tell. */
+    f->data[n * 2 / 3] ^= 0x5a;
+    put_fixed32(f->data + n + 1, kv_checksum(f->data, n + 1));
+    block_cache *bc;
+    CHECK_OK(block_cache_new(64u << 10, &bc));
+    sst_reader *r;
+    CHECK_OK(sst_reader_open(&env->base, "h.sst", "h.sst", 21, bc, &r));
+    uint64_t u0, u1;
+    block_cache_stats(bc, NULL, NULL, &u0, NULL);
+    sst_reader_unref(r); /* again, with a cache sized for the index, the filter and the block stored, not inflated */
+    block_cache_free(bc);
+    CHECK_OK(block_cache_new((size_t)u0 + n + n / 2, &bc));
+    CHECK_OK(sst_reader_open(&env->base, "h.sst", "h.sst", 22, bc, &r));
+    CHECK(check_get(r, &d, d.e[0].key.data, d.e[0].key.len - 8, KV_MAX_SEQUENCE, false));
+    block_cache_stats(bc, NULL, NULL, &u1, NULL);
+    CHECK_MSG(u1 > u0 && u1 - u0 < n + n / 2, "cache grew by %llu for a block of %zu stored",
+              (unsigned long long)(u1 - u0), n);
+    uint64_t reads = atomic_load(&env->reads);
+    iter *it = sst_reader_iter(r, true);
+    it->seek_first(it);
+    CHECK(!it->valid(it));
+    CHECK_EQ(it->status(it), KV_ECORRUPT);
+    CHECK_EQ(atomic_load(&env->reads), reads); /* found in the cache, not read again */
+    CHECK(strstr(kv_errmsg(), "000022.sst") != NULL); /* blocks name their table by its number */
+    it->destroy(it);
+    /* every lookup answers right or reports the damage; at least one, in the damaged span, reports it */
+    int corrupt = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        int type;
+        uint64_t fseq;
+        kv_bytes v = {0};
+        int rc = sst_reader_get(r, d.e[i].key.data, d.e[i].key.len - 8, KV_MAX_SEQUENCE, &type, &v, &fseq);
+        bytes_free(&v);
+        if (rc == KV_ECORRUPT) corrupt++;
+        else CHECK(check_get(r, &d, d.e[i].key.data, d.e[i].key.len - 8, KV_MAX_SEQUENCE, false));
+    }
+    CHECK(corrupt > 0);
+    sst_reader_unref(r);
+    block_cache_free(bc);
+    ds_free(&d);
+    m_destroy(&env->base);
+}
+
 TEST(test_sst_read_errors) {
     menv *env = menv_new();
     dataset d = make_data(t_seed() + 6, 300, 2, 0, true);
