@@ -479,17 +479,38 @@ TEST(test_zblock_lookups_match_raw_block) {
     free(sample);
 }
 
+/* A raw block of about `count` random entries (restart every 4) and an encoder whose code was learnt from it. */
+typedef struct learnt {
+    deflate_encoder *enc;
+    ent *e;
+    size_t n;
+    block *b;
+} learnt;
+
+static void learnt_block(uint64_t *rs, size_t count, learnt *l) {
+    *l = (learnt){deflate_encoder_new(), make_entries(rs, count), 0, NULL};
+    l->n = count_valid(l->e, count);
+    l->b = build(l->e, l->n, 4);
+    CHECK(l->enc && l->b && deflate_encoder_learn(l->enc, l->b->data, l->b->len));
+}
+
+static void learnt_free(learnt *l) {
+    block_free(l->b);
+    free(l->e);
+    deflate_encoder_free(l->enc);
+}
+
 TEST(test_zblock_damage_is_reported) {
     /* No checksum at this level: every damaged byte reaches the parser and the decoder, which must answer or report
      * KV_ECORRUPT, never read or write outside their buffers (ASan). */
     uint64_t rs = t_seed() + 41;
-    deflate_encoder *enc = deflate_encoder_new();
-    CHECK(enc);
-    ent *e = make_entries(&rs, 60);
-    size_t n = count_valid(e, 60);
-    block *b = build(e, n, 4);
-    CHECK(b);
-    CHECK(deflate_encoder_learn(enc, b->data, b->len)); /* a dynamic code: damage can hit its header too */
+    learnt l;
+    learnt_block(&rs, 60, &l); /* a dynamic code: damage can hit its header too */
+    if (t_failed()) return;
+    deflate_encoder *enc = l.enc;
+    ent *e = l.e;
+    size_t n = l.n;
+    block *b = l.b;
     size_t cap = b->len * 2 + 64;
     uint8_t *stored = malloc(cap);
     size_t len = zblock_encode(enc, b->data, b->len, stored, cap);
@@ -537,26 +558,23 @@ TEST(test_zblock_damage_is_reported) {
     printf("# %d of 3000 damaged blocks reported by parse or inflate\n", reported);
     CHECK(reported > 1500);
     free(stored);
-    block_free(b);
-    free(e);
-    deflate_encoder_free(enc);
+    learnt_free(&l);
 }
 
 TEST(test_zblock_holds_no_code) {
     /* A parsed block (as the block cache keeps it) holds no code: codes live in the readers' code caches and in
      * iterators, so the codes in memory do not grow with the blocks cached from tables that are closed. */
     uint64_t rs = t_seed() + 43;
-    deflate_encoder *enc = deflate_encoder_new();
-    CHECK(enc);
-    ent *e = make_entries(&rs, 60);
-    size_t n = count_valid(e, 60);
-    block *b = build(e, n, 4);
-    CHECK(b);
-    CHECK(deflate_encoder_learn(enc, b->data, b->len));
+    learnt l;
+    learnt_block(&rs, 60, &l);
+    if (t_failed()) return;
+    ent *e = l.e;
+    size_t n = l.n;
+    block *b = l.b;
     size_t base = zcode_live();
     zcode_cache *reader = zcode_cache_new();
     CHECK(reader);
-    zblock *z = seekable(enc, b, reader);
+    zblock *z = seekable(l.enc, b, reader);
     CHECK(z && !z->fixed);
     CHECK_EQ(zcode_live(), base + 1); /* the reader's cache keeps the code it read */
     zcode_cache_free(reader);         /* the reader closes; the block stays (cached) */
@@ -578,9 +596,7 @@ TEST(test_zblock_holds_no_code) {
     CHECK(same_answer(z, NULL, b, e[0].key, e[0].klen, true));
     CHECK_EQ(zcode_live(), base);
     zblock_free(z);
-    block_free(b);
-    free(e);
-    deflate_encoder_free(enc);
+    learnt_free(&l);
 }
 
 TEST(test_zblock_directory_must_fit_the_block) {
