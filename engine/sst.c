@@ -211,6 +211,7 @@ int sst_builder_add(sst_builder *b, const uint8_t *ikey, size_t klen, const uint
     if (seq > b->props.max_seq) b->props.max_seq = seq;
     b->props.raw_key_bytes += klen;
     b->props.raw_value_bytes += vlen;
+    b->props.user_keys += new_ukey;
     if (block_builder_size(&b->data) >= b->o.block_bytes) {
         rc = flush_data_block(b);
         if (rc) return b->status = rc;
@@ -246,6 +247,7 @@ static int build_props(sst_builder *b, block_builder *pb) {
     if (!rc) rc = add_prop_u64(pb, "raw_value_bytes", p->raw_value_bytes);
     if (!rc) rc = add_prop_bytes(pb, "smallest", &p->smallest);
     if (!rc) rc = add_prop_u64(pb, "tombstones", p->tombstones);
+    if (!rc) rc = add_prop_u64(pb, "user_keys", p->user_keys);
     return rc;
 }
 
@@ -528,7 +530,7 @@ static int parse_props(const src *s, const block *pb, uint64_t off, sst_props *p
         {"max_seq", offsetof(sst_props, max_seq)},         {"min_seq", offsetof(sst_props, min_seq)},
         {"raw_key_bytes", offsetof(sst_props, raw_key_bytes)},
         {"raw_value_bytes", offsetof(sst_props, raw_value_bytes)},
-        {"tombstones", offsetof(sst_props, tombstones)},
+        {"tombstones", offsetof(sst_props, tombstones)},   {"user_keys", offsetof(sst_props, user_keys)},
     };
     iter *it = block_iter_new(pb, NULL, NULL);
     if (!it) return kv_set_error(KV_ENOMEM, "out of memory");
@@ -897,7 +899,8 @@ int sst_reader_get(sst_reader *r, const uint8_t *ukey, size_t ulen, uint64_t seq
         if (!rc) {
             uint64_t trailer;
             if (db->z) {
-                rc = zblock_seek_value(db->z, r->s.codes, lk, lklen, true, &trailer, val);
+                rc = zblock_seek_value(db->z, r->s.codes, lk, lklen, true,
+                                       r->props.entries && r->props.user_keys == r->props.entries, &trailer, val);
             } else {
                 const uint8_t *v;
                 size_t vlen;
@@ -1186,6 +1189,7 @@ static void check_data_block(checker *c, const block *b, uint64_t off, const uin
         if (seq > t->p.max_seq) t->p.max_seq = seq;
         t->p.raw_key_bytes += kn;
         t->p.raw_value_bytes += vn;
+        t->p.user_keys += new_ukey;
     }
     if (it->status(it)) {
         problem(c, off, "%s", errdetail());
@@ -1225,6 +1229,10 @@ static void check_props(checker *c, const footer *f, const tally *t) {
             if (nums[i].have != nums[i].want)
                 problem(c, f->props_off, "property %s is %llu but the table has %llu", nums[i].name,
                         (unsigned long long)nums[i].have, (unsigned long long)nums[i].want);
+        /* Tables written before user_keys existed lack it (0 with entries); readers then assume nothing of it. */
+        if ((p.user_keys || !p.entries) && p.user_keys != t->p.user_keys)
+            problem(c, f->props_off, "property user_keys is %llu but the table has %llu",
+                    (unsigned long long)p.user_keys, (unsigned long long)t->p.user_keys);
         if (p.smallest.len != t->p.smallest.len ||
             (p.smallest.len && memcmp(p.smallest.data, t->p.smallest.data, p.smallest.len)))
             problem(c, f->props_off, "property smallest does not match the first key");

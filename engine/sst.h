@@ -46,6 +46,7 @@ typedef struct sst_props {
     uint64_t min_seq, max_seq;
     uint64_t raw_key_bytes, raw_value_bytes;
     uint64_t data_blocks;
+    uint64_t user_keys;         /* distinct user keys; 0 in a table written before this property existed */
     kv_bytes smallest, largest; /* internal keys; owned (free with sst_props_free) */
 } sst_props;
 void sst_props_free(sst_props *p);

@@ -383,9 +383,12 @@ static size_t whole_entries(const uint8_t *p0, size_t got) {
 }
 
 /* The last span whose first key is < target (or span 0): the first entry >= target is in it or starts the next
- * one. A binary search that inflates only the first entry of the spans it compares. */
-static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, uint32_t *span) {
-    uint32_t lo = 0, hi = z->nspans - 2;
+ * one. A binary search that inflates only the first entry of the spans it compares. *next_ukey is set when the next
+ * span's first entry is >= target and has target's user key (the search always compares the span after the one it
+ * returns, when there is one). */
+static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, uint32_t *span,
+                     bool *next_ukey) {
+    uint32_t lo = 0, hi = z->nspans - 2, same = UINT32_MAX;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo + 1) / 2;
         scratch s;
@@ -394,6 +397,7 @@ static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *ta
         int rc = first_entry(z, t, mid, false, &s, &k, &kl, &v, &vl);
         if (rc) return rc;
         int c = ikey_cmp(k, kl, target, tlen);
+        if (c >= 0 && kl == tlen && memcmp(k, target, tlen - IKEY_TRAILER) == 0) same = mid;
         scratch_put(&s);
         if (c < 0)
             lo = mid;
@@ -401,18 +405,24 @@ static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *ta
             hi = mid - 1;
     }
     *span = lo;
+    *next_ukey = same == lo + 1;
     return KV_OK;
 }
 
 static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, bool same_ukey,
-                      uint64_t *trailer, kv_bytes *val) {
+                      bool unique_ukeys, uint64_t *trailer, kv_bytes *val) {
     uint32_t r = z->nspans - 1; /* spans 0..r-1 hold entries */
     scratch s;
     const uint8_t *k, *v;
     size_t kl, vl;
     uint32_t lo;
-    int rc = find_span(z, t, target, tlen, &lo);
+    bool next_ukey;
+    int rc = find_span(z, t, target, tlen, &lo, &next_ukey);
     if (rc) return rc;
+    /* The next span starts with a version of target's user key that target's sequence sees. When the block holds each
+     * user key once, span lo holds no other version of it, so that entry is the answer: span lo is not inflated
+     * (about one found key in eight is the first of its span). */
+    if (same_ukey && unique_ukeys && next_ukey) goto next_span;
     /* Inflate that span, a piece at a time, and search what is inflated as a block of one restart interval (its
      * whole entries, then a restart array of one offset, 0, and its count) until an entry >= target turns up or the
      * span ends: on average half the span is inflated. */
@@ -456,6 +466,7 @@ static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *t
     }
     scratch_put(&s);
     if (rc != 0 || other_ukey || lo + 1 >= r) return rc;
+next_span:
     /* Every entry of the span is < target: the answer is the next span's first entry. */
     rc = first_entry(z, t, lo + 1, true, &s, &k, &kl, &v, &vl);
     if (!rc && ikey_cmp(k, kl, target, tlen) < 0) rc = zcorrupt(z, "block keys out of order");
@@ -465,11 +476,11 @@ static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *t
 }
 
 int zblock_seek_value(const zblock *z, zcode_cache *codes, const uint8_t *target, size_t tlen, bool same_ukey,
-                      uint64_t *trailer, kv_bytes *val) {
+                      bool unique_ukeys, uint64_t *trailer, kv_bytes *val) {
     zcode *c;
     int rc = block_code(z, codes, &c);
     if (rc) return rc;
-    rc = seek_value(z, tables_of(c), target, tlen, same_ukey, trailer, val);
+    rc = seek_value(z, tables_of(c), target, tlen, same_ukey, unique_ukeys, trailer, val);
     zcode_unref(c);
     return rc;
 }
@@ -563,7 +574,8 @@ static void zi_seek(iter *i, const uint8_t *target, size_t tlen) {
     zblock_iter *it = (zblock_iter *)i;
     if (it->status) return;
     uint32_t lo;
-    int rc = find_span(it->z, tables_of(it->code), target, tlen, &lo);
+    bool next_ukey;
+    int rc = find_span(it->z, tables_of(it->code), target, tlen, &lo, &next_ukey);
     if (rc) {
         zi_fail(it, rc);
         return;

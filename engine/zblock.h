@@ -72,9 +72,11 @@ int zblock_inflate(const zblock *z, zcode_cache *codes, uint8_t **raw, size_t *r
 
 /* The point lookup (as block_seek_value): find the first entry >= target (an internal key). Returns 1 with its value
  * copied into *val and its trailer in *trailer; 0 when every entry is < target or, with same_ukey, when that entry's
- * user key differs from target's; < 0 on error (message set). */
+ * user key differs from target's; < 0 on error (message set). unique_ukeys says that the block holds each user key at
+ * most once (its table's properties say so): with same_ukey, a target whose user key starts a span is then answered
+ * from that span's first entry without inflating the span before it. */
 int zblock_seek_value(const zblock *z, zcode_cache *codes, const uint8_t *target, size_t tlen, bool same_ukey,
-                      uint64_t *trailer, kv_bytes *val);
+                      bool unique_ukeys, uint64_t *trailer, kv_bytes *val);
 
 /* An iterator over the block's entries (as block_iter_new over the raw block) that inflates one restart interval at
  * a time: a seek inflates the first entries of a few spans and one span, not the block. z must outlive it. */

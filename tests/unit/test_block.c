@@ -379,7 +379,7 @@ static bool same_answer(const zblock *z, zcode_cache *cc, const block *b, const 
     size_t vn;
     kv_bytes got = {0};
     int want = block_seek_value(b, k, kn, same_ukey, &tr1, &v, &vn);
-    int rc = zblock_seek_value(z, cc, k, kn, same_ukey, &tr2, &got);
+    int rc = zblock_seek_value(z, cc, k, kn, same_ukey, false, &tr2, &got);
     bool ok = rc == want && (rc != 1 || (tr1 == tr2 && got.len == vn && (vn == 0 || !memcmp(got.data, v, vn))));
     bytes_free(&got);
     return ok;
@@ -479,6 +479,98 @@ TEST(test_zblock_lookups_match_raw_block) {
     free(sample);
 }
 
+/* zblock_seek_value's answer for target, with or without unique_ukeys: 1 and the entry's value, 0, or an error. */
+static int lookup(const zblock *z, const uint8_t *k, size_t kn, bool unique, kv_bytes *v) {
+    uint64_t tr;
+    return zblock_seek_value(z, NULL, k, kn, true, unique, &tr, v);
+}
+
+/* A block whose user keys are each there once (as in most tables: the table's user_keys property says so). With
+ * unique_ukeys, a lookup of the user key that starts a span takes that span's first entry and leaves the span before
+ * it alone: with that span damaged, the lookup still finds the value. Without unique_ukeys, the lookup inflates the
+ * damaged span, and the damage shows (an error or a wrong answer) in some of the cases: the other path is taken.
+ * Undamaged, both answer as the raw block does, also at sequences that do not see the entry. */
+TEST(test_zblock_unique_keys_skip_the_span_before) {
+    uint64_t rs = t_seed() + 43;
+    size_t n = 64;
+    ent *e = calloc(n, sizeof *e);
+    CHECK(e);
+    for (size_t i = 0; i < n; i++) {
+        int ulen = snprintf((char *)e[i].key, 16, "key%05zu", i * 7);
+        put_fixed64(e[i].key + ulen, ikey_pack(1000 + t_rand(&rs) % 500, KV_TYPE_VALUE));
+        e[i].klen = (size_t)ulen + 8;
+        e[i].vlen = 20 + t_rand(&rs) % 40;
+        for (size_t j = 0; j < e[i].vlen; j++) e[i].val[j] = (uint8_t)('a' + t_rand(&rs) % 26);
+    }
+    block *b = build(e, n, 4);
+    deflate_encoder *enc = deflate_encoder_new();
+    CHECK(b && enc && deflate_encoder_learn(enc, b->data, b->len));
+    size_t cap = b->len * 2 + 64;
+    uint8_t *stored = malloc(cap);
+    CHECK(stored);
+    size_t len = zblock_encode(enc, b->data, b->len, stored, cap);
+    CHECK(len > 0);
+    if (t_failed()) return;
+    zblock *z = seekable(enc, b, NULL);
+    CHECK(z && z->nspans == n / 4 + 1);
+    if (t_failed()) return;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t k[48];
+        size_t ulen = e[i].klen - 8;
+        uint64_t seq = ikey_seq(e[i].key, e[i].klen);
+        uint64_t seqs[] = {KV_MAX_SEQUENCE, seq, seq - 1};
+        for (int q = 0; q < 3; q++) {
+            ikey_build(k, e[i].key, ulen, seqs[q], KV_TYPE_FOR_SEEK);
+            for (int unique = 0; unique < 2; unique++) {
+                kv_bytes v = {0};
+                int rc = lookup(z, k, ulen + 8, unique, &v);
+                if (q < 2) {
+                    CHECK_MSG(rc == 1, "entry %zu, seq case %d, unique %d: %d", i, q, unique, rc);
+                    CHECK_MEM(v.data, v.len, e[i].val, e[i].vlen);
+                } else {
+                    CHECK_MSG(rc == 0, "entry %zu unseen at seq %llu, unique %d: %d", i,
+                              (unsigned long long)seqs[q], unique, rc);
+                }
+                bytes_free(&v);
+            }
+        }
+    }
+    /* Damage the second half of the span before each span's first key, one bit at a time. */
+    int affected = 0, tried = 0;
+    for (uint32_t j = 1; j + 1 < z->nspans; j++) {
+        const ent *x = &e[j * 4];
+        uint8_t k[48];
+        ikey_build(k, x->key, x->klen - 8, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
+        uint64_t from = z->bits[j - 1] + (z->bits[j] - z->bits[j - 1]) / 2, to = z->bits[j];
+        size_t stream_at = (size_t)(z->stream - z->data);
+        for (uint64_t bit = from; bit < to; bit += 1 + (to - from) / 12) {
+            uint8_t *copy = malloc(len);
+            CHECK(copy);
+            memcpy(copy, stored, len);
+            copy[stream_at + bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            zblock *zd;
+            if (zblock_parse(copy, len, 7, 4096, NULL, &zd) != KV_OK) continue; /* copy freed */
+            tried++;
+            kv_bytes v = {0};
+            int rc = lookup(zd, k, x->klen, true, &v);
+            CHECK_MSG(rc == 1, "span %u, bit %llu flipped: %d", j, (unsigned long long)bit, rc);
+            if (rc == 1) CHECK_MEM(v.data, v.len, x->val, x->vlen);
+            bytes_free(&v);
+            rc = lookup(zd, k, x->klen, false, &v);
+            affected += rc != 1 || v.len != x->vlen || memcmp(v.data, x->val, x->vlen) != 0;
+            bytes_free(&v);
+            zblock_free(zd);
+        }
+    }
+    CHECK(tried > 0);
+    CHECK_MSG(affected > 0, "no damage in %d cases reached the lookup that inflates the span before", tried);
+    zblock_free(z);
+    free(stored);
+    deflate_encoder_free(enc);
+    block_free(b);
+    free(e);
+}
+
 /* A raw block of about `count` random entries (restart every 4) and an encoder whose code was learnt from it. */
 typedef struct learnt {
     deflate_encoder *enc;
@@ -549,7 +641,7 @@ TEST(test_zblock_damage_is_reported) {
             const ent *x = &e[t_rand(&rs) % n];
             kv_bytes v = {0};
             uint64_t tr;
-            rc = zblock_seek_value(z, NULL, x->key, x->klen, true, &tr, &v);
+            rc = zblock_seek_value(z, NULL, x->key, x->klen, true, false, &tr, &v);
             CHECK(rc == 0 || rc == 1 || rc == KV_ECORRUPT);
             bytes_free(&v);
         }
