@@ -933,8 +933,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         bytes_free(&recs);
         pthread_mutex_lock(&db->mu);
         if (log_rc || sync_rc) db->log_broken = true;
-        atomic_store(&db->last_seq, next_seq);
-        db->vs->last_seq = next_seq;
+        atomic_store(&db->last_seq, next_seq); /* not vs->last_seq: the manifest records flushed batches only */
         if (sync_rc) {
             /* the batches are applied (they are in the OS) but not known to be on disk */
             for (writer *p = &w;; p = p->next) {

@@ -82,6 +82,11 @@ int db_flush_one(kv_db *db) {
         }
         e.has_log_number = true;
         e.log_number = db->nimm > 1 ? db->imm[1].log_no : db->mem_log_no;
+        /* The manifest's last sequence covers the batches now in tables, not those only in a later log: a power
+         * loss can take those from the log after the batch log (synced above) kept them, and recovery forgets the
+         * batch log's batches above the manifest's last sequence and the last batch it replays. */
+        e.has_last_seq = true;
+        e.last_seq = mm.last_seq;
         if (!rc) rc = vset_log_and_apply(db->vs, &e);
         edit_free(&e);
         if (!rc) {

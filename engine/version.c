@@ -465,7 +465,11 @@ static int snapshot_edit(version_set *vs, version_edit *e) {
     return KV_OK;
 }
 
-static int set_current(version_set *vs, uint64_t manifest_no) {
+/* Point CURRENT at MANIFEST-manifest_no: write CURRENT.tmp, fsync it, rename it over CURRENT, fsync the directory.
+ * *renamed says whether the rename happened: once it has, and until the directory's fsync succeeds, CURRENT names
+ * either manifest, now or after a crash, so the caller must keep both. */
+static int set_current(version_set *vs, uint64_t manifest_no, bool *renamed) {
+    *renamed = false;
     char tmp[4096], cur[4096], content[64];
     snprintf(tmp, sizeof tmp, "%s/CURRENT.tmp", vs->dir);
     snprintf(cur, sizeof cur, "%s/CURRENT", vs->dir);
@@ -477,9 +481,12 @@ static int set_current(version_set *vs, uint64_t manifest_no) {
     if (!rc) rc = vs->env->sync(vs->env, f);
     int rc2 = vs->env->close(vs->env, f);
     if (!rc) rc = rc2;
-    if (!rc) rc = vs->env->rename(vs->env, tmp, cur);
+    if (!rc) {
+        rc = vs->env->rename(vs->env, tmp, cur);
+        *renamed = rc == KV_OK;
+    }
     if (!rc) rc = vs->env->sync_dir(vs->env, vs->dir);
-    if (rc) vs->env->remove(vs->env, tmp);
+    if (rc && !*renamed) vs->env->remove(vs->env, tmp);
     return rc;
 }
 
@@ -498,8 +505,20 @@ int vset_write_snapshot(version_set *vs) {
     if (!rc) rc = wal_append(w, rec.data, rec.len);
     if (!rc) rc = wal_sync(w);
     if (!rc) rc = vs->env->sync_dir(vs->env, vs->dir);
-    if (!rc) rc = set_current(vs, no);
+    bool renamed = false;
+    if (!rc) rc = set_current(vs, no, &renamed);
     bytes_free(&rec);
+    if (rc && renamed) {
+        /* CURRENT names the new manifest, but the rename may not be durable: after a crash CURRENT may name the
+         * previous one again. Both list the current version; keep both (manifest_no stays the previous one, so
+         * neither is deleted as obsolete) and append to neither: the next edit starts a fresh manifest, and with
+         * it a fresh rename and fsync of the directory. Until then no table or blob file may be deleted. */
+        wal_writer_close(w);
+        if (vs->manifest) wal_writer_close(vs->manifest);
+        vs->manifest = NULL;
+        vs->deletions_unsafe = true;
+        return rc;
+    }
     if (rc) {
         if (w) wal_writer_close(w);
         vs->env->remove(vs->env, path);

@@ -90,7 +90,8 @@ typedef struct version_set {
     version *current;
     version live;             /* list head of live versions (dummy) */
     uint64_t next_file;
-    uint64_t last_seq;
+    uint64_t last_seq;        /* the largest sequence of a batch in a table (flushed, or replayed at open): batches
+                                 only in a log are not counted until they are flushed */
     uint64_t log_number;      /* logs with a smaller number are no longer needed */
     uint64_t batchlog_floor;  /* batches below this sequence were pruned */
     uint64_t manifest_no;
