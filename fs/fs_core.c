@@ -489,11 +489,15 @@ static int new_entry_attr(kvfs_fs *fs, const fs_node *n, mode_t mode, const kvfs
 static int lookup_for_new(kvfs_fs *fs, const char *path, fs_node *n) {
     int rc = node_lookup(fs, path, n);
     if (rc) return rc;
-    /* A "%F" name looks at files only, so a directory of the same key does not stand in its way. */
+    /* A "%F" name looks at files only, so a directory of the same key does not stand in its way; without that
+     * directory the file's name is the plain one, and "%F" is not a name to create (else "x%F" and "x" would be one
+     * file). */
     if (n->p.kind == NAME_ROOT || n->p.kind == NAME_CONT || n->type != NODE_NONE)
         rc = -EEXIST;
     else if (n->p.klen == 0)
         rc = -EINVAL; /* a file needs a non-empty key */
+    else if (n->p.kind == NAME_FILE && (rc = dir_exists(fs, n->p.key, n->p.klen)) >= 0)
+        rc = rc ? 0 : -EINVAL;
     if (rc) node_free(n);
     return rc;
 }
@@ -925,12 +929,14 @@ typedef struct open_list {
     size_t n, cap;
 } open_list;
 
-/* Open files at key or (subtree) below key + "/" (tbl_mu held). */
+/* The open file of key (a file) or (subtree: key is a directory's) the open files below key + "/" (tbl_mu held). A
+ * directory's own key is not its file: the file `a` beside directory `a` (shown as "a%F") stays where it is when the
+ * directory moves. */
 static int open_files_under(kvfs_fs *fs, const uint8_t *key, size_t klen, bool subtree, open_list *out) {
     for (size_t h = 0; h < FS_TABLE_SIZE; h++) {
         for (kvfs_file *f = fs->table[h]; f; f = f->next) {
-            bool match = (f->klen == klen && memcmp(f->key, key, klen) == 0) ||
-                         (subtree && f->klen > klen && memcmp(f->key, key, klen) == 0 && f->key[klen] == '/');
+            bool match = subtree ? f->klen > klen && memcmp(f->key, key, klen) == 0 && f->key[klen] == '/'
+                                 : f->klen == klen && memcmp(f->key, key, klen) == 0;
             if (!match) continue;
             if (out->n == out->cap) {
                 size_t cap = out->cap ? out->cap * 2 : 8;
@@ -1002,9 +1008,15 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     else if (!exchange && s.type == NODE_FILE && d.type == NODE_DIR) rc = -EISDIR;
     else if (d.type == NODE_NONE && d.p.kind == NAME_FILE && s.type == NODE_DIR) rc = -ENOTDIR;
     else if (d.type == NODE_NONE && s.type == NODE_FILE && d.p.klen == 0) rc = -EINVAL;
+    else if (d.type == NODE_NONE && d.p.kind == NAME_FILE && (rc = dir_exists(fs, d.p.key, d.p.klen)) >= 0)
+        rc = rc ? 0 : -EINVAL; /* "x%F" names a new file only beside a directory x (lookup_for_new) */
     if (rc) goto free_all;
-    /* Same entry: nothing to do. */
-    if (s.type == d.type && s.p.klen == d.p.klen && memcmp(s.p.key, d.p.key, s.p.klen) == 0) goto free_all;
+    /* Same entry: nothing to do. The file and the directory of one key ("a%F" and "a") cannot trade places: the key
+     * decides which is which, so an exchange would change nothing while the kernel swapped its entries. */
+    if (s.p.klen == d.p.klen && memcmp(s.p.key, d.p.key, s.p.klen) == 0) {
+        if (s.type != d.type) rc = -EINVAL;
+        goto free_all;
+    }
     /* A directory cannot move into itself (the kernel checks too; keys make it cheap to be sure). */
     if ((s.type == NODE_DIR && d.p.klen > s.p.klen && memcmp(d.p.key, s.p.key, s.p.klen) == 0 &&
          d.p.key[s.p.klen] == '/') ||

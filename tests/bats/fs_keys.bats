@@ -81,6 +81,48 @@ teardown() {
     [ "$output" = "" ]
 }
 
+@test "a file beside a directory of its key: moving the directory leaves the file, x%F is created only beside x" {
+    fs_mount
+    mkdir "$M/a"
+    echo sub > "$M/a/b"
+    echo fileA > "$M/a%F"
+    exec 5>>"$M/a%F"
+    mv "$M/a" "$M/z"
+    echo appended >&5   # the open file is still a (not z%F)
+    exec 5>&-
+    run ls "$M"
+    [ "$output" = "$(printf 'a\nz')" ]
+    [ "$(cat "$M/a")" = "$(printf 'fileA\nappended')" ]
+    [ "$(cat "$M/z/b")" = sub ]
+    # without a directory x, "x%F" is not a name to create: x%F and x would be one file (tar would merge them)
+    run touch "$M/x%F"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Invalid argument"* ]]
+    echo plain > "$M/x"
+    run mv "$M/x" "$M/y%F"
+    [ "$status" -ne 0 ]
+    [ "$(cat "$M/x")" = plain ]
+    mkdir "$M/t" && echo "I am x%F" > "$T/x%F" && echo "I am x" > "$T/x"
+    (cd "$T" && tar cf "$T/x.tar" 'x%F' x)
+    run tar xf "$T/x.tar" -C "$M/t"
+    [ "$status" -ne 0 ]
+    [ "$(cat "$M/t/x")" = "I am x" ]
+    # the file and the directory of one key cannot trade places
+    rm "$M/x"
+    mkdir "$M/x"
+    echo in > "$M/x/i"
+    echo plain > "$M/x%F"
+    run python3 -c 'import ctypes, os, sys
+os.chdir(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.renameat2(-100, b"x%F", -100, b"x", 2)  # RENAME_EXCHANGE
+sys.exit(0 if r != 0 and ctypes.get_errno() == 22 else 1)' "$M"
+    [ "$status" -eq 0 ]
+    [ "$(cat "$M/x%F")" = plain ]
+    [ "$(cat "$M/x/i")" = in ]
+    [ -d "$M/x" ]
+}
+
 @test "listing a directory skips its children's subtrees" {
     fs_mount
     mkdir -p "$M/big/deep"
