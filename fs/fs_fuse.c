@@ -7,13 +7,16 @@
  *
  * Invariants
  *  - fi->fh of an open file is its kvfs_file, of an open directory its kvfs_dir; both stay valid until release.
- *  - hard_remove and nullpath_ok are set: an unlinked open file is reached through fi->fh with a NULL path (kvfs
- *    keeps its content itself), and libfuse never renames it to a ".fuse_hidden" file (which would land in the
- *    store as a key).
+ *  - nullpath_ok is set and hard_remove is not: an unlinked open file is reached through fi->fh with a NULL path, or
+ *    by the ".fuse_hidden" path libfuse gives it for the requests that carry no file handle (fstat, fchmod, fchown,
+ *    futimens). That path is never a key: renaming an open file to it is kvfs's own unlink of an open file (kvfs
+ *    keeps its content itself), and the path maps to the open file until libfuse unlinks it (see "Files unlinked
+ *    while open" below).
  *  - Every handler returns what fs.h returns: 0, a byte count, or -errno. No handler exits or aborts.
  */
 #include "fs_fuse.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -149,6 +152,97 @@ static kvfs_caller caller(void) {
     return w;
 }
 
+/* ---- Files unlinked while open --------------------------------------------------------------------------------------
+ *
+ * With hard_remove, libfuse forgets the path of a node it unlinks, and answers ESTALE for the requests about it that
+ * come by path: the kernel sends fstat's GETATTR and the SETATTR of fchmod, fchown and futimens without a file handle
+ * (and asks again after an unlink, which drops its cached attributes). So hard_remove is off: libfuse then renames an
+ * open file it is asked to unlink (or to replace by a rename) to "DIR/.fuse_hiddenXXXXXXXXYYYYYYYY", sends the
+ * requests about it by that path, and unlinks that path after the last release. kvfs stores no such name: the rename
+ * is kvfs's own unlink of an open file (its content moves out of the namespace, docs/mapping.md), and the hidden path
+ * maps here to the open file, kept by one more open until libfuse unlinks the path. Its user.* attributes went with
+ * the unlink: reading them finds none, setting them is ENOTSUP. */
+typedef struct hidden_file {
+    char *path;
+    kvfs_file *f;
+    struct hidden_file *next;
+} hidden_file;
+
+static pthread_mutex_t hidden_mu = PTHREAD_MUTEX_INITIALIZER;
+static hidden_file *hidden_files;
+
+static bool is_hidden_name(const char *path) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strncmp(base, ".fuse_hidden", 12) != 0 || strlen(base) != 12 + 16) return false;
+    for (int i = 12; i < 12 + 16; i++)
+        if (!isxdigit((unsigned char)base[i])) return false;
+    return true;
+}
+
+/* The open file that a hidden path stands for, or NULL. */
+static kvfs_file *hidden_lookup(const char *path) {
+    if (!path || !is_hidden_name(path)) return NULL;
+    kvfs_file *f = NULL;
+    pthread_mutex_lock(&hidden_mu);
+    for (hidden_file *h = hidden_files; h && !f; h = h->next)
+        if (strcmp(h->path, path) == 0) f = h->f;
+    pthread_mutex_unlock(&hidden_mu);
+    return f;
+}
+
+/* libfuse hides the open file `from` as `to`: unlink it, holding it open, and remember `to`. */
+static int hide_open_file(const char *from, const char *to) {
+    kvfs_fs *fs = FS();
+    hidden_file *h = calloc(1, sizeof *h);
+    if (!h || !(h->path = strdup(to))) {
+        free(h);
+        return -ENOMEM;
+    }
+    int rc = kvfs_open(fs, from, O_RDONLY, &h->f);
+    if (!rc) {
+        rc = kvfs_unlink(fs, from);
+        if (rc) kvfs_release(fs, h->f);
+    }
+    if (rc) {
+        free(h->path);
+        free(h);
+        return rc;
+    }
+    pthread_mutex_lock(&hidden_mu);
+    h->next = hidden_files;
+    hidden_files = h;
+    pthread_mutex_unlock(&hidden_mu);
+    return 0;
+}
+
+/* Forget a hidden path (libfuse unlinks it after the last release, or the mount ends) and drop the open that kept
+ * its file: the file's content goes with the last open. false when path is not hidden. */
+static bool unhide(kvfs_fs *fs, const char *path) {
+    hidden_file *h = NULL;
+    pthread_mutex_lock(&hidden_mu);
+    for (hidden_file **pp = &hidden_files; *pp; pp = &(*pp)->next)
+        if (path == NULL || strcmp((*pp)->path, path) == 0) {
+            h = *pp;
+            *pp = h->next;
+            break;
+        }
+    pthread_mutex_unlock(&hidden_mu);
+    if (!h) return false;
+    kvfs_release(fs, h->f);
+    free(h->path);
+    free(h);
+    return true;
+}
+
+/* The file a request is about when it names it by path only: a hidden one, or NULL (then the path names it). */
+static kvfs_file *file_or_hidden(const char *path, struct fuse_file_info *fi, const char **pathp) {
+    kvfs_file *f = FILE_OF(fi);
+    *pathp = path;
+    if (!f && (f = hidden_lookup(path))) *pathp = NULL;
+    return f;
+}
+
 static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     kvfs_fuse *k = ctx();
     cfg->use_ino = 1;
@@ -156,7 +250,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     cfg->entry_timeout = k->timeout;
     cfg->attr_timeout = k->timeout;
     cfg->negative_timeout = 0; /* keys put through the control socket must appear at once */
-    cfg->hard_remove = 1;
+    cfg->hard_remove = 0;      /* libfuse hides an open file it unlinks: see "Files unlinked while open" */
     cfg->nullpath_ok = 1;
     cfg->kernel_cache = 1;     /* only this daemon writes: cached pages stay valid across opens */
     cfg->auto_cache = 0;
@@ -184,6 +278,8 @@ static void op_destroy(void *data) {
     notify_fuse = NULL;
     notify_fs = NULL;
     pthread_mutex_unlock(&notify_mu);
+    while (unhide(k->fs, NULL)) {
+    }
     kvfs_fs_flush_all(k->fs);
 }
 
@@ -228,7 +324,8 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
 }
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
-    return kvfs_getattr(FS(), path, FILE_OF(fi), st);
+    kvfs_file *f = file_or_hidden(path, fi, &path);
+    return kvfs_getattr(FS(), path, f, st);
 }
 
 static int op_readlink(const char *path, char *buf, size_t size) { return kvfs_readlink(FS(), path, buf, size); }
@@ -243,7 +340,7 @@ static int op_mkdir(const char *path, mode_t mode) {
     return kvfs_mkdir(FS(), path, mode, &w);
 }
 
-static int op_unlink(const char *path) { return kvfs_unlink(FS(), path); }
+static int op_unlink(const char *path) { return unhide(FS(), path) ? 0 : kvfs_unlink(FS(), path); }
 static int op_rmdir(const char *path) { return kvfs_rmdir(FS(), path); }
 
 static int op_symlink(const char *target, const char *path) {
@@ -252,6 +349,7 @@ static int op_symlink(const char *target, const char *path) {
 }
 
 static int op_rename(const char *from, const char *to, unsigned int flags) {
+    if (flags == 0 && is_hidden_name(to) && !hidden_lookup(to)) return hide_open_file(from, to);
     return kvfs_rename(FS(), from, to, flags);
 }
 
@@ -261,24 +359,28 @@ static int op_link(const char *from, const char *to) {
 }
 
 static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
-    return kvfs_chmod(FS(), path, FILE_OF(fi), mode);
+    kvfs_file *f = file_or_hidden(path, fi, &path);
+    return kvfs_chmod(FS(), path, f, mode);
 }
 
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
-    int rc = kvfs_chown(FS(), path, FILE_OF(fi), uid, gid);
+    kvfs_file *f = file_or_hidden(path, fi, &path);
+    int rc = kvfs_chown(FS(), path, f, uid, gid);
     /* the kernel flags every chown of a non-directory; root keeps a non-executable set-group-ID bit */
-    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, FILE_OF(fi), fuse_get_context()->uid == 0, false);
+    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
     return rc;
 }
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
-    int rc = kvfs_truncate(FS(), path, FILE_OF(fi), size);
-    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, FILE_OF(fi), false, false);
+    kvfs_file *f = file_or_hidden(path, fi, &path);
+    int rc = kvfs_truncate(FS(), path, f, size);
+    if (!rc && req_kill_suidgid) rc = kill_suidgid(path, f, false, false);
     return rc;
 }
 
 static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
-    return kvfs_utimens(FS(), path, FILE_OF(fi), tv);
+    kvfs_file *f = file_or_hidden(path, fi, &path);
+    return kvfs_utimens(FS(), path, f, tv);
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi) {
@@ -369,20 +471,26 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
 }
 
 static int op_setxattr(const char *path, const char *name, const char *value, size_t size, int flags) {
+    if (hidden_lookup(path)) return -ENOTSUP;
     return kvfs_setxattr(FS(), path, name, value, size, flags);
 }
 
 static int op_getxattr(const char *path, const char *name, char *value, size_t size) {
+    if (hidden_lookup(path)) return -ENODATA;
     ssize_t n = kvfs_getxattr(FS(), path, name, value, size);
     return n > INT32_MAX ? -E2BIG : (int)n;
 }
 
 static int op_listxattr(const char *path, char *list, size_t size) {
+    if (hidden_lookup(path)) return 0;
     ssize_t n = kvfs_listxattr(FS(), path, list, size);
     return n > INT32_MAX ? -E2BIG : (int)n;
 }
 
-static int op_removexattr(const char *path, const char *name) { return kvfs_removexattr(FS(), path, name); }
+static int op_removexattr(const char *path, const char *name) {
+    if (hidden_lookup(path)) return -ENODATA;
+    return kvfs_removexattr(FS(), path, name);
+}
 
 static int op_opendir(const char *path, struct fuse_file_info *fi) {
     kvfs_dir *d;

@@ -267,6 +267,52 @@ PY
     [ "$status" -eq 0 ] || { echo "$output"; false; }
 }
 
+@test "a file unlinked (or replaced) while open: fstat, fchmod, futimens and close work, nothing is left behind" {
+    echo data > "$M/f"
+    echo old > "$M/r"
+    run python3 - "$M" <<'PY'
+import os, stat, sys
+m = sys.argv[1]
+# opened after it was created, so the kernel holds no attributes from the create
+fd = os.open(os.path.join(m, "f"), os.O_RDWR)
+os.unlink(os.path.join(m, "f"))
+assert os.pread(fd, 10, 0) == b"data\n"
+st = os.fstat(fd)
+assert stat.S_ISREG(st.st_mode) and st.st_size == 5, st
+os.fchmod(fd, 0o600)
+assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+os.utime(fd, ns=(1000000001, 2000000002))
+assert os.fstat(fd).st_mtime_ns == 2000000002
+os.ftruncate(fd, 2)
+os.pwrite(fd, b"ta", 2)
+assert os.fstat(fd).st_size == 4
+assert os.listxattr(fd) == []
+os.close(fd)
+# renamed over while open: the old content stays with its descriptor
+fd = os.open(os.path.join(m, "r"), os.O_RDONLY)
+with open(os.path.join(m, "new"), "w") as w:
+    w.write("new\n")
+os.rename(os.path.join(m, "new"), os.path.join(m, "r"))
+assert os.fstat(fd).st_size == 4
+assert os.pread(fd, 10, 0) == b"old\n"
+os.close(fd)
+assert open(os.path.join(m, "r")).read() == "new\n"
+assert sorted(os.listdir(m)) == ["r"], os.listdir(m)
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    exec 6<"$M/r"
+    rm "$M/r"
+    run cat <&6
+    exec 6<&-
+    [ "$status" -eq 0 ] && [ "$output" = new ]
+    run ls -A "$M"
+    [ "$output" = "" ]
+    # no trace in the store either, after unmount
+    fs_unmount
+    run kv scan "$D" --keys-only
+    [ "$status" -eq 0 ] && [ "$output" = "" ]
+}
+
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
     echo a > "$M/a"
     echo b > "$M/b"
