@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h> /* RENAME_EXCHANGE */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -243,6 +244,86 @@ static kvfs_file *file_or_hidden(const char *path, struct fuse_file_info *fi, co
     return f;
 }
 
+/* ---- Directories that vanish with their last entry -----------------------------------------------------------------
+ *
+ * An implicit directory (docs/mapping.md) exists while a key lies below it, so an unlink, rmdir or rename that takes
+ * its last entry makes it vanish, and the kernel, which keeps entries for the entry timeout (a day), must be told.
+ * Not from the request's thread: the kernel may hold a lock the notification needs while it waits for that request
+ * (an unlink holds its directory; a rename in the directory above can hold that one while it waits for the first),
+ * so the request queues the paths and a notifier thread sends them, a moment later. */
+typedef struct vanished {
+    char *path;
+    struct vanished *next;
+} vanished;
+
+static pthread_mutex_t vanish_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t vanish_cv = PTHREAD_COND_INITIALIZER;
+static vanished *vanish_head, *vanish_tail;
+static bool vanish_stop, vanish_running;
+static pthread_t vanish_thread;
+
+static void *vanish_main(void *arg) {
+    struct fuse *f = arg;
+    pthread_mutex_lock(&vanish_mu);
+    for (;;) {
+        while (!vanish_head && !vanish_stop) pthread_cond_wait(&vanish_cv, &vanish_mu);
+        vanished *v = vanish_head;
+        if (!v) break; /* stopping, nothing left */
+        vanish_head = v->next;
+        if (!vanish_head) vanish_tail = NULL;
+        pthread_mutex_unlock(&vanish_mu);
+        if (!vanish_stop) (void)fuse_invalidate_path(f, v->path); /* -ENOENT: the kernel never knew it */
+        free(v->path);
+        free(v);
+        pthread_mutex_lock(&vanish_mu);
+    }
+    pthread_mutex_unlock(&vanish_mu);
+    return NULL;
+}
+
+/* After path's entry went away: queue each ancestor directory that went with it (up to the first that remains). */
+static void note_vanished_parents(const char *path) {
+    if (!vanish_running) return;
+    kvfs_fs *fs = FS();
+    char *p = strdup(path);
+    if (!p) return;
+    for (char *slash = strrchr(p, '/'); slash && slash != p; slash = strrchr(p, '/')) {
+        *slash = 0; /* p is now the parent */
+        struct stat st;
+        if (kvfs_getattr(fs, p, NULL, &st) != -ENOENT) break;
+        vanished *v = malloc(sizeof *v);
+        char *copy = strdup(p);
+        if (!v || !copy) {
+            free(v);
+            free(copy);
+            break;
+        }
+        *v = (vanished){copy, NULL};
+        pthread_mutex_lock(&vanish_mu);
+        if (vanish_tail) vanish_tail->next = v;
+        else vanish_head = v;
+        vanish_tail = v;
+        pthread_cond_signal(&vanish_cv);
+        pthread_mutex_unlock(&vanish_mu);
+    }
+    free(p);
+}
+
+static void vanish_start(struct fuse *f) {
+    vanish_stop = false;
+    vanish_running = pthread_create(&vanish_thread, NULL, vanish_main, f) == 0;
+}
+
+static void vanish_end(void) {
+    if (!vanish_running) return;
+    pthread_mutex_lock(&vanish_mu);
+    vanish_stop = true;
+    pthread_cond_signal(&vanish_cv);
+    pthread_mutex_unlock(&vanish_mu);
+    pthread_join(vanish_thread, NULL);
+    vanish_running = false;
+}
+
 static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     kvfs_fuse *k = ctx();
     cfg->use_ino = 1;
@@ -269,11 +350,13 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     notify_fuse = fuse_get_context()->fuse;
     notify_fs = k->fs;
     pthread_mutex_unlock(&notify_mu);
+    if (!k->read_only) vanish_start(fuse_get_context()->fuse);
     return k;
 }
 
 static void op_destroy(void *data) {
     kvfs_fuse *k = data;
+    vanish_end();
     pthread_mutex_lock(&notify_mu);
     notify_fuse = NULL;
     notify_fs = NULL;
@@ -340,8 +423,18 @@ static int op_mkdir(const char *path, mode_t mode) {
     return kvfs_mkdir(FS(), path, mode, &w);
 }
 
-static int op_unlink(const char *path) { return unhide(FS(), path) ? 0 : kvfs_unlink(FS(), path); }
-static int op_rmdir(const char *path) { return kvfs_rmdir(FS(), path); }
+static int op_unlink(const char *path) {
+    if (unhide(FS(), path)) return 0;
+    int rc = kvfs_unlink(FS(), path);
+    if (!rc) note_vanished_parents(path);
+    return rc;
+}
+
+static int op_rmdir(const char *path) {
+    int rc = kvfs_rmdir(FS(), path);
+    if (!rc) note_vanished_parents(path);
+    return rc;
+}
 
 static int op_symlink(const char *target, const char *path) {
     kvfs_caller w = caller();
@@ -350,7 +443,9 @@ static int op_symlink(const char *target, const char *path) {
 
 static int op_rename(const char *from, const char *to, unsigned int flags) {
     if (flags == 0 && is_hidden_name(to) && !hidden_lookup(to)) return hide_open_file(from, to);
-    return kvfs_rename(FS(), from, to, flags);
+    int rc = kvfs_rename(FS(), from, to, flags);
+    if (!rc && !(flags & RENAME_EXCHANGE)) note_vanished_parents(from);
+    return rc;
 }
 
 static int op_link(const char *from, const char *to) {

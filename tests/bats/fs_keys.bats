@@ -123,6 +123,29 @@ sys.exit(0 if r != 0 and ctypes.get_errno() == 22 else 1)' "$M"
     [ -d "$M/x" ]
 }
 
+@test "a directory that vanishes with its last key is gone for stat too" {
+    kv put "$D" r/s/t deep
+    kv put "$D" q/u/v deep
+    fs_mount
+    ls "$M/r/s" "$M/q/u" >/dev/null   # the kernel now caches r, r/s, q, q/u
+    rm "$M/r/s/t"
+    mv "$M/q/u/v" "$M/v"
+    # the kernel learns it a moment later (not from the request itself: see fs_fuse.c); wait at most 5 s
+    for i in $(seq 1 50); do [ -e "$M/r" ] || [ -e "$M/q" ] || break; sleep 0.1; done
+    # (one test per line: bats does not fail on a false test that is not the last of an && list)
+    [ ! -e "$M/r" ]
+    [ ! -e "$M/r/s" ]
+    [ ! -e "$M/q" ]
+    [ ! -e "$M/q/u" ]
+    run ls "$M"
+    [ "$output" = v ]
+    # an explicit directory stays
+    mkdir -p "$M/e/f"
+    echo x > "$M/e/f/g"
+    rm "$M/e/f/g"
+    [ -d "$M/e/f" ]
+}
+
 @test "listing a directory skips its children's subtrees" {
     fs_mount
     mkdir -p "$M/big/deep"

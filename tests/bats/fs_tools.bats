@@ -304,13 +304,15 @@ PY
     rm "$M/r"
     run cat <&6
     exec 6<&-
-    [ "$status" -eq 0 ] && [ "$output" = new ]
+    [ "$status" -eq 0 ]
+    [ "$output" = new ]
     run ls -A "$M"
     [ "$output" = "" ]
     # no trace in the store either, after unmount
     fs_unmount
     run kv scan "$D" --keys-only
-    [ "$status" -eq 0 ] && [ "$output" = "" ]
+    [ "$status" -eq 0 ]
+    [ "$output" = "" ]
 }
 
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {

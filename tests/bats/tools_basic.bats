@@ -280,7 +280,8 @@ teardown() { tools_teardown; }
     wait "$holder"
     [ "$status" -eq 1 ]
     [[ "$stderr" == "kvfs: $D: the store is locked by another process"* ]]
-    [ "$waited" -ge 1 ] && [ "$waited" -le 5 ]
+    [ "$waited" -ge 1 ]
+    [ "$waited" -le 5 ]
     [ "$(kv get "$D" a)" = 1 ]
     [ "$(kv get "$D" held | wc -c)" -eq 0 ]
 }
