@@ -558,6 +558,25 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
         }
     }
     if (!rc) rc = env->sync_dir(env, dest);
+    /* dest's own entry in its parent directory, else a power loss can take the whole checkpoint */
+    if (!rc) {
+        const char *slash = strrchr(dest, '/');
+        if (!slash) {
+            rc = env->sync_dir(env, ".");
+        } else if (slash == dest) {
+            rc = env->sync_dir(env, "/");
+        } else if ((size_t)(slash - dest) < sizeof to) {
+            memcpy(to, dest, (size_t)(slash - dest));
+            to[slash - dest] = 0;
+            rc = env->sync_dir(env, to);
+        }
+    }
+    /* A failed checkpoint must not be openable: its CURRENT (written before the edit that lists the tables) may
+     * name a manifest that lists none of them. */
+    if (rc) {
+        snprintf(to, sizeof to, "%s/CURRENT", dest);
+        if (env->exists(env, to) == 1) env->remove(env, to);
+    }
 
     pthread_mutex_lock(&db->mu);
     version_unref(v);

@@ -859,3 +859,41 @@ TEST(test_faults_group_commit_failures) {
     }
     kv_free(db);
 }
+
+/* A checkpoint whose manifest edit fails reports the error and leaves no CURRENT behind: its CURRENT was written
+ * before the edit that lists the tables, and named a manifest listing none of them (an openable, silently empty
+ * copy). A checkpoint that succeeds opens with everything. */
+TEST(test_faults_failed_checkpoint_is_not_openable) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    if (t_failed()) return;
+    CHECK_OK(fx_fill(&f, 400)); /* several tables */
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    char dest[600], manifests[620];
+    snprintf(dest, sizeof dest, "%s-checkpoint", f.dir);
+    snprintf(manifests, sizeof manifests, "%s/MANIFEST", dest);
+    /* the second append to the checkpoint's manifest (its snapshot is the first) fails */
+    kv_fault_env_arm(f.env, KV_FAULT_WRITE_EIO, 1, manifests);
+    int rc = kv_checkpoint(f.db, dest, NULL, NULL);
+    kv_fault_env_clear(f.env);
+    CHECK_MSG(rc != KV_OK, "the checkpoint did not meet the fault");
+    kv_options o;
+    fx_options(&o, true);
+    o.create_if_missing = false;
+    kv_db *db2 = NULL;
+    rc = kv_open(dest, &o, &db2);
+    CHECK_MSG(rc == KV_ENOTFOUND, "a failed checkpoint opened: %s", kv_strerror(rc));
+    if (db2) kv_free(db2);
+    /* and one that succeeds holds every key */
+    snprintf(dest, sizeof dest, "%s-checkpoint2", f.dir);
+    CHECK_OK(kv_checkpoint(f.db, dest, NULL, NULL));
+    CHECK_OK(kv_open(dest, &o, &db2));
+    if (db2) {
+        kv_db *orig = f.db;
+        f.db = db2;
+        CHECK_MSG(fx_verify(&f), "checkpoint: %s", f.err);
+        f.db = orig;
+        kv_free(db2);
+    }
+    fx_free(&f);
+}
