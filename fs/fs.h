@@ -59,6 +59,10 @@ int kvfs_chown(kvfs_fs *fs, const char *path, kvfs_file *f, uid_t uid, gid_t gid
 /* ts[0] atime, ts[1] mtime; tv_nsec UTIME_NOW / UTIME_OMIT as for utimensat. */
 int kvfs_utimens(kvfs_fs *fs, const char *path, kvfs_file *f, const struct timespec ts[2]);
 int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size);
+/* fallocate(2) on an open file: mode 0 extends the size to off + len when that is larger (the new part reads as
+ * zeros; no space is reserved: a store has no blocks to set aside, so a later write can still meet ENOSPC);
+ * FALLOC_FL_KEEP_SIZE alone does nothing; other modes are EOPNOTSUPP. */
+int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len);
 
 /* Namespace. */
 int kvfs_mkdir(kvfs_fs *fs, const char *path, mode_t mode, const kvfs_caller *who);

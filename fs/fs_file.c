@@ -307,6 +307,19 @@ int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size) {
     return rc;
 }
 
+int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len) {
+    if (off < 0 || len <= 0 || off > INT64_MAX - len) return -EINVAL;
+    if (mode & ~FALLOC_FL_KEEP_SIZE) return -EOPNOTSUPP;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    if (!S_ISREG(f->attr.mode))
+        rc = -ENODEV;
+    else if (!(mode & FALLOC_FL_KEEP_SIZE) && (uint64_t)(off + len) > f->size)
+        rc = truncate_locked(fs, f, (uint64_t)(off + len));
+    pthread_mutex_unlock(&f->mu);
+    return rc;
+}
+
 int kvfs_fs_flush_all(kvfs_fs *fs) {
     int rc = 0;
     pthread_mutex_lock(&fs->tbl_mu);

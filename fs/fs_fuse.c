@@ -560,6 +560,11 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
     return kvfs_release(FS(), FILE_OF(fi));
 }
 
+static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi) {
+    (void)path;
+    return kvfs_fallocate(FS(), FILE_OF(fi), mode, off, len);
+}
+
 static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
     (void)path;
     return kvfs_fsync(FS(), FILE_OF(fi), datasync != 0);
@@ -632,6 +637,7 @@ static const struct fuse_operations kvfs_ops = {
     .mkdir = op_mkdir,
     .unlink = op_unlink,
     .rmdir = op_rmdir,
+    .fallocate = op_fallocate,
     .symlink = op_symlink,
     .rename = op_rename,
     .link = op_link,

@@ -248,6 +248,24 @@ teardown() {
     [ "$(cat "$M/after")" = fine ]
 }
 
+@test "fallocate extends a file with zeros, keeps its size with -n, and refuses hole punching" {
+    echo -n abc > "$M/f"
+    fallocate -l 1M "$M/f"
+    [ "$(stat -c %s "$M/f")" -eq 1048576 ]
+    [ "$(head -c 3 "$M/f")" = abc ]
+    [ "$(tail -c +4 "$M/f" | tr -d '\0' | wc -c)" -eq 0 ]
+    fallocate -n -l 2M "$M/f"
+    [ "$(stat -c %s "$M/f")" -eq 1048576 ]
+    fallocate -o 10 -l 5 "$M/f"   # inside the file: nothing changes
+    [ "$(stat -c %s "$M/f")" -eq 1048576 ]
+    run fallocate -p -o 0 -l 4096 "$M/f"
+    [ "$status" -ne 0 ]
+    [ "$(head -c 3 "$M/f")" = abc ]
+    fs_unmount
+    fs_mount
+    [ "$(stat -c %s "$M/f")" -eq 1048576 ]
+}
+
 @test "a file unlinked while open stays usable until closed" {
     run python3 - "$M" <<'PY'
 import os, sys
