@@ -106,6 +106,7 @@ void store_batch_put_nocopy(store_batch *b, uint8_t ks, const void *key, size_t 
 }
 
 void store_batch_delete(store_batch *b, uint8_t ks, const void *key, size_t klen) {
+    if (klen > STORE_MAX_KEY) return; /* no such key can exist */
     add_op(b, STORE_DELETE, ks, key, klen);
 }
 
@@ -146,6 +147,47 @@ size_t store_prefix_end(const void *prefix, size_t plen, uint8_t *out) {
     memcpy(out, p, n);
     out[n - 1]++;
     return n;
+}
+
+/* A scan whose start is longer than any key: keys >= start are those >= its first STORE_MAX_KEY bytes (cut) except
+ * cut itself, a proper prefix of start (a key that differs from cut within it is on the same side of start as of cut,
+ * and none is longer). An end longer than any key: keys < end are those < prefix_end(cut), by the same argument. */
+typedef struct long_bound {
+    store_scan_fn cb;
+    void *ctx;
+    const uint8_t *skip; /* the cut start, which is < start */
+    uint64_t left;       /* keys the caller may still get (0: no limit) */
+    bool limited;
+} long_bound;
+
+static int skip_cut_start(void *ctx, const uint8_t *key, size_t klen, const store_info *info, const void *val,
+                          size_t vlen) {
+    long_bound *lb = ctx;
+    if (klen == STORE_MAX_KEY && memcmp(key, lb->skip, klen) == 0) return 0;
+    int r = lb->cb(lb->ctx, key, klen, info, val, vlen);
+    if (!r && lb->limited && --lb->left == 0) r = 1;
+    return r;
+}
+
+int store_scan(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen, uint64_t limit,
+               bool forward, bool with_values, store_scan_fn cb, void *ctx) {
+    if (slen <= STORE_MAX_KEY && elen <= STORE_MAX_KEY)
+        return s->ops->scan(s, ks, start, slen, end, elen, limit, forward, with_values, cb, ctx);
+    uint8_t *end2 = NULL;
+    if (elen > STORE_MAX_KEY) {
+        if (!(end2 = malloc(STORE_MAX_KEY))) return -ENOMEM;
+        elen = store_prefix_end(end, STORE_MAX_KEY, end2);
+        end = end2;
+        if (elen == 0) end = NULL; /* all 0xff: every key is below */
+    }
+    long_bound lb = {cb, ctx, start, limit, limit != 0};
+    bool cut = slen > STORE_MAX_KEY;
+    if (cut) slen = STORE_MAX_KEY;
+    /* With a cut start the callback counts the limit itself: the key it skips must not use one up. */
+    int rc = s->ops->scan(s, ks, start, slen, end, elen, cut ? 0 : limit, forward, with_values,
+                          cut ? skip_cut_start : cb, cut ? (void *)&lb : ctx);
+    free(end2);
+    return rc;
 }
 
 static int stop_at_first(void *ctx, const uint8_t *key, size_t klen, const store_info *info, const void *val,

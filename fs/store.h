@@ -18,11 +18,15 @@
  *  - A batch's operations are applied in order, each seeing the effect of the ones before it, and the batch
  *    becomes visible to readers all at once. A move whose source is absent fails the whole batch with -ENOENT.
  *  - Keys are 1 .. STORE_MAX_KEY bytes. Scans never return a value unless asked (file contents may be huge).
+ *  - A longer key names nothing (the filesystem derives record keys from paths, a byte or two longer than the path's
+ *    key): reading it finds nothing (-ENOENT), deleting it does nothing, a scan bounded by it returns what a store of
+ *    such keys would, and only writing it fails (-ENAMETOOLONG). The wrappers below keep this for every backend.
  *  - All operations are thread-safe.
  */
 #ifndef KVFS_STORE_H
 #define KVFS_STORE_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -133,19 +137,20 @@ struct store {
 /* Convenience wrappers, so callers read as sentences. */
 static inline int store_write(store *s, const store_batch *b, bool sync) { return s->ops->write(s, b, sync); }
 static inline int store_get(store *s, uint8_t ks, const void *k, size_t kl, store_buf *out, store_info *info) {
-    return s->ops->get(s, ks, k, kl, out, info);
+    return kl > STORE_MAX_KEY ? -ENOENT : s->ops->get(s, ks, k, kl, out, info);
 }
 static inline int store_stat(store *s, uint8_t ks, const void *k, size_t kl, store_info *info) {
-    return s->ops->stat(s, ks, k, kl, info);
+    return kl > STORE_MAX_KEY ? -ENOENT : s->ops->stat(s, ks, k, kl, info);
 }
 static inline int store_read(store *s, uint8_t ks, const void *k, size_t kl, uint64_t off, void *buf, size_t len,
                              size_t *nread) {
+    if (kl > STORE_MAX_KEY) return -ENOENT;
     return s->ops->read(s, ks, k, kl, off, buf, len, nread);
 }
-static inline int store_scan(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen,
-                             uint64_t limit, bool forward, bool with_values, store_scan_fn cb, void *ctx) {
-    return s->ops->scan(s, ks, start, slen, end, elen, limit, forward, with_values, cb, ctx);
-}
+/* Keys in [start, end) (an empty end: no bound), in order or (forward false) reverse order, at most limit (0: no
+ * limit). Bounds longer than STORE_MAX_KEY are allowed (store.c). */
+int store_scan(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen, uint64_t limit,
+               bool forward, bool with_values, store_scan_fn cb, void *ctx);
 static inline int store_sync(store *s) { return s->ops->sync(s); }
 static inline uint64_t store_sequence(store *s) { return s->ops->sequence(s); }
 static inline int store_statfs(store *s, struct statvfs *out) { return s->ops->statfs(s, out); }

@@ -146,6 +146,39 @@ sys.exit(0 if r != 0 and ctypes.get_errno() == 22 else 1)' "$M"
     [ -d "$M/e/f" ]
 }
 
+@test "a file whose key is as long as a key can be is created, listed, read and removed" {
+    fs_mount
+    run python3 - "$M" <<'PY'
+import errno, os, sys
+os.chdir(sys.argv[1])
+n = "d" * 250
+for i in range(261):
+    os.mkdir(n)
+    os.chdir(n)
+name = "f" * 24                       # key length 261 * 251 + 24 = 65535: its attribute record, 65536
+with open(name, "w") as f:
+    f.write("deep")
+try:
+    os.setxattr(name, "user.a", b"1")  # its attribute key would be longer than any key: refused
+    sys.exit("setxattr of an over-long attribute key succeeded")
+except OSError as e:
+    assert e.errno in (errno.ENAMETOOLONG, errno.ENOSPC, errno.E2BIG), e
+assert os.listdir(".") == [name], os.listdir(".")
+assert open(name).read() == "deep"
+try:
+    open(name + "g", "w")                 # one byte longer: its record cannot be stored
+    sys.exit("a file with an over-long record was created")
+except OSError as e:
+    assert e.errno == errno.ENAMETOOLONG, e
+os.unlink(name)
+assert os.listdir(".") == []
+PY
+    [ "$status" -eq 0 ] || { echo "$output" | cut -c1-300; false; }
+    rm -rf "$M"/d*
+    run ls -A "$M"
+    [ "$output" = "" ]
+}
+
 @test "listing a directory skips its children's subtrees" {
     fs_mount
     mkdir -p "$M/big/deep"

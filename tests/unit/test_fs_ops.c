@@ -143,6 +143,75 @@ TEST(test_store_batch_nocopy) {
     store_destroy(st);
 }
 
+typedef struct collected {
+    int n;
+    size_t lens[8];
+    uint8_t last[8];
+} collected;
+
+static int collect(void *ctx, const uint8_t *key, size_t klen, const store_info *info, const void *val, size_t vlen) {
+    (void)info, (void)val, (void)vlen;
+    collected *c = ctx;
+    if (c->n < 8) {
+        c->lens[c->n] = klen;
+        c->last[c->n] = key[klen - 1];
+    }
+    c->n++;
+    return 0;
+}
+
+/* Keys longer than STORE_MAX_KEY name nothing (store.h): reads find nothing, deletes do nothing, and a scan bounded
+ * by one returns exactly the keys a store of such keys would (here: around the longest key, K = "a" x STORE_MAX_KEY,
+ * and K + "b" as a bound), limits included; writing one fails. */
+TEST(test_store_keys_longer_than_any) {
+    store *st = store_mem_new();
+    CHECK(st != NULL);
+    size_t n = STORE_MAX_KEY;
+    uint8_t *k = malloc(n + 2);
+    CHECK(k);
+    if (t_failed()) return;
+    memset(k, 'a', n + 2);
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_put(&b, STORE_KS_DATA, k, n, "K", 1);      /* the longest key */
+    store_batch_put(&b, STORE_KS_DATA, k, n - 1, "k", 1);  /* one shorter */
+    store_batch_put(&b, STORE_KS_DATA, "b", 1, "b", 1);    /* after both */
+    store_batch_delete(&b, STORE_KS_DATA, k, n + 1);       /* names nothing: no error */
+    CHECK_OK(store_write(st, &b, false));
+    store_batch_free(&b);
+    store_buf v = {0};
+    CHECK_EQ(store_get(st, STORE_KS_DATA, k, n + 1, &v, NULL), -ENOENT);
+    CHECK_EQ(store_stat(st, STORE_KS_DATA, k, n + 1, NULL), -ENOENT);
+    /* [K + "a", unbounded): only "b" (K itself is below the bound) */
+    collected c = {0};
+    CHECK_OK(store_scan(st, STORE_KS_DATA, k, n + 1, NULL, 0, 0, true, false, collect, &c));
+    CHECK_EQ(c.n, 1);
+    CHECK_EQ(c.lens[0], 1);
+    /* [K - 1 byte, K + "a"): the shorter key and K */
+    memset(&c, 0, sizeof c);
+    CHECK_OK(store_scan(st, STORE_KS_DATA, k, n - 1, k, n + 1, 0, true, false, collect, &c));
+    CHECK_EQ(c.n, 2);
+    CHECK_EQ(c.lens[1], n);
+    /* a prefix scan of K + "a": nothing; with a limit of 1 from K + "a" backwards to ... the same set, reversed */
+    uint8_t *e = malloc(n + 1);
+    CHECK(e);
+    size_t elen = e ? store_prefix_end(k, n + 1, e) : 0; /* the end of prefix K + "a": K + "b" */
+    CHECK_EQ(elen, n + 1);
+    memset(&c, 0, sizeof c);
+    CHECK_OK(store_scan(st, STORE_KS_DATA, k, n + 1, e, elen, 0, true, false, collect, &c));
+    CHECK_EQ(c.n, 0);
+    memset(&c, 0, sizeof c);
+    CHECK_OK(store_scan(st, STORE_KS_DATA, k, n + 1, NULL, 0, 1, false, false, collect, &c));
+    CHECK_EQ(c.n, 1);
+    store_batch_init(&b);
+    store_batch_put(&b, STORE_KS_DATA, k, n + 1, "x", 1);
+    CHECK_EQ(store_write(st, &b, false), -ENAMETOOLONG);
+    store_batch_free(&b);
+    free(e);
+    free(k);
+    store_destroy(st);
+}
+
 TEST(fs_create_write_read) {
     env e;
     CHECK(env_open(&e, 0));
