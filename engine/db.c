@@ -700,13 +700,22 @@ int db_sync_blob_file(kv_db *db) {
     return rc;
 }
 
+/* A log fsync failed: its batches so far may not be on disk, and no later fsync of that log can say they are. */
+static void note_sync_failure(kv_db *db) {
+    uint64_t s = atomic_load(&db->last_seq);
+    if (s > db->sync_debt) db->sync_debt = s;
+    db->log_broken = true;
+}
+
 static int sync_log_before_switch(kv_db *db) {
     if (!db->log) return KV_OK;
     wal_writer *old = db->log;
     pthread_mutex_unlock(&db->mu);
     int rc = db_sync_blob_file(db);
-    if (!rc) rc = wal_sync(old);
+    bool log_failed = false;
+    if (!rc) log_failed = (rc = wal_sync(old)) != KV_OK;
     pthread_mutex_lock(&db->mu);
+    if (log_failed) note_sync_failure(db);
     return rc;
 }
 
@@ -802,6 +811,44 @@ static int make_room(kv_db *db, bool force) {
     }
 }
 
+/* Make the batches of sync_debt durable by flushing the memtables that hold them to tables, and wait for that (caller
+ * holds mu and leads the write queue). A later fsync of the log whose fsync failed cannot vouch for them. */
+static int settle_sync_debt(kv_db *db) {
+    while (db->sync_debt > db->vs->last_seq) {
+        if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
+        memtable_meta mm;
+        memtable_get_meta(db->mem, &mm);
+        bool in_mem = mm.entries && mm.first_seq <= db->sync_debt;
+        if (in_mem) {
+            int rc = make_room(db, true); /* a new memtable and log; the old memtable goes to the flush */
+            if (rc) return rc;
+            continue;
+        }
+        if (db->nimm == 0) break; /* nothing in memory holds them any more: a flush covered them */
+        if (!db->opt.background_threads) {
+            int rc = db_flush_one(db);
+            if (rc) return rc;
+            continue;
+        }
+        if (db->bg_error && !db->flush_running) {
+            int rc = db->bg_error;
+            return kv_set_error(rc, "the writes whose sync failed are not durable yet: their flush failed: %s",
+                                kv_strerror(rc));
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_signal(&db->work_cv);
+        pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts);
+    }
+    db->sync_debt = 0;
+    return KV_OK;
+}
+
 /* Insert a record's operations into the memtable (leader only). */
 static int insert_record(kv_db *db, const uint8_t *rec, size_t len) {
     uint64_t seq;
@@ -865,7 +912,10 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                 last = p;
             }
         }
-        if (db->log_broken || !db->log) {
+        /* A log fsync failed and may have lost its pages for good: nothing later may reach the disk before the
+         * batches it held are in tables, else a power loss could keep a later batch without an earlier one. */
+        if (db->sync_debt) rc = settle_sync_debt(db);
+        if (!rc && (db->log_broken || !db->log)) {
             rc = sync_log_before_switch(db); /* test_crash: its earlier records may be unsynced */
             if (!rc) rc = new_log(db);
         }
@@ -919,9 +969,10 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             }
         }
         int sync_rc = KV_OK;
+        bool sync_rc_is_log = false;
         if (sync && nrec) {
             sync_rc = db_sync_blob_file(db);
-            if (!sync_rc) sync_rc = wal_sync(db->log);
+            if (!sync_rc) sync_rc_is_log = (sync_rc = wal_sync(db->log)) != KV_OK;
         }
         for (size_t i = 0; i < nrec; i++) {
             const uint8_t *r = recs.data + starts[i];
@@ -934,6 +985,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         pthread_mutex_lock(&db->mu);
         if (log_rc || sync_rc) db->log_broken = true;
         atomic_store(&db->last_seq, next_seq); /* not vs->last_seq: the manifest records flushed batches only */
+        if (sync_rc && sync_rc_is_log) note_sync_failure(db);
         if (sync_rc) {
             /* the batches are applied (they are in the OS) but not known to be on disk */
             for (writer *p = &w;; p = p->next) {
@@ -1033,9 +1085,12 @@ int kv_sync(kv_db *db) {
     wal_writer *log = db->log;
     pthread_mutex_unlock(&db->mu);
     int rc = db_sync_blob_file(db);
-    if (!rc && log) rc = wal_sync(log);
+    bool log_failed = false;
+    if (!rc && log) log_failed = (rc = wal_sync(log)) != KV_OK;
     if (!rc && db->blog) rc = batchlog_sync(db->blog);
     pthread_mutex_lock(&db->mu);
+    if (log_failed) note_sync_failure(db);
+    if (!rc && db->sync_debt) rc = settle_sync_debt(db); /* we lead the queue */
     db->writers_head = w.next;
     if (!db->writers_head) db->writers_tail = NULL;
     else pthread_cond_signal(&db->writers_head->cv);

@@ -164,6 +164,9 @@ struct kv_db {
     wal_writer *log;
     uint64_t log_no;
     bool log_broken;        /* the last append failed: switch to a new log before the next */
+    uint64_t sync_debt;     /* a log fsync failed with batches up to this sequence unsynced (0: none): a later fsync
+                               of that log cannot vouch for them (Linux may mark pages whose writeback failed clean),
+                               so the next sync that succeeds first flushes them to tables (settle_sync_debt) */
     _Atomic uint64_t last_seq;
     pthread_mutex_t blob_mu; /* guards blob_w between the leader (appends) and the flush thread (sync) */
     blob_writer *blob_w;    /* the shared blob file for large puts and writes */

@@ -77,6 +77,9 @@ typedef enum {
     KV_FAULT_SYNC_EIO,    /* sync and sync_dir fail with KV_EIO */
     KV_FAULT_READ_EIO,    /* read_at fails with KV_EIO */
     KV_FAULT_DISK_EIO,    /* appends and syncs (also sync_dir) fail with KV_EIO, nothing written: a dying disk */
+    KV_FAULT_SYNC_LOST,   /* a file's sync fails with KV_EIO, and what it was to make durable is lost for good: later
+                           * syncs of that file succeed without making anything more of it durable (Linux may mark the
+                           * pages of a failed writeback clean, and the next fsync then skips them) */
 } kv_fault_kind;
 
 /* Arm a fault: after `after` more successful operations of the affected kind, every further one fails as `kind`,
@@ -89,7 +92,8 @@ uint64_t kv_fault_env_failures(kv_env *env);
 /* Simulated power loss. kv_fault_env_crash() makes every later write, sync, creation, rename and removal through
  * this environment a silent no-op (returning KV_OK), as if the machine stopped: the store can then be closed and
  * freed. kv_fault_env_apply_crash() then rewinds the real files to what a power loss would have left: each file
- * written through the environment is cut back to its size at its last sync; files created, renamed or removed since
+ * written through the environment is cut back to its size at its last sync (after a KV_FAULT_SYNC_LOST: its size at
+ * the last sync before the failed one); files created, renamed or removed since
  * the last sync_dir of their directory are removed / renamed back / restored as far as tracked. After it the
  * environment works normally again. */
 void kv_fault_env_crash(kv_env *env);

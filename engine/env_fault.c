@@ -25,6 +25,10 @@
  *    a sync_dir or the crash) allows (otherwise the rename is not undone at all);
  *  - a removal: the file is recreated with its durable content, within the same limits (else it stays gone);
  *  - a truncation: cutting is taken as immediately durable, extending is not (the durable length never grows);
+ *  - a file whose sync failed by KV_FAULT_SYNC_LOST: everything after what was durable before that sync, even if
+ *    later syncs of it succeed (Linux may mark pages whose writeback failed clean, and the next fsync then succeeds
+ *    without writing them; the model is stricter and keeps nothing more of the file until it is recreated). The
+ *    other sync faults leave a later successful sync to make everything durable;
  *  - files that already existed when first seen are taken to be durable as they were; directories created or
  *    removed (mkdir/rmdir) are not rewound; a rename is made durable by syncing the directory of its target only.
  *  Paths are compared as spelled, after folding repeated and trailing slashes, so callers must name a directory the
@@ -53,7 +57,8 @@ struct kv_file {
 typedef struct fstate {
     char *path;
     uint64_t synced;
-    bool fresh; /* created (under this or an earlier name) since the last sync_dir: a power loss removes it */
+    bool fresh;    /* created (under this or an earlier name) since the last sync_dir: a power loss removes it */
+    bool poisoned; /* a sync of it failed: later syncs no longer make anything durable (see fe_sync) */
 } fstate;
 
 enum { U_CREATE, U_RENAME, U_REMOVE };
@@ -141,6 +146,7 @@ static fstate *st_add(fault_env *fe, const char *path, uint64_t synced, bool fre
     if (s) {
         s->synced = synced;
         s->fresh = s->fresh || fresh;
+        s->poisoned = false;
         return s;
     }
     if (fe->nst == fe->capst) {
@@ -259,6 +265,7 @@ static bool kind_applies(kv_fault_kind kind, int op) {
     case KV_FAULT_WRITE_SHORT: return op == OP_APPEND;
     case KV_FAULT_ENOSPC: return op == OP_APPEND || op == OP_CREATE;
     case KV_FAULT_SYNC_EIO: return op == OP_SYNC;
+    case KV_FAULT_SYNC_LOST: return op == OP_SYNC;
     case KV_FAULT_READ_EIO: return op == OP_READ;
     case KV_FAULT_DISK_EIO: return op == OP_APPEND || op == OP_SYNC;
     default: return false;
@@ -424,9 +431,16 @@ static int fe_sync(kv_env *env, kv_file *f) {
         return KV_OK;
     }
     kv_fault_kind k = fault_due(fe, OP_SYNC, f->path);
-    pthread_mutex_unlock(&fe->mu);
-    if (k == KV_FAULT_SYNC_EIO || k == KV_FAULT_DISK_EIO)
+    if (k == KV_FAULT_SYNC_EIO || k == KV_FAULT_DISK_EIO || k == KV_FAULT_SYNC_LOST) {
+        /* KV_FAULT_SYNC_LOST: Linux may mark the pages whose writeback failed clean, and a later fsync then succeeds
+         * without writing them. Modelled strictly: nothing more of this file becomes durable (a power loss cuts it
+         * back to what was durable before this sync), whatever later syncs say. */
+        fstate *s = k == KV_FAULT_SYNC_LOST ? st_find(fe, f->path) : NULL;
+        if (s) s->poisoned = true;
+        pthread_mutex_unlock(&fe->mu);
         return kv_set_error(KV_EIO, "fdatasync %s: I/O error (injected fault)", f->path);
+    }
+    pthread_mutex_unlock(&fe->mu);
     /* What the file holds when the sync starts is durable once it returns; later appends are not. */
     uint64_t size;
     int rc = fe->base->size(fe->base, f->inner, &size);
@@ -435,7 +449,7 @@ static int fe_sync(kv_env *env, kv_file *f) {
     if (rc != KV_OK) return rc;
     pthread_mutex_lock(&fe->mu);
     fstate *s = fe->crashed ? NULL : st_find(fe, f->path);
-    if (s && size > s->synced) s->synced = size; /* syncs of one file may run at once and end in any order */
+    if (s && !s->poisoned && size > s->synced) s->synced = size; /* syncs may run at once and end in any order */
     pthread_mutex_unlock(&fe->mu);
     return KV_OK;
 }
@@ -590,7 +604,7 @@ static int fe_sync_dir(kv_env *env, const char *path) {
     }
     int rc;
     kv_fault_kind sk = fault_due(fe, OP_SYNC, path);
-    if (sk == KV_FAULT_SYNC_EIO || sk == KV_FAULT_DISK_EIO) {
+    if (sk == KV_FAULT_SYNC_EIO || sk == KV_FAULT_DISK_EIO || sk == KV_FAULT_SYNC_LOST) {
         rc = kv_set_error(KV_EIO, "fsync directory %s: I/O error (injected fault)", path);
         goto done;
     }
@@ -781,6 +795,7 @@ int kv_fault_env_apply_crash(kv_env *env) {
         uint64_t size;
         if (b->file_size(b, fe->st[i]->path, &size) == KV_OK) fe->st[i]->synced = size;
         fe->st[i]->fresh = false;
+        fe->st[i]->poisoned = false;
     }
     fe->crashed = false;
     pthread_mutex_unlock(&fe->mu);
