@@ -73,7 +73,11 @@ void kv_buf_free(kv_buf *b) {
 /* ---- entering and leaving ------------------------------------------------------------------------------------------ */
 
 bool db_enter(kv_db *db) {
-    if (!db) return false;
+    kv_clear_error(); /* a call that fails sets its own message; one that succeeds leaves none (kv_errmsg) */
+    if (!db) {
+        kv_set_error(KV_ECLOSED, "no store (a NULL handle)");
+        return false;
+    }
     atomic_fetch_add(&db->active, 1);
     if (atomic_load(&db->closed)) {
         atomic_fetch_sub(&db->active, 1);

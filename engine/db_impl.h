@@ -235,6 +235,8 @@ uint64_t db_oldest_snapshot_seq(kv_db *db); /* caller holds mu */
 /* db_read.c */
 /* A referenced reader of table file_no; a missing table file is KV_ECORRUPT. */
 int db_open_table(kv_db *db, uint64_t file_no, sst_reader **r);
+/* seq DB_SEQ_LATEST: the last sequence at the moment the lookup takes its references (safe without a snapshot). */
+#define DB_SEQ_LATEST UINT64_MAX
 /* The newest entry for ukey visible at seq: 1 found (type, timestamp, payload copied into *payload), 0 absent
  * (also for a delete: *type tells), < 0 error. */
 int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, int64_t *ts,

@@ -24,6 +24,7 @@ typedef struct read_refs {
     memtable *mems[DB_MAX_IMM + 1]; /* newest first */
     int nmems;
     version *v;
+    uint64_t seq; /* the last sequence when they were taken: what they hold whole */
 } read_refs;
 
 static void refs_take(kv_db *db, read_refs *r) {
@@ -37,6 +38,10 @@ static void refs_take(kv_db *db, read_refs *r) {
     }
     r->v = db->vs->current;
     version_ref(r->v);
+    /* Under mu, where batches are published and memtables switched: these memtables and this version hold every
+     * batch up to it, and no compaction can have dropped a version it sees. A sequence read before taking the
+     * references could be older than what a compaction meanwhile assumed no reader needed. */
+    r->seq = atomic_load(&db->last_seq);
     pthread_mutex_unlock(&db->mu);
 }
 
@@ -106,6 +111,7 @@ int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int 
                  kv_bytes *payload, uint64_t *found_seq) {
     read_refs r;
     refs_take(db, &r);
+    if (seq == DB_SEQ_LATEST) seq = r.seq;
     int rc = 0;
     const uint8_t *val = NULL;
     size_t vlen = 0;
@@ -149,7 +155,8 @@ static int lookup(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
     uint8_t ubuf[KV_MAX_KEY + 1];
     int rc = make_ukey(ubuf, ro ? ro->keyspace : 0, key, klen);
     if (rc) return rc;
-    return db_get_entry(db, ubuf, klen + 1, db_snapshot_seq(db, ro), type, ts, payload, fseq);
+    return db_get_entry(db, ubuf, klen + 1, ro && ro->snapshot ? ro->snapshot->seq : DB_SEQ_LATEST, type, ts, payload,
+                        fseq);
 }
 
 static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
@@ -233,11 +240,20 @@ int kv_contains(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen)
 int kv_get_many(kv_db *db, const kv_read_opts *ro, size_t n, const kv_slice *keys, kv_buf *vals, int *status) {
     if (n && (!keys || !vals || !status)) return kv_set_error(KV_EINVAL, "kv_get_many: NULL arrays");
     if (!db_enter(db)) return KV_ECLOSED;
-    /* one sequence number for all, so the answers are consistent with each other */
-    kv_read_opts o = {.keyspace = ro ? ro->keyspace : 0};
-    struct kv_snapshot snap = {.seq = db_snapshot_seq(db, ro)};
-    o.snapshot = &snap;
+    /* One snapshot for all, so the answers are consistent with each other: a registered one (unless the caller gave
+     * one), so that no compaction drops a version it sees between two keys. */
+    kv_read_opts o = {.keyspace = ro ? ro->keyspace : 0, .snapshot = ro ? ro->snapshot : NULL};
+    kv_snapshot *own = NULL;
+    if (!o.snapshot) {
+        int rc = kv_snapshot_new(db, &own);
+        if (rc) {
+            db_leave(db);
+            return rc;
+        }
+        o.snapshot = own;
+    }
     for (size_t i = 0; i < n; i++) status[i] = get_locked(db, &o, keys[i].data, keys[i].len, &vals[i], NULL);
+    if (own) kv_snapshot_release(db, own);
     db_leave(db);
     return KV_OK;
 }
@@ -516,6 +532,7 @@ int kv_iter_new(kv_db *db, const kv_read_opts *ro, kv_iter **out) {
         return KV_ENOMEM;
     }
     refs_take(db, &it->refs);
+    if (!(ro && ro->snapshot)) it->seq = it->refs.seq; /* not one read before the references (refs_take) */
     it->in = build_internal_iter(db, &it->refs, &it->ctx);
     if (!it->in) {
         refs_drop(db, &it->refs);
@@ -573,7 +590,10 @@ void kv_iter_seek_last(kv_iter *it) {
 void kv_iter_seek(kv_iter *it, const void *key, size_t klen) {
     uint8_t ub[KV_MAX_KEY + 1];
     it->reverse = false;
-    if (klen > KV_MAX_KEY) klen = KV_MAX_KEY;
+    /* A key longer than any: the first key >= it is the first key > its first KV_MAX_KEY bytes (no key is longer,
+     * and those bytes alone sort before it). */
+    bool cut = klen > KV_MAX_KEY;
+    if (cut) klen = KV_MAX_KEY;
     ub[0] = it->ks;
     if (klen) memcpy(ub + 1, key, klen);
     if (before_lower(it, ub, klen + 1)) {
@@ -582,6 +602,9 @@ void kv_iter_seek(kv_iter *it, const void *key, size_t klen) {
     }
     seek_ukey(it, ub, klen + 1, it->seq, KV_TYPE_FOR_SEEK);
     find_next(it, false, &it->skip);
+    size_t kl;
+    const void *k = kv_iter_key(it, &kl);
+    if (cut && k && kl == klen && memcmp(k, key, klen) == 0) kv_iter_next(it);
 }
 
 void kv_iter_seek_for_prev(kv_iter *it, const void *key, size_t klen) {
@@ -639,6 +662,7 @@ const void *kv_iter_key(const kv_iter *it, size_t *klen) {
 }
 
 int kv_iter_value(kv_iter *it, const void **val, uint64_t *vlen) {
+    if (!it || !val || !vlen) return kv_set_error(KV_EINVAL, "kv_iter_value: NULL argument");
     if (!it->valid) return kv_set_error(KV_EINVAL, "the iterator is not positioned on an entry");
     if (it->vtype != KV_TYPE_BLOB) {
         *val = it->vp;
@@ -660,6 +684,7 @@ int kv_iter_value(kv_iter *it, const void **val, uint64_t *vlen) {
 }
 
 int kv_iter_info(kv_iter *it, kv_info *info) {
+    if (!it || !info) return kv_set_error(KV_EINVAL, "kv_iter_info: NULL argument");
     if (!it->valid) return kv_set_error(KV_EINVAL, "the iterator is not positioned on an entry");
     info->timestamp_ms = it->ts;
     info->sequence = it->eseq;
@@ -674,7 +699,7 @@ int kv_iter_info(kv_iter *it, kv_info *info) {
     return KV_OK;
 }
 
-int kv_iter_status(const kv_iter *it) { return it->status; }
+int kv_iter_status(const kv_iter *it) { return it ? it->status : kv_set_error(KV_EINVAL, "kv_iter_status: NULL"); }
 
 int db_iter_payload(kv_iter *it, const uint8_t **p, size_t *plen) {
     if (!it->valid) return KV_EINVAL;
@@ -689,7 +714,9 @@ static int key_cmp(const void *a, size_t al, const void *b, size_t bl) { return 
 
 int kv_range_scan(kv_db *db, const kv_read_opts *ro, const void *start, size_t slen, const void *end, size_t elen,
                   uint64_t limit, bool forward, kv_scan_fn cb, void *ctx) {
-    if (!cb) return kv_set_error(KV_EINVAL, "kv_range_scan: NULL callback");
+    if (!cb || (slen && !start) || (elen && !end)) return kv_set_error(KV_EINVAL, "kv_range_scan: bad arguments");
+    if (slen > KV_MAX_KEY || elen > KV_MAX_KEY)
+        return kv_set_error(KV_EINVAL, "kv_range_scan: a bound longer than the longest key");
     kv_iter *it;
     int rc = kv_iter_new(db, ro, &it);
     if (rc) return rc;
@@ -729,7 +756,7 @@ typedef struct prefix_ctx {
 
 static int prefix_cb(void *c, const void *k, size_t kl, const void *v, uint64_t vl) {
     prefix_ctx *p = c;
-    if (kl < p->plen || memcmp(k, p->prefix, p->plen) != 0) return 1;
+    if (kl < p->plen || (p->plen && memcmp(k, p->prefix, p->plen) != 0)) return 1;
     return p->cb(p->ctx, k, kl, v, vl);
 }
 
@@ -742,7 +769,7 @@ int kv_prefix_scan(kv_db *db, const kv_read_opts *ro, const void *prefix, size_t
     /* backward: from the last key with the prefix = the last key <= prefix followed by 0xff... */
     uint8_t *end = malloc(KV_MAX_KEY);
     if (!end) return KV_ENOMEM;
-    memcpy(end, prefix, plen);
+    if (plen) memcpy(end, prefix, plen);
     memset(end + plen, 0xff, KV_MAX_KEY - plen);
     int rc = kv_range_scan(db, ro, prefix, plen, end, KV_MAX_KEY, limit, false, prefix_cb, &pc);
     free(end);
@@ -797,7 +824,7 @@ static int copy_key(kv_iter *it, kv_buf *b) {
 static bool has_prefix(kv_iter *it, const void *prefix, size_t plen) {
     size_t kl;
     const void *k = kv_iter_key(it, &kl);
-    return kv_iter_valid(it) && kl >= plen && memcmp(k, prefix, plen) == 0;
+    return kv_iter_valid(it) && kl >= plen && (plen == 0 || memcmp(k, prefix, plen) == 0);
 }
 
 int kv_resolve_prefix(kv_db *db, const kv_read_opts *ro, const void *prefix, size_t plen, kv_buf *key,

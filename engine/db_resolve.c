@@ -209,7 +209,7 @@ static int current_state(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen
     }
     int64_t ts;
     uint64_t fseq;
-    int rc = db_get_entry(db, ukey, ulen, atomic_load(&db->last_seq), type, &ts, payload, &fseq);
+    int rc = db_get_entry(db, ukey, ulen, DB_SEQ_LATEST, type, &ts, payload, &fseq);
     if (rc < 0) return rc;
     if (rc == 0) *type = KV_TYPE_DELETE;
     return KV_OK;
@@ -390,6 +390,10 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
             break;
         case BOP_PUT_STREAM: {
             kv_stream *s = op->stream;
+            if (s->db != db) {
+                rc = kv_set_error(KV_EINVAL, "a stream of another store");
+                break;
+            }
             if (s->w) {
                 if (!s->ended) {
                     rc = blob_writer_end(s->w, &s->ext);

@@ -1482,3 +1482,178 @@ TEST(test_db_iterator_and_stream_outlive_close) {
     kv_stream_free(s);
     kv_free(db);
 }
+
+/* kv_get_many reads n keys at one snapshot. It used to read the sequence once without registering a snapshot, so a
+ * compaction between two keys could drop the version that sequence still needed: here the reader is paused inside
+ * its first key's table read (an environment that blocks that thread's first read) while another thread overwrites
+ * the second key and compacts; the second key must still read as it was. */
+static kv_env gm_env;
+static _Atomic(pthread_t *) gm_reader;
+static atomic_int gm_armed;
+static pthread_mutex_t gm_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gm_cv = PTHREAD_COND_INITIALIZER;
+static int gm_state; /* 1: the reader is paused; 2: it may go on */
+
+static int gm_read_at(kv_env *e, kv_file *f, uint64_t off, void *buf, size_t len, size_t *n) {
+    (void)e;
+    pthread_t *r = atomic_load(&gm_reader);
+    if (r && pthread_equal(pthread_self(), *r) && atomic_exchange(&gm_armed, 0)) {
+        pthread_mutex_lock(&gm_mu);
+        gm_state = 1;
+        pthread_cond_broadcast(&gm_cv);
+        while (gm_state != 2) pthread_cond_wait(&gm_cv, &gm_mu);
+        pthread_mutex_unlock(&gm_mu);
+    }
+    return kv_env_posix()->read_at(kv_env_posix(), f, off, buf, len, n);
+}
+
+typedef struct gm_arg {
+    kv_db *db;
+    pthread_t self;
+    int st[2];
+    kv_buf vals[2];
+} gm_arg;
+
+static void *gm_reader_main(void *p) {
+    gm_arg *a = p;
+    a->self = pthread_self();
+    atomic_store(&gm_reader, &a->self);
+    kv_slice keys[2] = {{"a", 1}, {"b", 1}};
+    (void)kv_get_many(a->db, NULL, 2, keys, a->vals, a->st);
+    return NULL;
+}
+
+TEST(test_db_get_many_is_one_snapshot) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    gm_env = *kv_env_posix();
+    gm_env.read_at = gm_read_at;
+    gm_env.destroy = NULL;
+    kv_options o;
+    kv_options_init(&o);
+    o.env = &gm_env;
+    o.background_threads = false;
+    o.block_cache_bytes = 0;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    CHECK_OK(kv_put(db, "a", 1, "a1", 2, 0));
+    CHECK_OK(kv_put(db, "b", 1, "b1", 2, 0));
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    kv_free(db); /* reopened, no table is open: the reader's first key opens one, through gm_read_at */
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    gm_arg a = {.db = db};
+    gm_state = 0;
+    atomic_store(&gm_reader, NULL);
+    atomic_store(&gm_armed, 1);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, gm_reader_main, &a) == 0);
+    pthread_mutex_lock(&gm_mu);
+    while (gm_state != 1) pthread_cond_wait(&gm_cv, &gm_mu);
+    pthread_mutex_unlock(&gm_mu);
+    CHECK_OK(kv_put(db, "b", 1, "b2", 2, 0));
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    pthread_mutex_lock(&gm_mu);
+    gm_state = 2;
+    pthread_cond_broadcast(&gm_cv);
+    pthread_mutex_unlock(&gm_mu);
+    pthread_join(th, NULL);
+    atomic_store(&gm_reader, NULL);
+    CHECK_MSG(a.st[0] == KV_OK && a.st[1] == KV_OK, "kv_get_many: a %s, b %s", kv_strerror(a.st[0]),
+              kv_strerror(a.st[1]));
+    if (a.st[0] == KV_OK) {
+        CHECK_MEM(a.vals[0].data, a.vals[0].len, "a1", 2);
+        kv_buf_free(&a.vals[0]);
+    }
+    if (a.st[1] == KV_OK) {
+        CHECK_MEM(a.vals[1].data, a.vals[1].len, "b1", 2); /* the snapshot's version, not b2 */
+        kv_buf_free(&a.vals[1]);
+    }
+    kv_free(db);
+}
+
+static int count_cb(void *ctx, const void *k, size_t kl, const void *v, uint64_t vl) {
+    (void)k, (void)kl, (void)v, (void)vl;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* Misuse gets an error (never a crash or a wrong answer), and kv_errmsg describes the last call, not an older one. */
+TEST(test_db_api_misuse_gets_errors) {
+    char dir[512], dir2[600];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    snprintf(dir2, sizeof dir2, "%s/other", dir);
+    kv_options o;
+    kv_options_init(&o);
+    kv_db *db, *db2;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_OK(kv_open(dir2, &o, &db2));
+    if (t_failed()) return;
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    int n = 0;
+    /* range bounds: NULL with a length, longer than any key */
+    CHECK_EQ(kv_range_scan(db, NULL, NULL, 5, NULL, 0, 0, true, count_cb, &n), KV_EINVAL);
+    CHECK_EQ(kv_range_scan(db, NULL, NULL, 0, NULL, 5, 0, false, count_cb, &n), KV_EINVAL);
+    uint8_t *big = malloc(KV_MAX_KEY + 1);
+    CHECK(big);
+    if (t_failed()) return;
+    memset(big, 'k', KV_MAX_KEY + 1);
+    CHECK_EQ(kv_range_scan(db, NULL, big, KV_MAX_KEY + 1, NULL, 0, 0, true, count_cb, &n), KV_EINVAL);
+    CHECK_EQ(n, 0);
+    /* an iterator seek to a key longer than any lands after the longest key that starts it */
+    CHECK_OK(kv_put(db, big, KV_MAX_KEY, "m", 1, 0));
+    CHECK_OK(kv_put(db, "l", 1, "2", 1, 0));
+    kv_iter *it;
+    CHECK_OK(kv_iter_new(db, NULL, &it));
+    kv_iter_seek(it, big, KV_MAX_KEY + 1);
+    size_t kl;
+    const void *k = kv_iter_key(it, &kl);
+    CHECK(k && kl == 1 && memcmp(k, "l", 1) == 0);
+    kv_iter_seek(it, big, KV_MAX_KEY);
+    CHECK(kv_iter_valid(it) && kv_iter_key(it, &kl) && kl == KV_MAX_KEY);
+    const void *v;
+    uint64_t vl;
+    CHECK_EQ(kv_iter_value(it, NULL, &vl), KV_EINVAL);
+    CHECK_EQ(kv_iter_value(it, &v, NULL), KV_EINVAL);
+    CHECK_EQ(kv_iter_info(it, NULL), KV_EINVAL);
+    CHECK_EQ(kv_iter_status(NULL), KV_EINVAL);
+    kv_iter_free(it);
+    free(big);
+    /* the empty prefix as (NULL, 0) */
+    kv_buf key;
+    CHECK_EQ(kv_resolve_prefix(db, NULL, NULL, 0, &key, NULL), KV_EAMBIGUOUS);
+    kv_buf_free(&key);
+    n = 0;
+    CHECK_OK(kv_prefix_scan(db, NULL, NULL, 0, 0, false, count_cb, &n));
+    CHECK_EQ(n, 3);
+    /* a stream of one store put into another is refused; the other's value stays */
+    kv_stream *s;
+    CHECK_OK(kv_stream_new(db, &s));
+    uint8_t data[5000];
+    memset(data, 'A', sizeof data);
+    CHECK_OK(kv_stream_append(s, data, sizeof data));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put_stream(b, 0, "y", 1, s));
+    CHECK_EQ(kv_write(db2, b, 0, NULL), KV_EINVAL);
+    CHECK(strstr(kv_errmsg(), "another store") != NULL);
+    CHECK_EQ(kv_contains(db2, NULL, "y", 1), 0);
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    kv_batch_free(b);
+    kv_stream_free(s);
+    kv_buf got;
+    CHECK_OK(kv_get(db, NULL, "y", 1, &got));
+    CHECK(got.len == sizeof data && ((uint8_t *)got.data)[0] == 'A');
+    kv_buf_free(&got);
+    /* kv_errmsg: about the last call */
+    CHECK_EQ(kv_get(db, NULL, "", 0, &got), KV_EINVAL);
+    CHECK(strcmp(kv_errmsg(), "") != 0);
+    CHECK_EQ(kv_get(db, NULL, "missing", 7, &got), KV_ENOTFOUND);
+    CHECK(strstr(kv_errmsg(), "empty key") == NULL);
+    CHECK_OK(kv_get(db, NULL, "a", 1, &got));
+    kv_buf_free(&got);
+    CHECK_MSG(strcmp(kv_errmsg(), "") == 0, "after a success: '%s'", kv_errmsg());
+    kv_free(db2);
+    kv_free(db);
+}
