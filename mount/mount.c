@@ -62,8 +62,10 @@ typedef struct mount_opts {
     unsigned uid, gid;
     int uid_set, gid_set;
     double timeout;
+    int timeout_set;
     unsigned spin_us;
     int spin_set;
+    char *uid_s, *gid_s, *spin_s; /* parsed by parse_unsigned: "%u" would take -5 as 4294967291 */
 } mount_opts;
 
 enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_FILE_MODE, KEY_DIR_MODE, KEY_UID, KEY_GID };
@@ -79,15 +81,16 @@ static const struct fuse_opt mount_spec[] = {
     OPT("no_default_permissions", no_default_permissions, 1),
     OPT("no_writeback_cache", no_writeback, 1),
     OPT("cache_timeout=%lf", timeout, 0),
-    OPT("spin=%u", spin_us, 0),
+    OPT("cache_timeout=", timeout_set, 1),
+    OPT("spin=%s", spin_s, 0),
     OPT("spin=", spin_set, 1),
     OPT("default_file_mode=%o", file_mode, 0),
     OPT("default_file_mode=", file_mode_set, 1),
     OPT("default_dir_mode=%o", dir_mode, 0),
     OPT("default_dir_mode=", dir_mode_set, 1),
-    OPT("default_uid=%u", uid, 0),
+    OPT("default_uid=%s", uid_s, 0),
     OPT("default_uid=", uid_set, 1),
-    OPT("default_gid=%u", gid, 0),
+    OPT("default_gid=%s", gid_s, 0),
     OPT("default_gid=", gid_set, 1),
     FUSE_OPT_KEY("-f", KEY_FOREGROUND),
     FUSE_OPT_KEY("-d", KEY_DEBUG),
@@ -359,6 +362,17 @@ static void *loop_thread(void *arg) {
     return NULL;
 }
 
+/* A decimal number 0 .. UINT_MAX, nothing else (no sign). */
+static bool parse_unsigned(const char *s, unsigned *out) {
+    if (!s || *s < '0' || *s > '9') return false;
+    errno = 0;
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || v > UINT_MAX) return false;
+    *out = (unsigned)v;
+    return true;
+}
+
 /* How long the reader polls: -o spin, else 50 µs when this process may run on two CPUs or more. Polling keeps
  * the reader on its CPU, so a request from a process running on another CPU needs no cross-CPU wake-up (costly:
  * in a virtual machine an inter-processor interrupt exits to the hypervisor); with one CPU it would only take
@@ -517,7 +531,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     }
 #endif
     d.fctx.fs = d.fs;
-    d.fctx.timeout = o->timeout > 0 ? o->timeout : 86400.0;
+    d.fctx.timeout = o->timeout_set ? o->timeout : 86400.0; /* 0: the kernel caches nothing */
     d.fctx.writeback = !o->no_writeback;
     d.fctx.read_only = o->read_only;
     d.fuse = fuse_new(fargs, kvfs_fuse_operations(), sizeof(struct fuse_operations), &d.fctx);
@@ -605,6 +619,15 @@ int kvfs_mount_main(int argc, char **argv) {
         fprintf(stderr, "usage: kvfs mount [-f] [-o OPTIONS] DATADIR MOUNTPOINT (kvfs mount --help)\n");
         goto out;
     }
+    if ((o.timeout_set && !(o.timeout >= 0)) || (o.uid_s && !parse_unsigned(o.uid_s, &o.uid)) ||
+        (o.gid_s && !parse_unsigned(o.gid_s, &o.gid)) || (o.spin_s && !parse_unsigned(o.spin_s, &o.spin_us))) {
+        fprintf(stderr, "kvfs: -o %s: not a number at least 0\n",
+                o.timeout_set && !(o.timeout >= 0) ? "cache_timeout"
+                : o.uid_s && !parse_unsigned(o.uid_s, &o.uid) ? "default_uid"
+                : o.gid_s && !parse_unsigned(o.gid_s, &o.gid) ? "default_gid"
+                                                              : "spin");
+        goto out;
+    }
     bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
     if (!mem && mkdir(o.datadir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));
@@ -614,6 +637,11 @@ int kvfs_mount_main(int argc, char **argv) {
     real_mnt = realpath(o.mountpoint, NULL);
     if ((!real_data && !mem) || !real_mnt) {
         fprintf(stderr, "kvfs: %s: %s\n", !real_mnt ? o.mountpoint : o.datadir, strerror(errno));
+        goto out;
+    }
+    struct stat mst;
+    if (stat(real_mnt, &mst) != 0 || !S_ISDIR(mst.st_mode)) {
+        fprintf(stderr, "kvfs: %s: %s\n", o.mountpoint, stat(real_mnt, &mst) != 0 ? strerror(errno) : "not a directory");
         goto out;
     }
     if (real_data) {
@@ -686,6 +714,10 @@ out:
     free(o.cache_size);
     free(o.memtable_size);
     free(o.compression);
+    free(o.blob_threshold);
+    free(o.uid_s);
+    free(o.gid_s);
+    free(o.spin_s);
     fuse_opt_free_args(&fargs);
     fuse_opt_free_args(&args);
     return status;

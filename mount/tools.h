@@ -51,7 +51,7 @@ typedef struct tool_ctx {
     int64_t progress_drawn_ms; /* last time the bar was drawn */
     const char *progress_label;
     struct tool_reopen *reopen; /* direct runs of `changes --follow` (see below); NULL otherwise */
-    char keystr[2][256];    /* tool_keystr's buffers */
+    char keystr[3][256];    /* tool_keystr's buffers: a message may name three keys */
     int keystr_next;
 } tool_ctx;
 
@@ -74,11 +74,11 @@ int tout_base64(tout *o, const void *p, size_t n, bool final, size_t *used);
 int tout_json_value(tout *o, const void *v, size_t n);
 int tout_json_key(tout *o, const void *key, size_t n);
 
-/* A key's text form for a message, quoted, shortened to about 200 characters. Two buffers alternate: valid until the
- * next-but-one call. */
+/* A key's text form for a message, quoted, shortened to about 200 characters. Three buffers take turns: valid until
+ * the third call after it (one message may name three keys). */
 const char *tool_keystr(tool_ctx *c, const void *key, size_t n);
 
-/* An error line "kvfs: ..." on the caller's stderr; returns TOOL_FAIL (tool_usage_error: TOOL_USAGE). */
+/* An error line "kvfs: ..." on the caller's stderr; returns TOOL_FAIL. */
 int tool_error(tool_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The same for an engine status: "kvfs: <what>: <kv_strerror>[: <kv_errmsg>]". */
 int tool_kv_error(tool_ctx *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

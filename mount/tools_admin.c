@@ -130,6 +130,10 @@ int cmd_check(tool_ctx *c, const targs *a) {
 }
 
 int cmd_checkpoint(tool_ctx *c, const targs *a) {
+    if (!a->pos[1] || !*a->pos[1]) {
+        tool_error(c, "checkpoint: DEST is empty");
+        return TOOL_USAGE;
+    }
     c->progress_label = "checkpoint";
     int rc = kv_checkpoint(c->db, a->pos[1], tool_progress, c);
     tool_progress_done(c);
@@ -215,6 +219,7 @@ int cmd_changes(tool_ctx *c, const targs *a) {
     bool json = a->seen & OPT_JSON, follow = a->seen & OPT_FOLLOW;
     uint64_t next;
     if (a->seen & OPT_SINCE) {
+        if (a->since == UINT64_MAX) return TOOL_OK; /* nothing can come after the last sequence there is */
         next = a->since + 1;
     } else {
         uint64_t oldest;

@@ -448,7 +448,8 @@ int cmd_scan(tool_ctx *c, const targs *a) {
         else kv_iter_seek_last(it);
     }
     int status = TOOL_OK;
-    while (kv_iter_valid(it) && (a->limit == 0 || s.count < a->limit)) {
+    bool limited = a->seen & OPT_LIMIT; /* --limit 0 prints nothing */
+    while (kv_iter_valid(it) && (!limited || s.count < a->limit)) {
         size_t klen;
         const void *key = kv_iter_key(it, &klen);
         if (hi && key_cmp(key, klen, hi->p, hi->n) > 0) {

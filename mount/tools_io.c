@@ -179,7 +179,7 @@ int tout_json_chars(tout *o, const void *s, size_t n) { return json_escape(o, s,
 
 const char *tool_keystr(tool_ctx *c, const void *key, size_t n) {
     char *buf = c->keystr[c->keystr_next];
-    c->keystr_next ^= 1;
+    c->keystr_next = (c->keystr_next + 1) % 3;
     size_t take = n > 60 ? 60 : n; /* 60 bytes encode to at most 181 characters */
     char enc[KEYFMT_KEY_MAX(60) + 1];
     if (!take || !keyfmt_key(enc, key, take)) enc[0] = 0;

@@ -175,6 +175,25 @@ PY
     run t "$KVFS" mount -o blob_threshold=0 "$D" "$T/mnt"
     [ "$status" -ne 0 ]
     [[ "$output" == *"bad blob_threshold"* ]]
+    # numbers: no sign, no garbage; a cache timeout of 0 is kept (not taken for "unset")
+    for o in default_uid=-5 default_gid=x spin=-1 cache_timeout=-1; do
+        run t "$KVFS" mount -o "$o" "$D" "$T/mnt"
+        [ "$status" -ne 0 ]
+        [[ "$output" == *"-o ${o%%=*}: not a number"* ]]
+    done
+    fs_unmount
+    fs_mount -o cache_timeout=0
+    echo old > "$M/t"
+    stat "$M/t" >/dev/null
+    kv put "$D" t newer-content   # through the control socket; with no kernel caching the new size shows at once
+    [ "$(stat -c %s "$M/t")" -eq 13 ]
+    fs_unmount
+    # the mount point must be a directory
+    touch "$T/file"
+    run t "$KVFS" mount "$D" "$T/file"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"not a directory"* ]]
+    ! grep -q " $T/file " /proc/mounts
 }
 
 @test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {

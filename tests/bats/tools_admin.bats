@@ -68,6 +68,8 @@ fill() {
 
 @test "checkpoint: a copy restored elsewhere opens and matches key for key" {
     fill
+    run kv checkpoint "$D" ""
+    [ "$status" -eq 2 ]
     kv checkpoint "$D" "$T/cp"
     [ -f "$T/cp/CURRENT" ]
     # table files are hard links (same file system)
@@ -129,6 +131,9 @@ backup_ckpt() { # DEST BACKUP
     printf 'put c 3\ndel a\n' | kv batch "$D"
     kv del "$D" b
     printf 'x' | kv put "$D" 'sp ace'
+    run kv changes "$D" --since 18446744073709551615   # the largest sequence: nothing comes after it
+    [ "$status" -eq 0 ]
+    [ "$output" = "" ]
     run kv changes "$D" --since "$seq"
     [ "$status" -eq 0 ]
     got=$(sed -E 's/^(batch [0-9]+) .*/\1/' <<<"$output")

@@ -214,6 +214,15 @@ teardown() { tools_teardown; }
     [ "$(kv scan "$D" --prefix '%FF%FF' --reverse --keys-only | tr '\n' ' ')" = "%FF%FFa %FF%FF " ]
 }
 
+@test "scan --limit 0 prints nothing" {
+    printf '%s\n' 'put a 1' 'put b 2' | kv batch "$D"
+    run kv scan "$D" --limit 0 --keys-only
+    [ "$status" -eq 0 ]
+    [ "$output" = "" ]
+    run kv scan "$D" --limit 1 --keys-only
+    [ "$output" = a ]
+}
+
 @test "scan --json is valid JSON; binary values as base64; values with newlines escaped in text" {
     kv put "$D" text 'he said "hi"\'
     printf 'two\nlines\ttab' | kv put "$D" nl
@@ -263,6 +272,11 @@ teardown() { tools_teardown; }
     run --separate-stderr kv short "$D" ab
     [ "$status" -eq 1 ]
     [[ "$stderr" == *"no unique prefix"* ]]
+    # a prefix that is not itself a key: the message names the two keys (it named the prefix twice)
+    kv put "$D" abc2 w
+    run --separate-stderr kv resolve "$D" abc
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: prefix 'abc' is ambiguous: 'abc1', 'abc2', ..." ]
 }
 
 @test "a store locked by a process that is not a kvfs daemon: clear error after waiting" {
