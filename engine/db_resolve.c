@@ -501,13 +501,26 @@ void kv_stream_free(kv_stream *s) {
         uint64_t no = blob_writer_file_no(s->w);
         if (!s->ended) {
             blob_extent e;
-            (void)blob_writer_end(s->w, &e); /* an unused record: garbage for blob GC */
+            (void)blob_writer_end(s->w, &e); /* an unused record */
         }
         (void)blob_writer_sync(s->w);
         blob_writer_close(s->w);
+        /* A stream no batch took (abandoned, or its put failed: a full disk) owns a file nothing references: take it
+         * out of the version and delete it now, rather than leave it to blob GC, which a short-lived process (the
+         * kvfs tools) never runs, and which on a full disk is the space needed to recover. A stream a batch took
+         * is left as it was (its record may be referenced). */
+        bool unused = !s->committed && db_enter(db);
         pthread_mutex_lock(&db->mu);
         pending_remove(db, no);
+        if (unused && !db->opt.read_only) {
+            version_edit e;
+            edit_init(&e);
+            if (edit_delete_blob(&e, no) == KV_OK && vset_log_and_apply(db->vs, &e) == KV_OK)
+                db_delete_obsolete_files(db);
+            edit_free(&e);
+        }
         pthread_mutex_unlock(&db->mu);
+        if (unused) db_leave(db);
     }
     bytes_free(&s->inline_data);
     free(s);
