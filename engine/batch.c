@@ -89,8 +89,8 @@ static int add_keyed(kv_batch *b, int kind, uint8_t ks, const void *key, size_t 
 /* A PUT or WRITE_AT op whose bytes are copied into the batch, or only pointed to (nocopy). */
 static int add_data_op(kv_batch *b, int kind, uint8_t ks, const void *key, size_t klen, uint64_t off,
                        const void *data, uint64_t len, bool copy) {
-    if (kind == BOP_WRITE_AT && off > UINT64_MAX - len)
-        return kv_set_error(KV_EINVAL, "write_at: offset + length overflows");
+    if (kind == BOP_WRITE_AT && (off > KV_MAX_VALUE || len > KV_MAX_VALUE - off))
+        return kv_set_error(KV_EINVAL, "write_at: a value ends at most at 2^63 bytes");
     if (len && !data) return kv_set_error(KV_EINVAL, "NULL value with non-zero length");
     batch_op *op;
     int rc = add_keyed(b, kind, ks, key, klen, &op);
@@ -162,6 +162,7 @@ int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t kl
 }
 
 int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {
+    if (size > KV_MAX_VALUE) return kv_set_error(KV_EINVAL, "truncate: a value is at most 2^63 bytes");
     batch_op *op;
     int rc = add_keyed(b, BOP_TRUNCATE, ks, key, klen, &op);
     if (rc) return rc;

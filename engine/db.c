@@ -501,6 +501,8 @@ static int validate_options(const kv_options *o) {
         o->bloom_bits_per_key < 0 || o->blob_threshold < 1 || o->blob_file_bytes < BLOB_CHUNK ||
         o->blob_page_extents < BLOB_PAGE_EXTENTS_MIN || o->blob_page_extents > BLOB_PAGE_EXTENTS_MAX)
         return kv_set_error(KV_EINVAL, "invalid options");
+    if (!(o->blob_gc_ratio >= 0 && o->blob_gc_ratio <= 1))
+        return kv_set_error(KV_EINVAL, "invalid options: blob_gc_ratio must be between 0 and 1");
     return KV_OK;
 }
 

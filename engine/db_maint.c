@@ -51,6 +51,9 @@ int kv_prune_batch_log(kv_db *db, uint64_t cutoff) {
     if (!rc) {
         /* record the floor first: a crash after it cannot bring pruned batches back */
         pthread_mutex_lock(&db->mu);
+        /* Batches not yet committed cannot be pruned: a floor past the next sequence would evict them at birth. */
+        uint64_t next = atomic_load(&db->last_seq) + 1;
+        if (cutoff > next) cutoff = next;
         if (cutoff > db->vs->batchlog_floor) {
             version_edit e;
             edit_init(&e);

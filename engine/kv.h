@@ -25,6 +25,7 @@ extern "C" {
 
 #define KV_VERSION_STRING "0.1.0"
 #define KV_MAX_KEY (64u * 1024u)  /* longest key, bytes */
+#define KV_MAX_VALUE (1ull << 63) /* longest value, bytes (write_at and truncate beyond it are KV_EINVAL) */
 #define KV_MAX_LEVELS 7
 
 /* Status codes. */
@@ -278,7 +279,8 @@ int kv_get_batch(kv_db *db, uint64_t seq, kv_logged_batch **out);
 void kv_logged_batch_free(kv_logged_batch *b);
 /* The oldest sequence still retained; KV_ENOTFOUND when the log is empty or off. */
 int kv_oldest_retained_batch(kv_db *db, uint64_t *seq);
-/* Drop every batch with a sequence number below cutoff. */
+/* Drop every batch with a sequence number below cutoff (at most the next sequence: batches not yet committed are
+ * never pruned). */
 int kv_prune_batch_log(kv_db *db, uint64_t cutoff);
 
 /* ---- Maintenance: check, compact, checkpoint, statistics ----------------------------------------------------- */

@@ -1705,3 +1705,39 @@ TEST(test_db_abandoned_stream_leaves_no_blob_file) {
     CHECK_MSG(pl.n == 0, "%s", pl.text);
     kv_free(db);
 }
+
+/* Limits kv.h states: values end at 2^63 bytes; a prune cannot reach batches not yet committed; blob_gc_ratio is a
+ * share. */
+TEST(test_db_stated_limits) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_options o;
+    kv_options_init(&o);
+    o.batch_log_max_batches = 1000;
+    o.blob_gc_ratio = -1;
+    kv_db *db;
+    CHECK_EQ(kv_open(dir, &o, &db), KV_EINVAL);
+    o.blob_gc_ratio = 0.5;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_EQ(kv_batch_write_at(b, 0, "k", 1, UINT64_MAX - 1, "x", 1), KV_EINVAL);
+    CHECK_EQ(kv_batch_write_at(b, 0, "k", 1, KV_MAX_VALUE, "x", 1), KV_EINVAL);
+    CHECK_EQ(kv_batch_truncate(b, 0, "k", 1, KV_MAX_VALUE + 1), KV_EINVAL);
+    CHECK_OK(kv_batch_write_at(b, 0, "k", 1, KV_MAX_VALUE - 1, "x", 1));
+    kv_batch_free(b);
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    uint64_t cur = kv_current_sequence(db);
+    CHECK_OK(kv_prune_batch_log(db, cur + 100));
+    uint64_t seq = 0;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put(b, "c", 1, "2", 1));
+    CHECK_OK(kv_write(db, b, 0, &seq));
+    kv_batch_free(b);
+    kv_logged_batch *lb = NULL;
+    CHECK_OK(kv_get_batch(db, seq, &lb)); /* committed after the prune: kept */
+    if (lb) kv_logged_batch_free(lb);
+    CHECK_EQ(kv_get_batch(db, cur, &lb), KV_EEVICTED);
+    kv_free(db);
+}
