@@ -510,6 +510,13 @@ void kv_stream_free(kv_stream *s) {
          * kvfs tools) never runs, and which on a full disk is the space needed to recover. A stream a batch took
          * is left as it was (its record may be referenced). */
         bool unused = !s->committed && db_enter(db);
+        if (unused && !db->opt.read_only) {
+            /* First give the space back, which needs no manifest edit (a file of just its header is a valid, empty
+             * blob file): on a full disk the edit below may fail. */
+            char path[4096];
+            file_name(path, sizeof path, db->dir, no, "blob");
+            (void)db->env->truncate(db->env, path, BLOB_HEADER);
+        }
         pthread_mutex_lock(&db->mu);
         pending_remove(db, no);
         if (unused && !db->opt.read_only) {

@@ -905,3 +905,40 @@ TEST(test_faults_failed_checkpoint_is_not_openable) {
     }
     fx_free(&f);
 }
+
+/* A large value put on a full disk fails; its stream's blob file must not keep the space it took. When even the
+ * manifest cannot grow, the file is cut back to its header (an empty blob file) instead of removed, and the store
+ * stays clean; once there is room, the file goes and writes work. */
+TEST(test_faults_failed_stream_put_gives_space_back) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    if (t_failed()) return;
+    static uint8_t data[300000];
+    memset(data, 'q', sizeof data);
+    kv_stream *s;
+    CHECK_OK(kv_stream_new(f.db, &s));
+    CHECK_OK(kv_stream_append(s, data, 100000)); /* into its own blob file */
+    kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, NULL); /* the disk is full: every file */
+    CHECK(kv_stream_append(s, data, sizeof data) != KV_OK);
+    kv_stream_free(s);
+    kv_fault_env_clear(f.env);
+    /* no blob file holds more than its header */
+    char **names;
+    size_t n;
+    kv_env *posix = kv_env_posix();
+    CHECK_OK(posix->list_dir(posix, f.dir, &names, &n));
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(names[i]);
+        if (len < 5 || strcmp(names[i] + len - 5, ".blob") != 0) continue;
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", f.dir, names[i]);
+        uint64_t size = 0;
+        CHECK_OK(posix->file_size(posix, path, &size));
+        CHECK_MSG(size <= 16, "%s keeps %llu bytes", names[i], (unsigned long long)size);
+    }
+    kv_env_free_names(names, n);
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    CHECK_MSG(fx_writes_recover(&f), "%s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
