@@ -783,12 +783,40 @@ static int gc_uses_file(void *ctx, const blob_extent *e, bool page) {
     return 0; /* on to the end: a damaged page anywhere must be seen */
 }
 
+/* Lead the write queue (as a writer without a batch): while we do, no group is between resolving its batches, which
+ * may append values to the shared blob file, and inserting them into the memtable. */
+static void queue_hold(kv_db *db, writer *w) {
+    *w = (writer){0};
+    pthread_cond_init(&w->cv, NULL);
+    pthread_mutex_lock(&db->mu);
+    if (db->writers_tail) db->writers_tail->next = w;
+    else db->writers_head = w;
+    db->writers_tail = w;
+    while (db->writers_head != w) pthread_cond_wait(&w->cv, &db->mu);
+    pthread_mutex_unlock(&db->mu);
+}
+
+static void queue_release(kv_db *db, writer *w) {
+    pthread_mutex_lock(&db->mu);
+    db->writers_head = w->next;
+    if (!db->writers_head) db->writers_tail = NULL;
+    else pthread_cond_signal(&db->writers_head->cv);
+    pthread_mutex_unlock(&db->mu);
+    pthread_cond_destroy(&w->cv);
+}
+
 int kv_blob_gc(kv_db *db, double min_ratio) {
     if (!db_enter(db)) return KV_ECLOSED;
     if (db->opt.read_only) {
         db_leave(db);
         return kv_set_error(KV_EREADONLY, "the store was opened read-only");
     }
+    /* The candidates and the pass's view of the references are taken while no write group is in flight: a group
+     * resolves its batches (appending their large values to the shared blob file, which may fill and retire) before
+     * it inserts them, and a file retired meanwhile would look unreferenced to a pass that cannot see them yet. Files
+     * retired after this point hold nothing of the pass's view, and are not candidates (not in it). */
+    writer qw;
+    queue_hold(db, &qw);
     /* the candidates: blob files that nobody is writing */
     pthread_mutex_lock(&db->mu);
     version *v = db->vs->current;
@@ -796,6 +824,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     gc_file *fs = calloc(n ? n : 1, sizeof *fs);
     if (!fs) {
         pthread_mutex_unlock(&db->mu);
+        queue_release(db, &qw);
         db_leave(db);
         return KV_ENOMEM;
     }
@@ -825,6 +854,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     db_raw_iter *ri;
     iter *it;
     int rc = db_raw_iter_new(db, false, &ri, &it);
+    queue_release(db, &qw);
     gc_scan scan = {.fs = fs, .n = n};
     bool damaged = false, damaged_data = false;
     kv_bytes prev = {0};

@@ -1741,3 +1741,71 @@ TEST(test_db_stated_limits) {
     CHECK_EQ(kv_get_batch(db, cur, &lb), KV_EEVICTED);
     kv_free(db);
 }
+
+/* Blob GC runs while writers put large values. A group resolves its batches (appending their values to the shared
+ * blob file, which fills and is retired) before it inserts them into the memtable; GC used to take such a retired
+ * file for unreferenced and delete it, and the acknowledged values read as "blob file is missing". */
+typedef struct gc_race {
+    kv_db *db;
+    int id;
+    atomic_bool *stop;
+    atomic_int *bad;
+} gc_race;
+
+static void *gc_race_gc(void *p) {
+    gc_race *a = p;
+    while (!atomic_load(a->stop)) (void)kv_blob_gc(a->db, 0.5);
+    return NULL;
+}
+
+static void *gc_race_writer(void *p) {
+    gc_race *a = p;
+    char k[8];
+    snprintf(k, sizeof k, "k%d", a->id);
+    size_t len = 70000;
+    uint8_t *v = malloc(len);
+    for (int i = 0; v && i < 150 && !atomic_load(a->bad); i++) {
+        memset(v, i + a->id, len);
+        if (kv_put(a->db, k, strlen(k), v, len, 0) != KV_OK) {
+            atomic_store(a->bad, 1);
+            break;
+        }
+        kv_buf g;
+        int rc = kv_get(a->db, NULL, k, strlen(k), &g);
+        if (rc || g.len != len || memcmp(g.data, v, len) != 0) {
+            printf("# writer %d, value %d: %s\n", a->id, i, rc ? kv_errmsg() : "wrong bytes");
+            atomic_store(a->bad, 1);
+        }
+        if (!rc) kv_buf_free(&g);
+    }
+    free(v);
+    return NULL;
+}
+
+TEST(test_db_blob_gc_spares_files_of_batches_being_written) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_options o;
+    kv_options_init(&o);
+    o.blob_file_bytes = 64 << 10; /* a file fills with each value */
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    atomic_bool stop = false;
+    atomic_int bad = 0;
+    gc_race gc = {db, 0, &stop, &bad}, w[4];
+    pthread_t tg, tw[4];
+    CHECK(pthread_create(&tg, NULL, gc_race_gc, &gc) == 0);
+    for (int i = 0; i < 4; i++) {
+        w[i] = (gc_race){db, i, &stop, &bad};
+        CHECK(pthread_create(&tw[i], NULL, gc_race_writer, &w[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(tw[i], NULL);
+    atomic_store(&stop, true);
+    pthread_join(tg, NULL);
+    CHECK_EQ(atomic_load(&bad), 0);
+    problem_log pl = {0};
+    CHECK_OK(kv_check(db, log_problem, NULL, &pl, NULL));
+    CHECK_MSG(pl.n == 0, "%s", pl.text);
+    kv_free(db);
+}
