@@ -85,6 +85,8 @@ int kvfs_flush(kvfs_fs *fs, kvfs_file *f);
 int kvfs_fsync(kvfs_fs *fs, kvfs_file *f, bool datasync);
 /* One open fewer; the last one flushes and frees f (and a file unlinked while open disappears). */
 int kvfs_release(kvfs_fs *fs, kvfs_file *f);
+/* How many opens f has now. */
+int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f);
 
 /* Directories. The fill callback returns non-zero when the caller's buffer is full (that entry was not taken).
  * st is complete when plus is set, else only st_mode's type and st_ino. off is the entry's cookie: passing it

@@ -951,6 +951,7 @@ static int open_files_under(kvfs_fs *fs, const uint8_t *key, size_t klen, bool s
     return 0;
 }
 
+/* tbl_mu and f->mu held. */
 static void file_rehash(kvfs_fs *fs, kvfs_file *f, uint8_t *new_key, size_t nlen) {
     uint64_t h = file_key_hash(f->key, f->klen) % FS_TABLE_SIZE;
     for (kvfs_file **pp = &fs->table[h]; *pp; pp = &(*pp)->next)
@@ -958,17 +959,15 @@ static void file_rehash(kvfs_fs *fs, kvfs_file *f, uint8_t *new_key, size_t nlen
             *pp = f->next;
             break;
         }
-    pthread_mutex_lock(&f->mu);
     free(f->key);
     f->key = new_key;
     f->klen = nlen;
-    pthread_mutex_unlock(&f->mu);
     h = file_key_hash(new_key, nlen) % FS_TABLE_SIZE;
     f->next = fs->table[h];
     fs->table[h] = f;
 }
 
-/* Point the open files of list at their new keys (root from -> to). tbl_mu held. */
+/* Point the open files of list at their new keys (root from -> to). tbl_mu and each file's mu held. */
 static void retarget(kvfs_fs *fs, const open_list *ol, size_t olen, const uint8_t *to, size_t tlen) {
     for (size_t i = 0; i < ol->n; i++) {
         kvfs_file *f = ol->v[i];
@@ -1088,6 +1087,10 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
         move_items(&b, &sl, s.p.klen, d.p.key, d.p.klen, &scratch);
     }
     if (!rc && (scratch.oom || tmp.oom || orphan.oom)) rc = -ENOMEM;
+    /* The open files keep their mu from before the batch until they point at their new keys: a read or a flush
+     * through them in between would use a key the batch just moved (a read found nothing there and returned zeros). */
+    for (size_t i = 0; i < so.n; i++) pthread_mutex_lock(&so.v[i]->mu);
+    for (size_t i = 0; i < dop.n; i++) pthread_mutex_lock(&dop.v[i]->mu);
     if (!rc) rc = fs_write_batch(fs, &b);
     if (!rc) {
         /* Directories moved (or swapped): forget everything; a file leaves its old place only. */
@@ -1115,14 +1118,14 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
                             break;
                         }
                     f->next = NULL;
-                    pthread_mutex_lock(&f->mu);
                     f->ks = STORE_KS_ORPHAN;
-                    pthread_mutex_unlock(&f->mu);
                 }
             }
             retarget(fs, &so, s.p.klen, d.p.key, d.p.klen);
         }
     }
+    for (size_t i = 0; i < so.n; i++) pthread_mutex_unlock(&so.v[i]->mu);
+    for (size_t i = 0; i < dop.n; i++) pthread_mutex_unlock(&dop.v[i]->mu);
     pthread_mutex_unlock(&fs->tbl_mu);
     free(so.v);
     free(dop.v);

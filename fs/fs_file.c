@@ -121,6 +121,13 @@ static void table_remove(kvfs_fs *fs, kvfs_file *f) {
         }
 }
 
+int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    int n = f->opens;
+    pthread_mutex_unlock(&fs->tbl_mu);
+    return n;
+}
+
 int kvfs_release(kvfs_fs *fs, kvfs_file *f) {
     pthread_mutex_lock(&fs->tbl_mu);
     if (--f->opens > 0) {

@@ -181,13 +181,22 @@ static bool is_hidden_name(const char *path) {
     return true;
 }
 
+static const char *base_name(const char *path) {
+    const char *b = strrchr(path, '/');
+    return b ? b + 1 : path;
+}
+
+/* Hidden names are compared by their last component alone: libfuse makes it unique (it holds the node id and a
+ * counter), and the directory part changes when a directory above is renamed. */
+static bool same_hidden(const hidden_file *h, const char *path) { return strcmp(base_name(h->path), base_name(path)) == 0; }
+
 /* The open file that a hidden path stands for, or NULL. */
 static kvfs_file *hidden_lookup(const char *path) {
     if (!path || !is_hidden_name(path)) return NULL;
     kvfs_file *f = NULL;
     pthread_mutex_lock(&hidden_mu);
     for (hidden_file *h = hidden_files; h && !f; h = h->next)
-        if (strcmp(h->path, path) == 0) f = h->f;
+        if (same_hidden(h, path)) f = h->f;
     pthread_mutex_unlock(&hidden_mu);
     return f;
 }
@@ -223,7 +232,7 @@ static bool unhide(kvfs_fs *fs, const char *path) {
     hidden_file *h = NULL;
     pthread_mutex_lock(&hidden_mu);
     for (hidden_file **pp = &hidden_files; *pp; pp = &(*pp)->next)
-        if (path == NULL || strcmp((*pp)->path, path) == 0) {
+        if (path == NULL || same_hidden(*pp, path)) {
             h = *pp;
             *pp = h->next;
             break;
@@ -557,7 +566,31 @@ static int op_flush(const char *path, struct fuse_file_info *fi) {
 
 static int op_release(const char *path, struct fuse_file_info *fi) {
     (void)path;
-    return kvfs_release(FS(), FILE_OF(fi));
+    kvfs_fs *fs = FS();
+    kvfs_file *f = FILE_OF(fi);
+    /* The last user open of a hidden file also lets go of the open that kept it: libfuse's own unlink of the hidden
+     * path may never come (it cannot build the path once a directory above was removed). hidden_mu keeps two
+     * releases of the same file from both seeing themselves last. */
+    pthread_mutex_lock(&hidden_mu);
+    hidden_file *h = NULL, **hp = NULL;
+    for (hidden_file **pp = &hidden_files; *pp && !h; pp = &(*pp)->next)
+        if ((*pp)->f == f) {
+            h = *pp;
+            hp = pp;
+        }
+    if (!h) {
+        pthread_mutex_unlock(&hidden_mu); /* the usual case: closes of different files run in parallel */
+        return kvfs_release(fs, f);
+    }
+    int rc = kvfs_release(fs, f);
+    if (kvfs_file_opens(fs, f) == 1) {
+        *hp = h->next;
+        kvfs_release(fs, h->f);
+        free(h->path);
+        free(h);
+    }
+    pthread_mutex_unlock(&hidden_mu);
+    return rc;
 }
 
 static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi) {

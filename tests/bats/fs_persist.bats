@@ -224,7 +224,7 @@ PY
     PATH="$T/bin:$PATH" t sh "$KVFS_ROOT/mount/mount.kvfs" "$D" "$M" -o defaults,_netdev,nofail
     grep -q " $M fuse.kvfs " /proc/mounts
     echo via-fstab > "$M/f"
-    t fusermount3 -u "$M"
+    fs_unmount # and wait for the daemon to close the store: the next mount needs its lock
     PATH="$T/bin:$PATH" t sh "$KVFS_ROOT/mount/mount.kvfs" "$D" "$M" -o ro,noauto
     grep " $M fuse.kvfs " /proc/mounts | grep -q "[ ,]ro[ ,]"
     [ "$(cat "$M/f")" = via-fstab ]

@@ -40,6 +40,46 @@ teardown() {
     [ "$output" -eq 600 ]
 }
 
+@test "reads through open descriptors see the file's bytes while it is renamed back and forth" {
+    fs_mount
+    run python3 - "$M" <<'PY'
+import multiprocessing as mp, os, sys
+d = os.path.join(sys.argv[1], "rr")
+os.makedirs(d)
+p, q = os.path.join(d, "f"), os.path.join(d, "g")
+data = os.urandom(1 << 20)
+with open(p, "wb") as f:
+    f.write(data)
+os.sync()
+stop = mp.Event()
+bad = mp.Value("i", 0)
+reads = mp.Value("i", 0)
+def renamer():
+    for _ in range(1500):
+        try:
+            os.rename(p, q)
+            os.rename(q, p)
+        except FileNotFoundError:
+            pass
+    stop.set()
+def reader():
+    fd = os.open(p, os.O_RDONLY)
+    while not stop.is_set():
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # each read goes to the daemon
+        ok = os.pread(fd, 1 << 20, 0) == data
+        with bad.get_lock():
+            bad.value += not ok
+            reads.value += 1
+ps = [mp.Process(target=renamer), mp.Process(target=reader), mp.Process(target=reader)]
+for x in ps: x.start()
+for x in ps: x.join()
+print("reads", reads.value, "bad", bad.value)
+sys.exit(1 if bad.value or reads.value == 0 else 0)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
 @test "ENOSPC when the backing disk is full; nothing lost; works again after freeing" {
     mkdir -p "$D"
     mount -t tmpfs -o size=32m tmpfs "$D" || skip "cannot mount a tmpfs here"

@@ -333,6 +333,41 @@ PY
     [ "$output" = "" ]
 }
 
+@test "a file unlinked while open, in a directory then renamed or removed: usable, and freed at its last close" {
+    run python3 - "$M" "$(daemon_pid)" <<'PY'
+import os, stat, subprocess, sys
+m, pid = sys.argv[1], sys.argv[2]
+def rss():
+    with open("/proc/%s/status" % pid) as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) // 1024
+os.makedirs(os.path.join(m, "hd/sub"))
+fd = os.open(os.path.join(m, "hd/sub/f"), os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"kept")
+os.unlink(os.path.join(m, "hd/sub/f"))
+os.rename(os.path.join(m, "hd/sub"), os.path.join(m, "hd/sub2"))
+os.fchmod(fd, 0o600)                      # by the hidden name, now under sub2
+assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+assert os.pread(fd, 10, 0) == b"kept"
+os.close(fd)
+# many such files, written, their directory removed while open, then closed: the daemon lets each go
+chunk = os.urandom(1 << 20)
+start = rss()
+for i in range(60):
+    d = os.path.join(m, "t%d" % i)
+    os.makedirs(d)
+    fd = os.open(os.path.join(d, "f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, chunk)
+    os.write(fd, chunk[: 1 << 19])
+    subprocess.run(["rm", "-rf", d], check=True)
+    os.close(fd)
+grew = rss() - start
+print("daemon RSS grew by", grew, "MiB over 60 files of 1.5 MiB")
+assert grew < 40, grew
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
     echo a > "$M/a"
     echo b > "$M/b"
