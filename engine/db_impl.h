@@ -211,6 +211,7 @@ struct kv_db {
     _Atomic uint64_t st_user_bytes, st_wal_bytes, st_flush_bytes, st_compact_bytes, st_compact_read,
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
         st_gc_failures;
+    _Atomic uint64_t st_blob_garbage; /* measured by the last blob GC pass (+1, so that 0 means "not measured") */
     uint64_t st_unsynced_dropped; /* set once by recovery (recover_logs) */
 };
 

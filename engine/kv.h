@@ -316,7 +316,11 @@ typedef struct kv_stats {
     uint64_t compaction_bytes_written;
     uint64_t compaction_bytes_read;
     uint64_t blob_bytes_written;
-    uint64_t blob_files, blob_bytes, blob_garbage_bytes;
+    uint64_t blob_files, blob_bytes;
+    /* Bytes of blob files that no newest value uses, as the last blob GC pass of this handle measured them (about:
+     * chunk headers count as garbage); blob_garbage_known is false before the first pass. */
+    uint64_t blob_garbage_bytes;
+    bool blob_garbage_known;
     double write_amplification;   /* (wal + flush + compaction + blob bytes) / user bytes */
     uint64_t stall_micros;        /* time writers spent slowed down or waiting for flush/compaction */
     uint64_t flushes, compactions;

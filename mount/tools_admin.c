@@ -48,8 +48,10 @@ int cmd_stats(tool_ctx *c, const targs *a) {
         for (int l = 0; l < KV_MAX_LEVELS; l++)
             tout_printf(o, "%s{\"level\":%d,\"files\":%" PRIu64 ",\"bytes\":%" PRIu64 "}", l ? "," : "", l,
                         st.level_files[l], st.level_bytes[l]);
-        tout_printf(o, "],\"blob\":{\"files\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"garbage_bytes\":%" PRIu64 "},",
-                    st.blob_files, st.blob_bytes, st.blob_garbage_bytes);
+        tout_printf(o, "],\"blob\":{\"files\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"garbage_bytes\":", st.blob_files,
+                    st.blob_bytes);
+        if (st.blob_garbage_known) tout_printf(o, "%" PRIu64 "},", st.blob_garbage_bytes);
+        else tout_printf(o, "null},"); /* not measured: no garbage collection has run in this process */
         tout_printf(o, "\"disk_bytes\":%" PRIu64 ",", st.disk_bytes);
         tout_printf(o, "\"cache\":{\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"hit_rate\":%.4f,\"bytes\":%" PRIu64
                        ",\"capacity\":%" PRIu64 "},",
@@ -78,8 +80,12 @@ int cmd_stats(tool_ctx *c, const targs *a) {
         snprintf(name, sizeof name, "level %d", l);
         tout_printf(o, "%-22s %" PRIu64 " files, %s\n", name, st.level_files[l], human(h1, sizeof h1, st.level_bytes[l]));
     }
-    tout_printf(o, "%-22s %" PRIu64 " files, %s (%s garbage)\n", "blob files", st.blob_files,
-                human(h1, sizeof h1, st.blob_bytes), human(h2, sizeof h2, st.blob_garbage_bytes));
+    if (st.blob_garbage_known)
+        tout_printf(o, "%-22s %" PRIu64 " files, %s (%s garbage at the last collection)\n", "blob files", st.blob_files,
+                    human(h1, sizeof h1, st.blob_bytes), human(h2, sizeof h2, st.blob_garbage_bytes));
+    else
+        tout_printf(o, "%-22s %" PRIu64 " files, %s (garbage not measured yet)\n", "blob files", st.blob_files,
+                    human(h1, sizeof h1, st.blob_bytes));
     tout_printf(o, "%-22s %s\n", "on disk", human(h1, sizeof h1, st.disk_bytes));
     tout_printf(o, "%-22s %.1f%% hit rate (%" PRIu64 " hits, %" PRIu64 " misses), %s of %s\n", "block cache",
                 hit_rate * 100, st.cache_hits, st.cache_misses, human(h1, sizeof h1, st.cache_bytes),

@@ -3,7 +3,7 @@
  *
  * Invariants
  *  - Writes are all or nothing: put from stdin commits only after reading stdin to its end (large values go to a
- *    stream first, whose bytes become garbage if it is never put); del and batch commit one atomic batch, and batch
+ *    stream first, whose file is removed if it is never put); del and batch commit one atomic batch, and batch
  *    parses all of its input before writing anything.
  *  - Memory does not grow with the size of a value or the number of keys: values larger than BIG_VALUE are read
  *    and written in CHUNK pieces, scans stream through an iterator at one snapshot, and reads of a large value in
