@@ -181,6 +181,7 @@ static void blob_problem(void *ctx, const char *file, uint64_t off, const char *
 typedef struct ref_check {
     kv_db *db;
     const version *v;
+    uint64_t next_file; /* the store's next file number when v was taken: older files v does not list are gone */
     torn_ctx *tc;
     uint64_t *size; /* per blob file of v: its size, UINT64_MAX = unknown */
     blob_page_set seen, reported;
@@ -212,6 +213,13 @@ static void ref_problem(ref_check *r, const blob_extent *e, const char *what) {
     problem(r->tc->cc, name, e->rec_off, what);
 }
 
+/* Whether v lists blob file no. */
+static bool ref_file_listed(const ref_check *r, uint64_t no) {
+    for (size_t i = 0; i < r->v->nblobs; i++)
+        if (r->v->blobs[i]->file_no == no) return true;
+    return false;
+}
+
 /* blob_visit_fn for data records; pages go through check_page. */
 static int check_record(void *ctx, const blob_extent *e, bool page) {
     ref_check *r = ctx;
@@ -220,6 +228,15 @@ static int check_record(void *ctx, const blob_extent *e, bool page) {
     for (size_t i = 0; i < tc->n; i++)
         if (e->file_no == tc->t[i].file_no && end > tc->t[i].off) tc->t[i].referenced = true;
     uint64_t size = ref_file_size(r, e->file_no, false);
+    if (size == UINT64_MAX && e->file_no < r->next_file && !ref_file_listed(r, e->file_no)) {
+        /* not newer than the check, not in its version: the file was deleted under a value that still names it */
+        char path[4096];
+        file_name(path, sizeof path, r->db->dir, e->file_no, "blob");
+        if (r->db->env->exists(r->db->env, path) == 0) {
+            ref_problem(r, e, "a blob value names a blob file that is missing");
+            return page ? BLOB_VISIT_SKIP : 0;
+        }
+    }
     if (size != UINT64_MAX && end > size) size = ref_file_size(r, e->file_no, true);
     if (size != UINT64_MAX && end > size) {
         ref_problem(r, e, page ? "a blob value's page record runs past the end of the file"
@@ -232,7 +249,10 @@ static int check_record(void *ctx, const blob_extent *e, bool page) {
 static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
     blob_extent e = blob_page_extent(pg);
     /* a file the check's version does not list is newer than the check, and may be gone again: not ours to read */
-    if (ref_file_size(r, e.file_no, false) == UINT64_MAX) return;
+    if (ref_file_size(r, e.file_no, false) == UINT64_MAX) {
+        (void)check_record(r, &e, true); /* reports it if it is older than the check and gone */
+        return;
+    }
     if (check_record(r, &e, true) || blob_page_set_add(&r->seen, &e) == 0) return;
     blob_ref page = {0};
     int rc = blob_page_load(s, pg, &page);
@@ -249,8 +269,8 @@ static void check_page(ref_check *r, blob_store *s, const blob_page *pg) {
     blob_ref_free(&page);
 }
 
-static void check_references(kv_db *db, const version *v, torn_ctx *tc) {
-    ref_check r = {db, v, tc, calloc(v->nblobs + 1, sizeof(uint64_t)), {0}, {0}, KV_OK};
+static void check_references(kv_db *db, const version *v, uint64_t next_file, torn_ctx *tc) {
+    ref_check r = {db, v, next_file, tc, calloc(v->nblobs + 1, sizeof(uint64_t)), {0}, {0}, KV_OK};
     if (!r.size) r.err = kv_set_error(KV_ENOMEM, "out of memory for the blob reference pass");
     db_raw_iter *ri = NULL;
     iter *it = NULL;
@@ -302,7 +322,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
     pthread_mutex_lock(&db->mu);
     version *v = db->vs->current;
     version_ref(v);
-    uint64_t log_number = db->vs->log_number, manifest_no = db->vs->manifest_no;
+    uint64_t log_number = db->vs->log_number, manifest_no = db->vs->manifest_no, next_file = db->vs->next_file;
     pthread_mutex_unlock(&db->mu);
     int rc = KV_OK;
     for (int l = 0; l < KV_MAX_LEVELS; l++)
@@ -337,7 +357,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
         long n = blob_check_file(db->env, path, name, blob_problem, &tc);
         if (n < 0) problem(&cc, name, 0, kv_errmsg());
     }
-    if (!rc) check_references(db, v, &tc);
+    if (!rc) check_references(db, v, next_file, &tc);
     else free(tc.t);
     if (!rc) {
         char **names;
