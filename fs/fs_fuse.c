@@ -158,7 +158,7 @@ static kvfs_caller caller(void) {
  * With hard_remove, libfuse forgets the path of a node it unlinks, and answers ESTALE for the requests about it that
  * come by path: the kernel sends fstat's GETATTR and the SETATTR of fchmod, fchown and futimens without a file handle
  * (and asks again after an unlink, which drops its cached attributes). So hard_remove is off: libfuse then renames an
- * open file it is asked to unlink (or to replace by a rename) to "DIR/.fuse_hiddenXXXXXXXXYYYYYYYY", sends the
+ * open file it is asked to unlink (or to replace by a rename) to "DIR/.fuse_hidden" + 16 hex digits, sends the
  * requests about it by that path, and unlinks that path after the last release. kvfs stores no such name: the rename
  * is kvfs's own unlink of an open file (its content moves out of the namespace, docs/mapping.md), and the hidden path
  * maps here to the open file, kept by one more open until libfuse unlinks the path. Its user.* attributes went with
