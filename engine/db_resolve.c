@@ -54,6 +54,15 @@ int db_new_blob_file(kv_db *db, blob_writer **out) {
     return rc;
 }
 
+/* Take blob file `no`, which holds no record anything refers to, out of the version and delete it. Best effort: on a
+ * full disk the manifest edit can fail, and the file then stays listed (a valid, empty blob file). Caller holds mu. */
+static void blob_file_drop(kv_db *db, uint64_t no) {
+    version_edit e;
+    edit_init(&e);
+    if (edit_delete_blob(&e, no) == KV_OK && vset_log_and_apply(db->vs, &e) == KV_OK) db_delete_obsolete_files(db);
+    edit_free(&e);
+}
+
 /* Append one record to the shared blob file (leader only). */
 static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) {
     pthread_mutex_lock(&db->blob_mu);
@@ -96,7 +105,14 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
                 synced = db->env->sync(db->env, f) == KV_OK;
                 db->env->close(db->env, f);
             }
-            if (!synced) {
+            if (good <= BLOB_HEADER) {
+                /* It holds no record, so nothing refers to it: take it out of the version now. Else every large
+                 * value retried on a full disk left one more empty file listed until a blob GC pass (which the
+                 * kvfs tools never run). On failure it stays listed, empty and valid, for GC. */
+                pthread_mutex_lock(&db->mu);
+                blob_file_drop(db, no);
+                pthread_mutex_unlock(&db->mu);
+            } else if (!synced) {
                 /* it may hold bytes of logged batches: the next sync must make them durable first */
                 if (db->nblob_unsynced < sizeof db->blob_unsynced / sizeof db->blob_unsynced[0])
                     db->blob_unsynced[db->nblob_unsynced++] = no;
@@ -519,13 +535,7 @@ void kv_stream_free(kv_stream *s) {
         }
         pthread_mutex_lock(&db->mu);
         pending_remove(db, no);
-        if (unused && !db->opt.read_only) {
-            version_edit e;
-            edit_init(&e);
-            if (edit_delete_blob(&e, no) == KV_OK && vset_log_and_apply(db->vs, &e) == KV_OK)
-                db_delete_obsolete_files(db);
-            edit_free(&e);
-        }
+        if (unused && !db->opt.read_only) blob_file_drop(db, no);
         pthread_mutex_unlock(&db->mu);
         if (unused) db_leave(db);
     }
