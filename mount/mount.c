@@ -493,6 +493,11 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         if (rc) {
             say(LOG_ERR, "cannot open the store in %s: %s%s%s", o->datadir, kv_strerror(rc), *kv_errmsg() ? ": " : "",
                 kv_errmsg());
+            /* opening for writing writes a manifest, a log and the tables recovery makes; a read-only open writes
+             * nothing, so the data stays reachable until space is freed */
+            if (rc == KV_ENOSPC && !ko.read_only)
+                say(LOG_ERR, "the disk holding %s is full: free some space, or mount with -o ro to read the store",
+                    o->datadir);
             goto out;
         }
         kv_stats ks;

@@ -98,6 +98,19 @@ PY
     fs_remount
     [ "$(cat "$M/keep")" = keep ]
     [ "$(cat "$M/again")" = again ]
+    # a store whose disk is full cannot be opened for writing (the open writes a manifest and a log), but it can be
+    # mounted read-only, and the refusal says so
+    fs_unmount
+    head -c 64M /dev/zero > "$D/ballast" 2>/dev/null || true
+    run "$KVFS" mount "$D" "$M"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"full"*"-o ro"* ]]
+    fs_mount -o ro
+    [ "$(cat "$M/keep")" = keep ]
+    fs_unmount
+    rm -f "$D/ballast"
+    fs_mount
+    [ "$(cat "$M/again")" = again ]
 }
 
 @test "writing a 4 GiB file with dd keeps the daemon's memory under 300 MiB" {
