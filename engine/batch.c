@@ -33,6 +33,7 @@ void kv_batch_clear(kv_batch *b) {
     if (!b) return;
     b->n = 0;
     b->reads = false;
+    b->streams = false;
     b->ext_bytes = 0;
     bytes_clear(&b->data);
 }
@@ -178,6 +179,7 @@ int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, k
     int rc = add_keyed(b, BOP_PUT_STREAM, ks, key, klen, &op);
     if (rc) return rc;
     op->stream = s;
+    b->streams = true;
     COMMIT_OP(b);
     return KV_OK;
 }

@@ -957,6 +957,11 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                 lens[i] = starts[i + 1] - starts[i];
             }
             log_rc = wal_append_records(db->log, parts, lens, nrec);
+            /* From here a stream's file may be referenced by a record in the log (also after a failed append the
+             * log could not cut back): its owner must no longer delete it. Not before: a batch that failed to
+             * resolve, or whose records were cut back, never referenced it. */
+            if (!log_rc || wal_writer_broken(db->log))
+                for (size_t i = 0; i < nrec; i++) db_mark_streams_committed(members[i]->batch);
             if (log_rc) {
                 for (size_t i = 0; i < nrec; i++) members[i]->status = log_rc;
                 /* If the log could not be cut back, these records may stay in it and come back at recovery:

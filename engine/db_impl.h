@@ -55,6 +55,7 @@ struct kv_batch {
     kv_bytes data;
     uint64_t ext_bytes;     /* bytes of the values only pointed to (nocopy): with data.len, the batch's size */
     bool reads;             /* has an op whose result depends on the current value (move, write_at, ...) */
+    bool streams;           /* has a BOP_PUT_STREAM op */
 };
 
 /* Keys and values of a batch, wherever they are (statistics, group limits). */
@@ -123,7 +124,7 @@ struct kv_stream {
     kv_bytes inline_data;   /* the value while it is below the blob threshold */
     blob_writer *w;         /* its own blob file once it is not */
     uint64_t size;
-    bool committed;
+    bool committed;         /* a batch that puts it reached the log: its file may be referenced, never deleted here */
     blob_extent ext;        /* the record, once ended */
     bool ended;
 };
@@ -262,5 +263,7 @@ int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const 
  * (its number stays in db->pending until the caller removes it). */
 int db_new_blob_file(kv_db *db, blob_writer **out);
 int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec);
+/* The record of resolved batch b is in the log (or may be): its streams' files are referenced from now on. */
+void db_mark_streams_committed(kv_batch *b);
 
 #endif /* KV_DB_IMPL_H */

@@ -428,7 +428,6 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
             } else {
                 rc = overlay_set(&o, ubuf, ulen, KV_TYPE_VALUE, s->inline_data.data, s->inline_data.len);
             }
-            if (!rc) s->committed = true;
             break;
         }
         case BOP_REPLACE_IF:
@@ -506,6 +505,12 @@ int kv_stream_append(kv_stream *s, const void *data, size_t len) {
     if (!rc) s->size += len;
     db_leave(db);
     return rc;
+}
+
+void db_mark_streams_committed(kv_batch *b) {
+    if (!b->streams) return;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->ops[i].kind == BOP_PUT_STREAM) b->ops[i].stream->committed = true;
 }
 
 uint64_t kv_stream_size(const kv_stream *s) { return s ? s->size : 0; }

@@ -983,3 +983,55 @@ TEST(test_faults_large_puts_on_full_disk_leave_no_empty_blob_files) {
     CHECK(count_blob_files(f.dir) <= before + 1);
     fx_free(&f);
 }
+
+/* A stream put by a batch that then fails before its record reaches the log was never committed: freeing the stream
+ * must remove its blob file, as for a stream no batch took. It used to be marked committed as soon as its op was
+ * resolved, and its file (the whole value) stayed until a blob GC pass. Two ways to fail: another op of the same
+ * batch (a move of a missing key), and the log's append (a full disk, cut back cleanly). */
+TEST(test_faults_failed_batch_with_stream_leaves_no_blob_file) {
+    fx f;
+    CHECK_OK(fx_open(&f, false));
+    if (t_failed()) return;
+    static uint8_t data[100000];
+    memset(data, 's', sizeof data);
+    int before = count_blob_files(f.dir);
+    for (int round = 0; round < 2; round++) {
+        kv_stream *s;
+        CHECK_OK(kv_stream_new(f.db, &s));
+        CHECK_OK(kv_stream_append(s, data, sizeof data)); /* into its own blob file */
+        CHECK(count_blob_files(f.dir) == before + 1);
+        kv_batch *b;
+        CHECK_OK(kv_batch_new(&b));
+        CHECK_OK(kv_batch_put_stream(b, 0, "streamed", 8, s));
+        if (round == 0) {
+            CHECK_OK(kv_batch_move(b, 0, "no-such-key", 11, 0, "moved", 5));
+            CHECK(kv_write(f.db, b, 0, NULL) == KV_ENOTFOUND);
+        } else {
+            kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, ".log");
+            CHECK(kv_write(f.db, b, 0, NULL) == KV_ENOSPC);
+            kv_fault_env_clear(f.env);
+        }
+        kv_batch_free(b);
+        kv_stream_free(s);
+        CHECK_MSG(count_blob_files(f.dir) == before, "round %d: %d blob files after the failed batch, %d before",
+                  round, count_blob_files(f.dir), before);
+        kv_buf v = {0};
+        CHECK(kv_get(f.db, NULL, "streamed", 8, &v) == KV_ENOTFOUND);
+        kv_buf_free(&v);
+    }
+    /* a stream whose batch commits keeps its file */
+    kv_stream *s;
+    CHECK_OK(kv_stream_new(f.db, &s));
+    CHECK_OK(kv_stream_append(s, data, sizeof data));
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_put_stream(b, 0, "streamed", 8, s));
+    CHECK_OK(kv_write(f.db, b, 0, NULL));
+    kv_batch_free(b);
+    kv_stream_free(s);
+    CHECK(count_blob_files(f.dir) == before + 1);
+    model_put(&f.m, "streamed", 8, data, sizeof data);
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
