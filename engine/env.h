@@ -80,6 +80,8 @@ typedef enum {
     KV_FAULT_SYNC_LOST,   /* a file's sync fails with KV_EIO, and what it was to make durable is lost for good: later
                            * syncs of that file succeed without making anything more of it durable (Linux may mark the
                            * pages of a failed writeback clean, and the next fsync then skips them) */
+    KV_FAULT_WRITE_STUCK, /* appends write all their bytes, then fail with KV_EIO, and truncations fail with KV_EIO:
+                           * a failed append whose bytes stay in the file, and come back at recovery */
 } kv_fault_kind;
 
 /* Arm a fault: after `after` more successful operations of the affected kind, every further one fails as `kind`,

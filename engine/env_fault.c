@@ -92,7 +92,7 @@ typedef struct fault_env {
 } fault_env;
 
 /* The operation classes faults apply to. */
-enum { OP_APPEND, OP_CREATE, OP_SYNC, OP_READ };
+enum { OP_APPEND, OP_CREATE, OP_SYNC, OP_READ, OP_TRUNCATE };
 
 static void fault_destroy(kv_env *env);
 
@@ -263,6 +263,7 @@ static bool kind_applies(kv_fault_kind kind, int op) {
     switch (kind) {
     case KV_FAULT_WRITE_EIO:
     case KV_FAULT_WRITE_SHORT: return op == OP_APPEND;
+    case KV_FAULT_WRITE_STUCK: return op == OP_APPEND || op == OP_TRUNCATE;
     case KV_FAULT_ENOSPC: return op == OP_APPEND || op == OP_CREATE;
     case KV_FAULT_SYNC_EIO: return op == OP_SYNC;
     case KV_FAULT_SYNC_LOST: return op == OP_SYNC;
@@ -410,6 +411,11 @@ static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
     case KV_FAULT_WRITE_EIO:
     case KV_FAULT_DISK_EIO:
         return kv_set_error(KV_EIO, "write %s: I/O error (injected fault)", f->path);
+    case KV_FAULT_WRITE_STUCK: {
+        int rc = fe->base->append(fe->base, f->inner, buf, len);
+        if (rc != KV_OK) return rc;
+        return kv_set_error(KV_EIO, "write %s: I/O error after the bytes were written (injected fault)", f->path);
+    }
     case KV_FAULT_WRITE_SHORT: {
         int rc = fe->base->append(fe->base, f->inner, buf, len / 2);
         if (rc != KV_OK) return rc;
@@ -562,6 +568,10 @@ static int fe_truncate(kv_env *env, const char *path, uint64_t size) {
     if (fe->crashed) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
+    }
+    if (fault_due(fe, OP_TRUNCATE, path) == KV_FAULT_WRITE_STUCK) {
+        pthread_mutex_unlock(&fe->mu);
+        return kv_set_error(KV_EIO, "truncate %s: I/O error (injected fault)", path);
     }
     fstate *s = st_find(fe, path);
     uint64_t old = 0;

@@ -305,6 +305,10 @@ TEST(test_faults_wal_eio_sync) { write_fault(KV_FAULT_WRITE_EIO, 3, ".log", true
 TEST(test_faults_wal_short_write) { write_fault(KV_FAULT_WRITE_SHORT, 2, ".log", true, false); }
 TEST(test_faults_wal_enospc) { write_fault(KV_FAULT_ENOSPC, 0, ".log", true, true); }
 TEST(test_faults_wal_sync_eio) { write_fault(KV_FAULT_SYNC_EIO, 1, ".log", true, true); }
+/* a failed append the log cannot cut back: the writer refuses the log, the next write starts a new one, and the
+ * failed batch's record stays at the end of the old log, whole (a failed batch may come back at recovery, all of it) */
+TEST(test_faults_wal_torn_append_not_cut_back) { write_fault(KV_FAULT_WRITE_STUCK, 2, ".log", true, false); }
+TEST(test_faults_wal_torn_append_not_cut_back_sync) { write_fault(KV_FAULT_WRITE_STUCK, 5, ".log", false, true); }
 TEST(test_faults_blob_eio) { write_fault(KV_FAULT_WRITE_EIO, 0, ".blob", true, false); }
 TEST(test_faults_blob_short_write) { write_fault(KV_FAULT_WRITE_SHORT, 1, ".blob", true, false); }
 TEST(test_faults_blob_enospc) { write_fault(KV_FAULT_ENOSPC, 2, ".blob", true, true); }
@@ -1032,6 +1036,33 @@ TEST(test_faults_failed_batch_with_stream_leaves_no_blob_file) {
     CHECK(count_blob_files(f.dir) == before + 1);
     model_put(&f.m, "streamed", 8, data, sizeof data);
     CHECK_MSG(fx_check(&f), "%s", f.err);
+    CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
+    fx_free(&f);
+}
+
+/* A batch whose log append failed, leaving its record whole in a log that cannot be cut back, may come back at
+ * recovery; its sequence number must then not have gone to the next batch, or replay would hold two versions of a
+ * key at one sequence and could let the failed batch's value win over the later, acknowledged one. */
+TEST(test_faults_failed_append_left_in_log_does_not_shadow_later_writes) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    if (t_failed()) return;
+    for (int round = 0; round < 20; round++) {
+        char k[32], failed[32], later[32];
+        snprintf(k, sizeof k, "same-key-%02d", round);
+        snprintf(failed, sizeof failed, "failed-value-%02d", round);
+        snprintf(later, sizeof later, "acknowledged-value-%02d", round);
+        CHECK_OK(kv_put(f.db, k, strlen(k), "first", 5, 0));
+        uint64_t s0 = kv_current_sequence(f.db);
+        kv_fault_env_arm(f.env, KV_FAULT_WRITE_STUCK, 0, ".log");
+        CHECK(kv_put(f.db, k, strlen(k), failed, strlen(failed), 0) == KV_EIO);
+        kv_fault_env_clear(f.env);
+        CHECK_OK(kv_put(f.db, k, strlen(k), later, strlen(later), 0));
+        CHECK_MSG(kv_current_sequence(f.db) > s0 + 1, "the failed batch's sequence %llu went to the next batch",
+                  (unsigned long long)(s0 + 1));
+        model_put(&f.m, k, strlen(k), later, strlen(later));
+    }
+    CHECK_MSG(fx_verify(&f), "%s", f.err);
     CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
     fx_free(&f);
 }
