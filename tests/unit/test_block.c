@@ -733,3 +733,177 @@ TEST(test_zblock_directory_must_fit_the_block) {
     free(e);
     deflate_encoder_free(enc);
 }
+
+/* ---- fuzzing seekable blocks ----------------------------------------------------------------------------------- */
+
+static long fuzz_iters(long dflt) {
+    const char *s = getenv("KVFS_FUZZ_ITERS");
+    long n = s && *s ? strtol(s, NULL, 0) : 0;
+    return n > 0 ? n : dflt;
+}
+
+/* A stored seekable block taken apart: its two counts, its r + 2 bit deltas and its stream. */
+typedef struct zparts {
+    uint64_t raw_len, r;
+    uint64_t *delta;
+    size_t ndelta;
+    const uint8_t *stream;
+    size_t slen;
+} zparts;
+
+static bool zsplit(const uint8_t *p, size_t len, zparts *zp) {
+    const uint8_t *end = p + len;
+    if (!(p = get_varint64(p, end, &zp->raw_len)) || !(p = get_varint64(p, end, &zp->r))) return false;
+    zp->ndelta = (size_t)zp->r + 2;
+    zp->delta = malloc(zp->ndelta * sizeof *zp->delta);
+    for (size_t i = 0; i < zp->ndelta; i++)
+        if (!(p = get_varint64(p, end, &zp->delta[i]))) return false;
+    zp->stream = p;
+    zp->slen = (size_t)(end - p);
+    return true;
+}
+
+/* A hostile value for a directory field that was v: 0, 1, off by a little, far past the stream, or huge. */
+static uint64_t hostile(uint64_t v, size_t slen, uint64_t *rs) {
+    switch (t_rand(rs) % 7) {
+    case 0: return 0;
+    case 1: return 1;
+    case 2: return v + 1 + t_rand(rs) % 8;
+    case 3: return v > 8 ? v - 1 - t_rand(rs) % 8 : v + 3;
+    case 4: return (uint64_t)slen * 8 + t_rand(rs) % 64; /* at or past the end of the stream */
+    case 5: return UINT64_MAX - t_rand(rs) % 4;
+    default: return t_rand(rs) % ((uint64_t)slen * 8 + 1);
+    }
+}
+
+TEST(test_zblock_fuzz_directories) {
+    /* Seekable blocks whose directory or stream is hostile, given straight to zblock_parse and then to every reader
+     * (whole inflation, the span iterator both ways, seeks and point lookups), with no checksum in the way: an
+     * answer or KV_ECORRUPT, never a read or write outside the exact-size buffers (run under ASan). Directories get
+     * raw sizes and restart counts that lie, deltas of 0, deltas that run past the stream or wrap, an end-of-block
+     * offset past the end; streams get damaged codes. KVFS_FUZZ_ITERS sets the number of rounds. */
+    uint64_t rs = t_seed() + 44;
+    long iters = fuzz_iters(30000);
+    enum { NB = 6 };
+    learnt l[NB];
+    uint8_t *stored[NB];
+    size_t slen[NB];
+    zparts zp[NB];
+    for (int i = 0; i < NB; i++) {
+        learnt_block(&rs, 20 + 30 * (size_t)i, &l[i]);
+        if (t_failed()) return;
+        if (i % 2) { /* half with the fixed code */
+            deflate_encoder_free(l[i].enc);
+            l[i].enc = deflate_encoder_new();
+            CHECK(l[i].enc);
+        }
+        size_t cap = l[i].b->len * 2 + 64;
+        stored[i] = malloc(cap);
+        CHECK(stored[i]);
+        slen[i] = zblock_encode(l[i].enc, l[i].b->data, l[i].b->len, stored[i], cap);
+        CHECK(slen[i] > 0);
+        CHECK(zsplit(stored[i], slen[i], &zp[i]));
+    }
+    zcode_cache *codes = zcode_cache_new();
+    CHECK(codes);
+    long parsed = 0, inflated = 0;
+    for (long r = 0; r < iters; r++) {
+        int b = (int)(t_rand(&rs) % NB);
+        const zparts *p = &zp[b];
+        /* Rebuild the block from its parts, some of them hostile. */
+        size_t cap = slen[b] + 200 + p->ndelta * 10;
+        uint8_t *buf = malloc(cap), *w = buf;
+        CHECK(buf);
+        int mode = (int)(t_rand(&rs) % 4);
+        uint64_t raw_len = p->raw_len, rr = p->r;
+        if (mode == 0 && t_rand(&rs) % 2) raw_len = hostile(raw_len, p->slen, &rs) % (p->raw_len * 4 + 16);
+        if (mode == 0 && t_rand(&rs) % 2) rr = t_rand(&rs) % 3 ? p->r + (t_rand(&rs) % 5) - 2 : hostile(rr, p->slen, &rs);
+        w = put_varint64(w, raw_len);
+        w = put_varint64(w, rr);
+        size_t nd = (size_t)rr + 2 <= p->ndelta + 2 ? (size_t)rr + 2 : p->ndelta + 2;
+        for (size_t i = 0; i < nd; i++) {
+            uint64_t d = i < p->ndelta ? p->delta[i] : 1 + t_rand(&rs) % 64;
+            if (mode == 1 && t_rand(&rs) % 3 == 0) d = hostile(d, p->slen, &rs);
+            w = put_varint64(w, d);
+        }
+        if (mode == 1 && t_rand(&rs) % 4 == 0) { /* the last delta moved: the end-of-block code elsewhere */
+            w = buf;
+            w = put_varint64(w, raw_len);
+            w = put_varint64(w, rr);
+            for (size_t i = 0; i + 1 < nd; i++) w = put_varint64(w, i < p->ndelta ? p->delta[i] : 1);
+            w = put_varint64(w, hostile(p->delta[p->ndelta - 1], p->slen, &rs));
+        }
+        memcpy(w, p->stream, p->slen);
+        size_t len = (size_t)(w - buf) + p->slen;
+        if (mode == 2) { /* damage in the stream: flips, bytes, a run */
+            for (int k = 1 + (int)(t_rand(&rs) % 3); k-- > 0;) {
+                size_t at = (size_t)(w - buf) + t_rand(&rs) % p->slen;
+                if (t_rand(&rs) % 2) buf[at] ^= (uint8_t)(1u << (t_rand(&rs) % 8));
+                else buf[at] = (uint8_t)t_rand(&rs);
+            }
+        }
+        if (mode == 3) { /* cut short or grown */
+            if (t_rand(&rs) % 2) len = t_rand(&rs) % len;
+            else
+                for (size_t k = 1 + t_rand(&rs) % 8; k-- > 0 && len < cap;) buf[len++] = (uint8_t)t_rand(&rs);
+        }
+        uint8_t *copy = malloc(len ? len : 1); /* exact size, so ASan sees any overrun */
+        CHECK(copy);
+        memcpy(copy, buf, len);
+        free(buf);
+        zcode_cache *cc = t_rand(&rs) % 2 ? codes : NULL;
+        zblock *z;
+        int rc = zblock_parse(copy, len, 7, 4096, cc, &z);
+        CHECK_MSG(rc == KV_OK || rc == KV_ECORRUPT, "parse: %d (%s)", rc, kv_errmsg());
+        if (rc) {
+            CHECK_MSG(strstr(kv_errmsg(), "000007.sst") && strstr(kv_errmsg(), "offset 4096"), "%s", kv_errmsg());
+            continue;
+        }
+        parsed++;
+        uint8_t *raw;
+        size_t rl;
+        rc = zblock_inflate(z, cc, &raw, &rl);
+        CHECK_MSG(rc == KV_OK || rc == KV_ECORRUPT, "inflate: %d (%s)", rc, kv_errmsg());
+        if (!rc) {
+            CHECK_EQ(rl, z->raw_len);
+            free(raw);
+            inflated++;
+        }
+        iter *zi = zblock_iter_new(z, cc);
+        size_t steps = 0;
+        for (zi->seek_first(zi); zi->valid(zi) && steps < 2000; zi->next(zi), steps++) {
+            size_t kn, vn;
+            zi->key(zi, &kn);
+            zi->value(zi, &vn);
+        }
+        rc = zi->status(zi);
+        CHECK(rc == KV_OK || rc == KV_ECORRUPT);
+        zi->destroy(zi);
+        zi = zblock_iter_new(z, cc);
+        steps = 0;
+        for (zi->seek_last(zi); zi->valid(zi) && steps < 2000; zi->prev(zi)) steps++;
+        rc = zi->status(zi);
+        CHECK(rc == KV_OK || rc == KV_ECORRUPT);
+        for (int q = 0; q < 3; q++) {
+            const ent *x = &l[b].e[t_rand(&rs) % l[b].n];
+            zi->seek(zi, x->key, x->klen);
+            if (zi->valid(zi)) zi->next(zi);
+            kv_bytes v = {0};
+            uint64_t tr;
+            rc = zblock_seek_value(z, cc, x->key, x->klen, t_rand(&rs) % 2, t_rand(&rs) % 2, &tr, &v);
+            CHECK(rc == 0 || rc == 1 || rc == KV_ECORRUPT);
+            bytes_free(&v);
+        }
+        rc = zi->status(zi);
+        CHECK(rc == KV_OK || rc == KV_ECORRUPT);
+        zi->destroy(zi);
+        zblock_free(z);
+    }
+    printf("# %ld rounds: %ld parsed, %ld inflated whole\n", iters, parsed, inflated);
+    zcode_cache_free(codes);
+    for (int i = 0; i < NB; i++) {
+        free(zp[i].delta);
+        free(stored[i]);
+        learnt_free(&l[i]);
+    }
+}

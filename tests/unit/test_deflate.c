@@ -530,3 +530,236 @@ TEST(test_deflate_damaged_spans_stay_in_bounds) {
     CHECK(refused > 1000);
     deflate_encoder_free(e);
 }
+
+/* ---- fuzzing the decoders directly ------------------------------------------------------------------------- */
+
+/* Iterations of the fuzz tests: KVFS_FUZZ_ITERS from the environment, or a default that runs in a few seconds. */
+static long fuzz_iters(long dflt) {
+    const char *s = getenv("KVFS_FUZZ_ITERS");
+    long n = s && *s ? strtol(s, NULL, 0) : 0;
+    return n > 0 ? n : dflt;
+}
+
+/* A copy of p[0..n) in a buffer of exactly n bytes (at least one allocated), so that ASan sees a read past it. */
+static uint8_t *exact_copy(const uint8_t *p, size_t n) {
+    uint8_t *c = malloc(n ? n : 1);
+    if (c && n) memcpy(c, p, n);
+    return c;
+}
+
+/* Damage s[0..*n) in place (cap bytes of room) in one of several ways: flipped bits, random bytes, a cut, random
+ * bytes appended, a run overwritten, or the block header's type bits changed. */
+static void mutate(uint8_t *s, size_t *n, size_t cap, uint64_t *rs) {
+    int kind = (int)(t_rand(rs) % 7);
+    if (*n == 0) kind = 3;
+    switch (kind) {
+    case 0: /* a few bit flips */
+        for (int k = 1 + (int)(t_rand(rs) % 4); k-- > 0;) s[t_rand(rs) % *n] ^= (uint8_t)(1u << (t_rand(rs) % 8));
+        break;
+    case 1: /* a few random bytes */
+        for (int k = 1 + (int)(t_rand(rs) % 3); k-- > 0;) s[t_rand(rs) % *n] = (uint8_t)t_rand(rs);
+        break;
+    case 2: /* cut short */
+        *n = t_rand(rs) % *n;
+        break;
+    case 3: /* grown by random bytes */
+        for (size_t k = 1 + t_rand(rs) % 16; k-- > 0 && *n < cap;) s[(*n)++] = (uint8_t)t_rand(rs);
+        break;
+    case 4: { /* a run overwritten */
+        size_t at = t_rand(rs) % *n, len = 1 + t_rand(rs) % 24;
+        for (size_t k = at; k < at + len && k < *n; k++) s[k] = (uint8_t)t_rand(rs);
+        break;
+    }
+    case 5: /* the header's bits: final flag and block type */
+        s[0] = (uint8_t)((s[0] & ~7u) | (t_rand(rs) & 7));
+        break;
+    default: /* damage in the first bytes, where a dynamic header's counts and code lengths are */
+        s[t_rand(rs) % (*n < 16 ? *n : 16)] ^= (uint8_t)(1u << (t_rand(rs) % 8));
+        break;
+    }
+}
+
+/* A dynamic block header with the given counts (HLIT + 257, HDIST + 1, HCLEN + 4), code-length code lengths clen and
+ * then the literal/length and distance code lengths sent as plain code-length symbols, into h. */
+static void hand_dynamic(hand *h, unsigned nlit, unsigned ndist, unsigned nclen, const uint8_t *clen,
+                         const uint8_t *lens, unsigned nlens) {
+    memset(h, 0, sizeof *h);
+    hand_put(h, 1, 1);
+    hand_put(h, 2, 2);
+    hand_put(h, nlit - 257, 5);
+    hand_put(h, ndist - 1, 5);
+    hand_put(h, nclen - 4, 4);
+    for (unsigned i = 0; i < nclen; i++) hand_put(h, clen[deflate_precode_order[i]], 3);
+    /* With every code-length symbol 0-15 of length 4 (a complete code of 16), symbol s is code s. */
+    for (unsigned i = 0; i < nlens && h->bits + 4 <= sizeof h->buf * 8; i++) hand_code(h, lens[i], 4);
+}
+
+TEST(test_deflate_refuses_bad_dynamic_headers) {
+    /* Counts out of range, codes over-subscribed or incomplete, a missing end-of-block code: every one refused by
+     * both the whole-stream decoder and deflate_tables_new, whatever follows. */
+    uint8_t clen[19] = {0};
+    for (int s = 0; s < 16; s++) clen[s] = 4; /* code-length symbols 0-15, 4 bits each: complete */
+    uint8_t lens[64];
+    hand h;
+    uint64_t first;
+    /* HLIT of 30 or 31 (287, 288 codes) and HDIST of 31 (32 codes) do not exist. */
+    unsigned bad_counts[][2] = {{287, 1}, {288, 1}, {257, 31}, {257, 32}};
+    for (int i = 0; i < 4; i++) {
+        memset(lens, 1, sizeof lens);
+        hand_dynamic(&h, bad_counts[i][0], bad_counts[i][1], 19, clen, lens, 40);
+        CHECK(hand_decode(&h, 0) != 0);
+        CHECK(deflate_tables_new(h.buf, sizeof h.buf, &first) == NULL);
+    }
+    /* The code-length code itself over-subscribed (four codes of 1 bit), or incomplete (one code of 2 bits). */
+    uint8_t over[19] = {0}, under[19] = {0};
+    over[0] = over[1] = over[2] = over[3] = 1;
+    under[0] = 2;
+    memset(lens, 0, sizeof lens);
+    hand_dynamic(&h, 257, 1, 19, over, lens, 0);
+    CHECK(hand_decode(&h, 0) != 0);
+    CHECK(deflate_tables_new(h.buf, sizeof h.buf, &first) == NULL);
+    hand_dynamic(&h, 257, 1, 19, under, lens, 0);
+    CHECK(hand_decode(&h, 0) != 0);
+    CHECK(deflate_tables_new(h.buf, sizeof h.buf, &first) == NULL);
+    /* Nineteen code-length codes of 5 bits: incomplete. */
+    uint8_t clen_all[19] = {0};
+    for (int s = 0; s < 19; s++) clen_all[s] = 5;
+    hand_dynamic(&h, 257, 1, 19, clen_all, lens, 0);
+    CHECK(hand_decode(&h, 0) != 0);
+    CHECK(deflate_tables_new(h.buf, sizeof h.buf, &first) == NULL);
+}
+
+/* What a span decode may legitimately report: rc 0 or -1, produced within the room. */
+static bool span_sane(int rc, size_t produced, size_t outcap) { return (rc == 0 || rc == -1) && produced <= outcap; }
+
+TEST(test_deflate_fuzz_decoders) {
+    /* Random and damaged streams fed straight to every decoding entry point (no checksum in the way): an answer or
+     * an error, never a read or write outside the exact-size buffers (run under ASan), never more output than room,
+     * never a span that claims to end at a bit it did not reach. KVFS_FUZZ_ITERS sets the number of rounds. */
+    uint64_t rs = t_seed() + 8;
+    long iters = fuzz_iters(100000);
+    deflate_encoder *e = deflate_encoder_new(), *learnt = deflate_encoder_new();
+    CHECK(e && learnt);
+    /* The seeds: our streams (fixed and learnt codes, spans), and zlib's (stored blocks, many blocks, fixed). */
+    enum { NSEEDS = 24, SEEDCAP = 12000 };
+    uint8_t *seed[NSEEDS];
+    size_t seedlen[NSEEDS], rawlen[NSEEDS];
+    uint64_t seedbits[NSEEDS][9];
+    size_t nbits[NSEEDS];
+    uint8_t *in = malloc(5000);
+    CHECK(in);
+    fill(in, 5000, S_TABLE, &rs);
+    CHECK(deflate_encoder_learn(learnt, in, 5000));
+    int strategies[] = {Z_DEFAULT_STRATEGY, Z_FIXED, Z_HUFFMAN_ONLY, Z_RLE};
+    for (int i = 0; i < NSEEDS; i++) {
+        size_t n = 1 + t_rand(&rs) % 5000;
+        fill(in, n, (enum shape)(i % S_NSHAPES), &rs);
+        seed[i] = malloc(SEEDCAP);
+        CHECK(seed[i]);
+        rawlen[i] = n;
+        nbits[i] = 0;
+        if (i % 3 == 0) {
+            seedlen[i] = deflate_compress(e, in, n, seed[i], SEEDCAP);
+        } else if (i % 3 == 1) {
+            uint32_t spans[8];
+            size_t ns = 1 + t_rand(&rs) % 8;
+            if (ns > n) ns = n;
+            for (size_t k = 0; k < ns; k++) spans[k] = (uint32_t)(k * (n / ns));
+            seedlen[i] = deflate_compress_spans(i % 2 ? learnt : e, in, n, spans, ns, seed[i], SEEDCAP, seedbits[i]);
+            nbits[i] = ns + 1;
+        } else {
+            seedlen[i] = zlib_deflate(in, n, seed[i], SEEDCAP, (int)(t_rand(&rs) % 10), 1 + (int)(t_rand(&rs) % 9),
+                                      strategies[t_rand(&rs) % 4]);
+        }
+        CHECK(seedlen[i] > 0);
+    }
+    uint8_t *work = malloc(SEEDCAP + 64);
+    CHECK(work);
+    long decoded = 0, spans_ok = 0;
+    for (long r = 0; r < iters; r++) {
+        int s = (int)(t_rand(&rs) % NSEEDS);
+        size_t n;
+        if (r % 10 == 9) { /* pure noise, every block type */
+            n = t_rand(&rs) % 300;
+            for (size_t k = 0; k < n; k++) work[k] = (uint8_t)t_rand(&rs);
+        } else {
+            n = seedlen[s];
+            memcpy(work, seed[s], n);
+            for (int m = 1 + (int)(t_rand(&rs) % 2); m-- > 0;) mutate(work, &n, SEEDCAP + 64, &rs);
+        }
+        uint8_t *z = exact_copy(work, n);
+        CHECK(z);
+        /* Whole-stream decoding into exactly outlen bytes: the right size, a little less or more, or random. */
+        size_t outlen = rawlen[s];
+        switch (t_rand(&rs) % 4) {
+        case 0: outlen = t_rand(&rs) % 6000; break;
+        case 1: outlen = outlen > 0 ? outlen - 1 - t_rand(&rs) % outlen : 0; break;
+        case 2: outlen += t_rand(&rs) % 300; break;
+        default: break;
+        }
+        uint8_t *out = malloc(outlen ? outlen : 1);
+        CHECK(out);
+        int rc = deflate_decompress(z, n, out, outlen);
+        CHECK(rc == 0 || rc == -1);
+        decoded += rc == 0;
+        free(out);
+        /* The dynamic header reader; then spans from its end (or from bit 3, with the fixed code) at random bit
+         * ranges, some right, some off by a little, some past the end of the input. */
+        uint64_t first = 0;
+        deflate_tables *t = deflate_tables_new(z, n, &first);
+        if (t) CHECK(first <= (uint64_t)n * 8);
+        for (int q = 0; q < 3; q++) {
+            uint64_t from, to;
+            if (nbits[s] && t_rand(&rs) % 2) {
+                size_t k = t_rand(&rs) % (nbits[s] - 1);
+                from = seedbits[s][k];
+                to = seedbits[s][k + 1];
+            } else {
+                from = t ? first : 3;
+                to = from + t_rand(&rs) % ((uint64_t)n * 8 + 64);
+            }
+            if (t_rand(&rs) % 4 == 0) from += t_rand(&rs) % 16;
+            if (t_rand(&rs) % 4 == 0) to += t_rand(&rs) % 64;
+            if (t_rand(&rs) % 8 == 0) to = UINT64_MAX - t_rand(&rs) % 8;
+            size_t outcap = t_rand(&rs) % 2 ? 1 + t_rand(&rs) % 6000 : t_rand(&rs) % 40;
+            size_t want = t_rand(&rs) % 3 ? SIZE_MAX : t_rand(&rs) % 500;
+            uint8_t *o = malloc(outcap ? outcap : 1);
+            CHECK(o);
+            size_t produced = 0;
+            const deflate_tables *tab = t_rand(&rs) % 4 ? t : NULL; /* sometimes the wrong code */
+            rc = deflate_decode_span(z, n, from, to, tab, o, outcap, want, &produced);
+            CHECK_MSG(span_sane(rc, produced, outcap), "span [%llu, %llu) of %zu bytes: rc %d, %zu of %zu bytes",
+                      (unsigned long long)from, (unsigned long long)to, n, rc, produced, outcap);
+            if (rc == 0 && want == SIZE_MAX) CHECK(to <= (uint64_t)n * 8); /* a span ends inside its input */
+            spans_ok += rc == 0;
+            /* A piece at a time: the state only moves forward, the output only grows, and once it has ended or
+             * failed it stays so. */
+            deflate_span sp;
+            deflate_span_begin(&sp, z, n, from, to, tab, o, outcap);
+            int st = 0;
+            size_t last = 0;
+            for (int pieces = 0; st == 0 && pieces < 20000; pieces++) {
+                st = deflate_span_more(&sp, (size_t)(sp.o - sp.out) + 1 + t_rand(&rs) % 32);
+                CHECK(sp.o >= sp.out && (size_t)(sp.o - sp.out) <= outcap && (size_t)(sp.o - sp.out) >= last);
+                last = (size_t)(sp.o - sp.out);
+            }
+            CHECK(st == 1 || st == -1);
+            CHECK_EQ(deflate_span_more(&sp, SIZE_MAX), st);
+            if (st == 1) CHECK(to <= (uint64_t)n * 8);
+            free(o);
+            /* The end-of-block check at any bit, in range or not. */
+            uint64_t bit = t_rand(&rs) % 2 ? to : t_rand(&rs) % ((uint64_t)n * 8 + 32);
+            rc = deflate_check_end(z, n, bit, tab);
+            CHECK(rc == 0 || rc == -1);
+            if (rc == 0) CHECK(bit < (uint64_t)n * 8);
+        }
+        deflate_tables_free(t);
+        free(z);
+    }
+    printf("# %ld rounds: %ld streams decoded whole, %ld spans decoded\n", iters, decoded, spans_ok);
+    for (int i = 0; i < NSEEDS; i++) free(seed[i]);
+    free(work);
+    free(in);
+    deflate_encoder_free(e);
+    deflate_encoder_free(learnt);
+}
