@@ -192,6 +192,7 @@ int batch_record_decode(const uint8_t *rec, size_t len, uint64_t *seq, int64_t *
     uint64_t t, n;
     if (len < 8) goto bad;
     *seq = get_fixed64(rec);
+    if (*seq > KV_MAX_SEQUENCE) goto bad; /* an entry's trailer holds 56 bits of it: the memtable asserts that */
     p = get_varint64(rec + 8, lim, &t);
     if (!p) goto bad;
     p = get_varint64(p, lim, &n);

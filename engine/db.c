@@ -940,7 +940,11 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         writer *members[GROUP_MAX_WRITERS];
         for (writer *p = &w;; p = p->next) {
             size_t start = recs.len;
-            int r = db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, &recs);
+            /* The last sequence comes from the files, which can hold the largest one: past it a trailer cannot
+             * hold the sequence (the memtable asserts), so the store refuses writes rather than reuse one. */
+            int r = next_seq + 1 + nrec > KV_MAX_SEQUENCE
+                        ? kv_set_error(KV_ECORRUPT, "no sequence number left after %" PRIu64, next_seq + nrec)
+                        : db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, &recs);
             p->status = r; /* a batch that fails to resolve fails alone: it appended nothing */
             if (r == KV_OK) {
                 starts[nrec] = start;

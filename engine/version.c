@@ -156,7 +156,12 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
         switch (tag) {
         case TAG_LOG_NUMBER: GET(e->log_number); e->has_log_number = true; break;
         case TAG_NEXT_FILE: GET(e->next_file); e->has_next_file = true; break;
-        case TAG_LAST_SEQ: GET(e->last_seq); e->has_last_seq = true; break;
+        case TAG_LAST_SEQ:
+            GET(e->last_seq);
+            /* The store's next writes take the sequences after it, and a trailer holds only 56 bits. */
+            if (e->last_seq > KV_MAX_SEQUENCE) BAD("sequence out of range");
+            e->has_last_seq = true;
+            break;
         case TAG_BATCHLOG_FLOOR: GET(e->batchlog_floor); e->has_batchlog_floor = true; break;
         case TAG_DELETED_FILE:
             GET(level); GET(no);
