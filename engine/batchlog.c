@@ -26,7 +26,9 @@
 #define BATCHLOG_FILE_BYTES (4u << 20)
 
 typedef struct bl_file {
-    uint64_t no, first_seq, last_seq, bytes;
+    uint64_t no, first_seq, last_seq, bytes; /* first_seq, last_seq: of the records before any damage; 0: none */
+    bool damaged;                            /* a corrupt record at damage_off ends what can be read */
+    uint64_t damage_off;
 } bl_file;
 
 struct batchlog {
@@ -61,6 +63,7 @@ static int scan_file(batchlog *bl, bl_file *f) {
     size_t len;
     uint64_t off;
     f->first_seq = f->last_seq = 0;
+    f->damaged = false;
     while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
         if (len < 8) continue;
         uint64_t s = get_fixed64(rec);
@@ -69,9 +72,24 @@ static int scan_file(batchlog *bl, bl_file *f) {
     }
     f->bytes = wal_reader_valid_end(r);
     wal_reader_close(r);
-    /* a damaged change feed must not keep the store from opening: what follows the damage is unreachable, and
-     * kv_check reports it */
-    return rc == KV_ENOTFOUND || rc == KV_ECORRUPT ? KV_OK : rc;
+    /* A damaged change feed must not keep the store from opening: what follows the damage is unreadable, lookups
+     * there answer KV_ECORRUPT (file_upper), and kv_check reports it. */
+    if (rc == KV_ECORRUPT) {
+        f->damaged = true;
+        f->damage_off = f->bytes;
+        return KV_OK;
+    }
+    return rc == KV_ENOTFOUND ? KV_OK : rc;
+}
+
+/* The largest sequence files[i] may hold: its last readable one, or, past damage, everything below the next file's
+ * first batch (unbounded for the last file). Caller holds mu (or is opening). */
+static uint64_t file_upper(const batchlog *bl, size_t i) {
+    const bl_file *f = &bl->files[i];
+    if (!f->damaged) return f->last_seq;
+    for (size_t j = i + 1; j < bl->nfiles; j++)
+        if (bl->files[j].first_seq) return bl->files[j].first_seq - 1;
+    return UINT64_MAX;
 }
 
 static int cmp_file(const void *a, const void *b) {
@@ -84,7 +102,7 @@ static void drop_below_floor(batchlog *bl) {
     for (size_t i = 0; i < bl->nfiles; i++) {
         bool active = bl->w && i == bl->nfiles - 1;
         bl_file *f = &bl->files[i];
-        if (!active && !bl->read_only && (f->last_seq < bl->floor || f->first_seq == 0)) {
+        if (!active && !bl->read_only && (file_upper(bl, i) < bl->floor || (f->first_seq == 0 && !f->damaged))) {
             char path[4096];
             bl_path(bl, f->no, path, sizeof path);
             bl->env->remove(bl->env, path);
@@ -189,7 +207,7 @@ static int start_file(batchlog *bl) {
         wal_writer_close(bl->w);
     }
     bl->w = w;
-    bl->files[bl->nfiles++] = (bl_file){no, 0, 0, 0};
+    bl->files[bl->nfiles++] = (bl_file){.no = no};
     return KV_OK;
 }
 
@@ -357,6 +375,23 @@ int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out) {
     bl_file *f = NULL;
     for (size_t i = 0; i < bl->nfiles; i++)
         if (bl->files[i].first_seq && bl->files[i].first_seq <= seq && seq <= bl->files[i].last_seq) f = &bl->files[i];
+    if (!f && seq >= bl->floor) {
+        /* past the damage in a file: the batch may be there, unreadable; never answer "evicted" for it */
+        uint64_t below = 0; /* the largest sequence readable before file i */
+        for (size_t i = 0; i < bl->nfiles; i++) {
+            const bl_file *d = &bl->files[i];
+            uint64_t lo = d->last_seq ? d->last_seq : below;
+            if (d->damaged && seq > lo && seq <= file_upper(bl, i)) {
+                char name[64];
+                snprintf(name, sizeof name, "BATCHLOG-%06" PRIu64, d->no);
+                uint64_t off = d->damage_off;
+                pthread_mutex_unlock(&bl->mu);
+                return kv_set_error(KV_ECORRUPT, "%s: batch %" PRIu64 " lies past a corrupt record at offset %" PRIu64,
+                                    name, seq, off);
+            }
+            if (d->last_seq) below = d->last_seq;
+        }
+    }
     if (seq < bl->floor || !f) {
         uint64_t oldest = 0;
         pthread_mutex_unlock(&bl->mu);

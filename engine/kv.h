@@ -273,8 +273,8 @@ typedef struct kv_logged_batch {
     kv_logged_op *ops;
 } kv_logged_batch;
 
-/* The batch committed with sequence seq: KV_OK, KV_EEVICTED (pruned, or the log is off), or KV_ENOTFOUND (seq is
- * beyond the current sequence). */
+/* The batch committed with sequence seq: KV_OK, KV_EEVICTED (pruned, or the log is off), KV_ENOTFOUND (seq is
+ * beyond the current sequence), or KV_ECORRUPT (the batch log is damaged where the batch would be). */
 int kv_get_batch(kv_db *db, uint64_t seq, kv_logged_batch **out);
 void kv_logged_batch_free(kv_logged_batch *b);
 /* The oldest sequence still retained; KV_ENOTFOUND when the log is empty or off. */

@@ -582,6 +582,19 @@ TEST(test_corrupt_current) {
 /* ---- sequence numbers out of range ------------------------------------------------------------------------------- */
 
 /* Append one record-log record holding payload to the file at path (docs/format.md, "Record log"). */
+/* The last name in dir that starts with prefix (MANIFEST-, BATCHLOG-: the newest file of that kind). */
+static bool newest_with_prefix(const char *dir, const char *prefix, char *out, size_t n) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    struct dirent *de;
+    out[0] = 0;
+    while ((de = readdir(d)))
+        if (!strncmp(de->d_name, prefix, strlen(prefix)) && strcmp(de->d_name, out) > 0)
+            snprintf(out, n, "%s", de->d_name);
+    closedir(d);
+    return out[0] != 0;
+}
+
 static bool append_record(const char *path, const uint8_t *payload, size_t n) {
     uint8_t hdr[8];
     put_fixed32(hdr + 4, (uint32_t)n);
@@ -622,15 +635,7 @@ TEST(test_corrupt_sequence_out_of_range) {
             p = put_varint64(p, 1);
             *p++ = '2';
         } else { /* a manifest edit: LAST_SEQ 2^56, or 2^56 - 1 */
-            DIR *d = opendir(dir);
-            CHECK(d);
-            struct dirent *de;
-            name[0] = 0;
-            while ((de = readdir(d)))
-                if (!strncmp(de->d_name, "MANIFEST-", 9) && strcmp(de->d_name, name) > 0)
-                    snprintf(name, sizeof name, "%s", de->d_name);
-            closedir(d);
-            CHECK(name[0]);
+            CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
             p = put_varint64(p, 3);
             p = put_varint64(p, where == 1 ? max_seq + 1 : max_seq);
         }
@@ -657,4 +662,96 @@ TEST(test_corrupt_sequence_out_of_range) {
         CHECK_OK(kv_close(db));
         kv_free(db);
     }
+}
+
+/* A damaged batch log (change feed) must not keep the store from opening, and must never hand out a wrong batch:
+ * batches before the damage read back exactly, the damaged one and those after it in that file are KV_ECORRUPT
+ * naming the file (they used to be KV_EEVICTED, as if pruned), kv_check reports the file, and open keeps it. A
+ * length made to run past the end reads as a torn tail (the record log's limit, at the top of this file); then the
+ * batches after it are KV_EEVICTED. The key-value data is untouched. */
+TEST(test_corrupt_batch_log) {
+    kv_options o;
+    kv_options_init(&o);
+    o.background_threads = false;
+    o.batch_log_max_batches = 1000;
+    char dir[600], name[300], path[1200];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    enum { NB = 40 };
+    uint64_t seqs[NB];
+    for (int i = 0; i < NB; i++) {
+        char k[32], v[64];
+        snprintf(k, sizeof k, "key%03d", i);
+        snprintf(v, sizeof v, "value-of-batch-%03d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), v, strlen(v), 0));
+        seqs[i] = kv_current_sequence(db);
+    }
+    /* into a table: the write-ahead log would otherwise give the batches back to the batch log at the next open */
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    CHECK(newest_with_prefix(dir, "BATCHLOG-", name, sizeof name));
+    if (t_failed()) return;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t n;
+    uint8_t *data = slurp(path, &n);
+    CHECK(data && n > 100);
+    if (t_failed()) return;
+    /* every byte of the file's middle, one at a time */
+    int damaged_reported = 0, torn = 0;
+    /* the first record's payload (a damaged first record used to make the file look empty, and open deleted it),
+     * then a run of the file's middle */
+    size_t offs[8 + 64], noffs = 0;
+    for (size_t off = 8; off < 16; off++) offs[noffs++] = off;
+    for (size_t off = n / 2; off < n / 2 + 64 && off < n; off++) offs[noffs++] = off;
+    for (size_t oi = 0; oi < noffs; oi++) {
+        size_t off = offs[oi];
+        CHECK(put_byte(path, off, data[off] ^ 0x5a));
+        int rc = kv_open(dir, &o, &db);
+        CHECK_MSG(rc == KV_OK, "offset %zu: kv_open: %s (%s)", off, kv_strerror(rc), kv_errmsg());
+        if (rc) break;
+        for (int i = 0; i < NB; i++) {
+            char k[32], v[64];
+            snprintf(k, sizeof k, "key%03d", i);
+            snprintf(v, sizeof v, "value-of-batch-%03d", i);
+            kv_buf got = {0};
+            CHECK_OK(kv_get(db, NULL, k, strlen(k), &got)); /* the data itself is not in the batch log */
+            CHECK_MEM(got.data, got.len, v, strlen(v));
+            kv_buf_free(&got);
+            kv_logged_batch *b = NULL;
+            int r = kv_get_batch(db, seqs[i], &b);
+            if (r == KV_OK) {
+                CHECK_MSG(b->sequence == seqs[i] && b->nops == 1 && b->ops[0].klen == strlen(k) &&
+                              memcmp(b->ops[0].key, k, strlen(k)) == 0 && b->ops[0].vlen == strlen(v) &&
+                              memcmp(b->ops[0].val, v, strlen(v)) == 0,
+                          "offset %zu: batch %d read back wrong", off, i);
+                kv_logged_batch_free(b);
+            } else {
+                CHECK_MSG(r == KV_ECORRUPT || r == KV_EEVICTED, "offset %zu: batch %d: %s (%s)", off, i,
+                          kv_strerror(r), kv_errmsg());
+                if (r == KV_ECORRUPT) {
+                    CHECK_MSG(strstr(kv_errmsg(), name), "offset %zu: %s", off, kv_errmsg());
+                    damaged_reported++;
+                }
+            }
+        }
+        named p = {.file = name};
+        int crc = kv_check(db, on_problem, NULL, &p, NULL);
+        if (crc == KV_OK && p.problems == 0) {
+            /* the record log's known limit (see the top of this file): a length that now runs past the end of the
+             * file reads as a torn tail, and the file ends before that record */
+            torn++;
+        } else {
+            CHECK_MSG(crc == KV_ECORRUPT && p.named, "offset %zu: kv_check: %s, %llu problems (%s)", off,
+                      kv_strerror(crc), (unsigned long long)p.problems, p.first);
+        }
+        CHECK_OK(kv_close(db));
+        kv_free(db);
+        CHECK_MSG(access(path, F_OK) == 0, "offset %zu: the damaged file was deleted", off);
+        CHECK(put_byte(path, off, data[off]));
+    }
+    CHECK(damaged_reported > 0);
+    CHECK(torn < 16); /* a length field's 4 bytes per record at most */
+    free(data);
 }
