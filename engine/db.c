@@ -760,6 +760,8 @@ static int make_room(kv_db *db, bool force) {
                 bool did = true;
                 while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
                 if (rc) return rc;
+                /* a compaction in another thread (kv_compact_range) holds the files: wait for it, not spin */
+                if (!did && (db->compact_running || db->manual_running)) pthread_cond_wait(&db->bg_cv, &db->mu);
                 continue;
             }
             if (db->bg_error && !db->flush_running) {

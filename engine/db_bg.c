@@ -30,6 +30,13 @@ static sst_options table_options(const kv_db *db) {
 /* ---- flush --------------------------------------------------------------------------------------------------------- */
 
 int db_flush_one(kv_db *db) {
+    if (db->flush_running) {
+        /* Without background threads flushes run in callers' threads (the write leader, kv_compact_range's
+         * db_flush_memtable): another may be writing imm[0] right now. Flushing it again would make two tables of
+         * it and then drop imm[1], unflushed, from the list. Wait for that flush; the caller looks again. */
+        while (db->flush_running) pthread_cond_wait(&db->bg_cv, &db->mu);
+        return KV_OK;
+    }
     if (db->nimm == 0) return KV_OK;
     memtable *m = db->imm[0].mem;
     memtable_ref(m);
@@ -378,6 +385,10 @@ static int run_compaction(kv_db *db, compaction *c) {
 int db_compact_once(kv_db *db, bool *did) {
     compaction c;
     *did = false;
+    /* Without background threads a writer compacts here (make_room) while kv_compact_range may be compacting in
+     * another thread with the lock released: picking from the current version would take files that compaction is
+     * rewriting, and both outputs would land in one level, overlapping. One compaction at a time. */
+    if (db->compact_running || db->manual_running) return KV_OK;
     if (!pick_compaction(db, &c)) return KV_OK;
     *did = true;
     int rc = run_compaction(db, &c);

@@ -1226,6 +1226,106 @@ TEST(test_db_close_while_writing) {
     kv_free(db);
 }
 
+/* Without background threads, flushes and compactions run in the calling thread: in the write leader (make_room)
+ * and in kv_compact_range (which flushes, then compacts). Two threads doing that at once must not run two
+ * compactions over the same files (their outputs would overlap in a level, holding stale versions), nor flush
+ * the same memtable twice. */
+typedef struct inline_writer {
+    kv_db *db;
+    model m;
+    atomic_bool done;
+    int errors;
+} inline_writer;
+
+static void *inline_writer_main(void *arg) {
+    inline_writer *w = arg;
+    uint64_t rs = t_seed() ^ 0x1a1a;
+    char k[32], v[200];
+    for (int i = 0; i < 30000; i++) {
+        size_t kl = (size_t)snprintf(k, sizeof k, "w%04u", (unsigned)(t_rand(&rs) % 3000));
+        if (t_rand(&rs) % 4 == 0) {
+            if (kv_delete(w->db, k, kl, 0)) w->errors++;
+            model_del(&w->m, k, kl);
+        } else {
+            int n = snprintf(v, sizeof v, "%d:", i);
+            memset(v + n, 'a' + i % 26, sizeof v - (size_t)n);
+            if (kv_put(w->db, k, kl, v, sizeof v, 0)) w->errors++;
+            model_put(&w->m, k, kl, v, sizeof v);
+        }
+    }
+    atomic_store(&w->done, true);
+    return NULL;
+}
+
+/* Watches the current version while the others work: in every level >= 1 the files must be sorted and disjoint
+ * (a second compaction over files another one is rewriting adds its outputs beside the other's, overlapping). */
+typedef struct level_watch {
+    kv_db *db;
+    atomic_bool stop;
+    int overlaps;
+} level_watch;
+
+static void *level_watch_main(void *arg) {
+    level_watch *lw = arg;
+    while (!atomic_load(&lw->stop)) {
+        pthread_mutex_lock(&lw->db->mu);
+        version *v = lw->db->vs->current;
+        for (int l = 1; l < KV_MAX_LEVELS; l++)
+            for (size_t i = 1; i < v->nfiles[l]; i++) {
+                const file_meta *a = v->files[l][i - 1], *b = v->files[l][i];
+                if (ukey_cmp(a->largest.data, a->largest.len - 8, b->smallest.data, b->smallest.len - 8) >= 0)
+                    lw->overlaps++;
+            }
+        pthread_mutex_unlock(&lw->db->mu);
+        sched_yield();
+    }
+    return NULL;
+}
+
+TEST(test_db_inline_compaction_excludes_manual_compaction) {
+    kv_options o;
+    small_options(&o);
+    o.background_threads = false;
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    inline_writer w = {.db = db};
+    level_watch lw = {.db = db};
+    pthread_t th, wt;
+    pthread_create(&th, NULL, inline_writer_main, &w);
+    pthread_create(&wt, NULL, level_watch_main, &lw);
+    while (!atomic_load(&w.done))
+        if (kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)) w.errors++;
+    pthread_join(th, NULL);
+    atomic_store(&lw.stop, true);
+    pthread_join(wt, NULL);
+    CHECK_EQ(w.errors, 0);
+    CHECK_MSG(lw.overlaps == 0, "files of a level overlapped %d times", lw.overlaps);
+    uint64_t rs = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < 3000; i++) {
+            char k[32];
+            size_t kl = (size_t)snprintf(k, sizeof k, "w%04u", (unsigned)i);
+            const model_entry *e = model_get(&w.m, k, kl);
+            kv_buf b;
+            int rc = kv_get(db, NULL, k, kl, &b);
+            CHECK_MSG(rc == (e ? KV_OK : KV_ENOTFOUND), "pass %d: get %s: %s", pass, k, kv_strerror(rc));
+            if (e) {
+                CHECK_MEM(b.data, b.len, e->val, e->vlen);
+                kv_buf_free(&b);
+            }
+        }
+        int r = compare_all(db, NULL, &w.m, &rs);
+        CHECK_MSG(r == 0, "pass %d: iteration differs from the model (%d)", pass, r);
+        uint64_t problems = 0;
+        CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+        kv_free(db);
+        CHECK_OK(kv_open(dir, &o, &db));
+    }
+    kv_free(db);
+    model_free(&w.m);
+}
+
 TEST(test_db_blob_gc) {
     kv_options o;
     small_options(&o);
