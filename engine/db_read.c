@@ -46,6 +46,7 @@ static void refs_take(kv_db *db, read_refs *r) {
 }
 
 static void refs_drop(kv_db *db, read_refs *r) {
+    if (!r->v) return; /* none taken */
     for (int i = 0; i < r->nmems; i++) memtable_unref(r->mems[i]);
     pthread_mutex_lock(&db->mu);
     version_unref(r->v);
@@ -107,18 +108,17 @@ static int version_get(kv_db *db, version *v, const uint8_t *ukey, size_t ulen, 
     return 0;
 }
 
-int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, int64_t *ts,
-                 kv_bytes *payload, uint64_t *found_seq) {
-    read_refs r;
-    refs_take(db, &r);
-    if (seq == DB_SEQ_LATEST) seq = r.seq;
+/* db_get_entry in what r references (taken by the caller). */
+static int get_entry_in(kv_db *db, read_refs *r, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type,
+                        int64_t *ts, kv_bytes *payload, uint64_t *found_seq) {
+    if (seq == DB_SEQ_LATEST) seq = r->seq;
     int rc = 0;
     const uint8_t *val = NULL;
     size_t vlen = 0;
     kv_bytes tbuf = {0};
-    for (int i = 0; i < r.nmems && rc == 0; i++) rc = memtable_get(r.mems[i], ukey, ulen, seq, type, &val, &vlen, found_seq);
+    for (int i = 0; i < r->nmems && rc == 0; i++) rc = memtable_get(r->mems[i], ukey, ulen, seq, type, &val, &vlen, found_seq);
     if (rc == 0) {
-        rc = version_get(db, r.v, ukey, ulen, seq, type, &tbuf, found_seq);
+        rc = version_get(db, r->v, ukey, ulen, seq, type, &tbuf, found_seq);
         if (rc == 1) {
             val = tbuf.data;
             vlen = tbuf.len;
@@ -137,6 +137,14 @@ int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int 
         }
     }
     bytes_free(&tbuf);
+    return rc;
+}
+
+int db_get_entry(kv_db *db, const uint8_t *ukey, size_t ulen, uint64_t seq, int *type, int64_t *ts,
+                 kv_bytes *payload, uint64_t *found_seq) {
+    read_refs r;
+    refs_take(db, &r);
+    int rc = get_entry_in(db, &r, ukey, ulen, seq, type, ts, payload, found_seq);
     refs_drop(db, &r);
     return rc;
 }
@@ -149,14 +157,19 @@ static int make_ukey(uint8_t *ubuf, uint8_t ks, const void *key, size_t klen) {
     return KV_OK;
 }
 
-/* Look up (ks, key) at the read options' snapshot: 1 found with type/payload, 0 absent, < 0 error. */
+/* Look up (ks, key) at the read options' snapshot: 1 found with type/payload, 0 absent, < 0 error. Returns with
+ * the lookup's references in *r, which the caller drops (refs_drop) once it no longer reads what the entry names:
+ * a blob reference's file is listed by r's version, so it is not deleted under the read even if the key is
+ * overwritten, the entry compacted away and the file collected meanwhile. */
 static int lookup(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, int *type, int64_t *ts,
-                  kv_bytes *payload, uint64_t *fseq) {
+                  kv_bytes *payload, uint64_t *fseq, read_refs *r) {
+    r->v = NULL;
     uint8_t ubuf[KV_MAX_KEY + 1];
     int rc = make_ukey(ubuf, ro ? ro->keyspace : 0, key, klen);
     if (rc) return rc;
-    return db_get_entry(db, ubuf, klen + 1, ro && ro->snapshot ? ro->snapshot->seq : DB_SEQ_LATEST, type, ts, payload,
-                        fseq);
+    refs_take(db, r);
+    return get_entry_in(db, r, ubuf, klen + 1, ro && ro->snapshot ? ro->snapshot->seq : DB_SEQ_LATEST, type, ts,
+                        payload, fseq);
 }
 
 static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
@@ -186,9 +199,10 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
     int64_t ts;
     uint64_t fseq;
     kv_bytes payload = {0};
+    read_refs r;
     out->data = NULL;
     out->len = 0;
-    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq);
+    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq, &r);
     if (rc == 1 && info) {
         info->timestamp_ms = ts;
         info->sequence = fseq;
@@ -205,6 +219,7 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
         payload.data = NULL;
         rc = KV_OK;
     }
+    refs_drop(db, &r);
     bytes_free(&payload);
     return rc;
 }
@@ -231,7 +246,9 @@ int kv_contains(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen)
     int64_t ts;
     uint64_t fseq;
     kv_bytes payload = {0};
-    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq);
+    read_refs r;
+    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq, &r);
+    refs_drop(db, &r);
     bytes_free(&payload);
     db_leave(db);
     return rc;
@@ -263,7 +280,9 @@ int kv_stat(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_
     if (!db_enter(db)) return KV_ECLOSED;
     int type;
     kv_bytes payload = {0};
-    int rc = lookup(db, ro, key, klen, &type, &info->timestamp_ms, &payload, &info->sequence);
+    read_refs r;
+    int rc = lookup(db, ro, key, klen, &type, &info->timestamp_ms, &payload, &info->sequence, &r);
+    refs_drop(db, &r);
     if (rc == 0) rc = KV_ENOTFOUND;
     else if (rc == 1) {
         rc = KV_OK;
@@ -290,8 +309,9 @@ int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
     int64_t ts;
     uint64_t fseq;
     kv_bytes payload = {0};
+    read_refs r;
     *nread = 0;
-    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq);
+    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq, &r);
     if (rc == 0) rc = KV_ENOTFOUND;
     else if (rc == 1 && type == KV_TYPE_BLOB) {
         rc = blob_value_read(db->blobs, payload.data, payload.len, off, buf, len, nread);
@@ -303,6 +323,7 @@ int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
             *nread = n;
         }
     }
+    refs_drop(db, &r);
     bytes_free(&payload);
     db_leave(db);
     return rc;

@@ -1326,6 +1326,57 @@ TEST(test_db_inline_compaction_excludes_manual_compaction) {
     model_free(&w.m);
 }
 
+/* A get that finds a large value reads it from its blob file after the lookup. Meanwhile the key may be
+ * overwritten, the old entry compacted away and the blob file collected: the get must still read the value it
+ * found (or fail for a real reason), not report a missing blob file. The environment runs those steps at the moment
+ * the get opens the blob file. */
+static kv_db *race_db;
+static atomic_int race_armed;
+static int race_rc;
+
+static int race_open_read(kv_env *env, const char *path, kv_file **out) {
+    size_t l = strlen(path);
+    if (l > 5 && strcmp(path + l - 5, ".blob") == 0 && atomic_exchange(&race_armed, 0)) {
+        int rc = kv_put(race_db, "victim", 6, "small", 5, 0);
+        if (!rc) rc = kv_compact_range(race_db, NULL, 0, NULL, 0, NULL, NULL);
+        if (!rc) rc = kv_blob_gc(race_db, 0.5);
+        race_rc = rc;
+    }
+    return kv_env_posix()->open_read(env, path, out);
+}
+
+TEST(test_db_get_of_a_large_value_outlives_its_blob_file_collection) {
+    static kv_env env;
+    env = *kv_env_posix();
+    env.open_read = race_open_read;
+    kv_options o;
+    small_options(&o);
+    o.env = &env;
+    o.blob_file_bytes = BLOB_CHUNK; /* the victim's value fills its blob file: a later one is written elsewhere */
+    const char *dir = t_tmpdir();
+    CHECK_OK(kv_open(dir, &o, &race_db));
+    static uint8_t big[70000];
+    memset(big, 'x', sizeof big);
+    CHECK_OK(kv_put(race_db, "victim", 6, big, sizeof big, 0));
+    memset(big, 'y', sizeof big);
+    CHECK_OK(kv_put(race_db, "other", 5, big, sizeof big, 0));
+    kv_free(race_db); /* reopen: no blob file is open, so the get opens the victim's */
+    CHECK_OK(kv_open(dir, &o, &race_db));
+    atomic_store(&race_armed, 1);
+    kv_buf b;
+    int rc = kv_get(race_db, NULL, "victim", 6, &b);
+    CHECK_OK(race_rc);
+    CHECK_EQ(atomic_load(&race_armed), 0); /* the steps ran inside the get */
+    CHECK_MSG(rc == KV_OK, "get: %s (%s)", kv_strerror(rc), kv_errmsg());
+    memset(big, 'x', sizeof big);
+    CHECK_MEM(b.data, b.len, big, sizeof big); /* the value the lookup found */
+    kv_buf_free(&b);
+    CHECK_OK(kv_get(race_db, NULL, "victim", 6, &b));
+    CHECK_MEM(b.data, b.len, "small", 5);
+    kv_buf_free(&b);
+    kv_free(race_db);
+}
+
 TEST(test_db_blob_gc) {
     kv_options o;
     small_options(&o);
