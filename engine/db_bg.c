@@ -12,6 +12,7 @@
  *  - Before a flushed table is installed, the blob bytes its entries may reference are synced, and so is the batch
  *    log (the logs that back both are deleted once the table is installed).
  */
+#include <assert.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,7 +117,8 @@ int db_flush_one(kv_db *db) {
 /* ---- compaction ----------------------------------------------------------------------------------------------------- */
 
 typedef struct compaction {
-    int level;                  /* inputs from level and level + 1; outputs to level + 1 */
+    int level;                  /* inputs from level and level + 1; outputs to level + 1 (in_place: to level) */
+    bool in_place;              /* the last level rewritten into itself: it has no next level to merge with */
     file_meta **in[2];
     size_t nin[2];
     version *v;
@@ -258,8 +260,9 @@ static int finish_output(kv_db *db, output *o, version_edit *e, int level) {
 static int run_compaction(kv_db *db, compaction *c) {
     version_edit e;
     edit_init(&e);
-    int out_level = c->level + 1;
+    int out_level = c->in_place ? c->level : c->level + 1;
     int rc = KV_OK;
+    assert(!c->in_place || (c->nin[1] == 0 && c->level == KV_MAX_LEVELS - 1));
 
     if (c->nin[0] == 1 && c->nin[1] == 0 && !c->manual) {
         /* nothing to merge with: move the file down without rewriting it */
@@ -396,13 +399,15 @@ int db_compact_once(kv_db *db, bool *did) {
     return rc;
 }
 
-/* Compact every file of level overlapping [begin, end] into level + 1 (caller holds mu). */
+/* Compact every file of level overlapping [begin, end] into level + 1, or, for the last level, into itself (caller
+ * holds mu). The last level's files do not overlap each other, so its outputs span exactly the inputs' key range. */
 static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
     compaction c;
     memset(&c, 0, sizeof c);
     c.level = level;
     c.v = db->vs->current;
     c.manual = true;
+    c.in_place = level == KV_MAX_LEVELS - 1;
     int rc = overlapping(c.v, level, begin->len ? begin->data : NULL, begin->len, end->len ? end->data : NULL,
                          end->len, &c.in[0], &c.nin[0]);
     if (rc) return rc;
@@ -410,7 +415,7 @@ static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, cons
         free(c.in[0]);
         return KV_OK;
     }
-    rc = finish_inputs(&c);
+    rc = c.in_place ? KV_OK : finish_inputs(&c);
     if (!rc) rc = run_compaction(db, &c);
     compaction_free(&c);
     return rc;

@@ -421,13 +421,15 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
     }
     while (db->compact_running || db->manual_running) pthread_cond_wait(&db->bg_cv, &db->mu);
     db->manual_running = true;
-    /* Compact each level into the next, through the deepest level that holds files (or into the last level), so that
-     * everything meets there and shadowed versions and tombstones go. (This once ignored files in the last level:
-     * data that had reached it was never merged with newer data again, and its old versions stayed for good.) */
+    /* Compact each level into the next, through the deepest level that holds files, so that everything meets there
+     * and shadowed versions and tombstones go. The last level has no next one: it is rewritten into itself, else
+     * what a snapshot kept there when it arrived (old versions, tombstones) would stay after the snapshot's release
+     * for good. (This once also ignored files in the last level: data that had reached it was never merged with
+     * newer data again.) */
     int deepest = 0;
     for (int l = 0; l < KV_MAX_LEVELS; l++)
         if (db->vs->current->nfiles[l]) deepest = l;
-    int last = deepest < KV_MAX_LEVELS - 2 ? deepest : KV_MAX_LEVELS - 2;
+    int last = deepest < KV_MAX_LEVELS - 1 ? deepest : KV_MAX_LEVELS - 1;
     for (int l = 0; l <= last && !rc; l++) {
         if (atomic_load(&db->closed)) rc = kv_set_error(KV_ECLOSED, "the store is closing");
         if (!rc) rc = db_run_manual_compaction(db, l, &lo, &hi);

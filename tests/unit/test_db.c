@@ -541,6 +541,51 @@ TEST(test_db_compact_range_reaches_the_last_level) {
     kv_free(db);
 }
 
+/* Versions and tombstones that a snapshot kept when they reached the last level go at the next kv_compact_range
+ * once the snapshot is released: the last level is rewritten in place (nothing below it could merge with it). They
+ * used to stay for good. */
+TEST(test_db_compact_range_rewrites_the_last_level_after_a_snapshot) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    char k[16];
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "k%04d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), "old", 3, 0));
+    }
+    kv_snapshot *snap;
+    CHECK_OK(kv_snapshot_new(db, &snap));
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "k%04d", i);
+        if (i % 2) CHECK_OK(kv_put(db, k, strlen(k), "new", 3, 0));
+        else CHECK_OK(kv_delete(db, k, strlen(k), 0));
+    }
+    kv_stats st;
+    for (int i = 0; i < KV_MAX_LEVELS + 1; i++) CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK(st.level_files[KV_MAX_LEVELS - 1] > 0);
+    CHECK_EQ(st.estimated_keys, 400); /* the snapshot sees every old value */
+    kv_snapshot_release(db, snap);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_MSG(st.estimated_keys == 100, "%llu entries after the snapshot's release and a compaction, 100 live",
+              (unsigned long long)st.estimated_keys);
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "k%04d", i);
+        kv_buf v = {0};
+        int rc = kv_get(db, NULL, k, strlen(k), &v);
+        if (i % 2) {
+            CHECK_OK(rc);
+            CHECK_MEM(v.data, v.len, "new", 3);
+        } else {
+            CHECK_EQ(rc, KV_ENOTFOUND);
+        }
+        kv_buf_free(&v);
+    }
+    kv_free(db);
+}
+
 /* kv_check beside a writer that patches paged values, overwrites large ones, compacts and collects blob garbage:
  * files appear, grow and go away during the check, and none of that is reported as damage. */
 typedef struct busy_writer {
