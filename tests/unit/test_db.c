@@ -2096,3 +2096,273 @@ TEST(test_db_check_reports_a_value_whose_blob_file_is_gone) {
     CHECK_MSG(strstr(pl.text, "names a blob file that is missing") != NULL, "%s", pl.text);
     kv_free(db);
 }
+
+/* ---- a randomized model test of snapshots across compactions ------------------------------------------------------ */
+
+/* What the model test above does not exercise: several snapshots held at once across manual and background
+ * compactions (read back by point lookups, not only by iteration), range scans (inclusive end, unbounded ends,
+ * limits, both directions), bounded iterators walked both ways, and keys of a neighbouring keyspace. */
+
+#define SNAP_MAX 4
+
+static void snap_key(uint64_t *rs, char *k, size_t *kl) { *kl = (size_t)snprintf(k, 32, "s%04u", (unsigned)(t_rand(rs) % 1500)); }
+
+typedef struct scan_got {
+    kv_bytes keys; /* length-prefixed keys, in the order seen */
+    size_t n;
+    const model *m;
+    int bad;       /* a value that differs from the model's */
+} scan_got;
+
+static int scan_collect(void *ctx, const void *k, size_t kl, const void *v, uint64_t vl) {
+    scan_got *g = ctx;
+    const model_entry *e = model_get(g->m, k, kl);
+    if (!e || e->vlen != vl || memcmp(e->val, v, vl) != 0) g->bad = 1;
+    if (bytes_append_lenprefixed(&g->keys, k, kl)) g->bad = 2;
+    g->n++;
+    return 0;
+}
+
+/* kv_range_scan against the model: [start, end] inclusive, empty = unbounded, limit 0 = all. */
+static int check_range_scan(kv_db *db, const kv_read_opts *ro, const model *m, const char *s, size_t sl, const char *e,
+                            size_t el, uint64_t limit, bool fwd) {
+    scan_got g = {.m = m};
+    int rc = kv_range_scan(db, ro, s, sl, e, el, limit, fwd, scan_collect, &g);
+    if (rc) { bytes_free(&g.keys); return -1; }
+    if (g.bad) { bytes_free(&g.keys); return -2; }
+    size_t lo = sl ? model_lower(m, s, sl) : 0;
+    size_t hi = m->n; /* one past the last key <= e */
+    if (el) {
+        hi = model_lower(m, e, el);
+        if (hi < m->n && model_keycmp(m->e[hi].key, m->e[hi].klen, e, el) == 0) hi++;
+    }
+    size_t want = hi > lo ? hi - lo : 0;
+    if (limit && want > limit) want = limit;
+    int r = 0;
+    if (g.n != want) r = -3;
+    const uint8_t *p = g.keys.data, *lim = g.keys.data + g.keys.len;
+    for (size_t i = 0; !r && i < want; i++) {
+        const uint8_t *k;
+        uint64_t kl;
+        p = get_lenprefixed(p, lim, &k, &kl);
+        const model_entry *me = &m->e[fwd ? lo + i : hi - 1 - i];
+        if (!p || model_keycmp(k, kl, me->key, me->klen) != 0) r = -4;
+    }
+    bytes_free(&g.keys);
+    return r;
+}
+
+/* A random walk of a bounded iterator (lower inclusive, upper exclusive, empty = none) against the model. */
+static int check_bounded_walk(kv_db *db, const kv_snapshot *snap, const model *m, uint64_t *rs) {
+    char lo[32], hi[32], k[32];
+    size_t lol = 0, hil = 0, kl;
+    if (t_rand(rs) % 3) snap_key(rs, lo, &lol);
+    if (t_rand(rs) % 3) snap_key(rs, hi, &hil);
+    kv_read_opts ro = {.snapshot = snap, .lower_bound = lo, .lower_len = lol, .upper_bound = hi, .upper_len = hil};
+    size_t first = lol ? model_lower(m, lo, lol) : 0, end = hil ? model_lower(m, hi, hil) : m->n;
+    if (end < first) end = first; /* an empty range */
+    kv_iter *it;
+    if (kv_iter_new(db, &ro, &it)) return -10;
+    /* pos: the model index the iterator should be at; first - 1 (as SIZE_MAX) or end when invalid */
+    size_t pos = first;
+    int r = 0;
+    for (int step = 0; step < 40 && !r; step++) {
+        int op = (int)(t_rand(rs) % 8);
+        if (step == 0 || op == 0) {
+            switch (t_rand(rs) % 4) {
+            case 0: kv_iter_seek_first(it); pos = first; break;
+            case 1: kv_iter_seek_last(it); pos = end > first ? end - 1 : SIZE_MAX; break;
+            case 2:
+                snap_key(rs, k, &kl);
+                kv_iter_seek(it, k, kl);
+                pos = model_lower(m, k, kl);
+                if (pos < first) pos = first;
+                break;
+            default: {
+                snap_key(rs, k, &kl);
+                kv_iter_seek_for_prev(it, k, kl);
+                size_t i = model_lower(m, k, kl);
+                if (i < m->n && model_keycmp(m->e[i].key, m->e[i].klen, k, kl) == 0) i++;
+                if (i > end) i = end;
+                pos = i > first ? i - 1 : SIZE_MAX;
+                break;
+            }
+            }
+        } else if (op < 5) {
+            if (!kv_iter_valid(it)) continue;
+            kv_iter_next(it);
+            pos++;
+        } else {
+            if (!kv_iter_valid(it)) continue;
+            kv_iter_prev(it);
+            pos = pos > first ? pos - 1 : SIZE_MAX;
+        }
+        bool want = pos != SIZE_MAX && pos >= first && pos < end;
+        if (kv_iter_valid(it) != want) { r = -11; break; }
+        if (want) {
+            size_t ikl;
+            const void *ik = kv_iter_key(it, &ikl);
+            const void *v;
+            uint64_t vl;
+            if (model_keycmp(ik, ikl, m->e[pos].key, m->e[pos].klen) != 0) r = -12;
+            else if (kv_iter_value(it, &v, &vl) || vl != m->e[pos].vlen || memcmp(v, m->e[pos].val, vl) != 0) r = -13;
+        }
+    }
+    if (!r && kv_iter_status(it)) r = -14;
+    kv_iter_free(it);
+    return r;
+}
+
+static void run_snapshot_model(int steps, bool background) {
+    kv_options o;
+    small_options(&o);
+    o.background_threads = background;
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    model m = {0};
+    uint64_t rs = t_seed() ^ 0x5eed5eedull ^ (background ? 1 : 0);
+    kv_snapshot *snap[SNAP_MAX] = {0};
+    model sm[SNAP_MAX] = {{0}};
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    for (int step = 0; step < steps; step++) {
+        int op = (int)(t_rand(&rs) % 100);
+        char k[32], k2[32], v[400];
+        size_t kl, k2l;
+        snap_key(&rs, k, &kl);
+        int si = (int)(t_rand(&rs) % SNAP_MAX);
+        if (op < 40) {
+            /* values up to a few hundred bytes: the levels then hold several tables each */
+            size_t vl = (size_t)snprintf(v, sizeof v, "v%d-%llu", step, (unsigned long long)(t_rand(&rs) % 1000));
+            size_t pad = (size_t)(t_rand(&rs) % 300);
+            for (size_t j = 0; j < pad; j++) v[vl + j] = (char)('a' + t_rand(&rs) % 26);
+            vl += pad;
+            CHECK_OK(kv_put(db, k, kl, v, vl, 0));
+            model_put(&m, k, kl, v, vl);
+        } else if (op < 55) {
+            CHECK_OK(kv_delete(db, k, kl, 0));
+            model_del(&m, k, kl);
+        } else if (op < 60) {
+            /* a batch that also writes keyspace 1, which no read of keyspace 0 may show */
+            kv_batch_clear(b);
+            for (int j = 0; j < 8; j++) {
+                snap_key(&rs, k, &kl);
+                if (t_rand(&rs) % 3) {
+                    size_t vl = (size_t)snprintf(v, sizeof v, "b%d-%d", step, j);
+                    CHECK_OK(kv_batch_put(b, k, kl, v, vl));
+                    model_put(&m, k, kl, v, vl);
+                } else {
+                    CHECK_OK(kv_batch_delete(b, k, kl));
+                    model_del(&m, k, kl);
+                }
+                CHECK_OK(kv_batch_put_ks(b, 1, k, kl, "other", 5));
+            }
+            CHECK_OK(kv_write(db, b, 0, NULL));
+        } else if (op < 70) {
+            /* a point lookup, at the latest state or at a snapshot */
+            kv_read_opts ro = {.snapshot = snap[si]};
+            const model *mm = snap[si] ? &sm[si] : &m;
+            const model_entry *e = model_get(mm, k, kl);
+            kv_buf got;
+            int rc = kv_get(db, &ro, k, kl, &got);
+            if (e) {
+                CHECK_MSG(rc == KV_OK, "step %d: get %s (snapshot %d): %s", step, k, snap[si] ? si : -1,
+                          kv_strerror(rc));
+                CHECK_MEM(got.data, got.len, e->val, e->vlen);
+                kv_buf_free(&got);
+            } else {
+                CHECK_MSG(rc == KV_ENOTFOUND, "step %d: get %s (snapshot %d): expected absent, got %d", step, k,
+                          snap[si] ? si : -1, rc);
+            }
+        } else if (op < 76) {
+            /* take or release a snapshot */
+            if (snap[si]) {
+                kv_snapshot_release(db, snap[si]);
+                model_free(&sm[si]);
+                snap[si] = NULL;
+            } else {
+                CHECK_OK(kv_snapshot_new(db, &snap[si]));
+                sm[si] = model_copy(&m);
+            }
+        } else if (op < 84) {
+            kv_read_opts ro = {.snapshot = snap[si]};
+            const model *mm = snap[si] ? &sm[si] : &m;
+            size_t sl = 0, el = 0;
+            if (t_rand(&rs) % 4) snap_key(&rs, k, &sl);
+            if (t_rand(&rs) % 4) snap_key(&rs, k2, &el);
+            else k2l = 0;
+            (void)k2l;
+            uint64_t limit = t_rand(&rs) % 3 ? 0 : t_rand(&rs) % 20;
+            bool fwd = t_rand(&rs) % 2;
+            int r = check_range_scan(db, &ro, mm, k, sl, k2, el, limit, fwd);
+            CHECK_MSG(r == 0, "step %d: range scan [%.*s, %.*s] limit %llu %s (snapshot %d) differs (%d)", step,
+                      (int)sl, k, (int)el, k2, (unsigned long long)limit, fwd ? "forward" : "backward",
+                      snap[si] ? si : -1, r);
+        } else if (op < 90) {
+            const model *mm = snap[si] ? &sm[si] : &m;
+            int r = check_bounded_walk(db, snap[si], mm, &rs);
+            CHECK_MSG(r == 0, "step %d: bounded walk (snapshot %d) differs (%d)", step, snap[si] ? si : -1, r);
+        } else if (op < 96) {
+            /* manual compaction (now and then) of everything or of a random range */
+            if (t_rand(&rs) % 4) continue;
+            if (t_rand(&rs) % 3) {
+                CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+            } else {
+                snap_key(&rs, k, &kl);
+                snap_key(&rs, k2, &k2l);
+                if (model_keycmp(k, kl, k2, k2l) > 0) {
+                    char t[32];
+                    memcpy(t, k, sizeof t);
+                    memcpy(k, k2, sizeof t);
+                    memcpy(k2, t, sizeof t);
+                    size_t tl = kl;
+                    kl = k2l;
+                    k2l = tl;
+                }
+                CHECK_OK(kv_compact_range(db, k, kl, k2, k2l, NULL, NULL));
+            }
+        } else if (op < 99) {
+            int r = compare_all(db, NULL, &m, &rs);
+            CHECK_MSG(r == 0, "step %d: iteration differs from the model (%d)", step, r);
+            for (int i = 0; i < SNAP_MAX; i++) {
+                if (!snap[i]) continue;
+                kv_read_opts ro = {.snapshot = snap[i]};
+                r = compare_all(db, &ro, &sm[i], &rs);
+                CHECK_MSG(r == 0, "step %d: snapshot %d view differs from its model (%d)", step, i, r);
+            }
+        } else {
+            /* reopen: snapshots do not survive it */
+            for (int i = 0; i < SNAP_MAX; i++) {
+                if (!snap[i]) continue;
+                kv_snapshot_release(db, snap[i]);
+                model_free(&sm[i]);
+                snap[i] = NULL;
+            }
+            kv_free(db);
+            CHECK_OK(kv_open(dir, &o, &db));
+        }
+    }
+    int r = compare_all(db, NULL, &m, &rs);
+    CHECK_MSG(r == 0, "final iteration differs from the model (%d)", r);
+    for (int i = 0; i < SNAP_MAX; i++) {
+        if (!snap[i]) continue;
+        kv_read_opts ro = {.snapshot = snap[i]};
+        r = compare_all(db, &ro, &sm[i], &rs);
+        CHECK_MSG(r == 0, "final: snapshot %d view differs from its model (%d)", i, r);
+        kv_snapshot_release(db, snap[i]);
+        model_free(&sm[i]);
+    }
+    uint64_t problems = 0;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    kv_batch_free(b);
+    kv_free(db);
+    model_free(&m);
+}
+
+/* Not named "model": tests/run.sh's long run gives every test_db test with that word a million steps. The number of
+ * steps here is KVFS_SNAPSHOT_STEPS (default 15,000, about 5 s). */
+static int snapshot_steps(void) { return getenv("KVFS_SNAPSHOT_STEPS") ? atoi(getenv("KVFS_SNAPSHOT_STEPS")) : 15000; }
+TEST(test_db_snapshots_across_compactions_inline) { run_snapshot_model(snapshot_steps(), false); }
+TEST(test_db_snapshots_across_compactions_background) { run_snapshot_model(snapshot_steps(), true); }
+
