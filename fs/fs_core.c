@@ -621,6 +621,9 @@ typedef struct item {
     uint8_t ks;
     uint8_t *key;
     size_t klen;
+    int64_t ms;  /* write time (scanned items only) */
+    bool rec_ok; /* an 'F' record scanned with its value, well-formed: rec */
+    fs_attr rec;
 } item;
 
 typedef struct itemlist {
@@ -657,7 +660,7 @@ static void items_add(itemlist *l, uint8_t ks, const uint8_t *key, size_t klen) 
         return;
     }
     memcpy(k, key, klen);
-    l->v[l->n++] = (item){ks, k, klen};
+    l->v[l->n++] = (item){.ks = ks, .key = k, .klen = klen};
 }
 
 static int collect(void *ctx, const uint8_t *key, size_t klen, const store_info *info, const void *val, size_t vlen) {
@@ -673,15 +676,21 @@ static int collect(void *ctx, const uint8_t *key, size_t klen, const store_info 
         if (!nul || (size_t)(nul - key - 1) != l->xklen || memcmp(key + 1, l->xkey, l->xklen) != 0) return 0;
     }
     items_add(l, l->ks, key, klen);
-    return l->err != 0;
+    if (l->err) return 1;
+    item *it = &l->v[l->n - 1];
+    it->ms = info ? info->write_ms : 0;
+    if (val && l->ks == STORE_KS_META && klen && key[0] == META_FILE)
+        it->rec_ok = meta_decode(val, vlen, &it->rec) && !S_ISDIR(it->rec.mode);
+    return 0;
 }
 
-static int collect_prefix(kvfs_fs *fs, itemlist *l, uint8_t ks, const uint8_t *prefix, size_t plen) {
+/* values: read the values too (only 'F' records are kept, decoded). */
+static int collect_prefix(kvfs_fs *fs, itemlist *l, uint8_t ks, const uint8_t *prefix, size_t plen, bool values) {
     uint8_t *end = malloc(plen + 1);
     if (!end) return -ENOMEM;
     size_t elen = store_prefix_end(prefix, plen, end);
     l->ks = ks;
-    int rc = store_scan(fs->st, ks, prefix, plen, end, elen, 0, true, false, collect, l);
+    int rc = store_scan(fs->st, ks, prefix, plen, end, elen, 0, true, values, collect, l);
     free(end);
     return rc ? rc : l->err;
 }
@@ -716,27 +725,28 @@ static int gather_file(kvfs_fs *fs, const uint8_t *key, size_t klen, bool stored
     if (!rc) {
         l->xkey = key;
         l->xklen = klen;
-        rc = collect_prefix(fs, l, STORE_KS_META, mk.p, mk.len);
+        rc = collect_prefix(fs, l, STORE_KS_META, mk.p, mk.len, false);
         l->xkey = NULL;
     }
     kb_free(&mk);
     return rc ? rc : l->err;
 }
 
-/* A directory K: everything whose key starts with K + "/" in data, and with 'D'/'F'/'X'/'Y' K "/" in meta. */
+/* A directory K: everything whose key starts with K + "/" in data, and with 'D'/'F'/'X'/'Y' K "/" in meta (the
+ * write times of all, and the 'F' records themselves: keep_file_times needs them). */
 static int gather_dir(kvfs_fs *fs, const uint8_t *key, size_t klen, itemlist *l) {
     keybuf p;
     kb_init(&p);
     kb_add(&p, key, klen);
     kb_byte(&p, '/');
-    int rc = p.oom ? -ENOMEM : collect_prefix(fs, l, STORE_KS_DATA, p.p, p.len);
+    int rc = p.oom ? -ENOMEM : collect_prefix(fs, l, STORE_KS_DATA, p.p, p.len, false);
     static const char letters[] = {META_DIR, META_FILE, META_FILE_XATTR, META_DIR_XATTR};
     for (size_t i = 0; !rc && i < sizeof letters; i++) {
         kb_reset(&p);
         kb_byte(&p, (uint8_t)letters[i]);
         kb_add(&p, key, klen);
         kb_byte(&p, '/');
-        rc = p.oom ? -ENOMEM : collect_prefix(fs, l, STORE_KS_META, p.p, p.len);
+        rc = p.oom ? -ENOMEM : collect_prefix(fs, l, STORE_KS_META, p.p, p.len, letters[i] == META_FILE);
     }
     kb_free(&p);
     return rc;
@@ -888,7 +898,7 @@ int kvfs_rmdir(kvfs_fs *fs, const char *path) {
         meta_dir_key(&mk, dk.p, dk.len);
         store_batch_delete(&b, STORE_KS_META, mk.p, mk.len);
         mk.p[0] = META_DIR_XATTR;
-        rc = collect_prefix(fs, &l, STORE_KS_META, mk.p, mk.len);
+        rc = collect_prefix(fs, &l, STORE_KS_META, mk.p, mk.len, false);
         for (size_t i = 0; !rc && i < l.n; i++) store_batch_delete(&b, l.v[i].ks, l.v[i].key, l.v[i].klen);
         if (!rc) rc = touch_parent(fs, &n, &b, NULL, NULL);
         if (!rc) rc = fs_write_batch(fs, &b);
@@ -922,6 +932,53 @@ static void move_items(store_batch *b, const itemlist *l, size_t olen, const uin
         rekey(&l->v[i], olen, to, tlen, scratch);
         store_batch_move(b, l->v[i].ks, l->v[i].key, l->v[i].klen, l->v[i].ks, scratch->p, scratch->len);
     }
+}
+
+/* The engine stamps a moved value with the time of the move (a move is a put of the same bytes at the new key),
+ * and a file without an attribute record (put through the store API), or whose value is newer than its record
+ * (rewritten through the API), shows its value's write time as mtime, ctime and atime (file_attr_make). A rename
+ * would make those the rename's time, once the caches forget the file. So such a file gets, at its new key and in
+ * the rename's batch, a record of the attributes it shows: a local filesystem's rename changes no file's times.
+ * The record of file K, moved to the file `to`: */
+static void put_file_record(store_batch *b, const uint8_t *to, size_t tlen, const fs_attr *a, keybuf *scratch) {
+    uint8_t rec[META_RECORD_BYTES];
+    meta_encode(a, rec);
+    kb_reset(scratch);
+    meta_file_key(scratch, to, tlen);
+    store_batch_put(b, STORE_KS_META, scratch->p, scratch->len, rec, sizeof rec);
+}
+
+/* The same for every file of a directory moved from root olen to root `to` (l from gather_dir: its data keys, then
+ * its 'F' records, each sorted by key, so one pass pairs them). A file whose record is at least as new as its value
+ * needs nothing: the record moves with it and says everything. */
+static void keep_file_times(kvfs_fs *fs, const itemlist *l, size_t olen, const uint8_t *to, size_t tlen,
+                            store_batch *b, keybuf *scratch) {
+    size_t r = 0;
+    while (r < l->n && !(l->v[r].ks == STORE_KS_META && l->v[r].key[0] == META_FILE)) r++;
+    keybuf nk;
+    kb_init(&nk);
+    for (size_t i = 0; i < l->n; i++) {
+        const item *it = &l->v[i];
+        if (it->ks != STORE_KS_DATA) continue;
+        const item *rec = NULL;
+        for (; r < l->n && l->v[r].ks == STORE_KS_META && l->v[r].key[0] == META_FILE; r++) {
+            const item *f = &l->v[r];
+            size_t n = f->klen - 1 < it->klen ? f->klen - 1 : it->klen;
+            int c = memcmp(f->key + 1, it->key, n);
+            if (c > 0 || (c == 0 && f->klen - 1 >= it->klen)) {
+                if (c == 0 && f->klen - 1 == it->klen) rec = f;
+                break;
+            }
+        }
+        if (rec && rec->rec_ok && it->ms <= rec->ms) continue;
+        fs_attr a;
+        store_info info = {.write_ms = it->ms};
+        file_attr_make(fs, rec && rec->rec_ok ? &rec->rec : NULL, rec ? rec->ms : 0, &info, &a);
+        rekey(it, olen, to, tlen, &nk);
+        put_file_record(b, nk.p, nk.len, &a, scratch);
+    }
+    if (nk.oom) scratch->oom = true;
+    kb_free(&nk);
 }
 
 typedef struct open_list {
@@ -1091,6 +1148,14 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
      * through them in between would use a key the batch just moved (a read found nothing there and returned zeros). */
     for (size_t i = 0; i < so.n; i++) pthread_mutex_lock(&so.v[i]->mu);
     for (size_t i = 0; i < dop.n; i++) pthread_mutex_lock(&dop.v[i]->mu);
+    /* The moved files keep their times (put_file_record): an open file's attributes are its open file's. A file's
+     * record is rewritten whether needed or not (one small put); a directory's files get one where needed. */
+    if (!rc && s.type == NODE_FILE) put_file_record(&b, d.p.key, d.p.klen, so.n ? &so.v[0]->attr : &s.attr, &scratch);
+    if (!rc && s.type == NODE_DIR) keep_file_times(fs, &sl, s.p.klen, d.p.key, d.p.klen, &b, &scratch);
+    if (!rc && exchange && d.type == NODE_FILE)
+        put_file_record(&b, s.p.key, s.p.klen, dop.n ? &dop.v[0]->attr : &d.attr, &scratch);
+    if (!rc && exchange && d.type == NODE_DIR) keep_file_times(fs, &dl, d.p.klen, s.p.key, s.p.klen, &b, &scratch);
+    if (!rc && scratch.oom) rc = -ENOMEM;
     if (!rc) rc = fs_write_batch(fs, &b);
     if (!rc) {
         /* Directories moved (or swapped): forget everything; a file leaves its old place only. */

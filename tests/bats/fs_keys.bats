@@ -198,3 +198,26 @@ PY
     fs_remount
     [ "$(stat -c %i "$M/d/f")" = "$a" ]
 }
+
+@test "a rename keeps the times of files whose times are their value's write time" {
+    # Files put through the API show their value's write time (no record, or a value newer than its record). The
+    # engine stamps a moved value with the move's time, so a rename must not let that show (it did, once the
+    # caches forgot the file: after a remount).
+    kv put "$D" top/sub/plain "no record"
+    kv put "$D" top/sub/rewritten first
+    kv put "$D" top/alone "no record"
+    fs_mount -o no_writeback_cache # else the kernel sends the file's times after a rename of the file itself
+    chmod 0600 "$M/top/sub/rewritten"
+    sleep 0.1
+    kv put "$D" top/sub/rewritten second
+    before=$(stat -c '%a %y' "$M/top/sub/plain" "$M/top/sub/rewritten" "$M/top/alone")
+    sleep 0.1
+    mkdir "$M/dst"
+    mv "$M/top/sub" "$M/dst/sub"
+    mv "$M/top/alone" "$M/dst/alone"
+    fs_remount
+    after=$(stat -c '%a %y' "$M/dst/sub/plain" "$M/dst/sub/rewritten" "$M/dst/alone")
+    echo "before: $before"
+    echo "after:  $after"
+    [ "$before" = "$after" ]
+}
