@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "names.h"
@@ -271,19 +272,44 @@ static vanished *vanish_head, *vanish_tail;
 static bool vanish_stop, vanish_running;
 static pthread_t vanish_thread;
 
+/* Drop the kernel's entry of path's top-level name, and with it every entry it caches below that name (they are
+ * looked up again when next used): the root's is the only parent node id the high-level API lets us name. */
+static void inval_top_name(struct fuse *f, const char *path) {
+    const char *name = path[0] == '/' ? path + 1 : path;
+    size_t n = strcspn(name, "/");
+    if (n) (void)fuse_lowlevel_notify_inval_entry(fuse_get_session(f), FUSE_ROOT_ID, name, n);
+}
+
+/* The kernel is told twice. At once: fuse_invalidate_path makes it forget the directory's attributes (so stat asks
+ * again and finds it gone). That is not its entry, though: an open(2) for writing trusts a cached entry and said
+ * EISDIR. The entry can only go with its top-level name's (the root's is the only parent node id the high-level API
+ * lets us name), and an entry that is in use is not dropped with its parent: the request that made the directory
+ * vanish holds it until its system call returns, after our reply. So each batch of paths has its top-level entries
+ * dropped once more a moment later (one wait per batch, not per path: rm -r makes many). */
+#define VANISH_AGAIN_NS 50000000L
+
 static void *vanish_main(void *arg) {
     struct fuse *f = arg;
     pthread_mutex_lock(&vanish_mu);
     for (;;) {
         while (!vanish_head && !vanish_stop) pthread_cond_wait(&vanish_cv, &vanish_mu);
-        vanished *v = vanish_head;
-        if (!v) break; /* stopping, nothing left */
-        vanish_head = v->next;
-        if (!vanish_head) vanish_tail = NULL;
+        vanished *batch = vanish_head;
+        if (!batch) break; /* stopping, nothing left */
+        vanish_head = vanish_tail = NULL;
         pthread_mutex_unlock(&vanish_mu);
-        if (!vanish_stop) (void)fuse_invalidate_path(f, v->path); /* -ENOENT: the kernel never knew it */
-        free(v->path);
-        free(v);
+        for (vanished *v = batch; v && !vanish_stop; v = v->next) {
+            (void)fuse_invalidate_path(f, v->path); /* -ENOENT: the kernel never knew it */
+            inval_top_name(f, v->path);
+        }
+        struct timespec again = {0, VANISH_AGAIN_NS};
+        if (!vanish_stop) nanosleep(&again, NULL);
+        while (batch) {
+            vanished *v = batch;
+            batch = v->next;
+            if (!vanish_stop) inval_top_name(f, v->path);
+            free(v->path);
+            free(v);
+        }
         pthread_mutex_lock(&vanish_mu);
     }
     pthread_mutex_unlock(&vanish_mu);
@@ -390,9 +416,7 @@ static void inval_key_path(struct fuse *f, const uint8_t *key, size_t klen, bool
 static void inval_top_entry(struct fuse *f, const uint8_t *key, size_t klen, bool marker) {
     char *path = names_key_to_path(key, klen, marker);
     if (!path) return;
-    const char *name = path[0] == '/' ? path + 1 : path;
-    size_t n = strcspn(name, "/");
-    if (n) (void)fuse_lowlevel_notify_inval_entry(fuse_get_session(f), FUSE_ROOT_ID, name, n);
+    inval_top_name(f, path);
     free(path);
 }
 

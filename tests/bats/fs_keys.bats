@@ -221,3 +221,22 @@ PY
     echo "after:  $after"
     [ "$before" = "$after" ]
 }
+
+@test "a directory that vanishes with its last key is gone for open too, not only for stat" {
+    kv put "$D" r/s/t deep
+    kv put "$D" r/keep x
+    fs_mount
+    ls "$M/r/s" >/dev/null   # the kernel now caches the entries r and r/s
+    rm "$M/r/s/t"
+    for i in $(seq 1 50); do [ -e "$M/r/s" ] || break; sleep 0.1; done
+    sleep 0.3 # the notifier thread has had its moment
+    [ ! -e "$M/r/s" ]
+    # open(2) of a cached entry for writing does not ask the daemon: the kernel must have forgotten the entry
+    run python3 -c 'import os, sys
+try:
+    os.open(sys.argv[1], os.O_WRONLY)
+except OSError as e:
+    print(os.strerror(e.errno))' "$M/r/s"
+    [ "$output" = "No such file or directory" ]
+    [ "$(cat "$M/r/keep")" = x ]
+}
