@@ -54,8 +54,11 @@ enum { OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26 };
 #define SETATTR_KILL_SUIDGID (1u << 11)
 #define WRITE_KILL_SUIDGID (1u << 2)
 #define OPEN_KILL_SUIDGID (1u << 0)
+#define SETATTR_CTIME (1u << 10)
+#define SETATTR_CHANGES 0x1bfu /* FATTR_MODE UID GID SIZE ATIME MTIME ATIME_NOW MTIME_NOW */
 
 static _Thread_local bool req_kill_suidgid; /* the request this thread handles asks for it */
+static _Thread_local bool req_chown_same;   /* a SETATTR of the change time alone: chown(path, -1, -1) */
 static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is about */
 static uint64_t init_unique;                /* the INIT request (written and read by the one reading thread) */
 static uint32_t init_kernel_flags;
@@ -70,6 +73,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
     ssize_t n = read(fd, buf, len);
     req_kill_suidgid = false;
+    req_chown_same = false;
     if (n < IN_HDR) return n;
     const uint8_t *p = buf;
     uint32_t op = rd32(p + 4);
@@ -81,7 +85,12 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     } else if (op == OPC_WRITE && body >= 24) {
         req_kill_suidgid = (rd32(p + IN_HDR + 20) & WRITE_KILL_SUIDGID) != 0;
     } else if (op == OPC_SETATTR && body >= 4) {
-        req_kill_suidgid = (rd32(p + IN_HDR) & SETATTR_KILL_SUIDGID) != 0;
+        uint32_t valid = rd32(p + IN_HDR);
+        req_kill_suidgid = (valid & SETATTR_KILL_SUIDGID) != 0;
+        /* A chown that changes neither owner nor group reaches us as a SETATTR of the change time alone, without
+         * FATTR_KILL_SUIDGID (the kernel sets that only when an id is given), and libfuse calls nothing but getattr
+         * for it; a local filesystem clears set-user-ID there, as on any chown (op_getattr does). */
+        req_chown_same = (valid & SETATTR_CTIME) && !(valid & SETATTR_CHANGES);
     } else if (op == OPC_OPEN && body >= 8) {
         req_kill_suidgid = (rd32(p + IN_HDR + 4) & OPEN_KILL_SUIDGID) != 0;
     }
@@ -441,6 +450,12 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
     kvfs_file *f = file_or_hidden(path, fi, &path);
+    if (req_chown_same) {
+        /* libfuse's SETATTR ends with this getattr (io_read): the chown(path, -1, -1) case of op_chown */
+        req_chown_same = false;
+        int rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
+        if (rc) return rc;
+    }
     return kvfs_getattr(FS(), path, f, st);
 }
 

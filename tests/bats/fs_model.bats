@@ -7,10 +7,6 @@
 #
 # KVFS_MODEL_SEED and KVFS_MODEL_OPS vary the run (the seed is printed; a failure prints the seed, the operation
 # number and the last operations).
-#
-# Open finding, not fixed: chown(path, -1, -1) by root on a local filesystem clears set-user-ID (and set-group-ID
-# when group-executable); on kvfs the kernel's SETATTR carries only the kill flag, which libfuse's high-level API
-# drops (no chown call), so the bits stay. The default seed does not meet it; KVFS_MODEL_SEED=13 and 14 do.
 
 load helpers.bash-fs
 
