@@ -1216,8 +1216,9 @@ unlock:
  * asking a device that gave it once, where ENODATA makes it ask for every listed file (two round trips each). */
 static bool user_xattr(const char *name) { return strncmp(name, "user.", 5) == 0 && name[5] != 0; }
 
-/* The meta key of xattr name of the entry at path. */
-static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *out) {
+/* The meta key of xattr name of the entry at path. With implicit non-NULL: for an implicit directory (no record),
+ * its record's key, and its attributes in *a; else implicit stays empty. */
+static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *out, keybuf *implicit, fs_attr *a) {
     fs_node n;
     int rc = node_lookup(fs, path, &n);
     if (rc) return rc == -EINVAL ? -ENOENT : rc;
@@ -1230,6 +1231,10 @@ static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *ou
         kb_init(&dk);
         node_dir_key(&n, &dk);
         meta_xattr_key(out, true, dk.p, dk.len, name);
+        if (implicit && !n.stored) {
+            meta_dir_key(implicit, dk.p, dk.len);
+            *a = n.attr;
+        }
         kb_free(&dk);
     } else {
         meta_xattr_key(out, false, n.p.key, n.p.klen, name);
@@ -1240,10 +1245,13 @@ static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *ou
 
 int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *value, size_t size, int flags) {
     if (!user_xattr(name)) return -ENOTSUP;
-    keybuf k;
+    keybuf k, dm;
     kb_init(&k);
+    kb_init(&dm);
+    fs_attr da;
     pthread_mutex_lock(&fs->ns_mu);
-    int rc = xattr_key(fs, path, name, &k);
+    int rc = xattr_key(fs, path, name, &k, &dm, &da);
+    if (!rc && dm.oom) rc = -ENOMEM;
     if (!rc && (flags & (XATTR_CREATE | XATTR_REPLACE))) {
         store_info info;
         int ex = store_stat(fs->st, STORE_KS_META, k.p, k.len, &info);
@@ -1256,11 +1264,21 @@ int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *v
         store_batch_init(&b);
         store_batch_put(&b, STORE_KS_META, k.p, k.len, value, size);
         if (k.len && k.p[0] == META_FILE_XATTR) atomic_store(&fs->file_xattrs, 1); /* before: unlink must see it */
+        uint8_t rec[META_RECORD_BYTES];
+        if (dm.len) {
+            /* An implicit directory vanishes with its last key, and its attributes would stay behind, to reappear
+             * on a directory of the same name made later. Setting one makes it explicit, as chmod does. */
+            da.ctime = fs_now();
+            meta_encode(&da, rec);
+            store_batch_put(&b, STORE_KS_META, dm.p, dm.len, rec, sizeof rec);
+        }
         rc = fs_write_batch(fs, &b);
+        if (!rc && dm.len) dc_set(fs, dm.p + 1, dm.len - 1, DC_EXPLICIT, &da, false);
         store_batch_free(&b);
     }
     pthread_mutex_unlock(&fs->ns_mu);
     kb_free(&k);
+    kb_free(&dm);
     return rc;
 }
 
@@ -1268,7 +1286,7 @@ ssize_t kvfs_getxattr(kvfs_fs *fs, const char *path, const char *name, void *val
     if (!user_xattr(name)) return -ENOTSUP;
     keybuf k;
     kb_init(&k);
-    ssize_t rc = xattr_key(fs, path, name, &k);
+    ssize_t rc = xattr_key(fs, path, name, &k, NULL, NULL);
     if (!rc) {
         store_buf v = {0};
         rc = store_get(fs->st, STORE_KS_META, k.p, k.len, &v, NULL);
@@ -1318,7 +1336,7 @@ static int xlist_add(void *ctx, const uint8_t *key, size_t klen, const store_inf
 ssize_t kvfs_listxattr(kvfs_fs *fs, const char *path, char *list, size_t size) {
     keybuf k;
     kb_init(&k);
-    int rc = xattr_key(fs, path, NULL, &k);
+    int rc = xattr_key(fs, path, NULL, &k, NULL, NULL);
     if (rc == -ENOTSUP) rc = 0, k.len = 0;
     if (rc || k.len == 0) {
         kb_free(&k);
@@ -1344,7 +1362,7 @@ int kvfs_removexattr(kvfs_fs *fs, const char *path, const char *name) {
     keybuf k;
     kb_init(&k);
     pthread_mutex_lock(&fs->ns_mu);
-    int rc = xattr_key(fs, path, name, &k);
+    int rc = xattr_key(fs, path, name, &k, NULL, NULL);
     if (!rc) {
         store_info info;
         rc = store_stat(fs->st, STORE_KS_META, k.p, k.len, &info);

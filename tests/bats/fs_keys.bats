@@ -146,6 +146,22 @@ sys.exit(0 if r != 0 and ctypes.get_errno() == 22 else 1)' "$M"
     [ -d "$M/e/f" ]
 }
 
+@test "setting an xattr on an implicit directory makes it explicit: its attributes never outlive it" {
+    kv put "$D" a/b one
+    fs_mount
+    setfattr -n user.note -v kept "$M/a"
+    rm "$M/a/b"
+    # it stays, with its attribute, as a directory chmod'ed or made by mkdir would (it used to vanish, and the
+    # attribute came back on the next directory of that name)
+    [ -d "$M/a" ]
+    [ "$(getfattr --only-values -n user.note "$M/a")" = kept ]
+    rmdir "$M/a"
+    kv put "$D" a/c two
+    run getfattr --only-values -n user.note "$M/a"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"No such attribute"* ]]
+}
+
 @test "a file whose key is as long as a key can be is created, listed, read and removed" {
     fs_mount
     run python3 - "$M" <<'PY'

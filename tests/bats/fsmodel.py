@@ -469,8 +469,10 @@ class Model:
         if what == "set":
             flags = self.rng.choice([0, 0, XATTR_CREATE, XATTR_REPLACE])
             value = bytes(self.rng.getrandbits(8) for _ in range(self.rng.choice([0, 1, 7, 40])))
-            self.both(f"setxattr {rel!r} {name[:20]!r} {len(value)} bytes flags {flags}{'' if follow else ' NOFOLLOW'}",
-                      lambda root: os.setxattr(P(root, rel), name, value, flags, follow_symlinks=follow))
+            r = self.both(f"setxattr {rel!r} {name[:20]!r} {len(value)} bytes flags {flags}{'' if follow else ' NOFOLLOW'}",
+                          lambda root: os.setxattr(P(root, rel), name, value, flags, follow_symlinks=follow))
+            if r[0] == "ok":
+                self.make_explicit(rel, follow)  # as chmod: its attributes must not outlive it
         elif what == "get":
             self.both(f"getxattr {rel!r} {name[:20]!r}",
                       lambda root: os.getxattr(P(root, rel), name, follow_symlinks=follow))
