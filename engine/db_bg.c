@@ -338,13 +338,14 @@ static int run_compaction(kv_db *db, compaction *c) {
         last_seq_for_key = seq;
         if (!drop) {
             if (!o.b) {
+                /* room in outs first: every number made pending is in outs, which un-pends them all at the end */
+                uint64_t *p = realloc(outs, (nouts + 1) * sizeof *outs);
+                if (!p) { rc = KV_ENOMEM; break; }
+                outs = p;
                 pthread_mutex_lock(&db->mu);
                 o.no = vset_new_file_number(db->vs);
                 pending_add(db, o.no);
                 pthread_mutex_unlock(&db->mu);
-                uint64_t *p = realloc(outs, (nouts + 1) * sizeof *outs);
-                if (!p) { rc = KV_ENOMEM; break; }
-                outs = p;
                 outs[nouts++] = o.no;
                 char path[4096];
                 file_name(path, sizeof path, db->dir, o.no, "sst");

@@ -984,6 +984,10 @@ static void init_data(sst_iter *it) {
     it->dh = h;
     it->data_off = off;
     it->data = d->z ? zblock_iter_new(d->z, it->r->s.codes) : block_iter_new(d->raw, NULL, NULL);
+    if (!it->data) { /* out of memory: drop_data still releases the block */
+        set_status(it, kv_set_error(KV_ENOMEM, "out of memory for a block iterator"));
+        return;
+    }
     int st = it->data->status(it->data);
     if (st) set_status(it, st);
 }
