@@ -6,6 +6,7 @@
  *    the table and keeps its content under an orphan key of keyspace 2 until its last release.
  *  - The write buffer is one extent of at most cfg.write_buffer_bytes; a write that does not extend it, or would
  *    overflow it, first writes it to the store (as one write_at), so memory per file is bounded whatever its size.
+ *    All buffers together stay under FS_BUFFERS_MAX (fs->buffered): a file that cannot have one writes directly.
  *  - f->size is the file's logical size: what the store holds with the buffer applied. Reads that touch the
  *    buffer flush it first, so readers always see every byte written before them.
  *  - mtime is stamped when a write happens (unless the kernel owns it: writeback cache), never at flush or close,
@@ -105,8 +106,9 @@ int file_flush_locked(kvfs_fs *fs, kvfs_file *f) {
     return rc;
 }
 
-static void file_free(kvfs_file *f) {
+static void file_free(kvfs_fs *fs, kvfs_file *f) {
     pthread_mutex_destroy(&f->mu);
+    if (f->buf) atomic_fetch_sub(&fs->buffered, f->buf_cap);
     free(f->buf);
     free(f->key);
     free(f);
@@ -148,7 +150,7 @@ int kvfs_release(kvfs_fs *fs, kvfs_file *f) {
     }
     pthread_mutex_unlock(&f->mu);
     pthread_mutex_unlock(&fs->tbl_mu);
-    file_free(f);
+    file_free(fs, f);
     return rc;
 }
 
@@ -250,7 +252,17 @@ ssize_t kvfs_write(kvfs_fs *fs, kvfs_file *f, const void *data, size_t size, off
     }
     size_t cap = fs->cfg.write_buffer_bytes;
     if (f->buf_len && (uoff != f->buf_off + f->buf_len || f->buf_len + size > cap)) rc = file_flush_locked(fs, f);
-    if (!rc && (size >= cap || fs->cfg.writeback_cache)) {
+    bool unbuffered = size >= cap || fs->cfg.writeback_cache;
+    if (!rc && !unbuffered && size && !f->buf) {
+        /* a buffer only while all of them stay under FS_BUFFERS_MAX */
+        if (atomic_fetch_add(&fs->buffered, cap) + cap > FS_BUFFERS_MAX || !(f->buf = malloc(cap))) {
+            atomic_fetch_sub(&fs->buffered, cap);
+            unbuffered = true;
+        } else {
+            f->buf_cap = cap;
+        }
+    }
+    if (!rc && unbuffered) {
         /* Large writes go straight to the store: nothing to gain by copying them. With the kernel's writeback
          * cache every write does: the kernel has merged them already (up to max_write), and close() does not
          * send FLUSH (fs_fuse.c), so a write must be in the store when its reply leaves. */
@@ -262,16 +274,9 @@ ssize_t kvfs_write(kvfs_fs *fs, kvfs_file *f, const void *data, size_t size, off
         store_batch_free(&b);
         if (!rc) f->dirty_attr = false;
     } else if (!rc && size) {
-        if (!f->buf) {
-            f->buf = malloc(cap);
-            if (!f->buf) rc = -ENOMEM;
-            f->buf_cap = cap;
-        }
-        if (!rc) {
-            if (f->buf_len == 0) f->buf_off = uoff;
-            memcpy(f->buf + f->buf_len, data, size);
-            f->buf_len += size;
-        }
+        if (f->buf_len == 0) f->buf_off = uoff;
+        memcpy(f->buf + f->buf_len, data, size);
+        f->buf_len += size;
     }
     if (!rc && uoff + size > f->size) f->size = uoff + size;
     pthread_mutex_unlock(&f->mu);
@@ -348,7 +353,7 @@ void kvfs_fs_free(kvfs_fs *fs) {
         kvfs_file *f = fs->table[h];
         while (f) {
             kvfs_file *next = f->next;
-            file_free(f);
+            file_free(fs, f);
             f = next;
         }
     }

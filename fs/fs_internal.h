@@ -47,7 +47,13 @@ struct kvfs_fs {
     struct dcache *dc;       /* directory facts (fs_dcache.c) */
     _Atomic uint64_t batches; /* batches this filesystem wrote (to tell other writers' batches apart) */
     _Atomic int file_xattrs;  /* does keyspace 1 hold any file xattr ('X' key)? 1 yes, 0 no, -1 not known */
+    _Atomic size_t buffered;  /* bytes of write buffers allocated, all open files together (FS_BUFFERS_MAX) */
 };
+
+/* At most this many bytes of write buffers at once (64 buffers of the default 1 MiB): a write to an open file that
+ * would need one more buffer past it goes straight to the store, so the daemon's memory does not grow with the
+ * number of files open for writing. */
+#define FS_BUFFERS_MAX ((size_t)64 << 20)
 
 /* What a path resolves to. */
 enum node_type { NODE_NONE, NODE_FILE, NODE_DIR };

@@ -113,6 +113,32 @@ PY
     [ "$(cat "$M/again")" = again ]
 }
 
+@test "many files open for writing at once: the daemon's write buffers stay bounded" {
+    # without the kernel's writeback cache every small write reaches the daemon, which buffers it per open file
+    fs_mount -o no_writeback_cache
+    pid=$(daemon_pid)
+    run python3 - "$M" "$pid" 300 <<'PY'
+import os, sys
+m, pid, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fds = [os.open(f"{m}/f{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644) for i in range(n)]
+for k in range(255):  # 255 writes of 4 KiB to each file, all of them open: 300 buffers' worth
+    for i, fd in enumerate(fds):
+        os.write(fd, bytes([(i + k) % 251 + 1]) * 4096)
+rss = int([l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0])
+for fd in fds:
+    os.close(fd)
+for i in range(n):
+    with open(f"{m}/f{i:03d}", "rb") as f:
+        data = f.read()
+    want = b"".join(bytes([(i + k) % 251 + 1]) * 4096 for k in range(255))
+    assert data == want, f"f{i:03d} differs"
+print(f"resident {rss} kB with {n} files open")
+sys.exit(0 if rss < 160 * 1024 else 1)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
 @test "writing a 4 GiB file with dd keeps the daemon's memory under 300 MiB" {
     fs_mount
     pid=$(daemon_pid)
