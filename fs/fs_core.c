@@ -1062,7 +1062,7 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     else if ((flags & RENAME_NOREPLACE) && d.type != NODE_NONE) rc = -EEXIST;
     else if (!exchange && s.type == NODE_DIR && d.type == NODE_FILE) rc = -ENOTDIR;
     else if (!exchange && s.type == NODE_FILE && d.type == NODE_DIR) rc = -EISDIR;
-    else if (d.type == NODE_NONE && d.p.kind == NAME_FILE && s.type == NODE_DIR) rc = -ENOTDIR;
+    else if (d.type == NODE_NONE && d.p.kind == NAME_FILE && s.type == NODE_DIR) rc = -EINVAL; /* as mkdir of it */
     else if (d.type == NODE_NONE && s.type == NODE_FILE && d.p.klen == 0) rc = -EINVAL;
     else if (d.type == NODE_NONE && d.p.kind == NAME_FILE && (rc = dir_exists(fs, d.p.key, d.p.klen)) >= 0)
         rc = rc ? 0 : -EINVAL; /* "x%F" names a new file only beside a directory x (lookup_for_new) */

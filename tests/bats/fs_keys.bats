@@ -102,6 +102,16 @@ teardown() {
     run mv "$M/x" "$M/y%F"
     [ "$status" -ne 0 ]
     [ "$(cat "$M/x")" = plain ]
+    # nor is it a name for a directory, beside a directory of that key or not (as mkdir of it)
+    mkdir "$M/w" "$M/v"
+    run python3 -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$M/w" "$M/v%F"
+    [[ "$output" == *"Invalid argument"* ]]
+    run python3 -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$M/w" "$M/u%F"
+    [[ "$output" == *"Invalid argument"* ]]
+    run mkdir "$M/v%F"
+    [[ "$output" == *"Invalid argument"* ]]
+    [ -d "$M/w" ]
+    rmdir "$M/w" "$M/v"
     mkdir "$M/t" && echo "I am x%F" > "$T/x%F" && echo "I am x" > "$T/x"
     (cd "$T" && tar cf "$T/x.tar" 'x%F' x)
     run tar xf "$T/x.tar" -C "$M/t"

@@ -527,10 +527,8 @@ class Model:
             src = self.pick_any(ents, "fdl")
             if self.kind(src) is None or under(d, src) or src == "":
                 return
-            # (a directory renamed to a "%F" name, the name of a file, is ENOTDIR: kvfs_rename checks that first)
-            want = errno.ENOTDIR if rel.endswith("%F") and self.kind(src) == "d" else errno.EINVAL
             self.kvfs_only(f"rename {src!r} {rel!r}", lambda root: os.rename(P(root, src), P(root, rel)),
-                           want, "non-canonical names are EINVAL")
+                           errno.EINVAL, "non-canonical names are EINVAL")
             return
         fn = {"create": lambda root: os.close(os.open(P(root, rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)),
               "mkdir": lambda root: os.mkdir(P(root, rel)),
