@@ -74,6 +74,10 @@ int tout_base64(tout *o, const void *p, size_t n, bool final, size_t *used);
 int tout_json_value(tout *o, const void *v, size_t n);
 int tout_json_key(tout *o, const void *key, size_t n);
 
+/* A batch timestamp (milliseconds since the epoch; any int64, since it comes from disk) as "YYYY-MM-DDTHH:MM:SS.mmmZ",
+ * floored to the second as a clock reads (-1 ms is 23:59:59.999). buf should hold 48 bytes. */
+void tool_iso_time(char *buf, size_t n, int64_t ms);
+
 /* A key's text form for a message, quoted, shortened to about 200 characters. Three buffers take turns: valid until
  * the third call after it (one message may name three keys). */
 const char *tool_keystr(tool_ctx *c, const void *key, size_t n);

@@ -153,14 +153,6 @@ int cmd_prune(tool_ctx *c, const targs *a) {
 
 /* ---- changes -------------------------------------------------------------------------------------------------- */
 
-static void iso_time(char *buf, size_t n, int64_t ms) {
-    time_t t = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t k = strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + k, n - k, ".%03dZ", (int)(ms - (int64_t)t * 1000));
-}
-
 /* Print one batch; returns false when it had nothing in keyspace 0 (and printed nothing). */
 static bool print_batch(tool_ctx *c, const kv_logged_batch *b, bool json, bool first_in_array, bool lines) {
     size_t shown = 0;
@@ -168,7 +160,7 @@ static bool print_batch(tool_ctx *c, const kv_logged_batch *b, bool json, bool f
     if (!shown) return false;
     tout *o = &c->out;
     char when[48];
-    iso_time(when, sizeof when, b->timestamp_ms);
+    tool_iso_time(when, sizeof when, b->timestamp_ms);
     if (json) {
         if (!lines) tout_str(o, first_in_array ? "[\n" : ",\n");
         tout_printf(o, "{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"time\":\"%s\",\"ops\":[", b->sequence,

@@ -32,12 +32,9 @@ static const char *base_name(const char *path) {
 }
 
 static void show_time(tool_ctx *c, int64_t ms) {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    char buf[40];
-    gmtime_r(&t, &tm);
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-    tout_printf(&c->out, "%s.%03dZ", buf, (int)(ms % 1000));
+    char buf[48];
+    tool_iso_time(buf, sizeof buf, ms);
+    tout_str(&c->out, buf);
 }
 
 /* A user key inside the engine: keyspace byte, then the key. */

@@ -9,6 +9,7 @@
  *  - Text forms and JSON strings are produced in bounded pieces: memory does not depend on a key's or value's size.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -248,6 +249,17 @@ static int verror(tool_ctx *c, int status, const char *kvmsg, const char *fmt, v
     else tout_printf(&c->err, "kvfs: %s\n", msg);
     tout_flush(&c->err);
     return status;
+}
+
+void tool_iso_time(char *buf, size_t n, int64_t ms) {
+    /* Floor division without ms - 999, which overflows for a damaged timestamp near INT64_MIN. */
+    int64_t sec = ms / 1000, milli = ms % 1000;
+    if (milli < 0) sec--, milli += 1000;
+    time_t t = (time_t)sec;
+    struct tm tm;
+    size_t k = gmtime_r(&t, &tm) ? strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm) : 0;
+    if (!k) k = (size_t)snprintf(buf, n, "(%" PRId64 " s)", sec); /* a year outside struct tm */
+    if (k < n) snprintf(buf + k, n - k, ".%03dZ", (int)milli);
 }
 
 int tool_error(tool_ctx *c, const char *fmt, ...) {

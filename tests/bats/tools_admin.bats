@@ -270,6 +270,31 @@ put sp%20ace 1 x"
     [ "$stderr" = "kvfs: $T/nope.sst: no such file" ]
 }
 
+@test "changes and dump: a damaged batch timestamp far before 1970 is shown floored, without overflow" {
+    # Timestamps are varints cast to int64, so bad bytes with a valid checksum can hold any value. Batch 1's is -1 ms,
+    # batch 2's INT64_MIN (ms - 999 overflowed there: UBSan with KVFS=build-san/kvfs; dump printed ".-01Z").
+    kv put "$D" a 1
+    kv put "$D" b 2
+    [ -f "$D/BATCHLOG-000001" ] && [ -f "$D/BATCHLOG-000002" ]
+    printf '\xfd\x59\x1e\x71\x19\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x01\x01\x02\x00\x61\x01\x31' > "$D/BATCHLOG-000001"
+    printf '\xa4\x4f\x29\xfe\x19\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01\x01\x01\x02\x00\x62\x01\x32' > "$D/BATCHLOG-000002"
+    run --separate-stderr kv changes "$D"
+    [ "$status" -eq 0 ]
+    [ "${lines[0]}" = "batch 1 1969-12-31T23:59:59.999Z" ]
+    [ "${lines[2]}" = "batch 2 -292275055-05-16T16:47:04.192Z" ]
+    [ -z "$stderr" ]
+    run kv changes "$D" --json
+    [ "$status" -eq 0 ]
+    [[ "$output" == *'"time_ms":-9223372036854775808,"time":"-292275055-05-16T16:47:04.192Z"'* ]]
+    run --separate-stderr kv dump "$D/BATCHLOG-000001"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"batch 1 1969-12-31T23:59:59.999Z, 1 op"* ]]
+    run --separate-stderr kv dump "$D/BATCHLOG-000002"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"batch 2 -292275055-05-16T16:47:04.192Z, 1 op"* ]]
+    [ -z "$stderr" ]
+}
+
 @test "progress bar on a terminal only" {
     command -v script >/dev/null || skip "script(1) is not installed"
     fill
