@@ -151,7 +151,7 @@ static bool parse_file_name(const char *name, uint64_t *no, const char **ext) {
     if (name[0] < '0' || name[0] > '9') return false;
     errno = 0;
     unsigned long long v = strtoull(name, &end, 10);
-    if (errno || *end != '.') return false;
+    if (errno || *end != '.' || v > KV_MAX_FILE_NUMBER) return false; /* not a name the store makes */
     *no = v;
     *ext = end + 1;
     return true;

@@ -22,6 +22,7 @@
 enum { KV_TYPE_DELETE = 0, KV_TYPE_VALUE = 1, KV_TYPE_BLOB = 2 };
 #define KV_TYPE_FOR_SEEK 0xff   /* the highest type: a lookup key with it sorts before every entry of its seq */
 #define KV_MAX_SEQUENCE ((1ull << 56) - 1)
+#define KV_MAX_FILE_NUMBER ((1ull << 62) - 1) /* a manifest naming a larger one is damaged (version.c) */
 #define IKEY_TRAILER 8
 
 static inline uint64_t ikey_pack(uint64_t seq, int type) { return (seq << 8) | (uint64_t)(type & 0xff); }

@@ -154,8 +154,17 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
         uint64_t tag, level, no;
         GET(tag);
         switch (tag) {
-        case TAG_LOG_NUMBER: GET(e->log_number); e->has_log_number = true; break;
-        case TAG_NEXT_FILE: GET(e->next_file); e->has_next_file = true; break;
+        /* File numbers stay far below 2^64: the next one is always one more, and in a blob reference 0 is a hole. */
+        case TAG_LOG_NUMBER:
+            GET(e->log_number);
+            if (e->log_number > KV_MAX_FILE_NUMBER) BAD("file number out of range");
+            e->has_log_number = true;
+            break;
+        case TAG_NEXT_FILE:
+            GET(e->next_file);
+            if (e->next_file > KV_MAX_FILE_NUMBER) BAD("file number out of range");
+            e->has_next_file = true;
+            break;
         case TAG_LAST_SEQ:
             GET(e->last_seq);
             /* The store's next writes take the sequences after it, and a trailer holds only 56 bits. */
@@ -166,6 +175,7 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
         case TAG_DELETED_FILE:
             GET(level); GET(no);
             if (level >= KV_MAX_LEVELS) BAD("level out of range");
+            if (no == 0 || no > KV_MAX_FILE_NUMBER) BAD("file number out of range");
             if (edit_delete_file(e, (int)level, no)) BAD("out of memory");
             break;
         case TAG_NEW_FILE: {
@@ -175,6 +185,7 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
             GET(level); GET(f.file_no); GET(f.file_size); GET(f.entries); GET(f.tombstones);
             GET(f.min_seq); GET(f.max_seq);
             if (level >= KV_MAX_LEVELS) BAD("level out of range");
+            if (f.file_no == 0 || f.file_no > KV_MAX_FILE_NUMBER) BAD("file number out of range");
             if (!(p = get_lenprefixed(p, lim, &d, &dl)) || dl < 9) BAD("bad smallest key");
             f.smallest = (kv_bytes){(uint8_t *)d, dl, dl};
             if (!(p = get_lenprefixed(p, lim, &d, &dl)) || dl < 9) BAD("bad largest key");
@@ -182,8 +193,12 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
             if (edit_add_file(e, (int)level, &f)) BAD("out of memory");
             break;
         }
-        case TAG_NEW_BLOB: GET(no); if (edit_add_blob(e, no)) BAD("out of memory"); break;
-        case TAG_DELETED_BLOB: GET(no); if (edit_delete_blob(e, no)) BAD("out of memory"); break;
+        case TAG_NEW_BLOB:
+        case TAG_DELETED_BLOB:
+            GET(no);
+            if (no == 0 || no > KV_MAX_FILE_NUMBER) BAD("file number out of range");
+            if ((tag == TAG_NEW_BLOB ? edit_add_blob(e, no) : edit_delete_blob(e, no))) BAD("out of memory");
+            break;
         default: BAD("unknown tag");
         }
     }
@@ -231,8 +246,9 @@ uint64_t level_bytes(const version *v, int level) {
 }
 
 uint64_t level_max_bytes(const version_set *vs, int level) {
-    uint64_t b = vs->level1_bytes;
-    for (int l = 1; l < level; l++) b *= (uint64_t)vs->level_multiplier;
+    uint64_t b = vs->level1_bytes, m = (uint64_t)vs->level_multiplier;
+    /* saturating: a large multiplier (any is allowed) must not wrap a deep level's limit to a small one */
+    for (int l = 1; l < level; l++) b = b > UINT64_MAX / m ? UINT64_MAX : b * m;
     return b;
 }
 

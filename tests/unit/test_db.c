@@ -2366,3 +2366,17 @@ static int snapshot_steps(void) { return getenv("KVFS_SNAPSHOT_STEPS") ? atoi(ge
 TEST(test_db_snapshots_across_compactions_inline) { run_snapshot_model(snapshot_steps(), false); }
 TEST(test_db_snapshots_across_compactions_background) { run_snapshot_model(snapshot_steps(), true); }
 
+
+/* Every multiplier of at least 2 is allowed: deeper levels' limits saturate instead of wrapping to small numbers
+ * (32 MiB x 1000^5 used to wrap, which made compaction push data down for nothing). */
+TEST(test_db_level_limits_never_wrap) {
+    version_set vs;
+    memset(&vs, 0, sizeof vs);
+    vs.level1_bytes = 32u << 20;
+    for (int mult = 2; mult <= 1 << 20; mult *= 7) {
+        vs.level_multiplier = mult;
+        for (int l = 2; l < KV_MAX_LEVELS; l++)
+            CHECK_MSG(level_max_bytes(&vs, l) >= level_max_bytes(&vs, l - 1), "multiplier %d: level %d below %d", mult,
+                      l, l - 1);
+    }
+}
