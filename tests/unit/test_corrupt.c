@@ -582,6 +582,16 @@ TEST(test_corrupt_current) {
 /* ---- sequence numbers out of range ------------------------------------------------------------------------------- */
 
 /* Append one record-log record holding payload to the file at path (docs/format.md, "Record log"). */
+/* A fresh store in a new directory (its path in dir) holding "a" = "1", closed: its log and manifest exist. */
+static bool tiny_store(const kv_options *o, char *dir, size_t n) {
+    snprintf(dir, n, "%s", t_tmpdir());
+    kv_db *db;
+    if (kv_open(dir, o, &db)) return false;
+    bool ok = kv_put(db, "a", 1, "1", 1, 0) == KV_OK && kv_close(db) == KV_OK;
+    kv_free(db);
+    return ok;
+}
+
 /* The last name in dir that starts with prefix (MANIFEST-, BATCHLOG-: the newest file of that kind). */
 static bool newest_with_prefix(const char *dir, const char *prefix, char *out, size_t n) {
     DIR *d = opendir(dir);
@@ -616,12 +626,8 @@ TEST(test_corrupt_sequence_out_of_range) {
     const uint64_t max_seq = (1ull << 56) - 1;
     for (int where = 0; where < 3; where++) {
         char dir[600], path[1200], name[300];
-        snprintf(dir, sizeof dir, "%s", t_tmpdir());
         kv_db *db;
-        CHECK_OK(kv_open(dir, &o, &db));
-        CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
-        CHECK_OK(kv_close(db));
-        kv_free(db);
+        CHECK(tiny_store(&o, dir, sizeof dir));
         uint8_t rec[64], *p = rec;
         if (where == 0) { /* a batch record: sequence 2^56, one put of "b" */
             CHECK(t_newest_file(dir, ".log", name, sizeof name));
@@ -765,12 +771,8 @@ TEST(test_corrupt_file_number_out_of_range) {
     o.background_threads = false;
     for (int what = 0; what < 3; what++) {
         char dir[600], path[1200], name[300];
-        snprintf(dir, sizeof dir, "%s", t_tmpdir());
         kv_db *db;
-        CHECK_OK(kv_open(dir, &o, &db));
-        CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
-        CHECK_OK(kv_close(db));
-        kv_free(db);
+        CHECK(tiny_store(&o, dir, sizeof dir));
         CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
         uint8_t rec[32], *p = rec;
         p = put_varint64(p, what == 0 ? 2 : what == 1 ? 1 : 6); /* NEXT_FILE, LOG_NUMBER, NEW_BLOB */
