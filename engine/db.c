@@ -523,6 +523,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     db->dir = strdup(dir);
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->blob_mu, NULL);
+    pthread_mutex_init(&db->rescue_mu, NULL);
     pthread_cond_init(&db->bg_cv, NULL);
     pthread_cond_init(&db->work_cv, NULL);
     db->snaps.prev = db->snaps.next = &db->snaps;
@@ -610,6 +611,7 @@ fail:;
     free_resources(db);
     pthread_mutex_destroy(&db->mu);
     pthread_mutex_destroy(&db->blob_mu);
+    pthread_mutex_destroy(&db->rescue_mu);
     pthread_cond_destroy(&db->bg_cv);
     pthread_cond_destroy(&db->work_cv);
     free(db->dir);
@@ -619,6 +621,9 @@ fail:;
 
 int kv_close(kv_db *db) {
     if (!db) return kv_set_error(KV_EINVAL, "kv_close: NULL handle");
+    /* Close makes everything durable, which a blob file whose fsync failed prevents until its values are copied
+     * elsewhere: kv_sync does that (and its failure is reported below). */
+    if (!atomic_load(&db->closed) && !db->opt.read_only && db_blob_lost_pending(db)) (void)kv_sync(db);
     if (atomic_exchange(&db->closed, true)) return kv_set_error(KV_ECLOSED, "the store is already closed");
     pthread_mutex_lock(&db->mu);
     db->stopping = true;
@@ -642,6 +647,13 @@ int kv_close(kv_db *db) {
         blob_writer_close(db->blob_w);
         db->blob_w = NULL;
     }
+    int un = rc ? -1 : db_blob_lost_unrescued(db);
+    if (un >= 0) {
+        char path[4096];
+        file_name(path, sizeof path, db->dir, db->blob_lost[un], "blob");
+        rc = kv_set_error(KV_EIO, "%s: an fsync of it failed and its values could not be copied elsewhere, so some "
+                                  "may not be on disk", path);
+    }
     if (db->log) {
         int r = wal_sync(db->log);
         if (!rc) rc = r;
@@ -662,6 +674,7 @@ void kv_free(kv_db *db) {
     if (!atomic_load(&db->closed)) kv_close(db);
     pthread_mutex_destroy(&db->mu);
     pthread_mutex_destroy(&db->blob_mu);
+    pthread_mutex_destroy(&db->rescue_mu);
     pthread_cond_destroy(&db->bg_cv);
     pthread_cond_destroy(&db->work_cv);
     /* snapshots the caller never released */
@@ -681,26 +694,80 @@ static int l0_files(kv_db *db) { return (int)db->vs->current->nfiles[0]; }
  * them). kv_sync and synced writes sync only the current log, so records left unsynced in an older log were lost by
  * a power failure even after a later kv_sync returned OK. Caller holds mu and is the leader; mu is released for the
  * fsyncs (lock order: blob_mu before mu), and no record is appended meanwhile since the leader owns the queue. */
-int db_sync_blob_file(kv_db *db) {
+void db_blob_sync_failed(kv_db *db, uint64_t no) {
+    if (db->blob_w && blob_writer_file_no(db->blob_w) == no) {
+        /* retire it: nothing more is appended to a file whose durable length is unknown */
+        blob_writer_close(db->blob_w);
+        db->blob_w = NULL;
+        db->blob_dirty = false;
+    }
+    for (size_t i = 0; i < db->nblob_lost; i++)
+        if (db->blob_lost[i] == no) {
+            db->blob_lost_synced[i] = db->blob_lost_rescued[i] = false;
+            return;
+        }
+    if (db->nblob_lost < sizeof db->blob_lost / sizeof db->blob_lost[0]) {
+        db->blob_lost_synced[db->nblob_lost] = db->blob_lost_rescued[db->nblob_lost] = false;
+        db->blob_lost[db->nblob_lost++] = no;
+    } else {
+        db->blob_unsynced_lost = true;
+    }
+}
+
+/* fsync a retired blob file by number: KV_OK also when blob GC has deleted it (nothing referenced it). */
+static int sync_blob_by_number(kv_db *db, uint64_t no) {
+    char path[4096];
+    file_name(path, sizeof path, db->dir, no, "blob");
+    kv_file *f;
+    int rc = db->env->open_read(db->env, path, &f); /* not open_append: that would recreate a file GC deleted */
+    if (!rc) {
+        rc = db->env->sync(db->env, f);
+        db->env->close(db->env, f);
+    }
+    return rc == KV_ENOTFOUND ? KV_OK : rc;
+}
+
+int db_blob_lost_unrescued(kv_db *db) {
+    for (size_t i = 0; i < db->nblob_lost; i++)
+        if (!db->blob_lost_rescued[i]) return (int)i;
+    return -1;
+}
+
+bool db_blob_lost_pending(kv_db *db) {
+    pthread_mutex_lock(&db->blob_mu);
+    bool pending = db_blob_lost_unrescued(db) >= 0;
+    pthread_mutex_unlock(&db->blob_mu);
+    return pending;
+}
+
+int db_sync_blob_file(kv_db *db, bool vouch) {
     int rc = KV_OK;
     pthread_mutex_lock(&db->blob_mu);
     if (db->blob_unsynced_lost)
         rc = kv_set_error(KV_EIO, "blob files retired after write errors could not be synced: reopen the store");
     while (!rc && db->nblob_unsynced > 0) {
-        char path[4096];
-        file_name(path, sizeof path, db->dir, db->blob_unsynced[db->nblob_unsynced - 1], "blob");
-        kv_file *f;
-        rc = db->env->open_read(db->env, path, &f); /* not open_append: that would recreate a file GC deleted */
-        if (!rc) {
-            rc = db->env->sync(db->env, f);
-            db->env->close(db->env, f);
-        }
-        if (rc == KV_ENOTFOUND) rc = KV_OK; /* deleted by blob GC: nothing referenced it */
-        if (!rc) db->nblob_unsynced--;
+        uint64_t no = db->blob_unsynced[db->nblob_unsynced - 1];
+        rc = sync_blob_by_number(db, no);
+        db->nblob_unsynced--;
+        /* a failed fsync: a retry could succeed without writing what the failure lost */
+        if (rc) db_blob_sync_failed(db, no);
     }
+    for (size_t i = 0; !rc && i < db->nblob_lost; i++)
+        if (!db->blob_lost_synced[i]) {
+            rc = sync_blob_by_number(db, db->blob_lost[i]);
+            db->blob_lost_synced[i] = rc == KV_OK;
+        }
     if (!rc && db->blob_w && db->blob_dirty) {
         rc = blob_writer_sync(db->blob_w);
         if (!rc) db->blob_dirty = false;
+        else db_blob_sync_failed(db, blob_writer_file_no(db->blob_w));
+    }
+    int un = vouch && !rc ? db_blob_lost_unrescued(db) : -1;
+    if (un >= 0) {
+        char path[4096];
+        file_name(path, sizeof path, db->dir, db->blob_lost[un], "blob");
+        rc = kv_set_error(KV_EIO, "%s: an fsync of it failed, so values written to it may not be on disk (kv_sync "
+                                  "copies them to a new file first)", path);
     }
     pthread_mutex_unlock(&db->blob_mu);
     return rc;
@@ -717,7 +784,7 @@ static int sync_log_before_switch(kv_db *db) {
     if (!db->log) return KV_OK;
     wal_writer *old = db->log;
     pthread_mutex_unlock(&db->mu);
-    int rc = db_sync_blob_file(db);
+    int rc = db_sync_blob_file(db, false);
     bool log_failed = false;
     if (!rc) log_failed = (rc = wal_sync(old)) != KV_OK;
     pthread_mutex_lock(&db->mu);
@@ -988,7 +1055,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         int sync_rc = KV_OK;
         bool sync_rc_is_log = false;
         if (sync && nrec) {
-            sync_rc = db_sync_blob_file(db);
+            sync_rc = db_sync_blob_file(db, true);
             if (!sync_rc) sync_rc_is_log = (sync_rc = wal_sync(db->log)) != KV_OK;
         }
         for (size_t i = 0; i < nrec; i++) {
@@ -1058,7 +1125,10 @@ int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     kv_clear_error();
     if (!b) return kv_set_error(KV_EINVAL, "kv_write: NULL batch");
     if (!db_enter(db)) return KV_ECLOSED;
-    int rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
+    int rc = KV_OK;
+    /* a synced write vouches for every earlier one: values in a blob file whose fsync failed go elsewhere first */
+    if ((flags & KV_SYNC) && b->n && !db->opt.read_only && db_blob_lost_pending(db)) rc = db_blob_rescue(db);
+    if (!rc) rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
     if (b->n == 0 && seq) *seq = atomic_load(&db->last_seq);
     db_leave(db);
     return rc;
@@ -1088,6 +1158,15 @@ int kv_sync(kv_db *db) {
         db_leave(db);
         return KV_OK;
     }
+    /* Values in a blob file whose fsync failed are copied to a new one first (this writes batches, so it runs
+     * before we hold the queue); their old records then leave the log through sync_debt, below. */
+    if (db_blob_lost_pending(db)) {
+        int rc = db_blob_rescue(db);
+        if (rc) {
+            db_leave(db);
+            return rc;
+        }
+    }
     /* Hold the write queue (enqueue as a writer without a batch and wait to lead), so that no record is appended
      * between the blob sync and the log sync, then sync without mu: blob_mu is taken before mu, never while it is
      * held (a streamed large write holds blob_mu and may need mu for a new blob file). The log is switched only by
@@ -1101,7 +1180,7 @@ int kv_sync(kv_db *db) {
     while (db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
     wal_writer *log = db->log;
     pthread_mutex_unlock(&db->mu);
-    int rc = db_sync_blob_file(db);
+    int rc = db_sync_blob_file(db, true);
     bool log_failed = false;
     if (!rc && log) log_failed = (rc = wal_sync(log)) != KV_OK;
     if (!rc && db->blog) rc = batchlog_sync(db->blog);

@@ -44,10 +44,21 @@ int db_flush_one(kv_db *db) {
     uint64_t no = vset_new_file_number(db->vs);
     pending_add(db, no);
     db->flush_running = true;
+    /* No snapshot taken from now on can be older than the frozen memtable's newest entry. */
+    uint64_t smallest_snapshot = db_oldest_snapshot_seq(db);
     pthread_mutex_unlock(&db->mu);
 
-    int rc = db_sync_blob_file(db);
+    /* For this table's references to be durable: not a vouching sync. Values in a blob file whose fsync failed
+     * (blob_lost) may have lost their bytes, which the log names only until this table replaces it: the table gets
+     * copies of them instead (db_copy_if_lost), so that a power loss leaves no table naming missing bytes. */
+    int rc = db_sync_blob_file(db, false);
     if (!rc && db->blog) rc = batchlog_sync(db->blog);
+    uint64_t lost[sizeof db->blob_lost / sizeof db->blob_lost[0]];
+    pthread_mutex_lock(&db->blob_mu);
+    size_t nlost = db->nblob_lost;
+    memcpy(lost, db->blob_lost, nlost * sizeof lost[0]);
+    pthread_mutex_unlock(&db->blob_mu);
+    blob_writer *copies = NULL;
 
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "sst");
@@ -62,12 +73,55 @@ int db_flush_one(kv_db *db) {
         iter *it = rc ? NULL : memtable_iter(m);
         if (!rc && !it) rc = KV_ENOMEM;
         if (it) {
+            /* Versions shadowed by a newer one that every reader sees are left out, as compaction leaves them out
+             * (iterators opened earlier read this memtable, which they hold, not the table). Besides sparing the
+             * write, this keeps a version whose blob bytes an fsync failure lost out of the table once
+             * db_blob_rescue has copied the value (kv_check would report its reference). */
+            kv_bytes cur = {0};
+            bool has_cur = false;
+            uint64_t last_seq_for_key = UINT64_MAX;
             for (it->seek_first(it); rc == KV_OK && it->valid(it); it->next(it)) {
                 size_t kl, vl;
                 const uint8_t *k = it->key(it, &kl), *v = it->value(it, &vl);
+                if (!has_cur || ukey_cmp(k, kl - 8, cur.data, cur.len) != 0) {
+                    bytes_clear(&cur);
+                    if (bytes_append(&cur, k, kl - 8)) {
+                        rc = KV_ENOMEM;
+                        break;
+                    }
+                    has_cur = true;
+                    last_seq_for_key = UINT64_MAX;
+                }
+                bool shadowed = last_seq_for_key <= smallest_snapshot;
+                last_seq_for_key = ikey_seq(k, kl);
+                if (shadowed) continue;
+                int64_t ts;
+                const uint8_t *p;
+                size_t plen;
+                if (nlost && ikey_type(k, kl) == KV_TYPE_BLOB && entry_decode(v, vl, &ts, &p, &plen) == 0) {
+                    kv_bytes nref = {0}, nv = {0};
+                    int c = db_copy_if_lost(db, lost, nlost, &copies, p, plen, &nref);
+                    if (c == 1) {
+                        rc = bytes_append(&nv, v, (size_t)(p - v)); /* the timestamp */
+                        if (!rc) rc = bytes_append(&nv, nref.data, nref.len);
+                        if (!rc) rc = sst_builder_add(b, k, kl, nv.data, nv.len);
+                    } else if (c < 0) {
+                        rc = c;
+                    }
+                    bytes_free(&nref);
+                    bytes_free(&nv);
+                    if (c != 0) continue; /* added as a copy, or failed */
+                }
                 rc = sst_builder_add(b, k, kl, v, vl);
             }
+            bytes_free(&cur);
             it->destroy(it);
+        }
+        if (copies) {
+            /* durable before the table that names them is installed */
+            int crc = blob_writer_sync(copies);
+            if (!rc) rc = crc;
+            db_close_new_blob_file(db, copies);
         }
         if (b && rc) sst_builder_abandon(b);
         else if (b) rc = sst_builder_finish(b, &props);

@@ -127,6 +127,7 @@ struct kv_stream {
     bool committed;         /* a batch that puts it reached the log: its file may be referenced, never deleted here */
     blob_extent ext;        /* the record, once ended */
     bool ended;
+    bool sync_failed;       /* its file's fsync failed: a retry could succeed without writing what that one lost */
 };
 
 typedef struct imm_entry {
@@ -170,14 +171,26 @@ struct kv_db {
                                so the next sync that succeeds first flushes them to tables (settle_sync_debt) */
     _Atomic uint64_t last_seq;
     pthread_mutex_t blob_mu; /* guards blob_w between the leader (appends) and the flush thread (sync) */
+    pthread_mutex_t rescue_mu; /* one db_blob_rescue at a time (taken before the write queue, never under mu) */
     blob_writer *blob_w;    /* the shared blob file for large puts and writes */
     bool blob_dirty;        /* blob_w has unsynced data */
-    /* Blob files retired after a failed append whose sync failed too: db_sync_blob_file syncs them before anything
-     * else, so no sync ever covers a logged batch whose blob bytes are not durable (recovery relies on it).
-     * blob_unsynced_lost: more than fit here; every sync then fails until the store is reopened. */
+    /* Blob files retired after a failed append that could not be synced then (the cut or the reopen failed):
+     * db_sync_blob_file syncs them before anything else, so no sync ever covers a logged batch whose blob bytes are
+     * not durable (recovery relies on it). blob_unsynced_lost: more than fit in this list or in blob_lost; every sync
+     * then fails until the store is reopened. */
     uint64_t blob_unsynced[8];
     size_t nblob_unsynced;
     bool blob_unsynced_lost;
+    /* Blob files whose fsync failed, retired at once, listed until blob GC deletes them. Every sync retries their
+     * fsync first, until one succeeds (blob_lost_synced), as it did before they were listed here. But what the
+     * failed fsync was to write may never reach the disk, and a later fsync of them cannot say otherwise (Linux may
+     * mark pages whose writeback failed clean). So a flush writes copies of the values that use them into its table
+     * (db_copy_if_lost), and a sync that vouches for the store (kv_sync, a synced write, a checkpoint, close) fails
+     * until db_blob_rescue has copied the newest values that use them to a new blob file (blob_lost_rescued) and
+     * set sync_debt, so that the log records naming the lost bytes leave the log for tables first. */
+    uint64_t blob_lost[8];
+    bool blob_lost_synced[8], blob_lost_rescued[8];
+    size_t nblob_lost;
     kv_bytes scratch;       /* leader's record buffer */
 
     version_set *vs;
@@ -223,8 +236,25 @@ void db_unpin(kv_db *db);
 /* b == NULL: switch the memtable (if it holds anything) instead of writing. */
 int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
 /* fsync the shared blob file if it holds unsynced bytes. Takes blob_mu, which a leader holds while it takes mu:
- * call it without mu, or (kv_sync) with mu only when no leader is active. */
-int db_sync_blob_file(kv_db *db);
+ * call it without mu, or (kv_sync) with mu only when no leader is active. vouch: the caller tells its own caller
+ * that every write so far is durable (kv_sync, synced writes, checkpoints), which is false while a blob file whose
+ * fsync failed is listed in blob_lost: the call then fails. Flushes and log switches pass false. */
+int db_sync_blob_file(kv_db *db, bool vouch);
+/* A blob file's fsync failed: retire it into blob_lost (caller holds blob_mu). */
+void db_blob_sync_failed(kv_db *db, uint64_t no);
+/* Whether a blob file's fsync failed and its values are not yet copied elsewhere (db_blob_rescue). */
+bool db_blob_lost_pending(kv_db *db);
+/* The index in blob_lost of a file not rescued yet, or -1 (caller holds blob_mu). */
+int db_blob_lost_unrescued(kv_db *db);
+/* db_maint.c: copy every newest value that uses a file of blob_lost into a new, synced blob file, mark the file
+ * rescued, and set sync_debt so that the next sync moves the log records naming its lost bytes into tables. Call
+ * outside the write queue (it writes batches). Fails with KV_ECORRUPT naming the key whose value is unreadable. */
+int db_blob_rescue(kv_db *db);
+/* A flush's copy of a value that uses a file of lost[0..n) (blob_lost when the flush began): 1 with the new payload
+ * in out (its data copied into *w, made on first use: the caller syncs it before the table is installed), 0 when
+ * the value uses none of them or cannot be read whole (then left as it is), < 0 on error. */
+int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, const uint8_t *payload, size_t plen,
+                    kv_bytes *out);
 /* Switch the memtable and wait until every immutable memtable is flushed. */
 int db_flush_memtable(kv_db *db);
 void db_delete_obsolete_files(kv_db *db); /* caller holds mu */
@@ -262,6 +292,8 @@ int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const 
 /* db_resolve.c: resolve a batch into its log record (appended to rec); create a blob file listed in the version
  * (its number stays in db->pending until the caller removes it). */
 int db_new_blob_file(kv_db *db, blob_writer **out);
+/* Close a file db_new_blob_file made (GC's and flushes' copies): it is listed, no longer pending. */
+void db_close_new_blob_file(kv_db *db, blob_writer *w);
 int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec);
 /* The record of resolved batch b is in the log (or may be): its streams' files are referenced from now on. */
 void db_mark_streams_committed(kv_batch *b);

@@ -502,6 +502,8 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
     int rc = KV_OK;
     int ex = env->exists(env, dest);
     if (ex != 0) rc = ex < 0 ? ex : kv_set_error(KV_EEXIST, "%s: already exists", dest);
+    /* the copy must not name bytes a failed fsync may have lost: kv_sync copies such values elsewhere first */
+    if (!rc && !db->opt.read_only && db_blob_lost_pending(db)) rc = kv_sync(db);
     if (!rc) rc = env->mkdir(env, dest, 0700);
     if (rc) {
         db_leave(db);
@@ -532,6 +534,8 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
             blob_writer_close(db->blob_w);
             db->blob_w = NULL;
             db->blob_dirty = false;
+        } else {
+            db_blob_sync_failed(db, blob_writer_file_no(db->blob_w));
         }
     }
     pthread_mutex_unlock(&db->blob_mu);
@@ -821,6 +825,89 @@ static int gc_uses_file(void *ctx, const blob_extent *e, bool page) {
     return 0; /* on to the end: a damaged page anywhere must be seen */
 }
 
+/* What gc_rewrite_file found: values that used the file, and those of them left where they were because a chunk of
+ * theirs is damaged (the first one's key and keyspace in bad_key, bad_ks). */
+typedef struct gc_rewrite {
+    uint64_t found, unreadable;
+    kv_bytes bad_key;
+    int bad_ks;
+} gc_rewrite;
+
+/* Copy every newest value that uses blob file `no` into *w (made on first use; synced after each value) and swap its
+ * reference with a REPLACE_IF batch, which leaves a value changed meanwhile alone (its new value is elsewhere). */
+static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *r) {
+    int rc = KV_OK;
+    kv_iter *uit = NULL;
+    for (int ks = 0; ks < 256 && !rc; ks++) {
+        kv_read_opts ro = {.keyspace = (uint8_t)ks};
+        rc = kv_iter_new(db, &ro, &uit);
+        if (rc) break;
+        for (kv_iter_seek_first(uit); !rc && kv_iter_valid(uit); kv_iter_next(uit)) {
+            kv_info info;
+            if (kv_iter_info(uit, &info) || !info.external) continue;
+            const uint8_t *p;
+            size_t plen;
+            if (db_iter_payload(uit, &p, &plen)) continue;
+            gc_use use = {no, false};
+            if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &use) || !use.uses) continue;
+            r->found++;
+            size_t kl;
+            const void *key = kv_iter_key(uit, &kl);
+            /* A value with a damaged chunk is left as it is (the file stays referenced, so it is not deleted), and
+             * found before a file is made for its copy: else every pass would make one. It is reported. */
+            int vr = gc_value_readable(db, p, plen);
+            if (vr == KV_ECORRUPT) {
+                if (r->unreadable++ == 0) {
+                    r->bad_ks = ks;
+                    bytes_clear(&r->bad_key);
+                    rc = bytes_append(&r->bad_key, key, kl);
+                }
+                continue;
+            }
+            if (vr) {
+                rc = vr;
+                break;
+            }
+            if (!*w) {
+                rc = db_new_blob_file(db, w);
+                if (rc) break;
+            }
+            kv_bytes nref = {0};
+            rc = gc_copy_value(db, *w, p, plen, &nref);
+            if (!rc) rc = blob_writer_sync(*w);
+            if (!rc) {
+                kv_batch b = {0};
+                batch_op *op;
+                rc = kv_batch_delete_ks(&b, (uint8_t)ks, key, kl); /* placeholder op, rewritten below */
+                if (!rc) {
+                    op = &b.ops[0];
+                    op->kind = BOP_REPLACE_IF;
+                    op->key2_off = b.data.len;
+                    op->k2len = plen;
+                    rc = bytes_append(&b.data, p, plen);
+                    op->data_off = b.data.len;
+                    op->len = nref.len;
+                    op->vtype = KV_TYPE_BLOB;
+                    op->off = (uint64_t)info.timestamp_ms;
+                    if (!rc) rc = bytes_append(&b.data, nref.data, nref.len);
+                    b.reads = true;
+                }
+                if (!rc) {
+                    rc = db_write_internal(db, &b, 0, NULL);
+                    if (rc == KV_ENOTFOUND) rc = KV_OK; /* changed meanwhile: its new value is elsewhere */
+                }
+                free(b.ops);
+                bytes_free(&b.data);
+            }
+            bytes_free(&nref);
+        }
+        if (!rc) rc = kv_iter_status(uit);
+        kv_iter_free(uit);
+        uit = NULL;
+    }
+    return rc;
+}
+
 /* Lead the write queue (as a writer without a batch): while we do, no group is between resolving its batches, which
  * may append values to the shared blob file, and inserting them into the memtable. */
 static void queue_hold(kv_db *db, writer *w) {
@@ -945,82 +1032,30 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         /* live counts data bytes, not the 8-byte chunk headers: a file with nothing but live values looks up to
          * about 1% garbage (1 KiB records), which is not worth a copy (a copy would look the same) */
         if (garbage <= min_ratio || garbage < 0.01 || f->live == 0) continue;
-        /* rewrite: every newest value that touches f */
-        kv_iter *uit = NULL;
-        for (int ks = 0; ks < 256 && !rc; ks++) {
-            kv_read_opts ro = {.keyspace = (uint8_t)ks};
-            rc = kv_iter_new(db, &ro, &uit);
-            if (rc) break;
-            for (kv_iter_seek_first(uit); !rc && kv_iter_valid(uit); kv_iter_next(uit)) {
-                kv_info info;
-                if (kv_iter_info(uit, &info) || !info.external) continue;
-                const uint8_t *p;
-                size_t plen;
-                if (db_iter_payload(uit, &p, &plen)) continue;
-                gc_use use = {f->no, false};
-                if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &use) || !use.uses) continue;
-                /* A value with a damaged chunk is left as it is (f stays referenced, so it is not deleted), and
-                 * found before a file is made for its copy: else every pass would make one. It is reported. */
-                int vr = gc_value_readable(db, p, plen);
-                if (vr == KV_ECORRUPT) {
-                    damaged_data = true;
-                    continue;
-                }
-                if (vr) {
-                    rc = vr;
-                    break;
-                }
-                if (!w) {
-                    rc = db_new_blob_file(db, &w);
-                    if (rc) break;
-                }
-                kv_bytes nref = {0};
-                rc = gc_copy_value(db, w, p, plen, &nref);
-                if (!rc) rc = blob_writer_sync(w);
-                if (!rc) {
-                    kv_batch b = {0};
-                    size_t kl;
-                    const void *key = kv_iter_key(uit, &kl);
-                    batch_op *op;
-                    rc = kv_batch_delete_ks(&b, (uint8_t)ks, key, kl); /* placeholder op, rewritten below */
-                    if (!rc) {
-                        op = &b.ops[0];
-                        op->kind = BOP_REPLACE_IF;
-                        op->key2_off = b.data.len;
-                        op->k2len = plen;
-                        rc = bytes_append(&b.data, p, plen);
-                        op->data_off = b.data.len;
-                        op->len = nref.len;
-                        op->vtype = KV_TYPE_BLOB;
-                        op->off = (uint64_t)info.timestamp_ms;
-                        if (!rc) rc = bytes_append(&b.data, nref.data, nref.len);
-                        b.reads = true;
-                    }
-                    if (!rc) {
-                        rc = db_write_internal(db, &b, 0, NULL);
-                        if (rc == KV_ENOTFOUND) rc = KV_OK; /* changed meanwhile: its new value is elsewhere */
-                    }
-                    free(b.ops);
-                    bytes_free(&b.data);
-                }
-                bytes_free(&nref);
-            }
-            if (!rc) rc = kv_iter_status(uit);
-            kv_iter_free(uit);
-            uit = NULL;
-        }
+        gc_rewrite r = {0};
+        rc = gc_rewrite_file(db, f->no, &w, &r);
+        if (r.unreadable) damaged_data = true;
+        bytes_free(&r.bad_key);
     }
-    if (w) {
-        uint64_t no = blob_writer_file_no(w);
-        blob_writer_close(w);
-        pthread_mutex_lock(&db->mu);
-        pending_remove(db, no);
-        pthread_mutex_unlock(&db->mu);
-    }
+    if (w) db_close_new_blob_file(db, w);
     pthread_mutex_lock(&db->mu);
     if (!rc && e.nblob_del) rc = vset_log_and_apply(db->vs, &e);
     db_delete_obsolete_files(db);
     pthread_mutex_unlock(&db->mu);
+    if (!rc && e.nblob_del) {
+        /* deleted files leave blob_lost: nothing can use them any more */
+        pthread_mutex_lock(&db->blob_mu);
+        for (size_t d = 0; d < e.nblob_del; d++)
+            for (size_t i = 0; i < db->nblob_lost; i++)
+                if (db->blob_lost[i] == e.blob_del[d]) {
+                    db->nblob_lost--;
+                    db->blob_lost[i] = db->blob_lost[db->nblob_lost];
+                    db->blob_lost_synced[i] = db->blob_lost_synced[db->nblob_lost];
+                    db->blob_lost_rescued[i] = db->blob_lost_rescued[db->nblob_lost];
+                    break;
+                }
+        pthread_mutex_unlock(&db->blob_mu);
+    }
     edit_free(&e);
     bytes_free(&prev);
     blob_page_set_free(&scan.seen);
@@ -1034,4 +1069,92 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         rc = kv_set_error(KV_ECORRUPT, "blob gc: a value with a damaged blob chunk was left where it is, and so was "
                                        "its file (kv_check names it)");
     return rc;
+}
+
+/* ---- blob files whose fsync failed ------------------------------------------------------------------------------ */
+
+/* Each file of blob_lost in turn: copy the newest values that use it (gc_rewrite_file) until a pass finds none. A
+ * pass that finds none proves the file is done for good: it was retired when its fsync failed, so no value is
+ * appended to it any more, and a later batch can only copy a reference (a move, a write into part of a value) from a
+ * newest value, none of which names it. Values that older versions and snapshots still see there are not copied:
+ * their bytes may be gone after a power loss, and reads of them then report damage. */
+int db_blob_rescue(kv_db *db) {
+    if (db->opt.read_only) return KV_OK;
+    /* their fsyncs retried first: a table installed from now on may name their bytes (db_sync_blob_file) */
+    int rc = db_sync_blob_file(db, false);
+    if (rc) return rc;
+    blob_writer *w = NULL;
+    pthread_mutex_lock(&db->rescue_mu);
+    for (;;) {
+        pthread_mutex_lock(&db->blob_mu);
+        int un = db_blob_lost_unrescued(db);
+        uint64_t no = un >= 0 ? db->blob_lost[un] : 0;
+        pthread_mutex_unlock(&db->blob_mu);
+        if (!no) break;
+        gc_rewrite r = {0};
+        for (int pass = 0; pass < 4; pass++) {
+            r.found = r.unreadable = 0;
+            rc = gc_rewrite_file(db, no, &w, &r);
+            if (rc || r.unreadable || r.found == 0) break;
+        }
+        char path[4096];
+        file_name(path, sizeof path, db->dir, no, "blob");
+        if (!rc && r.unreadable)
+            rc = kv_set_error(KV_ECORRUPT,
+                              "%s: an fsync of it failed, and the value of key \"%.*s\" (keyspace %d) in it can no "
+                              "longer be read whole (%" PRIu64 " such value(s)): write or delete them, then sync again",
+                              path, (int)(r.bad_key.len > 200 ? 200 : r.bad_key.len), (const char *)r.bad_key.data,
+                              r.bad_ks, r.unreadable);
+        else if (!rc && r.found)
+            rc = kv_set_error(KV_EIO, "%s: values kept being moved while they were copied out of it after its "
+                                        "fsync failed: sync again", path);
+        bytes_free(&r.bad_key);
+        if (rc) break;
+        /* The copies' batches are in the log, after the records that name the lost bytes; recovery stops at the
+         * first record whose blob bytes are missing, which would drop them and every later batch. So those records
+         * must leave the log for tables before a sync vouches for anything: the log-failure path does exactly that. */
+        pthread_mutex_lock(&db->mu);
+        uint64_t s = atomic_load(&db->last_seq);
+        if (s > db->sync_debt) db->sync_debt = s;
+        pthread_mutex_unlock(&db->mu);
+        pthread_mutex_lock(&db->blob_mu);
+        for (size_t i = 0; i < db->nblob_lost; i++)
+            if (db->blob_lost[i] == no) {
+                if (!db->blob_lost_synced[i]) /* it failed again meanwhile */
+                    rc = kv_set_error(KV_EIO, "%s: its fsync failed again", path);
+                else
+                    db->blob_lost_rescued[i] = true; /* listed still: flushes keep copying what uses it */
+                break;
+            }
+        pthread_mutex_unlock(&db->blob_mu);
+        if (rc) break;
+    }
+    if (w) db_close_new_blob_file(db, w);
+    pthread_mutex_unlock(&db->rescue_mu);
+    return rc;
+}
+
+typedef struct lost_use {
+    const uint64_t *lost;
+    size_t n;
+    bool uses;
+} lost_use;
+
+static int uses_lost_file(void *ctx, const blob_extent *e, bool page) {
+    (void)page;
+    lost_use *u = ctx;
+    for (size_t i = 0; i < u->n; i++)
+        if (e->file_no == u->lost[i]) u->uses = true;
+    return 0;
+}
+
+int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, const uint8_t *payload, size_t plen,
+                    kv_bytes *out) {
+    lost_use u = {lost, n, false};
+    if (blob_value_visit(db->blobs, payload, plen, uses_lost_file, &u) || !u.uses) return 0;
+    int rc = gc_value_readable(db, payload, plen);
+    if (rc == KV_ECORRUPT) return 0; /* already damaged: left as it is, for reads and kv_check to report */
+    if (!rc && !*w) rc = db_new_blob_file(db, w);
+    if (!rc) rc = gc_copy_value(db, *w, payload, plen, out);
+    return rc ? rc : 1;
 }

@@ -54,6 +54,14 @@ int db_new_blob_file(kv_db *db, blob_writer **out) {
     return rc;
 }
 
+void db_close_new_blob_file(kv_db *db, blob_writer *w) {
+    uint64_t no = blob_writer_file_no(w);
+    blob_writer_close(w);
+    pthread_mutex_lock(&db->mu);
+    pending_remove(db, no);
+    pthread_mutex_unlock(&db->mu);
+}
+
 /* Take blob file `no`, which holds no record anything refers to, out of the version and delete it. Best effort: on a
  * full disk the manifest edit can fail, and the file then stays listed (a valid, empty blob file). Caller holds mu. */
 static void blob_file_drop(kv_db *db, uint64_t no) {
@@ -69,11 +77,14 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
     int rc = KV_OK;
     if (db->blob_w && blob_writer_size(db->blob_w) >= db->opt.blob_file_bytes) {
         /* full: make its bytes durable before it leaves our hands, then start another */
-        rc = blob_writer_sync(db->blob_w);
-        if (!rc) {
+        if (blob_writer_sync(db->blob_w) == KV_OK) {
             blob_writer_close(db->blob_w);
             db->blob_w = NULL;
             db->blob_dirty = false;
+        } else {
+            /* retired all the same; the next vouching sync copies its values elsewhere first. This value goes to
+             * a new file. */
+            db_blob_sync_failed(db, blob_writer_file_no(db->blob_w));
         }
     }
     if (!rc && !db->blob_w) {
@@ -100,9 +111,10 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
             blob_writer_close(db->blob_w);
             db->blob_w = NULL;
             kv_file *f;
-            bool synced = false;
+            bool synced = false, sync_failed = false;
             if (db->env->truncate(db->env, path, good) == KV_OK && db->env->open_append(db->env, path, &f) == KV_OK) {
                 synced = db->env->sync(db->env, f) == KV_OK;
+                sync_failed = !synced;
                 db->env->close(db->env, f);
             }
             if (good <= BLOB_HEADER) {
@@ -112,6 +124,8 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
                 pthread_mutex_lock(&db->mu);
                 blob_file_drop(db, no);
                 pthread_mutex_unlock(&db->mu);
+            } else if (sync_failed) {
+                db_blob_sync_failed(db, no); /* a later fsync cannot vouch for what this one lost */
             } else if (!synced) {
                 /* it may hold bytes of logged batches: the next sync must make them durable first */
                 if (db->nblob_unsynced < sizeof db->blob_unsynced / sizeof db->blob_unsynced[0])
@@ -419,7 +433,15 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
                 /* Synced even for an unsynced put: a later sync makes the shared blob file and the log durable,
                  * not this stream's file, and recovery drops every batch from the first one whose blob bytes are
                  * missing (db.c, record_blobs_whole), so a later synced batch must never depend on it. */
-                if ((rc = blob_writer_sync(s->w))) break;
+                if (s->sync_failed) {
+                    rc = kv_set_error(KV_EIO, "an fsync of the stream's blob file failed earlier, so its bytes may "
+                                              "not be on disk: write the value again in a new stream");
+                    break;
+                }
+                if ((rc = blob_writer_sync(s->w))) {
+                    s->sync_failed = true;
+                    break;
+                }
                 blob_ref ref = {0};
                 rc = blob_ref_splice(&ref, 0, &s->ext);
                 if (!rc) rc = ref_payload(&ref, &out);

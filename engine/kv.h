@@ -196,7 +196,8 @@ int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, k
 
 /* Apply a batch atomically. It gets the next sequence number (returned in *seq, which may be NULL). */
 int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
-/* Make everything written so far durable (fsync). */
+/* Make everything written so far durable (fsync). After an fsync failed (KV_EIO), a later success still means it:
+ * the writes the failed fsync covered are first written to tables or copied to new blob files (docs/design.md). */
 int kv_sync(kv_db *db);
 /* The sequence number of the last visible batch (0 for a new store). */
 uint64_t kv_current_sequence(kv_db *db);

@@ -499,8 +499,9 @@ static void *fwriter_main(void *arg) {
         uint64_t x = t_rand(&rs) % 16;
         if (x == 0) {
             rc = kv_sync(w->db);
-            if (rc == KV_OK && !atomic_load(w->crashed)) w->durable = B;
-            if (rc && before && !(w->faults && (rc == KV_EIO || rc == KV_ENOSPC))) {
+            bool sync_before = !atomic_load(w->crashed); /* read after the call, as for the write */
+            if (rc == KV_OK && sync_before) w->durable = B;
+            if (rc && sync_before && !(w->faults && (rc == KV_EIO || rc == KV_ENOSPC))) {
                 snprintf(w->err, sizeof w->err, "kv_sync: %s (%s)", kv_strerror(rc), kv_errmsg());
                 break;
             }
@@ -548,9 +549,10 @@ static void *faulter_main(void *arg) {
         usleep((useconds_t)(t_rand(&rs) % 8000));
         const char *sub = subs[t_rand(&rs) % 5];
         kv_fault_kind kind = kinds[t_rand(&rs) % 4];
-        /* a log's failed fsync may also lose its pages for good (Linux); blob files are not made proof against
-         * that (see test_crash_log_sync_failure_not_trusted_later) */
-        if (kind == KV_FAULT_SYNC_EIO && sub && strcmp(sub, ".log") == 0 && t_rand(&rs) % 2) kind = KV_FAULT_SYNC_LOST;
+        /* a failed fsync of a log or a blob file may also lose its pages for good (Linux): see
+         * test_crash_log_sync_failure_not_trusted_later and test_crash_blob_sync_failure_not_trusted_later */
+        bool losable = sub && (strcmp(sub, ".log") == 0 || strcmp(sub, ".blob") == 0);
+        if (kind == KV_FAULT_SYNC_EIO && losable && t_rand(&rs) % 2) kind = KV_FAULT_SYNC_LOST;
         kv_fault_env_arm(f->env, kind, t_rand(&rs) % 6, sub);
         usleep((useconds_t)(t_rand(&rs) % 4000));
         kv_fault_env_clear(f->env);
@@ -958,6 +960,18 @@ TEST(test_crash_retired_blob_file_synced_later) {
     kv_free(db);
 }
 
+#define STREAMED 5000
+
+/* A batch *b that puts the key "stream" from a stream *s of STREAMED bytes 's'. */
+static void stream_put_batch(kv_db *db, kv_stream **s, kv_batch **b) {
+    uint8_t v[STREAMED];
+    memset(v, 's', sizeof v);
+    CHECK_OK(kv_stream_new(db, s));
+    CHECK_OK(kv_stream_append(*s, v, sizeof v));
+    CHECK_OK(kv_batch_new(b));
+    CHECK_OK(kv_batch_put_stream(*b, 0, "stream", 6, *s));
+}
+
 /* A stream writes into a blob file of its own, which the syncs of later batches do not cover. So its put syncs it
  * at commit even when not synced itself: else a power loss after a later synced batch could take the stream's
  * bytes, and recovery, stopping at the first batch whose blob bytes are missing, would drop the synced batch too. */
@@ -968,14 +982,12 @@ TEST(test_crash_stream_put_then_synced_write) {
     kv_db *db;
     open_faulty(dir, sizeof dir, &env, &o, &db);
     CHECK(db != NULL);
-    uint8_t v[5000];
+    uint8_t v[STREAMED];
     memset(v, 's', sizeof v);
-    kv_stream *s;
-    CHECK_OK(kv_stream_new(db, &s));
-    CHECK_OK(kv_stream_append(s, v, sizeof v));
-    kv_batch *b;
-    CHECK_OK(kv_batch_new(&b));
-    CHECK_OK(kv_batch_put_stream(b, 0, "stream", 6, s));
+    kv_stream *s = NULL;
+    kv_batch *b = NULL;
+    stream_put_batch(db, &s, &b);
+    if (t_failed()) return;
     CHECK_OK(kv_write(db, b, 0, NULL)); /* not synced */
     kv_batch_free(b);
     CHECK_OK(kv_put(db, "synced", 6, "y", 1, KV_SYNC)); /* acknowledged as durable */
@@ -1027,4 +1039,133 @@ TEST(test_crash_log_sync_failure_not_trusted_later) {
         }
         kv_free(db);
     }
+}
+
+static void print_problem(void *ctx, const char *file, uint64_t off, const char *what) {
+    (void)ctx;
+    fprintf(stderr, "# problem: %s at %llu: %s\n", file, (unsigned long long)off, what);
+}
+
+#define LARGE 3000 /* above small_options' blob threshold */
+
+/* Put the one-letter key k with LARGE bytes of the letter. */
+static void put_large(kv_db *db, char k, unsigned flags) {
+    uint8_t v[LARGE];
+    memset(v, k, sizeof v);
+    CHECK_OK(kv_put(db, &k, 1, v, sizeof v, flags));
+}
+
+/* Each letter of keys reads back whole, and kv_check finds nothing. */
+static void check_large(kv_db *db, const char *keys, const char *when) {
+    for (const char *k = keys; *k; k++) {
+        kv_buf got;
+        int rc = kv_get(db, NULL, k, 1, &got);
+        CHECK_MSG(rc == KV_OK, "%s: key %c: %s (%s)", when, *k, kv_strerror(rc), kv_errmsg());
+        if (rc) continue;
+        CHECK(got.len == LARGE && ((uint8_t *)got.data)[0] == (uint8_t)*k &&
+              ((uint8_t *)got.data)[got.len - 1] == (uint8_t)*k);
+        kv_buf_free(&got);
+    }
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, print_problem, NULL, NULL, &problems));
+    CHECK_MSG(problems == 0, "%s: kv_check found %llu problem(s)", when, (unsigned long long)problems);
+}
+
+/* a synced, then b and c not synced; then the blob file's fsync fails and loses what it was to write */
+static void large_values_then_lost_blob_sync(kv_env *env, kv_db *db) {
+    put_large(db, 'a', KV_SYNC);
+    put_large(db, 'b', 0);
+    put_large(db, 'c', 0);
+    CHECK_OK(kv_put(db, "small", 5, "x", 1, 0));
+    kv_fault_env_arm(env, KV_FAULT_SYNC_LOST, 0, ".blob");
+    CHECK(kv_sync(db) != KV_OK); /* b and c are applied, not known to be durable */
+    kv_fault_env_clear(env);
+}
+
+/* The same for a blob file: its fsync fails and loses what it was to write (KV_FAULT_SYNC_LOST), so a later fsync of
+ * it proves nothing. A sync that succeeds afterwards (round 0: kv_sync, 1: a synced write, 2: kv_close) vouches for
+ * the large values written before it, so the engine copies them to a new blob file first, and moves the log records
+ * that name the lost bytes into tables (recovery would stop at the first of them, dropping every later batch).
+ * Before, the later fsync was trusted: after a power loss b and c were gone, and with them every later batch. */
+TEST(test_crash_blob_sync_failure_not_trusted_later) {
+    for (int round = 0; round < 3; round++) {
+        char dir[512];
+        kv_env *env;
+        kv_options o;
+        kv_db *db;
+        open_faulty(dir, sizeof dir, &env, &o, &db);
+        CHECK(db != NULL);
+        if (t_failed()) return;
+        large_values_then_lost_blob_sync(env, db);
+        kv_buf got;
+        CHECK_OK(kv_get(db, NULL, "b", 1, &got)); /* still readable meanwhile */
+        kv_buf_free(&got);
+        put_large(db, 'd', 0);
+        if (round == 0) CHECK_OK(kv_sync(db));
+        else if (round == 1) put_large(db, 'e', KV_SYNC);
+        else {
+            int rc = kv_close(db);
+            CHECK_MSG(rc == KV_OK, "close: %s", kv_errmsg());
+        }
+        power_loss_and_reopen(dir, env, NULL, &o, &db);
+        CHECK(db != NULL);
+        if (t_failed()) return;
+        char when[64];
+        snprintf(when, sizeof when, "round %d, after the power loss", round);
+        check_large(db, round == 1 ? "abcde" : "abcd", when);
+        CHECK_MSG(kv_contains(db, NULL, "small", 5) == 1, "round %d: a small value after the lost bytes is gone",
+                  round);
+        kv_stats st;
+        CHECK_OK(kv_get_stats(db, &st));
+        CHECK_EQ(st.unsynced_batches_dropped, 0);
+        kv_free(db);
+    }
+}
+
+/* A stream's own blob file: when the fsync at its put fails, putting the same stream again must not succeed on a
+ * second fsync that could skip what the first one lost. */
+TEST(test_crash_stream_sync_failure_not_retried) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    CHECK(db != NULL);
+    if (t_failed()) return;
+    uint8_t v[STREAMED];
+    memset(v, 's', sizeof v);
+    kv_stream *s = NULL;
+    kv_batch *b = NULL;
+    stream_put_batch(db, &s, &b);
+    if (t_failed()) return;
+    kv_fault_env_arm(env, KV_FAULT_SYNC_LOST, 0, ".blob");
+    CHECK(kv_write(db, b, 0, NULL) != KV_OK);
+    kv_fault_env_clear(env);
+    int rc = kv_write(db, b, 0, NULL);
+    CHECK_MSG(rc == KV_EIO, "the stream's put after its failed fsync: %s", kv_strerror(rc));
+    CHECK(kv_contains(db, NULL, "stream", 6) == 0);
+    kv_batch_free(b);
+    kv_stream_free(s);
+    kv_free(db);
+    env->destroy(env);
+}
+
+/* Between a blob file's failed fsync and the next sync that vouches for the store, a flush moves the records that
+ * name its lost bytes from the log into a table (here kv_compact_range's). The table must name copies instead: else
+ * a power loss left values that no read could return whole, in a store whose every file is "durable". */
+TEST(test_crash_flush_after_blob_sync_failure_copies_values) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    CHECK(db != NULL);
+    if (t_failed()) return;
+    large_values_then_lost_blob_sync(env, db);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushes the memtable to a table first */
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
+    if (t_failed()) return;
+    check_large(db, "abc", "in a table before the power loss");
+    kv_free(db);
 }
