@@ -196,7 +196,9 @@ int batch_record_decode(const uint8_t *rec, size_t len, uint64_t *seq, int64_t *
     p = get_varint64(rec + 8, lim, &t);
     if (!p) goto bad;
     p = get_varint64(p, lim, &n);
-    if (!p || n > len) goto bad;
+    /* The smallest operation (a delete of a one-byte key) takes BATCH_OP_MIN bytes: a larger count is damage, and
+     * would have the change feed allocate room for it (kv_get_batch) before the operations are read. */
+    if (!p || n > (uint64_t)(lim - p) / BATCH_OP_MIN) goto bad;
     *ts = (int64_t)t;
     *count = (size_t)n;
     *ops = p;

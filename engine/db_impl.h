@@ -77,6 +77,7 @@ typedef struct resolved_op {
 
 /* Log record of a batch: fixed64 seq | varint timestamp_ms | varint count | count x
  *   (byte type | lenprefixed ukey | [lenprefixed payload unless type is delete]) */
+#define BATCH_OP_MIN 4 /* bytes: type, key length, keyspace byte, one key byte */
 int batch_record_decode(const uint8_t *rec, size_t len, uint64_t *seq, int64_t *ts, size_t *count,
                         const uint8_t **ops, const char *name, uint64_t offset);
 /* Iterate the ops of a decoded record: returns the position after the op, or NULL if malformed. */

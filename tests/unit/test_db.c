@@ -2385,3 +2385,40 @@ TEST(test_db_level_limits_never_wrap) {
                       l, l - 1);
     }
 }
+
+/* A batch record's op count is checked against the bytes that follow it (4 per op at least) before anything is
+ * allocated for the ops: the change feed allocates room for `count` ops, and a count as large as the record (which
+ * the old check allowed) made a checksum-valid record of 1 MiB ask for tens of MiB. */
+TEST(test_db_batch_record_count_is_bounded_by_its_bytes) {
+    uint8_t rec[64];
+    put_fixed64(rec, 7);
+    uint8_t *ops_at = put_varint64(rec + 8, 1700000000000ull);
+    for (uint64_t count = 0; count < 4; count++) {
+        uint8_t *p = put_varint64(ops_at, count);
+        for (int i = 0; i < 2; i++) { /* two deletes, of "a" and "b" in keyspace 0: 8 bytes */
+            *p++ = KV_TYPE_DELETE;
+            p = put_varint64(p, 2);
+            *p++ = 0;
+            *p++ = (uint8_t)('a' + i);
+        }
+        uint64_t seq;
+        int64_t ts;
+        size_t n;
+        const uint8_t *ops;
+        int rc = batch_record_decode(rec, (size_t)(p - rec), &seq, &ts, &n, &ops, "test", 0);
+        if (count <= 2) {
+            CHECK_OK(rc);
+            CHECK_EQ(n, count);
+        } else {
+            CHECK_EQ(rc, KV_ECORRUPT); /* 3 ops cannot fit in 8 bytes */
+        }
+    }
+    /* a count the size of the record */
+    uint8_t *p = put_varint64(ops_at, 40);
+    memset(p, 0, 40);
+    uint64_t seq;
+    int64_t ts;
+    size_t n;
+    const uint8_t *ops;
+    CHECK_EQ(batch_record_decode(rec, (size_t)(p + 40 - rec), &seq, &ts, &n, &ops, "test", 0), KV_ECORRUPT);
+}
