@@ -190,6 +190,12 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
             f.smallest = (kv_bytes){(uint8_t *)d, dl, dl};
             if (!(p = get_lenprefixed(p, lim, &d, &dl)) || dl < 9) BAD("bad largest key");
             f.largest = (kv_bytes){(uint8_t *)d, dl, dl};
+            /* What a table could never say of itself (reads trust the key range to skip tables, compaction the
+             * sequence range to order them): */
+            if (f.min_seq > f.max_seq || f.max_seq > KV_MAX_SEQUENCE) BAD("bad sequence range");
+            if (ikey_cmp(f.smallest.data, f.smallest.len, f.largest.data, f.largest.len) > 0)
+                BAD("smallest key after largest key");
+            if (f.tombstones > f.entries) BAD("more tombstones than entries");
             if (edit_add_file(e, (int)level, &f)) BAD("out of memory");
             break;
         }
@@ -427,6 +433,40 @@ static int read_current(version_set *vs, char *name, size_t n) {
     return KV_OK;
 }
 
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The version a manifest replays to must be one the store could have made: every file number listed once (a table
+ * listed twice would be compacted, then deleted, while still listed), and each level below 0 sorted without overlap
+ * (lookups binary-search it and read one table). Else the manifest is damage, not a store to open. */
+static int version_validate(const version *v, const char *name) {
+    size_t n = v->nblobs;
+    for (int l = 0; l < KV_MAX_LEVELS; l++) n += v->nfiles[l];
+    uint64_t *nos = malloc((n ? n : 1) * sizeof *nos);
+    if (!nos) return KV_ENOMEM;
+    size_t k = 0;
+    int rc = KV_OK;
+    for (int l = 0; l < KV_MAX_LEVELS; l++)
+        for (size_t i = 0; i < v->nfiles[l]; i++) {
+            const file_meta *f = v->files[l][i];
+            nos[k++] = f->file_no;
+            const file_meta *p = i ? v->files[l][i - 1] : NULL;
+            if (!rc && l > 0 && p && ukey_cmp(p->largest.data, p->largest.len - 8, f->smallest.data,
+                                              f->smallest.len - 8) >= 0)
+                rc = kv_set_error(KV_ECORRUPT, "%s: level %d lists tables %06" PRIu64 " and %06" PRIu64
+                                                " with overlapping key ranges", name, l, p->file_no, f->file_no);
+        }
+    for (size_t i = 0; i < v->nblobs; i++) nos[k++] = v->blobs[i]->file_no;
+    qsort(nos, n, sizeof *nos, cmp_u64);
+    for (size_t i = 1; i < n && !rc; i++)
+        if (nos[i] == nos[i - 1])
+            rc = kv_set_error(KV_ECORRUPT, "%s: file number %06" PRIu64 " is listed twice", name, nos[i]);
+    free(nos);
+    return rc;
+}
+
 int vset_recover(version_set *vs) {
     char name[256], path[4096];
     int rc = read_current(vs, name, sizeof name);
@@ -460,6 +500,8 @@ int vset_recover(version_set *vs) {
     if (rc == KV_ENOTFOUND) rc = KV_OK;
     if (rc) return rc;
     if (nrec == 0) return kv_set_error(KV_ECORRUPT, "%s: empty manifest at offset 0", name);
+    rc = version_validate(vs->current, name);
+    if (rc) return rc;
     /* the file number counter must pass every file listed */
     for (int l = 0; l < KV_MAX_LEVELS; l++)
         for (size_t i = 0; i < vs->current->nfiles[l]; i++)

@@ -762,6 +762,21 @@ TEST(test_corrupt_batch_log) {
     free(data);
 }
 
+/* Append a record holding rec to the file `name` of the store in dir, then open the store (closing it again if the
+ * open succeeds): kv_open's result. */
+static int append_and_open(const kv_options *o, const char *dir, const char *name, const uint8_t *rec, size_t n) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (!append_record(path, rec, n)) return KV_EIO;
+    kv_db *db;
+    int rc = kv_open(dir, o, &db);
+    if (rc == KV_OK) {
+        kv_close(db);
+        kv_free(db);
+    }
+    return rc;
+}
+
 /* File numbers name files and, in blob references, 0 means a hole: a manifest whose NEXT_FILE (or a file it lists)
  * is near 2^64 passes its checksum (a collision, or a file not written by us) but would make the numbers wrap,
  * leaving files that cleanup never deletes and, past 0, a blob file numbered like a hole. The open reports it. */
@@ -770,21 +785,74 @@ TEST(test_corrupt_file_number_out_of_range) {
     kv_options_init(&o);
     o.background_threads = false;
     for (int what = 0; what < 3; what++) {
-        char dir[600], path[1200], name[300];
-        kv_db *db;
+        char dir[600], name[300];
         CHECK(tiny_store(&o, dir, sizeof dir));
         CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
         uint8_t rec[32], *p = rec;
         p = put_varint64(p, what == 0 ? 2 : what == 1 ? 1 : 6); /* NEXT_FILE, LOG_NUMBER, NEW_BLOB */
         p = put_varint64(p, UINT64_MAX);
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        CHECK(append_record(path, rec, (size_t)(p - rec)));
-        int rc = kv_open(dir, &o, &db);
-        if (rc == KV_OK) {
-            kv_close(db);
-            kv_free(db);
-        }
+        int rc = append_and_open(&o, dir, name, rec, (size_t)(p - rec));
         CHECK_MSG(rc == KV_ECORRUPT, "field %d = 2^64 - 1: kv_open: %s", what, kv_strerror(rc));
         CHECK_MSG(strstr(kv_errmsg(), name), "%s", kv_errmsg());
+    }
+}
+
+/* Append to p a manifest NEW_FILE entry: table `no` at `level`, sequences [min_seq, max_seq], user keys [lo, hi]. */
+static uint8_t *put_new_file(uint8_t *p, int level, uint64_t no, uint64_t min_seq, uint64_t max_seq, const char *lo,
+                             const char *hi) {
+    p = put_varint64(p, 4); /* NEW_FILE */
+    p = put_varint64(p, (uint64_t)level);
+    p = put_varint64(p, no);
+    p = put_varint64(p, 4096); /* size */
+    p = put_varint64(p, 10);   /* entries */
+    p = put_varint64(p, 0);    /* tombstones */
+    p = put_varint64(p, min_seq);
+    p = put_varint64(p, max_seq);
+    for (int end = 0; end < 2; end++) {
+        const char *k = end ? hi : lo;
+        size_t n = strlen(k);
+        p = put_varint64(p, n + 9); /* keyspace byte, key, trailer */
+        *p++ = 0;
+        memcpy(p, k, n);
+        p += n;
+        put_fixed64(p, ((end ? min_seq : max_seq) << 8) | 1);
+        p += 8;
+    }
+    return p;
+}
+
+/* A checksum-valid manifest that describes what no store could be: a table listed twice, two tables of one level
+ * whose key ranges overlap (lookups read one table per level), a sequence range or key range the wrong way round.
+ * Opened, such a store returned wrong answers or deleted a table still listed; kv_open must refuse it, naming the
+ * manifest. */
+TEST(test_corrupt_manifest_describes_an_impossible_version) {
+    kv_options o;
+    kv_options_init(&o);
+    o.background_threads = false;
+    const char *want[] = {"listed twice", "overlapping key ranges", "bad sequence range", "smallest key after largest",
+                          "listed twice"};
+    for (int what = 0; what < 5; what++) {
+        char dir[600], name[300];
+        CHECK(tiny_store(&o, dir, sizeof dir));
+        CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
+        uint8_t rec[256], *p = rec;
+        if (what == 0) { /* the same table added twice, in two levels */
+            p = put_new_file(p, 1, 900, 1, 1, "a", "b");
+            p = put_new_file(p, 2, 900, 1, 1, "a", "b");
+        } else if (what == 1) {
+            p = put_new_file(p, 1, 900, 1, 1, "a", "m");
+            p = put_new_file(p, 1, 901, 1, 1, "k", "z");
+        } else if (what == 2) {
+            p = put_new_file(p, 1, 900, 5, 2, "a", "b");
+        } else if (what == 3) {
+            p = put_new_file(p, 1, 900, 1, 1, "z", "a");
+        } else { /* a table number that is also a blob file's */
+            p = put_new_file(p, 1, 900, 1, 1, "a", "b");
+            p = put_varint64(p, 6); /* NEW_BLOB */
+            p = put_varint64(p, 900);
+        }
+        int rc = append_and_open(&o, dir, name, rec, (size_t)(p - rec));
+        CHECK_MSG(rc == KV_ECORRUPT, "case %d: kv_open: %s", what, kv_strerror(rc));
+        CHECK_MSG(strstr(kv_errmsg(), name) && strstr(kv_errmsg(), want[what]), "case %d: %s", what, kv_errmsg());
     }
 }
