@@ -428,11 +428,9 @@ int kvfs_utimens(kvfs_fs *fs, const char *path, kvfs_file *f, const struct times
 
 /* ---- namespace helpers ----------------------------------------------------------------------------------------- */
 
-/* The parent directory of a node: update its mtime/ctime in b when it has a record (an implicit one gets them in
- * the cache only); its attributes in *pa. */
-static int touch_parent(kvfs_fs *fs, const fs_node *n, store_batch *b, fs_attr *pa, bool *pstored) {
-    const uint8_t *pdk = n->p.key;
-    size_t plen = n->p.dir_len;
+/* The directory with key pdk: update its mtime/ctime in b when it has a record (an implicit one gets them in the
+ * cache only); its attributes in *pa. */
+static int touch_dir(kvfs_fs *fs, const uint8_t *pdk, size_t plen, store_batch *b, fs_attr *pa, bool *pstored) {
     fs_attr a;
     default_dir_attr(fs, &a);
     bool stored = false;
@@ -464,6 +462,40 @@ static int touch_parent(kvfs_fs *fs, const fs_node *n, store_batch *b, fs_attr *
     dc_touch(fs, pdk, plen, &a);
     kb_free(&mk);
     return 0;
+}
+
+/* The parent directory of a node: touch_dir. */
+static int touch_parent(kvfs_fs *fs, const fs_node *n, store_batch *b, fs_attr *pa, bool *pstored) {
+    return touch_dir(fs, n->p.key, n->p.dir_len, b, pa, pstored);
+}
+
+/* After path's entry went away (caller holds ns_mu): when its directory went with it (an implicit directory vanishes
+ * with its last entry), the first ancestor that remains has lost an entry, and its mtime and ctime change, as a
+ * parent's do (touch_parent did the vanished parent's). Best effort: the removal itself has succeeded. */
+static void touch_remaining_ancestor(kvfs_fs *fs, const char *path) {
+    char *p = strdup(path);
+    if (!p) return;
+    bool vanished = false;
+    for (char *slash = strrchr(p, '/'); slash; slash = strrchr(p, '/')) {
+        slash[slash == p] = 0; /* p is now the parent ("/" for the root) */
+        fs_node a;
+        if (node_lookup(fs, p, &a)) break;
+        bool exists = a.type == NODE_DIR;
+        if (exists && vanished) {
+            keybuf dk;
+            kb_init(&dk);
+            node_dir_key(&a, &dk);
+            store_batch b;
+            store_batch_init(&b);
+            if (!dk.oom && touch_dir(fs, dk.p, dk.len, &b, NULL, NULL) == 0 && b.n) (void)fs_write_batch(fs, &b);
+            store_batch_free(&b);
+            kb_free(&dk);
+        }
+        node_free(&a);
+        if (exists || slash == p) break;
+        vanished = true;
+    }
+    free(p);
 }
 
 /* Attributes of a new entry made by who, with the set-group-ID directory rule. */
@@ -830,6 +862,7 @@ int kvfs_unlink(kvfs_fs *fs, const char *path) {
     kb_free(&ok);
     items_free(&l);
     store_batch_free(&b);
+    if (!rc) touch_remaining_ancestor(fs, path);
 done:
     node_free(&n);
 unlock:
@@ -909,6 +942,7 @@ int kvfs_rmdir(kvfs_fs *fs, const char *path) {
         items_free(&l);
         kb_free(&mk);
         store_batch_free(&b);
+        if (!rc) touch_remaining_ancestor(fs, path);
     }
     kb_free(&dk);
 done:
@@ -1200,6 +1234,7 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     items_free(&sl);
     items_free(&dl);
     store_batch_free(&b);
+    if (!rc && !(flags & RENAME_EXCHANGE)) touch_remaining_ancestor(fs, from);
 free_all:
     if (have_d) node_free(&d);
 free_s:

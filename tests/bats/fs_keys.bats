@@ -156,6 +156,23 @@ sys.exit(0 if r != 0 and ctypes.get_errno() == 22 else 1)' "$M"
     [ -d "$M/e/f" ]
 }
 
+@test "a directory that vanishes with its last key changes the mtime of the directory that held it" {
+    kv put "$D" top/r/s/t deep
+    fs_mount
+    touch -d '2001-01-01 00:00:00' "$M/top"   # now explicit, with an old mtime
+    ls "$M/top/r/s" >/dev/null
+    [ "$(stat -c %Y "$M/top")" -lt 1000000000 ]
+    rm "$M/top/r/s/t"
+    for i in $(seq 1 50); do [ -e "$M/top/r" ] || break; sleep 0.1; done
+    [ ! -e "$M/top/r" ]
+    # top lost its entry r: its mtime and ctime are now, through the kernel's cache and after a remount
+    [ "$(stat -c %Y "$M/top")" -gt 1700000000 ]
+    fs_unmount
+    fs_mount
+    [ "$(stat -c %Y "$M/top")" -gt 1700000000 ]
+    [ "$(stat -c %Z "$M/top")" -gt 1700000000 ]
+}
+
 @test "setting an xattr on an implicit directory makes it explicit: its attributes never outlive it" {
     kv put "$D" a/b one
     fs_mount

@@ -692,6 +692,26 @@ TEST(fs_directory_times_follow_entries) {
     CHECK(ts_after(st2.st_mtim, st.st_mtim));
     CHECK(S_ISDIR(st2.st_mode));
     CHECK_EQ(st2.st_mode & 0777, 0755);
+    /* An implicit directory that vanishes with its last entry is an entry gone from the first directory that remains
+     * (here /d, explicit, whose record keeps the time): by unlink, rmdir of an empty directory inside, and rename. */
+    const char *removals[] = {"unlink", "rmdir", "rename"};
+    for (int how = 0; how < 3; how++) {
+        CHECK_OK(put_key(&e, "d/x/y/f", 7, "1"));
+        if (how == 1) { /* y explicit and empty, x still implicit */
+            CHECK_OK(kvfs_chmod(e.fs, "/d/x/y", NULL, 0700));
+            CHECK_OK(kvfs_unlink(e.fs, "/d/x/y/f"));
+        }
+        CHECK_OK(kvfs_utimens(e.fs, "/d", NULL, ts));
+        int rc = how == 0 ? kvfs_unlink(e.fs, "/d/x/y/f")
+                 : how == 1 ? kvfs_rmdir(e.fs, "/d/x/y")
+                            : kvfs_rename(e.fs, "/d/x/y/f", "/moved", 0);
+        CHECK_MSG(rc == 0, "%s: %d", removals[how], rc);
+        CHECK_EQ(kvfs_getattr(e.fs, "/d/x", NULL, &st2), -ENOENT);
+        CHECK_OK(kvfs_getattr(e.fs, "/d", NULL, &st2));
+        CHECK_MSG(st2.st_mtim.tv_sec > 1000 && st2.st_ctim.tv_sec > 1000, "%s: /d's mtime stayed",
+                  removals[how]);
+        kvfs_unlink(e.fs, "/moved");
+    }
     env_close(&e);
 }
 
