@@ -622,8 +622,9 @@ fail:;
 int kv_close(kv_db *db) {
     if (!db) return kv_set_error(KV_EINVAL, "kv_close: NULL handle");
     /* Close makes everything durable, which a blob file whose fsync failed prevents until its values are copied
-     * elsewhere: kv_sync does that (and its failure is reported below). */
-    if (!atomic_load(&db->closed) && !db->opt.read_only && db_blob_lost_pending(db)) (void)kv_sync(db);
+     * elsewhere, and a failed fsync until what it covered is in tables (sync_debt, also left by a kv_sync whose
+     * flush failed after the copies were made): kv_sync does both (and its failure is reported below). */
+    if (!atomic_load(&db->closed) && !db->opt.read_only && db_sync_owed(db)) (void)kv_sync(db);
     if (atomic_exchange(&db->closed, true)) return kv_set_error(KV_ECLOSED, "the store is already closed");
     pthread_mutex_lock(&db->mu);
     db->stopping = true;
@@ -654,6 +655,9 @@ int kv_close(kv_db *db) {
         rc = kv_set_error(KV_EIO, "%s: an fsync of it failed and its values could not be copied elsewhere, so some "
                                   "may not be on disk", path);
     }
+    if (!rc && db->sync_debt)
+        rc = kv_set_error(KV_EIO, "batches written before an fsync failed could not be flushed to tables, so some may "
+                                  "not be on disk");
     if (db->log) {
         int r = wal_sync(db->log);
         if (!rc) rc = r;
@@ -738,6 +742,14 @@ bool db_blob_lost_pending(kv_db *db) {
     bool pending = db_blob_lost_unrescued(db) >= 0;
     pthread_mutex_unlock(&db->blob_mu);
     return pending;
+}
+
+bool db_sync_owed(kv_db *db) {
+    if (db_blob_lost_pending(db)) return true;
+    pthread_mutex_lock(&db->mu);
+    bool debt = db->sync_debt != 0;
+    pthread_mutex_unlock(&db->mu);
+    return debt;
 }
 
 int db_sync_blob_file(kv_db *db, bool vouch) {

@@ -245,6 +245,10 @@ int db_sync_blob_file(kv_db *db, bool vouch);
 void db_blob_sync_failed(kv_db *db, uint64_t no);
 /* Whether a blob file's fsync failed and its values are not yet copied elsewhere (db_blob_rescue). */
 bool db_blob_lost_pending(kv_db *db);
+/* Whether a vouching sync has work to do first: a blob file of blob_lost not rescued yet, or sync_debt (batches
+ * covered by a failed fsync, or naming bytes it may have lost, still in a log): kv_close and kv_checkpoint call
+ * kv_sync then. Takes blob_mu, then mu. */
+bool db_sync_owed(kv_db *db);
 /* The index in blob_lost of a file not rescued yet, or -1 (caller holds blob_mu). */
 int db_blob_lost_unrescued(kv_db *db);
 /* db_maint.c: copy every newest value that uses a file of blob_lost into a new, synced blob file, mark the file

@@ -502,8 +502,9 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
     int rc = KV_OK;
     int ex = env->exists(env, dest);
     if (ex != 0) rc = ex < 0 ? ex : kv_set_error(KV_EEXIST, "%s: already exists", dest);
-    /* the copy must not name bytes a failed fsync may have lost: kv_sync copies such values elsewhere first */
-    if (!rc && !db->opt.read_only && db_blob_lost_pending(db)) rc = kv_sync(db);
+    /* the copy must not name bytes a failed fsync may have lost: kv_sync copies such values elsewhere first, and
+     * moves the log records that name those bytes into tables (sync_debt; the copy links the blob file) */
+    if (!rc && !db->opt.read_only && db_sync_owed(db)) rc = kv_sync(db);
     if (!rc) rc = env->mkdir(env, dest, 0700);
     if (rc) {
         db_leave(db);
