@@ -59,6 +59,7 @@ int db_flush_one(kv_db *db) {
     memcpy(lost, db->blob_lost, nlost * sizeof lost[0]);
     pthread_mutex_unlock(&db->blob_mu);
     blob_writer *copies = NULL;
+    uint64_t copies_no = 0;
 
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "sst");
@@ -118,10 +119,12 @@ int db_flush_one(kv_db *db) {
             it->destroy(it);
         }
         if (copies) {
-            /* durable before the table that names them is installed */
+            /* durable before the table that names them is installed; pending until then, since nothing else names
+             * the file meanwhile and blob GC would take it for garbage */
             int crc = blob_writer_sync(copies);
             if (!rc) rc = crc;
-            db_close_new_blob_file(db, copies);
+            copies_no = blob_writer_file_no(copies);
+            blob_writer_close(copies);
         }
         if (b && rc) sst_builder_abandon(b);
         else if (b) rc = sst_builder_finish(b, &props);
@@ -161,6 +164,7 @@ int db_flush_one(kv_db *db) {
     }
     sst_props_free(&props);
     pending_remove(db, no);
+    if (copies_no) pending_remove(db, copies_no);
     /* a table that failed is removed by the sweep below, which spares it while a failed manifest write may still
      * name it (deletions_unsafe) */
     db_delete_obsolete_files(db);

@@ -14,6 +14,7 @@
 #include "db_impl.h" /* test_db_check_reports_a_value_whose_blob_file_is_gone edits the version by hand */
 #include "dbformat.h"
 #include "env.h"
+#include "error.h"
 #include "kv.h"
 #include "model.h"
 #include "t.h"
@@ -2421,4 +2422,114 @@ TEST(test_db_batch_record_count_is_bounded_by_its_bytes) {
     size_t n;
     const uint8_t *ops;
     CHECK_EQ(batch_record_decode(rec, (size_t)(p + 40 - rec), &seq, &ts, &n, &ops, "test", 0), KV_ECORRUPT);
+}
+
+/* A posix environment that fails the next fsyncs of blob files it opened for writing (fail_blob_syncs), and runs a
+ * blob GC pass right after the first fsync of a table once gc_db is set (inside the flush, before it installs the
+ * table). */
+typedef struct hook_env {
+    kv_env e;
+    kv_env *base;
+    pthread_mutex_t mu;
+    kv_file *blobs[64], *ssts[64];
+    int nblobs, nssts;
+    atomic_int fail_blob_syncs;
+    kv_db *_Atomic gc_db;
+    int gc_rc, gc_runs;
+} hook_env;
+
+static hook_env *H(kv_env *e) { return (hook_env *)e; }
+
+static void hook_note(kv_env *e, const char *p, kv_file *f) {
+    pthread_mutex_lock(&H(e)->mu);
+    if (strstr(p, ".blob") && H(e)->nblobs < 64) H(e)->blobs[H(e)->nblobs++] = f;
+    if (strstr(p, ".sst") && H(e)->nssts < 64) H(e)->ssts[H(e)->nssts++] = f;
+    pthread_mutex_unlock(&H(e)->mu);
+}
+
+static bool hook_in(kv_env *e, kv_file **list, int *n, kv_file *f, bool remove) {
+    bool found = false;
+    pthread_mutex_lock(&H(e)->mu);
+    for (int i = 0; i < *n && !found; i++)
+        if (list[i] == f) {
+            found = true;
+            if (remove) list[i] = list[--*n];
+        }
+    pthread_mutex_unlock(&H(e)->mu);
+    return found;
+}
+
+static int h_open_write(kv_env *e, const char *p, kv_file **o) {
+    int rc = H(e)->base->open_write(H(e)->base, p, o);
+    if (!rc) hook_note(e, p, *o);
+    return rc;
+}
+static int h_open_append(kv_env *e, const char *p, kv_file **o) {
+    int rc = H(e)->base->open_append(H(e)->base, p, o);
+    if (!rc) hook_note(e, p, *o);
+    return rc;
+}
+static int h_sync(kv_env *e, kv_file *f) {
+    hook_env *h = H(e);
+    if (hook_in(e, h->blobs, &h->nblobs, f, false) && atomic_load(&h->fail_blob_syncs) > 0) {
+        atomic_fetch_sub(&h->fail_blob_syncs, 1);
+        return kv_set_error(KV_EIO, "injected blob fsync failure");
+    }
+    int rc = h->base->sync(h->base, f);
+    kv_db *db = atomic_load(&h->gc_db);
+    if (db && hook_in(e, h->ssts, &h->nssts, f, false) && atomic_exchange(&h->gc_db, NULL)) {
+        h->gc_rc = kv_blob_gc(db, 0.99);
+        h->gc_runs++;
+    }
+    return rc;
+}
+static int h_close(kv_env *e, kv_file *f) {
+    hook_in(e, H(e)->blobs, &H(e)->nblobs, f, true);
+    hook_in(e, H(e)->ssts, &H(e)->nssts, f, true);
+    return H(e)->base->close(H(e)->base, f);
+}
+
+/* After a blob file's fsync failed, a flush writes copies of the values that use it into a new blob file, which the
+ * table it is writing names. Until that table is installed nothing else names the new file: blob GC running
+ * meanwhile must not take it for garbage and delete it (it did, once the flush closed the file: the installed table
+ * then named a file that was gone, and the values could not be read). */
+TEST(test_db_blob_gc_during_flush_spares_the_flush_copies) {
+    const char *dir = t_tmpdir();
+    hook_env h;
+    memset(&h, 0, sizeof h);
+    h.base = kv_env_posix();
+    h.e = *h.base; /* the posix calls do not use the environment pointer */
+    h.e.open_write = h_open_write;
+    h.e.open_append = h_open_append;
+    h.e.sync = h_sync;
+    h.e.close = h_close;
+    pthread_mutex_init(&h.mu, NULL);
+    kv_options o;
+    small_options(&o);
+    o.env = &h.e;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    uint8_t v[3000];
+    for (char k = 'b'; k <= 'c'; k++) {
+        memset(v, k, sizeof v);
+        CHECK_OK(kv_put(db, &k, 1, v, sizeof v, 0));
+    }
+    atomic_store(&h.fail_blob_syncs, 1);
+    CHECK(kv_sync(db) != KV_OK); /* the shared blob file's fsync fails: it is listed in blob_lost */
+    atomic_store(&h.gc_db, db);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* the flush copies b and c; GC runs meanwhile */
+    CHECK_EQ(h.gc_runs, 1);
+    CHECK_OK(h.gc_rc);
+    for (char k = 'b'; k <= 'c'; k++) {
+        kv_buf got;
+        int rc = kv_get(db, NULL, &k, 1, &got);
+        CHECK_MSG(rc == KV_OK, "%c after the flush: %s (%s)", k, kv_strerror(rc), kv_errmsg());
+        CHECK(got.len == sizeof v && ((uint8_t *)got.data)[0] == (uint8_t)k);
+        kv_buf_free(&got);
+    }
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+    pthread_mutex_destroy(&h.mu);
 }
