@@ -540,6 +540,9 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
         }
     }
     pthread_mutex_unlock(&db->blob_mu);
+    /* an fsync that failed since the kv_sync above (a flush's, or that one) leaves bytes the copy would name */
+    if (!rc && db_sync_owed(db))
+        rc = kv_set_error(KV_EIO, "kv_checkpoint: an fsync failed while the checkpoint began: try again");
 
     uint64_t total = 0, done = 0;
     for (int l = 0; l < KV_MAX_LEVELS; l++) total += v->nfiles[l];
@@ -1113,7 +1116,11 @@ int db_blob_rescue(kv_db *db) {
         if (rc) break;
         /* The copies' batches are in the log, after the records that name the lost bytes; recovery stops at the
          * first record whose blob bytes are missing, which would drop them and every later batch. So those records
-         * must leave the log for tables before a sync vouches for anything: the log-failure path does exactly that. */
+         * must leave the log for tables before a sync vouches for anything: the log-failure path does exactly that.
+         * The debt and the mark are set while we lead the write queue: a synced group in flight either saw the file
+         * unrescued when it vouched (and failed), or starts after and settles the debt first. */
+        writer qw;
+        queue_hold(db, &qw);
         pthread_mutex_lock(&db->mu);
         uint64_t s = atomic_load(&db->last_seq);
         if (s > db->sync_debt) db->sync_debt = s;
@@ -1128,6 +1135,7 @@ int db_blob_rescue(kv_db *db) {
                 break;
             }
         pthread_mutex_unlock(&db->blob_mu);
+        queue_release(db, &qw);
         if (rc) break;
     }
     if (w) db_close_new_blob_file(db, w);
