@@ -305,7 +305,7 @@ static int cursor_seek(cursor *c, const uint8_t *target, size_t tlen) {
         if (!(p = get_varint64(p, lim, &shared)) || !(p = get_varint64(p, lim, &unshared)) ||
             !(p = get_varint64(p, lim, &vlen)))
             return cursor_corrupt(c, "truncated block entry");
-        if (shared != 0 || unshared > (uint64_t)(lim - p) || unshared < IKEY_TRAILER)
+        if (shared != 0 || unshared > (uint64_t)(lim - p) || unshared <= IKEY_TRAILER) /* no user key: damage */
             return cursor_corrupt(c, "bad restart entry");
         if (ikey_cmp(p, unshared, target, tlen) < 0)
             lo = mid;
@@ -316,7 +316,7 @@ static int cursor_seek(cursor *c, const uint8_t *target, size_t tlen) {
     for (;;) {
         int rc = cursor_parse_next(c);
         if (rc <= 0) return rc;
-        if (c->klen < IKEY_TRAILER) return cursor_corrupt(c, "block key shorter than its trailer");
+        if (c->klen <= IKEY_TRAILER) return cursor_corrupt(c, "block key without a user key");
         if (ikey_cmp(c->kp, c->klen, target, tlen) >= 0) return 1;
     }
 }

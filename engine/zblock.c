@@ -331,7 +331,7 @@ static int first_entry(const zblock *z, const deflate_tables *t, uint32_t i, boo
         if ((p = get_varint64(p, lim, &shared)) && (p = get_varint64(p, lim, &unshared)) &&
             (p = get_varint64(p, lim, &vl))) {
             size_t need = (size_t)(p - s->p) + unshared + (with_value ? vl : 0);
-            if (shared != 0 || unshared < IKEY_TRAILER) {
+            if (shared != 0 || unshared <= IKEY_TRAILER) { /* a key is a user key (1 byte or more) and a trailer */
                 bad = "bad restart entry";
             } else if (unshared > (uint64_t)z->raw_len || vl > (uint64_t)z->raw_len || need > z->raw_len) {
                 bad = "bad block entry lengths";

@@ -1095,3 +1095,43 @@ TEST(test_sst_short_key_in_data_block_is_corruption) {
     ds_free(&d);
     m_destroy(&env->base);
 }
+
+/* The same for a point lookup: a data-block key of exactly 8 bytes (a trailer and no user key; every user key has a
+ * keyspace byte and at least one more) is damage too. A lookup that reached it compared it as an internal key with
+ * an empty user key, went on, and answered "absent" for a key the block had held; the table's iterator refused it. (A seekable block's restart entries
+ * are checked by the same rule in zblock.c; a deflate stream is not edited here.) */
+TEST(test_sst_lookup_reports_an_eight_byte_key) {
+    menv *env = menv_new();
+    enum { N = 40 };
+    dataset d = {calloc(N, sizeof(entry)), N};
+    for (size_t i = 0; i < N; i++) {
+        char uk[8];
+        snprintf(uk, sizeof uk, "%c%03zu", 0, i);
+        bytes_reserve(&d.e[i].key, 12);
+        ikey_build(d.e[i].key.data, (const uint8_t *)uk, 4, 5, KV_TYPE_VALUE);
+        d.e[i].key.len = 12;
+        bytes_append_varint(&d.e[i].val, 1700000000000ull);
+        bytes_append(&d.e[i].val, "value value value value value value", 35);
+    }
+    sst_options o = {4096, 1, false, 0, false};
+    CHECK_OK(build_table(&env->base, "t.sst", &d, &o, NULL));
+    kv_bytes *f = mfile(env, "t.sst");
+    size_t bsize = (size_t)get_fixed64(f->data + f->len - SST_FOOTER) - 5;
+    /* the first entry: shared 0, unshared 12, value 41; read as an 8-byte key and a 45-byte value */
+    CHECK(f->data[0] == 0 && f->data[1] == 12 && f->data[2] == 41);
+    f->data[1] = 8;
+    f->data[2] = 45;
+    put_fixed32(f->data + bsize + 1, kv_checksum(f->data, bsize + 1));
+    sst_reader *r;
+    CHECK_OK(sst_reader_open(&env->base, "t.sst", "000042.sst", 42, NULL, &r));
+    int type;
+    kv_bytes v = {0};
+    uint64_t fseq;
+    int rc = sst_reader_get(r, (const uint8_t *)"\0" "000", 4, KV_MAX_SEQUENCE, &type, &v, &fseq);
+    CHECK_MSG(rc == KV_ECORRUPT, "lookup: %d", rc);
+    CHECK_MSG(strstr(kv_errmsg(), "000042.sst"), "%s", kv_errmsg());
+    bytes_free(&v);
+    sst_reader_unref(r);
+    ds_free(&d);
+    m_destroy(&env->base);
+}
