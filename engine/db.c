@@ -804,6 +804,21 @@ static int sync_log_before_switch(kv_db *db) {
     return rc;
 }
 
+/* The last flush failed, and the flush thread waits before it retries (up to 500 ms). Have it retry now and wait for
+ * that attempt (up to a second): the cause may be gone (space freed). Caller holds mu. */
+static void retry_failed_flush_now(kv_db *db) {
+    uint64_t t = db_now_us();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    uint64_t attempts = db->flush_attempts;
+    pthread_cond_signal(&db->work_cv);
+    while (db->bg_error && db->flush_attempts == attempts && !db->stopping &&
+           pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
+    }
+    atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
+}
+
 /* Make sure the memtable has room (caller holds mu and is the leader). */
 static int make_room(kv_db *db, bool force) {
     bool allow_delay = !force, retried = false;
@@ -849,16 +864,7 @@ static int make_room(kv_db *db, bool force) {
                  * first write after the cause is gone succeeds; fail only if that attempt fails too. */
                 if (!retried) {
                     retried = true;
-                    uint64_t t = db_now_us();
-                    struct timespec ts;
-                    clock_gettime(CLOCK_REALTIME, &ts);
-                    ts.tv_sec += 1;
-                    uint64_t attempts = db->flush_attempts;
-                    pthread_cond_signal(&db->work_cv);
-                    while (db->bg_error && db->flush_attempts == attempts && !db->stopping &&
-                           pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
-                    }
-                    atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
+                    retry_failed_flush_now(db);
                     continue;
                 }
                 int rc = db->bg_error;
@@ -901,6 +907,7 @@ static int make_room(kv_db *db, bool force) {
 /* Make the batches of sync_debt durable by flushing the memtables that hold them to tables, and wait for that (caller
  * holds mu and leads the write queue). A later fsync of the log whose fsync failed cannot vouch for them. */
 static int settle_sync_debt(kv_db *db) {
+    bool retried = false;
     while (db->sync_debt > db->vs->last_seq) {
         if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
         memtable_meta mm;
@@ -918,6 +925,11 @@ static int settle_sync_debt(kv_db *db) {
             continue;
         }
         if (db->bg_error && !db->flush_running) {
+            if (!retried) { /* as make_room does: the first sync after the cause is gone succeeds */
+                retried = true;
+                retry_failed_flush_now(db);
+                continue;
+            }
             int rc = db->bg_error;
             return kv_set_error(rc, "the writes whose sync failed are not durable yet: their flush failed: %s",
                                 kv_strerror(rc));

@@ -1066,3 +1066,25 @@ TEST(test_faults_failed_append_left_in_log_does_not_shadow_later_writes) {
     CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
     fx_free(&f);
 }
+
+/* After a failed log fsync, a sync first flushes what that fsync covered (sync_debt). When that flush failed (a full
+ * disk) and the cause is then gone, the next kv_sync succeeds: it has the flush retried at once, as a write does,
+ * instead of failing until the flush thread's own retry, up to 500 ms later. */
+TEST(test_faults_sync_after_failed_debt_flush_retries_it) {
+    fx f;
+    CHECK_OK(fx_open(&f, true));
+    char k[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(k, sizeof k, "key%06d", i);
+        CHECK_OK(kv_put(f.db, k, strlen(k), "v", 1, 0));
+    }
+    kv_fault_env_arm(f.env, KV_FAULT_SYNC_EIO, 0, ".log");
+    CHECK(kv_sync(f.db) != KV_OK); /* a debt: these batches must reach tables before a sync succeeds */
+    kv_fault_env_clear(f.env);
+    kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, ".sst");
+    CHECK(kv_sync(f.db) != KV_OK); /* the flush that pays it fails */
+    kv_fault_env_clear(f.env);    /* space freed */
+    int rc = kv_sync(f.db);
+    CHECK_MSG(rc == KV_OK, "the first sync after the fault was cleared: %s (%s)", kv_strerror(rc), kv_errmsg());
+    fx_free(&f);
+}
