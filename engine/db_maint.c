@@ -817,15 +817,18 @@ static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
     return added || g->newest ? 0 : BLOB_VISIT_SKIP;
 }
 
+/* Whether a value uses any of the blob files nos[0..n). */
 typedef struct gc_use {
-    uint64_t no;
+    const uint64_t *nos;
+    size_t n;
     bool uses;
 } gc_use;
 
 static int gc_uses_file(void *ctx, const blob_extent *e, bool page) {
     (void)page;
     gc_use *u = ctx;
-    if (e->file_no == u->no) u->uses = true;
+    for (size_t i = 0; i < u->n; i++)
+        if (e->file_no == u->nos[i]) u->uses = true;
     return 0; /* on to the end: a damaged page anywhere must be seen */
 }
 
@@ -852,7 +855,7 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
             const uint8_t *p;
             size_t plen;
             if (db_iter_payload(uit, &p, &plen)) continue;
-            gc_use use = {no, false};
+            gc_use use = {&no, 1, false};
             if (blob_value_visit(db->blobs, p, plen, gc_uses_file, &use) || !use.uses) continue;
             r->found++;
             size_t kl;
@@ -1143,24 +1146,10 @@ int db_blob_rescue(kv_db *db) {
     return rc;
 }
 
-typedef struct lost_use {
-    const uint64_t *lost;
-    size_t n;
-    bool uses;
-} lost_use;
-
-static int uses_lost_file(void *ctx, const blob_extent *e, bool page) {
-    (void)page;
-    lost_use *u = ctx;
-    for (size_t i = 0; i < u->n; i++)
-        if (e->file_no == u->lost[i]) u->uses = true;
-    return 0;
-}
-
 int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, const uint8_t *payload, size_t plen,
                     kv_bytes *out) {
-    lost_use u = {lost, n, false};
-    if (blob_value_visit(db->blobs, payload, plen, uses_lost_file, &u) || !u.uses) return 0;
+    gc_use u = {lost, n, false};
+    if (blob_value_visit(db->blobs, payload, plen, gc_uses_file, &u) || !u.uses) return 0;
     int rc = gc_value_readable(db, payload, plen);
     if (rc == KV_ECORRUPT) return 0; /* already damaged: left as it is, for reads and kv_check to report */
     if (!rc && !*w) rc = db_new_blob_file(db, w);

@@ -819,7 +819,8 @@ int kvfs_unlink(kvfs_fs *fs, const char *path) {
     store_batch b;
     store_batch_init(&b);
     rc = gather_file(fs, n.p.key, n.p.klen, n.stored, &l);
-    if (!rc) rc = touch_parent(fs, &n, &b, NULL, NULL);
+    bool pstored = false; /* an explicit parent never vanishes: no ancestor to touch then */
+    if (!rc) rc = touch_parent(fs, &n, &b, NULL, &pstored);
     pthread_mutex_lock(&fs->tbl_mu);
     kvfs_file *f = rc ? NULL : file_find(fs, n.p.key, n.p.klen);
     keybuf ok;
@@ -862,7 +863,7 @@ int kvfs_unlink(kvfs_fs *fs, const char *path) {
     kb_free(&ok);
     items_free(&l);
     store_batch_free(&b);
-    if (!rc) touch_remaining_ancestor(fs, path);
+    if (!rc && !pstored) touch_remaining_ancestor(fs, path);
 done:
     node_free(&n);
 unlock:
@@ -933,7 +934,8 @@ int kvfs_rmdir(kvfs_fs *fs, const char *path) {
         mk.p[0] = META_DIR_XATTR;
         rc = collect_prefix(fs, &l, STORE_KS_META, mk.p, mk.len, false);
         for (size_t i = 0; !rc && i < l.n; i++) store_batch_delete(&b, l.v[i].ks, l.v[i].key, l.v[i].klen);
-        if (!rc) rc = touch_parent(fs, &n, &b, NULL, NULL);
+        bool pstored = false;
+        if (!rc) rc = touch_parent(fs, &n, &b, NULL, &pstored);
         if (!rc) rc = fs_write_batch(fs, &b);
         if (!rc) {
             dc_set(fs, dk.p, dk.len, DC_NONE, NULL, false);
@@ -942,7 +944,7 @@ int kvfs_rmdir(kvfs_fs *fs, const char *path) {
         items_free(&l);
         kb_free(&mk);
         store_batch_free(&b);
-        if (!rc) touch_remaining_ancestor(fs, path);
+        if (!rc && !pstored) touch_remaining_ancestor(fs, path);
     }
     kb_free(&dk);
 done:
@@ -1134,7 +1136,8 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     kb_init(&tmp);
     rc = gather_entry(fs, &s, &sl);
     if (!rc && d.type != NODE_NONE) rc = gather_entry(fs, &d, &dl);
-    if (!rc) rc = touch_parent(fs, &s, &b, NULL, NULL);
+    bool spstored = false; /* an explicit source parent never vanishes: no ancestor to touch then */
+    if (!rc) rc = touch_parent(fs, &s, &b, NULL, &spstored);
     if (!rc && (s.p.dir_len != d.p.dir_len || memcmp(s.p.key, d.p.key, s.p.dir_len) != 0))
         rc = touch_parent(fs, &d, &b, NULL, NULL);
     pthread_mutex_lock(&fs->tbl_mu);
@@ -1234,7 +1237,7 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     items_free(&sl);
     items_free(&dl);
     store_batch_free(&b);
-    if (!rc && !(flags & RENAME_EXCHANGE)) touch_remaining_ancestor(fs, from);
+    if (!rc && !spstored && !(flags & RENAME_EXCHANGE)) touch_remaining_ancestor(fs, from);
 free_all:
     if (have_d) node_free(&d);
 free_s:
