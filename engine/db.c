@@ -197,7 +197,7 @@ static int new_log(kv_db *db) {
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "log");
     wal_writer *w;
-    int rc = wal_writer_open(db->env, path, &w);
+    int rc = wal_writer_open_ahead(db->env, path, &w);
     if (!rc) rc = db->env->sync_dir(db->env, db->dir);
     if (rc) {
         if (w && rc) {

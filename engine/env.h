@@ -6,8 +6,8 @@
  *    can substitute an environment that injects faults (env_fault.c) or simulates a power loss.
  *  - Every function returns KV_OK or a negative KV_E* code and, on failure, sets the thread's error message with the
  *    path (kv_set_error). ENOSPC and EDQUOT map to KV_ENOSPC, ENOENT to KV_ENOTFOUND, everything else to KV_EIO.
- *  - A kv_file belongs to the environment that opened it; it is used from one thread at a time for appends, while
- *    read_at may be called from many threads at once (pread semantics).
+ *  - A kv_file belongs to the environment that opened it; it is used from one thread at a time for appends and
+ *    write_at, while read_at may be called from many threads at once (pread semantics).
  */
 #ifndef KV_ENV_H
 #define KV_ENV_H
@@ -32,6 +32,14 @@ typedef struct kv_env {
     int (*append)(struct kv_env *env, kv_file *f, const void *buf, size_t len);
     /* Optional (NULL: kv_env_appendv calls append per piece): append n pieces in order, as append does one. */
     int (*appendv)(struct kv_env *env, kv_file *f, const struct iovec *iov, int n);
+    /* Optional, all three or none (NULL: the write-ahead log appends instead). open_overwrite creates a file
+     * (truncating an existing one) whose bytes are written by offset with write_at, which writes all len bytes at off
+     * (a short write is an error: the file may then hold a prefix of buf there). allocate makes the file at least
+     * size bytes long, the new bytes reading as zeros, with disk space reserved for them where the file system can
+     * (fallocate). Writes into space allocated ahead change no file size, so their fdatasync has less to commit. */
+    int (*open_overwrite)(struct kv_env *env, const char *path, kv_file **out);
+    int (*write_at)(struct kv_env *env, kv_file *f, uint64_t off, const void *buf, size_t len);
+    int (*allocate)(struct kv_env *env, kv_file *f, uint64_t size);
     /* Make the file's data durable (fdatasync). */
     int (*sync)(struct kv_env *env, kv_file *f);
     int (*size)(struct kv_env *env, kv_file *f, uint64_t *size);

@@ -19,6 +19,8 @@
  *
  * What a power loss rewinds (and what it does not):
  *  - appended data past the last sync of a file: cut (a file never synced since creation ends up empty);
+ *  - a file written by offset (open_overwrite): cut to the end of what was written when its last sync began, then
+ *    filled with zeros up to the size it had then (space allocated ahead and synced stays, reading as zeros);
  *  - a creation (open_write / open_append of a missing file, link): the name is removed;
  *  - a rename: moved back when the source name is free again, and a file it replaced is rewritten with its durable
  *    content, if that content was at most FAULT_SAVE_MAX bytes and the FAULT_SAVE_TOTAL budget (memory held until
@@ -59,6 +61,9 @@ typedef struct fstate {
     uint64_t synced;
     bool fresh;    /* created (under this or an earlier name) since the last sync_dir: a power loss removes it */
     bool poisoned; /* a sync of it failed: later syncs no longer make anything durable (see fe_sync) */
+    bool by_offset;        /* opened with open_overwrite: its size may run ahead of its data (allocate) */
+    uint64_t written;      /* by_offset: the end of the data written by write_at (the furthest offset + length) */
+    uint64_t alloc_synced; /* by_offset: the file's size when its last successful sync began */
 } fstate;
 
 enum { U_CREATE, U_RENAME, U_REMOVE };
@@ -147,6 +152,8 @@ static fstate *st_add(fault_env *fe, const char *path, uint64_t synced, bool fre
         s->synced = synced;
         s->fresh = s->fresh || fresh;
         s->poisoned = false;
+        s->by_offset = false;
+        s->written = s->alloc_synced = 0;
         return s;
     }
     if (fe->nst == fe->capst) {
@@ -329,8 +336,12 @@ static int fe_open_read(kv_env *env, const char *path, kv_file **out) {
     return wrap(fe, path, inner, out);
 }
 
-/* open_write and open_append: creation (or truncation) is a namespace change, so it runs under the mutex. */
-static int open_for_write(fault_env *fe, const char *path, bool truncate, kv_file **out) {
+enum { OPEN_WRITE, OPEN_APPEND, OPEN_OVERWRITE };
+
+/* open_write, open_append and open_overwrite: creation (or truncation) is a namespace change, so it runs under the
+ * mutex. */
+static int open_for_write(fault_env *fe, const char *path, int how, kv_file **out) {
+    bool truncate = how != OPEN_APPEND;
     int rc;
     kv_file *inner = NULL;
     *out = NULL;
@@ -359,7 +370,9 @@ static int open_for_write(fault_env *fe, const char *path, bool truncate, kv_fil
         rc = fe->base->file_size(fe->base, path, &old_size);
         if (rc != KV_OK) goto done;
     }
-    rc = truncate ? fe->base->open_write(fe->base, path, &inner) : fe->base->open_append(fe->base, path, &inner);
+    rc = how == OPEN_WRITE       ? fe->base->open_write(fe->base, path, &inner)
+         : how == OPEN_OVERWRITE ? fe->base->open_overwrite(fe->base, path, &inner)
+                                 : fe->base->open_append(fe->base, path, &inner);
     if (rc != KV_OK) goto done;
     if (!existed) {
         if (!st_add(fe, path, 0, true) || undo_push(fe, U_CREATE, path, NULL, NULL, 0, false) != KV_OK)
@@ -370,6 +383,8 @@ static int open_for_write(fault_env *fe, const char *path, bool truncate, kv_fil
         /* first sight of a file that was already there: what it holds now is taken as durable */
         if (!st_add(fe, path, old_size, false)) rc = kv_set_error(KV_ENOMEM, "open %s: out of memory", path);
     }
+    fstate *s = rc == KV_OK && how == OPEN_OVERWRITE ? st_find(fe, path) : NULL;
+    if (s) s->by_offset = true; /* st_add has just reset written and alloc_synced */
 done:
     pthread_mutex_unlock(&fe->mu);
     if (rc != KV_OK) {
@@ -380,11 +395,15 @@ done:
 }
 
 static int fe_open_write(kv_env *env, const char *path, kv_file **out) {
-    return open_for_write(FE(env), path, true, out);
+    return open_for_write(FE(env), path, OPEN_WRITE, out);
 }
 
 static int fe_open_append(kv_env *env, const char *path, kv_file **out) {
-    return open_for_write(FE(env), path, false, out);
+    return open_for_write(FE(env), path, OPEN_APPEND, out);
+}
+
+static int fe_open_overwrite(kv_env *env, const char *path, kv_file **out) {
+    return open_for_write(FE(env), path, OPEN_OVERWRITE, out);
 }
 
 static int fe_read_at(kv_env *env, kv_file *f, uint64_t off, void *buf, size_t len, size_t *nread) {
@@ -429,6 +448,63 @@ static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
     }
 }
 
+/* Note that [off, end) of a file written by offset now holds data. */
+static void note_written(fault_env *fe, kv_file *f, uint64_t end) {
+    pthread_mutex_lock(&fe->mu);
+    fstate *s = fe->crashed ? NULL : st_find(fe, f->path);
+    if (s && end > s->written) s->written = end;
+    pthread_mutex_unlock(&fe->mu);
+}
+
+/* The faults of append, on a write by offset. */
+static int fe_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, size_t len) {
+    fault_env *fe = FE(env);
+    pthread_mutex_lock(&fe->mu);
+    if (fe->crashed || !f->inner) { /* the bytes go nowhere */
+        pthread_mutex_unlock(&fe->mu);
+        return KV_OK;
+    }
+    kv_fault_kind k = fault_due(fe, OP_APPEND, f->path);
+    pthread_mutex_unlock(&fe->mu);
+    size_t put = k == KV_FAULT_NONE || k == KV_FAULT_WRITE_STUCK ? len : k == KV_FAULT_WRITE_SHORT ? len / 2 : 0;
+    if (put) {
+        int rc = fe->base->write_at(fe->base, f->inner, off, buf, put);
+        if (rc != KV_OK) return rc;
+        note_written(fe, f, off + put);
+    }
+    switch (k) {
+    case KV_FAULT_WRITE_EIO:
+    case KV_FAULT_DISK_EIO: return kv_set_error(KV_EIO, "write %s: I/O error (injected fault)", f->path);
+    case KV_FAULT_WRITE_STUCK:
+        return kv_set_error(KV_EIO, "write %s: I/O error after the bytes were written (injected fault)", f->path);
+    case KV_FAULT_WRITE_SHORT:
+        return kv_set_error(KV_EIO, "write %s: short write, %zu of %zu bytes (injected fault)", f->path, len / 2,
+                            len);
+    case KV_FAULT_ENOSPC:
+        return kv_set_error(KV_ENOSPC, "write %s: no space left on device (injected fault)", f->path);
+    default: return KV_OK;
+    }
+}
+
+/* Allocation fails while a full-disk or dying-disk fault is in force for the file; it uses up no count of `after`
+ * (it is not an append), so arming a fault after N appends means the same with or without space allocated ahead. */
+static int fe_allocate(kv_env *env, kv_file *f, uint64_t size) {
+    fault_env *fe = FE(env);
+    pthread_mutex_lock(&fe->mu);
+    bool skip = fe->crashed || !f->inner;
+    bool full = !skip && fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
+                (!fe->substr || strstr(f->path, fe->substr));
+    if (full) fe->failures++;
+    kv_fault_kind k = fe->kind;
+    pthread_mutex_unlock(&fe->mu);
+    if (skip) return KV_OK;
+    if (full)
+        return k == KV_FAULT_ENOSPC
+                   ? kv_set_error(KV_ENOSPC, "fallocate %s: no space left on device (injected fault)", f->path)
+                   : kv_set_error(KV_EIO, "fallocate %s: I/O error (injected fault)", f->path);
+    return fe->base->allocate(fe->base, f->inner, size);
+}
+
 static int fe_sync(kv_env *env, kv_file *f) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
@@ -446,16 +522,24 @@ static int fe_sync(kv_env *env, kv_file *f) {
         pthread_mutex_unlock(&fe->mu);
         return kv_set_error(KV_EIO, "fdatasync %s: I/O error (injected fault)", f->path);
     }
+    /* What the file holds when the sync starts is durable once it returns; later writes are not. For a file written
+     * by offset that is its data up to `written`, and zeros up to its size. */
+    fstate *s0 = st_find(fe, f->path);
+    bool by_offset = s0 && s0->by_offset;
+    uint64_t written = by_offset ? s0->written : 0;
     pthread_mutex_unlock(&fe->mu);
-    /* What the file holds when the sync starts is durable once it returns; later appends are not. */
     uint64_t size;
     int rc = fe->base->size(fe->base, f->inner, &size);
     if (rc != KV_OK) return rc;
     rc = fe->base->sync(fe->base, f->inner);
     if (rc != KV_OK) return rc;
+    uint64_t data = by_offset && written < size ? written : size;
     pthread_mutex_lock(&fe->mu);
     fstate *s = fe->crashed ? NULL : st_find(fe, f->path);
-    if (s && !s->poisoned && size > s->synced) s->synced = size; /* syncs may run at once and end in any order */
+    if (s && !s->poisoned) { /* syncs may run at once and end in any order */
+        if (data > s->synced) s->synced = data;
+        if (s->by_offset && size > s->alloc_synced) s->alloc_synced = size;
+    }
     pthread_mutex_unlock(&fe->mu);
     return KV_OK;
 }
@@ -581,6 +665,8 @@ static int fe_truncate(kv_env *env, const char *path, uint64_t size) {
         /* bytes cut off are gone; bytes added (zeros) are not durable until a sync */
         if (s) {
             if (s->synced > size) s->synced = size;
+            if (s->written > size) s->written = size;
+            if (s->alloc_synced > size) s->alloc_synced = size;
         } else if (!st_add(fe, path, old < size ? old : size, false)) {
             rc = kv_set_error(KV_ENOMEM, "truncate %s: out of memory", path);
         }
@@ -661,12 +747,16 @@ kv_env *kv_fault_env_new(kv_env *base) {
         return NULL;
     }
     fe->base = base;
+    bool overwrite = base->open_overwrite && base->write_at && base->allocate;
     fe->env = (kv_env){
         .open_read = fe_open_read,
         .open_write = fe_open_write,
         .open_append = fe_open_append,
         .read_at = fe_read_at,
         .append = fe_append,
+        .open_overwrite = overwrite ? fe_open_overwrite : NULL,
+        .write_at = overwrite ? fe_write_at : NULL,
+        .allocate = overwrite ? fe_allocate : NULL,
         .sync = fe_sync,
         .size = fe_size,
         .close = fe_close,
@@ -790,6 +880,9 @@ int kv_fault_env_apply_crash(kv_env *env) {
         uint64_t size;
         int rc = b->exists(b, s->path) == 1 ? b->file_size(b, s->path, &size) : KV_ENOTFOUND;
         if (rc == KV_OK && size > s->synced) rc = b->truncate(b, s->path, s->synced);
+        /* space allocated ahead and synced outlives the data written into it since: it reads as zeros */
+        if (rc == KV_OK && s->by_offset && s->alloc_synced > s->synced && size > s->synced)
+            rc = b->truncate(b, s->path, s->alloc_synced < size ? s->alloc_synced : size);
         if (rc != KV_OK && rc != KV_ENOTFOUND && first_err == KV_OK) first_err = rc;
         if (rc == KV_ENOTFOUND) {
             /* the file is gone: forget it (the last state moves into slot i) */
@@ -806,6 +899,8 @@ int kv_fault_env_apply_crash(kv_env *env) {
         if (b->file_size(b, fe->st[i]->path, &size) == KV_OK) fe->st[i]->synced = size;
         fe->st[i]->fresh = false;
         fe->st[i]->poisoned = false;
+        fe->st[i]->by_offset = false;
+        fe->st[i]->written = fe->st[i]->alloc_synced = 0;
     }
     fe->crashed = false;
     pthread_mutex_unlock(&fe->mu);

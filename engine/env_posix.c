@@ -5,7 +5,9 @@
  *  - One process-wide, immutable kv_env: it holds no state, so it needs no lock and is never destroyed.
  *  - A kv_file owns exactly one file descriptor, opened with O_CLOEXEC so a fork+exec never inherits store files.
  *    Files opened for writing use O_APPEND: every append lands at the current end of the file, even after a
- *    truncate through another name or handle (the WAL writer relies on this to cut a partial record off and go on).
+ *    truncate through another name or handle (the record log relies on this to cut a partial record off and go on).
+ *    The one exception is open_overwrite, whose files are written by offset (pwrite ignores the offset under
+ *    O_APPEND); their writer keeps its own end and cuts back to it itself.
  *  - Every failure sets the thread's message naming the operation and the path (kv_set_errno) before returning.
  *  - read_at and append retry EINTR and partial transfers, so a short result means end of file (read) or an error.
  *  - Locks are open-file-description locks (F_OFD_SETLK): they conflict with a second lock of the same file even from
@@ -92,12 +94,14 @@ static int px_read_at(kv_env *env, kv_file *f, uint64_t off, void *buf, size_t l
     return KV_OK;
 }
 
-static int px_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
-    (void)env;
+/* Write all len bytes: at the end of the file (at_end, O_APPEND) or at off; resumed after EINTR and partial writes. */
+static int write_all(kv_file *f, bool at_end, uint64_t off, const void *buf, size_t len) {
     size_t done = 0;
     while (done < len) {
         size_t want = len - done < IO_CHUNK ? len - done : IO_CHUNK;
-        ssize_t r = write(f->fd, (const char *)buf + done, want);
+        if (!at_end && off + done > (uint64_t)INT64_MAX - want) return kv_set_errno(EFBIG, "write", f->path);
+        ssize_t r = at_end ? write(f->fd, (const char *)buf + done, want)
+                           : pwrite(f->fd, (const char *)buf + done, want, (off_t)(off + done));
         if (r < 0) {
             if (errno == EINTR) continue;
             return kv_set_errno(errno, "write", f->path);
@@ -107,6 +111,41 @@ static int px_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
         done += (size_t)r;
     }
     return KV_OK;
+}
+
+static int px_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
+    (void)env;
+    return write_all(f, true, 0, buf, len);
+}
+
+/* A file written by offset: no O_APPEND, which would make Linux's pwrite ignore the offset. */
+static int px_open_overwrite(kv_env *env, const char *path, kv_file **out) {
+    (void)env;
+    return open_file(path, O_RDWR | O_CREAT | O_TRUNC, out);
+}
+
+static int px_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, size_t len) {
+    (void)env;
+    return write_all(f, false, off, buf, len);
+}
+
+/* fallocate reserves the blocks (reading as zeros); a file system without it gets a plain size change instead. */
+static int px_allocate(kv_env *env, kv_file *f, uint64_t size) {
+    (void)env;
+    if (size > (uint64_t)INT64_MAX) return kv_set_error(KV_EINVAL, "allocate %s: size too large", f->path);
+    int r;
+    do {
+        r = fallocate(f->fd, 0, 0, (off_t)size);
+    } while (r != 0 && errno == EINTR);
+    if (r == 0) return KV_OK;
+    if (errno != EOPNOTSUPP && errno != ENOSYS) return kv_set_errno(errno, "fallocate", f->path);
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) return kv_set_errno(errno, "fstat", f->path);
+    if ((uint64_t)st.st_size >= size) return KV_OK;
+    do {
+        r = ftruncate(f->fd, (off_t)size);
+    } while (r != 0 && errno == EINTR);
+    return r == 0 ? KV_OK : kv_set_errno(errno, "ftruncate", f->path);
 }
 
 /* writev, resumed after EINTR and partial transfers (a partial one may end inside any piece). */
@@ -341,6 +380,9 @@ static kv_env posix_env = {
     .read_at = px_read_at,
     .append = px_append,
     .appendv = px_appendv,
+    .open_overwrite = px_open_overwrite,
+    .write_at = px_write_at,
+    .allocate = px_allocate,
     .sync = px_sync,
     .size = px_size,
     .close = px_close,

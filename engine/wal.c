@@ -9,13 +9,17 @@
  *    record that was appended in full. When an append fails, the writer cuts the file back to w->size so the next
  *    record starts on a record boundary; if even that fails, the writer refuses further appends (w->broken) rather
  *    than write a good record behind a partial one, which a reader would take for corruption.
+ *  - A writer opened with wal_writer_open_ahead writes by offset into space it allocates ahead (w->allocated >=
+ *    w->size once an allocation succeeded), so an fdatasync after an append commits no change of the file's size.
+ *    The file then ends in zeros after the last record; readers take an all-zero rest of the file as its end.
  *  - Reader: r->pos is the offset of the next record and only moves past records whose checksum matched, so it is
  *    also the valid end. The window buf[0 .. len) holds file bytes [buf_off, buf_off + len), with buf_off <= pos;
  *    it grows only to hold the largest record met (plus the header), never to the file size.
- *  - Classification (wal.h): no bytes at pos = clean end; 1..7 bytes = torn (header cut short); a length running
- *    past the end of the file = torn, checked against the file size before any buffer grows, so a bogus length
- *    never allocates; a bad checksum = torn if the record ends exactly at the end of the file, else corruption; a
- *    length above WAL_MAX_RECORD that still fits in the file = corruption (no writer produces it).
+ *  - Classification (wal.h): no bytes at pos, or only zeros from pos to the end = clean end; 1..7 bytes = torn
+ *    (header cut short); a length running past the end of the file = torn, checked against the file size before
+ *    any buffer grows, so a bogus length never allocates; a bad checksum = torn if the record ends exactly at the
+ *    end of the file or only zeros follow it, else corruption; a length above WAL_MAX_RECORD that still fits in the
+ *    file = corruption (no writer produces it).
  *    Torn and clean ends return KV_ENOTFOUND and are re-evaluated on each call, so a reader may poll a log that is
  *    still growing.
  */
@@ -32,6 +36,8 @@
 
 #define READ_CHUNK ((size_t)32 << 10) /* smallest reader window */
 #define SCRATCH_KEEP ((size_t)4 << 20) /* a writer keeps a record buffer up to this size between appends */
+#define ALLOC_MIN ((uint64_t)64 << 10)   /* space allocated ahead by wal_writer_open_ahead's writers: at least */
+#define ALLOC_MAX ((uint64_t)1 << 20)    /* ... and at most */
 
 /* ---- Writer ---------------------------------------------------------------------------------------------------- */
 
@@ -39,6 +45,8 @@ struct wal_writer {
     kv_env *env;
     kv_file *file;
     uint64_t size;
+    uint64_t allocated; /* by_offset: the file's size as last allocated (0: not yet, or cut back after a failure) */
+    bool by_offset;     /* written with write_at into space allocated ahead, not appended */
     bool broken;
     kv_bytes rec; /* scratch: the record being appended */
     char path[];
@@ -54,19 +62,39 @@ static int writer_new(kv_env *env, const char *path, wal_writer **out) {
     return KV_OK;
 }
 
-int wal_writer_open(kv_env *env, const char *path, wal_writer **out) {
+/* A writer that appends, or (ahead, when the environment can) writes by offset into space allocated ahead. */
+static int writer_open(kv_env *env, const char *path, bool ahead, wal_writer **out) {
     *out = NULL;
     if (!env) env = kv_env_posix();
+    ahead = ahead && env->open_overwrite && env->write_at && env->allocate;
     wal_writer *w;
     int rc = writer_new(env, path, &w);
     if (rc != KV_OK) return rc;
-    rc = env->open_write(env, path, &w->file);
+    rc = ahead ? env->open_overwrite(env, path, &w->file) : env->open_write(env, path, &w->file);
     if (rc != KV_OK) {
         free(w);
         return rc;
     }
+    w->by_offset = ahead;
     *out = w;
     return KV_OK;
+}
+
+int wal_writer_open(kv_env *env, const char *path, wal_writer **out) { return writer_open(env, path, false, out); }
+
+int wal_writer_open_ahead(kv_env *env, const char *path, wal_writer **out) {
+    return writer_open(env, path, true, out);
+}
+
+/* Room for `need` more bytes: allocate ahead by as much as the log holds already, between ALLOC_MIN and ALLOC_MAX, so
+ * a small log wastes little and a large one allocates rarely. A failed allocation is not an error by itself (the
+ * write that follows may still fit, or will report the real cause); it is tried again at the next append. */
+static void allocate_ahead(wal_writer *w, size_t need) {
+    if (w->size + need <= w->allocated) return;
+    uint64_t ahead = w->size < ALLOC_MIN ? ALLOC_MIN : w->size > ALLOC_MAX ? ALLOC_MAX : w->size;
+    uint64_t want = w->size + need + ahead;
+    if (w->env->allocate(w->env, w->file, want) == KV_OK) w->allocated = want;
+    else kv_clear_error();
 }
 
 int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_writer **out) {
@@ -101,7 +129,13 @@ int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_wri
  * back so the log stays a clean sequence of records (and if that fails too, refuse further appends). */
 static int append_framed(wal_writer *w) {
     size_t at = w->rec.len;
-    int rc = w->env->append(w->env, w->file, w->rec.data, at);
+    int rc;
+    if (w->by_offset) {
+        allocate_ahead(w, at);
+        rc = w->env->write_at(w->env, w->file, w->size, w->rec.data, at);
+    } else {
+        rc = w->env->append(w->env, w->file, w->rec.data, at);
+    }
     if (w->rec.cap > SCRATCH_KEEP) bytes_free(&w->rec); /* do not pin the memory of one huge record */
     if (rc == KV_OK) {
         w->size += at;
@@ -111,6 +145,7 @@ static int append_framed(wal_writer *w) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", kv_errmsg());
     if (w->env->truncate(w->env, w->path, w->size) != KV_OK) w->broken = true;
+    w->allocated = 0; /* the cut also took the space allocated ahead */
     return kv_set_error(rc, "%s", msg);
 }
 
@@ -262,7 +297,31 @@ static int end_torn(wal_reader *r, const char *why) {
 
 static int file_size(wal_reader *r, uint64_t *size) { return r->env->size(r->env, r->file, size); }
 
-int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset) {
+/* *zero = every byte of the file from `from` to its end is zero (also when there is none). Reads in small pieces
+ * outside the window, so a long run of zeros costs time, not memory. */
+static int rest_is_zero(wal_reader *r, uint64_t from, bool *zero) {
+    uint8_t piece[4096];
+    *zero = false;
+    for (;;) {
+        size_t got = 0;
+        int rc = r->env->read_at(r->env, r->file, from, piece, sizeof piece, &got);
+        if (rc != KV_OK) return rc;
+        for (size_t i = 0; i < got; i++)
+            if (piece[i]) return KV_OK;
+        if (got < sizeof piece) break;
+        from += got;
+    }
+    *zero = true;
+    return KV_OK;
+}
+
+static bool all_zero(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i]) return false;
+    return true;
+}
+
+static int read_record(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset) {
     *payload = NULL;
     *len = 0;
     *offset = r->pos;
@@ -275,6 +334,15 @@ int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offs
     if (avail < WAL_HEADER) return end_torn(r, "header cut short");
 
     const uint8_t *h = r->buf + (r->pos - r->buf_off);
+    /* Space a writer allocated ahead (wal_writer_open_ahead) reads as zeros: a file that is zeros from here on ends
+     * here. (No record has an all-zero header: the checksum of a zero length is not zero.) */
+    if (all_zero(h, WAL_HEADER)) {
+        bool zero;
+        rc = rest_is_zero(r, r->pos, &zero);
+        if (rc != KV_OK) return rc;
+        if (zero) return kv_set_error(KV_ENOTFOUND, "%s: end of log at offset %llu (zeros follow)", r->name,
+                                      (unsigned long long)r->pos);
+    }
     uint32_t want_sum = get_fixed32(h), n = get_fixed32(h + 4);
     uint64_t end = r->pos + WAL_HEADER + n;
     /* Never trust the length: check it against the file before reading (or allocating) that much. */
@@ -301,6 +369,11 @@ int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offs
             if (rc != KV_OK) return rc;
             last = end >= size;
         }
+        /* ... also when nothing but zeros follows it: a record cut short in space allocated ahead */
+        if (!last) {
+            rc = rest_is_zero(r, end, &last);
+            if (rc != KV_OK) return rc;
+        }
         if (last) return end_torn(r, "checksum mismatch in the last record");
         return kv_set_error(KV_ECORRUPT, "%s: corrupt record at offset %llu: checksum mismatch (length %u)",
                             r->name, (unsigned long long)r->pos, n);
@@ -310,6 +383,17 @@ int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offs
     *offset = r->pos;
     r->pos = end;
     return KV_OK;
+}
+
+/* A reader may follow a log that a writer is still filling, and a writer by offset (wal_writer_open_ahead) fills space
+ * that already exists: the window may hold zeros read just before the writer's bytes landed, while the bytes after it
+ * are read later. So what looks like damage is read once more from the file before it is reported. */
+int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset) {
+    int rc = read_record(r, payload, len, offset);
+    if (rc != KV_ECORRUPT) return rc;
+    r->buf_off = r->pos;
+    r->len = 0;
+    return read_record(r, payload, len, offset);
 }
 
 bool wal_reader_torn(const wal_reader *r) { return r->torn; }

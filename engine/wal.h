@@ -9,8 +9,9 @@
  *  - wal_append writes one whole record with one append call; after wal_sync returns, every record appended before
  *    it is durable.
  *  - A reader never trusts a length: a record whose length runs past the end of the file, or a header cut short, is
- *    a torn tail. A record whose checksum fails is a torn tail when it is the last thing in the file, otherwise
- *    corruption, reported with the file name and the record's offset. A torn tail ends the log silently.
+ *    a torn tail. A record whose checksum fails is a torn tail when it is the last thing in the file (or only zeros
+ *    follow it), otherwise corruption, reported with the file name and the record's offset. A torn tail ends the
+ *    log silently. Zeros from a record boundary to the end of the file are a clean end (space allocated ahead).
  *  - The reader streams: memory is bounded by the largest record, not the file size.
  */
 #ifndef KV_WAL_H
@@ -28,6 +29,11 @@
 typedef struct wal_writer wal_writer;
 /* Create (truncate) path for appending records. */
 int wal_writer_open(kv_env *env, const char *path, wal_writer **out);
+/* The same, for a log synced often (the write-ahead log): the writer allocates space ahead of its records and writes
+ * them by offset, so the file's size changes once per allocation, not at every append, and fdatasync is cheaper.
+ * The file then ends in zeros, which readers take as its end. Without the environment's open_overwrite, write_at
+ * and allocate it is wal_writer_open. */
+int wal_writer_open_ahead(kv_env *env, const char *path, wal_writer **out);
 /* Reopen an existing log to append after its last valid record (valid_end from a reader); the file is cut there. */
 int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_writer **out);
 int wal_append(wal_writer *w, const void *payload, size_t len);

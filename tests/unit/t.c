@@ -1,6 +1,8 @@
 /* t.c — the unit-test runner (see t.h). */
 #include "t.h"
 
+#include "wal.h"
+
 #include <dirent.h>
 #include <ftw.h>
 #include <stdarg.h>
@@ -54,6 +56,20 @@ bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n) {
     }
     closedir(d);
     return out[0] != 0;
+}
+
+bool t_log_end(const char *path, bool cut, uint64_t *end) {
+    wal_reader *r;
+    if (wal_reader_open(NULL, path, NULL, &r) != KV_OK) return false;
+    const uint8_t *p;
+    size_t len;
+    uint64_t off;
+    int rc;
+    while ((rc = wal_read(r, &p, &len, &off)) == KV_OK) {
+    }
+    *end = wal_reader_valid_end(r);
+    wal_reader_close(r);
+    return rc == KV_ENOTFOUND && (!cut || truncate(path, (off_t)*end) == 0);
 }
 
 static void cleanup(void) {

@@ -27,6 +27,9 @@ uint64_t t_rand(uint64_t *state);
 void t_rmrf(const char *path);
 /* The greatest name in dir ending in suffix (store files are numbered: the newest) into out; false if none. */
 bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n);
+/* The end of the last whole record of a record log (a write-ahead log may go on in zeros allocated ahead) into *end;
+ * with cut, the file is also truncated there, so bytes added at its end come right after that record. */
+bool t_log_end(const char *path, bool cut, uint64_t *end);
 
 #define TEST(name)                                                                  \
     static void name(void);                                                         \

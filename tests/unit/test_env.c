@@ -105,6 +105,40 @@ TEST(test_posix_file_basics) {
     free(dst);
 }
 
+/* A file written by offset into space allocated ahead: the size is the allocation's, the gap reads as zeros, and an
+ * existing file is truncated by open_overwrite. */
+TEST(test_posix_write_at_and_allocate) {
+    kv_env *env = kv_env_posix();
+    const char *p = path_in(t_tmpdir(), "o.dat");
+    CHECK_OK(put_file(env, p, "old contents", false));
+    kv_file *f;
+    CHECK_OK(env->open_overwrite(env, p, &f));
+    uint64_t n;
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 0);
+    CHECK_OK(env->allocate(env, f, 8192));
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 8192);
+    CHECK_OK(env->write_at(env, f, 0, "head", 4));
+    CHECK_OK(env->write_at(env, f, 100, "mid", 3));
+    CHECK_OK(env->write_at(env, f, 4, "er", 2)); /* right after the first write, not at the end of the file */
+    CHECK_OK(env->allocate(env, f, 4096));       /* never shrinks */
+    CHECK_OK(env->sync(env, f));
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 8192);
+    char buf[128];
+    size_t got;
+    CHECK_OK(env->read_at(env, f, 0, buf, sizeof buf, &got));
+    CHECK_EQ(got, sizeof buf);
+    CHECK_MEM(buf, 6, "header", 6);
+    for (int i = 6; i < 100; i++) CHECK_EQ(buf[i], 0);
+    CHECK_MEM(buf + 100, 3, "mid", 3);
+    CHECK_OK(env->write_at(env, f, 9000, "past", 4)); /* beyond the allocation: the file grows */
+    CHECK_OK(env->size(env, f, &n));
+    CHECK_EQ(n, 9004);
+    CHECK_OK(env->close(env, f));
+}
+
 /* Gathered appends: 300 pieces (more than one writev's worth, empty ones among them) land in order, through the
  * POSIX env's writev and through the per-piece fallback of an environment without appendv. */
 TEST(test_posix_appendv) {

@@ -498,3 +498,135 @@ TEST(test_wal_golden_record) {
     CHECK_MEM(raw, len, want, sizeof want);
     free(raw);
 }
+
+/* ---- a log written into space allocated ahead (wal_writer_open_ahead) ----------------------------------------- */
+
+/* Write records of the given sizes with a writer that allocates ahead; the data end goes to *end. */
+static int write_log_ahead(kv_env *env, const char *path, const size_t *sizes, size_t n, uint64_t *end) {
+    wal_writer *w;
+    int rc = wal_writer_open_ahead(env, path, &w);
+    if (rc != KV_OK) return rc;
+    uint8_t buf[5000];
+    for (size_t i = 0; i < n && rc == KV_OK; i++) {
+        fill_payload(buf, sizes[i], i);
+        rc = wal_append(w, buf, sizes[i]);
+    }
+    if (rc == KV_OK) rc = wal_sync(w);
+    *end = wal_writer_size(w);
+    int rc2 = wal_writer_close(w);
+    return rc != KV_OK ? rc : rc2;
+}
+
+/* The file is longer than its records, the rest zeros, and a reader takes the zeros for a clean end; a record cut
+ * short inside them is a torn tail; anything but zeros after a zero header is damage. */
+TEST(test_wal_ahead_zeros_end_the_log) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *src = path_in(dir, "src.log"), *cut = path_in(dir, "cut.log");
+    /* no record has an all-zero header: the checksum of a zero length is not zero */
+    CHECK(kv_checksum("\0\0\0\0", 4) != 0);
+    size_t sizes[] = {10, 0, 500, 3000, 257};
+    size_t n = sizeof sizes / sizeof sizes[0];
+    uint64_t end;
+    CHECK_OK(write_log_ahead(env, src, sizes, n, &end));
+    size_t len;
+    uint8_t *raw = slurp(src, &len);
+    CHECK(raw);
+    CHECK_MSG(len > end, "file %zu bytes, records end at %" PRIu64 ": nothing allocated ahead", len, end);
+    for (size_t i = (size_t)end; i < len; i++) CHECK_EQ(raw[i], 0);
+    CHECK(expect_log(env, src, sizes, n, KV_ENOTFOUND, false, end));
+
+    /* a crash inside the last record's write: its bytes from c on read as zeros */
+    uint64_t last = end - WAL_HEADER - sizes[n - 1];
+    for (size_t c = (size_t)last; c < end; c++) {
+        uint8_t *z = malloc(len);
+        CHECK(z);
+        memcpy(z, raw, c);
+        memset(z + c, 0, len - c);
+        int rc = spit(cut, z, len);
+        free(z);
+        CHECK_OK(rc);
+        /* cut at the record's start: only zeros follow the records before it, a clean end */
+        CHECK_MSG(expect_log(env, cut, sizes, n - 1, KV_ENOTFOUND, c > last, last), "cut at %zu", c);
+    }
+
+    /* a byte that is not zero after the zeros that follow the records: damage, named */
+    raw[len - 1] = 0x5a;
+    CHECK_OK(spit(cut, raw, len));
+    CHECK(expect_log(env, cut, sizes, n, KV_ECORRUPT, false, end));
+    wal_reader *r;
+    CHECK_OK(wal_reader_open(env, cut, "cut.log", &r));
+    const uint8_t *p;
+    size_t plen;
+    uint64_t off;
+    for (size_t i = 0; i < n; i++) CHECK_OK(wal_read(r, &p, &plen, &off));
+    CHECK_EQ(wal_read(r, &p, &plen, &off), KV_ECORRUPT);
+    char want[64];
+    snprintf(want, sizeof want, "cut.log: corrupt record at offset %" PRIu64, end);
+    CHECK_MSG(strstr(kv_errmsg(), want), "%s", kv_errmsg());
+    wal_reader_close(r);
+    /* a damaged earlier record is still corruption, zeros after the records or not */
+    raw[len - 1] = 0;
+    raw[WAL_HEADER + 3] ^= 0x10;
+    CHECK_OK(spit(cut, raw, len));
+    CHECK(expect_log(env, cut, sizes, 0, KV_ECORRUPT, false, 0));
+    free(raw);
+}
+
+/* Through the fault environment: a short write or a full disk is cut back to the last record and later records
+ * follow it; after a power loss the synced records remain, then zeros (the synced allocation), and nothing else. */
+TEST(test_wal_ahead_faults_and_power_loss) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "000005.log");
+    size_t sizes[60];
+    uint8_t buf[5000];
+    for (int i = 0; i < 60; i++) sizes[i] = (size_t)(i * 211 % 5000);
+    wal_writer *w;
+    CHECK_OK(wal_writer_open_ahead(env, p, &w));
+    CHECK_OK(env->sync_dir(env, dir));
+    for (int i = 0; i < 10; i++) {
+        fill_payload(buf, sizes[i], (uint64_t)i);
+        CHECK_OK(wal_append(w, buf, sizes[i]));
+    }
+    uint64_t before = wal_writer_size(w);
+    fill_payload(buf, sizes[10], 10);
+    kv_fault_env_arm(env, KV_FAULT_WRITE_SHORT, 0, "000005.log");
+    CHECK_EQ(wal_append(w, buf, sizes[10]), KV_EIO);
+    CHECK(strstr(kv_errmsg(), "short"));
+    CHECK_EQ(wal_writer_size(w), before);
+    uint64_t fs;
+    CHECK_OK(env->file_size(env, p, &fs));
+    CHECK_EQ(fs, before); /* the cut also took the space allocated ahead */
+    kv_fault_env_arm(env, KV_FAULT_ENOSPC, 0, NULL);
+    CHECK_EQ(wal_append(w, buf, sizes[10]), KV_ENOSPC);
+    CHECK(kv_fault_env_failures(env) >= 2);
+    kv_fault_env_clear(env);
+    uint64_t synced_end = 0;
+    for (int i = 10; i < 60; i++) {
+        fill_payload(buf, sizes[i], (uint64_t)i);
+        CHECK_OK(wal_append(w, buf, sizes[i]));
+        if (i == 40) {
+            CHECK_OK(wal_sync(w));
+            synced_end = wal_writer_size(w);
+        }
+    }
+    CHECK(expect_log(env, p, sizes, 60, KV_ENOTFOUND, false, wal_writer_size(w)));
+    CHECK_OK(env->file_size(env, p, &fs));
+    CHECK(fs > wal_writer_size(w));
+    kv_fault_env_crash(env);
+    CHECK_OK(wal_append(w, "lost", 4));
+    CHECK_OK(wal_sync(w));
+    CHECK_OK(wal_writer_close(w));
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    CHECK_OK(env->file_size(env, p, &fs));
+    CHECK_MSG(fs > synced_end, "after the power loss: %" PRIu64 " bytes, synced records end at %" PRIu64, fs,
+              synced_end);
+    size_t len;
+    uint8_t *raw = slurp(p, &len);
+    CHECK(raw);
+    for (size_t i = (size_t)synced_end; i < len; i++) CHECK_EQ(raw[i], 0);
+    free(raw);
+    CHECK(expect_log(env, p, sizes, 41, KV_ENOTFOUND, false, synced_end));
+    env->destroy(env);
+}
