@@ -37,7 +37,7 @@
 #define READ_CHUNK ((size_t)32 << 10) /* smallest reader window */
 #define SCRATCH_KEEP ((size_t)4 << 20) /* a writer keeps a record buffer up to this size between appends */
 #define ALLOC_MIN ((uint64_t)64 << 10)   /* space allocated ahead by wal_writer_open_ahead's writers: at least */
-#define ALLOC_MAX ((uint64_t)1 << 20)    /* ... and at most */
+#define ALLOC_MAX ((uint64_t)256 << 10)  /* ... and at most */
 
 /* ---- Writer ---------------------------------------------------------------------------------------------------- */
 
