@@ -232,6 +232,8 @@ struct wal_reader {
     uint64_t buf_off;
     uint64_t pos;     /* next record; everything before it is good records */
     bool torn;
+    uint32_t seen_sum; /* after KV_ECORRUPT: checksum and length of the bytes judged (see wal_read) */
+    size_t seen_len;
     char name[];      /* for messages */
 };
 
@@ -352,9 +354,12 @@ static int read_record(wal_reader *r, const uint8_t **payload, size_t *len, uint
         if (rc != KV_OK) return rc;
         if (end > size) return end_torn(r, "record runs past the end of the file");
     }
-    if (n > WAL_MAX_RECORD)
+    if (n > WAL_MAX_RECORD) {
+        r->seen_sum = kv_checksum(h, WAL_HEADER);
+        r->seen_len = WAL_HEADER;
         return kv_set_error(KV_ECORRUPT, "%s: corrupt record at offset %llu: length %u exceeds the maximum %u",
                             r->name, (unsigned long long)r->pos, n, WAL_MAX_RECORD);
+    }
     rc = window_fill(r, WAL_HEADER + (size_t)n, &avail);
     if (rc != KV_OK) return rc;
     if (avail < WAL_HEADER + (size_t)n) return end_torn(r, "record runs past the end of the file");
@@ -375,6 +380,8 @@ static int read_record(wal_reader *r, const uint8_t **payload, size_t *len, uint
             if (rc != KV_OK) return rc;
         }
         if (last) return end_torn(r, "checksum mismatch in the last record");
+        r->seen_sum = kv_checksum(h, WAL_HEADER + (size_t)n);
+        r->seen_len = WAL_HEADER + (size_t)n;
         return kv_set_error(KV_ECORRUPT, "%s: corrupt record at offset %llu: checksum mismatch (length %u)",
                             r->name, (unsigned long long)r->pos, n);
     }
@@ -387,13 +394,21 @@ static int read_record(wal_reader *r, const uint8_t **payload, size_t *len, uint
 
 /* A reader may follow a log that a writer is still filling, and a writer by offset (wal_writer_open_ahead) fills space
  * that already exists: the window may hold zeros read just before the writer's bytes landed, while the bytes after it
- * are read later. So what looks like damage is read once more from the file before it is reported. */
+ * are read later. A re-read can itself catch a write in progress (part of a record, and the next group after it by
+ * the time the rest is looked at). So what looks like damage is read again from the file until the record's bytes
+ * read the same twice (a record once written never changes), at most REREAD_MAX times, before it is reported. */
+#define REREAD_MAX 8
 int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset) {
     int rc = read_record(r, payload, len, offset);
-    if (rc != KV_ECORRUPT) return rc;
-    r->buf_off = r->pos;
-    r->len = 0;
-    return read_record(r, payload, len, offset);
+    for (int i = 0; rc == KV_ECORRUPT && i < REREAD_MAX; i++) {
+        uint32_t sum = r->seen_sum;
+        size_t n = r->seen_len;
+        r->buf_off = r->pos;
+        r->len = 0;
+        rc = read_record(r, payload, len, offset);
+        if (rc == KV_ECORRUPT && r->seen_sum == sum && r->seen_len == n) break; /* the same bytes twice: damage */
+    }
+    return rc;
 }
 
 bool wal_reader_torn(const wal_reader *r) { return r->torn; }
