@@ -88,13 +88,17 @@ int wal_writer_open_ahead(kv_env *env, const char *path, wal_writer **out) {
 
 /* Room for `need` more bytes: allocate ahead by as much as the log holds already, between ALLOC_MIN and ALLOC_MAX, so
  * a small log wastes little and a large one allocates rarely. A failed allocation is not an error by itself (the
- * write that follows may still fit, or will report the real cause); it is tried again at the next append. */
+ * write that follows may still fit, or will report the real cause); it is tried again at the next append. Nor does it
+ * touch the thread's message, which may be another's: the group-commit leader's own batch may have failed before
+ * it appends the others' (a full disk fails a large value's blob write, then the allocation). */
 static void allocate_ahead(wal_writer *w, size_t need) {
     if (w->size + need <= w->allocated) return;
     uint64_t ahead = w->size < ALLOC_MIN ? ALLOC_MIN : w->size > ALLOC_MAX ? ALLOC_MAX : w->size;
     uint64_t want = w->size + need + ahead;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
     if (w->env->allocate(w->env, w->file, want) == KV_OK) w->allocated = want;
-    else kv_clear_error();
+    else kv_set_error(KV_OK, "%s", msg);
 }
 
 int wal_writer_reopen(kv_env *env, const char *path, uint64_t valid_end, wal_writer **out) {

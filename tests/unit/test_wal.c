@@ -7,6 +7,7 @@
 
 #include "coding.h"
 #include "env.h"
+#include "error.h"
 #include "t.h"
 #include "wal.h"
 
@@ -716,5 +717,38 @@ TEST(test_wal_reader_follows_a_log_filled_in_place) {
     CHECK_MEM(rp, len, "next", 4);
     CHECK_EQ(wal_read(r, &rp, &len, &off), KV_ENOTFOUND);
     CHECK(!wal_reader_torn(r));
+    wal_reader_close(r);
+}
+
+static int no_allocate(kv_env *env, kv_file *f, uint64_t size) {
+    (void)env;
+    (void)f;
+    return kv_set_error(KV_ENOSPC, "fallocate to %llu bytes: no space left on device", (unsigned long long)size);
+}
+
+/* A failed allocation ahead is no error, and it leaves the thread's message alone: the group-commit leader's own
+ * batch may have failed (its message set) before it appends the other writers' batches. (It used to be cleared.) */
+TEST(test_wal_ahead_failed_allocation_keeps_the_message) {
+    static kv_env env;
+    env = *kv_env_posix();
+    env.allocate = no_allocate;
+    const char *p = path_in(t_tmpdir(), "000009.log");
+    wal_writer *w;
+    CHECK_OK(wal_writer_open_ahead(&env, p, &w));
+    kv_set_error(KV_ENOSPC, "writing the blob of a large value: no space left on device");
+    CHECK_OK(wal_append(w, "abc", 3));
+    CHECK_MSG(strcmp(kv_errmsg(), "writing the blob of a large value: no space left on device") == 0, "message: %s",
+              kv_errmsg());
+    CHECK_EQ(wal_writer_size(w), (uint64_t)WAL_HEADER + 3);
+    CHECK_OK(wal_sync(w));
+    CHECK_OK(wal_writer_close(w));
+    wal_reader *r;
+    CHECK_OK(wal_reader_open(NULL, p, NULL, &r));
+    const uint8_t *rp;
+    size_t len;
+    uint64_t off;
+    CHECK_OK(wal_read(r, &rp, &len, &off));
+    CHECK_MEM(rp, len, "abc", 3);
+    CHECK_EQ(wal_read(r, &rp, &len, &off), KV_ENOTFOUND);
     wal_reader_close(r);
 }
