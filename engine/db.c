@@ -443,6 +443,17 @@ static int recover_logs(kv_db *db) {
                 if ((rc = memtable_new(db->opt.memtable_bytes, &db->mem))) break;
             }
         }
+        /* The newest log is the only one that may end in unsynced writes (a log is synced before the next one
+         * starts). A power loss may keep a later page of them and lose an earlier one, which in space allocated ahead
+         * reads as zeros: the damaged record then touches a page of zeros. That is a torn tail, not damage: replay
+         * stops there, and the stop is counted (unsynced_log_bytes_dropped). */
+        bool lost = false;
+        if (rc == KV_ECORRUPT && i == nlogs - 1 && wal_reader_damage_is_lost_page(r, &lost) == KV_OK && lost) {
+            uint64_t data_end = 0;
+            if (wal_reader_data_end(r, &data_end) == KV_OK && data_end > wal_reader_valid_end(r))
+                db->st_unsynced_log_bytes = data_end - wal_reader_valid_end(r);
+            rc = KV_OK;
+        }
         wal_reader_close(r);
         if (rc == KV_ENOTFOUND) rc = KV_OK;
         /* past the stop everything is unsynced, and a power loss may leave any bytes there: not damage */

@@ -108,5 +108,11 @@ uint64_t kv_fault_env_failures(kv_env *env);
  * environment works normally again. */
 void kv_fault_env_crash(kv_env *env);
 int kv_fault_env_apply_crash(kv_env *env);
+/* With reorder on, kv_fault_env_apply_crash keeps what was written by offset (write_at) past the last sync instead of
+ * cutting it, except the part of the 4 KiB page that holds the first unsynced byte, which then reads as zeros:
+ * writeback that reached the disk out of order, later pages kept and the earlier one in its old state (its synced
+ * bytes, then the zeros allocated ahead). Files whose unsynced bytes end in that page are cut as usual. Off by
+ * default. */
+void kv_fault_env_set_reorder(kv_env *env, bool on);
 
 #endif /* KV_ENV_H */

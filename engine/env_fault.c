@@ -20,7 +20,9 @@
  * What a power loss rewinds (and what it does not):
  *  - appended data past the last sync of a file: cut (a file never synced since creation ends up empty);
  *  - a file written by offset (open_overwrite): cut to the end of what was written when its last sync began, then
- *    filled with zeros up to the size it had then (space allocated ahead and synced stays, reading as zeros);
+ *    filled with zeros up to the size it had then (space allocated ahead and synced stays, reading as zeros); with
+ *    kv_fault_env_set_reorder, its unsynced bytes are kept instead, but for those in the page of the first of them,
+ *    zeroed;
  *  - a creation (open_write / open_append of a missing file, link): the name is removed;
  *  - a rename: moved back when the source name is free again, and a file it replaced is rewritten with its durable
  *    content, if that content was at most FAULT_SAVE_MAX bytes and the FAULT_SAVE_TOTAL budget (memory held until
@@ -89,6 +91,7 @@ typedef struct fault_env {
     uint64_t failures;
     /* power loss */
     bool crashed;
+    bool reorder; /* kv_fault_env_set_reorder */
     fstate **st;
     size_t nst, capst;
     undo *log;
@@ -813,6 +816,14 @@ uint64_t kv_fault_env_failures(kv_env *env) {
     return n;
 }
 
+void kv_fault_env_set_reorder(kv_env *env, bool on) {
+    fault_env *fe = as_fault(env);
+    if (!fe) return;
+    pthread_mutex_lock(&fe->mu);
+    fe->reorder = on;
+    pthread_mutex_unlock(&fe->mu);
+}
+
 void kv_fault_env_crash(kv_env *env) {
     fault_env *fe = as_fault(env);
     if (!fe) return;
@@ -879,6 +890,20 @@ int kv_fault_env_apply_crash(kv_env *env) {
         fstate *s = fe->st[i];
         uint64_t size;
         int rc = b->exists(b, s->path) == 1 ? b->file_size(b, s->path, &size) : KV_ENOTFOUND;
+        uint64_t page_end = (s->synced / 4096 + 1) * 4096;
+        if (rc == KV_OK && fe->reorder && s->by_offset && s->written <= size && page_end < s->written) {
+            /* out of order: keep the unsynced bytes but those of the page holding the first of them, which keeps
+             * its synced bytes and zeros (the file is rewritten whole with that part zeroed: the base environment
+             * has no way to write inside an existing file) */
+            uint8_t *data = NULL;
+            size_t len = 0;
+            if (size <= FAULT_SAVE_MAX && save_content(fe, s->path, size, &data, &len) && len == size) {
+                memset(data + s->synced, 0, (size_t)(page_end - s->synced));
+                rc = write_whole(b, s->path, data, len);
+                if (rc == KV_OK) s->synced = size; /* nothing more to cut below */
+            }
+            free(data);
+        }
         if (rc == KV_OK && size > s->synced) rc = b->truncate(b, s->path, s->synced);
         /* space allocated ahead and synced outlives the data written into it since: it reads as zeros */
         if (rc == KV_OK && s->by_offset && s->alloc_synced > s->synced && size > s->synced)

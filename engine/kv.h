@@ -333,6 +333,9 @@ typedef struct kv_stats {
     uint64_t unsynced_batches_dropped; /* at the last open: logged batches whose blob bytes a power loss took
                                         * (never synced, so the batch was not durable); dropped with every later
                                         * batch, as a torn log tail is (docs/design.md, "Recovery") */
+    uint64_t unsynced_log_bytes_dropped; /* at the last open: bytes of the newest write-ahead log not replayed
+                                          * because a power loss took a page of them (unsynced writes that reached
+                                          * the disk out of order): a torn tail (docs/format.md, "Reading") */
     uint64_t blob_gc_failures;    /* background blob GC runs since open that ended in an error: KV_ECORRUPT means
                                    * damage, which kv_check names, and GC stops until it is gone (docs/design.md) */
 } kv_stats;

@@ -36,6 +36,7 @@
 
 #define READ_CHUNK ((size_t)32 << 10) /* smallest reader window */
 #define SCRATCH_KEEP ((size_t)4 << 20) /* a writer keeps a record buffer up to this size between appends */
+#define LOST_PAGE 4096                  /* the unit in which a power loss may keep or lose unsynced bytes */
 #define ALLOC_MIN ((uint64_t)64 << 10)   /* space allocated ahead by wal_writer_open_ahead's writers: at least */
 #define ALLOC_MAX ((uint64_t)256 << 10)  /* ... and at most */
 
@@ -413,6 +414,65 @@ int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offs
         if (rc == KV_ECORRUPT && r->seen_sum == sum && r->seen_len == n) break; /* the same bytes twice: damage */
     }
     return rc;
+}
+
+/* Does [from, to) of the file hold only zeros? */
+static int range_is_zero(wal_reader *r, uint64_t from, uint64_t to, bool *zero) {
+    uint8_t piece[LOST_PAGE];
+    *zero = true;
+    while (from < to && *zero) {
+        size_t want = to - from < sizeof piece ? (size_t)(to - from) : sizeof piece, got = 0;
+        int rc = r->env->read_at(r->env, r->file, from, piece, want, &got);
+        if (rc != KV_OK) return rc;
+        if (got < want) return KV_OK; /* the file shrank meanwhile: nothing to judge */
+        for (size_t i = 0; i < got && *zero; i++)
+            if (piece[i]) *zero = false;
+        from += got;
+    }
+    return KV_OK;
+}
+
+int wal_reader_damage_is_lost_page(wal_reader *r, bool *lost) {
+    *lost = false;
+    uint64_t size;
+    int rc = file_size(r, &size);
+    if (rc != KV_OK) return rc;
+    uint64_t pos = r->pos, end = pos + WAL_HEADER;
+    uint8_t h[WAL_HEADER];
+    size_t got = 0;
+    rc = r->env->read_at(r->env, r->file, pos, h, sizeof h, &got);
+    if (rc != KV_OK) return rc;
+    if (got == sizeof h && get_fixed32(h + 4) <= WAL_MAX_RECORD && pos + WAL_HEADER + get_fixed32(h + 4) <= size)
+        end += get_fixed32(h + 4);
+    if (end > size) end = size;
+    /* Each page the record (or at least its header) touches: a lost page reads as zeros whole, or from where the
+     * record starts to the page's end (the page was last written out before the record reached it). A page is
+     * judged whole, also past the record's end. */
+    for (uint64_t pg = pos / LOST_PAGE * LOST_PAGE; pg < end && !*lost; pg += LOST_PAGE) {
+        uint64_t lo = pg < pos ? pos : pg, hi = pg + LOST_PAGE < size ? pg + LOST_PAGE : size;
+        if (lo == pos && hi - lo < WAL_HEADER) continue; /* a few bytes before the next page say nothing */
+        rc = range_is_zero(r, lo, hi, lost);
+        if (rc != KV_OK) return rc;
+    }
+    return KV_OK;
+}
+
+int wal_reader_data_end(wal_reader *r, uint64_t *end) {
+    uint8_t piece[LOST_PAGE];
+    uint64_t at = r->pos;
+    *end = at;
+    for (;;) {
+        size_t got = 0;
+        int rc = r->env->read_at(r->env, r->file, at, piece, sizeof piece, &got);
+        if (rc != KV_OK) return rc;
+        for (size_t i = got; i > 0; i--)
+            if (piece[i - 1]) {
+                *end = at + i;
+                break;
+            }
+        if (got < sizeof piece) return KV_OK;
+        at += got;
+    }
 }
 
 bool wal_reader_torn(const wal_reader *r) { return r->torn; }

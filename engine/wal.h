@@ -54,6 +54,12 @@ int wal_reader_open(kv_env *env, const char *path, const char *name, wal_reader 
  * KV_ENOTFOUND at the end of the log (clean end or torn tail); KV_ECORRUPT (message: file and offset) for a bad
  * record that is not the last one; KV_EIO on read errors. */
 int wal_read(wal_reader *r, const uint8_t **payload, size_t *len, uint64_t *offset);
+/* After wal_read returned KV_ECORRUPT: *lost = the damaged record touches a page that reads as zeros from the
+ * record's start to the page's end, or whole (4 KiB pages). That is what a power loss leaves where it kept a later
+ * page of unsynced writes and lost an earlier one: in space allocated ahead, a lost page reads as zeros. */
+int wal_reader_damage_is_lost_page(wal_reader *r, bool *lost);
+/* The offset just past the last byte of the file that is not zero (the zeros allocated ahead left out). */
+int wal_reader_data_end(wal_reader *r, uint64_t *end);
 bool wal_reader_torn(const wal_reader *r);         /* the log ended in a torn record */
 uint64_t wal_reader_valid_end(const wal_reader *r); /* offset just past the last good record */
 void wal_reader_close(wal_reader *r);

@@ -505,6 +505,10 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
             say(LOG_WARNING, "%s: recovered from a power loss: %llu batch(es) written but never synced were dropped "
                 "(their large-value bytes had not reached the disk)", o->datadir,
                 (unsigned long long)ks.unsynced_batches_dropped);
+        if (kv_get_stats(d.db, &ks) == KV_OK && ks.unsynced_log_bytes_dropped)
+            say(LOG_WARNING, "%s: recovered from a power loss: the last %llu bytes of the write-ahead log, written but "
+                "never synced, were dropped (a page of them had not reached the disk)", o->datadir,
+                (unsigned long long)ks.unsynced_log_bytes_dropped);
         d.st = store_kv_new(d.db, o->datadir);
     }
     if (!d.st) {

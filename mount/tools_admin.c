@@ -62,8 +62,10 @@ int cmd_stats(tool_ctx *c, const targs *a) {
                     wa, st.user_bytes_written, st.wal_bytes_written, st.flush_bytes_written,
                     st.compaction_bytes_written, st.compaction_bytes_read, st.blob_bytes_written);
         tout_printf(o, "\"flushes\":%" PRIu64 ",\"compactions\":%" PRIu64 ",\"stall_micros\":%" PRIu64
-                       ",\"unsynced_batches_dropped\":%" PRIu64 ",\"blob_gc_failures\":%" PRIu64 "}\n",
-                    st.flushes, st.compactions, st.stall_micros, st.unsynced_batches_dropped, st.blob_gc_failures);
+                       ",\"unsynced_batches_dropped\":%" PRIu64 ",\"unsynced_log_bytes_dropped\":%" PRIu64
+                       ",\"blob_gc_failures\":%" PRIu64 "}\n",
+                    st.flushes, st.compactions, st.stall_micros, st.unsynced_batches_dropped,
+                    st.unsynced_log_bytes_dropped, st.blob_gc_failures);
         return TOOL_OK;
     }
     char h1[32], h2[32], h3[32];
@@ -96,6 +98,9 @@ int cmd_stats(tool_ctx *c, const targs *a) {
     if (st.unsynced_batches_dropped) /* only after a power loss: worth a line then */
         tout_printf(o, "%-22s %" PRIu64 " unsynced batches whose blob bytes a power loss took\n", "dropped at open",
                     st.unsynced_batches_dropped);
+    if (st.unsynced_log_bytes_dropped)
+        tout_printf(o, "%-22s %s of the log after a page a power loss took (never synced)\n", "dropped at open",
+                    human(h1, sizeof h1, st.unsynced_log_bytes_dropped));
     if (st.blob_gc_failures) /* damage stops blob GC (docs/design.md): say so, kvfs check names it */
         tout_printf(o, "%-22s %" PRIu64 " background runs failed: run kvfs check\n", "blob gc",
                     st.blob_gc_failures);
