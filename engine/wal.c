@@ -424,12 +424,35 @@ static int range_is_zero(wal_reader *r, uint64_t from, uint64_t to, bool *zero) 
         size_t want = to - from < sizeof piece ? (size_t)(to - from) : sizeof piece, got = 0;
         int rc = r->env->read_at(r->env, r->file, from, piece, want, &got);
         if (rc != KV_OK) return rc;
-        if (got < want) return KV_OK; /* the file shrank meanwhile: nothing to judge */
+        if (got < want) { /* the file shrank meanwhile: nothing to judge, so no lost page */
+            *zero = false;
+            return KV_OK;
+        }
         for (size_t i = 0; i < got && *zero; i++)
             if (piece[i]) *zero = false;
         from += got;
     }
     return KV_OK;
+}
+
+/* The header at r->pos runs into the next page, and its first k (< WAL_HEADER) bytes, those before that page, read as
+ * zeros: is that a lost page, or zeros that damage (or a record) left there? A few zero bytes are weak evidence, so:
+ * k >= 4 covers the whole checksum, which no record has as zero but one in 2^32; for k < 4 the length is whole, and
+ * the record's own checksum must match the stored one in every byte the page did not take (the record is whole but
+ * for the lost bytes). h: the header as read (NULL: unread). */
+static bool header_head_lost(wal_reader *r, const uint8_t *h, size_t k) {
+    if (k >= 4) return true;
+    if (!h) return false;
+    uint32_t n = get_fixed32(h + 4);
+    /* wal_read left the record in the window when it judged its checksum (a bad length leaves only the header) */
+    size_t skip = r->pos >= r->buf_off ? (size_t)(r->pos - r->buf_off) : SIZE_MAX;
+    if (n > WAL_MAX_RECORD || skip > r->len || r->len - skip < WAL_HEADER + (size_t)n) return false;
+    const uint8_t *rec = r->buf + skip;
+    if (memcmp(rec, h, WAL_HEADER) != 0) return false;
+    uint32_t sum = kv_checksum(rec + 4, 4 + (size_t)n);
+    for (size_t j = k; j < 4; j++)
+        if (h[j] != (uint8_t)(sum >> (8 * j))) return false;
+    return true;
 }
 
 int wal_reader_damage_is_lost_page(wal_reader *r, bool *lost) {
@@ -450,9 +473,10 @@ int wal_reader_damage_is_lost_page(wal_reader *r, bool *lost) {
      * judged whole, also past the record's end. */
     for (uint64_t pg = pos / LOST_PAGE * LOST_PAGE; pg < end && !*lost; pg += LOST_PAGE) {
         uint64_t lo = pg < pos ? pos : pg, hi = pg + LOST_PAGE < size ? pg + LOST_PAGE : size;
-        if (lo == pos && hi - lo < WAL_HEADER) continue; /* a few bytes before the next page say nothing */
         rc = range_is_zero(r, lo, hi, lost);
         if (rc != KV_OK) return rc;
+        if (*lost && lo == pos && hi - lo < WAL_HEADER)
+            *lost = header_head_lost(r, got == sizeof h ? h : NULL, (size_t)(hi - lo));
     }
     return KV_OK;
 }

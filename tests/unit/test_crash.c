@@ -861,6 +861,126 @@ TEST(test_crash_lost_page_in_the_newest_log_is_a_torn_tail) {
     kv_free(db);
 }
 
+/* The valid end of the newest write-ahead log of dir (records written but not synced are read from the OS). */
+static uint64_t newest_log_end(const char *dir, char *log, size_t n) {
+    char path[1200];
+    if (!t_newest_file(dir, ".log", log, n)) return 0;
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    uint64_t end = 0;
+    return t_log_end(path, false, &end) ? end : 0;
+}
+
+/* Read the whole file at path into buf (at most cap bytes): its size, or 0. */
+static size_t get_bytes(const char *path, uint8_t *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* The page a power loss took may hold only the first few bytes of a record's header, the rest of it lying in the next
+ * page, which was kept: still a torn tail (the rule skipped a page holding fewer than 8 bytes of the record, and the
+ * store refused to open, "corrupt record"). With only 1 to 3 bytes taken, the record must be whole but for them. */
+TEST(test_crash_lost_page_holding_part_of_a_header) {
+    for (int k = 1; k < WAL_HEADER && !t_failed(); k++) {
+        const char *dir = t_tmpdir();
+        kv_options o;
+        kv_options_init(&o);
+        kv_db *db;
+        CHECK_OK(kv_open(dir, &o, &db));
+        char key[32], log[600], path[1200], v[200];
+        memset(v, 'v', sizeof v);
+        /* fillers until the next record can be sized to end k bytes before a page boundary */
+        CHECK_OK(kv_put(db, "k0000", 5, v, 50, 0));
+        uint64_t e1 = newest_log_end(dir, log, sizeof log);
+        CHECK(e1 > 58);
+        uint64_t over = e1 - 50; /* the bytes of a record but its value (5-byte keys, values of 1..127 bytes) */
+        int i = 1;
+        uint64_t start = 0; /* where the record whose header straddles the page boundary starts */
+        for (; i < 400; i++) {
+            uint64_t e = newest_log_end(dir, log, sizeof log);
+            uint64_t boundary = (e / 4096 + 1) * 4096;
+            snprintf(key, sizeof key, "k%04d", i);
+            if (boundary - k > e + over && boundary - k - e - over <= 127) {
+                CHECK_OK(kv_put(db, key, 5, v, boundary - k - e - over, 0));
+                start = newest_log_end(dir, log, sizeof log);
+                CHECK_EQ(start, boundary - k);
+                i++;
+                break;
+            }
+            CHECK_OK(kv_put(db, key, 5, v, 50, 0));
+        }
+        CHECK(start != 0);
+        int before = i; /* keys k0000 .. k(before - 1) end before the straddling record */
+        for (int j = 0; j < 100; j++, i++) {
+            snprintf(key, sizeof key, "k%04d", i);
+            CHECK_OK(kv_put(db, key, 5, v, 100, 0));
+        }
+        CHECK_OK(kv_close(db));
+        kv_free(db);
+        snprintf(path, sizeof path, "%s/%s", dir, log);
+        static uint8_t buf[1 << 20];
+        size_t size = get_bytes(path, buf, sizeof buf);
+        CHECK(size > start + 4096 && size < sizeof buf);
+        /* the page that ends at start + k was last written out before the record reached it */
+        memset(buf + start, 0, (size_t)k);
+        CHECK(put_bytes(path, buf, size));
+        kv_options ro = o;
+        ro.read_only = true;
+        int rc = kv_open(dir, &ro, &db);
+        CHECK_MSG(rc == KV_OK, "%d bytes of the header lost: %s", k, kv_errmsg());
+        uint64_t problems = 1;
+        CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+        CHECK_EQ(problems, 0);
+        kv_free(db);
+        CHECK_OK(kv_open(dir, &o, &db));
+        CHECK_EQ(kv_current_sequence(db), (uint64_t)before);
+        kv_stats st;
+        CHECK_OK(kv_get_stats(db, &st));
+        CHECK(st.unsynced_log_bytes_dropped > 4096);
+        kv_free(db);
+    }
+}
+
+/* Damage that zeroes 1 to 3 bytes of a header before a page boundary, in a record that is not whole otherwise, is
+ * still damage: only a record whose own checksum agrees with the bytes the page did not take reads as a lost page. */
+TEST(test_crash_zeroed_header_bytes_with_other_damage_are_corruption) {
+    const char *dir = t_tmpdir();
+    kv_options o;
+    kv_options_init(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char key[32], log[600], path[1200], v[200];
+    memset(v, 'v', sizeof v);
+    CHECK_OK(kv_put(db, "k0000", 5, v, 50, 0));
+    uint64_t over = newest_log_end(dir, log, sizeof log) - 50, start = 0;
+    int i = 1;
+    for (; i < 400 && !start; i++) {
+        uint64_t e = newest_log_end(dir, log, sizeof log), boundary = (e / 4096 + 1) * 4096;
+        snprintf(key, sizeof key, "k%04d", i);
+        bool fit = boundary - 2 > e + over && boundary - 2 - e - over <= 127;
+        CHECK_OK(kv_put(db, key, 5, v, fit ? boundary - 2 - e - over : 50, 0));
+        if (fit) start = newest_log_end(dir, log, sizeof log);
+    }
+    CHECK(start != 0);
+    for (int j = 0; j < 100; j++, i++) {
+        snprintf(key, sizeof key, "k%04d", i);
+        CHECK_OK(kv_put(db, key, 5, v, 100, 0));
+    }
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    static uint8_t buf[1 << 20];
+    size_t size = get_bytes(path, buf, sizeof buf);
+    CHECK(size > start + 4096 && size < sizeof buf);
+    memset(buf + start, 0, 2);
+    buf[start + WAL_HEADER + 3] ^= 0x40; /* and a byte of its payload */
+    CHECK(put_bytes(path, buf, size));
+    CHECK_EQ(kv_open(dir, &o, &db), KV_ECORRUPT);
+    CHECK_MSG(strstr(kv_errmsg(), log), "%s", kv_errmsg());
+}
+
 /* A blob chunk goes to the file in one append, but write(2) on a regular file may stop between pages when the
  * process gets SIGKILL, so a process killed while writing a large value can leave the active blob file ending in
  * part of a chunk (test_crash_sigkill met it now and then: "torn chunk: length N runs past the end of the file").
