@@ -382,6 +382,31 @@ static bool record_blobs_whole(kv_db *db, const uint8_t *rec, size_t len, blob_s
     return true;
 }
 
+/* Whether none of the logs nos[0 .. n) holds a record (empty, zeros allocated ahead, or a torn first record). The
+ * thread's message is left alone: it names the damage that the caller is judging. */
+static bool later_logs_empty(kv_db *db, const uint64_t *nos, size_t n) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    bool empty = true;
+    for (size_t i = 0; i < n && empty; i++) {
+        char path[4096], name[64];
+        file_name(path, sizeof path, db->dir, nos[i], "log");
+        snprintf(name, sizeof name, "%06" PRIu64 ".log", nos[i]);
+        wal_reader *r;
+        if (wal_reader_open(db->env, path, name, &r) != KV_OK) {
+            empty = false;
+            break;
+        }
+        const uint8_t *rec;
+        size_t len;
+        uint64_t off;
+        empty = wal_read(r, &rec, &len, &off) == KV_ENOTFOUND && wal_reader_valid_end(r) == 0;
+        wal_reader_close(r);
+    }
+    kv_set_error(KV_ECORRUPT, "%s", msg); /* the caller's code */
+    return empty;
+}
+
 /* Replay every log at or after vs->log_number, in order (caller holds mu). */
 static int recover_logs(kv_db *db) {
     char **names;
@@ -446,12 +471,16 @@ static int recover_logs(kv_db *db) {
         /* The newest log is the only one that may end in unsynced writes (a log is synced before the next one
          * starts). A power loss may keep a later page of them and lose an earlier one, which in space allocated ahead
          * reads as zeros: the damaged record then touches a page of zeros. That is a torn tail, not damage: replay
-         * stops there, and the stop is counted (unsynced_log_bytes_dropped). */
+         * stops there, and the stop is counted (unsynced_log_bytes_dropped). "Newest" counts logs that hold a record:
+         * a crash while recovery replaced such a log (its new log made, the manifest edit naming it not yet on disk)
+         * leaves an empty newer one (later_logs_empty). */
         bool lost = false;
-        if (rc == KV_ECORRUPT && i == nlogs - 1 && wal_reader_damage_is_lost_page(r, &lost) == KV_OK && lost) {
+        if (rc == KV_ECORRUPT && wal_reader_damage_is_lost_page(r, &lost) == KV_OK && lost &&
+            later_logs_empty(db, logs + i + 1, nlogs - i - 1)) {
             uint64_t data_end = 0;
             if (wal_reader_data_end(r, &data_end) == KV_OK && data_end > wal_reader_valid_end(r))
                 db->st_unsynced_log_bytes = data_end - wal_reader_valid_end(r);
+            db->lost_page_log = logs[i];
             rc = KV_OK;
         }
         wal_reader_close(r);

@@ -229,6 +229,7 @@ struct kv_db {
     _Atomic uint64_t st_blob_garbage; /* measured by the last blob GC pass (+1, so that 0 means "not measured") */
     uint64_t st_unsynced_dropped; /* set once by recovery (recover_logs) */
     uint64_t st_unsynced_log_bytes; /* set once by recovery: bytes of the newest log after a page a power loss took */
+    uint64_t lost_page_log;         /* set once by recovery: the log whose replay such a page ended (0: none) */
 };
 
 /* db.c */

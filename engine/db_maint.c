@@ -92,8 +92,9 @@ static int progress(check_ctx *cc, uint64_t add) {
 }
 
 /* Read a record log from start to end, decoding each record with decode (NULL: only checksums). */
-/* newest: the newest write-ahead log of a store opened read-only, which recovery read up to a page that a power loss
- * took, if any, and left in place (docs/format.md, "Reading"): such a page is a torn tail there, as at open. */
+/* newest: the write-ahead log of a store opened read-only whose replay a page that a power loss took ended (the newest
+ * one that holds a record), which recovery left in place (docs/format.md, "Reading"): such a page is a torn tail
+ * there, as at open. */
 static void check_log(kv_db *db, check_ctx *cc, const char *name, bool batches, bool newest) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", db->dir, name);
@@ -381,14 +382,11 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
         char **names;
         size_t n;
         if (db->env->list_dir(db->env, db->dir, &names, &n) == KV_OK) {
-            uint64_t no, newest = 0;
+            uint64_t no;
             char ext[8];
             for (size_t i = 0; i < n; i++)
-                if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no > newest)
-                    newest = no;
-            for (size_t i = 0; i < n; i++)
                 if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no >= log_number)
-                    check_log(db, &cc, names[i], true, no == newest);
+                    check_log(db, &cc, names[i], true, no == db->lost_page_log);
             kv_env_free_names(names, n);
         }
         snprintf(name, sizeof name, "MANIFEST-%06" PRIu64, manifest_no);

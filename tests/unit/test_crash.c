@@ -981,6 +981,64 @@ TEST(test_crash_zeroed_header_bytes_with_other_damage_are_corruption) {
     CHECK_MSG(strstr(kv_errmsg(), log), "%s", kv_errmsg());
 }
 
+/* A crash while the store opens after a power loss that took a page of its newest log: recovery has replayed that
+ * log up to the page and started a new one, but its manifest edit (the new log number) did not reach the disk. The
+ * damaged log is then not the newest any more, but the newer one holds no record: it is still a torn tail (the store
+ * refused to open, "corrupt record"). */
+TEST(test_crash_lost_page_then_crash_while_opening) {
+    const char *dir = t_tmpdir();
+    kv_options o;
+    kv_options_init(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char k[32], v[100];
+    memset(v, 'v', sizeof v);
+    const int n = 200;
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "key%04d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), v, sizeof v, 0));
+    }
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    char log[600], path[1200];
+    CHECK(t_newest_file(dir, ".log", log, sizeof log));
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    static uint8_t buf[1 << 20];
+    size_t size = get_bytes(path, buf, sizeof buf);
+    CHECK(size > 16384 && size < sizeof buf);
+    memset(buf + 8192, 0, 4096);
+    CHECK(put_bytes(path, buf, size));
+    /* the log recovery started, empty */
+    unsigned long long no = strtoull(log, NULL, 10);
+    char newer[1200];
+    snprintf(newer, sizeof newer, "%s/%06llu.log", dir, no + 1000);
+    CHECK(put_bytes(newer, (const uint8_t *)"", 0));
+    kv_options ro = o;
+    ro.read_only = true;
+    int rc = kv_open(dir, &ro, &db);
+    CHECK_MSG(rc == KV_OK, "%s", kv_errmsg());
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+    /* a newer log that holds a record: the older log was synced before it started, so its page of zeros is damage */
+    wal_writer *w;
+    CHECK_OK(wal_writer_open(NULL, newer, &w));
+    CHECK_OK(wal_append(w, "x", 1));
+    CHECK_OK(wal_writer_close(w));
+    CHECK_EQ(kv_open(dir, &ro, &db), KV_ECORRUPT);
+    CHECK_MSG(strstr(kv_errmsg(), log), "%s", kv_errmsg());
+    /* empty again: read-write, the store opens past the page */
+    CHECK(put_bytes(newer, (const uint8_t *)"", 0));
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK(st.unsynced_log_bytes_dropped > 4096);
+    CHECK(kv_current_sequence(db) > 10 && kv_current_sequence(db) < (uint64_t)n);
+    CHECK_OK(kv_put(db, "after", 5, "1", 1, KV_SYNC));
+    kv_free(db);
+}
+
 /* A blob chunk goes to the file in one append, but write(2) on a regular file may stop between pages when the
  * process gets SIGKILL, so a process killed while writing a large value can leave the active blob file ending in
  * part of a chunk (test_crash_sigkill met it now and then: "torn chunk: length N runs past the end of the file").
