@@ -12,6 +12,10 @@
  *  - A file is deleted once every batch in it is below the floor (never the file being written).
  *  - With retention off nothing is written or deleted and every lookup answers KV_EEVICTED.
  *  - One mutex guards everything; the leader appends, readers look up, concurrently.
+ *  - Durability: batches are appended without an fsync (every one is also in a write-ahead log until a flush deletes
+ *    that log, and the flush calls batchlog_sync first). So batchlog_sync makes durable every batch appended so far:
+ *    the file being written, and every file closed since with batches not known to be on disk (unsynced: a file
+ *    rotated out, or closed after a failed append). A file leaves that list only when its fsync succeeds.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -40,6 +44,9 @@ struct batchlog {
     bl_file *files;
     size_t nfiles, cap;
     wal_writer *w; /* appends to files[nfiles - 1] */
+    uint64_t w_no; /* ... which is file w_no */
+    uint64_t *unsynced; /* files closed with batches that no fsync has covered yet */
+    size_t nunsynced, capunsynced;
     uint64_t next_no;
     uint64_t total_bytes;
     bool read_only;      /* never write or delete (a read-only open) */
@@ -177,6 +184,7 @@ void batchlog_close(batchlog *bl) {
     if (!bl) return;
     if (bl->w) wal_writer_close(bl->w);
     pthread_mutex_destroy(&bl->mu);
+    free(bl->unsynced);
     free(bl->files);
     free(bl->dir);
     free(bl);
@@ -186,6 +194,26 @@ uint64_t batchlog_newest(const batchlog *bl) {
     for (size_t i = bl->nfiles; i > 0; i--)
         if (bl->files[i - 1].last_seq) return bl->files[i - 1].last_seq;
     return 0;
+}
+
+/* Close the file being written; its batches are then synced by the next batchlog_sync (caller holds mu). Out of
+ * memory for the list: synced here, as the only way left. */
+static void retire_writer(batchlog *bl) {
+    if (!bl->w) return;
+    bool listed = false;
+    for (size_t i = 0; i < bl->nunsynced && !listed; i++) listed = bl->unsynced[i] == bl->w_no;
+    if (!listed && bl->nunsynced == bl->capunsynced) {
+        size_t cap = bl->capunsynced ? bl->capunsynced * 2 : 4;
+        uint64_t *p = realloc(bl->unsynced, cap * sizeof *p);
+        if (p) {
+            bl->unsynced = p;
+            bl->capunsynced = cap;
+        }
+    }
+    if (!listed && bl->nunsynced < bl->capunsynced) bl->unsynced[bl->nunsynced++] = bl->w_no;
+    else if (!listed) (void)wal_sync(bl->w);
+    wal_writer_close(bl->w);
+    bl->w = NULL;
 }
 
 static int start_file(batchlog *bl) {
@@ -202,11 +230,9 @@ static int start_file(batchlog *bl) {
     wal_writer *w;
     int rc = wal_writer_open(bl->env, path, &w);
     if (rc) return rc;
-    if (bl->w) {
-        wal_sync(bl->w);
-        wal_writer_close(bl->w);
-    }
+    retire_writer(bl);
     bl->w = w;
+    bl->w_no = no;
     bl->files[bl->nfiles++] = (bl_file){.no = no};
     return KV_OK;
 }
@@ -232,8 +258,7 @@ int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
         drop_below_floor(bl);
     } else if (bl->w) {
         /* never append after a partial record: the next append starts a new file */
-        wal_writer_close(bl->w);
-        bl->w = NULL;
+        retire_writer(bl);
     }
     pthread_mutex_unlock(&bl->mu);
     return rc;
@@ -246,10 +271,7 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
     while (bl->nfiles > 0 && rc == KV_OK) {
         bl_file *f = &bl->files[bl->nfiles - 1];
         if (f->last_seq <= seq) break;
-        if (bl->w) { /* the file being written: the next append starts a new one */
-            wal_writer_close(bl->w);
-            bl->w = NULL;
-        }
+        retire_writer(bl); /* the file being written: the next append starts a new one */
         char path[4096], name[64];
         bl_path(bl, f->no, path, sizeof path);
         if (f->first_seq > seq) {
@@ -296,7 +318,20 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
 int batchlog_sync(batchlog *bl) {
     if (!bl) return KV_OK;
     pthread_mutex_lock(&bl->mu);
-    int rc = bl->w ? wal_sync(bl->w) : KV_OK;
+    int rc = KV_OK;
+    while (!rc && bl->nunsynced > 0) {
+        char path[4096];
+        bl_path(bl, bl->unsynced[bl->nunsynced - 1], path, sizeof path);
+        kv_file *f;
+        rc = bl->env->open_read(bl->env, path, &f); /* not open_append: that would recreate a deleted file */
+        if (!rc) {
+            rc = bl->env->sync(bl->env, f);
+            bl->env->close(bl->env, f);
+        }
+        if (rc == KV_ENOTFOUND) rc = KV_OK; /* deleted: its batches were evicted */
+        if (!rc) bl->nunsynced--;
+    }
+    if (!rc && bl->w) rc = wal_sync(bl->w);
     pthread_mutex_unlock(&bl->mu);
     return rc;
 }

@@ -516,8 +516,9 @@ static int recover_logs(kv_db *db) {
         atomic_store(&db->last_seq, max_seq);
         db->vs->last_seq = max_seq;
         if (!db->opt.read_only) {
-            if (db->blog) batchlog_sync(db->blog);
-            rc = new_log(db);
+            /* the logs replayed go once the edit below is on disk: the batches re-appended from them go first */
+            if (db->blog) rc = batchlog_sync(db->blog);
+            if (!rc) rc = new_log(db);
             if (!rc) {
                 e.has_log_number = true;
                 e.log_number = db->log_no;

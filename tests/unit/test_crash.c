@@ -776,6 +776,52 @@ TEST(test_crash_sync_leaves_the_batch_log_to_recovery) {
     kv_free(db);
 }
 
+/* kv_sync leaves the batch log to the flush, which must then sync every batch-log file with batches appended since
+ * the last sync, not only the one being written: here the file a failed append closed (it was closed unsynced, the
+ * flush synced only the next one and deleted the log, and a power loss took batches kv_sync had returned for from
+ * the change feed). */
+TEST(test_crash_flush_syncs_batch_log_files_closed_since) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env != NULL);
+    kv_options o;
+    small_options(&o);
+    o.env = env;
+    o.batch_log_max_batches = 1000;
+    kv_db *db = NULL;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char k[32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(k, sizeof k, "key%02d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), "v", 1, 0));
+    }
+    CHECK_OK(kv_sync(db)); /* batches 1..3 are durable */
+    kv_fault_env_arm(env, KV_FAULT_WRITE_EIO, 0, "BATCHLOG");
+    CHECK_OK(kv_put(db, "key03", 5, "v", 1, 0)); /* logged; its batch-log append fails and closes the file */
+    kv_fault_env_clear(env);
+    CHECK_OK(kv_put(db, "key04", 5, "v", 1, 0)); /* a new batch-log file */
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushes: the logs go */
+    CHECK_OK(kv_sync(db));
+    kv_fault_env_crash(env);
+    kv_close(db);
+    kv_free(db);
+    CHECK_OK(kv_fault_env_apply_crash(env));
+    env->destroy(env);
+    small_options(&o);
+    o.batch_log_max_batches = 1000;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_EQ(kv_current_sequence(db), 5);
+    for (uint64_t seq = 1; seq <= 3; seq++) {
+        kv_logged_batch *b = NULL;
+        int rc = kv_get_batch(db, seq, &b);
+        CHECK_MSG(rc == KV_OK, "batch %llu after the power loss: %s (%s)", (unsigned long long)seq, kv_strerror(rc),
+                  kv_errmsg());
+        kv_logged_batch_free(b);
+    }
+    kv_free(db);
+}
+
 /* Write the bytes data[0..n) over the file at path. */
 static bool put_bytes(const char *path, const uint8_t *data, size_t n) {
     FILE *f = fopen(path, "wb");
