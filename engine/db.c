@@ -14,6 +14,7 @@
  *    has been flushed and recorded in the manifest.
  */
 #include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -671,13 +672,13 @@ int kv_close(kv_db *db) {
     db->stopping = true;
     pthread_cond_broadcast(&db->bg_cv);
     pthread_cond_broadcast(&db->work_cv);
-    for (writer *w = db->writers_head; w; w = w->next) pthread_cond_signal(&w->cv);
+    for (writer *w = db->writers_head; w; w = w->next) writer_wake(w);
     pthread_mutex_unlock(&db->mu);
     /* wait for the threads still inside the engine; they see `closed` wherever they wait */
     while (atomic_load(&db->active) > 0) {
         pthread_mutex_lock(&db->mu);
         pthread_cond_broadcast(&db->bg_cv);
-        for (writer *w = db->writers_head; w; w = w->next) pthread_cond_signal(&w->cv);
+        for (writer *w = db->writers_head; w; w = w->next) writer_wake(w);
         pthread_mutex_unlock(&db->mu);
         usleep(200);
     }
@@ -998,6 +999,7 @@ static int insert_record(kv_db *db, const uint8_t *rec, size_t len) {
 #define GROUP_MAX_BYTES (1u << 20)
 #define GROUP_MAX_WRITERS 64
 #define GROUP_GATHER_US 100 /* longest wait for the rest of a synced group */
+#define SYNC_SPIN_US 200    /* a synced follower yields this long before it sleeps */
 
 int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     if (db->opt.read_only) return kv_set_error(KV_EREADONLY, "the store was opened read-only");
@@ -1010,8 +1012,23 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     db->nwriters++;
     /* A synced leader may be gathering its group: wake it once the group it waits for is complete, not at every
      * arrival (each wake-up is a context switch on its CPU). */
-    if (db->writers_head != &w && db->nwriters >= db->last_sync_group) pthread_cond_signal(&db->writers_head->cv);
-    while (!w.done && db->writers_head != &w) pthread_cond_wait(&w.cv, &db->mu);
+    if (db->writers_head != &w && db->nwriters >= db->last_sync_group) writer_wake(db->writers_head);
+    /* A synced writer waits about an fsync: it first yields its CPU for up to SYNC_SPIN_US, watching `woken`, and only
+     * then sleeps on its cv. The leader's wake-up then finds it awake, instead of waking up to seven sleepers one by
+     * one (each wake-up a cross-CPU interrupt here). */
+    bool spin = w.sync && db->opt.background_threads;
+    while (!w.done && db->writers_head != &w) {
+        if (spin) {
+            spin = false;
+            atomic_store(&w.woken, false); /* under mu: any wake from now on sets it */
+            pthread_mutex_unlock(&db->mu);
+            uint64_t until = db_now_us() + SYNC_SPIN_US;
+            while (!atomic_load(&w.woken) && db_now_us() < until) sched_yield();
+            pthread_mutex_lock(&db->mu);
+            continue;
+        }
+        pthread_cond_wait(&w.cv, &db->mu);
+    }
     if (w.done) {
         pthread_mutex_unlock(&db->mu);
         pthread_cond_destroy(&w.cv);
@@ -1147,7 +1164,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     for (writer *p = &w;; p = p->next) {
         if (rc) p->status = rc;
         p->done = true;
-        if (p != &w) pthread_cond_signal(&p->cv);
+        if (p != &w) writer_wake(p);
         if (p == last) break;
     }
     size_t ngroup = 1;
@@ -1156,7 +1173,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     if (w.sync) db->last_sync_group = ngroup;
     db->writers_head = last->next;
     if (!db->writers_head) db->writers_tail = NULL;
-    else pthread_cond_signal(&db->writers_head->cv);
+    else writer_wake(db->writers_head);
     pthread_mutex_unlock(&db->mu);
     pthread_cond_destroy(&w.cv);
     if (seq && w.status == KV_OK) *seq = w.seq;
@@ -1256,7 +1273,7 @@ int kv_sync(kv_db *db) {
     if (!rc && db->sync_debt) rc = settle_sync_debt(db); /* we lead the queue */
     db->writers_head = w.next;
     if (!db->writers_head) db->writers_tail = NULL;
-    else pthread_cond_signal(&db->writers_head->cv);
+    else writer_wake(db->writers_head);
     pthread_mutex_unlock(&db->mu);
     pthread_cond_destroy(&w.cv);
     db_leave(db);

@@ -112,8 +112,15 @@ typedef struct writer {
     int status;
     uint64_t seq;
     pthread_cond_t cv;
+    atomic_bool woken; /* set by writer_wake (under mu): a writer spinning outside cv sees it without a wake-up */
     struct writer *next;
 } writer;
+
+/* Wake a queued writer (caller holds mu): it may be asleep on its cv or spinning on woken. */
+static inline void writer_wake(writer *w) {
+    atomic_store(&w->woken, true);
+    pthread_cond_signal(&w->cv);
+}
 
 struct kv_snapshot {
     uint64_t seq;

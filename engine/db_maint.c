@@ -634,7 +634,7 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
     db->checkpoints--;
     db->writers_head = w.next;
     if (!db->writers_head) db->writers_tail = NULL;
-    else pthread_cond_signal(&db->writers_head->cv);
+    else writer_wake(db->writers_head);
     pthread_mutex_unlock(&db->mu);
     pthread_cond_destroy(&w.cv);
     db_leave(db);
@@ -938,7 +938,7 @@ static void queue_release(kv_db *db, writer *w) {
     pthread_mutex_lock(&db->mu);
     db->writers_head = w->next;
     if (!db->writers_head) db->writers_tail = NULL;
-    else pthread_cond_signal(&db->writers_head->cv);
+    else writer_wake(db->writers_head);
     pthread_mutex_unlock(&db->mu);
     pthread_cond_destroy(&w->cv);
 }
