@@ -146,8 +146,7 @@ static bool is_pending(kv_db *db, uint64_t no) {
     return false;
 }
 
-/* Parse "NNNNNN.ext": the number and a pointer to ext, or false. */
-static bool parse_file_name(const char *name, uint64_t *no, const char **ext) {
+bool db_parse_file_name(const char *name, uint64_t *no, const char **ext) {
     char *end;
     if (name[0] < '0' || name[0] > '9') return false;
     errno = 0;
@@ -166,7 +165,7 @@ void db_delete_obsolete_files(kv_db *db) {
         uint64_t no;
         const char *ext;
         bool remove = false;
-        if (parse_file_name(names[i], &no, &ext)) {
+        if (db_parse_file_name(names[i], &no, &ext)) {
             if (strcmp(ext, "log") == 0) remove = no < db->vs->log_number && no != db->log_no && !db->checkpoints;
             else if (strcmp(ext, "sst") == 0 || strcmp(ext, "blob") == 0)
                 remove = no < db->vs->next_file && !is_pending(db, no) && !db->vs->deletions_unsafe &&
@@ -423,9 +422,9 @@ static int recover_logs(kv_db *db) {
     for (size_t i = 0; i < n; i++) {
         uint64_t no;
         const char *ext;
-        if (parse_file_name(names[i], &no, &ext) && strcmp(ext, "log") == 0 && no >= db->vs->log_number)
+        if (db_parse_file_name(names[i], &no, &ext) && strcmp(ext, "log") == 0 && no >= db->vs->log_number)
             logs[nlogs++] = no;
-        if (parse_file_name(names[i], &no, &ext) && no >= db->vs->next_file) db->vs->next_file = no + 1;
+        if (db_parse_file_name(names[i], &no, &ext) && no >= db->vs->next_file) db->vs->next_file = no + 1;
     }
     kv_env_free_names(names, n);
     qsort(logs, nlogs, sizeof *logs, cmp_u64);
@@ -611,7 +610,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
         for (size_t i = 0; i < n && !rc; i++) {
             uint64_t no;
             const char *ext;
-            if (parse_file_name(names[i], &no, &ext) &&
+            if (db_parse_file_name(names[i], &no, &ext) &&
                 (!strcmp(ext, "sst") || !strcmp(ext, "log") || !strcmp(ext, "blob")))
                 rc = kv_set_error(KV_ECORRUPT, "%s: CURRENT is missing but the directory holds store files (%s)", dir,
                                   names[i]);

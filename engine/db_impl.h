@@ -272,6 +272,8 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
 /* Switch the memtable and wait until every immutable memtable is flushed. */
 int db_flush_memtable(kv_db *db);
 void db_delete_obsolete_files(kv_db *db); /* caller holds mu */
+/* Parse a store file's name "NNNNNN.ext": its number and a pointer to ext (the whole rest of the name), or false. */
+bool db_parse_file_name(const char *name, uint64_t *no, const char **ext);
 void pending_add(kv_db *db, uint64_t no);    /* caller holds mu */
 void pending_remove(kv_db *db, uint64_t no); /* caller holds mu */
 uint64_t db_now_ms(void);

@@ -383,9 +383,9 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
         size_t n;
         if (db->env->list_dir(db->env, db->dir, &names, &n) == KV_OK) {
             uint64_t no;
-            char ext[8];
+            const char *ext;
             for (size_t i = 0; i < n; i++)
-                if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no >= log_number)
+                if (db_parse_file_name(names[i], &no, &ext) && strcmp(ext, "log") == 0 && no >= log_number)
                     check_log(db, &cc, names[i], true, no == db->lost_page_log);
             kv_env_free_names(names, n);
         }
@@ -573,8 +573,8 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
         rc = env->list_dir(env, db->dir, &names, &n);
         for (size_t i = 0; !rc && i < n; i++) {
             uint64_t no;
-            char ext[8];
-            if (sscanf(names[i], "%" SCNu64 ".%3s", &no, ext) == 2 && strcmp(ext, "log") == 0 && no >= log_number &&
+            const char *ext;
+            if (db_parse_file_name(names[i], &no, &ext) && strcmp(ext, "log") == 0 && no >= log_number &&
                 no <= cur_log) {
                 snprintf(from, sizeof from, "%s/%s", db->dir, names[i]);
                 snprintf(to, sizeof to, "%s/%s", dest, names[i]);

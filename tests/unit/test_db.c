@@ -857,6 +857,35 @@ TEST(test_db_batch_log) {
     kv_free(db);
 }
 
+/* A file in the store's directory whose name only starts like a log's ("000005.logx") is not the store's: kv_check
+ * does not read it and a checkpoint does not copy it (both matched the first three letters of the extension). */
+TEST(test_db_files_named_almost_like_logs_are_not_logs) {
+    kv_options o;
+    kv_options_init(&o);
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    char log[64], stray[80], path[1500];
+    CHECK(t_newest_file(dir, ".log", log, sizeof log));
+    snprintf(stray, sizeof stray, "%sx", log); /* the live log's number: within what both would look at */
+    snprintf(path, sizeof path, "%s/%s", dir, stray);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    const uint8_t junk[] = {1, 2, 3, 4, 4, 0, 0, 0, 'a', 'b', 'c', 'd', 'm', 'o', 'r', 'e'}; /* a bad record, more */
+    fwrite(junk, 1, sizeof junk, f);
+    fclose(f);
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    char dest[700];
+    snprintf(dest, sizeof dest, "%s/copy", t_tmpdir());
+    CHECK_OK(kv_checkpoint(db, dest, NULL, NULL));
+    snprintf(path, sizeof path, "%s/%s", dest, stray);
+    CHECK_MSG(access(path, F_OK) != 0, "the checkpoint copied %s", path);
+    kv_free(db);
+}
+
 TEST(test_db_checkpoint_and_stats) {
     kv_options o;
     small_options(&o);
