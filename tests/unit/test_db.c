@@ -857,15 +857,20 @@ TEST(test_db_batch_log) {
     kv_free(db);
 }
 
+/* A store in dir with default options (*o), open, holding "a" = "1" (in its log). */
+static bool open_store_with_a(const char *dir, kv_options *o, kv_db **db) {
+    kv_options_init(o);
+    if (kv_open(dir, o, db) != KV_OK) return false;
+    return kv_put(*db, "a", 1, "1", 1, 0) == KV_OK;
+}
+
 /* A file in the store's directory whose name only starts like a log's ("000005.logx") is not the store's: kv_check
  * does not read it and a checkpoint does not copy it (both matched the first three letters of the extension). */
 TEST(test_db_files_named_almost_like_logs_are_not_logs) {
     kv_options o;
-    kv_options_init(&o);
     const char *dir = t_tmpdir();
     kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    CHECK(open_store_with_a(dir, &o, &db));
     char log[64], stray[80], path[1500];
     CHECK(t_newest_file(dir, ".log", log, sizeof log));
     snprintf(stray, sizeof stray, "%sx", log); /* the live log's number: within what both would look at */
@@ -941,11 +946,9 @@ TEST(test_db_checkpoint_and_stats) {
  * reports it with the log's name and the offset, instead of replaying what it can read. */
 TEST(test_db_log_record_with_trailing_bytes) {
     kv_options o;
-    kv_options_init(&o);
     const char *dir = t_tmpdir();
     kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    CHECK(open_store_with_a(dir, &o, &db));
     kv_free(db);
     kv_env *env = kv_env_posix();
     char logname[64];
