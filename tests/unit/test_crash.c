@@ -830,6 +830,47 @@ static bool put_bytes(const char *path, const uint8_t *data, size_t n) {
     return fclose(f) == 0 && ok;
 }
 
+/* Read the whole file at path into buf (at most cap bytes): its size, or 0. */
+static size_t get_bytes(const char *path, uint8_t *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* The valid end of the newest write-ahead log of dir (records written but not synced are read from the OS). */
+static uint64_t newest_log_end(const char *dir, char *log, size_t n) {
+    char path[1200];
+    if (!t_newest_file(dir, ".log", log, n)) return 0;
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    uint64_t end = 0;
+    return t_log_end(path, false, &end) ? end : 0;
+}
+
+/* A store in dir (default options in *o) holding n keys "keyNNNN" of 100 bytes in its log, closed; the log's name goes
+ * to log and its bytes to buf (of cap bytes). Returns the log's size, 0 on failure. */
+static size_t closed_store_log(const char *dir, kv_options *o, int n, char *log, size_t nlog, uint8_t *buf,
+                               size_t cap) {
+    kv_options_init(o);
+    kv_db *db;
+    if (kv_open(dir, o, &db) != KV_OK) return 0;
+    char k[32], v[100];
+    memset(v, 'v', sizeof v);
+    bool ok = true;
+    for (int i = 0; i < n && ok; i++) {
+        snprintf(k, sizeof k, "key%04d", i);
+        ok = kv_put(db, k, strlen(k), v, sizeof v, 0) == KV_OK;
+    }
+    ok = kv_close(db) == KV_OK && ok; /* syncs the log; the memtable stays in it */
+    kv_free(db);
+    char path[1200];
+    if (!ok || !t_newest_file(dir, ".log", log, nlog)) return 0;
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    size_t size = get_bytes(path, buf, cap);
+    return size < cap ? size : 0;
+}
+
 /* A power loss may keep a later page of unsynced log writes and lose an earlier one; in space allocated ahead the
  * lost page reads as zeros. In the newest log that is a torn tail: the store opens with the batches before the page
  * (it refused to open, "corrupt record"), counts what it dropped, and kv_check of a read-only open agrees. Other
@@ -837,20 +878,12 @@ static bool put_bytes(const char *path, const uint8_t *data, size_t n) {
 TEST(test_crash_lost_page_in_the_newest_log_is_a_torn_tail) {
     const char *dir = t_tmpdir();
     kv_options o;
-    kv_options_init(&o);
     kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    char k[32], v[100];
-    memset(v, 'v', sizeof v);
+    char k[32], log[600], path[1200];
     const int n = 200;
-    for (int i = 0; i < n; i++) {
-        snprintf(k, sizeof k, "key%04d", i);
-        CHECK_OK(kv_put(db, k, strlen(k), v, sizeof v, 0));
-    }
-    CHECK_OK(kv_close(db)); /* syncs the log; the memtable stays in it */
-    kv_free(db);
-    char log[600], path[1200];
-    CHECK(t_newest_file(dir, ".log", log, sizeof log));
+    static uint8_t orig[1 << 20];
+    size_t size = closed_store_log(dir, &o, n, log, sizeof log, orig, sizeof orig);
+    CHECK(size > 0);
     snprintf(path, sizeof path, "%s/%s", dir, log);
     /* how many records end before the page that goes */
     const uint64_t page = 8192;
@@ -865,12 +898,7 @@ TEST(test_crash_lost_page_in_the_newest_log_is_a_torn_tail) {
     uint64_t end = wal_reader_valid_end(r);
     wal_reader_close(r);
     CHECK(before > 10 && before < n - 10 && end > page + 4096);
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    static uint8_t orig[1 << 20];
-    size_t size = fread(orig, 1, sizeof orig, f);
-    fclose(f);
-    CHECK(size > end && size < sizeof orig);
+    CHECK(size > end);
     static uint8_t bad[1 << 20];
 
     /* a byte damaged in that page: reported as before, naming the log */
@@ -907,22 +935,35 @@ TEST(test_crash_lost_page_in_the_newest_log_is_a_torn_tail) {
     kv_free(db);
 }
 
-/* The valid end of the newest write-ahead log of dir (records written but not synced are read from the OS). */
-static uint64_t newest_log_end(const char *dir, char *log, size_t n) {
-    char path[1200];
-    if (!t_newest_file(dir, ".log", log, n)) return 0;
-    snprintf(path, sizeof path, "%s/%s", dir, log);
-    uint64_t end = 0;
-    return t_log_end(path, false, &end) ? end : 0;
-}
-
-/* Read the whole file at path into buf (at most cap bytes): its size, or 0. */
-static size_t get_bytes(const char *path, uint8_t *buf, size_t cap) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, cap, f);
-    fclose(f);
-    return n;
+/* A store in dir (default options in *o) whose newest log holds a record that starts k bytes before a page boundary
+ * (after *before records "kNNNN", the last one sized to end there), then 100 more records; closed. Returns
+ * the record's offset, 0 on failure; the log's name goes to log. */
+static uint64_t store_with_straddling_record(const char *dir, kv_options *o, int k, char *log, size_t nlog,
+                                             int *before) {
+    kv_options_init(o);
+    kv_db *db;
+    if (kv_open(dir, o, &db) != KV_OK) return 0;
+    char key[32], v[200];
+    memset(v, 'v', sizeof v);
+    uint64_t start = 0, over = 0; /* over: a record's bytes but its value (5-byte keys, values of 1..127 bytes) */
+    bool ok = kv_put(db, "k0000", 5, v, 50, 0) == KV_OK;
+    if (ok) over = newest_log_end(dir, log, nlog) - 50;
+    int i = 1;
+    for (; ok && i < 400 && !start; i++) {
+        uint64_t e = newest_log_end(dir, log, nlog), boundary = (e / 4096 + 1) * 4096;
+        snprintf(key, sizeof key, "k%04d", i);
+        bool fit = boundary - (uint64_t)k > e + over && boundary - (uint64_t)k - e - over <= 127;
+        ok = kv_put(db, key, 5, v, fit ? boundary - (uint64_t)k - e - over : 50, 0) == KV_OK;
+        if (ok && fit) start = newest_log_end(dir, log, nlog); /* the next record starts there */
+    }
+    *before = i;
+    for (int j = 0; ok && j < 100; j++, i++) {
+        snprintf(key, sizeof key, "k%04d", i);
+        ok = kv_put(db, key, 5, v, 100, 0) == KV_OK;
+    }
+    ok = kv_close(db) == KV_OK && ok;
+    kv_free(db);
+    return ok && start + (uint64_t)k == (start / 4096 + 1) * 4096 ? start : 0;
 }
 
 /* The page a power loss took may hold only the first few bytes of a record's header, the rest of it lying in the next
@@ -932,39 +973,11 @@ TEST(test_crash_lost_page_holding_part_of_a_header) {
     for (int k = 1; k < WAL_HEADER && !t_failed(); k++) {
         const char *dir = t_tmpdir();
         kv_options o;
-        kv_options_init(&o);
         kv_db *db;
-        CHECK_OK(kv_open(dir, &o, &db));
-        char key[32], log[600], path[1200], v[200];
-        memset(v, 'v', sizeof v);
-        /* fillers until the next record can be sized to end k bytes before a page boundary */
-        CHECK_OK(kv_put(db, "k0000", 5, v, 50, 0));
-        uint64_t e1 = newest_log_end(dir, log, sizeof log);
-        CHECK(e1 > 58);
-        uint64_t over = e1 - 50; /* the bytes of a record but its value (5-byte keys, values of 1..127 bytes) */
-        int i = 1;
-        uint64_t start = 0; /* where the record whose header straddles the page boundary starts */
-        for (; i < 400; i++) {
-            uint64_t e = newest_log_end(dir, log, sizeof log);
-            uint64_t boundary = (e / 4096 + 1) * 4096;
-            snprintf(key, sizeof key, "k%04d", i);
-            if (boundary - k > e + over && boundary - k - e - over <= 127) {
-                CHECK_OK(kv_put(db, key, 5, v, boundary - k - e - over, 0));
-                start = newest_log_end(dir, log, sizeof log);
-                CHECK_EQ(start, boundary - k);
-                i++;
-                break;
-            }
-            CHECK_OK(kv_put(db, key, 5, v, 50, 0));
-        }
+        char log[600], path[1200];
+        int before; /* keys k0000 .. k(before - 1) end before the straddling record */
+        uint64_t start = store_with_straddling_record(dir, &o, k, log, sizeof log, &before);
         CHECK(start != 0);
-        int before = i; /* keys k0000 .. k(before - 1) end before the straddling record */
-        for (int j = 0; j < 100; j++, i++) {
-            snprintf(key, sizeof key, "k%04d", i);
-            CHECK_OK(kv_put(db, key, 5, v, 100, 0));
-        }
-        CHECK_OK(kv_close(db));
-        kv_free(db);
         snprintf(path, sizeof path, "%s/%s", dir, log);
         static uint8_t buf[1 << 20];
         size_t size = get_bytes(path, buf, sizeof buf);
@@ -994,28 +1007,11 @@ TEST(test_crash_lost_page_holding_part_of_a_header) {
 TEST(test_crash_zeroed_header_bytes_with_other_damage_are_corruption) {
     const char *dir = t_tmpdir();
     kv_options o;
-    kv_options_init(&o);
     kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    char key[32], log[600], path[1200], v[200];
-    memset(v, 'v', sizeof v);
-    CHECK_OK(kv_put(db, "k0000", 5, v, 50, 0));
-    uint64_t over = newest_log_end(dir, log, sizeof log) - 50, start = 0;
-    int i = 1;
-    for (; i < 400 && !start; i++) {
-        uint64_t e = newest_log_end(dir, log, sizeof log), boundary = (e / 4096 + 1) * 4096;
-        snprintf(key, sizeof key, "k%04d", i);
-        bool fit = boundary - 2 > e + over && boundary - 2 - e - over <= 127;
-        CHECK_OK(kv_put(db, key, 5, v, fit ? boundary - 2 - e - over : 50, 0));
-        if (fit) start = newest_log_end(dir, log, sizeof log);
-    }
+    char log[600], path[1200];
+    int before;
+    uint64_t start = store_with_straddling_record(dir, &o, 2, log, sizeof log, &before);
     CHECK(start != 0);
-    for (int j = 0; j < 100; j++, i++) {
-        snprintf(key, sizeof key, "k%04d", i);
-        CHECK_OK(kv_put(db, key, 5, v, 100, 0));
-    }
-    CHECK_OK(kv_close(db));
-    kv_free(db);
     snprintf(path, sizeof path, "%s/%s", dir, log);
     static uint8_t buf[1 << 20];
     size_t size = get_bytes(path, buf, sizeof buf);
@@ -1034,24 +1030,13 @@ TEST(test_crash_zeroed_header_bytes_with_other_damage_are_corruption) {
 TEST(test_crash_lost_page_then_crash_while_opening) {
     const char *dir = t_tmpdir();
     kv_options o;
-    kv_options_init(&o);
     kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    char k[32], v[100];
-    memset(v, 'v', sizeof v);
-    const int n = 200;
-    for (int i = 0; i < n; i++) {
-        snprintf(k, sizeof k, "key%04d", i);
-        CHECK_OK(kv_put(db, k, strlen(k), v, sizeof v, 0));
-    }
-    CHECK_OK(kv_close(db));
-    kv_free(db);
     char log[600], path[1200];
-    CHECK(t_newest_file(dir, ".log", log, sizeof log));
-    snprintf(path, sizeof path, "%s/%s", dir, log);
+    const int n = 200;
     static uint8_t buf[1 << 20];
-    size_t size = get_bytes(path, buf, sizeof buf);
-    CHECK(size > 16384 && size < sizeof buf);
+    size_t size = closed_store_log(dir, &o, n, log, sizeof log, buf, sizeof buf);
+    CHECK(size > 16384);
+    snprintf(path, sizeof path, "%s/%s", dir, log);
     memset(buf + 8192, 0, 4096);
     CHECK(put_bytes(path, buf, size));
     /* the log recovery started, empty */
