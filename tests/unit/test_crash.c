@@ -680,7 +680,8 @@ static void open_faulty(char *dir, size_t n, kv_env **env, kv_options *o, kv_db 
 }
 
 /* A power loss now, then the machine back: nothing more reaches the disk (s, a stream still open, is freed in the
- * dark), every file is cut back to what was synced, and the store is reopened without the fault environment. */
+ * dark), every file is cut back to what was synced, and the store is reopened without the fault environment (with
+ * small_options and the batch-log retention *o had). */
 static void power_loss_and_reopen(const char *dir, kv_env *env, kv_stream *s, kv_options *o, kv_db **db) {
     kv_fault_env_crash(env);
     kv_stream_free(s);
@@ -689,8 +690,24 @@ static void power_loss_and_reopen(const char *dir, kv_env *env, kv_stream *s, kv
     *db = NULL;
     CHECK_OK(kv_fault_env_apply_crash(env));
     env->destroy(env);
+    uint64_t keep = o->batch_log_max_batches;
     small_options(o);
+    o->batch_log_max_batches = keep;
     CHECK_OK(kv_open(dir, o, db));
+}
+
+/* The change feed holds batches from..to, each whole: true, else false with a t_fail. */
+static bool feed_holds(kv_db *db, uint64_t from, uint64_t to) {
+    for (uint64_t seq = from; seq <= to; seq++) {
+        kv_logged_batch *b = NULL;
+        int rc = kv_get_batch(db, seq, &b);
+        bool ok = rc == KV_OK && b->nops == 1;
+        if (!ok) t_fail(__FILE__, __LINE__, "batch %llu after the power loss: %s (%s)", (unsigned long long)seq,
+                        kv_strerror(rc), kv_errmsg());
+        kv_logged_batch_free(b);
+        if (!ok) return false;
+    }
+    return true;
 }
 
 /* kv_sync makes durable every batch written before it, also those still in a log the store has already switched
@@ -756,23 +773,10 @@ TEST(test_crash_sync_leaves_the_batch_log_to_recovery) {
     CHECK_OK(kv_sync(db));
     uint64_t last = kv_current_sequence(db);
     kv_fault_env_clear(env);
-    kv_fault_env_crash(env);
-    kv_close(db);
-    kv_free(db);
-    CHECK_OK(kv_fault_env_apply_crash(env));
-    env->destroy(env);
-    small_options(&o);
-    o.batch_log_max_batches = 1000;
-    CHECK_OK(kv_open(dir, &o, &db));
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
     CHECK_EQ(kv_current_sequence(db), last);
-    for (uint64_t seq = 1; seq <= last; seq++) {
-        kv_logged_batch *b = NULL;
-        int rc = kv_get_batch(db, seq, &b);
-        CHECK_MSG(rc == KV_OK, "batch %llu after the power loss: %s (%s)", (unsigned long long)seq, kv_strerror(rc),
-                  kv_errmsg());
-        CHECK_EQ(b->nops, 1);
-        kv_logged_batch_free(b);
-    }
+    CHECK(feed_holds(db, 1, last));
     kv_free(db);
 }
 
@@ -803,22 +807,10 @@ TEST(test_crash_flush_syncs_batch_log_files_closed_since) {
     CHECK_OK(kv_put(db, "key04", 5, "v", 1, 0)); /* a new batch-log file */
     CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushes: the logs go */
     CHECK_OK(kv_sync(db));
-    kv_fault_env_crash(env);
-    kv_close(db);
-    kv_free(db);
-    CHECK_OK(kv_fault_env_apply_crash(env));
-    env->destroy(env);
-    small_options(&o);
-    o.batch_log_max_batches = 1000;
-    CHECK_OK(kv_open(dir, &o, &db));
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
     CHECK_EQ(kv_current_sequence(db), 5);
-    for (uint64_t seq = 1; seq <= 3; seq++) {
-        kv_logged_batch *b = NULL;
-        int rc = kv_get_batch(db, seq, &b);
-        CHECK_MSG(rc == KV_OK, "batch %llu after the power loss: %s (%s)", (unsigned long long)seq, kv_strerror(rc),
-                  kv_errmsg());
-        kv_logged_batch_free(b);
-    }
+    CHECK(feed_holds(db, 1, 3));
     kv_free(db);
 }
 
