@@ -176,7 +176,7 @@ int db_flush_one(kv_db *db) {
 
 typedef struct compaction {
     int level;                  /* inputs from level and level + 1; outputs to level + 1 (in_place: to level) */
-    bool in_place;              /* the last level rewritten into itself: it has no next level to merge with */
+    bool in_place;              /* the deepest level holding files rewritten into itself (manual compaction) */
     file_meta **in[2];
     size_t nin[2];
     version *v;
@@ -320,7 +320,7 @@ static int run_compaction(kv_db *db, compaction *c) {
     edit_init(&e);
     int out_level = c->in_place ? c->level : c->level + 1;
     int rc = KV_OK;
-    assert(!c->in_place || (c->nin[1] == 0 && c->level == KV_MAX_LEVELS - 1));
+    assert(!c->in_place || (c->nin[1] == 0 && c->level > 0));
 
     if (c->nin[0] == 1 && c->nin[1] == 0 && !c->manual) {
         /* nothing to merge with: move the file down without rewriting it */
@@ -458,15 +458,14 @@ int db_compact_once(kv_db *db, bool *did) {
     return rc;
 }
 
-/* Compact every file of level overlapping [begin, end] into level + 1, or, for the last level, into itself (caller
- * holds mu). The last level's files do not overlap each other, so its outputs span exactly the inputs' key range. */
-static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
+/* Compact every file of level overlapping [begin, end] into level + 1 (caller holds mu). level is below the last. */
+int db_compact_level_down(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
+    assert(level < KV_MAX_LEVELS - 1);
     compaction c;
     memset(&c, 0, sizeof c);
     c.level = level;
     c.v = db->vs->current;
     c.manual = true;
-    c.in_place = level == KV_MAX_LEVELS - 1;
     int rc = overlapping(c.v, level, begin->len ? begin->data : NULL, begin->len, end->len ? end->data : NULL,
                          end->len, &c.in[0], &c.nin[0]);
     if (rc) return rc;
@@ -474,14 +473,70 @@ static int compact_level_range(kv_db *db, int level, const kv_bytes *begin, cons
         free(c.in[0]);
         return KV_OK;
     }
-    rc = c.in_place ? KV_OK : finish_inputs(&c);
+    rc = finish_inputs(&c);
     if (!rc) rc = run_compaction(db, &c);
     compaction_free(&c);
     return rc;
 }
 
-int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end) {
-    return compact_level_range(db, level, begin, end);
+/* Whether rewriting table f could drop an entry: it holds a tombstone, or a user key more than once (an older
+ * version). Called without mu. A table that cannot be opened counts as yes: its compaction reports the error. */
+static bool may_drop_entries(kv_db *db, const file_meta *f) {
+    if (f->tombstones) return true;
+    sst_reader *r;
+    if (db_open_table(db, f->file_no, &r) != KV_OK) return true;
+    const sst_props *p = sst_reader_props(r);
+    bool dup = p->user_keys == 0 || p->user_keys != p->entries; /* 0: written before the property existed */
+    sst_reader_unref(r);
+    return dup;
+}
+
+/* Rewrite into level itself its files overlapping [begin, end] that are numbered below made_from and may drop
+ * entries (caller holds mu, and manual_running: no other compaction changes level meanwhile, and flushes write
+ * level 0 only). level is >= 1 and the deepest level holding files, so a tombstone there hides nothing below.
+ * Each run of neighbouring picked files is one compaction: its outputs stay inside the run's key range, so they
+ * never overlap a file left out between two runs. */
+int db_rewrite_level(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end, uint64_t made_from) {
+    assert(level > 0);
+    version *v = db->vs->current;
+    file_meta **fs;
+    size_t n;
+    int rc = overlapping(v, level, begin->len ? begin->data : NULL, begin->len, end->len ? end->data : NULL,
+                         end->len, &fs, &n);
+    if (rc) return rc;
+    bool *pick = calloc(n ? n : 1, sizeof *pick);
+    if (!pick) {
+        free(fs);
+        return kv_set_error(KV_ENOMEM, "out of memory");
+    }
+    version_ref(v); /* keeps fs alive while the lock is released */
+    pthread_mutex_unlock(&db->mu);
+    for (size_t i = 0; i < n; i++) pick[i] = fs[i]->file_no < made_from && may_drop_entries(db, fs[i]);
+    pthread_mutex_lock(&db->mu);
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!pick[i]) continue;
+        size_t j = i;
+        while (j + 1 < n && pick[j + 1]) j++;
+        compaction c;
+        memset(&c, 0, sizeof c);
+        c.level = level;
+        c.v = db->vs->current;
+        c.manual = true;
+        c.in_place = true;
+        c.nin[0] = j - i + 1;
+        c.in[0] = malloc(c.nin[0] * sizeof *c.in[0]);
+        if (!c.in[0]) rc = kv_set_error(KV_ENOMEM, "out of memory");
+        else {
+            memcpy(c.in[0], fs + i, c.nin[0] * sizeof *c.in[0]);
+            rc = run_compaction(db, &c);
+        }
+        compaction_free(&c);
+        i = j;
+    }
+    version_unref(v);
+    free(pick);
+    free(fs);
+    return rc;
 }
 
 /* ---- threads ---------------------------------------------------------------------------------------------------------- */

@@ -303,7 +303,9 @@ int db_start_background(kv_db *db);
 void db_stop_background(kv_db *db);
 int db_flush_one(kv_db *db);               /* flush the oldest immutable memtable (caller holds mu) */
 int db_compact_once(kv_db *db, bool *did); /* one compaction if needed (caller holds mu) */
-int db_run_manual_compaction(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end);
+/* Manual compaction (caller holds mu and has set manual_running). begin/end are ukeys; empty means unbounded. */
+int db_compact_level_down(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end); /* level into level+1 */
+int db_rewrite_level(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end, uint64_t made_from);
 
 /* db_resolve.c: resolve a batch into its log record (appended to rec); create a blob file listed in the version
  * (its number stays in db->pending until the caller removes it). */

@@ -439,21 +439,26 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
     }
     while (db->compact_running || db->manual_running) pthread_cond_wait(&db->bg_cv, &db->mu);
     db->manual_running = true;
-    /* Compact each level into the next, through the deepest level that holds files, so that everything meets there
-     * and shadowed versions and tombstones go. The last level has no next one: it is rewritten into itself, else
-     * what a snapshot kept there when it arrived (old versions, tombstones) would stay after the snapshot's release
-     * for good. (This once also ignored files in the last level: data that had reached it was never merged with
-     * newer data again.) */
+    /* Compact each level into the next, down to the deepest level that holds files, so that every version of a key
+     * meets the others there and shadowed versions and tombstones go. Then rewrite that level into itself, else
+     * what a snapshot kept there (old versions, tombstones) would stay after the snapshot's release for good; but
+     * only its files that the step before did not just write, and that hold a tombstone or a key twice: a second
+     * call on a compacted store rewrites nothing. With only level-0 files, they go to level 1 and stop there. The
+     * data never goes deeper than the deepest level that held it (it once went one level down per call, and that
+     * level was written twice). */
     int deepest = 0;
     for (int l = 0; l < KV_MAX_LEVELS; l++)
         if (db->vs->current->nfiles[l]) deepest = l;
-    int last = deepest < KV_MAX_LEVELS - 1 ? deepest : KV_MAX_LEVELS - 1;
-    for (int l = 0; l <= last && !rc; l++) {
+    int steps = deepest ? deepest + 1 : 1;
+    uint64_t made_from = UINT64_MAX;
+    for (int l = 0; l < steps && !rc; l++) {
         if (atomic_load(&db->closed)) rc = kv_set_error(KV_ECLOSED, "the store is closing");
-        if (!rc) rc = db_run_manual_compaction(db, l, &lo, &hi);
+        if (!rc && l < steps - 1) made_from = db->vs->next_file; /* outputs of the last step down get numbers above */
+        if (!rc) rc = l < deepest || deepest == 0 ? db_compact_level_down(db, l, &lo, &hi)
+                                                  : db_rewrite_level(db, l, &lo, &hi, made_from);
         if (!rc && progress_cb) {
             pthread_mutex_unlock(&db->mu);
-            if (progress_cb(ctx, (uint64_t)l + 1, (uint64_t)last + 1)) rc = kv_set_error(KV_EINTERRUPTED, "interrupted");
+            if (progress_cb(ctx, (uint64_t)l + 1, (uint64_t)steps)) rc = kv_set_error(KV_EINTERRUPTED, "interrupted");
             pthread_mutex_lock(&db->mu);
         }
     }

@@ -294,7 +294,9 @@ typedef void (*kv_problem_fn)(void *ctx, const char *file, uint64_t offset, cons
 /* Read every file of the store and verify every checksum and the order of keys. *problems gets the count of
  * problems reported through problem_cb (which may be NULL). Returns KV_OK when none, KV_ECORRUPT otherwise. */
 int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, void *ctx, uint64_t *problems);
-/* Compact the user keys in [start, end] of keyspace 0 (NULL/0 = unbounded) through every level. */
+/* Compact the user keys in [start, end] of keyspace 0 (NULL/0 = unbounded): merge every level into the deepest one
+ * holding files (level 1 if only level 0 does), dropping versions and tombstones no snapshot needs. That level's
+ * tables with nothing to drop are not rewritten. progress_cb gets (step, steps), one step per level. */
 int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end, size_t elen,
                      kv_progress_fn progress_cb, void *ctx);
 /* Reclaim blob-file space whose values were overwritten or deleted (files with garbage share > min_ratio). */

@@ -98,7 +98,9 @@ const tool_cmd tool_cmds[] = {
      "\nOptions:\n  --json    one JSON object\n",
      1, 1, 0, 0, OPT_JSON, STORE_READ, cmd_stats},
     {"compact", "DATADIR [--start S] [--end E]", "compact the store (or the key range [S, E]) through every level",
-     "Shows a progress bar on a terminal.\n", 1, 1, 0, 0, OPT_START | OPT_END, STORE_WRITE, cmd_compact},
+     "Merges every level into the deepest one that holds data, dropping overwritten versions and deleted keys;\n"
+     "tables with nothing to drop are not rewritten. Shows a progress bar on a terminal.\n",
+     1, 1, 0, 0, OPT_START | OPT_END, STORE_WRITE, cmd_compact},
     {"check", "DATADIR", "verify every checksum and the key order",
      "Reads every file of the store. Prints each problem as FILE: offset N: WHAT on stdout; exit status 1 when\n"
      "anything is wrong. Shows a progress bar on a terminal.\n",

@@ -515,61 +515,119 @@ TEST(test_db_blob_gc_with_damaged_chunk) {
     kv_free(db);
 }
 
-/* Manual compactions until the data reaches the last level (each pushes it one level down): true when it has. */
-static bool sink_to_last_level(kv_db *db) {
-    for (int i = 0; i < KV_MAX_LEVELS + 1; i++)
-        if (kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)) return false;
-    kv_stats st;
-    return kv_get_stats(db, &st) == KV_OK && st.level_files[KV_MAX_LEVELS - 1] > 0;
+/* Options for the manual-compaction tests: small tables, and a level 1 large enough that nothing but
+ * kv_compact_range moves data below level 0 (no background threads, so no compaction runs behind the test's back). */
+static void compact_test_options(kv_options *o) {
+    small_options(o);
+    o->background_threads = false;
+    o->level1_bytes = 64ull << 20;
 }
 
-/* kv_compact_range merges everything down to the deepest level that holds files, the last level included: keys
- * deleted after their data sank to the last level are gone, tombstones and all, after one call. */
-TEST(test_db_compact_range_reaches_the_last_level) {
-    kv_options o;
-    small_options(&o);
-    kv_db *db;
-    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+static void put_numbered(kv_db *db, int from, int to, const char *value) {
     char k[16];
-    for (int i = 0; i < 300; i++) {
-        snprintf(k, sizeof k, "k%04d", i);
-        CHECK_OK(kv_put(db, k, strlen(k), "value", 5, 0));
+    for (int i = from; i < to; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), value, strlen(value), 0));
     }
-    kv_stats st;
-    CHECK(sink_to_last_level(db));
-    for (int i = 0; i < 300; i++) {
-        snprintf(k, sizeof k, "k%04d", i);
+}
+
+static void delete_numbered(kv_db *db, int from, int to) {
+    char k[16];
+    for (int i = from; i < to; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
         CHECK_OK(kv_delete(db, k, strlen(k), 0));
     }
+}
+
+/* The deepest level that holds files, -1 if none (-2 if the statistics fail). */
+static int deepest_level(kv_db *db) {
+    kv_stats st;
+    if (kv_get_stats(db, &st)) return -2;
+    int d = -1;
+    for (int l = 0; l < KV_MAX_LEVELS; l++)
+        if (st.level_files[l]) d = l;
+    return d;
+}
+
+static uint64_t compaction_bytes(kv_db *db) {
+    kv_stats st;
+    if (kv_get_stats(db, &st)) return UINT64_MAX;
+    return st.compaction_bytes_written;
+}
+
+/* A store in dir (t_tmpdir() when NULL) holding keys [0, n) with value, compacted into level 1: KV_OK or an error. */
+static int open_compacted(const char *dir, kv_options *o, int n, const char *value, kv_db **db) {
+    compact_test_options(o);
+    int rc = kv_open(dir ? dir : t_tmpdir(), o, db);
+    if (rc) return rc;
+    put_numbered(*db, 0, n, value);
+    rc = kv_compact_range(*db, NULL, 0, NULL, 0, NULL, NULL);
+    if (!rc && deepest_level(*db) != 1) rc = kv_set_error(KV_EINVAL, "data at level %d", deepest_level(*db));
+    return rc;
+}
+
+/* kv_compact_range merges everything into the deepest level that holds files: keys deleted after their data
+ * reached it are gone, tombstones and all, after one call. */
+TEST(test_db_compact_range_drops_deleted_keys_at_the_deepest_level) {
+    kv_options o;
+    kv_db *db;
+    CHECK_OK(open_compacted(NULL, &o, 300, "value", &db));
+    delete_numbered(db, 0, 300);
     CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
-    CHECK_OK(kv_get_stats(db, &st));
-    for (int l = 0; l < KV_MAX_LEVELS; l++) CHECK_MSG(st.level_files[l] == 0, "level %d: %llu files", l,
-                                                      (unsigned long long)st.level_files[l]);
+    CHECK_EQ(deepest_level(db), -1); /* no files left in any level */
     kv_free(db);
 }
 
-/* Versions and tombstones that a snapshot kept when they reached the last level go at the next kv_compact_range
- * once the snapshot is released: the last level is rewritten in place (nothing below it could merge with it). They
- * used to stay for good. */
-TEST(test_db_compact_range_rewrites_the_last_level_after_a_snapshot) {
+/* The deepest level is written once per call, and data stays there: it used to go one level down per call, the
+ * level it left written twice (merged into, then rewritten into the next). A compacted store is not rewritten. */
+TEST(test_db_compact_range_writes_the_deepest_level_once) {
     kv_options o;
-    small_options(&o);
+    kv_db *db;
+    CHECK_OK(open_compacted(NULL, &o, 3000, "a value of some thirty bytes..", &db));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_MSG(st.level_files[1] >= 4, "%llu files in level 1", (unsigned long long)st.level_files[1]);
+    uint64_t before = compaction_bytes(db);
+    for (int i = 0; i < 3; i++) CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_EQ(deepest_level(db), 1);
+    CHECK_MSG(compaction_bytes(db) == before, "a compacted store rewritten: %llu bytes",
+              (unsigned long long)(compaction_bytes(db) - before));
+    /* new versions of every key: level 0 merges into level 1 once, and nothing more */
+    put_numbered(db, 0, 3000, "another value of thirty bytes.");
+    before = compaction_bytes(db);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_EQ(deepest_level(db), 1);
+    CHECK_OK(kv_get_stats(db, &st));
+    uint64_t written = compaction_bytes(db) - before;
+    CHECK_MSG(written <= st.level_bytes[1] + st.level_bytes[1] / 4, "%llu bytes written for a level of %llu",
+              (unsigned long long)written, (unsigned long long)st.level_bytes[1]);
+    CHECK_EQ(st.estimated_keys, 3000);
+    char got[64];
+    CHECK_OK(get_str(db, "k02999", got, sizeof got));
+    CHECK_MEM(got, strlen(got), "another value of thirty bytes.", 30);
+    kv_free(db);
+}
+
+/* Versions and tombstones that a snapshot kept when they reached the deepest level go at the next kv_compact_range
+ * once the snapshot is released: that level is rewritten into itself (nothing below it could merge with it). They
+ * used to stay for good. */
+TEST(test_db_compact_range_rewrites_the_deepest_level_after_a_snapshot) {
+    kv_options o;
+    compact_test_options(&o);
     kv_db *db;
     CHECK_OK(kv_open(t_tmpdir(), &o, &db));
     char k[16];
-    for (int i = 0; i < 200; i++) {
-        snprintf(k, sizeof k, "k%04d", i);
-        CHECK_OK(kv_put(db, k, strlen(k), "old", 3, 0));
-    }
+    put_numbered(db, 0, 200, "old");
     kv_snapshot *snap;
     CHECK_OK(kv_snapshot_new(db, &snap));
     for (int i = 0; i < 200; i++) {
-        snprintf(k, sizeof k, "k%04d", i);
+        snprintf(k, sizeof k, "k%05d", i);
         if (i % 2) CHECK_OK(kv_put(db, k, strlen(k), "new", 3, 0));
         else CHECK_OK(kv_delete(db, k, strlen(k), 0));
     }
     kv_stats st;
-    CHECK(sink_to_last_level(db));
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_EQ(deepest_level(db), 1);
     CHECK_OK(kv_get_stats(db, &st));
     CHECK_EQ(st.estimated_keys, 400); /* the snapshot sees every old value */
     kv_snapshot_release(db, snap);
@@ -578,7 +636,7 @@ TEST(test_db_compact_range_rewrites_the_last_level_after_a_snapshot) {
     CHECK_MSG(st.estimated_keys == 100, "%llu entries after the snapshot's release and a compaction, 100 live",
               (unsigned long long)st.estimated_keys);
     for (int i = 0; i < 200; i++) {
-        snprintf(k, sizeof k, "k%04d", i);
+        snprintf(k, sizeof k, "k%05d", i);
         kv_buf v = {0};
         int rc = kv_get(db, NULL, k, strlen(k), &v);
         if (i % 2) {
@@ -589,6 +647,48 @@ TEST(test_db_compact_range_rewrites_the_last_level_after_a_snapshot) {
         }
         kv_buf_free(&v);
     }
+    kv_free(db);
+}
+
+/* Only the deepest level's files that hold something to drop are rewritten, each run of neighbours as one: two
+ * deleted stretches with untouched files between them give outputs that overlap none of those files. */
+TEST(test_db_compact_range_rewrites_only_files_with_something_to_drop) {
+    kv_options o;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(open_compacted(dir, &o, 4000, "a value of some thirty bytes..", &db));
+    kv_snapshot *snap;
+    CHECK_OK(kv_snapshot_new(db, &snap));
+    delete_numbered(db, 500, 600);
+    delete_numbered(db, 3000, 3100);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* the tombstones reach level 1, kept */
+    kv_snapshot_release(db, snap);
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(deepest_level(db), 1);
+    CHECK_EQ(st.estimated_keys, 4200);
+    uint64_t level = st.level_bytes[1], before = compaction_bytes(db);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.estimated_keys, 3800);
+    uint64_t written = compaction_bytes(db) - before;
+    CHECK_MSG(written > 0 && written < level / 2, "%llu bytes rewritten of a level of %llu",
+              (unsigned long long)written, (unsigned long long)level);
+    uint64_t problems = 99;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems)); /* includes: level 1's files do not overlap */
+    CHECK_EQ(problems, 0);
+    char k[16], got[64];
+    for (int i = 0; i < 4000; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        int rc = get_str(db, k, got, sizeof got);
+        if ((i >= 500 && i < 600) || (i >= 3000 && i < 3100)) CHECK_EQ(rc, KV_ENOTFOUND);
+        else CHECK_OK(rc);
+    }
+    kv_free(db);
+    CHECK_OK(kv_open(dir, &o, &db)); /* the manifest agrees */
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
     kv_free(db);
 }
 

@@ -392,9 +392,9 @@ static void compaction_fault(kv_fault_kind kind, uint64_t after, const char *sub
     fx_free(&f);
 }
 
-TEST(test_faults_compaction_enospc) { compaction_fault(KV_FAULT_ENOSPC, 4, ".sst"); }
+TEST(test_faults_compaction_enospc) { compaction_fault(KV_FAULT_ENOSPC, 1, ".sst"); }
 TEST(test_faults_compaction_eio) { compaction_fault(KV_FAULT_WRITE_EIO, 0, ".sst"); }
-TEST(test_faults_compaction_short_write) { compaction_fault(KV_FAULT_WRITE_SHORT, 2, ".sst"); }
+TEST(test_faults_compaction_short_write) { compaction_fault(KV_FAULT_WRITE_SHORT, 1, ".sst"); }
 TEST(test_faults_compaction_manifest) { compaction_fault(KV_FAULT_ENOSPC, 0, "MANIFEST"); }
 TEST(test_faults_compaction_read_eio) { compaction_fault(KV_FAULT_READ_EIO, 3, ".sst"); }
 
