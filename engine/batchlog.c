@@ -16,6 +16,12 @@
  *    that log, and the flush calls batchlog_sync first). So batchlog_sync makes durable every batch appended so far:
  *    the file being written, and every file closed since with batches not known to be on disk (unsynced: a file
  *    rotated out, or closed after a failed append). A file leaves that list only when its fsync succeeds.
+ *  - No holes: every batch from the oldest retained to the newest can be read (or is reported damaged), never
+ *    "evicted" above a batch that is not. A batch whose append failed is *owed*: kept in memory (readable from
+ *    there), and appended, in order, before the next batch and by batchlog_sync; later batches queue behind it. Past
+ *    OWED_MAX bytes (or more batches than retention keeps) the owed batches are given up: the floor rises past them.
+ *    A gap between the batches of the files (seq not newest + 1: retention was off for a while, or batches were
+ *    given up) raises the floor to the batch after it, at open and at append, unless damage hides what is there.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -28,12 +34,20 @@
 #include "error.h"
 
 #define BATCHLOG_FILE_BYTES (4u << 20)
+#define OWED_MAX (4u << 20) /* bytes of batches whose append failed, kept for a retry */
 
 typedef struct bl_file {
     uint64_t no, first_seq, last_seq, bytes; /* first_seq, last_seq: of the records before any damage; 0: none */
     bool damaged;                            /* a corrupt record at damage_off ends what can be read */
     uint64_t damage_off;
+    uint64_t gap_after; /* the largest seq in the file whose predecessor is not the record before it; 0: none */
 } bl_file;
+
+typedef struct bl_owed {
+    uint64_t seq;
+    size_t len;
+    uint8_t *rec;
+} bl_owed;
 
 struct batchlog {
     pthread_mutex_t mu;
@@ -50,6 +64,9 @@ struct batchlog {
     uint64_t next_no;
     uint64_t total_bytes;
     bool read_only;      /* never write or delete (a read-only open) */
+    bl_owed *owed;       /* batches whose append failed, in sequence order, all above the files' */
+    size_t nowed, capowed;
+    uint64_t owed_bytes;
 };
 
 static void bl_path(const batchlog *bl, uint64_t no, char *buf, size_t n) {
@@ -69,12 +86,13 @@ static int scan_file(batchlog *bl, bl_file *f) {
     const uint8_t *rec;
     size_t len;
     uint64_t off;
-    f->first_seq = f->last_seq = 0;
+    f->first_seq = f->last_seq = f->gap_after = 0;
     f->damaged = false;
     while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
         if (len < 8) continue;
         uint64_t s = get_fixed64(rec);
         if (!f->first_seq) f->first_seq = s;
+        else if (s != f->last_seq + 1) f->gap_after = s;
         f->last_seq = s;
     }
     f->bytes = wal_reader_valid_end(r);
@@ -171,6 +189,15 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
     }
     if (bl->nfiles > 1) qsort(bl->files, bl->nfiles, sizeof *bl->files, cmp_file);
     if (batchlog_enabled(bl)) {
+        /* a gap (retention was off meanwhile, or batches were given up): what is below it counts as evicted */
+        uint64_t prev = 0;
+        for (size_t i = 0; i < bl->nfiles; i++) {
+            const bl_file *f = &bl->files[i];
+            if (f->first_seq && prev && f->first_seq != prev + 1 && f->first_seq > bl->floor) bl->floor = f->first_seq;
+            if (f->gap_after > bl->floor) bl->floor = f->gap_after;
+            if (f->last_seq) prev = f->last_seq;
+            if (f->damaged) prev = 0; /* what the damage hides is unknown: no gap can be told */
+        }
         uint64_t newest = batchlog_newest(bl);
         if (bl->max_batches && newest >= bl->max_batches && newest + 1 - bl->max_batches > bl->floor)
             bl->floor = newest + 1 - bl->max_batches;
@@ -180,8 +207,23 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
     return KV_OK;
 }
 
+/* Free owed[from, from + n) and close the gap. */
+static void drop_owed(batchlog *bl, size_t from, size_t n) {
+    if (n == 0) return; /* owed may be NULL */
+    for (size_t i = from; i < from + n; i++) {
+        bl->owed_bytes -= bl->owed[i].len;
+        free(bl->owed[i].rec);
+    }
+    memmove(bl->owed + from, bl->owed + from + n, (bl->nowed - from - n) * sizeof *bl->owed);
+    bl->nowed -= n;
+}
+
+static void free_owed(batchlog *bl, size_t from) { drop_owed(bl, from, bl->nowed - from); }
+
 void batchlog_close(batchlog *bl) {
     if (!bl) return;
+    free_owed(bl, 0);
+    free(bl->owed);
     if (bl->w) wal_writer_close(bl->w);
     pthread_mutex_destroy(&bl->mu);
     free(bl->unsynced);
@@ -191,6 +233,7 @@ void batchlog_close(batchlog *bl) {
 }
 
 uint64_t batchlog_newest(const batchlog *bl) {
+    if (bl->nowed) return bl->owed[bl->nowed - 1].seq;
     for (size_t i = bl->nfiles; i > 0; i--)
         if (bl->files[i - 1].last_seq) return bl->files[i - 1].last_seq;
     return 0;
@@ -237,13 +280,21 @@ static int start_file(batchlog *bl) {
     return KV_OK;
 }
 
-int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
-    if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
-    pthread_mutex_lock(&bl->mu);
+/* Append one batch to the files (caller holds mu, and nothing is owed). */
+static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     int rc = KV_OK;
     if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);
     if (!rc) rc = wal_append(bl->w, rec, len);
     if (!rc) {
+        /* the newest batch before this one, and whether damage hides what may lie between */
+        uint64_t newest = 0;
+        bool hidden = false;
+        for (size_t i = bl->nfiles; i > 0 && !newest; i--) {
+            const bl_file *g = &bl->files[i - 1];
+            newest = g->last_seq;
+            hidden = hidden || g->damaged;
+        }
+        if (newest && !hidden && seq > newest + 1 && seq > bl->floor) bl->floor = seq; /* a gap: no holes */
         bl_file *f = &bl->files[bl->nfiles - 1];
         if (!f->first_seq) f->first_seq = seq;
         f->last_seq = seq;
@@ -260,6 +311,57 @@ int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
         /* never append after a partial record: the next append starts a new file */
         retire_writer(bl);
     }
+    return rc;
+}
+
+/* Append the owed batches, oldest first; those that fail stay owed (caller holds mu). */
+static int append_owed(batchlog *bl) {
+    size_t done = 0;
+    int rc = KV_OK;
+    while (done < bl->nowed && !rc) {
+        bl_owed *o = &bl->owed[done];
+        rc = append_to_file(bl, o->seq, o->rec, o->len);
+        if (!rc) done++;
+    }
+    drop_owed(bl, 0, done);
+    return rc;
+}
+
+/* Give up the owed batches, and upto (when not 0) every batch up to it: the floor rises past them, so the feed
+ * answers "evicted" for them and for everything before, and stays without holes (caller holds mu). */
+static void give_up_owed(batchlog *bl, uint64_t upto) {
+    if (bl->nowed && bl->owed[bl->nowed - 1].seq > upto) upto = bl->owed[bl->nowed - 1].seq;
+    free_owed(bl, 0);
+    if (upto + 1 > bl->floor) bl->floor = upto + 1;
+    drop_below_floor(bl);
+}
+
+/* Keep a batch whose append failed (caller holds mu): false when it cannot be kept (memory, or OWED_MAX). */
+static bool owe(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
+    if (bl->owed_bytes + len > OWED_MAX || (bl->max_bytes && bl->owed_bytes + len > bl->max_bytes) ||
+        (bl->max_batches && bl->nowed + 1 > bl->max_batches))
+        return false;
+    if (bl->nowed == bl->capowed) {
+        size_t cap = bl->capowed ? bl->capowed * 2 : 4;
+        bl_owed *p = realloc(bl->owed, cap * sizeof *p);
+        if (!p) return false;
+        bl->owed = p;
+        bl->capowed = cap;
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) return false;
+    memcpy(copy, rec, len);
+    bl->owed[bl->nowed++] = (bl_owed){seq, len, copy};
+    bl->owed_bytes += len;
+    return true;
+}
+
+int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
+    if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
+    pthread_mutex_lock(&bl->mu);
+    int rc = bl->nowed ? append_owed(bl) : KV_OK; /* in order: a batch never goes before one owed */
+    if (!rc) rc = append_to_file(bl, seq, rec, len);
+    if (rc && !owe(bl, seq, rec, len)) give_up_owed(bl, seq);
     pthread_mutex_unlock(&bl->mu);
     return rc;
 }
@@ -268,6 +370,9 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
     if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
     pthread_mutex_lock(&bl->mu);
     int rc = KV_OK;
+    size_t keep = 0;
+    while (keep < bl->nowed && bl->owed[keep].seq <= seq) keep++;
+    free_owed(bl, keep);
     while (bl->nfiles > 0 && rc == KV_OK) {
         bl_file *f = &bl->files[bl->nfiles - 1];
         if (f->last_seq <= seq) break;
@@ -318,6 +423,9 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
 int batchlog_sync(batchlog *bl) {
     if (!bl) return KV_OK;
     pthread_mutex_lock(&bl->mu);
+    /* The owed batches are in a log that the caller may delete once this returns: append them now, or give them up
+     * (the store goes on; the feed says "evicted" for them and what came before). */
+    if (bl->nowed && append_owed(bl) != KV_OK) give_up_owed(bl, 0);
     int rc = KV_OK;
     while (!rc && bl->nunsynced > 0) {
         char path[4096];
@@ -406,6 +514,12 @@ void kv_logged_batch_free(kv_logged_batch *b) {
 int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out) {
     if (!batchlog_enabled(bl)) return kv_set_error(KV_EEVICTED, "the batch log is off");
     pthread_mutex_lock(&bl->mu);
+    for (size_t i = 0; i < bl->nowed && seq >= bl->floor; i++)
+        if (bl->owed[i].seq == seq) { /* its append failed: served from memory until it is appended */
+            int rc = decode_batch(bl->owed[i].rec, bl->owed[i].len, "(batch log, in memory)", 0, out);
+            pthread_mutex_unlock(&bl->mu);
+            return rc;
+        }
     int rc = KV_EEVICTED;
     bl_file *f = NULL;
     for (size_t i = 0; i < bl->nfiles; i++)
@@ -468,6 +582,10 @@ int batchlog_oldest(batchlog *bl, uint64_t *seq) {
         rc = KV_OK;
         break;
     }
+    if (rc != KV_OK && bl->nowed) { /* every batch in the files is evicted: the oldest is owed */
+        *seq = bl->owed[0].seq > bl->floor ? bl->owed[0].seq : bl->floor;
+        rc = KV_OK;
+    }
     pthread_mutex_unlock(&bl->mu);
     return rc;
 }
@@ -476,6 +594,9 @@ int batchlog_prune(batchlog *bl, uint64_t cutoff) {
     if (!batchlog_enabled(bl)) return KV_OK;
     pthread_mutex_lock(&bl->mu);
     if (cutoff > bl->floor) bl->floor = cutoff;
+    size_t below = 0;
+    while (below < bl->nowed && bl->owed[below].seq < bl->floor) below++;
+    drop_owed(bl, 0, below);
     drop_below_floor(bl);
     pthread_mutex_unlock(&bl->mu);
     return KV_OK;

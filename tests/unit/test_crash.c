@@ -802,15 +802,15 @@ TEST(test_crash_flush_syncs_batch_log_files_closed_since) {
     }
     CHECK_OK(kv_sync(db)); /* batches 1..3 are durable */
     kv_fault_env_arm(env, KV_FAULT_WRITE_EIO, 0, "BATCHLOG");
-    CHECK_OK(kv_put(db, "key03", 5, "v", 1, 0)); /* logged; its batch-log append fails and closes the file */
+    CHECK_OK(kv_put(db, "key03", 5, "v", 1, 0)); /* logged; its batch-log append fails, closes the file: owed */
     kv_fault_env_clear(env);
-    CHECK_OK(kv_put(db, "key04", 5, "v", 1, 0)); /* a new batch-log file */
+    CHECK_OK(kv_put(db, "key04", 5, "v", 1, 0)); /* a new batch-log file: batch 4, then 5 */
     CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushes: the logs go */
     CHECK_OK(kv_sync(db));
     power_loss_and_reopen(dir, env, NULL, &o, &db);
     CHECK(db != NULL);
     CHECK_EQ(kv_current_sequence(db), 5);
-    CHECK(feed_holds(db, 1, 3));
+    CHECK(feed_holds(db, 1, 5));
     kv_free(db);
 }
 

@@ -723,6 +723,152 @@ TEST(test_faults_current_rename_not_synced) {
     kv_free(db);
 }
 
+/* ---- the change feed has no holes ----------------------------------------------------------------------------- */
+
+/* A store in dir on env (which may be NULL) keeping up to max_batches batches or max_bytes in its batch log. */
+static int open_with_feed(const char *dir, kv_env *env, uint64_t max_batches, uint64_t max_bytes, kv_db **db) {
+    kv_options o;
+    fx_options(&o, false);
+    o.env = env;
+    o.batch_log_max_batches = max_batches;
+    o.batch_log_max_bytes = max_bytes;
+    return kv_open(dir, &o, db);
+}
+
+/* One batch per key, each a put of 500 bytes. */
+static void put_keys(kv_db *db, int from, int to) {
+    char k[32], v[500];
+    memset(v, 'v', sizeof v);
+    for (int i = from; i < to; i++) {
+        snprintf(k, sizeof k, "key%04d", i);
+        CHECK_OK(kv_put(db, k, strlen(k), v, sizeof v, 0));
+    }
+}
+
+/* Every batch from the oldest retained one to the current sequence can be read, and holds the put of key
+ * (seq - 1) (the tests write one key per batch, key0000 as batch 1); *oldest gets the oldest. */
+static bool feed_is_whole(kv_db *db, uint64_t *oldest) {
+    int rc = kv_oldest_retained_batch(db, oldest);
+    if (rc) {
+        t_fail(__FILE__, __LINE__, "kv_oldest_retained_batch: %s (%s)", kv_strerror(rc), kv_errmsg());
+        return false;
+    }
+    for (uint64_t seq = *oldest; seq <= kv_current_sequence(db); seq++) {
+        kv_logged_batch *b = NULL;
+        char want[32];
+        snprintf(want, sizeof want, "key%04llu", (unsigned long long)seq - 1);
+        rc = kv_get_batch(db, seq, &b);
+        bool ok = rc == KV_OK && b->nops == 1 && b->ops[0].klen == strlen(want) &&
+                  memcmp(b->ops[0].key, want, strlen(want)) == 0;
+        if (!ok) t_fail(__FILE__, __LINE__, "batch %llu of %llu..%llu: %s (%s)", (unsigned long long)seq,
+                        (unsigned long long)*oldest, (unsigned long long)kv_current_sequence(db),
+                        rc ? kv_strerror(rc) : "not the batch written", rc ? kv_errmsg() : "");
+        kv_logged_batch_free(b);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* A store in dir (a new directory) on a fault environment (*env), holding batches 1..3, whose batch-log appends
+ * fail from now on. */
+static int open_failing_feed(char *dir, size_t n, kv_env **env, uint64_t max_batches, uint64_t max_bytes,
+                             kv_db **db) {
+    snprintf(dir, n, "%s", t_tmpdir());
+    *env = kv_fault_env_new(kv_env_posix());
+    if (!*env) return KV_ENOMEM;
+    int rc = open_with_feed(dir, *env, max_batches, max_bytes, db);
+    if (rc) return rc;
+    put_keys(*db, 0, 3);
+    kv_fault_env_arm(*env, KV_FAULT_WRITE_EIO, 0, "BATCHLOG");
+    return KV_OK;
+}
+
+static void check_evicted(kv_db *db, uint64_t seq) {
+    kv_logged_batch *b = NULL;
+    int rc = kv_get_batch(db, seq, &b);
+    kv_logged_batch_free(b);
+    CHECK_MSG(rc == KV_EEVICTED, "batch %llu: %s, not evicted", (unsigned long long)seq, kv_strerror(rc));
+}
+
+/* A batch whose batch-log append failed is served from memory and appended before the next one: the feed keeps it.
+ * It used to be missing for good, answered "evicted" above an older batch that was not. */
+TEST(test_faults_batch_log_retries_a_failed_append) {
+    char dir[512];
+    kv_env *env;
+    kv_db *db;
+    CHECK_OK(open_failing_feed(dir, sizeof dir, &env, 1000, 0, &db));
+    put_keys(db, 3, 5); /* batches 4 and 5: logged, their batch-log appends fail */
+    CHECK(kv_fault_env_failures(env) > 0);
+    uint64_t oldest = 0;
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 1);
+    kv_fault_env_clear(env);
+    put_keys(db, 5, 6); /* appends 4, 5, then 6 */
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 1);
+    CHECK_EQ(kv_current_sequence(db), 6);
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db)); /* from the files alone */
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 1);
+    uint64_t problems = 99;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+    env->destroy(env);
+}
+
+/* When the failed appends go on past what retention keeps (here 16 KiB, about 30 batches), they are given up:
+ * the feed's oldest batch moves past them, and it has no hole, neither then nor after a reopen. */
+TEST(test_faults_batch_log_gives_up_failed_appends_without_a_hole) {
+    char dir[512];
+    kv_env *env;
+    kv_db *db;
+    CHECK_OK(open_failing_feed(dir, sizeof dir, &env, 0, 16 << 10, &db));
+    put_keys(db, 3, 43); /* batches 4..43: owed, the first thirty or so given up */
+    kv_fault_env_clear(env);
+    put_keys(db, 43, 45);
+    uint64_t oldest = 0;
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_MSG(oldest > 20 && oldest < 44, "oldest retained batch %llu", (unsigned long long)oldest);
+    check_evicted(db, 3);
+    check_evicted(db, oldest - 1);
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 0, 16 << 10, &db));
+    uint64_t again = 0;
+    CHECK(feed_is_whole(db, &again));
+    CHECK_EQ(again, oldest);
+    kv_free(db);
+    env->destroy(env);
+}
+
+/* Batches written while retention was off are not in the batch log: when it is on again, the feed starts after
+ * them (it used to hold the batches before them, and answer "evicted" for the ones in between). */
+TEST(test_faults_batch_log_off_for_a_while_leaves_no_hole) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    put_keys(db, 0, 3);
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 0, 0, &db)); /* retention off */
+    put_keys(db, 3, 6);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushed: no log holds batches 4..6 */
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    put_keys(db, 6, 8);
+    uint64_t oldest = 0;
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 7);
+    check_evicted(db, 2);
+    check_evicted(db, 5);
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 7);
+    kv_free(db);
+}
+
 /* A flush syncs the batch log, then records the store's last sequence in the manifest. Batches written after the
  * flushed memtable, into a log never synced, are in the synced batch log but not in any table: a power loss takes
  * them from the log. After reopening, the batch log must not hand them out (design.md, "The batch log"). The
