@@ -68,6 +68,9 @@ typedef struct kv_env {
 
 /* The real file system. A process-wide singleton; never destroy it. */
 kv_env *kv_env_posix(void);
+/* Bytes it has written into files through shared mappings since the process started (write_at into reserved space:
+ * the write-ahead log), which the kernel's count of bytes passed to write() (wchar in /proc/PID/io) leaves out. */
+uint64_t kv_env_posix_mapped_bytes(void);
 void kv_env_free_names(char **names, size_t n);
 /* Append n pieces (env->appendv when the environment has one, else one append per piece). */
 int kv_env_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n);

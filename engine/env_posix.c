@@ -2,8 +2,8 @@
  * env_posix.c — the kv_env of the real file system (see env.h).
  *
  * Invariants
- *  - One process-wide kv_env: its only state is the count of truncations (below), so it needs no lock and is never
- *    destroyed.
+ *  - One process-wide kv_env: its only state is two counters (truncations, mapped bytes), so it needs no lock and is
+ *    never destroyed.
  *  - A kv_file owns exactly one file descriptor, opened with O_CLOEXEC so a fork+exec never inherits store files.
  *    Files opened for writing use O_APPEND: every append lands at the current end of the file, even after a
  *    truncate through another name or handle (the record log relies on this to cut a partial record off and go on).
@@ -53,6 +53,11 @@ struct kv_file {
 /* Truncations through this environment, of any file: one may have cut a file below what an open handle of it knows
  * as reserved, so each handle checks the file's size again when this has moved. */
 static _Atomic uint64_t truncations;
+
+/* Bytes written through mappings (kv_env_posix_mapped_bytes). */
+static _Atomic uint64_t mapped_bytes;
+
+uint64_t kv_env_posix_mapped_bytes(void) { return atomic_load_explicit(&mapped_bytes, memory_order_relaxed); }
 
 /* Largest single read/write request: Linux transfers at most about 2 GiB per call anyway. */
 #define IO_CHUNK ((size_t)1 << 30)
@@ -191,6 +196,7 @@ static int px_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
         }
         if (f->map) {
             memcpy(f->map + (off - w), buf, len);
+            atomic_fetch_add_explicit(&mapped_bytes, len, memory_order_relaxed);
             return KV_OK;
         }
     }
