@@ -22,6 +22,8 @@
  *    OWED_MAX bytes (or more batches than retention keeps) the owed batches are given up: the floor rises past them.
  *    A gap between the batches of the files (seq not newest + 1: retention was off for a while, or batches were
  *    given up) raises the floor to the batch after it, at open and at append, unless damage hides what is there.
+ *    So does a gap at the top, found at the end of recovery: the files end before the store's last batch (no log
+ *    held the batches after them to append again); the floor then rises past the store's last batch.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -280,6 +282,18 @@ static int start_file(batchlog *bl) {
     return KV_OK;
 }
 
+/* The newest batch the files hold (0: none), and in *hidden whether damage may hide newer ones (caller holds mu). */
+static uint64_t files_newest(const batchlog *bl, bool *hidden) {
+    uint64_t newest = 0;
+    *hidden = false;
+    for (size_t i = bl->nfiles; i > 0 && !newest; i--) {
+        const bl_file *g = &bl->files[i - 1];
+        newest = g->last_seq;
+        *hidden = *hidden || g->damaged;
+    }
+    return newest;
+}
+
 /* Append one batch to the files (caller holds mu, and nothing is owed). */
 static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     int rc = KV_OK;
@@ -287,13 +301,8 @@ static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t le
     if (!rc) rc = wal_append(bl->w, rec, len);
     if (!rc) {
         /* the newest batch before this one, and whether damage hides what may lie between */
-        uint64_t newest = 0;
-        bool hidden = false;
-        for (size_t i = bl->nfiles; i > 0 && !newest; i--) {
-            const bl_file *g = &bl->files[i - 1];
-            newest = g->last_seq;
-            hidden = hidden || g->damaged;
-        }
+        bool hidden;
+        uint64_t newest = files_newest(bl, &hidden);
         if (newest && !hidden && seq > newest + 1 && seq > bl->floor) bl->floor = seq; /* a gap: no holes */
         bl_file *f = &bl->files[bl->nfiles - 1];
         if (!f->first_seq) f->first_seq = seq;
@@ -418,6 +427,19 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
     }
     pthread_mutex_unlock(&bl->mu);
     return rc;
+}
+
+void batchlog_recovered(batchlog *bl, uint64_t last) {
+    if (!batchlog_enabled(bl)) return;
+    pthread_mutex_lock(&bl->mu);
+    bool hidden = false;
+    uint64_t newest = bl->nowed ? bl->owed[bl->nowed - 1].seq : files_newest(bl, &hidden);
+    if (newest < last && !hidden && last + 1 > bl->floor) {
+        bl->floor = last + 1;
+        free_owed(bl, 0);
+        drop_below_floor(bl);
+    }
+    pthread_mutex_unlock(&bl->mu);
 }
 
 int batchlog_sync(batchlog *bl) {

@@ -512,6 +512,8 @@ static int recover_logs(kv_db *db) {
      * (A failure here leaves them; lookups prefer the newer file that the next batches go to.) */
     if (rc == KV_OK && !db->opt.read_only && db->blog && batchlog_newest(db->blog) > max_seq)
         (void)batchlog_forget_after(db->blog, max_seq);
+    /* Batches the batch log never got and no log holds (written while it was off) are a gap at its top. */
+    if (rc == KV_OK && db->blog) batchlog_recovered(db->blog, max_seq);
     if (rc == KV_OK) {
         atomic_store(&db->last_seq, max_seq);
         db->vs->last_seq = max_seq;

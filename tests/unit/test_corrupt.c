@@ -64,6 +64,14 @@ static uint8_t *slurp(const char *path, size_t *n) {
     return buf;
 }
 
+/* Write data[0..n) as the whole file at path (created). */
+static bool spill(const char *path, const uint8_t *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    bool ok = fwrite(data, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
 static bool put_byte(const char *path, uint64_t off, uint8_t b) {
     int fd = open(path, O_WRONLY);
     if (fd < 0) return false;
@@ -766,7 +774,8 @@ TEST(test_corrupt_batch_log) {
         }
         named p = {.file = name};
         int crc = kv_check(db, on_problem, NULL, &p, NULL);
-        if (crc == KV_OK && p.problems == 0) {
+        bool read_as_torn = crc == KV_OK && p.problems == 0;
+        if (read_as_torn) {
             /* the record log's known limit (see the top of this file): a length that now runs past the end of the
              * file reads as a torn tail, and the file ends before that record */
             torn++;
@@ -776,8 +785,13 @@ TEST(test_corrupt_batch_log) {
         }
         CHECK_OK(kv_close(db));
         kv_free(db);
-        CHECK_MSG(access(path, F_OK) == 0, "offset %zu: the damaged file was deleted", off);
-        CHECK(put_byte(path, off, data[off]));
+        /* A file whose damage reads as a torn tail, with no log left to give the batches after it back, has a gap
+         * at the feed's top: the floor rises past the store's last batch (format.md, "Batch log") and the file,
+         * wholly below it, goes. A file known to be damaged is never deleted. */
+        bool kept = access(path, F_OK) == 0;
+        CHECK_MSG(kept || read_as_torn, "offset %zu: the damaged file was deleted", off);
+        if (kept) CHECK(put_byte(path, off, data[off]));
+        else CHECK(spill(path, data, n));
     }
     CHECK(damaged_reported > 0);
     CHECK(torn < 16); /* a length field's 4 bytes per record at most */

@@ -869,6 +869,34 @@ TEST(test_faults_batch_log_off_for_a_while_leaves_no_hole) {
     kv_free(db);
 }
 
+/* The newest batches missing from the files at open (written while retention was off, then flushed: no log holds
+ * them) are a gap too: the feed starts after them before any batch is written. It used to hold the batches below
+ * them and answer "evicted" for them until the next write found the gap. */
+TEST(test_faults_batch_log_missing_newest_batches_leave_no_hole) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    put_keys(db, 0, 3);
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 0, 0, &db)); /* retention off */
+    put_keys(db, 3, 6);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushed: no log holds batches 4..6 */
+    kv_free(db);
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    CHECK_EQ(kv_current_sequence(db), 6);
+    uint64_t oldest = 0;
+    int rc = kv_oldest_retained_batch(db, &oldest);
+    CHECK_MSG(rc == KV_ENOTFOUND, "oldest retained batch %llu (%s): batches 4..6 are not held",
+              (unsigned long long)oldest, kv_strerror(rc));
+    check_evicted(db, 3);
+    check_evicted(db, 6);
+    put_keys(db, 6, 7);
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 7);
+    kv_free(db);
+}
+
 /* A flush syncs the batch log, then records the store's last sequence in the manifest. Batches written after the
  * flushed memtable, into a log never synced, are in the synced batch log but not in any table: a power loss takes
  * them from the log. After reopening, the batch log must not hand them out (design.md, "The batch log"). The
