@@ -42,7 +42,7 @@ typedef struct bl_file {
     uint64_t no, first_seq, last_seq, bytes; /* first_seq, last_seq: of the records before any damage; 0: none */
     bool damaged;                            /* a corrupt record at damage_off ends what can be read */
     uint64_t damage_off;
-    uint64_t gap_after; /* the largest seq in the file whose predecessor is not the record before it; 0: none */
+    uint64_t gap_after; /* the largest seq in the file more than one above the record before it; 0: none */
 } bl_file;
 
 typedef struct bl_owed {
@@ -94,7 +94,7 @@ static int scan_file(batchlog *bl, bl_file *f) {
         if (len < 8) continue;
         uint64_t s = get_fixed64(rec);
         if (!f->first_seq) f->first_seq = s;
-        else if (s != f->last_seq + 1) f->gap_after = s;
+        else if (s > f->last_seq + 1) f->gap_after = s;
         f->last_seq = s;
     }
     f->bytes = wal_reader_valid_end(r);
@@ -191,11 +191,13 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
     }
     if (bl->nfiles > 1) qsort(bl->files, bl->nfiles, sizeof *bl->files, cmp_file);
     if (batchlog_enabled(bl)) {
-        /* a gap (retention was off meanwhile, or batches were given up): what is below it counts as evicted */
+        /* A gap (retention was off meanwhile, or batches were given up): what is below it counts as evicted. A file
+         * starting at or below the previous one's last batch is no gap: recovery failed to forget batches a torn log
+         * lost, the next ones reused their numbers, and lookups prefer the newer file. */
         uint64_t prev = 0;
         for (size_t i = 0; i < bl->nfiles; i++) {
             const bl_file *f = &bl->files[i];
-            if (f->first_seq && prev && f->first_seq != prev + 1 && f->first_seq > bl->floor) bl->floor = f->first_seq;
+            if (f->first_seq && prev && f->first_seq > prev + 1 && f->first_seq > bl->floor) bl->floor = f->first_seq;
             if (f->gap_after > bl->floor) bl->floor = f->gap_after;
             if (f->last_seq) prev = f->last_seq;
             if (f->damaged) prev = 0; /* what the damage hides is unknown: no gap can be told */

@@ -897,6 +897,40 @@ TEST(test_faults_batch_log_missing_newest_batches_leave_no_hole) {
     kv_free(db);
 }
 
+/* When recovery cannot forget the batches above the last one replayed (a torn log tail; here the batch-log file's
+ * truncation fails), the next batches reuse their sequence numbers in a newer file, which lookups prefer. That
+ * overlap is no gap: the next open must not raise the floor over it. It used to, evicting every older batch. */
+TEST(test_faults_batch_log_overlap_after_a_failed_forget_is_no_gap) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    put_keys(db, 0, 5);
+    kv_free(db); /* the log and the batch log hold batches 1..5 */
+    char log[256], path[1024];
+    uint64_t end = 0;
+    CHECK(t_newest_file(dir, ".log", log, sizeof log));
+    snprintf(path, sizeof path, "%s/%s", dir, log);
+    CHECK(t_log_end(path, false, &end) && end > 3);
+    CHECK(truncate(path, (off_t)(end - 3)) == 0); /* batch 5 torn */
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env);
+    kv_fault_env_arm(env, KV_FAULT_WRITE_STUCK, 0, "BATCHLOG"); /* the batch log cannot be cut back */
+    CHECK_OK(open_with_feed(dir, env, 1000, 0, &db));
+    kv_fault_env_clear(env);
+    CHECK_EQ(kv_current_sequence(db), 4);
+    put_keys(db, 4, 6); /* batches 5 (again) and 6, in a new file */
+    uint64_t oldest = 0;
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 1);
+    kv_free(db);
+    env->destroy(env);
+    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 1);
+    kv_free(db);
+}
+
 /* A flush syncs the batch log, then records the store's last sequence in the manifest. Batches written after the
  * flushed memtable, into a log never synced, are in the synced batch log but not in any table: a power loss takes
  * them from the log. After reopening, the batch log must not hand them out (design.md, "The batch log"). The
