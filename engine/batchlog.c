@@ -314,7 +314,9 @@ static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t le
         if (bl->max_batches && seq >= bl->max_batches && seq + 1 - bl->max_batches > bl->floor)
             bl->floor = seq + 1 - bl->max_batches;
         while (bl->max_bytes && bl->total_bytes > bl->max_bytes && bl->nfiles > 1) {
-            if (bl->files[0].last_seq + 1 > bl->floor) bl->floor = bl->files[0].last_seq + 1;
+            /* past what a damaged file may hold, not just its last readable batch: else it would never go */
+            uint64_t upper = file_upper(bl, 0); /* finite: the last file holds this batch */
+            if (upper + 1 > bl->floor) bl->floor = upper + 1;
             drop_below_floor(bl);
         }
         drop_below_floor(bl);

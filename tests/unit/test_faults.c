@@ -931,6 +931,32 @@ TEST(test_faults_batch_log_overlap_after_a_failed_forget_is_no_gap) {
     kv_free(db);
 }
 
+/* Byte retention drops whole oldest files: also a damaged one, with the batches its damage may hide (up to the next
+ * file's first). It used to raise the floor only past the damaged file's last readable batch, which never let the
+ * file go, and looped for good, holding the batch log's lock. */
+TEST(test_faults_batch_log_byte_retention_drops_a_damaged_oldest_file) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_db *db;
+    CHECK_OK(open_with_feed(dir, NULL, 0, 16 << 10, &db));
+    put_keys(db, 0, 25);                                          /* about 13 KiB, in BATCHLOG-000001 */
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushed: no log holds them */
+    kv_free(db);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/BATCHLOG-000001", dir);
+    FILE *f = fopen(path, "r+b");
+    CHECK(f);
+    CHECK(fseek(f, 5000, SEEK_SET) == 0 && fputc('X', f) != EOF && fputc('Y', f) != EOF); /* a record damaged */
+    CHECK(fclose(f) == 0);
+    CHECK_OK(open_with_feed(dir, NULL, 0, 16 << 10, &db));
+    put_keys(db, 25, 50); /* past 16 KiB with the new file: the damaged one goes */
+    CHECK(access(path, F_OK) != 0);
+    uint64_t oldest = 0;
+    CHECK(feed_is_whole(db, &oldest));
+    CHECK_EQ(oldest, 26);
+    kv_free(db);
+}
+
 /* A flush syncs the batch log, then records the store's last sequence in the manifest. Batches written after the
  * flushed memtable, into a log never synced, are in the synced batch log but not in any table: a power loss takes
  * them from the log. After reopening, the batch log must not hand them out (design.md, "The batch log"). The
