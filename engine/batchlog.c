@@ -369,9 +369,26 @@ static bool owe(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     return true;
 }
 
+/* A read-only open replays logs whose batches the files may lack, and cannot append them: it keeps them as owed,
+ * in memory, for lookups (never appended; bounded and given up as owed batches are), after a gap as at append. */
+static void keep_read_only(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
+    bool hidden = false;
+    uint64_t prev = bl->nowed ? bl->owed[bl->nowed - 1].seq : files_newest(bl, &hidden);
+    if (prev && !hidden && seq > prev + 1 && seq > bl->floor) {
+        bl->floor = seq;
+        free_owed(bl, 0);
+    }
+    if (!owe(bl, seq, rec, len)) give_up_owed(bl, seq);
+}
+
 int batchlog_append(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
-    if (!batchlog_enabled(bl) || bl->read_only) return KV_OK;
+    if (!batchlog_enabled(bl)) return KV_OK;
     pthread_mutex_lock(&bl->mu);
+    if (bl->read_only) {
+        keep_read_only(bl, seq, rec, len);
+        pthread_mutex_unlock(&bl->mu);
+        return KV_OK;
+    }
     int rc = bl->nowed ? append_owed(bl) : KV_OK; /* in order: a batch never goes before one owed */
     if (!rc) rc = append_to_file(bl, seq, rec, len);
     if (rc && !owe(bl, seq, rec, len)) give_up_owed(bl, seq);
@@ -447,7 +464,7 @@ void batchlog_recovered(batchlog *bl, uint64_t last) {
 }
 
 int batchlog_sync(batchlog *bl) {
-    if (!bl) return KV_OK;
+    if (!bl || bl->read_only) return KV_OK; /* nothing written; owed batches there are never appended */
     pthread_mutex_lock(&bl->mu);
     /* The owed batches are in a log that the caller may delete once this returns: append them now, or give them up
      * (the store goes on; the feed says "evicted" for them and what came before). */

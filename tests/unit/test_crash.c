@@ -691,8 +691,10 @@ static void power_loss_and_reopen(const char *dir, kv_env *env, kv_stream *s, kv
     CHECK_OK(kv_fault_env_apply_crash(env));
     env->destroy(env);
     uint64_t keep = o->batch_log_max_batches;
+    bool read_only = o->read_only;
     small_options(o);
     o->batch_log_max_batches = keep;
+    o->read_only = read_only;
     CHECK_OK(kv_open(dir, o, db));
 }
 
@@ -747,8 +749,9 @@ TEST(test_crash_sync_covers_older_logs) {
 
 /* kv_sync leaves the batch log unsynced: every batch in it is also in the write-ahead log, which recovery re-appends
  * from, so a power loss loses none of the change feed's synced batches. (It used to fsync the batch log too: a third
- * fdatasync per fsync through the mount. A batch-log fsync that fails here made kv_sync fail.) */
-TEST(test_crash_sync_leaves_the_batch_log_to_recovery) {
+ * fdatasync per fsync through the mount. A batch-log fsync that fails here made kv_sync fail.) A read-only open,
+ * which cannot append, keeps the batches it replays in memory for the feed. */
+static void sync_leaves_the_batch_log_to_recovery(bool reopen_read_only) {
     char dir[512];
     kv_env *env;
     kv_options o;
@@ -773,12 +776,19 @@ TEST(test_crash_sync_leaves_the_batch_log_to_recovery) {
     CHECK_OK(kv_sync(db));
     uint64_t last = kv_current_sequence(db);
     kv_fault_env_clear(env);
+    o.read_only = reopen_read_only;
     power_loss_and_reopen(dir, env, NULL, &o, &db);
     CHECK(db != NULL);
     CHECK_EQ(kv_current_sequence(db), last);
     CHECK(feed_holds(db, 1, last));
+    uint64_t oldest = 0;
+    CHECK_OK(kv_oldest_retained_batch(db, &oldest));
+    CHECK_EQ(oldest, 1);
     kv_free(db);
 }
+
+TEST(test_crash_sync_leaves_the_batch_log_to_recovery) { sync_leaves_the_batch_log_to_recovery(false); }
+TEST(test_crash_sync_leaves_the_batch_log_to_a_read_only_recovery) { sync_leaves_the_batch_log_to_recovery(true); }
 
 /* kv_sync leaves the batch log to the flush, which must then sync every batch-log file with batches appended since
  * the last sync, not only the one being written: here the file a failed append closed (it was closed unsynced, the
