@@ -11,9 +11,10 @@
  *    O_APPEND); their writer keeps its own end and cuts back to it itself.
  *  - Every failure sets the thread's message naming the operation and the path (kv_set_errno) before returning.
  *  - read_at and append retry EINTR and partial transfers, so a short result means end of file (read) or an error.
- *  - A write by offset into space that fallocate reserved is a copy into a shared mapping (px_write_at). A file
- *    mapped past its end raises SIGBUS where a write would have extended it, so a mapping is only written below
- *    the reserved size, which every truncation through this environment makes each open file check again.
+ *  - A write by offset into space that fallocate reserved is a copy into a shared mapping (px_write_at), in ascending
+ *    order of address as a write lands (copy_ascending). A file mapped past its end raises SIGBUS where a write would
+ *    have extended it, so a mapping is only written below the reserved size, which every truncation through this
+ *    environment makes each open file check again.
  *  - Locks are open-file-description locks (F_OFD_SETLK): they conflict with a second lock of the same file even from
  *    the same process, unlike classic POSIX record locks, and they are released when the lock's descriptor is closed.
  */
@@ -171,6 +172,22 @@ static int px_open_overwrite(kv_env *env, const char *path, kv_file **out) {
     return rc;
 }
 
+/* Copy n bytes to dst in ascending order of address, as a write lands: a reader of the file (kv_check reading the
+ * live log) that catches the copy in its middle, or a crash of the process there, finds a prefix of it, a record's
+ * header before its payload and a record before the next (docs/format.md, "Reading"). memcpy stores in any order
+ * (glibc stores the first bytes of a copy of a few hundred bytes to 2 KiB last), and a writer may stall in a page
+ * fault or be preempted in the middle. Volatile stores keep the order; x86 keeps it for other processors too. */
+static void copy_ascending(char *dst, const char *src, size_t n) {
+    volatile char *d = dst;
+    for (; n > 0 && ((uintptr_t)d & 7); n--) *d++ = *src++;
+    for (; n >= 8; n -= 8, d += 8, src += 8) {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        *(volatile uint64_t *)d = v;
+    }
+    for (; n > 0; n--) *d++ = *src++;
+}
+
 /* A write into space fallocate reserved is a copy into a shared mapping of the file: the bytes are in the page cache
  * (in the OS, as a write's are) without a system call, which was a fifth of the CPU of an unsynced put. Only
  * reserved space, on a file system where that reservation holds for mappings, is written so: a store into a mapped
@@ -195,7 +212,7 @@ static int px_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
             f->map_off = w;
         }
         if (f->map) {
-            memcpy(f->map + (off - w), buf, len);
+            copy_ascending(f->map + (off - w), buf, len);
             atomic_fetch_add_explicit(&mapped_bytes, len, memory_order_relaxed);
             return KV_OK;
         }
