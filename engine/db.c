@@ -106,8 +106,6 @@ static void free_resources(kv_db *db) {
     db->vs = NULL;
     db->cache = NULL;
     bytes_free(&db->scratch);
-    bytes_free(&db->manual_begin);
-    bytes_free(&db->manual_end);
     free(db->pending);
     db->pending = NULL;
     if (db->lock) db->env->unlock(db->env, db->lock);
@@ -898,7 +896,8 @@ static int make_room(kv_db *db, bool force) {
                 while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
                 if (rc) return rc;
                 /* a compaction in another thread (kv_compact_range) holds the files: wait for it, not spin */
-                if (!did && (db->compact_running || db->manual_running)) pthread_cond_wait(&db->bg_cv, &db->mu);
+                if (!did && (db->compact_running || db->manual_running || db->manual_waiting))
+                    pthread_cond_wait(&db->bg_cv, &db->mu);
                 continue;
             }
             if (db->bg_error && !db->flush_running) {

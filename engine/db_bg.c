@@ -450,7 +450,7 @@ int db_compact_once(kv_db *db, bool *did) {
     /* Without background threads a writer compacts here (make_room) while kv_compact_range may be compacting in
      * another thread with the lock released: picking from the current version would take files that compaction is
      * rewriting, and both outputs would land in one level, overlapping. One compaction at a time. */
-    if (db->compact_running || db->manual_running) return KV_OK;
+    if (db->compact_running || db->manual_running || db->manual_waiting) return KV_OK;
     if (!pick_compaction(db, &c)) return KV_OK;
     *did = true;
     int rc = run_compaction(db, &c);
@@ -582,7 +582,7 @@ static void *compact_main(void *arg) {
     int failures = 0;
     int idle_seconds = 0;
     while (!db->stopping) {
-        if (!db->manual_running && !db->compact_running && db->vs->current->score >= 1) {
+        if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
             int rc = db_compact_once(db, &did);
             if (rc && rc != KV_ECLOSED) {

@@ -225,11 +225,8 @@ struct kv_db {
     int bg_error;           /* last background failure (retried) */
     bool flush_running, compact_running;
     uint64_t flush_attempts; /* flushes finished, failed ones included (under mu) */
-    int manual_pending;     /* manual compactions requested */
     bool manual_running;
-    int manual_level;
-    kv_bytes manual_begin, manual_end; /* ukeys; empty = unbounded */
-    bool manual_has_begin, manual_has_end;
+    int manual_waiting;     /* kv_compact_range calls waiting for the running compaction: no background one starts */
     int manual_status;
     uint64_t manual_seqno, manual_done_seqno;
 

@@ -437,7 +437,11 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
         db_leave(db);
         return rc;
     }
+    /* Background compactions start one after another while levels are over their size (a steady writer keeps them
+     * so): waiting for a moment when none runs could take for ever. manual_waiting keeps a new one from starting. */
+    db->manual_waiting++;
     while (db->compact_running || db->manual_running) pthread_cond_wait(&db->bg_cv, &db->mu);
+    db->manual_waiting--;
     db->manual_running = true;
     /* Compact each level into the next, down to the deepest level that holds files, so that every version of a key
      * meets the others there and shadowed versions and tombstones go. Then rewrite that level into itself, else

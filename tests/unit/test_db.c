@@ -2665,3 +2665,58 @@ TEST(test_db_blob_gc_during_flush_spares_the_flush_copies) {
     kv_free(db);
     pthread_mutex_destroy(&h.mu);
 }
+
+
+/* A writer of random keys that stops by itself after `cap` puts (capped then true), or when told to. */
+typedef struct steady_writer {
+    kv_db *db;
+    long cap;
+    atomic_bool stop, capped;
+    atomic_long puts;
+    int errors;
+} steady_writer;
+
+static void *steady_writer_main(void *arg) {
+    steady_writer *w = arg;
+    uint64_t rs = 7;
+    char k[32], v[100];
+    memset(v, 'x', sizeof v);
+    while (!atomic_load(&w->stop)) {
+        if (atomic_load(&w->puts) >= w->cap) {
+            atomic_store(&w->capped, true);
+            break;
+        }
+        snprintf(k, sizeof k, "k%08llu", (unsigned long long)(t_rand(&rs) % 100000));
+        if (kv_put(w->db, k, strlen(k), v, sizeof v, 0)) {
+            w->errors++;
+            break;
+        }
+        atomic_fetch_add(&w->puts, 1);
+    }
+    return NULL;
+}
+
+/* kv_compact_range beside a writer that never pauses: background compactions, one after another while levels are
+ * over their size, used to take every turn, and the call waited until the writer stopped (here, its cap). */
+TEST(test_db_compact_range_is_not_starved_by_background_compactions) {
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    steady_writer w = {.db = db, .cap = 400000};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, steady_writer_main, &w) == 0);
+    kv_stats st;
+    do { /* background compactions going */
+        usleep(10000);
+        CHECK_OK(kv_get_stats(db, &st));
+    } while (st.compactions < 20 && !atomic_load(&w.capped) && !t_failed());
+    long before = atomic_load(&w.puts);
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    CHECK_MSG(!atomic_load(&w.capped), "kv_compact_range returned only once the writer stopped (%ld puts meanwhile)",
+              atomic_load(&w.puts) - before);
+    atomic_store(&w.stop, true);
+    pthread_join(th, NULL);
+    CHECK_EQ(w.errors, 0);
+    kv_free(db);
+}
