@@ -842,20 +842,27 @@ TEST(test_faults_batch_log_gives_up_failed_appends_without_a_hole) {
     env->destroy(env);
 }
 
+/* A store in dir (a new directory) whose batches 1..3 are in its batch log and 4..6, written while retention was
+ * off and then flushed, in no log: opened again with retention on. */
+static int open_after_batches_off(char *dir, size_t n, kv_db **db) {
+    snprintf(dir, n, "%s", t_tmpdir());
+    int rc = open_with_feed(dir, NULL, 1000, 0, db);
+    if (rc) return rc;
+    put_keys(*db, 0, 3);
+    kv_free(*db);
+    if ((rc = open_with_feed(dir, NULL, 0, 0, db))) return rc; /* retention off */
+    put_keys(*db, 3, 6);
+    rc = kv_compact_range(*db, NULL, 0, NULL, 0, NULL, NULL); /* flushed: no log holds batches 4..6 */
+    kv_free(*db);
+    return rc ? rc : open_with_feed(dir, NULL, 1000, 0, db);
+}
+
 /* Batches written while retention was off are not in the batch log: when it is on again, the feed starts after
  * them (it used to hold the batches before them, and answer "evicted" for the ones in between). */
 TEST(test_faults_batch_log_off_for_a_while_leaves_no_hole) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s", t_tmpdir());
     kv_db *db;
-    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
-    put_keys(db, 0, 3);
-    kv_free(db);
-    CHECK_OK(open_with_feed(dir, NULL, 0, 0, &db)); /* retention off */
-    put_keys(db, 3, 6);
-    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushed: no log holds batches 4..6 */
-    kv_free(db);
-    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    CHECK_OK(open_after_batches_off(dir, sizeof dir, &db));
     put_keys(db, 6, 8);
     uint64_t oldest = 0;
     CHECK(feed_is_whole(db, &oldest));
@@ -874,16 +881,8 @@ TEST(test_faults_batch_log_off_for_a_while_leaves_no_hole) {
  * them and answer "evicted" for them until the next write found the gap. */
 TEST(test_faults_batch_log_missing_newest_batches_leave_no_hole) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s", t_tmpdir());
     kv_db *db;
-    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
-    put_keys(db, 0, 3);
-    kv_free(db);
-    CHECK_OK(open_with_feed(dir, NULL, 0, 0, &db)); /* retention off */
-    put_keys(db, 3, 6);
-    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* flushed: no log holds batches 4..6 */
-    kv_free(db);
-    CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
+    CHECK_OK(open_after_batches_off(dir, sizeof dir, &db));
     CHECK_EQ(kv_current_sequence(db), 6);
     uint64_t oldest = 0;
     int rc = kv_oldest_retained_batch(db, &oldest);
