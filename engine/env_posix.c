@@ -191,9 +191,10 @@ static void copy_ascending(char *dst, const char *src, size_t n) {
 /* A write into space fallocate reserved is a copy into a shared mapping of the file: the bytes are in the page cache
  * (in the OS, as a write's are) without a system call, which was a fifth of the CPU of an unsynced put. Only
  * reserved space, on a file system where that reservation holds for mappings, is written so: a store into a mapped
- * page past the end of the file, or that the disk has no room for, raises SIGBUS instead of returning an error. After a truncation anywhere (the write-ahead log cuts a
- * failed write off), the file's size bounds the reservation again. A write that crosses a window boundary, or
- * outside the reserved space, takes pwrite. fdatasync writes back mapped pages as it does written ones. */
+ * page past the end of the file, or that the disk has no room for, raises SIGBUS instead of returning an error.
+ * After a truncation anywhere (the write-ahead log cuts a failed write off), the file's size bounds the reservation
+ * again. A write that crosses a window boundary, or outside the reserved space, takes pwrite. fdatasync writes back
+ * mapped pages as it does written ones. */
 static int px_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, size_t len) {
     (void)env;
     uint64_t t = atomic_load(&truncations);
