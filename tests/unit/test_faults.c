@@ -783,6 +783,15 @@ static int open_failing_feed(char *dir, size_t n, kv_env **env, uint64_t max_bat
     return KV_OK;
 }
 
+/* feed_is_whole, and the oldest retained batch is want. */
+static bool feed_whole_from(kv_db *db, uint64_t want) {
+    uint64_t oldest = 0;
+    if (!feed_is_whole(db, &oldest)) return false;
+    if (oldest != want) t_fail(__FILE__, __LINE__, "oldest retained batch %llu, not %llu", (unsigned long long)oldest,
+                               (unsigned long long)want);
+    return oldest == want;
+}
+
 static void check_evicted(kv_db *db, uint64_t seq) {
     kv_logged_batch *b = NULL;
     int rc = kv_get_batch(db, seq, &b);
@@ -799,18 +808,14 @@ TEST(test_faults_batch_log_retries_a_failed_append) {
     CHECK_OK(open_failing_feed(dir, sizeof dir, &env, 1000, 0, &db));
     put_keys(db, 3, 5); /* batches 4 and 5: logged, their batch-log appends fail */
     CHECK(kv_fault_env_failures(env) > 0);
-    uint64_t oldest = 0;
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 1);
+    CHECK(feed_whole_from(db, 1));
     kv_fault_env_clear(env);
     put_keys(db, 5, 6); /* appends 4, 5, then 6 */
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 1);
+    CHECK(feed_whole_from(db, 1));
     CHECK_EQ(kv_current_sequence(db), 6);
     kv_free(db);
     CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db)); /* from the files alone */
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 1);
+    CHECK(feed_whole_from(db, 1));
     uint64_t problems = 99;
     CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
     CHECK_EQ(problems, 0);
@@ -864,15 +869,12 @@ TEST(test_faults_batch_log_off_for_a_while_leaves_no_hole) {
     kv_db *db;
     CHECK_OK(open_after_batches_off(dir, sizeof dir, &db));
     put_keys(db, 6, 8);
-    uint64_t oldest = 0;
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 7);
+    CHECK(feed_whole_from(db, 7));
     check_evicted(db, 2);
     check_evicted(db, 5);
     kv_free(db);
     CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 7);
+    CHECK(feed_whole_from(db, 7));
     kv_free(db);
 }
 
@@ -891,8 +893,7 @@ TEST(test_faults_batch_log_missing_newest_batches_leave_no_hole) {
     check_evicted(db, 3);
     check_evicted(db, 6);
     put_keys(db, 6, 7);
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 7);
+    CHECK(feed_whole_from(db, 7));
     kv_free(db);
 }
 
@@ -919,14 +920,11 @@ TEST(test_faults_batch_log_overlap_after_a_failed_forget_is_no_gap) {
     kv_fault_env_clear(env);
     CHECK_EQ(kv_current_sequence(db), 4);
     put_keys(db, 4, 6); /* batches 5 (again) and 6, in a new file */
-    uint64_t oldest = 0;
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 1);
+    CHECK(feed_whole_from(db, 1));
     kv_free(db);
     env->destroy(env);
     CHECK_OK(open_with_feed(dir, NULL, 1000, 0, &db));
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 1);
+    CHECK(feed_whole_from(db, 1));
     kv_free(db);
 }
 
@@ -950,9 +948,7 @@ TEST(test_faults_batch_log_byte_retention_drops_a_damaged_oldest_file) {
     CHECK_OK(open_with_feed(dir, NULL, 0, 16 << 10, &db));
     put_keys(db, 25, 50); /* past 16 KiB with the new file: the damaged one goes */
     CHECK(access(path, F_OK) != 0);
-    uint64_t oldest = 0;
-    CHECK(feed_is_whole(db, &oldest));
-    CHECK_EQ(oldest, 26);
+    CHECK(feed_whole_from(db, 26));
     kv_free(db);
 }
 
