@@ -2,8 +2,11 @@
  * batchlog.c — the batch log (change feed): the committed batches, kept by sequence number.
  *
  * Files BATCHLOG-NNNNNN in the store directory are record logs (wal.h) whose records are the batches' log records
- * (fixed64 sequence first), in increasing sequence order; a new file is started past BATCHLOG_FILE_BYTES and at
- * every open (never appending after a possibly torn tail).
+ * (fixed64 sequence first), in increasing sequence order; a new file is started past BATCHLOG_FILE_BYTES and after
+ * a failed append. The first append after an open continues the newest file when it ended cleanly (the reader
+ * reached its end: no torn tail, no damage) and its last batch is below the one appended; otherwise it too starts a
+ * new file. So records never follow a possibly torn tail, and a store opened many times (one `kvfs put` each) does
+ * not collect a file per open.
  *
  * Invariants
  *  - floor: every batch below it counts as evicted, even while a file still holds it. It only grows: by retention
@@ -41,6 +44,7 @@
 typedef struct bl_file {
     uint64_t no, first_seq, last_seq, bytes; /* first_seq, last_seq: of the records before any damage; 0: none */
     bool damaged;                            /* a corrupt record at damage_off ends what can be read */
+    bool clean_end;                          /* scanned to its end: no torn tail, no damage (open may continue it) */
     uint64_t damage_off;
     uint64_t gap_after; /* the largest seq in the file more than one above the record before it; 0: none */
 } bl_file;
@@ -61,6 +65,7 @@ struct batchlog {
     size_t nfiles, cap;
     wal_writer *w; /* appends to files[nfiles - 1] */
     uint64_t w_no; /* ... which is file w_no */
+    bool wrote;    /* a writer was opened since the open: every later one starts a new file */
     uint64_t *unsynced; /* files closed with batches that no fsync has covered yet */
     size_t nunsynced, capunsynced;
     uint64_t next_no;
@@ -98,6 +103,7 @@ static int scan_file(batchlog *bl, bl_file *f) {
         f->last_seq = s;
     }
     f->bytes = wal_reader_valid_end(r);
+    f->clean_end = rc == KV_ENOTFOUND && !wal_reader_torn(r);
     wal_reader_close(r);
     /* A damaged change feed must not keep the store from opening: what follows the damage is unreadable, lookups
      * there answer KV_ECORRUPT (file_upper), and kv_check reports it. */
@@ -280,8 +286,28 @@ static int start_file(batchlog *bl) {
     retire_writer(bl);
     bl->w = w;
     bl->w_no = no;
+    bl->wrote = true;
     bl->files[bl->nfiles++] = (bl_file){.no = no};
     return KV_OK;
+}
+
+/* The first writer since the open: continue the newest file if it ended cleanly, has room, and holds only batches
+ * below seq (a failed forgetting makes the next batches reuse numbers: those go to a new file); else a new file. A
+ * file that cannot be reopened is left as it is (caller holds mu). */
+static int continue_or_start_file(batchlog *bl, uint64_t seq) {
+    bl_file *f = bl->nfiles ? &bl->files[bl->nfiles - 1] : NULL;
+    if (f && f->clean_end && !f->damaged && f->bytes < BATCHLOG_FILE_BYTES && f->last_seq < seq) {
+        char path[4096];
+        bl_path(bl, f->no, path, sizeof path);
+        wal_writer *w;
+        if (wal_writer_reopen(bl->env, path, f->bytes, &w) == KV_OK) {
+            bl->w = w;
+            bl->w_no = f->no;
+            bl->wrote = true;
+            return KV_OK;
+        }
+    }
+    return start_file(bl);
 }
 
 /* The newest batch the files hold (0: none), and in *hidden whether damage may hide newer ones (caller holds mu). */
@@ -299,7 +325,8 @@ static uint64_t files_newest(const batchlog *bl, bool *hidden) {
 /* Append one batch to the files (caller holds mu, and nothing is owed). */
 static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     int rc = KV_OK;
-    if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);
+    if (!bl->w && !bl->wrote) rc = continue_or_start_file(bl, seq);
+    else if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);
     if (!rc) rc = wal_append(bl->w, rec, len);
     if (!rc) {
         /* the newest batch before this one, and whether damage hides what may lie between */

@@ -637,6 +637,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     if (!rc) rc = recover_logs(db);
     if (!rc) db->mem_log_no = db->log_no;
     if (!rc && !o.read_only) db_delete_obsolete_files(db);
+    if (!rc && !o.read_only) db_compact_small_level0(db);
     pthread_mutex_unlock(&db->mu);
     (void)fresh;
     if (rc) goto fail;

@@ -245,6 +245,85 @@ static int finish_inputs(compaction *c) {
     return overlapping(c->v, c->level + 1, lo.data, lo.len - 8, hi.data, hi.len - 8, &c->in[1], &c->nin[1]);
 }
 
+/* Make a small compaction take more small files (caller holds mu). Without this a small file stays small for good: a
+ * store opened for one write at a time (one `kvfs put` each) flushes one tiny level-0 table per open; each
+ * compaction would take only the oldest level-0 table (and those overlapping it), and, overlapping nothing below,
+ * move it down on its own: one more level-1 file per open, about 11 level-0 files for every read to search.
+ * So while the inputs stay within limit bytes:
+ *  - a level-0 compaction takes every level-0 file. Always correct: what must not happen is a newer version moving
+ *    below an older one left in level 0, and none is left;
+ *  - then the files of level + 1 next to the run the inputs cover are added, one at a time. A neighbour overlaps
+ *    none of the inputs, and the run stays contiguous, so the outputs overlap no file left out.
+ * Only an optimisation: out of memory, c stays as it was. */
+static void absorb_small_neighbours(compaction *c, uint64_t limit) {
+    int out = c->level + 1;
+    version *v = c->v;
+    uint64_t total = 0;
+    if (c->level == 0 && c->nin[0] < v->nfiles[0]) {
+        for (size_t i = 0; i < v->nfiles[0]; i++) total += v->files[0][i]->file_size;
+        if (total <= limit) {
+            file_meta **all, **below;
+            size_t nbelow;
+            kv_bytes lo, hi;
+            key_range(v->files[0], v->nfiles[0], &lo, &hi);
+            all = malloc(v->nfiles[0] * sizeof *all);
+            if (!all) return;
+            if (overlapping(v, 1, lo.data, lo.len - 8, hi.data, hi.len - 8, &below, &nbelow)) {
+                free(all);
+                return;
+            }
+            memcpy(all, v->files[0], v->nfiles[0] * sizeof *all);
+            free(c->in[0]);
+            free(c->in[1]);
+            c->in[0] = all;
+            c->nin[0] = v->nfiles[0];
+            c->in[1] = below;
+            c->nin[1] = nbelow;
+        }
+        total = 0;
+    }
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < c->nin[k]; i++) total += c->in[k][i]->file_size;
+    if (total >= limit || v->nfiles[out] == 0) return;
+    size_t first = 0, last; /* [first, last): the run of level + 1 the inputs take, or the place they go */
+    if (c->nin[1]) {
+        while (v->files[out][first] != c->in[1][0]) first++;
+        last = first + c->nin[1];
+    } else {
+        kv_bytes lo, hi;
+        key_range(c->in[0], c->nin[0], &lo, &hi);
+        size_t hl;
+        const uint8_t *h = uk(&hi, &hl);
+        for (; first < v->nfiles[out]; first++) {
+            size_t sl;
+            const uint8_t *s = uk(&v->files[out][first]->smallest, &sl);
+            if (ukey_cmp(s, sl, h, hl) > 0) break;
+        }
+        last = first;
+    }
+    size_t was_first = first, was_last = last;
+    for (;;) {
+        file_meta *after = last < v->nfiles[out] ? v->files[out][last] : NULL;
+        file_meta *before = first > 0 ? v->files[out][first - 1] : NULL;
+        if (after && total + after->file_size <= limit) {
+            total += after->file_size;
+            last++;
+        } else if (before && total + before->file_size <= limit) {
+            total += before->file_size;
+            first--;
+        } else {
+            break;
+        }
+    }
+    if (first == was_first && last == was_last) return;
+    file_meta **in = malloc((last - first) * sizeof *in);
+    if (!in) return;
+    memcpy(in, &v->files[out][first], (last - first) * sizeof *in);
+    free(c->in[1]);
+    c->in[1] = in;
+    c->nin[1] = last - first;
+}
+
 /* Pick the next compaction by score (caller holds mu). false when none is needed. */
 static bool pick_compaction(kv_db *db, compaction *c) {
     version *v = db->vs->current;
@@ -273,6 +352,7 @@ static bool pick_compaction(kv_db *db, compaction *c) {
         compaction_free(c);
         return false;
     }
+    absorb_small_neighbours(c, db->opt.table_bytes / 2);
     return true;
 }
 
@@ -456,6 +536,20 @@ int db_compact_once(kv_db *db, bool *did) {
     int rc = run_compaction(db, &c);
     compaction_free(&c);
     return rc;
+}
+
+/* A process that opens a store, writes once and closes (one `kvfs put`) adds a tiny level-0 table at each open (its
+ * log's batch, flushed by recovery), and close stops a compaction rather than waiting for it: level 0 would grow to
+ * the writers' stall trigger, every read searching each table. So open compacts a small level 0 that is due at
+ * once; it costs a few milliseconds every few opens. */
+void db_compact_small_level0(kv_db *db) {
+    version *v = db->vs->current;
+    if (v->score < 1 || v->score_level != 0) return;
+    uint64_t total = 0;
+    for (size_t i = 0; i < v->nfiles[0]; i++) total += v->files[0][i]->file_size;
+    if (total > db->opt.table_bytes / 2) return;
+    bool did;
+    (void)db_compact_once(db, &did); /* a failure is the background's to retry, and to report */
 }
 
 /* Compact every file of level overlapping [begin, end] into level + 1 (caller holds mu). level is below the last. */

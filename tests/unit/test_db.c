@@ -1705,23 +1705,101 @@ TEST(test_db_iteration_bounds) {
     kv_free(db);
 }
 
-static int count_files(const char *dir, const char *ext) {
+/* Files of dir whose names start with prefix and end with ext. */
+static int count_named(const char *dir, const char *prefix, const char *ext) {
     char **names;
     size_t n;
     if (kv_env_posix()->list_dir(kv_env_posix(), dir, &names, &n)) return -1;
     int c = 0;
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(names[i]), e = strlen(ext);
-        if (l > e && strcmp(names[i] + l - e, ext) == 0) c++;
+        if (l >= e && strcmp(names[i] + l - e, ext) == 0 && strncmp(names[i], prefix, strlen(prefix)) == 0) c++;
     }
     kv_env_free_names(names, n);
     return c;
 }
 
+static int count_files(const char *dir, const char *ext) { return count_named(dir, "", ext); }
+
 static void print_problem(void *ctx, const char *file, uint64_t off, const char *what) {
     (void)ctx;
     printf("# problem: %s at %llu: %s\n", file, (unsigned long long)off, what);
 }
+
+static void put_in_own_open(const char *dir, const kv_options *o, const char *k) {
+    kv_db *db;
+    CHECK_OK(kv_open(dir, o, &db));
+    CHECK_OK(kv_put(db, k, strlen(k), k, strlen(k), 0));
+    kv_free(db);
+}
+
+/* A store opened for one write at a time, as by one `kvfs put` each, must not collect files per open. Each open
+ * flushes a one-key table (the log's batch) and used to start a batch-log file: 120 opens left 120 BATCHLOG files,
+ * about 11 level-0 tables (each compaction took the oldest, overlapping none of the others) and about 110 level-1
+ * tables of one key (each moved down on its own). */
+TEST(test_db_one_write_per_open_collects_no_files) {
+    kv_options o;
+    kv_options_init(&o);
+    o.batch_log_max_batches = 1000;
+    const char *dir = t_tmpdir();
+    char k[16];
+    for (int i = 0; i < 120; i++) {
+        snprintf(k, sizeof k, "k%03d", i * 37 % 120); /* an order in which most new keys fall between two old ones */
+        put_in_own_open(dir, &o, k);
+    }
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_MSG(st.level_files[0] <= 4 && st.level_files[1] <= 2, "%llu level-0 and %llu level-1 tables",
+              (unsigned long long)st.level_files[0], (unsigned long long)st.level_files[1]);
+    CHECK_EQ(count_named(dir, "BATCHLOG-", ""), 1);
+    for (int i = 0; i < 120; i++) {
+        char got[16];
+        snprintf(k, sizeof k, "k%03d", i * 37 % 120);
+        CHECK_OK(get_str(db, k, got, sizeof got));
+        CHECK_MEM(got, strlen(got), k, strlen(k));
+        kv_logged_batch *lb;
+        CHECK_OK(kv_get_batch(db, (uint64_t)i + 1, &lb));
+        CHECK_MEM(lb->ops[0].key, lb->ops[0].klen, k, strlen(k));
+        kv_logged_batch_free(lb);
+    }
+    kv_free(db);
+}
+
+/* The first append after an open continues the newest batch-log file only when it ended cleanly: a torn tail (a
+ * crash mid-append) stays where it is, and the batches go to a new file, whole. */
+TEST(test_db_batch_log_starts_a_new_file_after_a_torn_tail) {
+    kv_options o;
+    kv_options_init(&o);
+    o.batch_log_max_batches = 1000;
+    const char *dir = t_tmpdir();
+    put_in_own_open(dir, &o, "a");
+    put_in_own_open(dir, &o, "b");
+    CHECK_EQ(count_named(dir, "BATCHLOG-", ""), 1);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/BATCHLOG-000001", dir);
+    FILE *f = fopen(path, "ab");
+    CHECK(f != NULL);
+    CHECK_EQ(fwrite("\x21\x07\x00", 1, 3, f), 3); /* a record header cut short */
+    fclose(f);
+    put_in_own_open(dir, &o, "c");
+    CHECK_EQ(count_named(dir, "BATCHLOG-", ""), 2);
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    const char *keys[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        kv_logged_batch *lb;
+        CHECK_OK(kv_get_batch(db, (uint64_t)i + 1, &lb));
+        CHECK_MEM(lb->ops[0].key, lb->ops[0].klen, keys[i], 1);
+        kv_logged_batch_free(lb);
+    }
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, print_problem, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+}
+
 
 TEST(test_db_failed_manifest_write_deletes_nothing) {
     kv_options o;
