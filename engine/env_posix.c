@@ -14,7 +14,8 @@
  *  - A write by offset into space that fallocate reserved is a copy into a shared mapping (px_write_at), in ascending
  *    order of address as a write lands (copy_ascending). A file mapped past its end raises SIGBUS where a write would
  *    have extended it, so a mapping is only written below the reserved size, which every truncation through this
- *    environment makes each open file check again.
+ *    environment makes each open file check again. A SIGBUS inside the copy anyway (I/O error, file system shut
+ *    down, a cut by someone else) jumps back out of it (copy_into_mapping): that file is written by pwrite from then.
  *  - Locks are open-file-description locks (F_OFD_SETLK): they conflict with a second lock of the same file even from
  *    the same process, unlike classic POSIX record locks, and they are released when the lock's descriptor is closed.
  */
@@ -24,6 +25,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h> /* rename */
 #include <stdlib.h>
@@ -177,7 +181,8 @@ static int px_open_overwrite(kv_env *env, const char *path, kv_file **out) {
  * header before its payload and a record before the next (docs/format.md, "Reading"). memcpy stores in any order
  * (glibc stores the first bytes of a copy of a few hundred bytes to 2 KiB last), and a writer may stall in a page
  * fault or be preempted in the middle. Volatile stores keep the order; x86 keeps it for other processors too. */
-static void copy_ascending(char *dst, const char *src, size_t n) {
+/* Not inlined: copy_into_mapping's frame must hold nothing that changes between its sigsetjmp and a jump back. */
+__attribute__((noinline)) static void copy_ascending(char *dst, const char *src, size_t n) {
     volatile char *d = dst;
     for (; n > 0 && ((uintptr_t)d & 7); n--) *d++ = *src++;
     for (; n >= 8; n -= 8, d += 8, src += 8) {
@@ -186,6 +191,60 @@ static void copy_ascending(char *dst, const char *src, size_t n) {
         *(volatile uint64_t *)d = v;
     }
     for (; n > 0; n--) *d++ = *src++;
+}
+
+/* A store into a mapping that the file system cannot back raises SIGBUS where a write would have returned an error:
+ * an I/O error reading back an evicted page, a file system shut down after an error, a file cut by another process.
+ * The copy into a mapping runs with an escape: a SIGBUS in it jumps back to px_write_at, which stops mapping that
+ * file and writes with pwrite instead, so the error (or the write) is pwrite's, and the process lives on. Any other
+ * SIGBUS goes to the handler that was there before, or, for the default action, kills the process as it would
+ * have. The handler is installed once, at the first mapped write; a program that replaces it later gets the old
+ * behaviour (the signal's default action) for a store into a mapping that fails. */
+static _Thread_local sigjmp_buf *volatile copy_escape; /* set while this thread copies into a mapping */
+static struct sigaction bus_before;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+static bool bus_caught; /* the handler is installed: mapped writes may go on */
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+    sigjmp_buf *escape = copy_escape;
+    if (escape) {
+        copy_escape = NULL;
+        siglongjmp(*escape, 1);
+    }
+    if (bus_before.sa_flags & SA_SIGINFO) {
+        if (bus_before.sa_sigaction) bus_before.sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (bus_before.sa_handler != SIG_DFL && bus_before.sa_handler != SIG_IGN) {
+        bus_before.sa_handler(sig);
+        return;
+    }
+    /* the default action: restore it and take it (SA_NODEFER: the signal is not blocked here) */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGBUS, &dfl, NULL);
+    raise(sig);
+}
+
+static void install_bus_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER; /* not blocked in the handler: the jump out saves no signal mask */
+    sigemptyset(&sa.sa_mask);
+    bus_caught = sigaction(SIGBUS, &sa, &bus_before) == 0;
+}
+
+/* Copy into a mapping; false: SIGBUS, some of the bytes may have been stored. */
+static bool copy_into_mapping(char *dst, const void *src, size_t n) {
+    sigjmp_buf escape;
+    if (sigsetjmp(escape, 0) != 0) return false; /* the handler cleared copy_escape */
+    copy_escape = &escape;
+    copy_ascending(dst, src, n);
+    copy_escape = NULL;
+    return true;
 }
 
 /* A write into space fallocate reserved is a copy into a shared mapping of the file: the bytes are in the page cache
@@ -206,16 +265,26 @@ static int px_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
     }
     uint64_t w = off & ~(MAP_WINDOW - 1);
     if (f->mappable && len > 0 && off + len <= f->reserved && off + len <= w + MAP_WINDOW) {
+        pthread_once(&bus_once, install_bus_handler);
+        if (!bus_caught) f->mappable = false; /* no escape from a SIGBUS: write, as a write returns its errors */
+    }
+    if (f->mappable && len > 0 && off + len <= f->reserved && off + len <= w + MAP_WINDOW) {
         if (!f->map || f->map_off != w) {
             if (f->map) munmap(f->map, MAP_WINDOW);
             void *m = mmap(NULL, MAP_WINDOW, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, (off_t)w);
             f->map = m == MAP_FAILED ? NULL : m;
             f->map_off = w;
         }
-        if (f->map) {
-            copy_ascending(f->map + (off - w), buf, len);
+        if (f->map && copy_into_mapping(f->map + (off - w), buf, len)) {
             atomic_fetch_add_explicit(&mapped_bytes, len, memory_order_relaxed);
             return KV_OK;
+        }
+        if (f->map) {
+            /* SIGBUS: the file system could not back a page. This file is written by pwrite from now on, which
+             * returns the error, or does the write if the cause was the mapping's (a file cut by someone else). */
+            munmap(f->map, MAP_WINDOW);
+            f->map = NULL;
+            f->mappable = false;
         }
     }
     return write_all(f, false, off, buf, len);
