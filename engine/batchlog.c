@@ -17,8 +17,10 @@
  *  - One mutex guards everything; the leader appends, readers look up, concurrently.
  *  - Durability: batches are appended without an fsync (every one is also in a write-ahead log until a flush deletes
  *    that log, and the flush calls batchlog_sync first). So batchlog_sync makes durable every batch appended so far:
- *    the file being written, and every file closed since with batches not known to be on disk (unsynced: a file
- *    rotated out, or closed after a failed append). A file leaves that list only when its fsync succeeds.
+ *    the file being written, and every file with batches not known to be on disk (unsynced: the newest file found
+ *    at open, which an earlier open may have left unsynced, and a file closed (rotated out, or after a failed
+ *    append) whose fsync at closing failed). A file leaves that list only when its fsync succeeds. A file is synced
+ *    when it is closed, so a power loss never leaves a newer file with an older one's batches lost (a gap).
  *  - No holes: every batch from the oldest retained to the newest can be read (or is reported damaged), never
  *    "evicted" above a batch that is not. A batch whose append failed is *owed*: kept in memory (readable from
  *    there), and appended, in order, before the next batch and by batchlog_sync; later batches queue behind it. Past
@@ -212,6 +214,19 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
         if (bl->max_batches && newest >= bl->max_batches && newest + 1 - bl->max_batches > bl->floor)
             bl->floor = newest + 1 - bl->max_batches;
         drop_below_floor(bl);
+        /* The newest file may hold batches no fsync covered: the open that wrote them ended without one (a crash of
+         * the process, a failed fsync at close). Recovery is about to delete the logs behind them, so the
+         * batchlog_sync it makes first covers this file too. Older files were synced before a newer one was
+         * started (retire_writer). */
+        if (!read_only && bl->nfiles > 0) {
+            bl->unsynced = malloc(sizeof *bl->unsynced);
+            if (!bl->unsynced) {
+                batchlog_close(bl);
+                return KV_ENOMEM;
+            }
+            bl->capunsynced = bl->nunsynced = 1;
+            bl->unsynced[0] = bl->files[bl->nfiles - 1].no;
+        }
     }
     *out = bl;
     return KV_OK;
@@ -249,10 +264,19 @@ uint64_t batchlog_newest(const batchlog *bl) {
     return 0;
 }
 
-/* Close the file being written; its batches are then synced by the next batchlog_sync (caller holds mu). Out of
- * memory for the list: synced here, as the only way left. */
+/* Close the file being written, synced first, so that a power loss cannot take batches from an older file and leave
+ * a newer one (a gap, which raises the floor over batches the write-ahead log still holds); one fsync per 4 MiB.
+ * If that fsync fails, its batches are synced by the next batchlog_sync (caller holds mu). Out of memory for the
+ * list: synced here once more, as the only way left. */
 static void retire_writer(batchlog *bl) {
     if (!bl->w) return;
+    if (wal_sync(bl->w) == KV_OK) {
+        for (size_t i = 0; i < bl->nunsynced; i++)
+            if (bl->unsynced[i] == bl->w_no) bl->unsynced[i--] = bl->unsynced[--bl->nunsynced];
+        wal_writer_close(bl->w);
+        bl->w = NULL;
+        return;
+    }
     bool listed = false;
     for (size_t i = 0; i < bl->nunsynced && !listed; i++) listed = bl->unsynced[i] == bl->w_no;
     if (!listed && bl->nunsynced == bl->capunsynced) {
