@@ -339,3 +339,20 @@ teardown() { tools_teardown; }
     run kv get "$D" x
     [ "$status" -eq 1 ]
 }
+
+@test "one put per command: the store does not collect a file per command" {
+    # Each command opens the store, writes one batch and closes it. Each used to leave a batch-log file and, in
+    # the end, a one-key table in level 1: 100 commands left 100 BATCHLOG files and dozens of tables.
+    for i in $(seq 1 100); do kv put "$D" "k$((i * 37 % 100))" "v$i"; done
+    [ "$(ls "$D" | grep -c '^BATCHLOG-')" -eq 1 ]
+    tables=$(ls "$D" | grep -c '\.sst$')
+    [ "$tables" -le 6 ] || { echo "$tables tables"; false; }
+    run kv changes "$D"
+    [ "$status" -eq 0 ]
+    [[ "$output" == "batch 1 "* ]]
+    [[ "$output" == *"batch 100 "* ]]
+    run kv scan "$D" --keys-only
+    [ "$(echo "$output" | wc -l)" -eq 100 ]
+    run kv check "$D"
+    [ "$status" -eq 0 ]
+}
