@@ -441,6 +441,59 @@ static void report(int *fd, int status) {
     *fd = -1;
 }
 
+/* Whether a kvfs mount of datadir is in the mount table (/proc/self/mountinfo: the type is fuse.kvfs and the source
+ * the fsname the daemon gave, datadir, with space, tab, newline and backslash written as \ooo). */
+static bool store_is_mounted(const char *datadir) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f) return false;
+    char line[8192];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *sep = strstr(line, " - ");
+        if (!sep) continue;
+        char *type = sep + 3, *src = strchr(type, ' ');
+        if (!src || (size_t)(src - type) != strlen("fuse.kvfs") || strncmp(type, "fuse.kvfs", 9) != 0) continue;
+        src++;
+        const char *d = datadir;
+        for (char *p = src; *p && *p != ' ' && *p != '\n'; d++) {
+            char c = *p++;
+            if (c == '\\' && p[0] >= '0' && p[0] <= '7' && p[1] >= '0' && p[1] <= '7' && p[2] >= '0' && p[2] <= '7') {
+                c = (char)((p[0] - '0') * 64 + (p[1] - '0') * 8 + (p[2] - '0'));
+                p += 3;
+            }
+            if (*d != c) {
+                d = NULL;
+                break;
+            }
+        }
+        found = d && *d == '\0';
+    }
+    fclose(f);
+    return found;
+}
+
+/* How long to wait for a store another process is releasing: KVFS_LOCK_WAIT seconds, as the tools (default 5). */
+static int lock_wait_ms(void) {
+    const char *e = getenv("KVFS_LOCK_WAIT");
+    char *end;
+    double sec = e && *e ? strtod(e, &end) : 5;
+    return e && *e && (*end || sec < 0 || sec > 86400) ? 5000 : (int)(sec * 1000);
+}
+
+/* Open the store; when another process holds it, wait for it to let go unless it is mounted. A daemon keeps the
+ * store for a moment after its unmount (it writes buffered data and closes the engine), and `fusermount3 -u M &&
+ * kvfs mount D M` used to fail right there with "in use". */
+static int open_store(const char *datadir, const kv_options *ko, kv_db **db) {
+    int rc = kv_open(datadir, ko, db);
+    for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir);
+         waited += 50) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        rc = kv_open(datadir, ko, db);
+    }
+    return rc;
+}
+
 static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     daemon_state d;
     memset(&d, 0, sizeof d);
@@ -485,7 +538,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
                 goto out;
             }
         }
-        int rc = kv_open(o->datadir, &ko, &d.db);
+        int rc = open_store(o->datadir, &ko, &d.db);
         if (rc == KV_EBUSY) {
             say(LOG_ERR, "%s is in use: the store is already mounted or open in another kvfs process", o->datadir);
             goto out;

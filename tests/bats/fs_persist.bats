@@ -30,6 +30,26 @@ teardown() {
     ! grep -q " $T/mnt2 " /proc/mounts
 }
 
+@test "mount right after fusermount3 -u works: it waits for the daemon that is still closing the store" {
+    # After its unmount a daemon writes what it buffered and closes the engine, holding the store's lock meanwhile;
+    # a mount at that moment used to fail at once with "in use". A mounted store still fails at once.
+    fs_mount
+    for i in 1 2 3; do
+        dd if=/dev/urandom of="$M/big$i" bs=1M count=16 status=none
+        t fusermount3 -u "$M"
+        run t "$KVFS" mount "$D" "$M"
+        [ "$status" -eq 0 ] || { echo "round $i: $output"; false; }
+        is_mounted
+    done
+    [ "$(ls "$M" | wc -l)" -eq 3 ]
+    mkdir "$T/mnt2"
+    SECONDS=0
+    run t "$KVFS" mount "$D" "$T/mnt2"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"in use"* ]]
+    [ "$SECONDS" -le 2 ]
+}
+
 @test "everything survives unmount and remount" {
     fs_mount
     mkdir -p "$M/d/empty"
