@@ -245,13 +245,21 @@ static int finish_inputs(compaction *c) {
     return overlapping(c->v, c->level + 1, lo.data, lo.len - 8, hi.data, hi.len - 8, &c->in[1], &c->nin[1]);
 }
 
+static uint64_t inputs_bytes(const compaction *c) {
+    uint64_t total = 0;
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < c->nin[k]; i++) total += c->in[k][i]->file_size;
+    return total;
+}
+
 /* Make a small compaction take more small files (caller holds mu). Without this a small file stays small for good: a
  * store opened for one write at a time (one `kvfs put` each) flushes one tiny level-0 table per open; each
  * compaction would take only the oldest level-0 table (and those overlapping it), and, overlapping nothing below,
  * move it down on its own: one more level-1 file per open, about 11 level-0 files for every read to search.
- * So while the inputs stay within limit bytes:
- *  - a level-0 compaction takes every level-0 file. Always correct: what must not happen is a newer version moving
- *    below an older one left in level 0, and none is left;
+ * So while the inputs (of both levels) stay within limit bytes:
+ *  - a level-0 compaction takes every level-0 file, with the level-1 files they overlap. Always correct: what must
+ *    not happen is a newer version moving below an older one left in level 0, and none is left. (The level-1 files
+ *    count: level-0 tables of one key each, at both ends of a large level 1, overlap all of it);
  *  - then the files of level + 1 next to the run the inputs cover are added, one at a time. A neighbour overlaps
  *    none of the inputs, and the run stays contiguous, so the outputs overlap no file left out.
  * Only an optimisation: out of memory, c stays as it was. */
@@ -272,6 +280,12 @@ static void absorb_small_neighbours(compaction *c, uint64_t limit) {
                 free(all);
                 return;
             }
+            for (size_t i = 0; i < nbelow; i++) total += below[i]->file_size;
+            if (total > limit) { /* too much below: c stays as it was */
+                free(all);
+                free(below);
+                return;
+            }
             memcpy(all, v->files[0], v->nfiles[0] * sizeof *all);
             free(c->in[0]);
             free(c->in[1]);
@@ -280,10 +294,8 @@ static void absorb_small_neighbours(compaction *c, uint64_t limit) {
             c->in[1] = below;
             c->nin[1] = nbelow;
         }
-        total = 0;
     }
-    for (int k = 0; k < 2; k++)
-        for (size_t i = 0; i < c->nin[k]; i++) total += c->in[k][i]->file_size;
+    total = inputs_bytes(c);
     if (total >= limit || v->nfiles[out] == 0) return;
     size_t first = 0, last; /* [first, last): the run of level + 1 the inputs take, or the place they go */
     if (c->nin[1]) {
@@ -540,16 +552,18 @@ int db_compact_once(kv_db *db, bool *did) {
 
 /* A process that opens a store, writes once and closes (one `kvfs put`) adds a tiny level-0 table at each open (its
  * log's batch, flushed by recovery), and close stops a compaction rather than waiting for it: level 0 would grow to
- * the writers' stall trigger, every read searching each table. So open compacts a small level 0 that is due at
- * once; it costs a few milliseconds every few opens. */
+ * the writers' stall trigger, every read searching each table. So open runs the level-0 compaction that is due when
+ * its inputs, of both levels, are small; it costs a few milliseconds every few opens. (Level 0 being small is not
+ * enough: its tables may overlap much of a large level 1, which open would then rewrite before returning.) */
 void db_compact_small_level0(kv_db *db) {
     version *v = db->vs->current;
     if (v->score < 1 || v->score_level != 0) return;
-    uint64_t total = 0;
-    for (size_t i = 0; i < v->nfiles[0]; i++) total += v->files[0][i]->file_size;
-    if (total > db->opt.table_bytes / 2) return;
-    bool did;
-    (void)db_compact_once(db, &did); /* a failure is the background's to retry, and to report */
+    if (db->compact_running || db->manual_running || db->manual_waiting) return;
+    compaction c;
+    if (!pick_compaction(db, &c)) return;
+    if (c.level == 0 && inputs_bytes(&c) <= db->opt.table_bytes / 2)
+        (void)run_compaction(db, &c); /* a failure is the background's to retry, and to report */
+    compaction_free(&c);
 }
 
 /* Compact every file of level overlapping [begin, end] into level + 1 (caller holds mu). level is below the last. */

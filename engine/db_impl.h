@@ -304,7 +304,8 @@ int db_start_background(kv_db *db);
 void db_stop_background(kv_db *db);
 int db_flush_one(kv_db *db);               /* flush the oldest immutable memtable (caller holds mu) */
 int db_compact_once(kv_db *db, bool *did); /* one compaction if needed (caller holds mu) */
-/* At open: compact level 0 now when it is due and small (caller holds mu; errors are left to the background). */
+/* At open: run the due level-0 compaction now when its inputs (both levels) are small (caller holds mu; errors are
+ * left to the background). */
 void db_compact_small_level0(kv_db *db);
 /* Manual compaction (caller holds mu and has set manual_running). begin/end are ukeys; empty means unbounded. */
 int db_compact_level_down(kv_db *db, int level, const kv_bytes *begin, const kv_bytes *end); /* level into level+1 */

@@ -1767,6 +1767,61 @@ TEST(test_db_one_write_per_open_collects_no_files) {
     kv_free(db);
 }
 
+/* "Small" counts every input of a compaction, not only level 0's: one-key level-0 tables whose keys lie at both ends
+ * of a large level 1 overlap all of it. Taking every level-0 file then took every level-1 table too, and the open
+ * that found level 0 due rewrote all of level 1 before returning (every fourth `kvfs put`; 32 MiB by default). */
+TEST(test_db_open_compacts_only_small_inputs) {
+    kv_options o;
+    kv_options_init(&o);
+    o.table_bytes = 16 << 10; /* small inputs: up to 8 KiB */
+    o.level1_bytes = 4 << 20; /* level 1 is never due here */
+    o.compression = false;
+    o.background_threads = false; /* the stats after kv_open count the open's compactions only */
+    const char *dir = t_tmpdir();
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char k[16], v[1000];
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < 300; i++) { /* about 300 KiB: some 19 level-1 tables */
+        snprintf(k, sizeof k, "m%04d", i);
+        for (size_t j = 0; j < sizeof v; j++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v[j] = (char)x;
+        }
+        CHECK_OK(kv_put(db, k, strlen(k), v, sizeof v, 0));
+    }
+    CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK(st.level_files[0] == 0 && st.level_files[1] > 10 && st.level_files[2] == 0);
+    kv_free(db);
+    const char *keys[] = {"a", "z", "m0150x"}; /* before level 1, after it, and inside one of its tables */
+    for (int i = 0; i < 12; i++) {
+        CHECK_OK(kv_open(dir, &o, &db));
+        CHECK_OK(kv_get_stats(db, &st));
+        CHECK_MSG(st.compaction_bytes_read <= o.table_bytes / 2, "open %d read %llu bytes to compact", i,
+                  (unsigned long long)st.compaction_bytes_read);
+        CHECK_OK(kv_put(db, keys[i % 3], strlen(keys[i % 3]), "x", 1, 0));
+        kv_free(db);
+        if (t_failed()) return;
+    }
+    CHECK_OK(kv_open(dir, &o, &db));
+    for (int i = 0; i < 300; i += 7) {
+        char got[1000];
+        snprintf(k, sizeof k, "m%04d", i);
+        kv_buf b = {0};
+        CHECK_OK(kv_get(db, NULL, k, strlen(k), &b));
+        CHECK_EQ(b.len, sizeof got);
+        kv_buf_free(&b);
+    }
+    for (int i = 0; i < 3; i++) {
+        char got[16];
+        CHECK_OK(get_str(db, keys[i], got, sizeof got));
+        CHECK_MEM(got, strlen(got), "x", 1);
+    }
+    kv_free(db);
+}
+
 /* The first append after an open continues the newest batch-log file only when it ended cleanly: a torn tail (a
  * crash mid-append) stays where it is, and the batches go to a new file, whole. */
 TEST(test_db_batch_log_starts_a_new_file_after_a_torn_tail) {
