@@ -14,6 +14,7 @@
  */
 #include <assert.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -561,8 +562,12 @@ void db_compact_small_level0(kv_db *db) {
     if (db->compact_running || db->manual_running || db->manual_waiting) return;
     compaction c;
     if (!pick_compaction(db, &c)) return;
-    if (c.level == 0 && inputs_bytes(&c) <= db->opt.table_bytes / 2)
-        (void)run_compaction(db, &c); /* a failure is the background's to retry, and to report */
+    if (c.level == 0 && inputs_bytes(&c) <= db->opt.table_bytes / 2) {
+        /* a failure is the background's to retry, and to report: the open succeeds, with the message it had */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", kv_errmsg());
+        if (run_compaction(db, &c) != KV_OK) kv_set_error(KV_OK, "%s", msg);
+    }
     compaction_free(&c);
 }
 

@@ -1767,6 +1767,30 @@ TEST(test_db_one_write_per_open_collects_no_files) {
     kv_free(db);
 }
 
+/* The compaction an open runs is the background's to retry when it fails: the open succeeds, and does not leave the
+ * compaction's error as the thread's message (a caller reading it after the open took it for the open's). */
+TEST(test_db_open_whose_compaction_fails_succeeds_with_its_message) {
+    kv_options o;
+    kv_options_init(&o);
+    o.l0_compaction_trigger = 2;
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    o.env = env;
+    const char *dir = t_tmpdir();
+    put_in_own_open(dir, &o, "a");
+    put_in_own_open(dir, &o, "b"); /* flushes a's log: one level-0 table */
+    /* the next open flushes b's log (one table fsync), which makes level 0 due; the compaction's fsync fails */
+    kv_fault_env_arm(env, KV_FAULT_SYNC_EIO, 1, ".sst");
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_MSG(strstr(kv_errmsg(), "injected") == NULL, "message: %s", kv_errmsg());
+    kv_fault_env_clear(env);
+    char got[8];
+    CHECK_OK(get_str(db, "a", got, sizeof got));
+    CHECK_OK(get_str(db, "b", got, sizeof got));
+    kv_free(db);
+    env->destroy(env);
+}
+
 /* "Small" counts every input of a compaction, not only level 0's: one-key level-0 tables whose keys lie at both ends
  * of a large level 1 overlap all of it. Taking every level-0 file then took every level-1 table too, and the open
  * that found level 0 due rewrote all of level 1 before returning (every fourth `kvfs put`; 32 MiB by default). */
