@@ -68,7 +68,8 @@ typedef struct kv_env {
 
 /* The real file system. A process-wide singleton; never destroy it. Its first write into a shared mapping installs a
  * SIGBUS handler (the process's previous one is called for faults elsewhere): a store into a mapping that fails
- * then becomes a pwrite and its error, not the death of the process (docs/design.md, "The write path"). */
+ * then becomes a pwrite and its error, not the death of the process (docs/design.md, "The write path"), on a thread
+ * that does not block SIGBUS (where it is blocked, the kernel kills the process). */
 kv_env *kv_env_posix(void);
 /* Bytes it has written into files through shared mappings since the process started (write_at into reserved space:
  * the write-ahead log), which the kernel's count of bytes passed to write() (wchar in /proc/PID/io) leaves out. */

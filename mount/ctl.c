@@ -213,10 +213,17 @@ static void *conn_thread(void *arg) {
 }
 
 /* Start a thread that takes no process-directed signal (SIGINT, SIGTERM...): those belong to the daemon's main
- * loop, and a handler run on one of our threads would not wake it. The new thread inherits the blocked mask. */
+ * loop, and a handler run on one of our threads would not wake it. The new thread inherits the blocked mask. The
+ * signals of a fault stay unblocked: the kernel kills a thread's process outright when one arrives blocked, and a
+ * command's write can fault in the write-ahead log's mapping (SIGBUS), which the engine's handler turns into an
+ * error (docs/design.md, "The write path"). */
 static int start_thread(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
     sigset_t all, old;
     sigfillset(&all);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(t, attr, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
