@@ -38,6 +38,7 @@
 #include <sys/types.h>
 #include <sys/vfs.h>
 #include <sys/uio.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -209,6 +210,10 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc) {
     sigjmp_buf *escape = copy_escape;
     if (escape) {
         copy_escape = NULL;
+        /* The jump saves no mask: put back the one the thread had before the signal. The handler adds nothing to it
+         * itself (SA_NODEFER, an empty sa_mask), but a wrapper may (ThreadSanitizer runs handlers with every signal
+         * blocked), which would stay blocked, SIGBUS too: the next fault in a mapping would kill the process. */
+        if (uc) pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uc)->uc_sigmask, NULL);
         siglongjmp(*escape, 1);
     }
     if (bus_before.sa_flags & SA_SIGINFO) {
