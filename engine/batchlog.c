@@ -20,7 +20,8 @@
  *    the file being written, and every file with batches not known to be on disk (unsynced: the newest file found
  *    at open, which an earlier open may have left unsynced, and a file closed (rotated out, or after a failed
  *    append) whose fsync at closing failed). A file leaves that list only when its fsync succeeds. A file is synced
- *    when it is closed, so a power loss never leaves a newer file with an older one's batches lost (a gap).
+ *    when it is closed, so unless that fsync fails a power loss does not leave a newer file with an older one's
+ *    batches lost (a gap).
  *  - No holes: every batch from the oldest retained to the newest can be read (or is reported damaged), never
  *    "evicted" above a batch that is not. A batch whose append failed is *owed*: kept in memory (readable from
  *    there), and appended, in order, before the next batch and by batchlog_sync; later batches queue behind it. Past

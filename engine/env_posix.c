@@ -201,7 +201,10 @@ __attribute__((noinline)) static void copy_ascending(char *dst, const char *src,
  * SIGBUS goes to the handler that was there before, or, for the default action, kills the process as it would
  * have. The handler is installed once, at the first mapped write; a program that replaces it later gets the old
  * behaviour (the signal's default action) for a store into a mapping that fails. */
-static _Thread_local sigjmp_buf *volatile copy_escape; /* set while this thread copies into a mapping */
+/* Set while this thread copies into a mapping. Initial-exec: the handler reads it without a call into the dynamic
+ * linker (a library loaded with dlopen would otherwise find its thread-local block through __tls_get_addr, which may
+ * allocate, in a signal handler). */
+static _Thread_local sigjmp_buf *volatile copy_escape __attribute__((tls_model("initial-exec")));
 static struct sigaction bus_before;
 static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
 static bool bus_caught; /* the handler is installed: mapped writes may go on */
@@ -216,19 +219,23 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc) {
         if (uc) pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uc)->uc_sigmask, NULL);
         siglongjmp(*escape, 1);
     }
-    if (bus_before.sa_flags & SA_SIGINFO) {
-        if (bus_before.sa_sigaction) bus_before.sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (bus_before.sa_handler != SIG_DFL && bus_before.sa_handler != SIG_IGN) {
-        bus_before.sa_handler(sig);
-        return;
-    }
-    /* the default action: restore it and take it (SA_NODEFER: the signal is not blocked here) */
+    /* Not ours: as the handler that was there before would have had it. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
+    bool fault = si && si->si_code > 0; /* raised by the kernel for a store or load, not sent with kill() */
+    bool handler = (bus_before.sa_flags & SA_SIGINFO) ? bus_before.sa_sigaction != NULL
+                                                      : bus_before.sa_handler != SIG_DFL && bus_before.sa_handler != SIG_IGN;
+    if (handler) {
+        if (bus_before.sa_flags & SA_RESETHAND) sigaction(SIGBUS, &dfl, NULL); /* it was to run once */
+        if (bus_before.sa_flags & SA_SIGINFO) bus_before.sa_sigaction(sig, si, uc);
+        else bus_before.sa_handler(sig);
+        return;
+    }
+    if (bus_before.sa_handler == SIG_IGN && !fault) return; /* ignored, as it was */
+    /* the default action (an ignored fault is fatal too: the store would fault again forever): restore it and take
+     * it (SA_NODEFER: the signal is not blocked here) */
     sigaction(SIGBUS, &dfl, NULL);
     raise(sig);
 }
