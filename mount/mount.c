@@ -441,35 +441,77 @@ static void report(int *fd, int status) {
     *fd = -1;
 }
 
+/* Compare a field of /proc/self/mountinfo (space, tab, newline and backslash written as \ooo), starting at f, with
+ * the plain string want: the field ends at a space or the end of the line. */
+static bool mountinfo_field_is(const char *f, const char *want) {
+    for (; *f && *f != ' ' && *f != '\n'; want++) {
+        char c = *f++;
+        if (c == '\\' && f[0] >= '0' && f[0] <= '7' && f[1] >= '0' && f[1] <= '7' && f[2] >= '0' && f[2] <= '7') {
+            c = (char)((f[0] - '0') * 64 + (f[1] - '0') * 8 + (f[2] - '0'));
+            f += 3;
+        }
+        if (*want != c) return false;
+    }
+    return *want == '\0';
+}
+
 /* Whether a kvfs mount of datadir is in the mount table (/proc/self/mountinfo: the type is fuse.kvfs and the source
- * the fsname the daemon gave, datadir, with space, tab, newline and backslash written as \ooo). */
-static bool store_is_mounted(const char *datadir) {
+ * the fsname the daemon gave, datadir), at mountpoint if it is not NULL. */
+static bool store_is_mounted(const char *datadir, const char *mountpoint) {
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f) return false;
     char line[8192];
     bool found = false;
     while (!found && fgets(line, sizeof line, f)) {
-        char *sep = strstr(line, " - ");
-        if (!sep) continue;
+        /* id parent major:minor root mountpoint options... - type source superoptions */
+        char *sep = strstr(line, " - "), *mp = line;
+        for (int i = 0; i < 4 && mp; i++) mp = strchr(mp, ' ') ? strchr(mp, ' ') + 1 : NULL;
+        if (!sep || !mp) continue;
         char *type = sep + 3, *src = strchr(type, ' ');
-        if (!src || (size_t)(src - type) != strlen("fuse.kvfs") || strncmp(type, "fuse.kvfs", 9) != 0) continue;
-        src++;
-        const char *d = datadir;
-        for (char *p = src; *p && *p != ' ' && *p != '\n'; d++) {
-            char c = *p++;
-            if (c == '\\' && p[0] >= '0' && p[0] <= '7' && p[1] >= '0' && p[1] <= '7' && p[2] >= '0' && p[2] <= '7') {
-                c = (char)((p[0] - '0') * 64 + (p[1] - '0') * 8 + (p[2] - '0'));
-                p += 3;
-            }
-            if (*d != c) {
-                d = NULL;
-                break;
-            }
-        }
-        found = d && *d == '\0';
+        if (!src || !mountinfo_field_is(type, "fuse.kvfs")) continue;
+        found = mountinfo_field_is(src + 1, datadir) && (!mountpoint || mountinfo_field_is(mp, mountpoint));
     }
     fclose(f);
     return found;
+}
+
+/* Once this process holds the store, a kvfs mount of it at mountpoint has no daemon (it would hold the store): one
+ * that was killed (kill -9, a crash) left it, and every access to it fails with ENOTCONN. Detach it, as the user was
+ * told to with `fusermount3 -uz`, so the new mount does not go on top of it (a second unmount would find it again).
+ * Best effort: a failure leaves it, and the new mount covers it as before. */
+static void detach_dead_mount(const char *datadir, const char *mountpoint) {
+    if (!store_is_mounted(datadir, mountpoint)) return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) {
+            dup2(nul, 1);
+            dup2(nul, 2);
+        }
+        execlp("fusermount3", "fusermount3", "-u", "-z", "--", mountpoint, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        say(LOG_WARNING, "detached the dead mount of %s on %s (its daemon had been killed)", datadir, mountpoint);
+}
+
+/* The absolute path of a mount point that realpath cannot resolve because the mount there answers ENOTCONN (its
+ * daemon is dead): its parent resolved, then its last component. NULL (errno ENOTCONN) when that fails too. */
+static char *path_past_dead_mount(const char *mp) {
+    char *copy = strdup(mp), *out = NULL;
+    if (!copy) return NULL;
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/') copy[--n] = '\0';
+    char *slash = strrchr(copy, '/');
+    const char *base = slash ? slash + 1 : copy, *parent = !slash ? "." : slash == copy ? "/" : copy;
+    if (slash && slash != copy) *slash = '\0';
+    char *rp = *base && strcmp(base, ".") && strcmp(base, "..") ? realpath(parent, NULL) : NULL;
+    if (rp && asprintf(&out, "%s/%s", strcmp(rp, "/") ? rp : "", base) < 0) out = NULL;
+    free(rp);
+    free(copy);
+    if (!out) errno = ENOTCONN;
+    return out;
 }
 
 /* How long to wait for a store another process is releasing: KVFS_LOCK_WAIT seconds, as the tools (default 5). */
@@ -485,7 +527,7 @@ static int lock_wait_ms(void) {
  * kvfs mount D M` used to fail right there with "in use". */
 static int open_store(const char *datadir, const kv_options *ko, kv_db **db) {
     int rc = kv_open(datadir, ko, db);
-    for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir);
+    for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir, NULL);
          waited += 50) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -553,6 +595,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
                     o->datadir);
             goto out;
         }
+        detach_dead_mount(o->datadir, o->mountpoint);
         kv_stats ks;
         if (kv_get_stats(d.db, &ks) == KV_OK && ks.unsynced_batches_dropped)
             say(LOG_WARNING, "%s: recovered from a power loss: %llu batch(es) written but never synced were dropped "
@@ -697,12 +740,15 @@ int kvfs_mount_main(int argc, char **argv) {
     }
     real_data = realpath(o.datadir, NULL);
     real_mnt = realpath(o.mountpoint, NULL);
+    /* a mount whose daemon was killed answers ENOTCONN: run() detaches it if it is this store's */
+    bool dead_mount = !real_mnt && errno == ENOTCONN && (real_mnt = path_past_dead_mount(o.mountpoint)) != NULL;
     if ((!real_data && !mem) || !real_mnt) {
         fprintf(stderr, "kvfs: %s: %s\n", !real_mnt ? o.mountpoint : o.datadir, strerror(errno));
         goto out;
     }
     struct stat mst;
-    if (stat(real_mnt, &mst) != 0 || !S_ISDIR(mst.st_mode)) {
+    if (!dead_mount && stat(real_mnt, &mst) != 0 && errno == ENOTCONN) dead_mount = true;
+    if (!dead_mount && (stat(real_mnt, &mst) != 0 || !S_ISDIR(mst.st_mode))) {
         fprintf(stderr, "kvfs: %s: %s\n", o.mountpoint, stat(real_mnt, &mst) != 0 ? strerror(errno) : "not a directory");
         goto out;
     }

@@ -50,6 +50,26 @@ teardown() {
     [ "$SECONDS" -le 2 ]
 }
 
+@test "mount after kill -9 detaches the dead mount the daemon left, instead of going on top of it" {
+    # A killed daemon leaves its mount answering ENOTCONN. kvfs mount used to fail on it ("Transport endpoint is
+    # not connected") or mount on top of it, so that the next unmount found the dead one again.
+    fs_mount
+    echo kept > "$M/f"
+    sync "$M/f"
+    for round in 1 2; do
+        kill -9 "$(daemon_pid)"
+        sleep 0.2
+        [ "$round" = 1 ] && { ls "$M" >/dev/null 2>&1 || true; } # with its attributes cached, and without
+        run t "$KVFS" mount "$D" "$M"
+        [ "$status" -eq 0 ] || { echo "round $round: $output"; false; }
+        [[ "$output" == *"detached the dead mount"* ]]
+        [ "$(grep -c " $M fuse" /proc/mounts)" -eq 1 ]
+        [ "$(cat "$M/f")" = kept ]
+    done
+    fs_unmount
+    ! is_mounted
+}
+
 @test "everything survives unmount and remount" {
     fs_mount
     mkdir -p "$M/d/empty"
