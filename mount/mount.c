@@ -28,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -514,6 +516,26 @@ static char *path_past_dead_mount(const char *mp) {
     return out;
 }
 
+/* Whether a daemon (kvfs mount or kvfs serve) answers on the store's control socket: it is serving, not closing (a
+ * daemon stops its socket first when it shuts down). */
+static bool daemon_answers(const char *datadir) {
+#ifndef KVFS_HAVE_CTL
+    (void)datadir;
+    return false;
+#else
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", datadir, CTL_SOCKET_NAME);
+    if (n < 0 || (size_t)n >= sizeof a.sun_path) return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool up = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return up;
+#endif
+}
+
 /* How long to wait for a store another process is releasing: KVFS_LOCK_WAIT seconds, as the tools (default 5). */
 static int lock_wait_ms(void) {
     const char *e = getenv("KVFS_LOCK_WAIT");
@@ -522,12 +544,13 @@ static int lock_wait_ms(void) {
     return e && *e && (*end || sec < 0 || sec > 86400) ? 5000 : (int)(sec * 1000);
 }
 
-/* Open the store; when another process holds it, wait for it to let go unless it is mounted. A daemon keeps the
- * store for a moment after its unmount (it writes buffered data and closes the engine), and `fusermount3 -u M &&
- * kvfs mount D M` used to fail right there with "in use". */
+/* Open the store; when another process holds it, wait for it to let go unless it is mounted or a daemon serves it.
+ * A daemon keeps the store for a moment after its unmount (it writes buffered data and closes the engine), and
+ * `fusermount3 -u M && kvfs mount D M` used to fail right there with "in use". */
 static int open_store(const char *datadir, const kv_options *ko, kv_db **db) {
     int rc = kv_open(datadir, ko, db);
-    for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir, NULL);
+    for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir, NULL) &&
+                        !daemon_answers(datadir);
          waited += 50) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -682,6 +705,12 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     say(LOG_INFO, "unmounting %s", o->mountpoint);
 out:
     report(&ready_fd, 1);
+#ifdef KVFS_HAVE_CTL
+    /* First: a daemon that answers on its socket is serving (daemon_answers); an unmounted one is not. Commands sent
+     * from now on wait for the store as for any process holding it. */
+    if (d.ctl && ctl_server_stop) ctl_server_stop(d.ctl);
+    d.ctl = NULL;
+#endif
     if (d.fuse) fuse_destroy(d.fuse);
     if (d.fs) {
         rc = kvfs_fs_flush_all(d.fs);
@@ -691,9 +720,6 @@ out:
         }
         kvfs_fs_free(d.fs);
     }
-#ifdef KVFS_HAVE_CTL
-    if (d.ctl && ctl_server_stop) ctl_server_stop(d.ctl);
-#endif
     store_destroy(d.st);
     if (d.db) {
         rc = kv_close(d.db);

@@ -48,6 +48,18 @@ teardown() {
     [ "$status" -ne 0 ]
     [[ "$output" == *"in use"* ]]
     [ "$SECONDS" -le 2 ]
+    # a store that `kvfs serve` holds (a daemon answers on its socket) fails at once too
+    fs_unmount
+    "$KVFS" serve "$D" 3>&- &
+    local serve=$!
+    for _ in $(seq 1 100); do [ -S "$D/kvfs.sock" ] && break; sleep 0.05; done
+    SECONDS=0
+    run t "$KVFS" mount "$D" "$M"
+    kill "$serve"
+    wait "$serve" || true
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"in use"* ]]
+    [ "$SECONDS" -le 2 ]
 }
 
 @test "mount after kill -9 detaches the dead mount the daemon left, instead of going on top of it" {
