@@ -194,6 +194,30 @@ static int blob_value(kv_db *db, const kv_bytes *payload, kv_buf *out) {
     return KV_OK;
 }
 
+/* size and stored of a value from its entry: for a blob reference (docs/format.md, "Blob reference") its size field,
+ * and, for the direct form, the lengths of its data extents (holes have file number 0); the paged form lists its
+ * extents in pages, so stored is taken as size. KV_ECORRUPT for a reference that does not parse. */
+static int value_sizes(int type, const uint8_t *p, size_t len, kv_info *info) {
+    info->external = type == KV_TYPE_BLOB;
+    info->size = info->stored = len;
+    if (type != KV_TYPE_BLOB) return KV_OK;
+    const uint8_t *end = p + len;
+    uint64_t size = 0, n = 0;
+    if (!(p = get_varint64(p, end, &size)) || !(p = get_varint64(p, end, &n)))
+        return kv_set_error(KV_ECORRUPT, "malformed blob reference");
+    info->size = info->stored = size;
+    if (n == 0) return KV_OK; /* empty, or paged */
+    uint64_t stored = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t f[5];
+        for (int j = 0; j < 5; j++)
+            if (!(p = get_varint64(p, end, &f[j]))) return kv_set_error(KV_ECORRUPT, "malformed blob reference");
+        if (f[0] != 0) stored += f[4];
+    }
+    info->stored = stored <= size ? stored : size;
+    return KV_OK;
+}
+
 static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info) {
     int type;
     int64_t ts;
@@ -206,8 +230,7 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
     if (rc == 1 && info) {
         info->timestamp_ms = ts;
         info->sequence = fseq;
-        info->external = type == KV_TYPE_BLOB;
-        info->size = payload.len;
+        (void)value_sizes(type, payload.data, payload.len, info); /* a bad reference fails blob_value below */
     }
     if (rc == 0) rc = KV_ENOTFOUND;
     else if (rc == 1 && type == KV_TYPE_BLOB) {
@@ -285,16 +308,7 @@ int kv_stat(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_
     refs_drop(db, &r);
     if (rc == 0) rc = KV_ENOTFOUND;
     else if (rc == 1) {
-        rc = KV_OK;
-        info->external = type == KV_TYPE_BLOB;
-        if (type == KV_TYPE_BLOB) {
-            uint64_t size = 0;
-            if (!get_varint64(payload.data, payload.data + payload.len, &size))
-                rc = kv_set_error(KV_ECORRUPT, "malformed blob reference");
-            info->size = size;
-        } else {
-            info->size = payload.len;
-        }
+        rc = value_sizes(type, payload.data, payload.len, info);
     }
     bytes_free(&payload);
     db_leave(db);
@@ -709,15 +723,7 @@ int kv_iter_info(kv_iter *it, kv_info *info) {
     if (!it->valid) return kv_set_error(KV_EINVAL, "the iterator is not positioned on an entry");
     info->timestamp_ms = it->ts;
     info->sequence = it->eseq;
-    info->external = it->vtype == KV_TYPE_BLOB;
-    info->size = it->vl;
-    if (info->external) {
-        uint64_t size = 0;
-        if (!get_varint64(it->vp, it->vp + it->vl, &size))
-            return kv_set_error(KV_ECORRUPT, "malformed blob reference");
-        info->size = size;
-    }
-    return KV_OK;
+    return value_sizes(it->vtype, it->vp, it->vl, info);
 }
 
 int kv_iter_status(const kv_iter *it) { return it ? it->status : kv_set_error(KV_EINVAL, "kv_iter_status: NULL"); }

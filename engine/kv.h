@@ -138,6 +138,10 @@ typedef struct kv_info {
     int64_t timestamp_ms;  /* wall-clock time of the write, milliseconds since the epoch */
     uint64_t sequence;     /* sequence number of the batch that wrote it */
     bool external;         /* the value lives in a blob file */
+    uint64_t stored;       /* bytes of it that are stored: size less its holes (parts never written, left by
+                            * kv_batch_write_at past the end or kv_batch_truncate up, which read as zeros); size for
+                            * a value in the tree, and for one whose blob reference is paged (its holes are listed in
+                            * pages, which stat does not read) */
 } kv_info;
 
 int kv_put(kv_db *db, const void *key, size_t klen, const void *val, uint64_t vlen, unsigned flags);

@@ -248,7 +248,8 @@ out:
     return rc;
 }
 
-static void fill_stat(const fs_attr *a, uint64_t size, uint64_t ino, struct stat *st) {
+/* kept: the bytes of the content the store keeps (size less the holes it knows of), for st_blocks. */
+static void fill_stat(const fs_attr *a, uint64_t size, uint64_t kept, uint64_t ino, struct stat *st) {
     memset(st, 0, sizeof *st);
     st->st_ino = (ino_t)ino;
     st->st_mode = a->mode;
@@ -258,7 +259,7 @@ static void fill_stat(const fs_attr *a, uint64_t size, uint64_t ino, struct stat
     st->st_rdev = (dev_t)a->rdev;
     st->st_size = S_ISDIR(a->mode) ? 4096 : (off_t)size;
     st->st_blksize = 1 << 20;
-    st->st_blocks = (blkcnt_t)((st->st_size + 511) / 512);
+    st->st_blocks = S_ISDIR(a->mode) ? 8 : (blkcnt_t)(((kept < size ? kept : size) + 511) / 512);
     st->st_atim = a->atime;
     st->st_mtim = a->mtime;
     st->st_ctim = a->ctime;
@@ -266,12 +267,12 @@ static void fill_stat(const fs_attr *a, uint64_t size, uint64_t ino, struct stat
 
 void node_stat(kvfs_fs *fs, const fs_node *n, const char *path, struct stat *st) {
     (void)fs;
-    fill_stat(&n->attr, n->data.size, path_ino(path), st);
+    fill_stat(&n->attr, n->data.size, n->data.stored, path_ino(path), st);
 }
 
 static void file_stat(kvfs_file *f, struct stat *st) {
     pthread_mutex_lock(&f->mu);
-    fill_stat(&f->attr, f->size, f->ino, st);
+    fill_stat(&f->attr, f->size, f->size, f->ino, st); /* what it keeps is known once written back */
     pthread_mutex_unlock(&f->mu);
 }
 

@@ -246,7 +246,7 @@ static void child_stat(kvfs_fs *fs, const kvfs_dir *d, const child *ch, bool con
                        struct stat *st) {
     fs_attr a;
     bool stored = false;
-    uint64_t size = 0;
+    uint64_t size = 0, kept = 0;
     memset(&a, 0, sizeof a);
     if (ch->is_dir || cont) {
         a.mode = S_IFDIR | (fs->cfg.dir_mode & 07777);
@@ -268,14 +268,14 @@ static void child_stat(kvfs_fs *fs, const kvfs_dir *d, const child *ch, bool con
         }
     } else {
         store_info data;
-        if (file_attr_load(fs, ch->sort, ch->slen, &a, &stored, &data) == 0) size = data.size;
+        if (file_attr_load(fs, ch->sort, ch->slen, &a, &stored, &data) == 0) size = data.size, kept = data.stored;
         else a.mode = S_IFREG | (fs->cfg.file_mode & 07777);
         pthread_mutex_lock(&fs->tbl_mu);
         kvfs_file *f = file_find(fs, ch->sort, ch->slen);
         if (f) {
             pthread_mutex_lock(&f->mu);
             a = f->attr;
-            size = f->size;
+            size = kept = f->size; /* what an open file keeps is not known before it is written back */
             pthread_mutex_unlock(&f->mu);
         }
         pthread_mutex_unlock(&fs->tbl_mu);
@@ -288,7 +288,7 @@ static void child_stat(kvfs_fs *fs, const kvfs_dir *d, const child *ch, bool con
     st->st_rdev = (dev_t)a.rdev;
     st->st_size = S_ISDIR(a.mode) ? 4096 : (off_t)size;
     st->st_blksize = 1 << 20;
-    st->st_blocks = (blkcnt_t)((st->st_size + 511) / 512);
+    st->st_blocks = S_ISDIR(a.mode) ? 8 : (blkcnt_t)(((kept < size ? kept : size) + 511) / 512);
     st->st_atim = a.atime;
     st->st_mtim = a.mtime;
     st->st_ctim = a.ctime;

@@ -45,6 +45,7 @@ enum {
 typedef struct store_info {
     uint64_t size;        /* value length in bytes */
     int64_t write_ms;     /* wall-clock time of the write that produced it, ms since the epoch */
+    uint64_t stored;      /* bytes of it the store keeps: size less the holes it knows of (a sparse file's) */
 } store_info;
 
 /* A value returned by get: malloc'ed, released with store_buf_free. */

@@ -87,6 +87,7 @@ static int kvs_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf
     if (info) {
         info->size = ki.size;
         info->write_ms = ki.timestamp_ms;
+        info->stored = ki.stored;
     }
     return 0;
 }
@@ -98,6 +99,7 @@ static int kvs_stat(store *s, uint8_t ks, const void *key, size_t klen, store_in
     if (rc) return errno_of(rc);
     info->size = ki.size;
     info->write_ms = ki.timestamp_ms;
+    info->stored = ki.stored;
     return 0;
 }
 
@@ -142,7 +144,7 @@ static int kvs_scan(store *s, uint8_t ks, const void *start, size_t slen, const 
         kv_info ki;
         rc = kv_iter_info(it, &ki);
         if (rc) break;
-        store_info info = {.size = ki.size, .write_ms = ki.timestamp_ms};
+        store_info info = {.size = ki.size, .write_ms = ki.timestamp_ms, .stored = ki.stored};
         const void *v = NULL;
         uint64_t vl = 0;
         if (with_values) {

@@ -265,7 +265,7 @@ static int mem_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf
                 out->len = e->vlen;
             }
         }
-        if (info) *info = (store_info){.size = e->vlen, .write_ms = e->write_ms};
+        if (info) *info = (store_info){.size = e->vlen, .write_ms = e->write_ms, .stored = e->vlen};
     }
     pthread_rwlock_unlock(&m->lock);
     return rc;
@@ -275,7 +275,7 @@ static int mem_stat(store *s, uint8_t ks, const void *key, size_t klen, store_in
     mem_store *m = (mem_store *)s;
     pthread_rwlock_rdlock(&m->lock);
     mem_entry *e = find(&m->ks[ks], key, klen);
-    if (e) *info = (store_info){.size = e->vlen, .write_ms = e->write_ms};
+    if (e) *info = (store_info){.size = e->vlen, .write_ms = e->write_ms, .stored = e->vlen};
     pthread_rwlock_unlock(&m->lock);
     return e ? 0 : -ENOENT;
 }
@@ -343,7 +343,7 @@ static int mem_scan(store *s, uint8_t ks, const void *start, size_t slen, const 
         memcpy(k, e->key, e->klen);
         size_t klen = e->klen, vlen = with_values ? e->vlen : 0;
         if (v) memcpy(v, e->val, e->vlen);
-        store_info info = {.size = e->vlen, .write_ms = e->write_ms};
+        store_info info = {.size = e->vlen, .write_ms = e->write_ms, .stored = e->vlen};
         pthread_rwlock_unlock(&m->lock);
         free(last);
         last = k;

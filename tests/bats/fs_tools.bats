@@ -113,6 +113,28 @@ teardown() {
     [ "$(od -An -c "$M/t" | tr -d ' ')" = 'ab\0def' ]
 }
 
+@test "st_blocks counts what is stored, not holes: du of sparse files" {
+    # st_blocks used to be the size in 512-byte units, holes included: a sparse file looked full to du and ls -s.
+    truncate -s 1G "$M/empty"
+    dd if=/dev/urandom of="$M/holey" bs=1M count=1 seek=100 status=none
+    head -c 300000 /dev/urandom > "$M/dense"
+    printf 'tiny' > "$M/tiny"
+    truncate -s 5M "$M/tiny" # 4 bytes kept, the rest a hole
+    sync
+    check() {
+        [ "$(stat -c %b "$M/empty")" -eq 0 ]
+        [ "$(stat -c %b "$M/holey")" -eq 2048 ]
+        [ "$(stat -c %b "$M/dense")" -eq 586 ]
+        [ "$(stat -c %b "$M/tiny")" -eq 1 ]
+        [ "$(du -k "$M/holey" | cut -f1)" -eq 1024 ]
+        # readdirplus (ls -ls) says the same
+        [ "$(ls -ls "$M" | awk '$NF == "holey" {print $1}')" -eq 1024 ]
+    }
+    check
+    fs_remount
+    check
+}
+
 @test "ln -s, chmod, chown, touch -d, stat" {
     echo data > "$M/f"
     ln -s f "$M/l"

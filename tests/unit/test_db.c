@@ -198,9 +198,25 @@ static void write_at_run(int page_extents) {
     kv_info info;
     CHECK_OK(kv_stat(db, NULL, "sparse", 6, &info));
     CHECK(info.size == 5ull << 30);
+    CHECK_EQ(info.stored, 0); /* all hole */
     kv_batch_clear(b);
     CHECK_OK(kv_batch_write_at(b, 0, "sparse", 6, 4ull << 30, "tail", 4));
     CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_stat(db, NULL, "sparse", 6, &info));
+    CHECK_EQ(info.stored, 4);
+    /* an iterator says the same; and a value in the tree keeps all of itself */
+    kv_iter *it;
+    CHECK_OK(kv_iter_new(db, NULL, &it));
+    kv_iter_seek(it, "sparse", 6);
+    CHECK(kv_iter_valid(it));
+    CHECK_OK(kv_iter_info(it, &info));
+    CHECK(info.size == 5ull << 30 && info.stored == 4);
+    kv_iter_free(it);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put(b, "inline", 6, "abc", 3));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_stat(db, NULL, "inline", 6, &info));
+    CHECK(info.size == 3 && info.stored == 3 && !info.external);
     char rb[8];
     size_t got;
     CHECK_OK(kv_read_range(db, NULL, "sparse", 6, (4ull << 30) - 2, rb, 8, &got));
