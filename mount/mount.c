@@ -458,20 +458,21 @@ static bool mountinfo_field_is(const char *f, const char *want) {
 }
 
 /* Whether a kvfs mount of datadir is in the mount table (/proc/self/mountinfo: the type is fuse.kvfs and the source
- * the fsname the daemon gave, datadir), at mountpoint if it is not NULL. */
+ * the fsname the daemon gave, datadir). With a mountpoint: whether it is the mount on top at mountpoint (the last
+ * one listed there), so that nothing mounted over it is taken for it. */
 static bool store_is_mounted(const char *datadir, const char *mountpoint) {
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f) return false;
     char line[8192];
     bool found = false;
-    while (!found && fgets(line, sizeof line, f)) {
+    while ((mountpoint || !found) && fgets(line, sizeof line, f)) {
         /* id parent major:minor root mountpoint options... - type source superoptions */
         char *sep = strstr(line, " - "), *mp = line;
         for (int i = 0; i < 4 && mp; i++) mp = strchr(mp, ' ') ? strchr(mp, ' ') + 1 : NULL;
         if (!sep || !mp) continue;
+        if (mountpoint && !mountinfo_field_is(mp, mountpoint)) continue;
         char *type = sep + 3, *src = strchr(type, ' ');
-        if (!src || !mountinfo_field_is(type, "fuse.kvfs")) continue;
-        found = mountinfo_field_is(src + 1, datadir) && (!mountpoint || mountinfo_field_is(mp, mountpoint));
+        found = src && mountinfo_field_is(type, "fuse.kvfs") && mountinfo_field_is(src + 1, datadir);
     }
     fclose(f);
     return found;

@@ -78,7 +78,18 @@ teardown() {
         [ "$(grep -c " $M fuse" /proc/mounts)" -eq 1 ]
         [ "$(cat "$M/f")" = kept ]
     done
+    # something else mounted over the dead mount is not taken for it: nothing is detached
+    kill -9 "$(daemon_pid)"
+    sleep 0.2
+    mount -t tmpfs -o size=1m tmpfs "$M"
+    run t "$KVFS" mount "$D" "$M"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"detached"* ]]
+    [ "$(cat "$M/f")" = kept ]
     fs_unmount
+    grep -q " $M tmpfs " /proc/mounts
+    umount "$M"
+    umount -l "$M"
     ! is_mounted
 }
 
