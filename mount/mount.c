@@ -157,7 +157,7 @@ static void usage(void) {
            "  -o no_default_permissions  do not let the kernel check permissions (on by default)\n"
            "  -o sync                  every write reaches the disk before it returns\n"
            "  -o cache_size=SIZE       engine block cache (default 32M)\n"
-           "  -o memtable_size=SIZE    engine write buffer (default 8M)\n"
+           "  -o memtable_size=SIZE    engine write buffer (default 8M, at least 4K)\n"
            "  -o compression=on|off    compress table blocks (default on)\n"
            "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K)\n"
            "  -o default_file_mode=M   mode of keys written without attributes (default 0644)\n"
@@ -170,9 +170,11 @@ static void usage(void) {
            "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
 }
 
-/* "64M" -> bytes; false on junk. */
+/* "64M" -> bytes; false on junk. Digits first: strtoull would skip blanks and take a sign, "-1" as the largest
+ * number. */
 static bool parse_size(const char *s, size_t *out) {
     char *end;
+    if (*s < '0' || *s > '9') return false;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || end == s) return false;
@@ -592,6 +594,10 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         }
         if (o->memtable_size && !parse_size(o->memtable_size, &ko.memtable_bytes)) {
             say(LOG_ERR, "mount: bad memtable_size '%s'", o->memtable_size);
+            goto out;
+        }
+        if (ko.memtable_bytes < 4096) { /* the engine's minimum; it would only say "invalid options" */
+            say(LOG_ERR, "mount: memtable_size '%s' is too small: it must be at least 4K", o->memtable_size);
             goto out;
         }
         if (o->compression) {

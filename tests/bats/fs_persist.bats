@@ -259,6 +259,26 @@ PY
     ! grep -q " $T/file " /proc/mounts
 }
 
+@test "size options refuse a sign, and a write buffer too small for the engine, naming the option" {
+    fs_unmount
+    # strtoull takes "-1" as the largest number: a cache or threshold of 16 EiB must not be accepted silently
+    for o in cache_size=-1 memtable_size=-8M blob_threshold=-5 cache_size=+4M "cache_size= 4M"; do
+        run t "$KVFS" mount -o "$o" "$D" "$M"
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"bad ${o%%=*} '"* ]]
+        ! is_mounted
+    done
+    for o in memtable_size=0 memtable_size=1K; do
+        run t "$KVFS" mount -o "$o" "$D" "$M"
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"memtable_size"*"at least 4K"* ]]
+        ! is_mounted
+    done
+    fs_mount -o memtable_size=4K,cache_size=0
+    echo x > "$M/f"
+    [ "$(cat "$M/f")" = x ]
+}
+
 @test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {
     # utime + stime of the daemon, in clock ticks
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
