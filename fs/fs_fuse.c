@@ -472,9 +472,12 @@ static int op_mkdir(const char *path, mode_t mode) {
 }
 
 static int op_unlink(const char *path) {
-    if (unhide(FS(), path)) return 0;
-    int rc = kvfs_unlink(FS(), path);
-    if (!rc) note_vanished_parents(path);
+    bool hidden = unhide(FS(), path);
+    int rc = hidden ? 0 : kvfs_unlink(FS(), path);
+    /* libfuse unlinks a hidden path after the last close, usually after op_release has let go of its file (then it
+     * names no key: ENOENT). Only now has the kernel let go of the directories above the file, which its open
+     * descriptors held: those that vanished with the unlink of the open file (op_rename) are dropped for good now. */
+    if (!rc || (rc == -ENOENT && is_hidden_name(path))) note_vanished_parents(path);
     return rc;
 }
 
@@ -490,7 +493,13 @@ static int op_symlink(const char *target, const char *path) {
 }
 
 static int op_rename(const char *from, const char *to, unsigned int flags) {
-    if (flags == 0 && is_hidden_name(to) && !hidden_lookup(to)) return hide_open_file(from, to);
+    if (flags == 0 && is_hidden_name(to) && !hidden_lookup(to)) {
+        /* The unlink of an open file: the directories that vanish with it are dropped as for any other unlink (and
+         * once more when libfuse unlinks the hidden path: see op_unlink). */
+        int rc = hide_open_file(from, to);
+        if (!rc) note_vanished_parents(from);
+        return rc;
+    }
     int rc = kvfs_rename(FS(), from, to, flags);
     if (!rc && !(flags & RENAME_EXCHANGE)) note_vanished_parents(from);
     return rc;

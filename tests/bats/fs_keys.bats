@@ -283,3 +283,44 @@ except OSError as e:
     [ "$output" = "No such file or directory" ]
     [ "$(cat "$M/r/keep")" = x ]
 }
+
+@test "a directory that vanishes with the unlink of its last key while that file is open is gone too" {
+    # libfuse turns the unlink of an open file into a rename to a hidden name (fs_fuse.c): that, too, must tell
+    # the kernel of the directories it emptied, also of one whose parent stays (r/s below r), which the kernel can
+    # only forget once the last close has let go of it
+    kv put "$D" r/keep x
+    fs_mount
+    kv put "$D" u/f one         # put while mounted, as fs_model.bats does
+    kv put "$D" r/s/t deep
+    run python3 -c 'import errno, os, sys, time
+m = sys.argv[1]
+fds = [os.open(m + "/" + p, os.O_RDWR) for p in ("u/f", "r/s/t")]
+for p in ("u/f", "r/s/t"):
+    os.unlink(m + "/" + p)
+for fd in fds:
+    os.pwrite(fd, b"written", 2)
+    os.fstat(fd)
+time.sleep(0.3)
+for fd in fds:
+    os.close(fd)
+for d in ("u", "r/s"):
+    deadline = time.time() + 5
+    while True:
+        try:
+            os.close(os.open(m + "/" + d, os.O_WRONLY))  # trusts a cached entry: EISDIR while the kernel keeps it
+            r = "there"
+        except OSError as e:
+            r = errno.errorcode[e.errno]
+        if r == "ENOENT" or time.time() > deadline:
+            break
+        time.sleep(0.02)
+    print(d, r)' "$M"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "${lines[0]}" = "u ENOENT" ]
+    [ "${lines[1]}" = "r/s ENOENT" ]
+    [ ! -e "$M/u" ]
+    [ ! -e "$M/r/s" ]
+    [ "$(cat "$M/r/keep")" = x ]
+    [ "$(ls "$M")" = r ]
+}
