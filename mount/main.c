@@ -285,7 +285,7 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
 static void ctx_init(tool_ctx *c, kv_db *db, const char *datadir, const int fds[3]) {
     memset(c, 0, sizeof *c);
     c->db = db;
-    c->datadir = datadir;
+    c->datadir = c->store_dir = datadir;
     c->in_fd = fds[0];
     c->out.fd = fds[1];
     c->err.fd = fds[2];
@@ -480,7 +480,7 @@ static int run_direct(const tool_cmd *cmd, int argc, char **argv) {
     targs a;
     int status = tool_parse(c, cmd, argc, argv, &a);
     if (status == TOOL_OK) {
-        c->datadir = a.pos[0];
+        c->datadir = c->store_dir = a.pos[0];
         if (cmd->mode == STORE_NONE) {
             status = tool_finish(c, cmd->run(c, &a));
         } else {

@@ -41,6 +41,7 @@ typedef struct tout {
 typedef struct tool_ctx {
     kv_db *db;              /* the open store (NULL for commands that need none) */
     const char *datadir;    /* as the user gave it, for messages */
+    const char *store_dir;  /* the store's directory as this process reaches it (the daemon's own path of it) */
     int in_fd;              /* the caller's stdin */
     tout out, err;          /* the caller's stdout and stderr */
     int cancel_fd;          /* daemon runs: the client connection; readable or hung up = cancelled. -1 otherwise */

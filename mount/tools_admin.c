@@ -8,11 +8,15 @@
  *    should be shown but was pruned is an "evicted" error naming the oldest batch still retained.
  *  - Only keyspace 0 (the user's keys) is shown; other keyspaces hold the filesystem's attributes.
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 
 #include "keyfmt.h"
@@ -140,11 +144,78 @@ int cmd_check(tool_ctx *c, const targs *a) {
     return tool_kv_error(c, rc, "%s: check", c->datadir);
 }
 
+/* A field of /proc/self/mountinfo (space, tab, newline and backslash written as \ooo) decoded into out (n bytes);
+ * returns the position after it. */
+static const char *mountinfo_field(const char *f, char *out, size_t n) {
+    size_t k = 0;
+    while (*f && *f != ' ' && *f != '\n') {
+        char ch = *f++;
+        if (ch == '\\' && f[0] >= '0' && f[0] <= '7' && f[1] >= '0' && f[1] <= '7' && f[2] >= '0' && f[2] <= '7') {
+            ch = (char)((f[0] - '0') * 64 + (f[1] - '0') * 8 + (f[2] - '0'));
+            f += 3;
+        }
+        if (k + 1 < n) out[k++] = ch;
+    }
+    out[k] = 0;
+    return *f == ' ' ? f + 1 : f;
+}
+
+/* Whether dest (or, when it does not exist yet, the nearest directory above it that does) lies on a kvfs mount of
+ * datadir (mountinfo: type fuse.kvfs, source datadir, the same device); its mount point goes to mp. Such a checkpoint
+ * would be written into the store it copies, and by the daemon serving the mount: its writes through the mount wait
+ * for the write queue the checkpoint holds, a deadlock that leaves the mount hung. */
+static bool in_mount_of_store(const char *datadir, const char *dest, char *mp, size_t mpn) {
+    char real[PATH_MAX], path[PATH_MAX];
+    if (!realpath(datadir, real) || strlen(dest) >= sizeof path) return false;
+    strcpy(path, dest);
+    struct stat st;
+    while (stat(path, &st) != 0) {
+        if (errno == ENOTCONN) return false; /* a dead mount: the checkpoint fails there by itself */
+        char *slash = strrchr(path, '/');
+        if (!slash) {
+            strcpy(path, ".");
+        } else if (slash == path) {
+            strcpy(path, "/");
+        } else {
+            *slash = 0;
+            continue;
+        }
+        if (stat(path, &st) != 0) return false;
+        break;
+    }
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f) return false;
+    char line[3 * PATH_MAX], field[PATH_MAX], type[64];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        /* id parent major:minor root mountpoint options... - type source superoptions */
+        unsigned maj, mnr;
+        const char *p = strchr(line, ' ');
+        if (!p || sscanf(p + 1, "%*s %u:%u", &maj, &mnr) != 2 || makedev(maj, mnr) != st.st_dev) continue;
+        const char *sep = strstr(line, " - ");
+        const char *m = line;
+        for (int i = 0; i < 4 && m; i++) m = strchr(m, ' ') ? strchr(m, ' ') + 1 : NULL;
+        if (!sep || !m) continue;
+        const char *src = mountinfo_field(sep + 3, type, sizeof type);
+        if (strcmp(type, "fuse.kvfs") != 0) continue;
+        mountinfo_field(src, field, sizeof field);
+        if (strcmp(field, real) != 0) continue;
+        mountinfo_field(m, mp, mpn);
+        found = true;
+    }
+    fclose(f);
+    return found;
+}
+
 int cmd_checkpoint(tool_ctx *c, const targs *a) {
     if (!a->pos[1] || !*a->pos[1]) {
         tool_error(c, "checkpoint: DEST is empty");
         return TOOL_USAGE;
     }
+    char mp[PATH_MAX];
+    if (c->store_dir && in_mount_of_store(c->store_dir, a->pos[1], mp, sizeof mp))
+        return tool_error(c, "checkpoint of %s in %s: DEST is inside %s, where this store is mounted: a checkpoint "
+                             "must be written outside the store it copies", c->datadir, a->pos[1], mp);
     c->progress_label = "checkpoint";
     int rc = kv_checkpoint(c->db, a->pos[1], tool_progress, c);
     tool_progress_done(c);

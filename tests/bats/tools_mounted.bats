@@ -121,6 +121,27 @@ teardown() { tools_teardown; }
     diff -r "$M/a" "$T/mnt2/a"
 }
 
+@test "mounted: a checkpoint into the store's own mount is refused, and the mount keeps working" {
+    mount_store "$D" "$M"
+    echo before > "$M/f"
+    ln -s "$M" "$T/via-link"
+    # the daemon takes the checkpoint: its writes through its own mount would wait for the write queue the checkpoint
+    # holds, and the mount would hang for good
+    for dest in "$M/ck" "$M/missing/dir/ck" "$T/via-link/ck"; do
+        run --separate-stderr timeout -k 5 20 "$KVFS" checkpoint "$D" "$dest"
+        [ "$status" -eq 1 ]
+        [[ "$stderr" == *"DEST is inside $M, where this store is mounted"* ]]
+    done
+    (cd "$M" && run timeout -k 5 20 "$KVFS" checkpoint "$D" rel-ck && [ "$status" -eq 1 ])
+    [ ! -e "$M/ck" ]
+    [ ! -e "$M/rel-ck" ]
+    echo after > "$M/g"
+    [ "$(cat "$M/f" "$M/g")" = "$(printf 'before\nafter')" ]
+    # elsewhere it works as ever
+    kv checkpoint "$D" "$T/ck"
+    kv check "$T/ck"
+}
+
 @test "README recipe: rsync -a of the mounted tree, restored into a new store" {
     command -v rsync >/dev/null || skip "rsync is not installed"
     mount_store "$D" "$M"
