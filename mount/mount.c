@@ -785,6 +785,17 @@ int kvfs_mount_main(int argc, char **argv) {
         fprintf(stderr, "kvfs: %s: %s\n", o.mountpoint, stat(real_mnt, &mst) != 0 ? strerror(errno) : "not a directory");
         goto out;
     }
+    /* the daemon creates the store's files (tables, logs, blob files, the manifest) by path: under its own mount
+     * they would be written through itself, and the first one deadlocks the mount */
+    if (real_data) {
+        size_t ml = strlen(real_mnt);
+        if (strcmp(real_mnt, "/") == 0 ||
+            (strncmp(real_data, real_mnt, ml) == 0 && (real_data[ml] == '\0' || real_data[ml] == '/'))) {
+            fprintf(stderr, "kvfs: %s is %s %s: the mount would hide the store's own files; mount it elsewhere\n",
+                    o.datadir, real_data[ml] == '\0' ? "the same directory as" : "inside", o.mountpoint);
+            goto out;
+        }
+    }
     if (real_data) {
         free(o.datadir);
         o.datadir = real_data;

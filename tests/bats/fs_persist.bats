@@ -30,6 +30,27 @@ teardown() {
     ! grep -q " $T/mnt2 " /proc/mounts
 }
 
+@test "a mount that would cover its own DATADIR is refused (the daemon would write its files through itself)" {
+    mkdir -p "$D"
+    # the same directory, also spelled differently; DATADIR below MOUNTPOINT
+    for args in "$D $D" "$D $D/." "$D $T" "$T/data/ $T"; do
+        run t "$KVFS" mount $args
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"the mount would hide the store's own files"* ]]
+        ! grep -q " $T[/ ].*fuse" /proc/mounts
+    done
+    (cd "$T" && run t "$KVFS" mount data data && [ "$status" -eq 1 ])
+    ! grep -q "fuse.kvfs" <(grep " $T" /proc/mounts)
+    # MOUNTPOINT below DATADIR leaves the store's files reachable: allowed
+    mkdir -p "$D/mnt"
+    t "$KVFS" mount "$D" "$D/mnt"
+    head -c 3000000 /dev/urandom > "$T/big"
+    cp "$T/big" "$D/mnt/big"
+    cmp "$T/big" "$D/mnt/big"
+    t fusermount3 -u "$D/mnt"
+    t "$KVFS" get "$D" big | cmp - "$T/big"   # waits for the daemon to close the store
+}
+
 @test "mount right after fusermount3 -u works: it waits for the daemon that is still closing the store" {
     # After its unmount a daemon writes what it buffered and closes the engine, holding the store's lock meanwhile;
     # a mount at that moment used to fail at once with "in use". A mounted store still fails at once.
