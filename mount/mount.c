@@ -39,6 +39,7 @@
 #include "fs_fuse.h"
 #include <fuse_lowlevel.h>
 #include "kv.h"
+#include "mountinfo.h"
 #include "store.h"
 
 #if defined(__has_include)
@@ -445,20 +446,6 @@ static void report(int *fd, int status) {
     *fd = -1;
 }
 
-/* Compare a field of /proc/self/mountinfo (space, tab, newline and backslash written as \ooo), starting at f, with
- * the plain string want: the field ends at a space or the end of the line. */
-static bool mountinfo_field_is(const char *f, const char *want) {
-    for (; *f && *f != ' ' && *f != '\n'; want++) {
-        char c = *f++;
-        if (c == '\\' && f[0] >= '0' && f[0] <= '7' && f[1] >= '0' && f[1] <= '7' && f[2] >= '0' && f[2] <= '7') {
-            c = (char)((f[0] - '0') * 64 + (f[1] - '0') * 8 + (f[2] - '0'));
-            f += 3;
-        }
-        if (*want != c) return false;
-    }
-    return *want == '\0';
-}
-
 /* Whether a kvfs mount of datadir is in the mount table (/proc/self/mountinfo: the type is fuse.kvfs and the source
  * the fsname the daemon gave, datadir). With a mountpoint: whether it is the mount on top at mountpoint (the last
  * one listed there), so that nothing mounted over it is taken for it. */
@@ -468,13 +455,9 @@ static bool store_is_mounted(const char *datadir, const char *mountpoint) {
     char line[8192];
     bool found = false;
     while ((mountpoint || !found) && fgets(line, sizeof line, f)) {
-        /* id parent major:minor root mountpoint options... - type source superoptions */
-        char *sep = strstr(line, " - "), *mp = line;
-        for (int i = 0; i < 4 && mp; i++) mp = strchr(mp, ' ') ? strchr(mp, ' ') + 1 : NULL;
-        if (!sep || !mp) continue;
-        if (mountpoint && !mountinfo_field_is(mp, mountpoint)) continue;
-        char *type = sep + 3, *src = strchr(type, ' ');
-        found = src && mountinfo_field_is(type, "fuse.kvfs") && mountinfo_field_is(src + 1, datadir);
+        mountinfo_line m;
+        if (!mountinfo_parse(line, &m) || (mountpoint && !mountinfo_field_is(m.mountpoint, mountpoint))) continue;
+        found = mountinfo_field_is(m.type, "fuse.kvfs") && mountinfo_field_is(m.source, datadir);
     }
     fclose(f);
     return found;

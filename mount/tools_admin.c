@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "keyfmt.h"
+#include "mountinfo.h"
 #include "tools.h"
 
 /* ---- stats ---------------------------------------------------------------------------------------------------- */
@@ -144,22 +145,6 @@ int cmd_check(tool_ctx *c, const targs *a) {
     return tool_kv_error(c, rc, "%s: check", c->datadir);
 }
 
-/* A field of /proc/self/mountinfo (space, tab, newline and backslash written as \ooo) decoded into out (n bytes);
- * returns the position after it. */
-static const char *mountinfo_field(const char *f, char *out, size_t n) {
-    size_t k = 0;
-    while (*f && *f != ' ' && *f != '\n') {
-        char ch = *f++;
-        if (ch == '\\' && f[0] >= '0' && f[0] <= '7' && f[1] >= '0' && f[1] <= '7' && f[2] >= '0' && f[2] <= '7') {
-            ch = (char)((f[0] - '0') * 64 + (f[1] - '0') * 8 + (f[2] - '0'));
-            f += 3;
-        }
-        if (k + 1 < n) out[k++] = ch;
-    }
-    out[k] = 0;
-    return *f == ' ' ? f + 1 : f;
-}
-
 /* Whether dest (or, when it does not exist yet, the nearest directory above it that does) lies on a kvfs mount of
  * datadir (mountinfo: type fuse.kvfs, source datadir, the same device); its mount point goes to mp. Such a checkpoint
  * would be written into the store it copies, and by the daemon serving the mount: its writes through the mount wait
@@ -185,22 +170,13 @@ static bool in_mount_of_store(const char *datadir, const char *dest, char *mp, s
     }
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f) return false;
-    char line[3 * PATH_MAX], field[PATH_MAX], type[64];
+    char line[3 * PATH_MAX];
     bool found = false;
     while (!found && fgets(line, sizeof line, f)) {
-        /* id parent major:minor root mountpoint options... - type source superoptions */
-        unsigned maj, mnr;
-        const char *p = strchr(line, ' ');
-        if (!p || sscanf(p + 1, "%*s %u:%u", &maj, &mnr) != 2 || makedev(maj, mnr) != st.st_dev) continue;
-        const char *sep = strstr(line, " - ");
-        const char *m = line;
-        for (int i = 0; i < 4 && m; i++) m = strchr(m, ' ') ? strchr(m, ' ') + 1 : NULL;
-        if (!sep || !m) continue;
-        const char *src = mountinfo_field(sep + 3, type, sizeof type);
-        if (strcmp(type, "fuse.kvfs") != 0) continue;
-        mountinfo_field(src, field, sizeof field);
-        if (strcmp(field, real) != 0) continue;
-        mountinfo_field(m, mp, mpn);
+        mountinfo_line m;
+        if (!mountinfo_parse(line, &m) || makedev(m.major, m.minor) != st.st_dev) continue;
+        if (!mountinfo_field_is(m.type, "fuse.kvfs") || !mountinfo_field_is(m.source, real)) continue;
+        mountinfo_field(m.mountpoint, mp, mpn);
         found = true;
     }
     fclose(f);
