@@ -1212,6 +1212,7 @@ int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     /* a synced write vouches for every earlier one: values in a blob file whose fsync failed go elsewhere first */
     if ((flags & KV_SYNC) && b->n && !db->opt.read_only && db_blob_lost_pending(db)) rc = db_blob_rescue(db);
     if (!rc) rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
+    if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
     if (b->n == 0 && seq) *seq = atomic_load(&db->last_seq);
     db_leave(db);
     return rc;

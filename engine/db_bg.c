@@ -4,7 +4,8 @@
  * Invariants
  *  - One flush thread and one compaction thread. A flush only adds a level-0 file and advances the log number; a
  *    compaction replaces its input files by its outputs in one version edit. Only one compaction runs at a time
- *    (background or manual: compact_running), so two compactions never pick the same file.
+ *    (background or manual: compact_running), so two compactions never pick the same file. The compaction thread
+ *    also runs blob GC: after a minute without compactions, and soon after writes once one failed for a full disk.
  *  - Compaction keeps, for each user key, every entry newer than the oldest snapshot plus the newest entry at or
  *    below it; it drops a delete at or below the oldest snapshot when no deeper level can hold the key.
  *  - An output table is split only between user keys, so a user key never spans two files of a level >= 1.
@@ -675,6 +676,7 @@ static void *flush_main(void *arg) {
             if (rc) {
                 /* keep the error for writers waiting on us, and retry: the cause (a full disk) may go away */
                 db->bg_error = rc;
+                if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
                 pthread_cond_broadcast(&db->bg_cv);
                 timed_wait(db, &db->work_cv, 500);
             } else {
@@ -689,11 +691,45 @@ static void *flush_main(void *arg) {
     return NULL;
 }
 
+/* Blob GC on a full disk. Once a write failed for want of space (st_enospc moved), a pass runs a second after the
+ * next write: a delete may have left a large value's blob file unreferenced, and its space then comes back without
+ * waiting for compaction (which a full disk may stop) or for the minute of idleness of the usual pass. While passes
+ * free nothing, the wait doubles, up to a minute; a pass that frees something ends the hurry. */
+typedef struct gc_pacing {
+    uint64_t enospc_seen;
+    bool hurry;
+    uint64_t wait_us, from_us, seq; /* the next hurried pass: wait_us after from_us, once last_seq is not seq */
+} gc_pacing;
+
+/* Run a hurried pass if one is due (caller holds mu, which is released for the pass). */
+static void gc_when_short_of_space(kv_db *db, gc_pacing *p) {
+    uint64_t e = atomic_load(&db->st_enospc);
+    if (e != p->enospc_seen && !p->hurry) /* later failures while hurrying (a flush retried) keep its pace */
+        *p = (gc_pacing){.hurry = true, .wait_us = 1000000, .from_us = db_now_us(), .seq = 0};
+    p->enospc_seen = e;
+    if (!p->hurry || db->stopping || db->vs->current->nblobs == 0 || db_now_us() - p->from_us < p->wait_us ||
+        atomic_load(&db->last_seq) == p->seq)
+        return;
+    uint64_t seq = atomic_load(&db->last_seq), freed = 0;
+    pthread_mutex_unlock(&db->mu);
+    int rc = db_blob_gc(db, db->opt.blob_gc_ratio, &freed);
+    if (rc != KV_OK && rc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1);
+    pthread_mutex_lock(&db->mu);
+    if (rc == KV_OK && freed) {
+        p->hurry = false;
+    } else {
+        p->wait_us = p->wait_us * 2 > 60000000 ? 60000000 : p->wait_us * 2;
+        p->from_us = db_now_us();
+        p->seq = seq;
+    }
+}
+
 static void *compact_main(void *arg) {
     kv_db *db = arg;
     pthread_mutex_lock(&db->mu);
     int failures = 0;
     int idle_seconds = 0;
+    gc_pacing pacing = {.enospc_seen = atomic_load(&db->st_enospc)};
     while (!db->stopping) {
         if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
@@ -701,6 +737,7 @@ static void *compact_main(void *arg) {
             if (rc && rc != KV_ECLOSED) {
                 failures++;
                 timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
+                gc_when_short_of_space(db, &pacing); /* a compaction that fails for a full disk may free it */
             } else {
                 failures = 0;
             }
@@ -708,6 +745,7 @@ static void *compact_main(void *arg) {
             continue;
         }
         timed_wait(db, &db->work_cv, 1000);
+        gc_when_short_of_space(db, &pacing);
         /* when compaction has been idle for a minute, reclaim blob space (it is a no-op without blob files) */
         if (++idle_seconds >= 60 && db->vs->current->nblobs > 0 && !db->stopping) {
             idle_seconds = 0;

@@ -234,6 +234,7 @@ struct kv_db {
     _Atomic uint64_t st_user_bytes, st_wal_bytes, st_flush_bytes, st_compact_bytes, st_compact_read,
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
         st_gc_failures;
+    _Atomic uint64_t st_enospc; /* writes that failed for a full disk: blob GC then hurries (db_bg.c) */
     _Atomic uint64_t st_blob_garbage; /* measured by the last blob GC pass (+1, so that 0 means "not measured") */
     uint64_t st_unsynced_dropped; /* set once by recovery (recover_logs) */
     uint64_t st_unsynced_log_bytes; /* set once by recovery: bytes of the newest log after a page a power loss took */
@@ -251,6 +252,9 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq);
  * that every write so far is durable (kv_sync, synced writes, checkpoints), which is false while a blob file whose
  * fsync failed is listed in blob_lost: the call then fails. Flushes and log switches pass false. */
 int db_sync_blob_file(kv_db *db, bool vouch);
+/* db_resolve.c: close the shared blob file so that the next large value starts another (caller holds blob_mu). Its
+ * bytes are synced first; when that fails it is retired all the same, into blob_lost, and the error returned. */
+int db_blob_writer_retire(kv_db *db);
 /* A blob file's fsync failed: retire it into blob_lost (caller holds blob_mu). */
 void db_blob_sync_failed(kv_db *db, uint64_t no);
 /* Whether a blob file's fsync failed and its values are not yet copied elsewhere (db_blob_rescue). */
@@ -270,6 +274,9 @@ int db_blob_rescue(kv_db *db);
  * the value uses none of them or cannot be read whole (then left as it is), < 0 on error. */
 int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, const uint8_t *payload, size_t plen,
                     kv_bytes *out);
+/* kv_blob_gc, also telling how many files a pass deleted or copied out (*freed, may be NULL): the background uses it
+ * to pace the passes it runs while the disk is full. */
+int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed);
 /* Switch the memtable and wait until every immutable memtable is flushed. */
 int db_flush_memtable(kv_db *db);
 void db_delete_obsolete_files(kv_db *db); /* caller holds mu */

@@ -9,7 +9,8 @@
  *  - A checkpoint is taken while holding the write queue (no write can interleave): the live log is copied up to its
  *    current end, tables and closed blob files are hard-linked (they never change), and a fresh manifest describing
  *    exactly the linked files is written into the destination, then CURRENT.
- *  - Blob GC deletes a blob file only when no entry of any version references it, and rewrites a value only through
+ *  - Blob GC deletes a blob file only when no entry of any version references it but entries that compaction may
+ *    drop (shadow_walk), and only once the entries that shadow them are durable; it rewrites a value only through
  *    a conditional replace that applies when the value is still the one that was copied.
  */
 #include <inttypes.h>
@@ -20,6 +21,37 @@
 #include "db_impl.h"
 #include "dbformat.h"
 #include "error.h"
+
+/* ---- entries compaction may drop ------------------------------------------------------------------------------------ */
+
+/* A walk over raw entries (user key ascending, newest first) that tells which of them compaction may drop, by
+ * db_bg.c's rule: an entry whose next newer entry of the same user key has a sequence at or below the oldest
+ * snapshot. No snapshot can see it, nor can any read that starts from now on (each reads at the last sequence or
+ * above); a read already under way holds the version it reads, which keeps the files it may need. Blob GC does not
+ * count such an entry's references, so a deleted or overwritten large value frees its blob file before compaction
+ * has met its old versions (it once took a remount and a manual compaction), and kv_check does not judge them. The
+ * oldest snapshot only grows, so an entry found droppable stays so. */
+typedef struct shadow_walk {
+    uint64_t oldest;   /* db_oldest_snapshot_seq, taken under mu before the walk's iterator */
+    kv_bytes prev;     /* the user key of the entry before */
+    uint64_t prev_seq; /* and its sequence */
+    bool have_prev, failed; /* failed: out of memory; every entry then counts as needed */
+} shadow_walk;
+
+/* Feed the next raw entry (an internal key): whether it is the newest of its user key (*newest), and whether
+ * compaction may drop it (the result). */
+static bool shadow_walk_next(shadow_walk *w, const uint8_t *k, size_t kl, bool *newest) {
+    bool same = w->have_prev && ukey_cmp(k, kl - 8, w->prev.data, w->prev.len) == 0;
+    bool droppable = same && !w->failed && w->prev_seq <= w->oldest;
+    *newest = !same;
+    if (!same) {
+        bytes_clear(&w->prev);
+        w->have_prev = !w->failed && bytes_append(&w->prev, k, kl - 8) == KV_OK;
+        w->failed = !w->have_prev;
+    }
+    w->prev_seq = ikey_seq(k, kl);
+    return droppable;
+}
 
 /* ---- the batch log ------------------------------------------------------------------------------------------------- */
 
@@ -280,11 +312,18 @@ static void check_references(kv_db *db, const version *v, uint64_t next_file, to
     if (!r.size) r.err = kv_set_error(KV_ENOMEM, "out of memory for the blob reference pass");
     db_raw_iter *ri = NULL;
     iter *it = NULL;
+    shadow_walk sw = {0};
+    pthread_mutex_lock(&db->mu);
+    sw.oldest = db_oldest_snapshot_seq(db);
+    pthread_mutex_unlock(&db->mu);
     int rc = db_raw_iter_new(db, false, &ri, &it);
     for (it && !rc ? it->seek_first(it) : (void)0; !rc && !r.err && it && it->valid(it); it->next(it)) {
         size_t kl, vl;
         const uint8_t *k = it->key(it, &kl), *val = it->value(it, &vl);
-        if (kl < 9 || ikey_type(k, kl) != KV_TYPE_BLOB) continue;
+        if (kl < 9) continue;
+        bool newest;
+        /* what compaction may drop, blob GC may have collected the files of: not ours to judge (shadow_walk) */
+        if (shadow_walk_next(&sw, k, kl, &newest) || ikey_type(k, kl) != KV_TYPE_BLOB) continue;
         int64_t ts;
         const uint8_t *p;
         size_t plen;
@@ -318,6 +357,7 @@ static void check_references(kv_db *db, const version *v, uint64_t next_file, to
     }
     free(tc->t);
     free(r.size);
+    bytes_free(&sw.prev);
     blob_page_set_free(&r.seen);
     blob_page_set_free(&r.reported);
 }
@@ -543,16 +583,7 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
 
     /* the shared blob file must not grow after we link it: close it (a new one starts on the next write) */
     pthread_mutex_lock(&db->blob_mu);
-    if (db->blob_w) {
-        rc = blob_writer_sync(db->blob_w);
-        if (!rc) {
-            blob_writer_close(db->blob_w);
-            db->blob_w = NULL;
-            db->blob_dirty = false;
-        } else {
-            db_blob_sync_failed(db, blob_writer_file_no(db->blob_w));
-        }
-    }
+    rc = db_blob_writer_retire(db);
     pthread_mutex_unlock(&db->blob_mu);
     /* an fsync that failed since the kv_sync above (a flush's, or that one) leaves bytes the copy would name */
     if (!rc && db_sync_owed(db))
@@ -952,12 +983,17 @@ static void queue_release(kv_db *db, writer *w) {
     pthread_cond_destroy(&w->cv);
 }
 
-int kv_blob_gc(kv_db *db, double min_ratio) {
-    if (!db_enter(db)) return KV_ECLOSED;
-    if (db->opt.read_only) {
-        db_leave(db);
-        return kv_set_error(KV_EREADONLY, "the store was opened read-only");
-    }
+/* What a pass did: files taken out of the version (deleted) or copied out, and whether the shared blob file (which
+ * no pass takes) holds enough garbage to be closed, so that the next pass can take it. */
+typedef struct gc_outcome {
+    uint64_t deleted, rewritten, retired;
+    bool retire_active;
+} gc_outcome;
+
+/* The shared blob file is closed for collection when at least this much of it, and more than the ratio, is garbage. */
+#define GC_RETIRE_ACTIVE_BYTES (1u << 20)
+
+static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     /* The candidates and the pass's view of the references are taken while no write group is in flight: a group
      * resolves its batches (appending their large values to the shared blob file, which may fill and retire) before
      * it inserts them, and a file retired meanwhile would look unreferenced to a pass that cannot see them yet. Files
@@ -972,7 +1008,6 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     if (!fs) {
         pthread_mutex_unlock(&db->mu);
         queue_release(db, &qw);
-        db_leave(db);
         return KV_ENOMEM;
     }
     uint64_t active = 0;
@@ -981,6 +1016,8 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     if (db->blob_w) active = blob_writer_file_no(db->blob_w);
     pthread_mutex_unlock(&db->blob_mu);
     pthread_mutex_lock(&db->mu);
+    /* taken while no group is in flight: every entry in the memtables is at or below the last sequence */
+    shadow_walk sw = {.oldest = db_oldest_snapshot_seq(db)};
     v = db->vs->current;
     n = n < v->nblobs ? n : v->nblobs;
     for (size_t i = 0; i < n; i++) {
@@ -1004,18 +1041,12 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
     queue_release(db, &qw);
     gc_scan scan = {.fs = fs, .n = n};
     bool damaged = false, damaged_data = false;
-    kv_bytes prev = {0};
-    bool have_prev = false;
     for (it && !rc ? it->seek_first(it) : (void)0; !rc && it->valid(it); it->next(it)) {
         size_t kl, vl;
         const uint8_t *k = it->key(it, &kl), *val = it->value(it, &vl);
-        bool newest = !have_prev || ukey_cmp(k, kl - 8, prev.data, prev.len) != 0;
-        if (newest) {
-            bytes_clear(&prev);
-            bytes_append(&prev, k, kl - 8);
-            have_prev = true;
-        }
-        if (ikey_type(k, kl) != KV_TYPE_BLOB) continue;
+        bool newest;
+        /* an entry compaction may drop holds no file: its file may go before compaction meets it (shadow_walk) */
+        if (shadow_walk_next(&sw, k, kl, &newest) || ikey_type(k, kl) != KV_TYPE_BLOB) continue;
         int64_t ts;
         const uint8_t *p;
         size_t plen;
@@ -1036,6 +1067,11 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         for (size_t i = 0; i < n; i++)
             if (fs[i].candidate && fs[i].size > BLOB_HEADER + fs[i].live) garbage += fs[i].size - BLOB_HEADER - fs[i].live;
         atomic_store(&db->st_blob_garbage, garbage + 1);
+        gc_file *a = active ? gc_find(fs, n, active) : NULL;
+        if (a && a->size > BLOB_HEADER + a->live) {
+            uint64_t g = a->size - BLOB_HEADER - a->live;
+            out->retire_active = g >= GC_RETIRE_ACTIVE_BYTES && (double)g / (double)(a->size - BLOB_HEADER) > min_ratio;
+        }
     }
 
     /* files nothing references go; files mostly garbage get their live values copied out */
@@ -1048,6 +1084,7 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         if (damaged) break;
         if (f->referenced == 0) {
             rc = edit_delete_blob(&e, f->no);
+            if (!rc) out->deleted++;
             continue;
         }
         double garbage = f->size > BLOB_HEADER ? 1.0 - (double)f->live / (double)(f->size - BLOB_HEADER) : 0;
@@ -1057,9 +1094,13 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         gc_rewrite r = {0};
         rc = gc_rewrite_file(db, f->no, &w, &r);
         if (r.unreadable) damaged_data = true;
+        else if (!rc) out->rewritten++;
         bytes_free(&r.bad_key);
     }
     if (w) db_close_new_blob_file(db, w);
+    /* A file that only droppable entries named is safe to delete once what shadows them (a delete, a newer value)
+     * is durable: a power loss that took the newer entry would bring back an older one that names a deleted file. */
+    if (!rc && e.nblob_del) rc = kv_sync(db);
     pthread_mutex_lock(&db->mu);
     if (!rc && e.nblob_del) rc = vset_log_and_apply(db->vs, &e);
     db_delete_obsolete_files(db);
@@ -1079,10 +1120,9 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
         pthread_mutex_unlock(&db->blob_mu);
     }
     edit_free(&e);
-    bytes_free(&prev);
+    bytes_free(&sw.prev);
     blob_page_set_free(&scan.seen);
     free(fs);
-    db_leave(db);
     if (!rc && damaged)
         rc = kv_set_error(KV_ECORRUPT, "blob gc: a damaged blob reference stops blob garbage collection until every "
                                        "version of its value is gone (rewritten or deleted, then compacted away; "
@@ -1092,6 +1132,42 @@ int kv_blob_gc(kv_db *db, double min_ratio) {
                                        "its file (kv_check names it)");
     return rc;
 }
+
+int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed) {
+    if (freed) *freed = 0;
+    if (!db_enter(db)) return KV_ECLOSED;
+    if (db->opt.read_only) {
+        db_leave(db);
+        return kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    }
+    gc_outcome o = {0};
+    int rc = gc_pass(db, min_ratio, &o);
+    if (!rc && o.retire_active) {
+        /* Close the shared blob file and pass again, now with it: a large file written and deleted would otherwise
+         * keep its space until later values filled the file (256 MiB by default). The next large value starts a
+         * new file. The pass takes the file as a candidate only after it has led the write queue, when every group
+         * that appended to it has inserted what it appended. */
+        pthread_mutex_lock(&db->blob_mu);
+        rc = db_blob_writer_retire(db);
+        pthread_mutex_unlock(&db->blob_mu);
+        if (!rc) {
+            o.retired = 1; /* later passes can take it, if this one cannot */
+            rc = gc_pass(db, min_ratio, &o);
+        }
+    }
+    /* A file whose values a pass copied out is named, after it, only by the entries the copies shadow, which the
+     * pass counted as live (they were newer than its oldest snapshot): one more pass deletes it. */
+    if (!rc && o.rewritten) {
+        gc_outcome again = {0};
+        rc = gc_pass(db, min_ratio, &again);
+        o.deleted += again.deleted;
+    }
+    if (freed) *freed = o.deleted + o.rewritten + o.retired;
+    db_leave(db);
+    return rc;
+}
+
+int kv_blob_gc(kv_db *db, double min_ratio) { return db_blob_gc(db, min_ratio, NULL); }
 
 /* ---- blob files whose fsync failed ------------------------------------------------------------------------------ */
 

@@ -71,22 +71,25 @@ static void blob_file_drop(kv_db *db, uint64_t no) {
     edit_free(&e);
 }
 
+int db_blob_writer_retire(kv_db *db) {
+    if (!db->blob_w) return KV_OK;
+    int rc = blob_writer_sync(db->blob_w);
+    if (rc == KV_OK) {
+        blob_writer_close(db->blob_w);
+        db->blob_w = NULL;
+        db->blob_dirty = false;
+    } else {
+        db_blob_sync_failed(db, blob_writer_file_no(db->blob_w)); /* retired into blob_lost */
+    }
+    return rc;
+}
+
 /* Append one record to the shared blob file (leader only). */
 static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) {
     pthread_mutex_lock(&db->blob_mu);
     int rc = KV_OK;
-    if (db->blob_w && blob_writer_size(db->blob_w) >= db->opt.blob_file_bytes) {
-        /* full: make its bytes durable before it leaves our hands, then start another */
-        if (blob_writer_sync(db->blob_w) == KV_OK) {
-            blob_writer_close(db->blob_w);
-            db->blob_w = NULL;
-            db->blob_dirty = false;
-        } else {
-            /* retired all the same; the next vouching sync copies its values elsewhere first. This value goes to
-             * a new file. */
-            db_blob_sync_failed(db, blob_writer_file_no(db->blob_w));
-        }
-    }
+    if (db->blob_w && blob_writer_size(db->blob_w) >= db->opt.blob_file_bytes)
+        (void)db_blob_writer_retire(db); /* full; this value goes to a new file whatever its sync said */
     if (!rc && !db->blob_w) {
         rc = db_new_blob_file(db, &db->blob_w);
         if (!rc) {
@@ -525,6 +528,7 @@ int kv_stream_append(kv_stream *s, const void *data, size_t len) {
         if (!rc) atomic_fetch_add(&db->st_blob_bytes, len);
     }
     if (!rc) s->size += len;
+    if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
     db_leave(db);
     return rc;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # fs_stress.bats — concurrency (several processes writing, renaming and listing in the same directories), a full
-# disk (ENOSPC with a small tmpfs as DATADIR: nothing written is lost, writing works again once space is freed), and
+# disk (ENOSPC with a small tmpfs as DATADIR: nothing written is lost, writing works again once space is freed, also
+# by deleting files through the mount), and
 # bounded daemon memory for a large file.
 
 load helpers.bash-fs
@@ -111,6 +112,38 @@ PY
     rm -f "$D/ballast"
     fs_mount
     [ "$(cat "$M/again")" = again ]
+}
+
+@test "ENOSPC from the store's own data: deleting a file through the mount gives the space back, no remount" {
+    mkdir -p "$D"
+    mount -t tmpfs -o size=32m tmpfs "$D" || skip "cannot mount a tmpfs here"
+    fs_mount -o memtable_size=1M
+    echo keep > "$M/keep"
+    run sh -c "dd if=/dev/urandom of='$M/fill' bs=1M count=64 conv=fsync status=none"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"No space left"* ]]
+    rm -f "$M/fill"
+    # the engine collects the deleted file's blob space in the background, hurried by the failed write
+    free_kb=0
+    for i in $(seq 1 100); do
+        free_kb=$(df -k --output=avail "$D" | tail -1 | tr -d ' ')
+        [ "$free_kb" -gt $((16 * 1024)) ] && break
+        sleep 0.2
+    done
+    echo "free: ${free_kb} KiB after $i tries"
+    [ "$free_kb" -gt $((16 * 1024)) ]
+    head -c 8M /dev/urandom > "$D.want"
+    cp "$D.want" "$M/after"
+    cmp "$D.want" "$M/after"
+    rm -f "$D.want"
+    [ "$(cat "$M/keep")" = keep ]
+    [ ! -e "$M/fill" ]
+    fs_remount
+    [ "$(cat "$M/keep")" = keep ]
+    [ ! -e "$M/fill" ]
+    [ "$(stat -c %s "$M/after")" -eq $((8 * 1024 * 1024)) ]
+    fs_unmount
+    "$KVFS" check "$D"
 }
 
 @test "many files open for writing at once: the daemon's write buffers stay bounded" {

@@ -1344,6 +1344,44 @@ TEST(test_crash_retired_blob_file_synced_later) {
     kv_free(db);
 }
 
+/* Blob GC deletes a file that only old versions name once what shadows them is durable: here a delete written
+ * without KV_SYNC. Had the pass deleted the file first, a power loss taking the delete would bring back the old
+ * value, naming a file that is gone. */
+TEST(test_crash_blob_gc_syncs_the_delete_that_freed_a_file) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    CHECK(db != NULL);
+    if (!db) return;
+    static uint8_t v[100000];
+    memset(v, 'a', sizeof v);
+    CHECK_OK(kv_put(db, "a", 1, v, sizeof v, KV_SYNC));
+    memset(v, 'b', sizeof v);
+    CHECK_OK(kv_put(db, "b", 1, v, sizeof v, KV_SYNC)); /* a's file is full: retired */
+    CHECK_OK(kv_delete(db, "a", 1, 0));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    uint64_t before = st.blob_files;
+    CHECK_OK(kv_blob_gc(db, 0.5));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_MSG(st.blob_files == before - 1, "%llu blob files before the pass, %llu after",
+              (unsigned long long)before, (unsigned long long)st.blob_files);
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
+    if (!db) return;
+    kv_buf got;
+    CHECK_EQ(kv_get(db, NULL, "a", 1, &got), KV_ENOTFOUND);
+    CHECK_OK(kv_get(db, NULL, "b", 1, &got));
+    CHECK(got.len == sizeof v && ((uint8_t *)got.data)[sizeof v - 1] == 'b');
+    kv_buf_free(&got);
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    kv_free(db);
+}
+
 #define STREAMED 5000
 
 /* A batch *b that puts the key "stream" from a stream *s of STREAMED bytes 's'. */
