@@ -99,7 +99,8 @@ const tool_cmd tool_cmds[] = {
      1, 1, 0, 0, OPT_JSON, STORE_READ, cmd_stats},
     {"compact", "DATADIR [--start S] [--end E]", "compact the store (or the key range [S, E]) through every level",
      "Merges every level into the deepest one that holds data, dropping overwritten versions and deleted keys;\n"
-     "tables with nothing to drop are not rewritten. Shows a progress bar on a terminal.\n",
+     "tables with nothing to drop are not rewritten. On the whole store it then collects blob files: deleted or\n"
+     "overwritten large values give their space back. Shows a progress bar on a terminal.\n",
      1, 1, 0, 0, OPT_START | OPT_END, STORE_WRITE, cmd_compact},
     {"check", "DATADIR", "verify every checksum and the key order",
      "Reads every file of the store. Prints each problem as FILE: offset N: WHAT on stdout; exit status 1 when\n"

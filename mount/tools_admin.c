@@ -114,13 +114,21 @@ int cmd_stats(tool_ctx *c, const targs *a) {
 
 /* ---- compact, check, checkpoint, prune ------------------------------------------------------------------------ */
 
+/* kvfs compact copies the live values out of a blob file more than half garbage (the engine's default ratio). */
+#define KVFS_COMPACT_GC_RATIO 0.5
+
 int cmd_compact(tool_ctx *c, const targs *a) {
     c->progress_label = "compact";
     bool s = a->seen & OPT_START, e = a->seen & OPT_END;
     int rc = kv_compact_range(c->db, s ? a->start.p : NULL, s ? a->start.n : 0, e ? a->end.p : NULL,
                               e ? a->end.n : 0, tool_progress, c);
     tool_progress_done(c);
-    return rc ? tool_kv_error(c, rc, "%s: compact", c->datadir) : TOOL_OK;
+    if (rc) return tool_kv_error(c, rc, "%s: compact", c->datadir);
+    /* the whole store: also the blob files of large values deleted or overwritten (a short-lived tool's store never
+     * stays open long enough for the background's pass) */
+    if (!s && !e && (rc = kv_blob_gc(c->db, KVFS_COMPACT_GC_RATIO)) != KV_OK)
+        return tool_kv_error(c, rc, "%s: compact: blob garbage collection", c->datadir);
+    return TOOL_OK;
 }
 
 static void on_problem(void *arg, const char *file, uint64_t offset, const char *what) {

@@ -50,6 +50,19 @@ fill() {
     [ -z "$stderr" ]
 }
 
+@test "compact: the space of a deleted large value comes back" {
+    fill
+    ls "$D"/*.blob
+    kv del "$D" big
+    kv compact "$D"
+    run sh -c "ls '$D' | grep -c '[.]blob\$'"
+    echo "$output"
+    [ "$output" = 0 ]
+    kv check "$D"
+    run kv get "$D" big
+    [ "$status" -ne 0 ]
+}
+
 @test "check: clean store passes; a damaged table is reported with file and offset, exit 1" {
     fill
     kv compact "$D"
