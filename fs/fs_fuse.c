@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h> /* RENAME_EXCHANGE */
 #include <stdlib.h>
@@ -49,13 +50,15 @@ static kvfs_fs *notify_fs;
  * security.* attributes (only user.*), so there is never a file capability to remove. */
 
 enum { IN_HDR = 40, OUT_HDR = 16 };
-enum { OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26 };
+enum { OPC_GETATTR = 3, OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26 };
 #define INIT_HANDLE_KILLPRIV_V2 (1u << 28)
 #define SETATTR_KILL_SUIDGID (1u << 11)
 #define WRITE_KILL_SUIDGID (1u << 2)
 #define OPEN_KILL_SUIDGID (1u << 0)
 #define SETATTR_CTIME (1u << 10)
 #define SETATTR_CHANGES 0x1bfu /* FATTR_MODE UID GID SIZE ATIME MTIME ATIME_NOW MTIME_NOW */
+#define SETATTR_FH (1u << 6)
+#define GETATTR_FH (1u << 0)
 
 static _Thread_local bool req_kill_suidgid; /* the request this thread handles asks for it */
 static _Thread_local bool req_chown_same;   /* a SETATTR of the change time alone: chown(path, -1, -1) */
@@ -69,13 +72,29 @@ static uint32_t rd32(const uint8_t *p) {
     return v;
 }
 
+static uint64_t hidden_fh_of_node(uint64_t nodeid);
+
+/* A GETATTR or SETATTR without a file handle about an open file that libfuse hid: give it the file's handle, with
+ * its flag at bit `flag` of the request's first word and the handle at byte 8 (fuse_getattr_in, fuse_setattr_in).
+ * libfuse then passes the handle and no path (nullpath_ok), where it would otherwise build the hidden path by node,
+ * and fail with ESTALE once a directory above was removed (rm -rf while the file is open). */
+static void give_hidden_fh(uint8_t *body, uint64_t nodeid, uint32_t flag) {
+    uint32_t w = rd32(body);
+    if (w & flag) return;
+    uint64_t fh = hidden_fh_of_node(nodeid);
+    if (!fh) return;
+    w |= flag;
+    memcpy(body, &w, 4);
+    memcpy(body + 8, &fh, 8);
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
     ssize_t n = read(fd, buf, len);
     req_kill_suidgid = false;
     req_chown_same = false;
     if (n < IN_HDR) return n;
-    const uint8_t *p = buf;
+    uint8_t *p = buf;
     uint32_t op = rd32(p + 4);
     memcpy(&req_nodeid, p + 16, 8);
     size_t body = (size_t)n - IN_HDR;
@@ -84,7 +103,10 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
         init_kernel_flags = rd32(p + IN_HDR + 12);
     } else if (op == OPC_WRITE && body >= 24) {
         req_kill_suidgid = (rd32(p + IN_HDR + 20) & WRITE_KILL_SUIDGID) != 0;
-    } else if (op == OPC_SETATTR && body >= 4) {
+    } else if (op == OPC_GETATTR && body >= 16) {
+        give_hidden_fh(p + IN_HDR, req_nodeid, GETATTR_FH);
+    } else if (op == OPC_SETATTR && body >= 16) {
+        give_hidden_fh(p + IN_HDR, req_nodeid, SETATTR_FH);
         uint32_t valid = rd32(p + IN_HDR);
         req_kill_suidgid = (valid & SETATTR_KILL_SUIDGID) != 0;
         /* A chown that changes neither owner nor group reaches us as a SETATTR of the change time alone, without
@@ -176,11 +198,13 @@ static kvfs_caller caller(void) {
 typedef struct hidden_file {
     char *path;
     kvfs_file *f;
+    uint64_t node; /* the kernel's node id of the file: libfuse writes it into the hidden name */
     struct hidden_file *next;
 } hidden_file;
 
 static pthread_mutex_t hidden_mu = PTHREAD_MUTEX_INITIALIZER;
 static hidden_file *hidden_files;
+static atomic_int hidden_count; /* entries of hidden_files, for a look without the lock */
 
 static bool is_hidden_name(const char *path) {
     const char *base = strrchr(path, '/');
@@ -199,6 +223,27 @@ static const char *base_name(const char *path) {
 /* Hidden names are compared by their last component alone: libfuse makes it unique (it holds the node id and a
  * counter), and the directory part changes when a directory above is renamed. */
 static bool same_hidden(const hidden_file *h, const char *path) { return strcmp(base_name(h->path), base_name(path)) == 0; }
+
+/* The node id a hidden name holds: libfuse names it ".fuse_hidden" + the node id and a counter, 8 hex digits each
+ * (its node ids are 32 bits). */
+static uint64_t hidden_node(const char *path) {
+    char hex[9];
+    memcpy(hex, base_name(path) + 12, 8);
+    hex[8] = 0;
+    return strtoull(hex, NULL, 16);
+}
+
+/* The file handle of the hidden file of a node id, or 0. The kernel asks about a hidden node only while the file
+ * is open (fstat, fchmod, ...), before the last RELEASE, so the handle stays valid for the request. */
+static uint64_t hidden_fh_of_node(uint64_t nodeid) {
+    if (atomic_load_explicit(&hidden_count, memory_order_relaxed) == 0) return 0;
+    uint64_t fh = 0;
+    pthread_mutex_lock(&hidden_mu);
+    for (hidden_file *h = hidden_files; h && !fh; h = h->next)
+        if (h->node == nodeid) fh = (uint64_t)(uintptr_t)h->f;
+    pthread_mutex_unlock(&hidden_mu);
+    return fh;
+}
 
 /* The open file that a hidden path stands for, or NULL. */
 static kvfs_file *hidden_lookup(const char *path) {
@@ -229,11 +274,21 @@ static int hide_open_file(const char *from, const char *to) {
         free(h);
         return rc;
     }
+    h->node = hidden_node(to);
     pthread_mutex_lock(&hidden_mu);
     h->next = hidden_files;
     hidden_files = h;
+    atomic_fetch_add(&hidden_count, 1);
     pthread_mutex_unlock(&hidden_mu);
     return 0;
+}
+
+/* Let go of a hidden file taken off the list: its open, and with the last one its content. */
+static void drop_hidden(kvfs_fs *fs, hidden_file *h) {
+    atomic_fetch_sub(&hidden_count, 1);
+    kvfs_release(fs, h->f);
+    free(h->path);
+    free(h);
 }
 
 /* Forget a hidden path (libfuse unlinks it after the last release, or the mount ends) and drop the open that kept
@@ -248,11 +303,8 @@ static bool unhide(kvfs_fs *fs, const char *path) {
             break;
         }
     pthread_mutex_unlock(&hidden_mu);
-    if (!h) return false;
-    kvfs_release(fs, h->f);
-    free(h->path);
-    free(h);
-    return true;
+    if (h) drop_hidden(fs, h);
+    return h != NULL;
 }
 
 /* The file a request is about when it names it by path only: a hidden one, or NULL (then the path names it). */
@@ -633,9 +685,7 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
     int rc = kvfs_release(fs, f);
     if (kvfs_file_opens(fs, f) == 1) {
         *hp = h->next;
-        kvfs_release(fs, h->f);
-        free(h->path);
-        free(h);
+        drop_hidden(fs, h);
     }
     pthread_mutex_unlock(&hidden_mu);
     return rc;

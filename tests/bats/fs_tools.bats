@@ -401,6 +401,42 @@ PY
     [ "$status" -eq 0 ]
 }
 
+@test "a file open while rm -rf removes its directory: fstat, fchmod, futimens and reads work until closed" {
+    # libfuse cannot build the path of a node below a removed directory, and used to answer the requests that come
+    # by node id alone (fstat's GETATTR, the SETATTR of fchmod, fchown and futimens) with ESTALE
+    for opts in "" "-o no_writeback_cache"; do
+        fs_remount $opts
+        run python3 - "$M" <<'PY'
+import os, stat, subprocess, sys
+m = sys.argv[1]
+os.makedirs(os.path.join(m, "gone/sub"))
+with open(os.path.join(m, "gone/sub/f"), "w") as w:
+    w.write("content")
+fd = os.open(os.path.join(m, "gone/sub/f"), os.O_RDWR)
+subprocess.run(["rm", "-rf", os.path.join(m, "gone")], check=True)
+assert not os.path.exists(os.path.join(m, "gone"))
+st = os.fstat(fd)
+assert stat.S_ISREG(st.st_mode) and st.st_size == 7, st
+os.pwrite(fd, b"+more", 7)
+assert os.fstat(fd).st_size == 12
+os.fchmod(fd, 0o600)
+assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+os.fchown(fd, 1000, 1000)
+assert (os.fstat(fd).st_uid, os.fstat(fd).st_gid) == (1000, 1000)
+os.utime(fd, ns=(1000000001, 2000000002))
+assert os.fstat(fd).st_mtime_ns == 2000000002
+assert os.pread(fd, 20, 0) == b"content+more"
+os.close(fd)
+assert os.listdir(m) == [], os.listdir(m)
+PY
+        [ "$status" -eq 0 ] || { echo "mount options: $opts"; echo "$output"; false; }
+    done
+    fs_unmount
+    run kv scan "$D" --keys-only
+    [ "$status" -eq 0 ]
+    [ "$output" = "" ]
+}
+
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
     echo a > "$M/a"
     echo b > "$M/b"
