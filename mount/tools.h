@@ -85,7 +85,8 @@ const char *tool_keystr(tool_ctx *c, const void *key, size_t n);
 
 /* An error line "kvfs: ..." on the caller's stderr; returns TOOL_FAIL. */
 int tool_error(tool_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* The same for an engine status: "kvfs: <what>: <kv_strerror>[: <kv_errmsg>]". */
+/* The same for an engine status: "kvfs: <what>: <kv_errmsg> (<kv_strerror>)", or the status alone when the engine
+ * has no detail (and for KV_EREADONLY: "the store is read-only (mounted with -o ro)"). */
 int tool_kv_error(tool_ctx *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* True once the user interrupted (direct run) or the client went away / the daemon is stopping. */

@@ -273,8 +273,11 @@ int tool_error(tool_ctx *c, const char *fmt, ...) {
 int tool_kv_error(tool_ctx *c, int code, const char *fmt, ...) {
     char detail[1024];
     const char *em = kv_errmsg();
-    /* The engine's detail usually names the file and offset; the status name alone when it has none. */
+    /* The engine's detail usually names the file and offset; the status name alone when it has none. A write on a
+     * read-only store has no detail to add (its text repeated the status name) and one cause: the tools write
+     * through a daemon's store only, and only `kvfs mount -o ro` opens it read-only. */
     if (code == KV_EINTERRUPTED) snprintf(detail, sizeof detail, "interrupted");
+    else if (code == KV_EREADONLY) snprintf(detail, sizeof detail, "the store is read-only (mounted with -o ro)");
     else if (em && *em) snprintf(detail, sizeof detail, "%s (%s)", em, kv_strerror(code));
     else snprintf(detail, sizeof detail, "%s", kv_strerror(code));
     va_list ap;

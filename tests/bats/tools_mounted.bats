@@ -142,6 +142,25 @@ teardown() { tools_teardown; }
     kv check "$T/ck"
 }
 
+@test "mounted read-only: a write command says once that the store is read-only" {
+    kv put "$D" a 1
+    mkdir -p "$M"
+    timeout -k 5 30 "$KVFS" mount -o ro "$D" "$M" 3>&-
+    MOUNTS+=("$M|$D")
+    for i in $(seq 1 100); do [ -S "$D/kvfs.sock" ] && break; sleep 0.05; done
+    # the engine's detail and the status name said the same thing twice: "... opened read-only (store is read-only)"
+    run --separate-stderr kv put "$D" b 2
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: put 'b': the store is read-only (mounted with -o ro)" ]
+    run --separate-stderr kv del "$D" a
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: del: the store is read-only (mounted with -o ro)" ]
+    run --separate-stderr kv compact "$D"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: $D: compact: the store is read-only (mounted with -o ro)" ]
+    [ "$(kv get "$D" a)" = 1 ]
+}
+
 @test "README recipe: rsync -a of the mounted tree, restored into a new store" {
     command -v rsync >/dev/null || skip "rsync is not installed"
     mount_store "$D" "$M"
