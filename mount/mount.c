@@ -59,16 +59,16 @@ typedef struct mount_opts {
     int foreground, debug, help, read_only;
     int sync, no_default_permissions, no_writeback;
     char *store_kind;  /* "mem": in-memory store, for testing only */
-    char *cache_size, *memtable_size, *compression, *blob_threshold;
+    /* -o NAME=VALUE as given (NULL: not given), taken as text ("%u" would take -5 as 4294967291) and checked by
+     * check_options into the fields below before anything is done */
+    char *cache_size, *memtable_size, *compression, *blob_threshold, *uid_s, *gid_s, *spin_s;
+    size_t cache_bytes, memtable_bytes, blob_bytes;
+    bool compress;
+    unsigned uid, gid, spin_us;
     unsigned file_mode, dir_mode;
     int file_mode_set, dir_mode_set;
-    unsigned uid, gid;
-    int uid_set, gid_set;
     double timeout;
     int timeout_set;
-    unsigned spin_us;
-    int spin_set;
-    char *uid_s, *gid_s, *spin_s; /* parsed by parse_unsigned: "%u" would take -5 as 4294967291 */
 } mount_opts;
 
 enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_FILE_MODE, KEY_DIR_MODE, KEY_UID, KEY_GID };
@@ -86,15 +86,12 @@ static const struct fuse_opt mount_spec[] = {
     OPT("cache_timeout=%lf", timeout, 0),
     OPT("cache_timeout=", timeout_set, 1),
     OPT("spin=%s", spin_s, 0),
-    OPT("spin=", spin_set, 1),
     OPT("default_file_mode=%o", file_mode, 0),
     OPT("default_file_mode=", file_mode_set, 1),
     OPT("default_dir_mode=%o", dir_mode, 0),
     OPT("default_dir_mode=", dir_mode_set, 1),
     OPT("default_uid=%s", uid_s, 0),
-    OPT("default_uid=", uid_set, 1),
     OPT("default_gid=%s", gid_s, 0),
-    OPT("default_gid=", gid_set, 1),
     FUSE_OPT_KEY("-f", KEY_FOREGROUND),
     FUSE_OPT_KEY("-d", KEY_DEBUG),
     FUSE_OPT_KEY("debug", KEY_DEBUG),
@@ -190,6 +187,62 @@ static bool parse_size(const char *s, size_t *out) {
     if (*end == 'i' || *end == 'B' || *end == 'b') end++;
     if (*end || v > SIZE_MAX / mul) return false;
     *out = (size_t)(v * mul);
+    return true;
+}
+
+/* A decimal number 0 .. UINT_MAX, nothing else (no sign). */
+static bool parse_unsigned(const char *s, unsigned *out) {
+    if (!s || *s < '0' || *s > '9') return false;
+    errno = 0;
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || v > UINT_MAX) return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+/* Check and convert the values of the -o options (mount_opts): false, with a message naming the option, when one
+ * makes no sense. Runs before DATADIR is created or anything mounted. */
+static bool check_options(mount_opts *o) {
+    if (o->store_kind && strcmp(o->store_kind, "mem") != 0) {
+        say(LOG_ERR, "mount: unknown store '%s'", o->store_kind);
+        return false;
+    }
+    if (o->blob_threshold && (!parse_size(o->blob_threshold, &o->blob_bytes) || o->blob_bytes == 0)) {
+        say(LOG_ERR, "mount: bad blob_threshold '%s'", o->blob_threshold);
+        return false;
+    }
+    if (o->cache_size && !parse_size(o->cache_size, &o->cache_bytes)) {
+        say(LOG_ERR, "mount: bad cache_size '%s'", o->cache_size);
+        return false;
+    }
+    if (o->memtable_size && !parse_size(o->memtable_size, &o->memtable_bytes)) {
+        say(LOG_ERR, "mount: bad memtable_size '%s'", o->memtable_size);
+        return false;
+    }
+    if (o->memtable_size && o->memtable_bytes < 4096) { /* the engine's minimum; it would only say "invalid options" */
+        say(LOG_ERR, "mount: memtable_size '%s' is too small: it must be at least 4K", o->memtable_size);
+        return false;
+    }
+    if (o->compression) {
+        if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib")) {
+            o->compress = true;
+        } else if (!strcmp(o->compression, "off") || !strcmp(o->compression, "none")) {
+            o->compress = false;
+        } else {
+            say(LOG_ERR, "mount: compression must be on or off, not '%s'", o->compression);
+            return false;
+        }
+    }
+    const char *nonnum = o->timeout_set && !(o->timeout >= 0)                ? "cache_timeout"
+                         : o->uid_s && !parse_unsigned(o->uid_s, &o->uid)       ? "default_uid"
+                         : o->gid_s && !parse_unsigned(o->gid_s, &o->gid)       ? "default_gid"
+                         : o->spin_s && !parse_unsigned(o->spin_s, &o->spin_us) ? "spin"
+                                                                                : NULL;
+    if (nonnum) {
+        say(LOG_ERR, "-o %s: not a number at least 0", nonnum);
+        return false;
+    }
     return true;
 }
 
@@ -367,23 +420,12 @@ static void *loop_thread(void *arg) {
     return NULL;
 }
 
-/* A decimal number 0 .. UINT_MAX, nothing else (no sign). */
-static bool parse_unsigned(const char *s, unsigned *out) {
-    if (!s || *s < '0' || *s > '9') return false;
-    errno = 0;
-    char *end;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || v > UINT_MAX) return false;
-    *out = (unsigned)v;
-    return true;
-}
-
 /* How long the reader polls: -o spin, else 50 µs when this process may run on two CPUs or more. Polling keeps
  * the reader on its CPU, so a request from a process running on another CPU needs no cross-CPU wake-up (costly:
  * in a virtual machine an inter-processor interrupt exits to the hypervisor); with one CPU it would only take
  * time from the process waiting for the answer. */
 static unsigned spin_default(const mount_opts *o) {
-    if (o->spin_set) return o->spin_us > 100000 ? 100000 : o->spin_us;
+    if (o->spin_s) return o->spin_us > 100000 ? 100000 : o->spin_us;
     cpu_set_t cpus;
     if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
     return CPU_COUNT(&cpus) >= 2 ? 50 : 0;
@@ -549,12 +591,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     daemon_state d;
     memset(&d, 0, sizeof d);
     int status = 1;
-    bool mem = o->store_kind && strcmp(o->store_kind, "mem") == 0;
-    if (o->store_kind && !mem) {
-        say(LOG_ERR, "mount: unknown store '%s'", o->store_kind);
-        goto out;
-    }
-    if (mem) {
+    if (o->store_kind) { /* "mem" (check_options) */
         d.st = store_mem_new();
     } else {
         kv_options ko;
@@ -563,36 +600,10 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         if (kvfs_store_options) kvfs_store_options(&ko);
 #endif
         ko.read_only = o->read_only;
-        if (o->blob_threshold) {
-            size_t bt;
-            if (!parse_size(o->blob_threshold, &bt) || bt == 0) {
-                say(LOG_ERR, "mount: bad blob_threshold '%s'", o->blob_threshold);
-                goto out;
-            }
-            ko.blob_threshold = bt;
-        }
-        if (o->cache_size && !parse_size(o->cache_size, &ko.block_cache_bytes)) {
-            say(LOG_ERR, "mount: bad cache_size '%s'", o->cache_size);
-            goto out;
-        }
-        if (o->memtable_size && !parse_size(o->memtable_size, &ko.memtable_bytes)) {
-            say(LOG_ERR, "mount: bad memtable_size '%s'", o->memtable_size);
-            goto out;
-        }
-        if (ko.memtable_bytes < 4096) { /* the engine's minimum; it would only say "invalid options" */
-            say(LOG_ERR, "mount: memtable_size '%s' is too small: it must be at least 4K", o->memtable_size);
-            goto out;
-        }
-        if (o->compression) {
-            if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib"))
-                ko.compression = true;
-            else if (!strcmp(o->compression, "off") || !strcmp(o->compression, "none"))
-                ko.compression = false;
-            else {
-                say(LOG_ERR, "mount: compression must be on or off, not '%s'", o->compression);
-                goto out;
-            }
-        }
+        if (o->blob_threshold) ko.blob_threshold = o->blob_bytes;
+        if (o->cache_size) ko.block_cache_bytes = o->cache_bytes;
+        if (o->memtable_size) ko.memtable_bytes = o->memtable_bytes;
+        if (o->compression) ko.compression = o->compress;
         int rc = open_store(o->datadir, &ko, &d.db);
         if (rc == KV_EBUSY) {
             say(LOG_ERR, "%s is in use: the store is already mounted or open in another kvfs process", o->datadir);
@@ -628,8 +639,8 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     kvfs_config_init(&cfg);
     if (o->file_mode_set) cfg.file_mode = o->file_mode & 07777;
     if (o->dir_mode_set) cfg.dir_mode = o->dir_mode & 07777;
-    if (o->uid_set) cfg.uid = o->uid;
-    if (o->gid_set) cfg.gid = o->gid;
+    if (o->uid_s) cfg.uid = o->uid;
+    if (o->gid_s) cfg.gid = o->gid;
     cfg.sync_writes = o->sync;
     int rc = kvfs_fs_new(d.st, &cfg, &d.fs);
     if (rc) {
@@ -740,15 +751,7 @@ int kvfs_mount_main(int argc, char **argv) {
         fprintf(stderr, "usage: kvfs mount [-f] [-o OPTIONS] DATADIR MOUNTPOINT (kvfs mount --help)\n");
         goto out;
     }
-    if ((o.timeout_set && !(o.timeout >= 0)) || (o.uid_s && !parse_unsigned(o.uid_s, &o.uid)) ||
-        (o.gid_s && !parse_unsigned(o.gid_s, &o.gid)) || (o.spin_s && !parse_unsigned(o.spin_s, &o.spin_us))) {
-        fprintf(stderr, "kvfs: -o %s: not a number at least 0\n",
-                o.timeout_set && !(o.timeout >= 0) ? "cache_timeout"
-                : o.uid_s && !parse_unsigned(o.uid_s, &o.uid) ? "default_uid"
-                : o.gid_s && !parse_unsigned(o.gid_s, &o.gid) ? "default_gid"
-                                                              : "spin");
-        goto out;
-    }
+    if (!check_options(&o)) goto out;
     bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
     if (!mem && mkdir(o.datadir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));

@@ -288,12 +288,14 @@ PY
         [ "$status" -eq 1 ]
         [[ "$output" == *"bad ${o%%=*} '"* ]]
         ! is_mounted
+        [ ! -e "$D" ]   # refused before anything is done: DATADIR is not even created
     done
     for o in memtable_size=0 memtable_size=1K; do
         run t "$KVFS" mount -o "$o" "$D" "$M"
         [ "$status" -eq 1 ]
         [[ "$output" == *"memtable_size"*"at least 4K"* ]]
         ! is_mounted
+        [ ! -e "$D" ]
     done
     fs_mount -o memtable_size=4K,cache_size=0
     echo x > "$M/f"
