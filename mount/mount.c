@@ -71,6 +71,9 @@ typedef struct mount_opts {
     int timeout_set;
 } mount_opts;
 
+/* -o spin: the longest poll, microseconds. Longer would only burn a CPU after the last request of a burst. */
+#define SPIN_MAX_US 100000u
+
 enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_FILE_MODE, KEY_DIR_MODE, KEY_UID, KEY_GID };
 
 #define OPT(t, f, v) {t, offsetof(mount_opts, f), v}
@@ -160,11 +163,12 @@ static void usage(void) {
            "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K)\n"
            "  -o default_file_mode=M   mode of keys written without attributes (default 0644)\n"
            "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
-           "  -o default_uid=N, default_gid=N  their owner (default: the mounting user)\n"
+           "  -o default_uid=N, default_gid=N  their owner (default: the mounting user; N < 4294967295)\n"
            "  -o cache_timeout=SECS    kernel attribute/entry cache time (default 86400)\n"
            "  -o no_writeback_cache    do not use the kernel's writeback cache\n"
            "  -o spin=USECS            after a request, poll for the next one this long before sleeping\n"
-           "                           (default 50 with two or more CPUs, 0 with one; 0: always sleep)\n"
+           "                           (default 50 with two or more CPUs, 0 with one; 0: always sleep;\n"
+           "                           at most 100000)\n"
            "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
 }
 
@@ -190,13 +194,21 @@ static bool parse_size(const char *s, size_t *out) {
     return true;
 }
 
-/* A decimal number 0 .. UINT_MAX, nothing else (no sign). */
-static bool parse_unsigned(const char *s, unsigned *out) {
-    if (!s || *s < '0' || *s > '9') return false;
+/* The number option name=s (s NULL: not given), a decimal number 0 .. max (why says what max is), nothing else: no
+ * sign, no blank, no suffix. False, with a message naming the option, for anything else. */
+static bool check_number(const char *name, const char *s, unsigned max, const char *why, unsigned *out) {
+    if (!s) return true;
+    char *end = (char *)s;
     errno = 0;
-    char *end;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || v > UINT_MAX) return false;
+    unsigned long long v = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (end == s || *end) {
+        say(LOG_ERR, "-o %s: not a number from 0 to %u", name, max);
+        return false;
+    }
+    if (errno == ERANGE || v > max) {
+        say(LOG_ERR, "mount: %s '%s' is too large: it must be at most %u (%s)", name, s, max, why);
+        return false;
+    }
     *out = (unsigned)v;
     return true;
 }
@@ -234,16 +246,17 @@ static bool check_options(mount_opts *o) {
             return false;
         }
     }
-    const char *nonnum = o->timeout_set && !(o->timeout >= 0)                ? "cache_timeout"
-                         : o->uid_s && !parse_unsigned(o->uid_s, &o->uid)       ? "default_uid"
-                         : o->gid_s && !parse_unsigned(o->gid_s, &o->gid)       ? "default_gid"
-                         : o->spin_s && !parse_unsigned(o->spin_s, &o->spin_us) ? "spin"
-                                                                                : NULL;
-    if (nonnum) {
-        say(LOG_ERR, "-o %s: not a number at least 0", nonnum);
+    if (o->timeout_set && !(o->timeout >= 0)) {
+        say(LOG_ERR, "-o cache_timeout: not a number at least 0");
         return false;
     }
-    return true;
+    /* (uid_t)-1 and (gid_t)-1 are no owner: chown(2) and the kernel take them for "no change" */
+    _Static_assert((uid_t)-1 == UINT_MAX && (gid_t)-1 == UINT_MAX, "uid_t and gid_t are unsigned int");
+    return check_number("default_uid", o->uid_s, UINT_MAX - 1, "4294967295 is (uid_t)-1: \"no change\", no user",
+                        &o->uid) &&
+           check_number("default_gid", o->gid_s, UINT_MAX - 1, "4294967295 is (gid_t)-1: \"no change\", no group",
+                        &o->gid) &&
+           check_number("spin", o->spin_s, SPIN_MAX_US, "microseconds: 0.1 s", &o->spin_us);
 }
 
 /* Escape ',' and '\' for a -o value. */
@@ -425,7 +438,7 @@ static void *loop_thread(void *arg) {
  * in a virtual machine an inter-processor interrupt exits to the hypervisor); with one CPU it would only take
  * time from the process waiting for the answer. */
 static unsigned spin_default(const mount_opts *o) {
-    if (o->spin_s) return o->spin_us > 100000 ? 100000 : o->spin_us;
+    if (o->spin_s) return o->spin_us; /* at most SPIN_MAX_US (check_options) */
     cpu_set_t cpus;
     if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
     return CPU_COUNT(&cpus) >= 2 ? 50 : 0;

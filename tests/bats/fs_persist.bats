@@ -302,6 +302,25 @@ PY
     [ "$(cat "$M/f")" = x ]
 }
 
+@test "number options refuse values out of range, naming the option and the largest value" {
+    fs_unmount
+    # spin was silently cut to 100000; (uid_t)-1 and (gid_t)-1 mean "no change" to the kernel, not an owner
+    for o in spin=100001 spin=100000000 spin=99999999999999999999 default_uid=4294967295 default_gid=4294967295 \
+        default_uid=4294967296 default_gid=99999999999; do
+        run t "$KVFS" mount -o "$o" "$D" "$M"
+        [ "$status" -eq 1 ]
+        case $o in
+        spin=*) [[ "$output" == *"spin '${o#*=}' is too large: it must be at most 100000 (microseconds"* ]] ;;
+        *) [[ "$output" == *"${o%%=*} '${o#*=}' is too large: it must be at most 4294967294 ("*"no change"* ]] ;;
+        esac
+        ! is_mounted
+        [ ! -e "$D" ]
+    done
+    kv put "$D" k v
+    fs_mount -o spin=100000,default_uid=4294967294,default_gid=4294967294
+    [ "$(stat -c '%u %g' "$M/k")" = "4294967294 4294967294" ]
+}
+
 @test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {
     # utime + stime of the daemon, in clock ticks
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
