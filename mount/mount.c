@@ -59,14 +59,13 @@ typedef struct mount_opts {
     int foreground, debug, help, read_only;
     int sync, no_default_permissions, no_writeback;
     char *store_kind;  /* "mem": in-memory store, for testing only */
-    /* -o NAME=VALUE as given (NULL: not given), taken as text ("%u" would take -5 as 4294967291) and checked by
-     * check_options into the fields below before anything is done */
-    char *cache_size, *memtable_size, *compression, *blob_threshold, *uid_s, *gid_s, *spin_s;
+    /* -o NAME=VALUE as given (NULL: not given), taken as text ("%u" would take -5 as 4294967291, "%o" 0648 as 064) and
+     * checked by check_options into the fields below before anything is done */
+    char *cache_size, *memtable_size, *compression, *blob_threshold;
+    char *uid_s, *gid_s, *spin_s, *file_mode_s, *dir_mode_s;
     size_t cache_bytes, memtable_bytes, blob_bytes;
     bool compress;
-    unsigned uid, gid, spin_us;
-    unsigned file_mode, dir_mode;
-    int file_mode_set, dir_mode_set;
+    unsigned uid, gid, spin_us, file_mode, dir_mode;
     double timeout;
     int timeout_set;
 } mount_opts;
@@ -89,10 +88,8 @@ static const struct fuse_opt mount_spec[] = {
     OPT("cache_timeout=%lf", timeout, 0),
     OPT("cache_timeout=", timeout_set, 1),
     OPT("spin=%s", spin_s, 0),
-    OPT("default_file_mode=%o", file_mode, 0),
-    OPT("default_file_mode=", file_mode_set, 1),
-    OPT("default_dir_mode=%o", dir_mode, 0),
-    OPT("default_dir_mode=", dir_mode_set, 1),
+    OPT("default_file_mode=%s", file_mode_s, 0),
+    OPT("default_dir_mode=%s", dir_mode_s, 0),
     OPT("default_uid=%s", uid_s, 0),
     OPT("default_gid=%s", gid_s, 0),
     FUSE_OPT_KEY("-f", KEY_FOREGROUND),
@@ -161,7 +158,7 @@ static void usage(void) {
            "  -o memtable_size=SIZE    engine write buffer (default 8M, at least 4K)\n"
            "  -o compression=on|off    compress table blocks (default on)\n"
            "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K)\n"
-           "  -o default_file_mode=M   mode of keys written without attributes (default 0644)\n"
+           "  -o default_file_mode=M   mode of keys written without attributes (default 0644; octal, 0 to 7777)\n"
            "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
            "  -o default_uid=N, default_gid=N  their owner (default: the mounting user; N < 4294967295)\n"
            "  -o cache_timeout=SECS    kernel attribute/entry cache time (default 86400)\n"
@@ -213,6 +210,22 @@ static bool check_number(const char *name, const char *s, unsigned max, const ch
     return true;
 }
 
+/* The mode option name=s (s NULL: not given): permission bits in octal, 0 .. 7777, nothing else. A file type (the
+ * 0170000 bits, as in 100644) is not the option's to give: each entry's own is added to the bits. */
+static bool check_mode(const char *name, const char *s, unsigned *out) {
+    if (!s) return true;
+    char *end = (char *)s;
+    errno = 0;
+    unsigned long v = *s >= '0' && *s <= '7' ? strtoul(s, &end, 8) : 0;
+    if (end == s || *end || errno == ERANGE || v > 07777) {
+        say(LOG_ERR, "mount: %s '%s' is not a permission mode: it must be octal, 0 to 7777 (no file type bits)", name,
+            s);
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
 /* Check and convert the values of the -o options (mount_opts): false, with a message naming the option, when one
  * makes no sense. Runs before DATADIR is created or anything mounted. */
 static bool check_options(mount_opts *o) {
@@ -250,6 +263,9 @@ static bool check_options(mount_opts *o) {
         say(LOG_ERR, "-o cache_timeout: not a number at least 0");
         return false;
     }
+    if (!check_mode("default_file_mode", o->file_mode_s, &o->file_mode) ||
+        !check_mode("default_dir_mode", o->dir_mode_s, &o->dir_mode))
+        return false;
     /* (uid_t)-1 and (gid_t)-1 are no owner: chown(2) and the kernel take them for "no change" */
     _Static_assert((uid_t)-1 == UINT_MAX && (gid_t)-1 == UINT_MAX, "uid_t and gid_t are unsigned int");
     return check_number("default_uid", o->uid_s, UINT_MAX - 1, "4294967295 is (uid_t)-1: \"no change\", no user",
@@ -650,8 +666,8 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     }
     kvfs_config cfg;
     kvfs_config_init(&cfg);
-    if (o->file_mode_set) cfg.file_mode = o->file_mode & 07777;
-    if (o->dir_mode_set) cfg.dir_mode = o->dir_mode & 07777;
+    if (o->file_mode_s) cfg.file_mode = o->file_mode;
+    if (o->dir_mode_s) cfg.dir_mode = o->dir_mode;
     if (o->uid_s) cfg.uid = o->uid;
     if (o->gid_s) cfg.gid = o->gid;
     cfg.sync_writes = o->sync;
@@ -869,6 +885,8 @@ out:
     free(o.uid_s);
     free(o.gid_s);
     free(o.spin_s);
+    free(o.file_mode_s);
+    free(o.dir_mode_s);
     fuse_opt_free_args(&fargs);
     fuse_opt_free_args(&args);
     return status;

@@ -321,6 +321,24 @@ PY
     [ "$(stat -c '%u %g' "$M/k")" = "4294967294 4294967294" ]
 }
 
+@test "mode options take octal permission bits only, naming the option and the range" {
+    fs_unmount
+    # %o took 0648 as 064 and -1 as 037777777777, and file type bits (177777) were dropped without a word
+    for o in default_file_mode=177777 default_dir_mode=40755 default_file_mode=10000 default_file_mode=0648 \
+        default_dir_mode=-1 default_file_mode=rw default_file_mode= default_dir_mode=0x1ff "default_file_mode= 644" \
+        default_dir_mode=7777777777777777777777777; do
+        run t "$KVFS" mount -o "$o" "$D" "$M"
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"${o%%=*} '${o#*=}' is not a permission mode: it must be octal, 0 to 7777"* ]]
+        ! is_mounted
+        [ ! -e "$D" ]
+    done
+    kv put "$D" raw/key value
+    fs_mount -o default_file_mode=7777,default_dir_mode=0
+    [ "$(stat -c %a "$M/raw/key")" = 7777 ]
+    [ "$(stat -c %a "$M/raw")" = 0 ]
+}
+
 @test "the request loop's polling (-o spin) serves requests and stops when the mount is idle" {
     # utime + stime of the daemon, in clock ticks
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
