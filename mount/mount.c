@@ -70,6 +70,11 @@ typedef struct mount_opts {
     int timeout_set;
 } mount_opts;
 
+/* -o blob_threshold: the largest. A value below the threshold is written whole, with its key (up to 64 KiB), into
+ * one write-ahead-log record, and the engine refuses a record over 1 GiB (WAL_MAX_RECORD): with a threshold near or
+ * past that, writing such a value fails. */
+#define BLOB_THRESHOLD_MAX ((size_t)512 << 20)
+
 /* -o spin: the longest poll, microseconds. Longer would only burn a CPU after the last request of a burst. */
 #define SPIN_MAX_US 100000u
 
@@ -154,10 +159,10 @@ static void usage(void) {
            "  -o allow_other           let other users use the mount (see /etc/fuse.conf)\n"
            "  -o no_default_permissions  do not let the kernel check permissions (on by default)\n"
            "  -o sync                  every write reaches the disk before it returns\n"
-           "  -o cache_size=SIZE       engine block cache (default 32M)\n"
-           "  -o memtable_size=SIZE    engine write buffer (default 8M, at least 4K)\n"
+           "  -o cache_size=SIZE       engine block cache (default 32M, at most the machine's memory)\n"
+           "  -o memtable_size=SIZE    engine write buffer (default 8M, 4K to the machine's memory)\n"
            "  -o compression=on|off    compress table blocks (default on)\n"
-           "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K)\n"
+           "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K, 1 to 512M)\n"
            "  -o default_file_mode=M   mode of keys written without attributes (default 0644; octal, 0 to 7777)\n"
            "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
            "  -o default_uid=N, default_gid=N  their owner (default: the mounting user; N < 4294967295)\n"
@@ -169,25 +174,73 @@ static void usage(void) {
            "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
 }
 
-/* "64M" -> bytes; false on junk. Digits first: strtoull would skip blanks and take a sign, "-1" as the largest
- * number. */
-static bool parse_size(const char *s, size_t *out) {
+enum { SIZE_OK, SIZE_BAD, SIZE_HUGE };
+
+/* "64M" -> bytes: SIZE_BAD on junk, SIZE_HUGE past SIZE_MAX bytes. Digits first: strtoull would skip blanks and take
+ * a sign, "-1" as the largest number. */
+static int parse_size(const char *s, size_t *out) {
     char *end;
-    if (*s < '0' || *s > '9') return false;
+    if (*s < '0' || *s > '9') return SIZE_BAD;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s) return false;
+    bool huge = errno == ERANGE;
     unsigned long long mul = 1;
     switch (*end) {
     case 0: break;
     case 'k': case 'K': mul = 1ull << 10; end++; break;
     case 'm': case 'M': mul = 1ull << 20; end++; break;
     case 'g': case 'G': mul = 1ull << 30; end++; break;
-    default: return false;
+    default: return SIZE_BAD;
     }
     if (*end == 'i' || *end == 'B' || *end == 'b') end++;
-    if (*end || v > SIZE_MAX / mul) return false;
+    if (*end) return SIZE_BAD;
+    if (huge || v > SIZE_MAX / mul) return SIZE_HUGE;
     *out = (size_t)(v * mul);
+    return SIZE_OK;
+}
+
+/* A size as the options write it, in the largest unit that divides it: 512M, 4K, 24105M, 1000. */
+static const char *size_text(size_t v, char buf[32]) {
+    static const struct { char unit; unsigned shift; } units[] = {{'G', 30}, {'M', 20}, {'K', 10}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (v && v % ((size_t)1 << units[i].shift) == 0) {
+            snprintf(buf, 32, "%zu%c", v >> units[i].shift, units[i].unit);
+            return buf;
+        }
+    }
+    snprintf(buf, 32, "%zu", v);
+    return buf;
+}
+
+/* This machine's memory (what /proc/meminfo calls MemTotal), rounded down to a MiB; SIZE_MAX when unknown. A memory
+ * budget beyond it can never be met: the daemon would be swapping, or killed by the OOM killer, long before. */
+static size_t machine_memory(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0 || (unsigned long long)pages > SIZE_MAX / (unsigned long long)page) return SIZE_MAX;
+    return (size_t)pages * (size_t)page & ~(((size_t)1 << 20) - 1);
+}
+
+/* The size option name=s (s NULL: not given): min .. max bytes (why says what max is). False, with a message naming
+ * the option, for anything else. */
+static bool check_size(const char *name, const char *s, size_t min, size_t max, const char *why, size_t *out) {
+    if (!s) return true;
+    size_t v = 0;
+    char lim[32];
+    int r = parse_size(s, &v);
+    if (r == SIZE_BAD) {
+        say(LOG_ERR, "mount: bad %s '%s': a size is a number of bytes with an optional K, M or G suffix, no sign", name,
+            s);
+        return false;
+    }
+    if (r == SIZE_HUGE || v > max) {
+        say(LOG_ERR, "mount: %s '%s' is too large: it must be at most %s (%s)", name, s, size_text(max, lim), why);
+        return false;
+    }
+    if (v < min) {
+        say(LOG_ERR, "mount: %s '%s' is too small: it must be at least %s", name, s, size_text(min, lim));
+        return false;
+    }
+    *out = v;
     return true;
 }
 
@@ -233,22 +286,14 @@ static bool check_options(mount_opts *o) {
         say(LOG_ERR, "mount: unknown store '%s'", o->store_kind);
         return false;
     }
-    if (o->blob_threshold && (!parse_size(o->blob_threshold, &o->blob_bytes) || o->blob_bytes == 0)) {
-        say(LOG_ERR, "mount: bad blob_threshold '%s'", o->blob_threshold);
+    size_t mem = machine_memory();
+    const char *mem_why = mem == SIZE_MAX ? "the largest size" : "this machine's memory";
+    /* 4K: the engine's minimum (it would only say "invalid options"). BLOB_THRESHOLD_MAX: see its definition. */
+    if (!check_size("cache_size", o->cache_size, 0, mem, mem_why, &o->cache_bytes) ||
+        !check_size("memtable_size", o->memtable_size, 4096, mem, mem_why, &o->memtable_bytes) ||
+        !check_size("blob_threshold", o->blob_threshold, 1, BLOB_THRESHOLD_MAX,
+                    "a value below it is written whole into one write-ahead-log record, which holds at most 1G", &o->blob_bytes))
         return false;
-    }
-    if (o->cache_size && !parse_size(o->cache_size, &o->cache_bytes)) {
-        say(LOG_ERR, "mount: bad cache_size '%s'", o->cache_size);
-        return false;
-    }
-    if (o->memtable_size && !parse_size(o->memtable_size, &o->memtable_bytes)) {
-        say(LOG_ERR, "mount: bad memtable_size '%s'", o->memtable_size);
-        return false;
-    }
-    if (o->memtable_size && o->memtable_bytes < 4096) { /* the engine's minimum; it would only say "invalid options" */
-        say(LOG_ERR, "mount: memtable_size '%s' is too small: it must be at least 4K", o->memtable_size);
-        return false;
-    }
     if (o->compression) {
         if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib")) {
             o->compress = true;

@@ -12,6 +12,16 @@ teardown() {
     fs_teardown
 }
 
+# kvfs mount -o OPTION must fail, with a message matching the glob PATTERN, before doing anything: nothing mounted
+# and DATADIR not even created.
+refused() {
+    run t "$KVFS" mount -o "$1" "$D" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" == $2 ]]
+    ! is_mounted || return 1
+    [ ! -e "$D" ]
+}
+
 @test "mount creates DATADIR 0700 and returns only when usable" {
     fs_mount
     [ "$(stat -c %a "$D")" = 700 ]
@@ -258,7 +268,7 @@ PY
     [ "$status" -ne 0 ]
     run t "$KVFS" mount -o blob_threshold=0 "$D" "$T/mnt"
     [ "$status" -ne 0 ]
-    [[ "$output" == *"bad blob_threshold"* ]]
+    [[ "$output" == *"blob_threshold '0' is too small: it must be at least 1"* ]]
     # numbers: no sign, no garbage; a cache timeout of 0 is kept (not taken for "unset")
     for o in default_uid=-5 default_gid=x spin=-1 cache_timeout=-1; do
         run t "$KVFS" mount -o "$o" "$D" "$T/mnt"
@@ -284,22 +294,34 @@ PY
     fs_unmount
     # strtoull takes "-1" as the largest number: a cache or threshold of 16 EiB must not be accepted silently
     for o in cache_size=-1 memtable_size=-8M blob_threshold=-5 cache_size=+4M "cache_size= 4M"; do
-        run t "$KVFS" mount -o "$o" "$D" "$M"
-        [ "$status" -eq 1 ]
-        [[ "$output" == *"bad ${o%%=*} '"* ]]
-        ! is_mounted
-        [ ! -e "$D" ]   # refused before anything is done: DATADIR is not even created
+        refused "$o" "*bad ${o%%=*} '*"
     done
     for o in memtable_size=0 memtable_size=1K; do
-        run t "$KVFS" mount -o "$o" "$D" "$M"
-        [ "$status" -eq 1 ]
-        [[ "$output" == *"memtable_size"*"at least 4K"* ]]
-        ! is_mounted
-        [ ! -e "$D" ]
+        refused "$o" "*memtable_size*at least 4K*"
     done
     fs_mount -o memtable_size=4K,cache_size=0
     echo x > "$M/f"
     [ "$(cat "$M/f")" = x ]
+}
+
+@test "size options refuse what cannot be counted or held, naming the option and the largest value" {
+    fs_unmount
+    mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+    # past 64 bits; memory budgets past this machine's memory (twice it, whatever it is); a blob threshold past 512M
+    # (a value below it goes whole into one write-ahead-log record, of at most 1 GiB)
+    for o in cache_size=99999999999G memtable_size=18446744073709551616 blob_threshold=17179869184G \
+        cache_size=99999999G memtable_size=99999999G cache_size=$((mem_kb * 2))K memtable_size=$((mem_kb * 2))K \
+        blob_threshold=513M blob_threshold=2G; do
+        case $o in
+        blob_threshold=*) refused "$o" "*blob_threshold '${o#*=}' is too large: it must be at most 512M (*" ;;
+        *) refused "$o" "*${o%%=*} '${o#*=}' is too large: it must be at most *M (this machine's memory)*" ;;
+        esac
+    done
+    fs_mount -o cache_size=$((mem_kb / 2))K,memtable_size=64M,blob_threshold=512M
+    head -c 100000 /dev/urandom > "$T/f"
+    cp "$T/f" "$M/f"
+    fs_remount
+    cmp "$T/f" "$M/f"
 }
 
 @test "number options refuse values out of range, naming the option and the largest value" {
@@ -307,14 +329,10 @@ PY
     # spin was silently cut to 100000; (uid_t)-1 and (gid_t)-1 mean "no change" to the kernel, not an owner
     for o in spin=100001 spin=100000000 spin=99999999999999999999 default_uid=4294967295 default_gid=4294967295 \
         default_uid=4294967296 default_gid=99999999999; do
-        run t "$KVFS" mount -o "$o" "$D" "$M"
-        [ "$status" -eq 1 ]
         case $o in
-        spin=*) [[ "$output" == *"spin '${o#*=}' is too large: it must be at most 100000 (microseconds"* ]] ;;
-        *) [[ "$output" == *"${o%%=*} '${o#*=}' is too large: it must be at most 4294967294 ("*"no change"* ]] ;;
+        spin=*) refused "$o" "*spin '${o#*=}' is too large: it must be at most 100000 (microseconds*" ;;
+        *) refused "$o" "*${o%%=*} '${o#*=}' is too large: it must be at most 4294967294 (*no change*" ;;
         esac
-        ! is_mounted
-        [ ! -e "$D" ]
     done
     kv put "$D" k v
     fs_mount -o spin=100000,default_uid=4294967294,default_gid=4294967294
@@ -327,11 +345,7 @@ PY
     for o in default_file_mode=177777 default_dir_mode=40755 default_file_mode=10000 default_file_mode=0648 \
         default_dir_mode=-1 default_file_mode=rw default_file_mode= default_dir_mode=0x1ff "default_file_mode= 644" \
         default_dir_mode=7777777777777777777777777; do
-        run t "$KVFS" mount -o "$o" "$D" "$M"
-        [ "$status" -eq 1 ]
-        [[ "$output" == *"${o%%=*} '${o#*=}' is not a permission mode: it must be octal, 0 to 7777"* ]]
-        ! is_mounted
-        [ ! -e "$D" ]
+        refused "$o" "*${o%%=*} '${o#*=}' is not a permission mode: it must be octal, 0 to 7777*"
     done
     kv put "$D" raw/key value
     fs_mount -o default_file_mode=7777,default_dir_mode=0
