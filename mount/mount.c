@@ -22,6 +22,7 @@
 #include <time.h>
 #include <semaphore.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -62,12 +63,11 @@ typedef struct mount_opts {
     /* -o NAME=VALUE as given (NULL: not given), taken as text ("%u" would take -5 as 4294967291, "%o" 0648 as 064) and
      * checked by check_options into the fields below before anything is done */
     char *cache_size, *memtable_size, *compression, *blob_threshold;
-    char *uid_s, *gid_s, *spin_s, *file_mode_s, *dir_mode_s;
+    char *uid_s, *gid_s, *spin_s, *file_mode_s, *dir_mode_s, *timeout_s;
     size_t cache_bytes, memtable_bytes, blob_bytes;
     bool compress;
     unsigned uid, gid, spin_us, file_mode, dir_mode;
     double timeout;
-    int timeout_set;
 } mount_opts;
 
 /* -o blob_threshold: the largest. A value below the threshold is written whole, with its key (up to 64 KiB), into
@@ -90,8 +90,7 @@ static const struct fuse_opt mount_spec[] = {
     OPT("sync", sync, 1),
     OPT("no_default_permissions", no_default_permissions, 1),
     OPT("no_writeback_cache", no_writeback, 1),
-    OPT("cache_timeout=%lf", timeout, 0),
-    OPT("cache_timeout=", timeout_set, 1),
+    OPT("cache_timeout=%s", timeout_s, 0),
     OPT("spin=%s", spin_s, 0),
     OPT("default_file_mode=%s", file_mode_s, 0),
     OPT("default_dir_mode=%s", dir_mode_s, 0),
@@ -263,6 +262,21 @@ static bool check_number(const char *name, const char *s, unsigned max, const ch
     return true;
 }
 
+/* -o cache_timeout=s (s NULL: not given): seconds, in decimal with an optional fraction (0.5, .5, 86400), nothing
+ * else: "%lf" read the number at the start and ignored the rest (5x), and took inf, nan, hex and exponents. */
+static bool check_seconds(const char *s, double *out) {
+    if (!s) return true;
+    size_t whole = strspn(s, "0123456789"), frac = s[whole] == '.' ? strspn(s + whole + 1, "0123456789") : 0;
+    size_t len = whole + (s[whole] == '.' ? 1 + frac : 0);
+    double v = whole + frac > 0 && !s[len] ? strtod(s, NULL) : -1; /* inf past DBL_MAX */
+    if (!(v >= 0) || !isfinite(v)) {
+        say(LOG_ERR, "-o cache_timeout: not a number of seconds at least 0 (digits, with an optional fraction: 0.5)");
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
 /* The mode option name=s (s NULL: not given): permission bits in octal, 0 .. 7777, nothing else. A file type (the
  * 0170000 bits, as in 100644) is not the option's to give: each entry's own is added to the bits. */
 static bool check_mode(const char *name, const char *s, unsigned *out) {
@@ -304,10 +318,7 @@ static bool check_options(mount_opts *o) {
             return false;
         }
     }
-    if (o->timeout_set && !(o->timeout >= 0)) {
-        say(LOG_ERR, "-o cache_timeout: not a number at least 0");
-        return false;
-    }
+    if (!check_seconds(o->timeout_s, &o->timeout)) return false;
     if (!check_mode("default_file_mode", o->file_mode_s, &o->file_mode) ||
         !check_mode("default_dir_mode", o->dir_mode_s, &o->dir_mode))
         return false;
@@ -734,7 +745,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     }
 #endif
     d.fctx.fs = d.fs;
-    d.fctx.timeout = o->timeout_set ? o->timeout : 86400.0; /* 0: the kernel caches nothing */
+    d.fctx.timeout = o->timeout_s ? o->timeout : 86400.0; /* 0: the kernel caches nothing */
     d.fctx.writeback = !o->no_writeback;
     d.fctx.read_only = o->read_only;
     d.fuse = fuse_new(fargs, kvfs_fuse_operations(), sizeof(struct fuse_operations), &d.fctx);
@@ -932,6 +943,7 @@ out:
     free(o.spin_s);
     free(o.file_mode_s);
     free(o.dir_mode_s);
+    free(o.timeout_s);
     fuse_opt_free_args(&fargs);
     fuse_opt_free_args(&args);
     return status;

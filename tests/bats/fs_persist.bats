@@ -339,6 +339,17 @@ PY
     [ "$(stat -c '%u %g' "$M/k")" = "4294967294 4294967294" ]
 }
 
+@test "cache_timeout takes a decimal number of seconds and nothing else" {
+    fs_unmount
+    # "%lf" read the number at the start and ignored the rest, and took inf, hex and exponents
+    for v in 5x inf 1e999 0x10 " 5" "" 1e3 5s . -0; do
+        refused "cache_timeout=$v" "*-o cache_timeout: not a number of seconds at least 0*"
+    done
+    fs_mount -o cache_timeout=0.5
+    echo x > "$M/f"
+    [ "$(cat "$M/f")" = x ]
+}
+
 @test "mode options take octal permission bits only, naming the option and the range" {
     fs_unmount
     # %o took 0648 as 064 and -1 as 037777777777, and file type bits (177777) were dropped without a word
