@@ -78,7 +78,7 @@ typedef struct mount_opts {
 /* -o spin: the longest poll, microseconds. Longer would only burn a CPU after the last request of a burst. */
 #define SPIN_MAX_US 100000u
 
-enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_FILE_MODE, KEY_DIR_MODE, KEY_UID, KEY_GID };
+enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_OURS };
 
 #define OPT(t, f, v) {t, offsetof(mount_opts, f), v}
 static const struct fuse_opt mount_spec[] = {
@@ -102,6 +102,8 @@ static const struct fuse_opt mount_spec[] = {
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_KEY("fsname=", KEY_OURS),
+    FUSE_OPT_KEY("subtype=", KEY_OURS),
     FUSE_OPT_END,
 };
 
@@ -142,6 +144,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
     case KEY_RO:
         o->read_only = 1;
         return 1; /* the kernel must know as well: EROFS before a request is even sent */
+    case KEY_OURS:
+        /* kvfs mount (store_is_mounted) and kvfs checkpoint find the store's mount by these: another fsname or type
+         * would hide it from them (a dead mount not detached, a checkpoint into the mount not refused) */
+        say(LOG_ERR, "mount: -o %.*s is set by kvfs: the mount's source is DATADIR and its type fuse.kvfs, by which "
+            "kvfs finds the store's mount", (int)strcspn(arg, "="), arg);
+        return -1;
     default:
         return 1;
     }
@@ -170,7 +178,7 @@ static void usage(void) {
            "  -o spin=USECS            after a request, poll for the next one this long before sleeping\n"
            "                           (default 50 with two or more CPUs, 0 with one; 0: always sleep;\n"
            "                           at most 100000)\n"
-           "Other -o options are passed to FUSE (see mount.fuse3(8)).\n");
+           "Other -o options are passed to FUSE (see mount.fuse3(8)), but for fsname and subtype: kvfs sets them.\n");
 }
 
 enum { SIZE_OK, SIZE_BAD, SIZE_HUGE };

@@ -339,6 +339,15 @@ PY
     [ "$(stat -c '%u %g' "$M/k")" = "4294967294 4294967294" ]
 }
 
+@test "fsname and subtype are kvfs's own: a mount that would not be known as this store's is refused" {
+    fs_unmount
+    # kvfs mount (dead mounts, "already mounted") and kvfs checkpoint (into its own mount) find a store's mount in the
+    # mount table by its type, fuse.kvfs, and source, DATADIR
+    for o in fsname=foo subtype=bar "fsname=$D"; do
+        refused "$o" "*-o ${o%%=*} is set by kvfs*"
+    done
+}
+
 @test "cache_timeout takes a decimal number of seconds and nothing else" {
     fs_unmount
     # "%lf" read the number at the start and ignored the rest, and took inf, hex and exponents
