@@ -224,7 +224,7 @@ static const char *size_text(size_t v, char buf[32]) {
 static size_t machine_memory(void) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page <= 0 || (unsigned long long)pages > SIZE_MAX / (unsigned long long)page) return SIZE_MAX;
-    return (size_t)pages * (size_t)page & ~(((size_t)1 << 20) - 1);
+    return ((size_t)pages * (size_t)page) & ~(((size_t)1 << 20) - 1);
 }
 
 /* The size option name=s (s NULL: not given): min .. max bytes (why says what max is). False, with a message naming
@@ -314,7 +314,8 @@ static bool check_options(mount_opts *o) {
     if (!check_size("cache_size", o->cache_size, 0, mem, mem_why, &o->cache_bytes) ||
         !check_size("memtable_size", o->memtable_size, 4096, mem, mem_why, &o->memtable_bytes) ||
         !check_size("blob_threshold", o->blob_threshold, 1, BLOB_THRESHOLD_MAX,
-                    "a value below it is written whole into one write-ahead-log record, which holds at most 1G", &o->blob_bytes))
+                    "a value below it is written whole into one write-ahead-log record, which holds at most 1G",
+                    &o->blob_bytes))
         return false;
     if (o->compression) {
         if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib")) {
