@@ -2,11 +2,12 @@
  * names.c — keys <-> paths (the rules are in names.h and docs/mapping.md).
  *
  * Invariants
- *  - escape() is injective and its output never contains NUL, '/', or "%+"; it ends in "%F" only when asked for
- *    the file marker. So a name ending in "%+" is always a cut piece, and unescape(escape(x)) == x.
+ *  - A component holds no '/'. escape() is injective and its output never contains NUL nor ends in "%+"; it ends
+ *    in "%F" only when asked for the file marker. So a name ending in "%+" is always a cut piece, and
+ *    unescape(escape(x)) == x. Only "%00", "%25" and "%2E" are escapes; any other '%' in a name is itself.
  *  - A path is accepted only if it is exactly what names_key_to_path would produce for the key it decodes to
  *    (canonical spelling): every key has one path and every accepted path one key.
- *  - Cutting happens on the escaped text at unit boundaries (a "%XX" triplet, the final "%F", or one byte), so the
+ *  - Cutting happens on the escaped text at unit boundaries (an escape, the final "%F", or one byte), so the
  *    pieces joined back are the escaped text, whatever bytes the cut falls between.
  */
 #include "names.h"
@@ -19,14 +20,18 @@
 
 static const char HEX[] = "0123456789ABCDEF";
 
-static bool is_hex(unsigned char ch) { return (ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'F'); }
-static int hex_val(unsigned char ch) { return ch <= '9' ? ch - '0' : ch - 'A' + 10; }
+bool names_is_escape(const char *e, size_t elen, size_t i) {
+    if (e[i] != '%' || i + 2 >= elen) return false;
+    char a = e[i + 1], b = e[i + 2];
+    return (a == '0' && b == '0') || (a == '2' && (b == '5' || b == 'E'));
+}
 
-/* A '%' that could be read as the start of an escape must itself be escaped. */
+/* A '%' that a reader could take for the start of an escape (names_is_escape), for a cut piece's "%+" or the file
+ * marker "%F" at the end, or for the empty component ("%" alone) must itself be escaped. */
 static bool percent_needs_escape(const uint8_t *c, size_t clen, size_t i) {
-    if (clen == 1) return true; /* "%" alone would read as the empty component */
-    if (i + 1 >= clen) return false;
-    return is_hex(c[i + 1]) || c[i + 1] == '+';
+    if (clen == 1) return true;
+    if (names_is_escape((const char *)c, clen, i)) return true;
+    return i + 2 == clen && (c[i + 1] == '+' || c[i + 1] == 'F');
 }
 
 size_t names_escape(const uint8_t *c, size_t clen, bool file_marker, char *out, size_t cap) {
@@ -47,7 +52,7 @@ size_t names_escape(const uint8_t *c, size_t clen, bool file_marker, char *out, 
     } else {
         for (size_t i = 0; i < clen; i++) {
             uint8_t b = c[i];
-            if (b == 0 || b == '/' || (b == '%' && percent_needs_escape(c, clen, i))) {
+            if (b == 0 || (b == '%' && percent_needs_escape(c, clen, i))) {
                 PUT('%');
                 PUT(HEX[b >> 4]);
                 PUT(HEX[b & 15]);
@@ -64,13 +69,12 @@ size_t names_escape(const uint8_t *c, size_t clen, bool file_marker, char *out, 
     return n;
 }
 
-/* Decode escaped text (no marker handling): "%XX" is a byte, anything else itself. out needs elen bytes. */
+/* Decode escaped text (no marker handling): an escape is its byte, anything else itself. out needs elen bytes. */
 static size_t decode_units(const char *e, size_t elen, uint8_t *out) {
     size_t n = 0;
     for (size_t i = 0; i < elen; i++) {
-        if (e[i] == '%' && i + 2 < elen && is_hex((unsigned char)e[i + 1]) &&
-            is_hex((unsigned char)e[i + 2])) {
-            out[n++] = (uint8_t)(hex_val((unsigned char)e[i + 1]) * 16 + hex_val((unsigned char)e[i + 2]));
+        if (names_is_escape(e, elen, i)) {
+            out[n++] = e[i + 1] == '0' ? 0 : e[i + 2] == '5' ? '%' : '.';
             i += 2;
         } else {
             out[n++] = (uint8_t)e[i];
@@ -92,9 +96,7 @@ static size_t unescape(const char *e, size_t elen, uint8_t *out, bool *file_mark
 
 /* Length of the unit starting at e[i]. */
 static size_t unit_len(const char *e, size_t elen, size_t i) {
-    if (e[i] == '%' && i + 2 < elen && is_hex((unsigned char)e[i + 1]) &&
-        is_hex((unsigned char)e[i + 2]))
-        return 3;
+    if (names_is_escape(e, elen, i)) return 3;
     if (e[i] == '%' && i + 2 == elen && e[i + 1] == 'F') return 2;
     return 1;
 }

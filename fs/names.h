@@ -4,10 +4,11 @@
  * A key is split at '/' into components; each component becomes one file name:
  *   - the empty component (as in "a//b", "/a", "a/") is the name "%";
  *   - "." and ".." are "%2E" and "%2E%2E";
- *   - a NUL byte is "%00"; a '%' is "%25" when it is followed by 0-9, A-F or '+', or is the whole component;
+ *   - a NUL byte is "%00"; a '%' is "%25" when it is followed by "00", "25" or "2E", or by a '+' or an 'F' that
+ *     ends the component, or is the whole component; any other '%' is itself ("my%20file" is the key my%20file);
  *     every other byte (including non-UTF-8 bytes) is itself;
  *   - the file of a key that is also a directory ("a" beside "a/b") is the name of "a" followed by "%F";
- *   - a name longer than 255 bytes is cut into pieces of at most 253 bytes (never inside a "%XX" or "%F"), each
+ *   - a name longer than 255 bytes is cut into pieces of at most 253 bytes (never inside an escape or "%F"), each
  *     but the last followed by "%+" and shown as a directory holding the next piece.
  * Exactly one path (the canonical one) names each key; any other spelling is refused.
  */
@@ -45,6 +46,9 @@ typedef struct fs_path {
 int names_resolve(const char *path, fs_path *out);
 void names_path_free(fs_path *p);
 
+/* Whether escaped text e holds an escape at e[i]: "%00" (NUL), "%25" ('%') or "%2E" ('.', in "." and ".."). Any
+ * other '%' is itself, so names from the wild ("my%20file", "a%2Fb", "100%") are the names of their own keys. */
+bool names_is_escape(const char *e, size_t elen, size_t i);
 /* The escaped text of one component (no cutting): writes at most cap bytes, returns the full length needed. */
 size_t names_escape(const uint8_t *c, size_t clen, bool file_marker, char *out, size_t cap);
 

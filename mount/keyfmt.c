@@ -3,9 +3,10 @@
  *
  * Invariants
  *  - decode(encode(b)) == b for every key and every value b. Keys are escaped component by component with the
- *    filesystem's own names_escape() (fs/names.h), so the tools and the mount always agree on a key's spelling; the
- *    extra %XX for unprintable bytes only touches bytes that names_escape passed through unchanged, and the
- *    decoder reads "%XX" as a byte wherever it appears, so the extra escapes decode the same way.
+ *    filesystem's own names_escape() (fs/names.h), so the tools and the mount agree on a key's spelling but for a
+ *    '%' that names_escape leaves as itself before [0-9A-F+] (a name "my%20file"), which is %25 here; the extra
+ *    %XX for such a '%' and for unprintable bytes only touch bytes that names_escape passed through unchanged, and
+ *    the decoder reads "%XX" as a byte wherever it appears, so the extra escapes decode the same way.
  *  - Encoded text never contains a control character, a space (keys), or a byte sequence that is not well-formed
  *    UTF-8: it can go to a terminal, into a whitespace-separated line, or into a JSON string as is.
  *  - The decoder never reads past tlen.
@@ -18,6 +19,9 @@
 #include "names.h"
 
 static const char hexdig[] = "0123456789ABCDEF";
+
+static bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); }
+static int hexval(char c) { return c <= '9' ? c - '0' : c - 'A' + 10; }
 
 /* Length of the well-formed UTF-8 sequence at p (lead byte >= 0x80), code point in *cp; 0 when malformed; -1 when
  * the n bytes available are a valid but incomplete start. */
@@ -89,7 +93,24 @@ size_t keyfmt_key(char *dst, const void *key, size_t n) {
             }
             names_escape(k + pos, clen, false, e, elen);
         }
-        o += escape_unprintable(dst + o, (const uint8_t *)e, elen, false, false, true, NULL);
+        /* names_escape leaves a '%' that starts none of its escapes as itself ("my%20file"); this text form reads
+         * every %XX as a byte, so such a '%' followed by [0-9A-F+] becomes %25 (at most 3 bytes per key byte) */
+        char small2[3 * sizeof small];
+        char *t = elen <= sizeof small ? small2 : malloc(3 * elen);
+        if (!t) {
+            if (e != small) free(e);
+            dst[0] = 0;
+            return 0;
+        }
+        size_t tlen = 0;
+        for (size_t i = 0; i < elen; i++) {
+            bool literal = e[i] == '%' && !names_is_escape(e, elen, i) && i + 1 < elen &&
+                           (is_hex(e[i + 1]) || e[i + 1] == '+');
+            t[tlen++] = e[i];
+            if (literal) t[tlen++] = '2', t[tlen++] = '5';
+        }
+        o += escape_unprintable(dst + o, (const uint8_t *)t, tlen, false, false, true, NULL);
+        if (t != small2) free(t);
         if (e != small) free(e);
         if (!sl) break;
         dst[o++] = '/';
@@ -115,8 +136,6 @@ size_t keyfmt_value(char *dst, const void *src, size_t n, bool final, size_t *us
     return o;
 }
 
-static bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); }
-static int hexval(char c) { return c <= '9' ? c - '0' : c - 'A' + 10; }
 
 int keyfmt_decode(const char *text, size_t tlen, bool is_key, uint8_t **out, size_t *outlen, const char **why,
                   size_t *where) {

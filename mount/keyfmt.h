@@ -3,15 +3,17 @@
  *
  * Keys are bytes. A key's text form is the filesystem's name escaping (fs/names.h, docs/mapping.md): the key is
  * split at '/', each component is escaped exactly as names_escape() does (the empty component is "%", "." and ".."
- * are "%2E" and "%2E%2E", NUL is "%00", a '%' is "%25" when it could be read as an escape), and the components
- * are joined with '/'. So a key's text form is the path of its file under the mount. On top of that the tools
- * write every byte that is not printable as %XX: control characters, space, DEL, and bytes that are not part of a
- * well-formed UTF-8 character from U+00A0 up. Escapes use upper-case hex digits.
+ * are "%2E" and "%2E%2E", NUL is "%00", a '%' is "%25" when it could be read as one of those escapes), and the
+ * components are joined with '/'. So a key's text form is the path of its file under the mount, but for two
+ * additions: a '%' followed by [0-9A-F+] that names_escape left as itself (the file "my%20file") is "%25" here,
+ * since this form reads every %XX as a byte; and every byte that is not printable is %XX: control characters,
+ * space, DEL, and bytes that are not part of a well-formed UTF-8 character from U+00A0 up. Escapes use upper-case
+ * hex digits.
  *
- * Decoding follows the filesystem's rules: "%XX" with upper-case hex digits is a byte; a component that is just
- * "%" is empty; a '%' followed by anything else than [0-9A-F+] stands for itself ("100%", "%zz", "%0a"). A path
- * copied from the mount is accepted as is: a trailing "%F" (the file of a key that is also a directory) is dropped
- * and a component ending in "%+" (a long name cut in pieces) continues into the next one. A '%' that starts an
+ * Decoding: "%XX" with upper-case hex digits is a byte; a component that is just "%" is empty; a '%' followed by
+ * anything else than [0-9A-F+] stands for itself ("100%", "%zz", "%0a"). A path copied from the mount (without a
+ * '%' of its own before [0-9A-F+]) is accepted as is: a trailing "%F" (the file of a key that is also a directory)
+ * is dropped and a component ending in "%+" (a long name cut in pieces) continues into the next one. A '%' that starts an
  * escape but does not complete one ("%4g", "%A", "%+x") is a bad escape.
  *
  * A value's text form (values in line-oriented output and in `kvfs batch`) has no components: '%' is always

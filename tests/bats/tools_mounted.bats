@@ -50,18 +50,21 @@ teardown() { tools_teardown; }
     kv put "$D" 'a//b' empty-component
     kv put "$D" '%2E%2E' dotdot
     kv put "$D" '100%' percent
-    kv put "$D" 'pct%2541' hexlike   # the key is the 6 bytes pct%41
-    [ "$(cat "$M/a/%/b")" = empty-component ]
-    [ "$(cat "$M/%2E%2E")" = dotdot ]
-    [ "$(cat "$M/100%")" = percent ]
-    [ "$(cat "$M/pct%2541")" = hexlike ]
-    # kvfs prints every (printable) key as its path under the mount
+    kv put "$D" 'nul%00' nul
+    # kvfs prints every printable key as its path under the mount
     while read -r key; do
         [ -f "$M/$key" ] || { echo "no file for key $key"; false; }
     done < <(kv scan "$D" --keys-only)
-    # and a path from the mount names its key
-    [ "$(kv get "$D" 'pct%2541')" = hexlike ]
+    [ "$(cat "$M/a/%/b")" = empty-component ]
+    [ "$(cat "$M/%2E%2E")" = dotdot ]
+    [ "$(cat "$M/100%")" = percent ]
+    [ "$(kv get "$D" 'nul%00')" = nul ]
+    # but for a '%' before [0-9A-F+]: the mount shows it as itself, kvfs (which reads %XX as a byte) as %25
+    kv put "$D" 'pct%2541' hexlike   # the key is the 6 bytes pct%41
+    [ "$(cat "$M/pct%41")" = hexlike ]
     kv scan "$D" --keys-only | grep -qx 'pct%2541'
+    echo made > "$M/my%20file"
+    [ "$(kv get "$D" 'my%2520file')" = made ]
 }
 
 @test "mounted and unmounted: the same output" {

@@ -38,9 +38,16 @@ TEST(names_examples) {
     CHECK(path_is("a\0b", 3, false, "/a%00b"));
     CHECK(path_is("100%", 4, false, "/100%"));
     CHECK(path_is("50%off", 6, false, "/50%off"));
-    CHECK(path_is("%41", 3, false, "/%2541"));
+    CHECK(path_is("%41", 3, false, "/%41"));
+    CHECK(path_is("my%20file", 9, false, "/my%20file"));
+    CHECK(path_is("a%2Fb%FFc", 9, false, "/a%2Fb%FFc"));
+    CHECK(path_is("x%00", 4, false, "/x%2500"));
+    CHECK(path_is("x%25", 4, false, "/x%2525"));
+    CHECK(path_is("x%2E", 4, false, "/x%252E"));
+    CHECK(path_is("%Fx", 3, false, "/%Fx"));
     CHECK(path_is("%", 1, false, "/%25"));
     CHECK(path_is("a%+", 3, false, "/a%25+"));
+    CHECK(path_is("a%+b", 4, false, "/a%+b"));
     CHECK(path_is("a", 1, true, "/a%F"));
     CHECK(path_is("a%F", 3, false, "/a%25F"));
     CHECK(path_is("x/", 2, true, "/x/%%F"));
@@ -57,9 +64,16 @@ TEST(names_resolve_examples) {
     CHECK_OK(names_resolve("/", &p));
     CHECK_EQ(p.kind, NAME_ROOT);
     names_path_free(&p);
+    /* A '%' that starts no escape is itself: names as found in the wild */
+    CHECK_EQ(resolves_to("/my%20file", "my%20file", 9, NAME_PLAIN), 0);
+    CHECK_EQ(resolves_to("/a%2Fb", "a%2Fb", 5, NAME_PLAIN), 0);
+    CHECK_EQ(resolves_to("/%41", "%41", 3, NAME_PLAIN), 0);
+    CHECK_EQ(resolves_to("/%2e", "%2e", 3, NAME_PLAIN), 0);
+    CHECK_EQ(resolves_to("/x%2500", "x%00", 4, NAME_PLAIN), 0);
     /* Other spellings of a key are refused. */
-    CHECK_EQ(names_resolve("/%41", &p), -EINVAL);
-    CHECK_EQ(names_resolve("/a%2Fb", &p), -EINVAL);
+    CHECK_EQ(names_resolve("/x%25", &p), -EINVAL);   /* x% is "x%" */
+    CHECK_EQ(names_resolve("/a%2Eb", &p), -EINVAL);  /* a.b is "a.b" */
+    CHECK_EQ(names_resolve("/%25%25", &p), -EINVAL); /* %% is "%%" */
     CHECK_EQ(names_resolve("/%F", &p), -EINVAL);
     CHECK_EQ(names_resolve("/a%F/b", &p), -EINVAL);
     CHECK_EQ(names_resolve("/x%+", &p), -EINVAL); /* too short to be a piece of a cut name */
@@ -96,7 +110,7 @@ TEST(names_long_component) {
 }
 
 static uint8_t rand_byte(uint64_t *st) {
-    static const char special[] = "/%.+F0A9\0az";
+    static const char special[] = "/%.+F0A9\0az25E";
     uint64_t r = t_rand(st);
     if (r % 3 == 0) return (uint8_t)special[(r >> 8) % (sizeof special - 1)];
     return (uint8_t)(r >> 16);
@@ -137,6 +151,36 @@ static bool listing_agrees(const uint8_t *key, size_t klen, bool marker, const c
     free(prefix);
     free(copy);
     return ok;
+}
+
+/* Whether a name holds one of the patterns the mapping reserves: an escape ("%00", "%25", "%2E"), a final "%F" or
+ * "%+", or is "%", "." or "..". */
+static bool name_reserved(const char *n) {
+    size_t len = strlen(n);
+    if (!strcmp(n, "%") || !strcmp(n, ".") || !strcmp(n, "..")) return true;
+    if (len >= 2 && n[len - 2] == '%' && (n[len - 1] == 'F' || n[len - 1] == '+')) return true;
+    return strstr(n, "%00") || strstr(n, "%25") || strstr(n, "%2E");
+}
+
+/* Any name a program may make that holds none of the reserved patterns is accepted as the name of itself: the key
+ * is the name's bytes, and the key's name is the name. */
+TEST(names_property_unreserved_names_are_their_own_keys) {
+    uint64_t st = t_seed() | 1;
+    static const char alphabet[] = "%%%0259AEF+.xé ";
+    int tried = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        char name[16];
+        size_t len = 1 + t_rand(&st) % 12;
+        for (size_t i = 0; i < len; i++) name[i] = alphabet[t_rand(&st) % (sizeof alphabet - 1)];
+        name[len] = 0;
+        if (name_reserved(name)) continue;
+        tried++;
+        char path[20];
+        snprintf(path, sizeof path, "/%s", name);
+        CHECK_MSG(resolves_to(path, name, len, NAME_PLAIN) == 0, "the name %s is not the key %s", name, name);
+        CHECK(path_is(name, len, false, path));
+    }
+    CHECK(tried > 1000);
 }
 
 TEST(names_property_round_trip) {
