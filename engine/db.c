@@ -890,7 +890,9 @@ static int make_room(kv_db *db, bool force) {
         } else if (memtable_bytes(db->mem) < db->opt.memtable_bytes) {
             return KV_OK;
         }
-        if (db->nimm >= db->opt.max_immutable || l0_files(db) >= db->opt.l0_stop_trigger) {
+        /* not for a compaction while the compaction thread runs blob GC, which may be waiting for this writer to
+         * leave the write queue (bg_gc_running): level 0 then grows past the trigger until the pass ends */
+        if (db->nimm >= db->opt.max_immutable || (l0_files(db) >= db->opt.l0_stop_trigger && !db->bg_gc_running)) {
             if (!db->opt.background_threads) {
                 int rc = db->nimm ? db_flush_one(db) : KV_OK;
                 bool did = true;

@@ -701,6 +701,21 @@ typedef struct gc_pacing {
     uint64_t wait_us, from_us, seq; /* the next hurried pass: wait_us after from_us, once last_seq is not seq */
 } gc_pacing;
 
+/* A blob GC pass from the compaction thread (caller holds mu, which is released for the pass). Meanwhile no compaction
+ * runs, and the pass leads the write queue at times (and writes, when it copies values out): a writer that led the
+ * queue while waiting at the level-0 stop trigger for a compaction would wait for ever, and the pass for it. So
+ * writers do not wait there for the pass (bg_gc_running, make_room), and those waiting are woken. */
+static int bg_blob_gc(kv_db *db, uint64_t *freed) {
+    db->bg_gc_running = true;
+    pthread_cond_broadcast(&db->bg_cv);
+    pthread_mutex_unlock(&db->mu);
+    int rc = db_blob_gc(db, db->opt.blob_gc_ratio, freed);
+    if (rc != KV_OK && rc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
+    pthread_mutex_lock(&db->mu);
+    db->bg_gc_running = false;
+    return rc;
+}
+
 /* Run a hurried pass if one is due (caller holds mu, which is released for the pass). */
 static void gc_when_short_of_space(kv_db *db, gc_pacing *p) {
     uint64_t e = atomic_load(&db->st_enospc);
@@ -711,10 +726,7 @@ static void gc_when_short_of_space(kv_db *db, gc_pacing *p) {
         atomic_load(&db->last_seq) == p->seq)
         return;
     uint64_t seq = atomic_load(&db->last_seq), freed = 0;
-    pthread_mutex_unlock(&db->mu);
-    int rc = db_blob_gc(db, db->opt.blob_gc_ratio, &freed);
-    if (rc != KV_OK && rc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1);
-    pthread_mutex_lock(&db->mu);
+    int rc = bg_blob_gc(db, &freed);
     if (rc == KV_OK && freed) {
         p->hurry = false;
     } else {
@@ -749,10 +761,7 @@ static void *compact_main(void *arg) {
         /* when compaction has been idle for a minute, reclaim blob space (it is a no-op without blob files) */
         if (++idle_seconds >= 60 && db->vs->current->nblobs > 0 && !db->stopping) {
             idle_seconds = 0;
-            pthread_mutex_unlock(&db->mu);
-            int grc = kv_blob_gc(db, db->opt.blob_gc_ratio);
-            if (grc != KV_OK && grc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
-            pthread_mutex_lock(&db->mu);
+            (void)bg_blob_gc(db, NULL);
         }
     }
     pthread_mutex_unlock(&db->mu);

@@ -224,6 +224,9 @@ struct kv_db {
     bool stopping;          /* background threads should exit */
     int bg_error;           /* last background failure (retried) */
     bool flush_running, compact_running;
+    /* the compaction thread is in a blob GC pass, compacting nothing until it ends: writers do not wait for it at the
+     * level-0 stop trigger (make_room), since a pass waits to lead the write queue that such a writer leads */
+    bool bg_gc_running;
     uint64_t flush_attempts; /* flushes finished, failed ones included (under mu) */
     bool manual_running;
     int manual_waiting;     /* kv_compact_range calls waiting for the running compaction: no background one starts */

@@ -1255,6 +1255,73 @@ TEST(test_faults_full_disk_then_a_delete_gives_the_space_back) {
     fx_free(&f);
 }
 
+/* Writers stall at the level-0 stop trigger while compactions keep failing (here: reads of the tables fail). Once a
+ * write has failed for a full disk, the compaction thread runs blob GC passes between its attempts, and a pass first
+ * waits to lead the write queue, which the stalled writer leads: the compaction thread stopped for good, and the
+ * writer with it, even after the cause of the failures was gone. */
+typedef struct stall_writer {
+    kv_db *db;
+    atomic_int done;
+    int rc;
+} stall_writer;
+
+static void *stall_writer_main(void *arg) {
+    stall_writer *w = arg;
+    char k[32], v[200];
+    memset(v, 'v', sizeof v);
+    int rc = KV_OK;
+    for (int i = 0; i < 3000 && rc == KV_OK; i++) {
+        snprintf(k, sizeof k, "w%06d", i * 7919 % 3000); /* every table overlaps the others */
+        rc = kv_put(w->db, k, strlen(k), v, sizeof v, 0);
+    }
+    w->rc = rc;
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+TEST(test_faults_blob_gc_between_failed_compactions_does_not_stop_stalled_writers) {
+    fx f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.dir, sizeof f.dir, "%s", t_tmpdir());
+    f.env = kv_fault_env_new(kv_env_posix());
+    CHECK(f.env != NULL);
+    if (!f.env) return;
+    fx_options(&f.o, true);
+    f.o.l0_slowdown_trigger = 3;
+    f.o.l0_stop_trigger = 4;
+    f.o.env = f.env;
+    CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+    if (t_failed()) {
+        fx_free(&f);
+        return;
+    }
+    static uint8_t big[5000];
+    memset(big, 'b', sizeof big);
+    CHECK_OK(kv_put(f.db, "big", 3, big, sizeof big, 0)); /* a blob file: GC has something to look at */
+    kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, NULL);
+    CHECK_EQ(kv_put(f.db, "more", 4, big, sizeof big, 0), KV_ENOSPC); /* GC hurries from now on */
+    kv_fault_env_clear(f.env);
+    kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, ".sst"); /* compactions fail; flushes do not read */
+    stall_writer w = {.db = f.db};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, stall_writer_main, &w) == 0);
+    sleep(4); /* the writer stalls at the stop trigger; a hurried GC pass comes due */
+    kv_stats st = {0};
+    (void)kv_get_stats(f.db, &st);
+    printf("# after 4 s: writer done %d (%d), level 0 %llu files, level 1 %llu, %llu flushes, %llu compactions, "
+           "%llu faults, %llu us stalled\n", atomic_load(&w.done), w.rc, (unsigned long long)st.level_files[0],
+           (unsigned long long)st.level_files[1], (unsigned long long)st.flushes, (unsigned long long)st.compactions,
+           (unsigned long long)kv_fault_env_failures(f.env), (unsigned long long)st.stall_micros);
+    kv_fault_env_clear(f.env);
+    int waited = 0;
+    for (; waited < 300 && !atomic_load(&w.done); waited++) usleep(100 * 1000);
+    CHECK_MSG(atomic_load(&w.done), "the writer still waits 30 s after compactions could run again");
+    if (!atomic_load(&w.done)) (void)kv_close(f.db); /* wakes the writer (KV_ECLOSED) */
+    pthread_join(th, NULL);
+    if (waited < 300) CHECK_OK(w.rc);
+    fx_free(&f);
+}
+
 /* A stream put by a batch that then fails before its record reaches the log was never committed: freeing the stream
  * must remove its blob file, as for a stream no batch took. It used to be marked committed as soon as its op was
  * resolved, and its file (the whole value) stayed until a blob GC pass. Two ways to fail: another op of the same
