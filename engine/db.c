@@ -1091,6 +1091,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         size_t starts[GROUP_MAX_WRITERS + 1];
         size_t nrec = 0;
         int log_rc = KV_OK;
+        bool ghost = false; /* records in the log that are not in the memtable (ghost_log_no) */
         writer *members[GROUP_MAX_WRITERS];
         for (writer *p = &w;; p = p->next) {
             size_t start = recs.len;
@@ -1124,7 +1125,10 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                 for (size_t i = 0; i < nrec; i++) members[i]->status = log_rc;
                 /* If the log could not be cut back, these records may stay in it and come back at recovery:
                  * never hand their sequence numbers to other batches. */
-                if (wal_writer_broken(db->log)) next_seq += nrec;
+                if (wal_writer_broken(db->log)) {
+                    next_seq += nrec;
+                    ghost = true;
+                }
                 nrec = 0;
             } else {
                 atomic_fetch_add(&db->st_groups, 1);
@@ -1147,11 +1151,18 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             const uint8_t *r = recs.data + starts[i];
             size_t len = starts[i + 1] - starts[i];
             int ir = insert_record(db, r, len);
-            if (ir) log_rc = ir; /* out of memory in the memtable: the record is logged; reopen replays it */
+            if (ir) { /* out of memory in the memtable: the record is logged; reopen replays it */
+                log_rc = ir;
+                ghost = true;
+            }
             if (db->blog && batchlog_enabled(db->blog)) batchlog_append(db->blog, get_fixed64(r), r, len);
         }
         bytes_free(&recs);
         pthread_mutex_lock(&db->mu);
+        if (ghost) {
+            if (db->log_no > db->ghost_log_no) db->ghost_log_no = db->log_no;
+            db->ghost_next_file = db->vs->next_file;
+        }
         if (log_rc || sync_rc) db->log_broken = true;
         atomic_store(&db->last_seq, next_seq); /* not vs->last_seq: the manifest records flushed batches only */
         if (sync_rc && sync_rc_is_log) note_sync_failure(db);

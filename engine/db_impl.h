@@ -181,6 +181,11 @@ struct kv_db {
     uint64_t sync_debt;     /* a log fsync failed with batches up to this sequence unsynced (0: none): a later fsync
                                of that log cannot vouch for them (Linux may mark pages whose writeback failed clean),
                                so the next sync that succeeds first flushes them to tables (settle_sync_debt) */
+    /* Records that may come back at recovery without being in any memtable (a failed log append that could not be
+     * cut back, an insert out of memory): log ghost_log_no (0: none) holds them, and they may name blob files below
+     * ghost_next_file. While that log is replayed at recovery (vs->log_number <= ghost_log_no), blob GC deletes none
+     * of those files: it cannot see what these records name. Under mu. */
+    uint64_t ghost_log_no, ghost_next_file;
     _Atomic uint64_t last_seq;
     pthread_mutex_t blob_mu; /* guards blob_w between the leader (appends) and the flush thread (sync) */
     pthread_mutex_t rescue_mu; /* one db_blob_rescue at a time (taken before the write queue, never under mu) */

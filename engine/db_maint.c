@@ -1025,7 +1025,9 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
         bool pending = false;
         for (size_t j = 0; j < db->npending; j++)
             if (db->pending[j] == fs[i].no) pending = true;
-        fs[i].candidate = fs[i].no != active && !pending;
+        /* a record that may come back at recovery, which the pass cannot see, may name it (ghost_log_no) */
+        bool ghost = db->ghost_log_no && db->vs->log_number <= db->ghost_log_no && fs[i].no < db->ghost_next_file;
+        fs[i].candidate = fs[i].no != active && !pending && !ghost;
     }
     pthread_mutex_unlock(&db->mu);
     for (size_t i = 0; i < n; i++) {

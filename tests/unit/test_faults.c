@@ -1422,3 +1422,57 @@ TEST(test_faults_sync_after_failed_debt_flush_retries_it) {
     CHECK_MSG(rc == KV_OK, "the first sync after the fault was cleared: %s (%s)", kv_strerror(rc), kv_errmsg());
     fx_free(&f);
 }
+
+/* A write whose log append failed and could not be cut back may come back at the next open (its record stays in the
+ * log): the bytes it appended to the shared blob file must stay too. Blob GC does not see that record (it never
+ * reached the memtable), so once the shared file became a candidate (closed when mostly garbage) a pass deleted it,
+ * and the write came back at the reopen naming a file that was gone. */
+TEST(test_faults_blob_gc_keeps_the_bytes_of_a_write_that_may_come_back) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env != NULL);
+    if (!env) return;
+    kv_options o;
+    kv_options_init(&o);
+    o.env = env;
+    o.background_threads = false;
+    kv_db *db = NULL;
+    CHECK_OK(kv_open(dir, &o, &db));
+    size_t big = 2u << 20;
+    uint8_t *v = malloc(big);
+    CHECK(v != NULL);
+    if (!db || !v) {
+        free(v);
+        if (db) kv_free(db);
+        env->destroy(env);
+        return;
+    }
+    memset(v, 'a', big);
+    CHECK_OK(kv_put(db, "a", 1, v, big, 0));
+    memset(v, 'b', big);
+    kv_fault_env_arm(env, KV_FAULT_WRITE_STUCK, 0, ".log");
+    int rc = kv_put(db, "b", 1, v, 100000, 0); /* its bytes go to the shared blob file, its record stays in the log */
+    kv_fault_env_clear(env);
+    CHECK_EQ(rc, KV_EIO);
+    CHECK_OK(kv_delete(db, "a", 1, 0));
+    CHECK_OK(kv_blob_gc(db, 0.5)); /* the shared file is mostly garbage: closed and taken */
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    db = NULL;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (db) {
+        kv_buf got = {0};
+        rc = kv_get(db, NULL, "b", 1, &got);
+        CHECK_MSG(rc == KV_OK || rc == KV_ENOTFOUND, "the failed write came back unreadable: %s (%s)", kv_strerror(rc),
+                  kv_errmsg());
+        if (rc == KV_OK) CHECK(got.len == 100000 && ((uint8_t *)got.data)[99999] == 'b');
+        kv_buf_free(&got);
+        uint64_t problems = 1;
+        CHECK_OK(kv_check(db, NULL, NULL, NULL, &problems));
+        CHECK_EQ(problems, 0);
+        kv_free(db);
+    }
+    free(v);
+    env->destroy(env);
+}
