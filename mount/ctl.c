@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -67,10 +68,34 @@ struct ctl_server {
     struct conn *conns;
 };
 
-void kvfs_store_options(kv_options *o) {
+/* The file system holding dir, or the directory it will be created in when it does not exist yet. */
+static int disk_of(const char *dir, struct statvfs *sv) {
+    if (statvfs(dir, sv) == 0) return 0;
+    if (errno != ENOENT) return -1;
+    size_t n = strlen(dir);
+    char *parent = malloc(n + 2);
+    if (!parent) return -1;
+    memcpy(parent, dir, n + 1);
+    while (n > 1 && parent[n - 1] == '/') parent[--n] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash) strcpy(parent, ".");
+    else slash[slash == parent] = 0;
+    int rc = statvfs(parent, sv);
+    free(parent);
+    return rc;
+}
+
+void kvfs_store_options(kv_options *o, const char *datadir) {
     o->batch_log_max_batches = KVFS_BATCH_LOG_MAX_BATCHES;
     o->batch_log_max_bytes = KVFS_BATCH_LOG_MAX_BYTES;
     o->blob_threshold = KVFS_BLOB_THRESHOLD;
+    /* On a small disk the change feed's 64 MiB took most of it: what a full disk could not give back */
+    struct statvfs sv;
+    if (datadir && disk_of(datadir, &sv) == 0 && sv.f_frsize && sv.f_blocks) {
+        uint64_t disk = (uint64_t)sv.f_blocks * sv.f_frsize, cap = disk / KVFS_BATCH_LOG_DISK_SHARE;
+        if (cap < KVFS_BATCH_LOG_MIN_BYTES) cap = KVFS_BATCH_LOG_MIN_BYTES;
+        if (cap < o->batch_log_max_bytes) o->batch_log_max_bytes = cap;
+    }
 }
 
 static _Thread_local char errbuf[512];

@@ -24,14 +24,19 @@ struct ctl_server;
 
 /* Options every kvfs process opens a store with; the mount daemon calls this after kv_options_init() too.
  *  - Batch-log retention (the engine does not store it, and a process that opens the store with the log off would
- *    leave a gap in the change feed): 100,000 batches or 64 MiB, whichever is reached first.
+ *    leave a gap in the change feed): 100,000 batches or 64 MiB, whichever is reached first; and at most 1/32 of
+ *    the file system holding datadir (at least 1 MiB), so that every process on the same disk gets the same bound
+ *    and the feed of a store on a small disk does not take the room its files need (a full disk does not shrink
+ *    it). A missing datadir is bounded by the disk of the directory it would be created in; NULL: no disk bound.
  *  - Values of 4 KiB or more go to blob files (the engine's default is 64 KiB): a directory pass, a cold listing or
  *    an rsync that only compares then reads keys and small references instead of inflating every file's contents,
  *    and file contents are written once instead of again by every compaction (docs/design-fs.md). */
 #define KVFS_BATCH_LOG_MAX_BATCHES 100000u
 #define KVFS_BATCH_LOG_MAX_BYTES (64ull << 20)
+#define KVFS_BATCH_LOG_DISK_SHARE 32u
+#define KVFS_BATCH_LOG_MIN_BYTES (1ull << 20)
 #define KVFS_BLOB_THRESHOLD 4096u
-void kvfs_store_options(kv_options *o);
+void kvfs_store_options(kv_options *o, const char *datadir);
 
 /* Start serving db on DATADIR/kvfs.sock. Fails (KV_EBUSY) when another server answers there; a stale socket left
  * by a dead daemon is replaced; a non-socket file of that name is never removed (KV_EEXIST). Sets SIGPIPE to be

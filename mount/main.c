@@ -374,7 +374,7 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
     }
     kv_options o;
     kv_options_init(&o);
-    kvfs_store_options(&o);
+    kvfs_store_options(&o, dir);
     o.create_if_missing = mode == STORE_CREATE;
     /* Readers open read-only: nothing is written (no new manifest or log), so they cost little and change nothing. */
     o.read_only = mode == STORE_READ;
@@ -521,13 +521,13 @@ static int serve_main(int argc, char **argv) {
         return TOOL_USAGE;
     }
     const char *dir = argv[1];
-    kv_options o;
-    kv_options_init(&o);
-    kvfs_store_options(&o);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "kvfs: %s: cannot create: %s\n", dir, strerror(errno));
         return TOOL_FAIL;
     }
+    kv_options o;
+    kv_options_init(&o);
+    kvfs_store_options(&o, dir);
     /* Signals stay blocked except inside sigsuspend below, and every thread (the engine's, the socket's) inherits
      * the mask: so SIGINT/SIGTERM always wake the wait. */
     sigset_t block, old;

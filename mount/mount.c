@@ -691,7 +691,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         kv_options ko;
         kv_options_init(&ko);
 #ifdef KVFS_HAVE_CTL
-        if (kvfs_store_options) kvfs_store_options(&ko);
+        if (kvfs_store_options) kvfs_store_options(&ko, o->datadir);
 #endif
         ko.read_only = o->read_only;
         if (o->blob_threshold) ko.blob_threshold = o->blob_bytes;

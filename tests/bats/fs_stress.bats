@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # fs_stress.bats — concurrency (several processes writing, renaming and listing in the same directories), a full
 # disk (ENOSPC with a small tmpfs as DATADIR: nothing written is lost, writing works again once space is freed, also
-# by deleting files through the mount), and
+# by deleting files through the mount), the change feed bounded by the disk's size, and
 # bounded daemon memory for a large file.
 
 load helpers.bash-fs
@@ -181,4 +181,30 @@ PY
     rm "$M/big"
     echo "peak RSS ${rss} kB"
     [ "$rss" -lt $((300 * 1024)) ]
+}
+
+@test "a store on a small disk: the change feed keeps at most 1/32 of the disk, not 64 MiB" {
+    mkdir -p "$D"
+    mount -t tmpfs -o size=64m tmpfs "$D" || skip "cannot mount a tmpfs here"
+    fs_mount
+    # 4,000 files of 2,000 bytes (kept in the tree, so the batch log holds their contents): about 8 MB of batches
+    run python3 - "$M" <<'PY'
+import os, sys
+d = os.path.join(sys.argv[1], "small")
+os.makedirs(d)
+for i in range(4000):
+    with open(f"{d}/f{i:05d}", "wb") as f:
+        f.write(os.urandom(2000))
+PY
+    [ "$status" -eq 0 ]
+    fs_unmount
+    feed=$(cat "$D"/BATCHLOG-* | wc -c)
+    echo "batch log: $feed bytes"
+    [ "$feed" -le $((3 * 1024 * 1024)) ]
+    # a tool opening the unmounted store bounds it the same way, and the feed still reads
+    kv put "$D" k v
+    [ "$(cat "$D"/BATCHLOG-* | wc -c)" -le $((3 * 1024 * 1024)) ]
+    run kv changes "$D" --since $(( $(kv stats "$D" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_sequence"])') - 1 ))
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"put k"* ]]
 }
