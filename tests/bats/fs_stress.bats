@@ -64,7 +64,14 @@ def renamer():
             pass
     stop.set()
 def reader():
-    fd = os.open(p, os.O_RDONLY)
+    fd = None
+    while fd is None:  # the renamer may have the file under its other name right now
+        for name in (p, q):
+            try:
+                fd = os.open(name, os.O_RDONLY)
+                break
+            except FileNotFoundError:
+                pass
     while not stop.is_set():
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # each read goes to the daemon
         ok = os.pread(fd, 1 << 20, 0) == data

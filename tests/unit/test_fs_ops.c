@@ -570,8 +570,8 @@ TEST(fs_store_errors_are_returned) {
     CHECK_OK(kvfs_release(e.fs, f));
     char buf[8];
     CHECK_EQ(read_file(&e, "/f", buf, sizeof buf), 3);
-    CHECK_EQ(kvfs_getattr(e.fs, "/%41", NULL, &(struct stat){0}), -ENOENT);
-    CHECK_EQ(kvfs_mkdir(e.fs, "/%41", 0755, &ALICE), -EINVAL);
+    CHECK_EQ(kvfs_getattr(e.fs, "/x%25", NULL, &(struct stat){0}), -ENOENT); /* not canonical: x% is "x%" */
+    CHECK_EQ(kvfs_mkdir(e.fs, "/x%25", 0755, &ALICE), -EINVAL);
     env_close(&e);
 }
 
