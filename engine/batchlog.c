@@ -373,8 +373,20 @@ static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t le
         }
         drop_below_floor(bl);
     } else if (bl->w) {
-        /* never append after a partial record: the next append starts a new file */
-        retire_writer(bl);
+        /* never append after a partial record: the next append starts a new file. One that holds no batch goes,
+         * else a full disk left one empty file per failed append. */
+        bl_file *f = &bl->files[bl->nfiles - 1];
+        if (f->no == bl->w_no && f->bytes == 0 && !f->first_seq) {
+            char path[4096];
+            bl_path(bl, f->no, path, sizeof path);
+            wal_writer_close(bl->w);
+            bl->w = NULL;
+            for (size_t i = 0; i < bl->nunsynced; i++)
+                if (bl->unsynced[i] == f->no) bl->unsynced[i--] = bl->unsynced[--bl->nunsynced];
+            if (bl->env->remove(bl->env, path) == KV_OK) bl->nfiles--;
+        } else {
+            retire_writer(bl);
+        }
     }
     return rc;
 }

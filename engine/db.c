@@ -204,7 +204,17 @@ static int new_log(kv_db *db) {
         }
         return rc;
     }
-    if (db->log) wal_writer_close(db->log);
+    if (db->log) {
+        /* A log that holds no record is nothing recovery needs. A new log starts after every failed append, so on a
+         * full disk each write that failed left one more empty log behind (17,000 of them in a minute of retries). */
+        bool empty = wal_writer_size(db->log) == 0 && !wal_writer_broken(db->log);
+        wal_writer_close(db->log);
+        if (empty) {
+            char old[4096];
+            file_name(old, sizeof old, db->dir, db->log_no, "log");
+            (void)db->env->remove(db->env, old);
+        }
+    }
     db->log = w;
     db->log_no = no;
     db->log_broken = false;
