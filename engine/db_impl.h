@@ -243,6 +243,9 @@ struct kv_db {
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
         st_gc_failures;
     _Atomic uint64_t st_enospc; /* writes that failed for a full disk: blob GC then hurries (db_bg.c) */
+    /* blob GC: the bytes the newest values held in blob files at the last pass that measured them, and st_blob_bytes
+     * when the last pass took its view; the background's next pass is due once as many were appended (db_bg.c) */
+    _Atomic uint64_t gc_live_bytes, gc_mark;
     _Atomic uint64_t st_blob_garbage; /* measured by the last blob GC pass (+1, so that 0 means "not measured") */
     uint64_t st_unsynced_dropped; /* set once by recovery (recover_logs) */
     uint64_t st_unsynced_log_bytes; /* set once by recovery: bytes of the newest log after a page a power loss took */
@@ -285,6 +288,9 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
 /* kv_blob_gc, also telling how many files a pass deleted or copied out (*freed, may be NULL): the background uses it
  * to pace the passes it runs while the disk is full. */
 int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed);
+/* db_bg.c: count len bytes appended to blob files (st_blob_bytes), waking the compaction thread when a blob GC pass
+ * is due by them. */
+void db_note_blob_bytes(kv_db *db, uint64_t len);
 /* Switch the memtable and wait until every immutable memtable is flushed. */
 int db_flush_memtable(kv_db *db);
 void db_delete_obsolete_files(kv_db *db); /* caller holds mu */

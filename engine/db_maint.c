@@ -884,7 +884,29 @@ typedef struct gc_rewrite {
     uint64_t found, unreadable;
     kv_bytes bad_key;
     int bad_ks;
+    /* values that changed between their copy and its swap (a database file written all the time): not copied again
+     * in this pass, whatever other file they use, since each copy is the whole value (NULL: always copy) */
+    kv_bytes *changed;
+    size_t nchanged;
 } gc_rewrite;
+
+/* Whether ks/key is among r's changed values; with add, make it one (best effort: out of memory only forgets). */
+static bool gc_changed(gc_rewrite *r, int ks, const void *key, size_t kl, bool add) {
+    for (size_t i = 0; i < r->nchanged; i++)
+        if (r->changed[i].len == kl + 1 && r->changed[i].data[0] == (uint8_t)ks &&
+            memcmp(r->changed[i].data + 1, key, kl) == 0)
+            return true;
+    if (!add || r->nchanged >= 64) return false;
+    kv_bytes *p = realloc(r->changed, (r->nchanged + 1) * sizeof *p);
+    if (!p) return false;
+    r->changed = p;
+    kv_bytes *b = &r->changed[r->nchanged];
+    *b = (kv_bytes){0};
+    uint8_t k = (uint8_t)ks;
+    if (bytes_append(b, &k, 1) || bytes_append(b, key, kl)) bytes_free(b);
+    else r->nchanged++;
+    return false;
+}
 
 /* Copy every newest value that uses blob file `no` into *w (made on first use; synced after each value) and swap its
  * reference with a REPLACE_IF batch, which leaves a value changed meanwhile alone (its new value is elsewhere). */
@@ -906,6 +928,7 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
             r->found++;
             size_t kl;
             const void *key = kv_iter_key(uit, &kl);
+            if (r->changed && gc_changed(r, ks, key, kl, false)) continue;
             /* A value with a damaged chunk is left as it is (the file stays referenced, so it is not deleted), and
              * found before a file is made for its copy: else every pass would make one. It is reported. */
             int vr = gc_value_readable(db, p, plen);
@@ -947,7 +970,10 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
                 }
                 if (!rc) {
                     rc = db_write_internal(db, &b, 0, NULL);
-                    if (rc == KV_ENOTFOUND) rc = KV_OK; /* changed meanwhile: its new value is elsewhere */
+                    if (rc == KV_ENOTFOUND) { /* changed meanwhile: its new value is elsewhere, or partly here */
+                        rc = KV_OK;
+                        if (r->changed) (void)gc_changed(r, ks, key, kl, true);
+                    }
                 }
                 free(b.ops);
                 bytes_free(&b.data);
@@ -1018,6 +1044,8 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     pthread_mutex_lock(&db->mu);
     /* taken while no group is in flight: every entry in the memtables is at or below the last sequence */
     shadow_walk sw = {.oldest = db_oldest_snapshot_seq(db)};
+    /* what the view holds: the background's next pass is due this many bytes later, also if this one fails */
+    atomic_store(&db->gc_mark, atomic_load(&db->st_blob_bytes));
     v = db->vs->current;
     n = n < v->nblobs ? n : v->nblobs;
     for (size_t i = 0; i < n; i++) {
@@ -1069,6 +1097,9 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
         for (size_t i = 0; i < n; i++)
             if (fs[i].candidate && fs[i].size > BLOB_HEADER + fs[i].live) garbage += fs[i].size - BLOB_HEADER - fs[i].live;
         atomic_store(&db->st_blob_garbage, garbage + 1);
+        uint64_t live = 0;
+        for (size_t i = 0; i < n; i++) live += fs[i].live;
+        atomic_store(&db->gc_live_bytes, live);
         gc_file *a = active ? gc_find(fs, n, active) : NULL;
         if (a && a->size > BLOB_HEADER + a->live) {
             uint64_t g = a->size - BLOB_HEADER - a->live;
@@ -1080,6 +1111,7 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     version_edit e;
     edit_init(&e);
     blob_writer *w = NULL;
+    gc_rewrite r = {.changed = calloc(1, sizeof(kv_bytes))}; /* what changed under a copy: not copied again */
     for (size_t i = 0; i < n && !rc; i++) {
         gc_file *f = &fs[i];
         if (!f->candidate) continue;
@@ -1093,12 +1125,14 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
         /* live counts data bytes, not the 8-byte chunk headers: a file with nothing but live values looks up to
          * about 1% garbage (1 KiB records), which is not worth a copy (a copy would look the same) */
         if (garbage <= min_ratio || garbage < 0.01 || f->live == 0) continue;
-        gc_rewrite r = {0};
+        r.found = r.unreadable = 0;
         rc = gc_rewrite_file(db, f->no, &w, &r);
         if (r.unreadable) damaged_data = true;
         else if (!rc) out->rewritten++;
-        bytes_free(&r.bad_key);
     }
+    bytes_free(&r.bad_key);
+    for (size_t i = 0; i < r.nchanged; i++) bytes_free(&r.changed[i]);
+    free(r.changed);
     if (w) db_close_new_blob_file(db, w);
     /* A file that only droppable entries named is safe to delete once what shadows them (a delete, a newer value)
      * is durable: a power loss that took the newer entry would bring back an older one that names a deleted file. */

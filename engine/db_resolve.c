@@ -142,7 +142,7 @@ static int blob_append(kv_db *db, const void *data, size_t len, blob_extent *e) 
     }
     if (!rc) {
         db->blob_dirty = true;
-        atomic_fetch_add(&db->st_blob_bytes, len);
+        db_note_blob_bytes(db, len);
     }
     pthread_mutex_unlock(&db->blob_mu);
     return rc;
@@ -525,7 +525,7 @@ int kv_stream_append(kv_stream *s, const void *data, size_t len) {
             if (s->w) bytes_free(&s->inline_data);
         }
         if (!rc) rc = blob_writer_append(s->w, data, len);
-        if (!rc) atomic_fetch_add(&db->st_blob_bytes, len);
+        if (!rc) db_note_blob_bytes(db, len);
     }
     if (!rc) s->size += len;
     if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);

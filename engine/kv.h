@@ -306,7 +306,8 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
 /* Reclaim blob-file space whose values were overwritten or deleted: files no value uses go, files whose garbage
  * share is above min_ratio have their live values copied out. Old versions that no snapshot sees do not keep a file;
  * the shared file that appends go to is closed first when it holds at least 1 MiB of garbage, above min_ratio. The
- * background runs it after a minute without compactions, and soon after writes once a write failed with KV_ENOSPC. */
+ * background runs it after a minute without compactions, once large values as big as the live ones (at least 64 MiB)
+ * were written since its last pass, and soon after writes once a write failed with KV_ENOSPC. */
 int kv_blob_gc(kv_db *db, double min_ratio);
 /* A consistent copy of the store in dest (created; must not exist), openable as a store. Immutable files are
  * hard-linked when dest is on the same file system, copied otherwise. */

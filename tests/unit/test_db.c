@@ -2479,6 +2479,46 @@ TEST(test_db_blob_gc_takes_the_shared_file_when_it_is_mostly_garbage) {
     kv_free(db);
 }
 
+/* A writer that keeps overwriting large values never leaves compaction idle for a minute: the background's blob GC
+ * runs once as many bytes as the live values hold (at least 64 MiB) were appended since its last pass, so the blob
+ * files stay within a few times the live data. They grew without bound until the writes stopped (a database's update
+ * loop through the mount: 259 times its size, 60 MB/s). */
+TEST(test_db_blob_gc_keeps_up_with_a_steady_overwriter) {
+    char dir[512];
+    kv_options o;
+    kv_db *db;
+    if (!open_blob_store(dir, &o, &db, 0)) return;
+    size_t big = 1u << 20;
+    uint8_t *v = malloc(big);
+    CHECK(v != NULL);
+    if (!v) return;
+    kv_stats st;
+    uint64_t most = 0;
+    for (int i = 0; i < 320; i++) {
+        memset(v, 'a' + i % 26, big);
+        char key[8];
+        snprintf(key, sizeof key, "k%d", i % 4);
+        CHECK_OK(kv_put(db, key, strlen(key), v, big, 0));
+        CHECK_OK(kv_get_stats(db, &st));
+        if (st.blob_bytes > most) most = st.blob_bytes;
+    }
+    /* the last pass due may still be running */
+    for (int waited = 0; waited < 100 && st.blob_bytes >= (160u << 20); waited++) {
+        usleep(100 * 1000);
+        CHECK_OK(kv_get_stats(db, &st));
+    }
+    printf("# 320 MiB written over 4 MiB of live values: at most %llu MiB of blob files, %llu MiB at the end\n",
+           (unsigned long long)(most >> 20), (unsigned long long)(st.blob_bytes >> 20));
+    CHECK_MSG(st.blob_bytes < (160u << 20), "%llu blob bytes after 320 MiB of overwrites of 4 MiB",
+              (unsigned long long)st.blob_bytes);
+    kv_buf got;
+    CHECK_OK(kv_get(db, NULL, "k3", 2, &got));
+    CHECK(got.len == big && ((uint8_t *)got.data)[0] == 'a' + 319 % 26);
+    kv_buf_free(&got);
+    free(v);
+    kv_free(db);
+}
+
 /* kv_check reports a value that names a blob file the store no longer has (as the blob GC race above left them: the
  * file out of the version and deleted, the value still there). The file is taken out here by hand. */
 TEST(test_db_check_reports_a_value_whose_blob_file_is_gone) {
