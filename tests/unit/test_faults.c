@@ -1176,20 +1176,25 @@ TEST(test_faults_failed_stream_put_gives_space_back) {
     fx_free(&f);
 }
 
-/* Count the blob files in dir. */
-static int count_blob_files(const char *dir) {
+/* Files in dir whose names end in suffix or start with prefix. */
+static int count_files(const char *dir, const char *prefix, const char *suffix) {
     char **names;
     size_t n;
     kv_env *posix = kv_env_posix();
     if (posix->list_dir(posix, dir, &names, &n)) return -1;
     int c = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(names[i]);
-        if (len >= 5 && strcmp(names[i] + len - 5, ".blob") == 0) c++;
+        size_t len = strlen(names[i]), sl = suffix ? strlen(suffix) : 0;
+        if ((prefix && strncmp(names[i], prefix, strlen(prefix)) == 0) ||
+            (suffix && len >= sl && strcmp(names[i] + len - sl, suffix) == 0))
+            c++;
     }
     kv_env_free_names(names, n);
     return c;
 }
+
+/* Count the blob files in dir. */
+static int count_blob_files(const char *dir) { return count_files(dir, NULL, ".blob"); }
 
 /* Large values retried on a full disk: each attempt starts a blob file whose header fits and whose record does not.
  * Such a file holds nothing and must go at once; they used to stay listed in the version, one per attempt, until a
@@ -1320,23 +1325,6 @@ TEST(test_faults_blob_gc_between_failed_compactions_does_not_stop_stalled_writer
     pthread_join(th, NULL);
     if (waited < 300) CHECK_OK(w.rc);
     fx_free(&f);
-}
-
-/* Files in dir whose names end in suffix or start with prefix. */
-static int count_files(const char *dir, const char *prefix, const char *suffix) {
-    char **names;
-    size_t n;
-    kv_env *posix = kv_env_posix();
-    if (posix->list_dir(posix, dir, &names, &n)) return -1;
-    int c = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(names[i]), sl = suffix ? strlen(suffix) : 0;
-        if ((prefix && strncmp(names[i], prefix, strlen(prefix)) == 0) ||
-            (suffix && len >= sl && strcmp(names[i] + len - sl, suffix) == 0))
-            c++;
-    }
-    kv_env_free_names(names, n);
-    return c;
 }
 
 /* Writes retried on a full disk: each failure starts a new write-ahead log and a new batch-log file, whose creation
