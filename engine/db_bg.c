@@ -771,7 +771,8 @@ static void *compact_main(void *arg) {
             } else {
                 failures = 0;
             }
-            if (!db->stopping && gc_due_by_bytes(db)) (void)bg_blob_gc(db, NULL); /* between compactions too */
+            if (!db->stopping && db->vs->current->nblobs > 0 && gc_due_by_bytes(db))
+                (void)bg_blob_gc(db, NULL); /* between compactions too */
             busy_us = db_now_us();
             continue;
         }
