@@ -500,3 +500,166 @@ int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, u
     blob_pages_free(&pp);
     return rc;
 }
+
+/* ---- remapping moved bytes --------------------------------------------------------------------------------------- */
+
+int blob_remap_add(blob_remap *m, const blob_extent *from, const blob_extent *to) {
+    if (from->file_no == 0 || from->len == 0) return KV_OK;
+    if (to->len != from->len) return kv_set_error(KV_EINVAL, "blob remap: an extent and its copy differ in length");
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 64;
+        if (cap > SIZE_MAX / sizeof *m->e) return kv_set_error(KV_ENOMEM, "blob remap: too many extents");
+        blob_remap_ent *p = realloc(m->e, cap * sizeof *p);
+        if (!p) return kv_set_error(KV_ENOMEM, "blob remap: out of memory for %zu extents", cap);
+        m->e = p;
+        m->cap = cap;
+    }
+    m->e[m->n++] = (blob_remap_ent){from->file_no, from->rec_off, from->skip, from->len, *to};
+    return KV_OK;
+}
+
+/* Order of (file_no, rec_off, skip) against an entry. */
+static int remap_cmp_key(uint64_t no, uint64_t off, uint64_t skip, const blob_remap_ent *e) {
+    if (no != e->file_no) return no < e->file_no ? -1 : 1;
+    if (off != e->rec_off) return off < e->rec_off ? -1 : 1;
+    return skip < e->skip ? -1 : skip > e->skip;
+}
+
+static int remap_cmp(const void *a, const void *b) {
+    const blob_remap_ent *x = a;
+    return remap_cmp_key(x->file_no, x->rec_off, x->skip, b);
+}
+
+void blob_remap_seal(blob_remap *m) {
+    if (m->n) qsort(m->e, m->n, sizeof *m->e, remap_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        blob_remap_ent e = m->e[i];
+        if (k > 0) {
+            const blob_remap_ent *p = &m->e[k - 1];
+            if (p->file_no == e.file_no && p->rec_off == e.rec_off && e.skip < p->skip + p->len) {
+                uint64_t cut = p->skip + p->len - e.skip;
+                if (cut >= e.len) continue; /* inside the previous one */
+                e.skip += cut;
+                e.len -= cut;
+                e.to.skip += cut;
+                e.to.len -= cut;
+            }
+        }
+        m->e[k++] = e;
+    }
+    m->n = k;
+}
+
+void blob_remap_free(blob_remap *m) {
+    free(m->e);
+    blob_page_set_free(&m->pages);
+    *m = (blob_remap){0};
+}
+
+/* The first entry after (no, off, skip), in m's order. */
+static size_t remap_upper(const blob_remap *m, uint64_t no, uint64_t off, uint64_t skip) {
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (remap_cmp_key(no, off, skip, &m->e[mid]) < 0) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+/* Append extent y to out, its bytes that m holds taken from the copy; *moved counts the pieces taken. */
+static int remap_extent(const blob_remap *m, const blob_extent *y, blob_ref *out, size_t *moved) {
+    if (y->file_no == 0) return blob_ref_append(out, y);
+    int rc = KV_OK;
+    for (uint64_t pos = y->skip, end = y->skip + y->len; pos < end && !rc;) {
+        size_t u = remap_upper(m, y->file_no, y->rec_off, pos);
+        const blob_remap_ent *e = u > 0 ? &m->e[u - 1] : NULL;
+        blob_extent piece;
+        if (e && e->file_no == y->file_no && e->rec_off == y->rec_off && pos < e->skip + e->len) {
+            uint64_t stop = end < e->skip + e->len ? end : e->skip + e->len;
+            piece = e->to;
+            piece.skip += pos - e->skip;
+            piece.len = stop - pos;
+            ++*moved;
+        } else {
+            const blob_remap_ent *next = u < m->n ? &m->e[u] : NULL;
+            uint64_t stop = end;
+            if (next && next->file_no == y->file_no && next->rec_off == y->rec_off && next->skip < end)
+                stop = next->skip;
+            piece = *y;
+            piece.skip = pos;
+            piece.len = stop - pos;
+        }
+        rc = blob_ref_append(out, &piece);
+        pos += piece.len;
+    }
+    return rc;
+}
+
+static int remap_list(const blob_remap *m, const blob_ref *r, blob_ref *out, size_t *moved) {
+    int rc = KV_OK;
+    for (size_t i = 0; i < r->n && !rc; i++) rc = remap_extent(m, &r->ext[i], out, moved);
+    return rc;
+}
+
+int blob_value_remap(const blob_pager *pg, const uint8_t *ref, size_t rlen, const blob_remap *m, kv_bytes *out,
+                     bool *changed) {
+    bytes_clear(out);
+    *changed = false;
+    int rc = check_pager(pg);
+    if (rc) return rc;
+    size_t moved = 0;
+    if (!blob_ref_is_paged(ref, rlen)) {
+        blob_ref r = {0}, nr = {0};
+        rc = blob_ref_decode(ref, rlen, &r);
+        if (!rc) rc = remap_list(m, &r, &nr, &moved);
+        if (!rc && moved) rc = blob_ref_finish(pg, &nr, out);
+        else if (!rc) rc = bytes_append(out, ref, rlen);
+        blob_ref_free(&r);
+        blob_ref_free(&nr);
+        *changed = !rc && moved;
+        return rc;
+    }
+    /* Page by page: a run of changed pages is gathered in win (their remapped extents, merged where the copy made
+     * them continue each other) and written as pages of at most page_extents extents; unchanged pages are kept. */
+    blob_pages pp = {0}, np = {0};
+    blob_ref page = {0}, win = {0};
+    if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
+    bool rewrote = false;
+    for (size_t i = 0; i < pp.n && !rc; i++) {
+        rc = blob_page_load(pg->store, &pp.pg[i], &page);
+        size_t before = moved;
+        blob_ref nr = {0};
+        if (!rc) rc = remap_list(m, &page, &nr, &moved);
+        blob_extent pe = blob_page_extent(&pp.pg[i]);
+        bool redo = moved > before || blob_page_set_has(&m->pages, &pe);
+        if (!rc && redo) {
+            rewrote = true;
+            rc = append_all(&win, &nr);
+            if (!rc && win.n >= pg->page_extents) {
+                rc = write_pages(pg, &win, &np);
+                blob_ref_free(&win);
+            }
+        } else if (!rc) {
+            if (win.n) rc = write_pages(pg, &win, &np);
+            blob_ref_free(&win);
+            if (!rc) rc = pages_push(&np, &pp.pg[i]);
+        }
+        blob_ref_free(&nr);
+    }
+    if (!rc && !rewrote) {
+        rc = bytes_append(out, ref, rlen);
+    } else if (!rc && np.n == 0 && win.n <= pg->page_extents / 2) {
+        rc = blob_ref_encode(&win, out); /* the whole value fits a short direct list again */
+    } else if (!rc) {
+        if (win.n) rc = write_pages(pg, &win, &np);
+        if (!rc) rc = blob_pages_encode(&np, out);
+    }
+    *changed = !rc && rewrote;
+    blob_ref_free(&page);
+    blob_ref_free(&win);
+    blob_pages_free(&pp);
+    blob_pages_free(&np);
+    return rc;
+}

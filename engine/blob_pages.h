@@ -106,4 +106,29 @@ int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uin
 /* Set the value's size (cut, or extend with a hole). */
 int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t size, kv_bytes *out);
 
+/* Where blob GC copied a value's bytes: each data extent of the old reference (its bytes, by file, record offset
+ * and skip) and the extent of the copy that holds the same bytes; and the old reference's page records. Entries are
+ * kept sorted by (file_no, rec_off, skip) and made not to overlap (blob_remap_seal), so a lookup is a binary search:
+ * memory and time grow with the value's extents, never with their product. */
+typedef struct blob_remap_ent {
+    uint64_t file_no, rec_off, skip, len; /* bytes [skip, skip + len) of the old record at file_no / rec_off */
+    blob_extent to;                       /* the same bytes in the copy (to.len == len) */
+} blob_remap_ent;
+typedef struct blob_remap {
+    blob_remap_ent *e;
+    size_t n, cap;
+    blob_page_set pages; /* the old reference's page records (a paged one) */
+} blob_remap;
+int blob_remap_add(blob_remap *m, const blob_extent *from, const blob_extent *to);
+/* Sort the entries and cut overlaps (two old extents sharing bytes of one record: either copy holds them). */
+void blob_remap_seal(blob_remap *m);
+void blob_remap_free(blob_remap *m);
+/* Rewrite the value (either form) so that its bytes that lie in an old extent of m are read from the copy instead:
+ * a data extent lying across the end of an old extent is split, the parts of it that no old extent holds (written
+ * after the copy was taken) stay. Changed pages, and the old reference's own pages, are written as new pages through
+ * pg; the others are kept. The size and the holes do not change. *changed is false (and out a copy of ref) when
+ * nothing was moved. */
+int blob_value_remap(const blob_pager *pg, const uint8_t *ref, size_t rlen, const blob_remap *m, kv_bytes *out,
+                     bool *changed);
+
 #endif /* KV_BLOB_PAGES_H */

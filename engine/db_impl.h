@@ -35,18 +35,18 @@
 
 /* ---- write batches (batch.c) ------------------------------------------------------------------------------------- */
 
-enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_PUT_STREAM, BOP_REPLACE_IF };
+enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_PUT_STREAM, BOP_REMAP_IF };
 
 typedef struct batch_op {
     uint8_t kind, ks, ks2;
     size_t key_off, klen;   /* into batch data */
-    size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REPLACE_IF: the expected payload */
+    size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REMAP_IF: the payload blob GC copied */
     size_t data_off;        /* value / bytes / new payload, in batch data unless ext is set */
     const uint8_t *ext;     /* PUT / WRITE_AT made with *_nocopy: the caller's bytes (batch_op_data) */
-    uint64_t len;           /* value length (PUT, WRITE_AT, REPLACE_IF) */
-    uint64_t off;           /* WRITE_AT offset, TRUNCATE size, REPLACE_IF timestamp */
-    int vtype;              /* REPLACE_IF: type of the new payload */
+    uint64_t len;           /* value length (PUT, WRITE_AT, REMAP_IF: the copy's payload) */
+    uint64_t off;           /* WRITE_AT offset, TRUNCATE size */
     kv_stream *stream;
+    const struct blob_remap *remap; /* REMAP_IF: where the copy put each extent of the payload copied (blob_pages.h) */
 } batch_op;
 
 struct kv_batch {
@@ -61,7 +61,10 @@ struct kv_batch {
 /* Keys and values of a batch, wherever they are (statistics, group limits). */
 static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
-/* The bytes of a PUT / WRITE_AT / REPLACE_IF op: its own copy in the batch data, or the caller's (nocopy). */
+/* Tests: blob GC calls this, if set, between a value's copy and its swap (ks, key: the value's). */
+extern void (*db_gc_copied_hook)(kv_db *db, int ks, const void *key, size_t klen);
+
+/* The bytes of a PUT / WRITE_AT / REMAP_IF op: its own copy in the batch data, or the caller's (nocopy). */
 static inline const uint8_t *batch_op_data(const kv_batch *b, const batch_op *op) {
     return op->ext ? op->ext : b->data.data + op->data_off;
 }

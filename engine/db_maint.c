@@ -11,7 +11,8 @@
  *    exactly the linked files is written into the destination, then CURRENT.
  *  - Blob GC deletes a blob file only when no entry of any version references it but entries that compaction may
  *    drop (shadow_walk), and only once the entries that shadow them are durable; it rewrites a value only through
- *    a conditional replace that applies when the value is still the one that was copied.
+ *    a remap the write queue's leader applies to the value as it is then (BOP_REMAP_IF): bytes the value still reads
+ *    from where they were copied are read from the copy, everything written since stays.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -776,6 +777,7 @@ typedef struct gc_copy {
     blob_ref out;     /* the new list; data extents get their record's length once it is known */
     uint64_t rec_off; /* where the new record starts */
     uint64_t written; /* its bytes so far */
+    blob_remap *map;  /* if set: each data extent copied and where its copy went */
 } gc_copy;
 
 #define GC_REC_LEN_UNKNOWN (1ull << 62)
@@ -800,6 +802,7 @@ static int gc_copy_piece(void *ctx, const blob_ref *piece) {
         if (!g->w) continue; /* only reading it through (gc_value_readable) */
         blob_extent moved = {blob_writer_file_no(g->w), g->rec_off, GC_REC_LEN_UNKNOWN, g->written, x.len};
         if (!rc) rc = blob_ref_append(&g->out, &moved);
+        if (!rc && g->map) rc = blob_remap_add(g->map, &x, &moved);
         g->written += x.len;
     }
     return rc;
@@ -819,9 +822,11 @@ static int gc_value_readable(kv_db *db, const uint8_t *payload, size_t plen) {
 }
 
 /* Copy the value described by payload (either form) into w: its data as one fresh record, then, if the new list is
- * long, its pages. The new reference in out. */
-static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out) {
-    gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w)};
+ * long, its pages. The new reference in out; with map, where each extent of payload went, and payload's pages (for
+ * a swap into a value changed meanwhile: BOP_REMAP_IF). */
+static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out,
+                         blob_remap *map) {
+    gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w), .map = map};
     g.buf = malloc(BLOB_CHUNK);
     int rc = g.buf ? blob_writer_begin(w) : kv_set_error(KV_ENOMEM, "blob gc: out of memory");
     bool begun = rc == KV_OK;
@@ -833,6 +838,20 @@ static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size
     }
     for (size_t i = 0; !rc && i < g.out.n; i++)
         if (g.out.ext[i].file_no) g.out.ext[i].rec_len = rec.rec_len;
+    for (size_t i = 0; !rc && map && i < map->n; i++) map->e[i].to.rec_len = rec.rec_len;
+    if (!rc && map) {
+        blob_remap_seal(map);
+        if (blob_ref_is_paged(payload, plen)) {
+            blob_pages pp = {0};
+            rc = blob_pages_decode(payload, plen, &pp);
+            for (size_t i = 0; !rc && i < pp.n; i++) {
+                blob_extent pe = blob_page_extent(&pp.pg[i]);
+                int added = blob_page_set_add(&map->pages, &pe);
+                if (added < 0) rc = added;
+            }
+            blob_pages_free(&pp);
+        }
+    }
     blob_pager pg = {db->blobs, gc_write_page, w, (size_t)db->opt.blob_page_extents};
     bytes_clear(out);
     if (!rc) rc = blob_ref_finish(&pg, &g.out, out);
@@ -884,32 +903,13 @@ typedef struct gc_rewrite {
     uint64_t found, unreadable;
     kv_bytes bad_key;
     int bad_ks;
-    /* values that changed between their copy and its swap (a database file written all the time): not copied again
-     * in this pass, whatever other file they use, since each copy is the whole value (NULL: always copy) */
-    kv_bytes *changed;
-    size_t nchanged;
 } gc_rewrite;
 
-/* Whether ks/key is among r's changed values; with add, make it one (best effort: out of memory only forgets). */
-static bool gc_changed(gc_rewrite *r, int ks, const void *key, size_t kl, bool add) {
-    for (size_t i = 0; i < r->nchanged; i++)
-        if (r->changed[i].len == kl + 1 && r->changed[i].data[0] == (uint8_t)ks &&
-            memcmp(r->changed[i].data + 1, key, kl) == 0)
-            return true;
-    if (!add || r->nchanged >= 64) return false;
-    kv_bytes *p = realloc(r->changed, (r->nchanged + 1) * sizeof *p);
-    if (!p) return false;
-    r->changed = p;
-    kv_bytes *b = &r->changed[r->nchanged];
-    *b = (kv_bytes){0};
-    uint8_t k = (uint8_t)ks;
-    if (bytes_append(b, &k, 1) || bytes_append(b, key, kl)) bytes_free(b);
-    else r->nchanged++;
-    return false;
-}
+void (*db_gc_copied_hook)(kv_db *db, int ks, const void *key, size_t klen);
 
 /* Copy every newest value that uses blob file `no` into *w (made on first use; synced after each value) and swap its
- * reference with a REPLACE_IF batch, which leaves a value changed meanwhile alone (its new value is elsewhere). */
+ * reference with a REMAP_IF batch: a value changed meanwhile (a database file written all the time) keeps its
+ * changes, and what it still reads from where the copy was taken is read from the copy instead. */
 static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *r) {
     int rc = KV_OK;
     kv_iter *uit = NULL;
@@ -928,7 +928,6 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
             r->found++;
             size_t kl;
             const void *key = kv_iter_key(uit, &kl);
-            if (r->changed && gc_changed(r, ks, key, kl, false)) continue;
             /* A value with a damaged chunk is left as it is (the file stays referenced, so it is not deleted), and
              * found before a file is made for its copy: else every pass would make one. It is reported. */
             int vr = gc_value_readable(db, p, plen);
@@ -949,36 +948,35 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
                 if (rc) break;
             }
             kv_bytes nref = {0};
-            rc = gc_copy_value(db, *w, p, plen, &nref);
+            blob_remap map = {0};
+            rc = gc_copy_value(db, *w, p, plen, &nref, &map);
             if (!rc) rc = blob_writer_sync(*w);
+            if (!rc && db_gc_copied_hook) db_gc_copied_hook(db, ks, key, kl);
             if (!rc) {
                 kv_batch b = {0};
                 batch_op *op;
                 rc = kv_batch_delete_ks(&b, (uint8_t)ks, key, kl); /* placeholder op, rewritten below */
                 if (!rc) {
                     op = &b.ops[0];
-                    op->kind = BOP_REPLACE_IF;
+                    op->kind = BOP_REMAP_IF;
                     op->key2_off = b.data.len;
                     op->k2len = plen;
                     rc = bytes_append(&b.data, p, plen);
                     op->data_off = b.data.len;
                     op->len = nref.len;
-                    op->vtype = KV_TYPE_BLOB;
-                    op->off = (uint64_t)info.timestamp_ms;
+                    op->remap = &map;
                     if (!rc) rc = bytes_append(&b.data, nref.data, nref.len);
                     b.reads = true;
                 }
                 if (!rc) {
                     rc = db_write_internal(db, &b, 0, NULL);
-                    if (rc == KV_ENOTFOUND) { /* changed meanwhile: its new value is elsewhere, or partly here */
-                        rc = KV_OK;
-                        if (r->changed) (void)gc_changed(r, ks, key, kl, true);
-                    }
+                    if (rc == KV_ENOTFOUND) rc = KV_OK; /* nothing of it is where it was copied from any more */
                 }
                 free(b.ops);
                 bytes_free(&b.data);
             }
             bytes_free(&nref);
+            blob_remap_free(&map);
         }
         if (!rc) rc = kv_iter_status(uit);
         kv_iter_free(uit);
@@ -1111,7 +1109,7 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     version_edit e;
     edit_init(&e);
     blob_writer *w = NULL;
-    gc_rewrite r = {.changed = calloc(1, sizeof(kv_bytes))}; /* what changed under a copy: not copied again */
+    gc_rewrite r = {0};
     for (size_t i = 0; i < n && !rc; i++) {
         gc_file *f = &fs[i];
         if (!f->candidate) continue;
@@ -1131,8 +1129,6 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
         else if (!rc) out->rewritten++;
     }
     bytes_free(&r.bad_key);
-    for (size_t i = 0; i < r.nchanged; i++) bytes_free(&r.changed[i]);
-    free(r.changed);
     if (w) db_close_new_blob_file(db, w);
     /* A file that only droppable entries named is safe to delete once what shadows them (a delete, a newer value)
      * is durable: a power loss that took the newer entry would bring back an older one that names a deleted file. */
@@ -1280,6 +1276,6 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
     int rc = gc_value_readable(db, payload, plen);
     if (rc == KV_ECORRUPT) return 0; /* already damaged: left as it is, for reads and kv_check to report */
     if (!rc && !*w) rc = db_new_blob_file(db, w);
-    if (!rc) rc = gc_copy_value(db, *w, payload, plen, out);
+    if (!rc) rc = gc_copy_value(db, *w, payload, plen, out, NULL);
     return rc ? rc : 1;
 }

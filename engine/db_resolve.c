@@ -232,8 +232,10 @@ static int overlay_set(overlay *o, const uint8_t *ukey, size_t ulen, int type, c
     return KV_OK;
 }
 
-/* The current state of ukey: from the batch so far, else from the store. type KV_TYPE_DELETE means absent. */
-static int current_state(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen, int *type, kv_bytes *payload) {
+/* The current state of ukey: from the batch so far, else from the store (its write time in *ts, if asked; one from
+ * the batch keeps *ts). type KV_TYPE_DELETE means absent. */
+static int current_state_ts(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen, int *type, kv_bytes *payload,
+                            int64_t *ts_out) {
     rop *r = overlay_find(o, ukey, ulen);
     bytes_clear(payload);
     if (r) {
@@ -242,10 +244,14 @@ static int current_state(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen
     }
     int64_t ts;
     uint64_t fseq;
-    int rc = db_get_entry(db, ukey, ulen, DB_SEQ_LATEST, type, &ts, payload, &fseq);
+    int rc = db_get_entry(db, ukey, ulen, DB_SEQ_LATEST, type, ts_out ? ts_out : &ts, payload, &fseq);
     if (rc < 0) return rc;
     if (rc == 0) *type = KV_TYPE_DELETE;
     return KV_OK;
+}
+
+static int current_state(kv_db *db, overlay *o, const uint8_t *ukey, size_t ulen, int *type, kv_bytes *payload) {
+    return current_state_ts(db, o, ukey, ulen, type, payload, NULL);
 }
 
 /* ---- value transformations ------------------------------------------------------------------------------------------ */
@@ -455,23 +461,31 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
             }
             break;
         }
-        case BOP_REPLACE_IF:
-            /* blob GC: swap a reference only if the value is still the one GC copied */
-            rc = current_state(db, &o, ubuf, ulen, &type, &cur);
-            if (rc) break;
-            if (type == KV_TYPE_BLOB && cur.len == op->k2len && memcmp(cur.data, base + op->key2_off, cur.len) == 0) {
-                rc = overlay_set(&o, ubuf, ulen, op->vtype, data, (size_t)op->len);
-                ts = (int64_t)op->off; /* keep the value's write time: GC is not a write */
+        case BOP_REMAP_IF: {
+            /* blob GC: the value is still the one copied (swap in the copy), or has changed since (move the bytes
+             * it still reads from where the copy was taken, as write_at would change it); keep its write time */
+            int64_t vts = ts;
+            rc = current_state_ts(db, &o, ubuf, ulen, &type, &cur, &vts);
+            if (rc || type != KV_TYPE_BLOB) break;
+            if (cur.len == op->k2len && memcmp(cur.data, base + op->key2_off, cur.len) == 0) {
+                rc = overlay_set(&o, ubuf, ulen, KV_TYPE_BLOB, data, (size_t)op->len);
+            } else if (op->remap) {
+                blob_pager pg = {db->blobs, pager_append, db, (size_t)db->opt.blob_page_extents};
+                bool changed = false;
+                rc = blob_value_remap(&pg, cur.data, cur.len, op->remap, &out, &changed);
+                if (!rc && changed) rc = overlay_set(&o, ubuf, ulen, KV_TYPE_BLOB, out.data, out.len);
             }
+            if (o.n) ts = vts;
             break;
+        }
         default:
             rc = kv_set_error(KV_EINVAL, "unknown batch operation");
         }
     }
     bytes_free(&cur);
     bytes_free(&out);
-    if (rc == KV_OK && o.n == 0 && b->n && b->ops[0].kind == BOP_REPLACE_IF)
-        rc = kv_set_error(KV_ENOTFOUND, "the value changed since blob GC copied it");
+    if (rc == KV_OK && o.n == 0 && b->n && b->ops[0].kind == BOP_REMAP_IF)
+        rc = kv_set_error(KV_ENOTFOUND, "nothing of the value is where blob GC copied it from any more");
     if (rc == KV_OK) {
         size_t start = rec->len;
         rc = bytes_append_fixed64(rec, seq);

@@ -3036,3 +3036,254 @@ TEST(test_db_compact_range_is_not_starved_by_background_compactions) {
     CHECK_EQ(w.errors, 0);
     kv_free(db);
 }
+
+/* ---- blob GC of a value written while it is copied (BOP_REMAP_IF) ----------------------------------------------- */
+
+/* The value's bytes and the writes that change it (the hook's, between GC's copy and its swap, and a writer's). */
+typedef struct remap_ctx {
+    kv_db *db;
+    pthread_mutex_t mu; /* a write and its model change happen together: the model follows commit order */
+    uint8_t *model;
+    size_t size;
+    uint64_t rs;
+    int hook_writes, max_hook_writes, errors; /* max_hook_writes 0: no limit */
+    int64_t ts_after_hook;
+    uint64_t hook_off, hook_len; /* the hook's write (hook_len 0: random 4 KiB blocks) */
+    atomic_bool stop;
+} remap_ctx;
+
+static remap_ctx *remap_cur;
+
+static int remap_write(remap_ctx *c, uint64_t off, uint64_t len, uint8_t fill) {
+    uint8_t buf[8192];
+    memset(buf, fill, len);
+    pthread_mutex_lock(&c->mu);
+    kv_batch *b;
+    int rc = kv_batch_new(&b);
+    if (!rc) rc = kv_batch_write_at(b, 0, "v", 1, off, buf, len);
+    if (!rc) rc = kv_write(c->db, b, 0, NULL);
+    if (!rc) memcpy(c->model + off, buf, len);
+    kv_batch_free(b);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+static void remap_hook(kv_db *db, int ks, const void *key, size_t klen) {
+    remap_ctx *c = remap_cur;
+    if (!c || c->db != db || ks != 0 || klen != 1 || memcmp(key, "v", 1) != 0) return;
+    if (c->max_hook_writes && c->hook_writes >= c->max_hook_writes) return;
+    uint64_t off = c->hook_len ? c->hook_off : (t_rand(&c->rs) % (c->size / 4096)) * 4096;
+    uint64_t len = c->hook_len ? c->hook_len : 4096;
+    if (remap_write(c, off, len, (uint8_t)(0x40 + c->hook_writes))) c->errors++;
+    c->hook_writes++;
+    kv_info info;
+    kv_buf v;
+    if (kv_get_with_info(db, NULL, "v", 1, &v, &info)) c->errors++;
+    else kv_buf_free(&v);
+    c->ts_after_hook = info.timestamp_ms;
+    usleep(20000); /* a swap that took the time of the GC would show a later one */
+}
+
+static void remap_verify(remap_ctx *c) {
+    kv_buf v;
+    CHECK_OK(kv_get(c->db, NULL, "v", 1, &v));
+    CHECK_EQ(v.len, c->size);
+    const uint8_t *d = v.data;
+    size_t bad = 0;
+    while (bad < c->size && d[bad] == c->model[bad]) bad++;
+    CHECK_MSG(bad == c->size, "byte %zu reads %d, the model has %d", bad, bad < v.len ? d[bad] : -1,
+              bad < c->size ? c->model[bad] : -1);
+    kv_buf_free(&v);
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(c->db, print_problem, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+}
+
+/* Verify, reopen, verify again; then free c. */
+static void remap_finish(remap_ctx *c, const char *dir, const kv_options *o) {
+    remap_verify(c);
+    kv_free(c->db);
+    CHECK_OK(kv_open(dir, o, &c->db));
+    remap_verify(c);
+    kv_free(c->db);
+    free(c->model);
+    pthread_mutex_destroy(&c->mu);
+}
+
+/* The value's direct reference (paged: its first page's extents are not looked at; paged is set). */
+static void remap_ref(kv_db *db, blob_ref *r, bool *paged) {
+    int type;
+    int64_t ts;
+    uint64_t fseq;
+    kv_bytes p = {0};
+    CHECK_EQ(db_get_entry(db, (const uint8_t *)"\0v", 2, DB_SEQ_LATEST, &type, &ts, &p, &fseq), 1);
+    CHECK_EQ(type, KV_TYPE_BLOB);
+    *paged = blob_ref_is_paged(p.data, p.len);
+    if (!*paged) CHECK_OK(blob_ref_decode(p.data, p.len, r));
+    bytes_free(&p);
+}
+
+static bool blob_file_exists(const char *dir, uint64_t no) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%06llu.blob", dir, (unsigned long long)no);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A value written between GC's copy and its swap: the swap moves what the value still reads from the old file, the
+ * write stays; the old file goes. (The swap used to apply only to an unchanged value: the file stayed.) */
+TEST(test_db_blob_gc_moves_a_value_changed_under_its_copy) {
+    char dir[512];
+    kv_options o;
+    kv_db *db;
+    if (!open_blob_store(dir, &o, &db, BLOB_TEST_FILE)) return;
+    remap_ctx c = {.db = db, .size = 6 * 8192, .hook_off = 10000, .hook_len = 3000, .max_hook_writes = 1};
+    pthread_mutex_init(&c.mu, NULL);
+    c.model = calloc(1, c.size);
+    for (int i = 0; i < 6; i++) CHECK_OK(remap_write(&c, (uint64_t)i * 8192, 8192, (uint8_t)(i + 1)));
+    static uint8_t junk[60000];
+    CHECK_OK(kv_put(db, "junk", 4, junk, sizeof junk, 0));
+    CHECK_OK(kv_put(db, "next", 4, junk, 2000, 0)); /* starts a new file: the first is no longer appended to */
+    CHECK_OK(kv_delete(db, "junk", 4, 0));
+    blob_ref r = {0};
+    bool paged;
+    remap_ref(db, &r, &paged);
+    CHECK(!paged && r.n == 6);
+    uint64_t old = r.ext[0].file_no;
+    remap_cur = &c;
+    db_gc_copied_hook = remap_hook;
+    CHECK_OK(kv_blob_gc(db, 0.3));
+    db_gc_copied_hook = NULL;
+    remap_cur = NULL;
+    CHECK_EQ(c.hook_writes, 1);
+    CHECK_EQ(c.errors, 0);
+    CHECK_MSG(!blob_file_exists(dir, old), "blob file %llu is still there", (unsigned long long)old);
+    kv_info info;
+    kv_buf v;
+    CHECK_OK(kv_get_with_info(db, NULL, "v", 1, &v, &info));
+    kv_buf_free(&v);
+    CHECK_EQ(info.timestamp_ms, c.ts_after_hook);
+    blob_ref_free(&r);
+    remap_finish(&c, dir, &o);
+}
+
+static void *remap_writer(void *arg) {
+    remap_ctx *c = arg;
+    uint64_t rs = t_seed() ^ 991;
+    for (int i = 0; !atomic_load(&c->stop); i++) { /* into the second half: the first keeps bytes of the old file */
+        uint64_t off = c->size / 2 + (t_rand(&rs) % (c->size / 1024)) * 512, len = 512 + t_rand(&rs) % 4096;
+        if (off + len > c->size) len = c->size - off;
+        if (remap_write(c, off, len, (uint8_t)(0x80 + i % 100))) c->errors++;
+    }
+    return NULL;
+}
+
+/* The same for a paged value, written all the time by another thread while passes run. */
+TEST(test_db_blob_gc_moves_a_paged_value_written_meanwhile) {
+    char dir[512];
+    kv_options o;
+    kv_options_init(&o);
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    o.blob_threshold = 1024;
+    o.blob_file_bytes = BLOB_TEST_FILE;
+    o.blob_page_extents = 4;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    remap_ctx c = {.db = db, .size = 256 << 10, .rs = t_seed() ^ 5};
+    pthread_mutex_init(&c.mu, NULL);
+    c.model = calloc(1, c.size);
+    for (size_t i = 0; i < c.size; i++) c.model[i] = (uint8_t)(i * 7);
+    CHECK_OK(kv_put(db, "v", 1, c.model, c.size, 0)); /* one record: its file holds nothing else */
+    blob_ref r = {0};
+    bool paged;
+    remap_ref(db, &r, &paged);
+    CHECK(!paged && r.n == 1);
+    uint64_t first = r.ext[0].file_no;
+    blob_ref_free(&r);
+    for (int i = 0; i < 120; i++) { /* most of it overwritten in pieces: a paged reference, the file mostly garbage */
+        uint64_t off = (t_rand(&c.rs) % (c.size / 2048)) * 2048, len = 2048 + 1024 * (uint64_t)(i % 3);
+        CHECK_OK(remap_write(&c, off, len > c.size - off ? c.size - off : len, (uint8_t)i));
+    }
+    for (int i = 0; i < 64; i++) CHECK_OK(remap_write(&c, (uint64_t)i * 4096, 2048, (uint8_t)(i + 3)));
+    remap_ref(db, &r, &paged);
+    CHECK(paged);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, remap_writer, &c), 0);
+    remap_cur = &c;
+    db_gc_copied_hook = remap_hook;
+    for (int pass = 0; pass < 4; pass++) CHECK_OK(kv_blob_gc(db, 0.5));
+    bool gone = !blob_file_exists(dir, first);
+    db_gc_copied_hook = NULL;
+    remap_cur = NULL;
+    atomic_store(&c.stop, true);
+    pthread_join(th, NULL);
+    CHECK_EQ(c.errors, 0);
+    CHECK(c.hook_writes >= 1);
+    CHECK_MSG(gone, "blob file %llu is still there after %d changes under a copy", (unsigned long long)first,
+              c.hook_writes);
+    remap_verify(&c);
+    CHECK_OK(kv_blob_gc(db, 0.5));
+    remap_finish(&c, dir, &o);
+}
+
+/* A write that continues a record of the value (the last of the shared file, of whole chunks) merges with its
+ * extent: the one extent then holds bytes that were copied and bytes written after. The swap splits it, moving the
+ * first to the copy and keeping the second. */
+TEST(test_db_blob_gc_splits_an_extent_grown_under_its_copy) {
+    char dir[512];
+    kv_options o;
+    kv_db *db;
+    if (!open_blob_store(dir, &o, &db, 1 << 20)) return;
+    remap_ctx c = {.db = db, .size = 8192 + BLOB_CHUNK + 4096, .hook_off = 8192 + BLOB_CHUNK, .hook_len = 4096,
+                   .max_hook_writes = 1};
+    pthread_mutex_init(&c.mu, NULL);
+    c.model = calloc(1, c.size);
+    CHECK_OK(remap_write(&c, 0, 8192, 1));
+    static uint8_t junk[1 << 20];
+    CHECK_OK(kv_put(db, "junk", 4, junk, sizeof junk, 0)); /* fills the first file */
+    uint8_t *big = malloc(BLOB_CHUNK);
+    memset(big, 2, BLOB_CHUNK);
+    pthread_mutex_lock(&c.mu);
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_write_at(b, 0, "v", 1, 8192, big, BLOB_CHUNK)); /* a record of one whole chunk, in a new file */
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    memcpy(c.model + 8192, big, BLOB_CHUNK);
+    kv_batch_free(b);
+    pthread_mutex_unlock(&c.mu);
+    CHECK_OK(kv_delete(db, "junk", 4, 0));
+    c.size = 8192 + BLOB_CHUNK; /* until the hook writes */
+    blob_ref r = {0};
+    bool paged;
+    remap_ref(db, &r, &paged);
+    CHECK(!paged && r.n == 2);
+    uint64_t old = r.ext[0].file_no, shared = r.ext[1].file_no;
+    CHECK(old != shared);
+    blob_ref_free(&r);
+    remap_cur = &c;
+    db_gc_copied_hook = remap_hook;
+    CHECK_OK(kv_blob_gc(db, 0.3));
+    db_gc_copied_hook = NULL;
+    remap_cur = NULL;
+    c.size += 4096;
+    CHECK_EQ(c.hook_writes, 1);
+    CHECK_EQ(c.errors, 0);
+    CHECK_MSG(!blob_file_exists(dir, old), "blob file %llu is still there", (unsigned long long)old);
+    remap_ref(db, &r, &paged);
+    CHECK(!paged);
+    /* bytes [0, 8192 + BLOB_CHUNK) come from the copy, the last 4096 from the shared file */
+    uint64_t pos = 0;
+    for (size_t i = 0; i < r.n; i++) {
+        uint64_t end = pos + r.ext[i].len;
+        if (end <= 8192 + BLOB_CHUNK) CHECK_MSG(r.ext[i].file_no != shared && r.ext[i].file_no != old,
+                                                "bytes %llu.. still in file %llu", (unsigned long long)pos,
+                                                (unsigned long long)r.ext[i].file_no);
+        else CHECK_MSG(pos >= 8192 + BLOB_CHUNK && r.ext[i].file_no == shared, "extent %zu at %llu, file %llu", i,
+                       (unsigned long long)pos, (unsigned long long)r.ext[i].file_no);
+        pos = end;
+    }
+    CHECK_EQ(pos, c.size);
+    blob_ref_free(&r);
+    free(big);
+    remap_finish(&c, dir, &o);
+}
