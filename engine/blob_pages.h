@@ -127,7 +127,7 @@ void blob_remap_free(blob_remap *m);
  * a data extent lying across the end of an old extent is split, the parts of it that no old extent holds (written
  * after the copy was taken) stay. Changed pages, and the old reference's own pages, are written as new pages through
  * pg; the others are kept. The size and the holes do not change. *changed is false (and out a copy of ref) when
- * nothing was moved. */
+ * no extent moved and no page of the old reference was found (a page of holes only is still rewritten: changed). */
 int blob_value_remap(const blob_pager *pg, const uint8_t *ref, size_t rlen, const blob_remap *m, kv_bytes *out,
                      bool *changed);
 
