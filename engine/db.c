@@ -856,31 +856,51 @@ static int sync_log_before_switch(kv_db *db) {
     return rc;
 }
 
-/* The last flush failed, and the flush thread waits before it retries (up to 500 ms). Have it retry now and wait for
- * that attempt (up to a second): the cause may be gone (space freed). Caller holds mu. */
-static void retry_failed_flush_now(kv_db *db) {
+/* The last flush (or compaction) failed, and its thread waits before it retries (up to 500 ms; a compaction up to
+ * 5 s). Have it retry now and wait for that attempt (up to secs seconds; a compaction that takes longer is then waited
+ * for as usual): the cause may be gone (space freed). attempts and error: the thread's counter and last failure.
+ * Caller holds mu. */
+static void retry_failed_now(kv_db *db, const uint64_t *attempts, const int *error, int secs) {
     uint64_t t = db_now_us();
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
-    uint64_t attempts = db->flush_attempts;
-    pthread_cond_signal(&db->work_cv);
-    while (db->bg_error && db->flush_attempts == attempts && !db->stopping &&
-           pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
+    ts.tv_sec += secs;
+    uint64_t seen = *attempts;
+    pthread_cond_broadcast(&db->work_cv); /* both threads wait on it: a signal could wake the other one */
+    while (*error && *attempts == seen && !db->stopping && pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
     }
     atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
 }
 
-/* Make sure the memtable has room (caller holds mu and is the leader). */
-static int make_room(kv_db *db, bool force) {
-    bool allow_delay = !force, retried = false;
+/* Make sure the memtable has room (caller holds mu and is the leader). b: the leader's batch; one that only removes
+ * data (batch_removes_data), or a flush request (flush_request), passes the level-0 stop trigger while compactions
+ * fail. */
+static int make_room(kv_db *db, bool force, const kv_batch *b, bool flush_request);
+
+/* Without a compaction thread: compact here while due (caller holds mu). The failure is the write's, except a lack of
+ * space for a batch that removes data or a flush request: those go on, as they pass the level-0 stop trigger when a
+ * compaction thread fails (compact_error, which this sets too). *did: whether the last attempt compacted anything. */
+static int compact_inline(kv_db *db, const kv_batch *b, bool flush_request, bool *did) {
+    int rc = KV_OK;
+    *did = true;
+    while (rc == KV_OK && *did && db->vs->current->score >= 1) rc = db_compact_once(db, did);
+    db->compact_error = rc == KV_ECLOSED ? 0 : rc;
+    if (rc == KV_ENOSPC && (flush_request || (b && batch_removes_data(b)))) {
+        kv_clear_error();
+        *did = false;
+        return KV_OK;
+    }
+    return rc;
+}
+
+static int make_room(kv_db *db, bool force, const kv_batch *b, bool flush_request) {
+    bool allow_delay = !force, retried = false, retried_compaction = false;
     for (;;) {
         if (db->stopping || atomic_load(&db->closed)) return kv_set_error(KV_ECLOSED, "the store is closed");
         if (!db->opt.background_threads && db->vs->current->score >= 1) {
             /* no compaction thread: compact here whenever it is due (level-0 files also come from recovery) */
-            bool did = true;
-            int rc = KV_OK;
-            while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+            bool did;
+            int rc = compact_inline(db, b, flush_request, &did);
             if (rc) return rc;
         }
         if (allow_delay && l0_files(db) >= db->opt.l0_slowdown_trigger) {
@@ -902,11 +922,13 @@ static int make_room(kv_db *db, bool force) {
         }
         /* not for a compaction while the compaction thread runs blob GC, which may be waiting for this writer to
          * leave the write queue (bg_gc_running): level 0 then grows past the trigger until the pass ends */
-        if (db->nimm >= db->opt.max_immutable || (l0_files(db) >= db->opt.l0_stop_trigger && !db->bg_gc_running)) {
+        bool past_stop = db->bg_gc_running || (db->compact_error && !db->compact_running &&
+                                               (flush_request || (b && batch_removes_data(b))));
+        if (db->nimm >= db->opt.max_immutable || (l0_files(db) >= db->opt.l0_stop_trigger && !past_stop)) {
             if (!db->opt.background_threads) {
                 int rc = db->nimm ? db_flush_one(db) : KV_OK;
                 bool did = true;
-                while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+                if (rc == KV_OK) rc = compact_inline(db, b, flush_request, &did);
                 if (rc) return rc;
                 /* a compaction in another thread (kv_compact_range) holds the files: wait for it, not spin */
                 if (!did && (db->compact_running || db->manual_running || db->manual_waiting))
@@ -919,11 +941,24 @@ static int make_room(kv_db *db, bool force) {
                  * first write after the cause is gone succeeds; fail only if that attempt fails too. */
                 if (!retried) {
                     retried = true;
-                    retry_failed_flush_now(db);
+                    retry_failed_now(db, &db->flush_attempts, &db->bg_error, 1);
                     continue;
                 }
                 int rc = db->bg_error;
                 return kv_set_error(rc, "writes wait for a flush that keeps failing: %s", kv_strerror(rc));
+            }
+            if (db->nimm < db->opt.max_immutable && db->compact_error && !db->compact_running && !db->manual_running) {
+                /* level 0 is at the stop trigger and the compaction that would shrink it failed (its output did not
+                 * fit on the disk, say): waiting for it could take for ever, with the writer's caller (a FUSE
+                 * request, a process in close()) stuck. One prompt retry, then the error. */
+                if (!retried_compaction) {
+                    retried_compaction = true;
+                    retry_failed_now(db, &db->compact_attempts, &db->compact_error, 2);
+                    continue;
+                }
+                int rc = db->compact_error;
+                return kv_set_error(rc, "writes wait for a compaction of level 0 (%d files) that keeps failing: %s",
+                                    l0_files(db), kv_strerror(rc));
             }
             uint64_t t = db_now_us();
             struct timespec ts;
@@ -952,8 +987,8 @@ static int make_room(kv_db *db, bool force) {
         if (db->opt.background_threads) pthread_cond_broadcast(&db->work_cv);
         else {
             rc = db_flush_one(db);
-            bool did = true;
-            while (rc == KV_OK && did && db->vs->current->score >= 1) rc = db_compact_once(db, &did);
+            bool did;
+            if (rc == KV_OK) rc = compact_inline(db, b, flush_request, &did);
             if (rc) return rc;
         }
     }
@@ -969,7 +1004,7 @@ static int settle_sync_debt(kv_db *db) {
         memtable_get_meta(db->mem, &mm);
         bool in_mem = mm.entries && mm.first_seq <= db->sync_debt;
         if (in_mem) {
-            int rc = make_room(db, true); /* a new memtable and log; the old memtable goes to the flush */
+            int rc = make_room(db, true, NULL, false); /* a new memtable and log; the old memtable goes to the flush */
             if (rc) return rc;
             continue;
         }
@@ -982,7 +1017,7 @@ static int settle_sync_debt(kv_db *db) {
         if (db->bg_error && !db->flush_running) {
             if (!retried) { /* as make_room does: the first sync after the cause is gone succeeds */
                 retried = true;
-                retry_failed_flush_now(db);
+                retry_failed_now(db, &db->flush_attempts, &db->bg_error, 1);
                 continue;
             }
             int rc = db->bg_error;
@@ -1050,7 +1085,9 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     }
 
     /* this thread leads a group */
-    int rc = make_room(db, b == NULL);
+    int rc = make_room(db, b == NULL, b, b == NULL);
+    /* a batch that removes data, while compactions fail: grouped only with others that do (make_room) */
+    bool removes = rc == KV_OK && b && db->compact_error && batch_removes_data(b);
     if (rc == KV_OK && b && w.sync && !b->reads && db->last_sync_group > 1 && db->opt.background_threads) {
         /* Synced writers that just finished the previous group are about to queue again: wait a moment (far less
          * than an fsync) for them, so one fsync serves all of them instead of writers alternating in two halves. */
@@ -1076,7 +1113,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             for (writer *p = w.next; p && n < GROUP_MAX_WRITERS; p = p->next, n++) {
                 /* a writer without a batch (a flush request, kv_checkpoint holding the queue) is never grouped */
                 if (!p->batch || (p->sync && !w.sync) || p->batch->reads ||
-                    bytes + batch_bytes(p->batch) > GROUP_MAX_BYTES)
+                    bytes + batch_bytes(p->batch) > GROUP_MAX_BYTES || (removes && !batch_removes_data(p->batch)))
                     break;
                 bytes += batch_bytes(p->batch);
                 last = p;
@@ -1227,6 +1264,38 @@ int db_flush_memtable(kv_db *db) {
     return rc;
 }
 
+/* The last bytes of the disk: a memtable's worth and 1 MiB, at most an eighth of the disk. Writes that add data stop
+ * there; deletes go on (and a flush of their memtable, and the compaction that then drops what they deleted, whose
+ * output is small: compactions stop at half the floor). Without it a store filled with small files took the disk to
+ * its last byte, and then every unlink failed too: its log record had no room. */
+uint64_t db_space_floor(const kv_db *db, uint64_t total) {
+    uint64_t floor = (uint64_t)db->opt.memtable_bytes + (1u << 20);
+    return floor > total / 8 ? total / 8 : floor;
+}
+
+int db_space_for_write(kv_db *db, const kv_batch *b) {
+    if (!db->env->disk_space || db->opt.read_only) return KV_OK;
+    uint64_t now = db_now_us(), written = atomic_load(&db->st_user_bytes) + atomic_load(&db->st_blob_bytes);
+    if (now - atomic_load(&db->space_seen_us) >= 1000000 || written >= atomic_load(&db->space_recheck_at)) {
+        /* several threads may look at once: each stores what it saw, all about the same */
+        uint64_t avail, total;
+        if (db->env->disk_space(db->env, db->dir, &avail, &total) == KV_OK) {
+            uint64_t floor = db_space_floor(db, total);
+            atomic_store(&db->space_low, avail < floor);
+            /* other writers (flushes, compactions, other processes) use the disk too: look again a quarter of the
+             * way down to the floor */
+            atomic_store(&db->space_recheck_at, written + (avail > floor ? (avail - floor) / 4 : 0));
+        } else {
+            kv_clear_error(); /* not known: no floor */
+            atomic_store(&db->space_low, false);
+        }
+        atomic_store(&db->space_seen_us, now);
+    }
+    if (!atomic_load(&db->space_low) || (b && batch_removes_data(b))) return KV_OK;
+    return kv_set_error(KV_ENOSPC, "no space left on the disk holding %s: its last bytes are kept for deletes, the "
+                        "log and compactions", db->dir);
+}
+
 int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     kv_clear_error();
     if (!b) return kv_set_error(KV_EINVAL, "kv_write: NULL batch");
@@ -1234,6 +1303,7 @@ int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     int rc = KV_OK;
     /* a synced write vouches for every earlier one: values in a blob file whose fsync failed go elsewhere first */
     if ((flags & KV_SYNC) && b->n && !db->opt.read_only && db_blob_lost_pending(db)) rc = db_blob_rescue(db);
+    if (!rc && b->n) rc = db_space_for_write(db, b);
     if (!rc) rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
     if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
     if (b->n == 0 && seq) *seq = atomic_load(&db->last_seq);

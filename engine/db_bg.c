@@ -409,6 +409,27 @@ static int finish_output(kv_db *db, output *o, version_edit *e, int level) {
     return rc;
 }
 
+/* Compactions leave the last bytes of the disk to the log and to the flushes that keep writers going (a flush is
+ * never stopped for space). A compaction's output may be as large as its inputs, and while it was written a nearly
+ * full disk had nothing left for them: in a store filled with small files, `rm` failed with ENOSPC each time a
+ * compaction that could not fit tried again. The floor: half of the one writes that add data stop at
+ * (db_space_floor), so that a compaction that mostly drops deletes can use the rest. The output is checked every
+ * COMPACTION_SPACE_STEP bytes: one whose output stays under it is never stopped. */
+#define COMPACTION_SPACE_STEP (256u << 10)
+
+static int compaction_space_check(kv_db *db) {
+    uint64_t avail, total;
+    if (!db->env->disk_space) return KV_OK;
+    if (db->env->disk_space(db->env, db->dir, &avail, &total) != KV_OK) {
+        kv_clear_error(); /* not known: no floor */
+        return KV_OK;
+    }
+    uint64_t floor = db_space_floor(db, total) / 2;
+    if (avail >= floor) return KV_OK;
+    return kv_set_error(KV_ENOSPC, "compaction stopped: %llu bytes free on the disk holding %s, under the %llu kept "
+                        "for the log and flushes", (unsigned long long)avail, db->dir, (unsigned long long)floor);
+}
+
 /* Run compaction c (caller holds mu; released during the merge). */
 static int run_compaction(kv_db *db, compaction *c) {
     version_edit e;
@@ -455,6 +476,9 @@ static int run_compaction(kv_db *db, compaction *c) {
     kv_bytes cur = {0};
     bool has_cur = false;
     uint64_t last_seq_for_key = UINT64_MAX;
+    /* the output's size: of the tables finished, and at the last compaction_space_check (a compaction whose output
+     * stays small, one that mostly drops deletes, is never stopped) */
+    uint64_t out_done = 0, space_checked = 0;
     sst_options so = table_options(db);
     if (in) in->seek_first(in);
     while (rc == KV_OK && in && in->valid(in)) {
@@ -476,6 +500,7 @@ static int run_compaction(kv_db *db, compaction *c) {
             last_seq_for_key = UINT64_MAX;
             /* a new user key is where an output may end */
             if (o.b && sst_builder_size(o.b) >= db->opt.table_bytes) {
+                out_done += sst_builder_size(o.b);
                 rc = finish_output(db, &o, &e, out_level);
                 if (rc) break;
             }
@@ -490,6 +515,11 @@ static int run_compaction(kv_db *db, compaction *c) {
         }
         last_seq_for_key = seq;
         if (!drop) {
+            uint64_t out_bytes = out_done + (o.b ? sst_builder_size(o.b) : 0);
+            if (out_bytes >= space_checked + COMPACTION_SPACE_STEP) {
+                if ((rc = compaction_space_check(db))) break;
+                space_checked = out_bytes;
+            }
             if (!o.b) {
                 /* room in outs first: every number made pending is in outs, which un-pends them all at the end */
                 uint64_t *p = realloc(outs, (nouts + 1) * sizeof *outs);
@@ -754,18 +784,42 @@ void db_note_blob_bytes(kv_db *db, uint64_t len) {
     if (gc_due_by_bytes(db)) pthread_cond_signal(&db->work_cv);
 }
 
+/* A compaction failed for want of space (caller holds mu). Its output is what survives of its inputs, so deletes make
+ * it smaller, but only those in tables: deletes waiting in the memtable (a user emptying a full store) would wait for
+ * it to fill. Switch it now, if it holds any, so the flush thread writes them and the next attempt sees them (at most
+ * every 5 s: compact_main). A flush request passes the level-0 stop trigger while compactions fail (make_room). */
+static void flush_deletes_for_compaction(kv_db *db) {
+    memtable_meta mm;
+    memtable_get_meta(db->mem, &mm);
+    if (mm.tombstones == 0 || db->nimm > 0 || db->stopping) return;
+    pthread_mutex_unlock(&db->mu);
+    (void)db_write_internal(db, NULL, 0, NULL);
+    pthread_mutex_lock(&db->mu);
+}
+
 static void *compact_main(void *arg) {
     kv_db *db = arg;
     pthread_mutex_lock(&db->mu);
     int failures = 0;
     uint64_t busy_us = db_now_us(); /* the last compaction or pass: a pass is due after a minute without either */
     gc_pacing pacing = {.enospc_seen = atomic_load(&db->st_enospc)};
+    /* the last flush_deletes_for_compaction: at most one in 5 s, each a level-0 table and a log (while compactions
+     * keep failing, each flush's success wakes this thread for another attempt at once) */
+    uint64_t deletes_flushed_us = 0;
     while (!db->stopping) {
         if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
             int rc = db_compact_once(db, &did);
+            db->compact_attempts++;
+            db->compact_error = rc == KV_ECLOSED ? 0 : rc;
+            if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
+            pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {
                 failures++;
+                if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000) {
+                    flush_deletes_for_compaction(db);
+                    deletes_flushed_us = db_now_us();
+                }
                 timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
                 gc_when_short_of_space(db, &pacing); /* a compaction that fails for a full disk may free it */
             } else {

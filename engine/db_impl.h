@@ -61,6 +61,27 @@ struct kv_batch {
 /* Keys and values of a batch, wherever they are (statistics, group limits). */
 static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
+/* A batch that removes data: at least one delete or truncation, no more puts than those and at most 256 bytes of keys
+ * and values put per one of them, nothing else (an unlink's batch: the file's keys deleted, its directory's new times
+ * put; `> file`: a truncation and the file's times). A truncation adds no bytes beyond a small reference, except when
+ * it extends a value short enough to be kept whole (below blob_threshold), and mostly it frees them. While
+ * compactions fail, such batches pass the level-0 stop trigger (make_room): on a disk too full for a compaction's
+ * output, deletes are what make the output small enough to fit, and refusing them left a full store stuck for good. */
+static inline bool batch_removes_data(const kv_batch *b) {
+    uint64_t deletes = 0, puts = 0, put_bytes = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        const batch_op *op = &b->ops[i];
+        if (op->kind == BOP_DELETE || op->kind == BOP_TRUNCATE) deletes++;
+        else if (op->kind == BOP_PUT) {
+            puts++;
+            put_bytes += op->klen + op->len;
+        } else {
+            return false;
+        }
+    }
+    return deletes > 0 && puts <= deletes && put_bytes <= 256 * deletes;
+}
+
 /* Tests: blob GC calls this, if set, between a value's copy and its swap (ks, key: the value's). */
 extern void (*db_gc_copied_hook)(kv_db *db, int ks, const void *key, size_t klen);
 
@@ -236,6 +257,11 @@ struct kv_db {
      * level-0 stop trigger (make_room), since a pass waits to lead the write queue that such a writer leads */
     bool bg_gc_running;
     uint64_t flush_attempts; /* flushes finished, failed ones included (under mu) */
+    /* the last background compaction's failure, 0 once one succeeds, and the attempts so far (under mu): writers
+     * waiting at the level-0 stop trigger for compactions that keep failing (a disk too full for their output) get
+     * this error instead of waiting for ever (make_room) */
+    int compact_error;
+    uint64_t compact_attempts;
     bool manual_running;
     int manual_waiting;     /* kv_compact_range calls waiting for the running compaction: no background one starts */
     int manual_status;
@@ -246,6 +272,10 @@ struct kv_db {
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
         st_gc_failures;
     _Atomic uint64_t st_enospc; /* writes that failed for a full disk: blob GC then hurries (db_bg.c) */
+    /* the disk's free space as db_space_for_write last saw it: when (db_now_us), how many bytes written by then (user
+     * and blob bytes) make the next look due, and whether it was under the floor kept for deletes and compactions */
+    _Atomic uint64_t space_seen_us, space_recheck_at;
+    _Atomic bool space_low;
     /* blob GC: the bytes the newest values held in blob files at the last pass that measured them, and st_blob_bytes
      * when the last pass took its view; the background's next pass is due once as many were appended (db_bg.c) */
     _Atomic uint64_t gc_live_bytes, gc_mark;
@@ -291,6 +321,13 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
 /* kv_blob_gc, also telling how many files a pass deleted or copied out (*freed, may be NULL): the background uses it
  * to pace the passes it runs while the disk is full. */
 int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed);
+/* db.c: KV_OK, or KV_ENOSPC when the disk holding the store is down to its last bytes (DB_WRITE_SPACE_FLOOR) and b
+ * (NULL: a stream's bytes) adds data: those bytes are kept for deletes (batch_removes_data), the log, flushes and
+ * compactions, which a full disk stopped for good. Looks at the disk once a second, or sooner as writes near the floor.
+ * db_space_floor: that floor for a disk of total bytes (compactions stop at half of it: db_bg.c). */
+int db_space_for_write(kv_db *db, const kv_batch *b);
+uint64_t db_space_floor(const kv_db *db, uint64_t total);
+
 /* db_bg.c: count len bytes appended to blob files (st_blob_bytes), waking the compaction thread when a blob GC pass
  * is due by them. */
 void db_note_blob_bytes(kv_db *db, uint64_t len);

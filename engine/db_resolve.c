@@ -526,8 +526,9 @@ int kv_stream_append(kv_stream *s, const void *data, size_t len) {
     if (s->committed || s->ended) return kv_set_error(KV_EINVAL, "the stream was already put");
     kv_db *db = s->db;
     if (!db_enter(db)) return KV_ECLOSED;
-    int rc = KV_OK;
-    if (!s->w && s->inline_data.len + len < db->opt.blob_threshold) {
+    int rc = db_space_for_write(db, NULL);
+    if (rc) {
+    } else if (!s->w && s->inline_data.len + len < db->opt.blob_threshold) {
         rc = bytes_append(&s->inline_data, data, len);
     } else {
         if (!s->w) {

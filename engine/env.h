@@ -59,6 +59,9 @@ typedef struct kv_env {
     int (*list_dir)(struct kv_env *env, const char *path, char ***names, size_t *n);
     /* fsync a directory, making creations, renames and removals in it durable. */
     int (*sync_dir)(struct kv_env *env, const char *path);
+    /* Optional (NULL: unknown): the bytes an unprivileged writer may still use on the file system holding path, and
+     * its size (statvfs: f_bavail and f_blocks). Compactions stop short of the last bytes with it (db_bg.c). */
+    int (*disk_space)(struct kv_env *env, const char *path, uint64_t *avail, uint64_t *total);
     /* Take an exclusive advisory lock on path (created if missing): KV_EBUSY when another holder has it. */
     int (*lock)(struct kv_env *env, const char *path, kv_file **lock);
     int (*unlock)(struct kv_env *env, kv_file *lock);
@@ -120,5 +123,8 @@ int kv_fault_env_apply_crash(kv_env *env);
  * bytes, then the zeros allocated ahead). Files whose unsynced bytes end in that page are cut as usual. Off by
  * default. */
 void kv_fault_env_set_reorder(kv_env *env, bool on);
+/* Make disk_space report avail free bytes of a total-byte disk (UINT64_MAX: the base's answer again). Nothing is
+ * enforced: a test fills "the disk" by setting it. */
+void kv_fault_env_set_disk_space(kv_env *env, uint64_t avail, uint64_t total);
 
 #endif /* KV_ENV_H */

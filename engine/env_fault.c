@@ -92,6 +92,7 @@ typedef struct fault_env {
     /* power loss */
     bool crashed;
     bool reorder; /* kv_fault_env_set_reorder */
+    uint64_t space_avail, space_total; /* kv_fault_env_set_disk_space; UINT64_MAX: the base's */
     fstate **st;
     size_t nst, capst;
     undo *log;
@@ -739,6 +740,20 @@ static int fe_lock(kv_env *env, const char *path, kv_file **lock) {
 
 static int fe_unlock(kv_env *env, kv_file *lock) { return FE(env)->base->unlock(FE(env)->base, lock); }
 
+static int fe_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_t *total) {
+    fault_env *fe = FE(env);
+    pthread_mutex_lock(&fe->mu);
+    uint64_t a = fe->space_avail, t = fe->space_total;
+    pthread_mutex_unlock(&fe->mu);
+    if (a != UINT64_MAX) {
+        *avail = a;
+        *total = t;
+        return KV_OK;
+    }
+    if (!fe->base->disk_space) return kv_set_error(KV_EIO, "disk_space %s: not known", path);
+    return fe->base->disk_space(fe->base, path, avail, total);
+}
+
 /* ---- Public API ------------------------------------------------------------------------------------------------ */
 
 kv_env *kv_fault_env_new(kv_env *base) {
@@ -750,6 +765,7 @@ kv_env *kv_fault_env_new(kv_env *base) {
         return NULL;
     }
     fe->base = base;
+    fe->space_avail = fe->space_total = UINT64_MAX;
     bool overwrite = base->open_overwrite && base->write_at && base->allocate;
     fe->env = (kv_env){
         .open_read = fe_open_read,
@@ -775,6 +791,7 @@ kv_env *kv_fault_env_new(kv_env *base) {
         .sync_dir = fe_sync_dir,
         .lock = fe_lock,
         .unlock = fe_unlock,
+        .disk_space = fe_disk_space,
         .destroy = fault_destroy,
     };
     return &fe->env;
@@ -821,6 +838,15 @@ void kv_fault_env_set_reorder(kv_env *env, bool on) {
     if (!fe) return;
     pthread_mutex_lock(&fe->mu);
     fe->reorder = on;
+    pthread_mutex_unlock(&fe->mu);
+}
+
+void kv_fault_env_set_disk_space(kv_env *env, uint64_t avail, uint64_t total) {
+    fault_env *fe = as_fault(env);
+    if (!fe) return;
+    pthread_mutex_lock(&fe->mu);
+    fe->space_avail = avail;
+    fe->space_total = total;
     pthread_mutex_unlock(&fe->mu);
 }
 

@@ -36,6 +36,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/statvfs.h>
 #include <sys/vfs.h>
 #include <sys/uio.h>
 #include <ucontext.h>
@@ -552,6 +553,15 @@ static int px_unlock(kv_env *env, kv_file *lock) {
     return px_close(env, lock);
 }
 
+static int px_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_t *total) {
+    (void)env;
+    struct statvfs sv;
+    if (statvfs(path, &sv) != 0) return kv_set_errno(errno, "statvfs", path);
+    *avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+    *total = (uint64_t)sv.f_blocks * sv.f_frsize;
+    return KV_OK;
+}
+
 static void px_destroy(kv_env *env) { (void)env; }
 
 static kv_env posix_env = {
@@ -579,6 +589,7 @@ static kv_env posix_env = {
     .sync_dir = px_sync_dir,
     .lock = px_lock,
     .unlock = px_unlock,
+    .disk_space = px_disk_space,
     .destroy = px_destroy,
 };
 

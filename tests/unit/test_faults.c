@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "env.h"
@@ -1263,39 +1264,66 @@ TEST(test_faults_full_disk_then_a_delete_gives_the_space_back) {
 /* Writers stall at the level-0 stop trigger while compactions keep failing (here: reads of the tables fail). Once a
  * write has failed for a full disk, the compaction thread runs blob GC passes between its attempts, and a pass first
  * waits to lead the write queue, which the stalled writer leads: the compaction thread stopped for good, and the
- * writer with it, even after the cause of the failures was gone. */
+ * writer with it, even after the cause of the failures was gone. And a writer at the stop trigger used to wait for
+ * compactions that keep failing for ever (seen through the mount: a full tmpfs, where no compaction's output fits,
+ * and a process stuck in close()); it now gets the compaction's error after one prompt retry. The writer here
+ * retries a failed put, as a user would, until it gets through or the store closes. */
 typedef struct stall_writer {
     kv_db *db;
     atomic_int done;
+    atomic_int errors;     /* puts that failed */
+    atomic_int first_error;
+    atomic_llong first_error_us; /* when the first put failed, from the start of the writer */
     int rc;
 } stall_writer;
+
+static long long mono_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static void *stall_writer_main(void *arg) {
     stall_writer *w = arg;
     char k[32], v[200];
     memset(v, 'v', sizeof v);
     int rc = KV_OK;
-    for (int i = 0; i < 3000 && rc == KV_OK; i++) {
+    long long t0 = mono_us();
+    for (int i = 0; i < 3000 && rc != KV_ECLOSED;) {
         snprintf(k, sizeof k, "w%06d", i * 7919 % 3000); /* every table overlaps the others */
         rc = kv_put(w->db, k, strlen(k), v, sizeof v, 0);
+        if (rc == KV_OK) {
+            i++;
+        } else if (rc != KV_ECLOSED) {
+            if (atomic_fetch_add(&w->errors, 1) == 0) {
+                atomic_store(&w->first_error, rc);
+                atomic_store(&w->first_error_us, mono_us() - t0);
+            }
+            usleep(20 * 1000);
+        }
     }
     w->rc = rc;
     atomic_store(&w->done, 1);
     return NULL;
 }
 
+/* A store with background threads whose level 0 slows writes at 3 files and stops them at 4 (on failure, t_failed()
+ * and fx_free(f) are the caller's). */
+static void fx_open_small_level0(fx *f) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s", t_tmpdir());
+    f->env = kv_fault_env_new(kv_env_posix());
+    CHECK(f->env != NULL);
+    fx_options(&f->o, true);
+    f->o.l0_slowdown_trigger = 3;
+    f->o.l0_stop_trigger = 4;
+    f->o.env = f->env;
+    CHECK_OK(kv_open(f->dir, &f->o, &f->db));
+}
+
 TEST(test_faults_blob_gc_between_failed_compactions_does_not_stop_stalled_writers) {
     fx f;
-    memset(&f, 0, sizeof f);
-    snprintf(f.dir, sizeof f.dir, "%s", t_tmpdir());
-    f.env = kv_fault_env_new(kv_env_posix());
-    CHECK(f.env != NULL);
-    if (!f.env) return;
-    fx_options(&f.o, true);
-    f.o.l0_slowdown_trigger = 3;
-    f.o.l0_stop_trigger = 4;
-    f.o.env = f.env;
-    CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+    fx_open_small_level0(&f);
     if (t_failed()) {
         fx_free(&f);
         return;
@@ -1317,6 +1345,11 @@ TEST(test_faults_blob_gc_between_failed_compactions_does_not_stop_stalled_writer
            "%llu faults, %llu us stalled\n", atomic_load(&w.done), w.rc, (unsigned long long)st.level_files[0],
            (unsigned long long)st.level_files[1], (unsigned long long)st.flushes, (unsigned long long)st.compactions,
            (unsigned long long)kv_fault_env_failures(f.env), (unsigned long long)st.stall_micros);
+    /* within the 4 s the writer was told, not left waiting: a compaction attempt, a retry and their waits */
+    CHECK_MSG(atomic_load(&w.errors) > 0, "no put failed in 4 s of failing compactions: the writer waits for them");
+    CHECK_MSG(atomic_load(&w.first_error) == KV_EIO, "first error %d", atomic_load(&w.first_error));
+    printf("# %d failed puts, the first after %lld ms\n", atomic_load(&w.errors),
+           atomic_load(&w.first_error_us) / 1000);
     kv_fault_env_clear(f.env);
     int waited = 0;
     for (; waited < 300 && !atomic_load(&w.done); waited++) usleep(100 * 1000);
@@ -1325,6 +1358,139 @@ TEST(test_faults_blob_gc_between_failed_compactions_does_not_stop_stalled_writer
     pthread_join(th, NULL);
     if (waited < 300) CHECK_OK(w.rc);
     fx_free(&f);
+}
+
+/* While compactions fail and level 0 is at the stop trigger, a write that needs a new memtable fails (above), except a
+ * batch that only removes data: on a disk too full for a compaction's output, deletes are what shrink that output, and
+ * refusing them left a full store (through the mount: `rm -rf` of its files) stuck until space was freed elsewhere. */
+TEST(test_faults_deletes_pass_the_stop_trigger_while_compactions_fail) {
+    fx f;
+    fx_open_small_level0(&f);
+    if (t_failed()) {
+        fx_free(&f);
+        return;
+    }
+    kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, ".sst"); /* compactions fail; flushes do not read */
+    char k[32], v[200];
+    memset(v, 'v', sizeof v);
+    int rc = KV_OK, n = 0;
+    for (; n < 5000 && rc == KV_OK; n++) { /* until level 0 stops writes: 5 memtables or so */
+        snprintf(k, sizeof k, "k%06d", n * 7919 % 5000);
+        rc = kv_put(f.db, k, strlen(k), v, sizeof v, 0);
+    }
+    CHECK_MSG(rc == KV_EIO, "put %d: %d (%s)", n, rc, kv_errmsg());
+    printf("# the put of key %d failed: %s\n", n, kv_errmsg());
+    /* the memtable is full: the next write needs a new one, and level 0 is at the stop trigger */
+    CHECK_EQ(kv_put(f.db, "another", 7, v, sizeof v, 0), KV_EIO);
+    kv_batch *b = NULL;
+    CHECK_OK(kv_batch_new(&b));
+    if (!b) {
+        fx_free(&f);
+        return;
+    }
+    /* a delete with more bytes put than it may carry is not a removal */
+    CHECK_OK(kv_batch_delete(b, "k000001", 7));
+    static uint8_t big[300];
+    CHECK_OK(kv_batch_put(b, "meta", 4, big, sizeof big));
+    CHECK_EQ(kv_write(f.db, b, 0, NULL), KV_EIO);
+    /* an unlink's shape: two deletes and a directory's small record */
+    kv_batch_clear(b);
+    snprintf(k, sizeof k, "k%06d", 0);
+    CHECK_OK(kv_batch_delete(b, k, strlen(k)));
+    CHECK_OK(kv_batch_delete(b, "absent", 6));
+    CHECK_OK(kv_batch_put(b, "dir", 3, v, 60));
+    CHECK_OK(kv_write(f.db, b, 0, NULL));
+    kv_batch_free(b);
+    /* and plain deletes, any number of memtables' worth */
+    int deleted = 1;
+    for (int i = 1; i < n - 1; i++) {
+        snprintf(k, sizeof k, "k%06d", i * 7919 % 5000);
+        if (kv_delete(f.db, k, strlen(k), 0) != KV_OK) {
+            CHECK_MSG(0, "delete %d failed: %s", i, kv_errmsg());
+            break;
+        }
+        deleted++;
+    }
+    kv_stats st = {0};
+    CHECK_OK(kv_get_stats(f.db, &st));
+    printf("# %d deletes went through with %llu files in level 0\n", deleted, (unsigned long long)st.level_files[0]);
+    CHECK(st.level_files[0] >= 4);
+    kv_fault_env_clear(f.env);
+    /* compactions run again: writes go on, and what was deleted is gone */
+    CHECK_OK(kv_put(f.db, "after", 5, v, sizeof v, 0));
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    for (int i = 0; i < n - 1; i++) {
+        snprintf(k, sizeof k, "k%06d", i * 7919 % 5000);
+        CHECK_EQ(kv_contains(f.db, NULL, k, strlen(k)), 0);
+    }
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    fx_free(&f);
+}
+
+/* The last bytes of the disk (a memtable and 1 MiB, at most an eighth) are kept for deletes, the log and compactions:
+ * writes that add data get KV_ENOSPC there, deletes go on, and compactions stop at half of it unless their output
+ * stays small. Here the disk's free space is what the fault environment reports. */
+static void last_bytes_case(bool background) {
+    fx f;
+    CHECK_OK(fx_open(&f, background));
+    if (t_failed()) return;
+    static uint8_t v[1000];
+    char k[32];
+    for (int i = 0; i < 600; i++) { /* about 600 KB of tables */
+        memset(v, 'a' + i % 26, sizeof v);
+        v[0] = (uint8_t)i; /* not all alike: the tables do not compress to nothing */
+        for (size_t j = 1; j < sizeof v; j += 7) v[j] = (uint8_t)(i * 31 + j);
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_put(f.db, k, strlen(k), v, sizeof v, 0));
+    }
+    uint64_t gib = 1ull << 30, floor = (16u << 10) + (1u << 20); /* fx_options: 16 KiB memtables */
+    kv_fault_env_set_disk_space(f.env, floor - 1, gib);
+    usleep(1100 * 1000); /* writes look at the disk once a second while far from the floor (and at every write near it) */
+    int rc = kv_put(f.db, "more", 4, v, 10, 0);
+    CHECK_EQ(rc, KV_ENOSPC);
+    CHECK_MSG(strstr(kv_errmsg(), "kept for deletes") != NULL, "%s", kv_errmsg());
+    kv_stream *st = NULL;
+    CHECK_OK(kv_stream_new(f.db, &st));
+    CHECK_EQ(kv_stream_append(st, v, sizeof v), KV_ENOSPC);
+    kv_stream_free(st);
+    CHECK_OK(kv_delete(f.db, "k00000", 6, 0));
+    kv_batch *b = NULL; /* `> file` through the mount: a truncation and the file's new times */
+    CHECK_OK(kv_batch_new(&b));
+    if (b) {
+        CHECK_OK(kv_batch_truncate(b, 0, "k00599", 6, 0));
+        CHECK_OK(kv_batch_put(b, "times", 5, v, 60));
+        CHECK_OK(kv_write(f.db, b, 0, NULL));
+        kv_batch_free(b);
+    }
+    /* compactions: stopped at half the floor once their output passes 256 KiB */
+    kv_fault_env_set_disk_space(f.env, floor / 2 - 1, gib);
+    rc = kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL);
+    CHECK_EQ(rc, KV_ENOSPC);
+    CHECK_MSG(strstr(kv_errmsg(), "compaction stopped") != NULL, "%s", kv_errmsg());
+    /* one that mostly drops deletes is not */
+    for (int i = 1; i < 580; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_delete(f.db, k, strlen(k), 0));
+    }
+    CHECK_OK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL));
+    /* space again: writes go on */
+    kv_fault_env_set_disk_space(f.env, floor, gib);
+    CHECK_OK(kv_put(f.db, "more", 4, v, 10, 0));
+    kv_fault_env_set_disk_space(f.env, UINT64_MAX, 0);
+    CHECK_OK(kv_put(f.db, "more2", 5, v, 10, 0));
+    int present = 0;
+    for (int i = 0; i < 600; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        present += kv_contains(f.db, NULL, k, strlen(k)) == 1;
+    }
+    CHECK_EQ(present, 20);
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    fx_free(&f);
+}
+
+TEST(test_faults_the_last_bytes_of_the_disk_are_kept_for_deletes_and_compactions) {
+    last_bytes_case(true);
+    last_bytes_case(false); /* compactions run inline, in the writes */
 }
 
 /* Writes retried on a full disk: each failure starts a new write-ahead log and a new batch-log file, whose creation
