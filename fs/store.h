@@ -174,5 +174,9 @@ void store_mem_fail_next_write(store *s, int err);
 struct kv_db;
 /* A store over an open engine handle (not closed by store_destroy). datadir: for statfs. NULL on failure. */
 store *store_kv_new(struct kv_db *db, const char *datadir);
+/* Where store_kv gives the engine's message of a failure that callers only see as an errno value (EIO, ENOSPC):
+ * log(ctx, message) from any thread, at most one message per kind of failure every 10 s. Set before use. */
+typedef void (*store_error_log_fn)(void *ctx, const char *message);
+void store_kv_set_error_log(store *s, store_error_log_fn log, void *ctx);
 
 #endif /* KVFS_STORE_H */

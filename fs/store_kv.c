@@ -8,20 +8,63 @@
  *  - Scans use an iterator and read a value only when asked, so listing a directory of large files never reads
  *    their contents (kv_iter_info gives the size and time without the value).
  *  - The engine handle belongs to whoever opened it (the daemon): destroy releases only this wrapper.
+ *  - A failure the caller can only see as EIO or ENOSPC (a damaged file, a full disk, a failed fsync) is given with
+ *    the engine's message to the error log set by store_kv_set_error_log, at most one message per kind of error
+ *    every 10 s (the rest are counted and their number given with the next).
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #include "kv.h"
 #include "store.h"
+
+#define ERROR_LOG_KINDS 16        /* engine codes -1 .. -15 */
+#define ERROR_LOG_INTERVAL_S 10
 
 typedef struct kv_store {
     store base;
     kv_db *db;
     char *datadir;
+    store_error_log_fn log;
+    void *log_ctx;
+    pthread_mutex_t log_mu;
+    time_t logged_at[ERROR_LOG_KINDS];   /* last message of each kind (monotonic seconds) */
+    uint64_t suppressed[ERROR_LOG_KINDS]; /* failures of that kind since it, not given */
 } kv_store;
+
+/* Give a failure of op to the error log (see the invariants). Errors a caller sees for what they are, or causes
+ * itself (absent keys, bad arguments, a read-only store, a closed one at unmount), are not logged. */
+static void log_failure(kv_store *k, const char *op, int rc) {
+    if (!k->log || rc == KV_OK || rc == KV_ENOTFOUND || rc == KV_EINVAL || rc == KV_EREADONLY || rc == KV_ECLOSED)
+        return;
+    int kind = -rc > 0 && -rc < ERROR_LOG_KINDS ? -rc : 0;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&k->log_mu);
+    bool quiet = k->logged_at[kind] && now.tv_sec - k->logged_at[kind] < ERROR_LOG_INTERVAL_S;
+    uint64_t before = k->suppressed[kind];
+    if (quiet) k->suppressed[kind]++;
+    else {
+        k->logged_at[kind] = now.tv_sec ? now.tv_sec : 1;
+        k->suppressed[kind] = 0;
+    }
+    pthread_mutex_unlock(&k->log_mu);
+    if (quiet) return;
+    char msg[1024];
+    if (before)
+        snprintf(msg, sizeof msg, "%s failed: %s (and %llu more such failures in the last %d s or so)", op,
+                 kv_errmsg(), (unsigned long long)before, ERROR_LOG_INTERVAL_S);
+    else
+        snprintf(msg, sizeof msg, "%s failed: %s", op, kv_errmsg());
+    k->log(k->log_ctx, msg);
+}
+
+static kv_store *KS(store *s) { return (kv_store *)s; }
 
 static int errno_of(int kv) {
     switch (kv) {
@@ -37,6 +80,12 @@ static int errno_of(int kv) {
 }
 
 static kv_db *DB(store *s) { return ((kv_store *)s)->db; }
+
+/* The errno value of a failed op, given to the error log first. */
+static int failed(store *s, const char *op, int rc) {
+    log_failure(KS(s), op, rc);
+    return errno_of(rc);
+}
 
 static int kvs_write(store *s, const store_batch *b, bool sync) {
     if (b->error) return b->error;
@@ -67,7 +116,7 @@ static int kvs_write(store *s, const store_batch *b, bool sync) {
     }
     if (!rc && kv_batch_count(kb) > 0) rc = kv_write(DB(s), kb, sync ? KV_SYNC : 0, NULL);
     kv_batch_free(kb);
-    return errno_of(rc);
+    return failed(s, sync ? "a synced write" : "a write", rc);
 }
 
 static int kvs_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf *out, store_info *info) {
@@ -77,7 +126,7 @@ static int kvs_get(store *s, uint8_t ks, const void *key, size_t klen, store_buf
     out->data = NULL;
     out->len = 0;
     int rc = kv_get_with_info(DB(s), &ro, key, klen, &v, &ki); /* value and write time from one lookup */
-    if (rc) return errno_of(rc);
+    if (rc) return failed(s, "a read", rc);
     if (v.len > SIZE_MAX) {
         kv_buf_free(&v);
         return -EFBIG;
@@ -96,7 +145,7 @@ static int kvs_stat(store *s, uint8_t ks, const void *key, size_t klen, store_in
     kv_read_opts ro = {.keyspace = ks};
     kv_info ki;
     int rc = kv_stat(DB(s), &ro, key, klen, &ki);
-    if (rc) return errno_of(rc);
+    if (rc) return failed(s, "a lookup", rc);
     info->size = ki.size;
     info->write_ms = ki.timestamp_ms;
     info->stored = ki.stored;
@@ -107,7 +156,7 @@ static int kvs_read(store *s, uint8_t ks, const void *key, size_t klen, uint64_t
                     size_t *nread) {
     kv_read_opts ro = {.keyspace = ks};
     *nread = 0;
-    return errno_of(kv_read_range(DB(s), &ro, key, klen, off, buf, len, nread));
+    return failed(s, "a read", kv_read_range(DB(s), &ro, key, klen, off, buf, len, nread));
 }
 
 static int keycmp(const void *a, size_t al, const void *b, size_t bl) {
@@ -122,7 +171,7 @@ static int kvs_scan(store *s, uint8_t ks, const void *start, size_t slen, const 
     kv_read_opts ro = {.keyspace = ks, .lower_bound = start, .lower_len = slen, .upper_bound = end, .upper_len = elen};
     kv_iter *it;
     int rc = kv_iter_new(DB(s), &ro, &it);
-    if (rc) return errno_of(rc);
+    if (rc) return failed(s, "a scan", rc);
     if (forward) {
         if (slen)
             kv_iter_seek(it, start, slen);
@@ -165,10 +214,10 @@ static int kvs_scan(store *s, uint8_t ks, const void *start, size_t slen, const 
     }
     if (!rc) rc = kv_iter_status(it);
     kv_iter_free(it);
-    return errno_of(rc);
+    return failed(s, "a scan", rc);
 }
 
-static int kvs_sync(store *s) { return errno_of(kv_sync(DB(s))); }
+static int kvs_sync(store *s) { return failed(s, "a sync", kv_sync(DB(s))); }
 static uint64_t kvs_sequence(store *s) { return kv_current_sequence(DB(s)); }
 
 static int kvs_statfs(store *s, struct statvfs *out) {
@@ -179,6 +228,7 @@ static int kvs_statfs(store *s, struct statvfs *out) {
 
 static void kvs_destroy(store *s) {
     kv_store *k = (kv_store *)s;
+    pthread_mutex_destroy(&k->log_mu);
     free(k->datadir);
     free(k);
 }
@@ -205,5 +255,11 @@ store *store_kv_new(struct kv_db *db, const char *datadir) {
     }
     k->base.ops = &kv_store_ops;
     k->db = db;
+    pthread_mutex_init(&k->log_mu, NULL);
     return &k->base;
+}
+
+void store_kv_set_error_log(store *s, store_error_log_fn log, void *ctx) {
+    KS(s)->log = log;
+    KS(s)->log_ctx = ctx;
 }

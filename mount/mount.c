@@ -110,6 +110,14 @@ static const struct fuse_opt mount_spec[] = {
 static bool use_syslog;
 
 static void say(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A failure of the store that a process sees only as EIO or ENOSPC: the engine's message (which file, which offset,
+ * what is full), at most one per kind every 10 s (store_kv.c). */
+static void log_store_failure(void *datadir, const char *message) {
+    say(LOG_ERR, "%s: %s", (const char *)datadir, message);
+}
+
+static void say(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(int prio, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -724,6 +732,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
                 "never synced, were dropped (a page of them had not reached the disk)", o->datadir,
                 (unsigned long long)ks.unsynced_log_bytes_dropped);
         d.st = store_kv_new(d.db, o->datadir);
+        if (d.st) store_kv_set_error_log(d.st, log_store_failure, (void *)o->datadir);
     }
     if (!d.st) {
         say(LOG_ERR, "out of memory");

@@ -219,16 +219,39 @@ PY
     # the power loss: the log kept b's record, the blob file lost what was not synced
     [ "$(stat -c %s "$blob")" -gt "$synced" ]
     truncate -s "$synced" "$blob"
-    (t "$KVFS" mount -f "$D" "$M" 2>"$T/fg.err" &)
-    for i in $(seq 1 100); do is_mounted && break; sleep 0.05; done
-    is_mounted
-    grep -q "recovered from a power loss: [0-9]* batch(es) written but never synced were dropped" "$T/fg.err"
+    fs_mount_logged
+    grep -q "recovered from a power loss: [0-9]* batch(es) written but never synced were dropped" "$T/daemon.log"
     cmp "$T/a" "$M/a"
     # b's creation was a batch of its own, before the one that wrote its bytes: b is there, empty
     [ "$(stat -c %s "$M/b")" -eq 0 ]
     run kv check "$D"
     echo "$output"
     [ "$status" -eq 0 ]
+}
+
+@test "a damaged table: reads through the mount fail with EIO, and the daemon's log names the file" {
+    fs_mount
+    mkdir "$M/d"
+    for i in $(seq 1 300); do head -c 1000 /dev/urandom > "$M/d/f$i"; done # kept in the tree (under 4 KiB)
+    fs_unmount
+    kv compact "$D" >/dev/null # into tables
+    sst=$(ls -S "$D"/*.sst | head -n 1)
+    size=$(stat -c %s "$sst")
+    # one byte in the middle of the table: a data block
+    printf '\xff' | dd of="$sst" bs=1 seek=$((size / 2)) conv=notrunc status=none
+    fs_mount_logged
+    bad=0
+    for i in $(seq 1 300); do t cat "$M/d/f$i" > /dev/null 2>>"$T/cat.err" || bad=$((bad + 1)); done
+    echo "$bad files unreadable"; head -3 "$T/cat.err"; cat "$T/daemon.log"
+    [ "$bad" -ge 1 ]
+    grep -q "Input/output error" "$T/cat.err"
+    grep -q "failed: .*$(basename "$sst").* at offset [0-9]" "$T/daemon.log"
+    # one message per 10 s for the same kind, however many reads failed
+    [ "$(grep -c "failed:" "$T/daemon.log")" -le 2 ]
+    fs_unmount
+    run kv check "$D"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"$(basename "$sst")"* ]]
 }
 
 @test "umount works as well as fusermount3 -u" {

@@ -159,7 +159,7 @@ PY
     # every unlink failed too, leaving the store full until space was freed elsewhere.
     mkdir -p "$D"
     mount -t tmpfs -o size=24m tmpfs "$D" || skip "cannot mount a tmpfs here"
-    fs_mount -o memtable_size=1M
+    fs_mount_logged -o memtable_size=1M
     echo keep > "$M/keep"
     run timeout 300 python3 - "$M" <<'PY'
 import os, sys
@@ -182,6 +182,10 @@ PY
     [[ "$output" == *"No space left"* ]]
     run sh -c "echo more > '$M/more'"
     [ "$status" -ne 0 ]
+    # the daemon says why, once (the failures that follow within 10 s are counted, not repeated)
+    cat "$T/daemon.log"
+    grep -q "a write failed: no space left on the disk holding .*kept for deletes" "$T/daemon.log"
+    [ "$(grep -c "no space left" "$T/daemon.log")" -le 2 ]
     # emptying a file is a removal too
     : > "$M/small/d0/f1"
     [ "$(stat -c %s "$M/small/d0/f1")" -eq 0 ]
