@@ -2,7 +2,8 @@
  * batchlog.c — the batch log (change feed): the committed batches, kept by sequence number.
  *
  * Files BATCHLOG-NNNNNN in the store directory are record logs (wal.h) whose records are the batches' log records
- * (fixed64 sequence first), in increasing sequence order; a new file is started past BATCHLOG_FILE_BYTES and after
+ * (fixed64 sequence first), in increasing sequence order; a new file is started past file_limit (4 MiB, or a quarter
+ * of the byte retention) and after
  * a failed append. The first append after an open continues the newest file when it ended cleanly (the reader
  * reached its end: no torn tail, no damage) and its last batch is below the one appended; otherwise it too starts a
  * new file. So records never follow a possibly torn tail, and a store opened many times (one `kvfs put` each) does
@@ -42,6 +43,7 @@
 #include "error.h"
 
 #define BATCHLOG_FILE_BYTES (4u << 20)
+#define BATCHLOG_FILE_MIN_BYTES (64u << 10)
 #define OWED_MAX (4u << 20) /* bytes of batches whose append failed, kept for a retry */
 
 typedef struct bl_file {
@@ -316,12 +318,21 @@ static int start_file(batchlog *bl) {
     return KV_OK;
 }
 
+/* Where a file ends: BATCHLOG_FILE_BYTES, or a quarter of max_bytes (at least BATCHLOG_FILE_MIN_BYTES) when that is
+ * smaller. Retention by bytes drops whole files and never the one being written, so the files on disk reach
+ * max_bytes and the file being written: with 4 MiB files a 1 MiB limit kept up to 5 MiB (a store on a small disk). */
+static uint64_t file_limit(const batchlog *bl) {
+    uint64_t q = bl->max_bytes / 4;
+    if (!bl->max_bytes || q >= BATCHLOG_FILE_BYTES) return BATCHLOG_FILE_BYTES;
+    return q < BATCHLOG_FILE_MIN_BYTES ? BATCHLOG_FILE_MIN_BYTES : q;
+}
+
 /* The first writer since the open: continue the newest file if it ended cleanly, has room, and holds only batches
  * below seq (a failed forgetting makes the next batches reuse numbers: those go to a new file); else a new file. A
  * file that cannot be reopened is left as it is (caller holds mu). */
 static int continue_or_start_file(batchlog *bl, uint64_t seq) {
     bl_file *f = bl->nfiles ? &bl->files[bl->nfiles - 1] : NULL;
-    if (f && f->clean_end && !f->damaged && f->bytes < BATCHLOG_FILE_BYTES && f->last_seq < seq) {
+    if (f && f->clean_end && !f->damaged && f->bytes < file_limit(bl) && f->last_seq < seq) {
         char path[4096];
         bl_path(bl, f->no, path, sizeof path);
         wal_writer *w;
@@ -351,7 +362,7 @@ static uint64_t files_newest(const batchlog *bl, bool *hidden) {
 static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t len) {
     int rc = KV_OK;
     if (!bl->w && !bl->wrote) rc = continue_or_start_file(bl, seq);
-    else if (!bl->w || wal_writer_size(bl->w) >= BATCHLOG_FILE_BYTES) rc = start_file(bl);
+    else if (!bl->w || wal_writer_size(bl->w) >= file_limit(bl)) rc = start_file(bl);
     if (!rc) rc = wal_append(bl->w, rec, len);
     if (!rc) {
         /* the newest batch before this one, and whether damage hides what may lie between */
