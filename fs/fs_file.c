@@ -130,11 +130,26 @@ int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f) {
     return n;
 }
 
-int kvfs_release(kvfs_fs *fs, kvfs_file *f) {
+bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    kvfs_file *f = file_find(fs, key, klen);
+    if (f) f->changed_outside = true;
+    pthread_mutex_unlock(&fs->tbl_mu);
+    return f != NULL;
+}
+
+int kvfs_release(kvfs_fs *fs, kvfs_file *f) { return kvfs_release_changed(fs, f, NULL, NULL); }
+
+int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_t *changed_klen) {
+    if (changed_key) *changed_key = NULL;
     pthread_mutex_lock(&fs->tbl_mu);
     if (--f->opens > 0) {
         pthread_mutex_unlock(&fs->tbl_mu);
         return 0;
+    }
+    if (changed_key && f->changed_outside && f->ks == STORE_KS_DATA && (*changed_key = malloc(f->klen ? f->klen : 1))) {
+        memcpy(*changed_key, f->key, f->klen);
+        *changed_klen = f->klen;
     }
     /* Last close: write what is buffered while still in the table, so a new open cannot read around it. */
     pthread_mutex_lock(&f->mu);

@@ -377,6 +377,23 @@ static void *vanish_main(void *arg) {
     return NULL;
 }
 
+/* Queue path (malloc'd; taken, also on failure) for the notifier. False when out of memory. */
+static bool queue_vanished(char *path) {
+    vanished *v = path ? malloc(sizeof *v) : NULL;
+    if (!v) {
+        free(path);
+        return false;
+    }
+    *v = (vanished){path, NULL};
+    pthread_mutex_lock(&vanish_mu);
+    if (vanish_tail) vanish_tail->next = v;
+    else vanish_head = v;
+    vanish_tail = v;
+    pthread_cond_signal(&vanish_cv);
+    pthread_mutex_unlock(&vanish_mu);
+    return true;
+}
+
 /* After path's entry went away: queue each ancestor directory that went with it (up to the first that remains). */
 static void note_vanished_parents(const char *path) {
     if (!vanish_running) return;
@@ -387,20 +404,7 @@ static void note_vanished_parents(const char *path) {
         *slash = 0; /* p is now the parent */
         struct stat st;
         if (kvfs_getattr(fs, p, NULL, &st) != -ENOENT) break;
-        vanished *v = malloc(sizeof *v);
-        char *copy = strdup(p);
-        if (!v || !copy) {
-            free(v);
-            free(copy);
-            break;
-        }
-        *v = (vanished){copy, NULL};
-        pthread_mutex_lock(&vanish_mu);
-        if (vanish_tail) vanish_tail->next = v;
-        else vanish_head = v;
-        vanish_tail = v;
-        pthread_cond_signal(&vanish_cv);
-        pthread_mutex_unlock(&vanish_mu);
+        if (!queue_vanished(strdup(p))) break;
     }
     free(p);
 }
@@ -489,8 +493,13 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
         if (klen) {
             inval_key_path(notify_fuse, k, klen, false);
             inval_key_path(notify_fuse, k, klen, true);
-            inval_top_entry(notify_fuse, k, klen, false);
-            if (!memchr(k, '/', klen)) inval_top_entry(notify_fuse, k, klen, true);
+            /* An open file keeps its inode whatever we drop; worse, dropping the directory above it now strands its
+             * entry under a directory entry the kernel no longer finds by name (so the drop at its last close,
+             * stale_file_closed, would miss it) but takes back at the next lookup, stale child and all. */
+            if (!kvfs_file_mark_changed(notify_fs, k, klen)) {
+                inval_top_entry(notify_fuse, k, klen, false);
+                if (!memchr(k, '/', klen)) inval_top_entry(notify_fuse, k, klen, true);
+            }
         }
         /* The directories above it: their times change, and implicit ones appear or vanish with their keys. */
         for (size_t i = klen; i-- > 0;)
@@ -664,6 +673,20 @@ static int op_flush(const char *path, struct fuse_file_info *fi) {
     return rc;
 }
 
+/* The last close of a file whose key the control socket rewrote (or deleted) while it was open. The kernel kept its
+ * inode then, and with the writeback cache it trusts that inode's size over ours: the old size stayed after the
+ * close, for the entry timeout (a day), so a longer value read cut short and a shorter one ended in zeros. Now that
+ * the file is closed, have the notifier drop its top-level entry (at once and again a moment later, once the
+ * kernel let go of the dentry the close held): the unused dentry goes with it, and the next lookup makes a fresh
+ * inode, as kvfs_notify_key_changed does for a file that is not open. */
+static void stale_file_closed(uint8_t *key, size_t klen) {
+    if (vanish_running) {
+        (void)queue_vanished(names_key_to_path(key, klen, false));
+        if (!memchr(key, '/', klen)) (void)queue_vanished(names_key_to_path(key, klen, true));
+    }
+    free(key);
+}
+
 static int op_release(const char *path, struct fuse_file_info *fi) {
     (void)path;
     kvfs_fs *fs = FS();
@@ -680,7 +703,11 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
         }
     if (!h) {
         pthread_mutex_unlock(&hidden_mu); /* the usual case: closes of different files run in parallel */
-        return kvfs_release(fs, f);
+        uint8_t *key;
+        size_t klen;
+        int rc = kvfs_release_changed(fs, f, &key, &klen);
+        if (key) stale_file_closed(key, klen);
+        return rc;
     }
     int rc = kvfs_release(fs, f);
     if (kvfs_file_opens(fs, f) == 1) {

@@ -21,6 +21,7 @@
 struct kvfs_file {
     struct kvfs_file *next;  /* hash chain (tbl_mu) */
     int opens;               /* open handles (tbl_mu) */
+    bool changed_outside;    /* another writer changed the key while open (tbl_mu): the kernel's inode is stale */
     pthread_mutex_t mu;      /* everything below */
     uint8_t ks;              /* STORE_KS_DATA, or STORE_KS_ORPHAN after an unlink while open */
     uint8_t *key;

@@ -198,3 +198,31 @@ teardown() { tools_teardown; }
     kv del "$D" f
     [ ! -e "$M/f" ]
 }
+
+@test "mounted: a file open while kvfs put rewrites it shows the new value once closed, shorter or longer" {
+    mount_store "$D" "$M"
+    mkdir -p "$M/dir"
+    echo 0123456789 > "$M/dir/short"
+    echo one > "$M/dir/long"
+    echo top > "$M/top"
+    exec 7< "$M/dir/short" 8< "$M/dir/long" 9< "$M/top"
+    kv put "$D" dir/short ab
+    kv put "$D" dir/long threeeee
+    kv put "$D" top "top, rewritten"
+    exec 7<&- 8<&- 9<&-
+    # the kernel learns it a moment after the last close (as for vanished directories)
+    sleep 0.3
+    [ "$(stat -c %s "$M/dir/short")" = 2 ]
+    [ "$(cat "$M/dir/short")" = ab ]
+    [ "$(stat -c %s "$M/dir/long")" = 8 ]
+    [ "$(cat "$M/dir/long")" = threeeee ]
+    [ "$(cat "$M/top")" = "top, rewritten" ]
+    # also with a shell whose working directory is the file's directory
+    cd "$M/dir"
+    exec 7< short
+    kv put "$D" dir/short "longer than before"
+    exec 7<&-
+    sleep 0.3
+    [ "$(cat short)" = "longer than before" ]
+    cd /
+}
