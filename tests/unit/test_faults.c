@@ -1493,6 +1493,84 @@ TEST(test_faults_the_last_bytes_of_the_disk_are_kept_for_deletes_and_compactions
     last_bytes_case(false); /* compactions run inline, in the writes */
 }
 
+/* A store whose due compaction rewrites more than 256 KiB (two level-0 tables over a level 1 of 600 KB, all of it
+ * overlapped), on a disk below half the floor, so that compaction fails for space (on failure, t_failed(); fx_free(f)
+ * is the caller's). With background threads, level 0 is also at the stop trigger. */
+static void fx_open_compaction_too_big_for_the_disk(fx *f, bool background) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s", t_tmpdir());
+    f->env = kv_fault_env_new(kv_env_posix());
+    CHECK(f->env != NULL);
+    fx_options(&f->o, false);
+    f->o.compression = false;
+    f->o.level1_bytes = 64 << 20; /* the setup keeps it all in level 1 */
+    f->o.l0_compaction_trigger = f->o.l0_slowdown_trigger = f->o.l0_stop_trigger = 100;
+    f->o.env = f->env;
+    CHECK_OK(kv_open(f->dir, &f->o, &f->db));
+    static uint8_t v[1000];
+    char k[32];
+    uint64_t rs = 7;
+    for (int i = 0; i < 600; i++) {
+        for (size_t j = 0; j < sizeof v; j++) v[j] = (uint8_t)t_rand(&rs);
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_put(f->db, k, strlen(k), v, sizeof v, 0));
+    }
+    CHECK_OK(kv_compact_range(f->db, NULL, 0, NULL, 0, NULL, NULL));
+    for (int t = 0; t < 2; t++) { /* two level-0 tables spanning the keys */
+        kv_batch *b = NULL;
+        CHECK_OK(kv_batch_new(&b));
+        for (int i = t; i < 600 && b; i += 10) {
+            snprintf(k, sizeof k, "k%05d", i);
+            CHECK_OK(kv_batch_put(b, k, strlen(k), "x", 1));
+        }
+        CHECK_OK(kv_write(f->db, b, 0, NULL));
+        kv_batch_free(b);
+        CHECK_OK(kv_compact_range(f->db, "z", 1, "z", 1, NULL, NULL)); /* flushes the memtable, compacts nothing */
+    }
+    kv_stats st = {0};
+    CHECK_OK(kv_get_stats(f->db, &st));
+    CHECK_EQ(st.level_files[0], 2);
+    CHECK_OK(kv_close(f->db));
+    kv_free(f->db);
+    f->db = NULL;
+    uint64_t floor = (16u << 10) + (1u << 20); /* fx_options: 16 KiB memtables */
+    kv_fault_env_set_disk_space(f->env, floor / 2 - 1, 1ull << 30);
+    f->o.background_threads = background;
+    f->o.l0_compaction_trigger = f->o.l0_slowdown_trigger = f->o.l0_stop_trigger = 2;
+    CHECK_OK(kv_open(f->dir, &f->o, &f->db));
+}
+
+/* A failed log fsync leaves a debt: the next write first flushes the memtables holding what it covered
+ * (settle_sync_debt). That flush is a flush request, which no lack of space for compactions stops (flushes keep the
+ * rest of the floor): the debt's forced switch of the memtable waited at the level-0 stop trigger, or (without a
+ * compaction thread) failed with the inline compaction's KV_ENOSPC, so every delete and kv_sync failed, while the
+ * same deletes without the debt went through. */
+static void deletes_after_failed_fsync_case(bool background) {
+    fx f;
+    fx_open_compaction_too_big_for_the_disk(&f, background);
+    if (t_failed()) {
+        fx_free(&f);
+        return;
+    }
+    CHECK_OK(kv_delete(f.db, "k00001", 6, 0)); /* deletes pass while compactions fail */
+    kv_fault_env_arm(f.env, KV_FAULT_SYNC_EIO, 0, ".log");
+    CHECK(kv_sync(f.db) != KV_OK); /* a debt */
+    kv_fault_env_clear(f.env);
+    int rc = kv_delete(f.db, "k00002", 6, 0);
+    CHECK_MSG(rc == KV_OK, "a delete after the failed fsync: %s (%s)", kv_strerror(rc), kv_errmsg());
+    rc = kv_sync(f.db);
+    CHECK_MSG(rc == KV_OK, "a sync after the failed fsync: %s (%s)", kv_strerror(rc), kv_errmsg());
+    CHECK_EQ(kv_contains(f.db, NULL, "k00002", 6), 0);
+    kv_fault_env_set_disk_space(f.env, UINT64_MAX, 0);
+    CHECK_MSG(fx_check(&f), "%s", f.err);
+    fx_free(&f);
+}
+
+TEST(test_faults_deletes_after_a_failed_log_fsync_pass_while_compactions_fail_for_space) {
+    deletes_after_failed_fsync_case(false);
+    deletes_after_failed_fsync_case(true);
+}
+
 /* Writes retried on a full disk: each failure starts a new write-ahead log and a new batch-log file, whose creation
  * succeeds (an empty file needs no block) while the append fails (here an injected EIO on every append). Every retry used to leave both behind, empty:
  * 17,000 log files in a minute of retries through the mount. Now one that holds nothing goes. */
