@@ -787,14 +787,16 @@ void db_note_blob_bytes(kv_db *db, uint64_t len) {
 /* A compaction failed for want of space (caller holds mu). Its output is what survives of its inputs, so deletes make
  * it smaller, but only those in tables: deletes waiting in the memtable (a user emptying a full store) would wait for
  * it to fill. Switch it now, if it holds any, so the flush thread writes them and the next attempt sees them (at most
- * every 5 s: compact_main). A flush request passes the level-0 stop trigger while compactions fail (make_room). */
-static void flush_deletes_for_compaction(kv_db *db) {
+ * every 5 s: compact_main). A flush request passes the level-0 stop trigger while compactions fail (make_room).
+ * Whether it asked for the switch. */
+static bool flush_deletes_for_compaction(kv_db *db) {
     memtable_meta mm;
     memtable_get_meta(db->mem, &mm);
-    if (mm.tombstones == 0 || db->nimm > 0 || db->stopping) return;
+    if (mm.tombstones == 0 || db->nimm > 0 || db->stopping) return false;
     pthread_mutex_unlock(&db->mu);
     (void)db_write_internal(db, NULL, 0, NULL);
     pthread_mutex_lock(&db->mu);
+    return true;
 }
 
 static void *compact_main(void *arg) {
@@ -816,10 +818,10 @@ static void *compact_main(void *arg) {
             pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {
                 failures++;
-                if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000) {
-                    flush_deletes_for_compaction(db);
+                /* the 5 s run from a flush made, not from an attempt that found no delete to flush */
+                if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000 &&
+                    flush_deletes_for_compaction(db))
                     deletes_flushed_us = db_now_us();
-                }
                 timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
                 gc_when_short_of_space(db, &pacing); /* a compaction that fails for a full disk may free it */
             } else {

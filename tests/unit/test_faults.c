@@ -1571,6 +1571,31 @@ TEST(test_faults_deletes_after_a_failed_log_fsync_pass_while_compactions_fail_fo
     deletes_after_failed_fsync_case(true);
 }
 
+/* A compaction that fails for space has the memtable flushed early when it holds deletes (at most every 5 s), so the
+ * next attempt sees them. The 5 s ran from any failed attempt, also one that found no delete to flush: deletes made
+ * just after the first failure (the store opened on a full disk, then `rm`) waited 5 s for their flush, not one
+ * retry. */
+TEST(test_faults_deletes_after_a_failed_compaction_are_flushed_at_its_next_attempt) {
+    fx f;
+    fx_open_compaction_too_big_for_the_disk(&f, true);
+    if (t_failed()) {
+        fx_free(&f);
+        return;
+    }
+    usleep(100 * 1000); /* the first attempt fails, with nothing to flush */
+    kv_stats st = {0};
+    CHECK_OK(kv_get_stats(f.db, &st));
+    uint64_t flushes = st.flushes;
+    CHECK_OK(kv_delete(f.db, "k00003", 6, 0));
+    long long t0 = mono_us();
+    while (mono_us() - t0 < 4000000 && kv_get_stats(f.db, &st) == KV_OK && st.flushes == flushes) usleep(20 * 1000);
+    long long waited = (mono_us() - t0) / 1000;
+    printf("# the delete was flushed after %lld ms\n", waited);
+    CHECK_MSG(st.flushes > flushes && waited < 2000, "the delete waited %lld ms for its flush", waited);
+    kv_fault_env_set_disk_space(f.env, UINT64_MAX, 0);
+    fx_free(&f);
+}
+
 /* Writes retried on a full disk: each failure starts a new write-ahead log and a new batch-log file, whose creation
  * succeeds (an empty file needs no block) while the append fails (here an injected EIO on every append). Every retry used to leave both behind, empty:
  * 17,000 log files in a minute of retries through the mount. Now one that holds nothing goes. */
