@@ -867,7 +867,9 @@ static void retry_failed_now(kv_db *db, const uint64_t *attempts, const int *err
     ts.tv_sec += secs;
     uint64_t seen = *attempts;
     pthread_cond_broadcast(&db->work_cv); /* both threads wait on it: a signal could wake the other one */
-    while (*error && *attempts == seen && !db->stopping && pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
+    /* not while the compaction thread runs a blob GC pass instead, which may wait to lead the queue this writer leads */
+    while (*error && *attempts == seen && !db->stopping && !db->bg_gc_running &&
+           pthread_cond_timedwait(&db->bg_cv, &db->mu, &ts) == 0) {
     }
     atomic_fetch_add(&db->st_stall_us, db_now_us() - t);
 }

@@ -822,7 +822,8 @@ static void *compact_main(void *arg) {
                 if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000 &&
                     flush_deletes_for_compaction(db))
                     deletes_flushed_us = db_now_us();
-                timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
+                /* mu was released for that flush: a close may have broadcast meanwhile */
+                if (!db->stopping) timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
                 gc_when_short_of_space(db, &pacing); /* a compaction that fails for a full disk may free it */
             } else {
                 failures = 0;
