@@ -61,17 +61,24 @@ struct kv_batch {
 /* Keys and values of a batch, wherever they are (statistics, group limits). */
 static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
-/* A batch that removes data: at least one delete or truncation, no more puts than those and at most 256 bytes of keys
- * and values put per one of them, nothing else (an unlink's batch: the file's keys deleted, its directory's new times
- * put; `> file`: a truncation and the file's times). A truncation adds no bytes beyond a small reference, except when
- * it extends a value short enough to be kept whole (below blob_threshold), and mostly it frees them. While
- * compactions fail, such batches pass the level-0 stop trigger (make_room): on a disk too full for a compaction's
- * output, deletes are what make the output small enough to fit, and refusing them left a full store stuck for good. */
+/* A batch that removes data: at least one delete or truncation, or a move of a value to another key (at most
+ * BATCH_REMOVES_MAX_MOVES: a move of a value kept whole rewrites its bytes under the new key, up to blob_threshold),
+ * no more puts than those and at most 256 bytes of keys and values put per one of them, nothing else. So an
+ * unlink's batch (the file's keys deleted, its directory's new times put), `> file` (a truncation and the file's
+ * times), the unlink of a file still open (its value moved to the orphans) and a file's rename. A truncation adds
+ * no bytes beyond a small reference, except when it extends a value short enough to be kept whole (below
+ * blob_threshold), and mostly it frees them. While compactions fail, such batches pass the level-0 stop trigger
+ * (make_room): on a disk too full for a compaction's output, deletes are what make the output small enough to fit,
+ * and refusing them left a full store stuck for good; and they pass the floor of free space that writes adding data
+ * stop at (db_space_for_write). */
+#define BATCH_REMOVES_MAX_MOVES 16
+
 static inline bool batch_removes_data(const kv_batch *b) {
-    uint64_t deletes = 0, puts = 0, put_bytes = 0;
+    uint64_t removals = 0, moves = 0, puts = 0, put_bytes = 0;
     for (size_t i = 0; i < b->n; i++) {
         const batch_op *op = &b->ops[i];
-        if (op->kind == BOP_DELETE || op->kind == BOP_TRUNCATE) deletes++;
+        if (op->kind == BOP_DELETE || op->kind == BOP_TRUNCATE) removals++;
+        else if (op->kind == BOP_MOVE) moves++;
         else if (op->kind == BOP_PUT) {
             puts++;
             put_bytes += op->klen + op->len;
@@ -79,7 +86,8 @@ static inline bool batch_removes_data(const kv_batch *b) {
             return false;
         }
     }
-    return deletes > 0 && puts <= deletes && put_bytes <= 256 * deletes;
+    uint64_t n = removals + moves;
+    return n > 0 && moves <= BATCH_REMOVES_MAX_MOVES && puts <= n && put_bytes <= 256 * n;
 }
 
 /* Tests: blob GC calls this, if set, between a value's copy and its swap (ks, key: the value's). */

@@ -184,9 +184,15 @@ PY
     cat "$T/daemon.log"
     grep -q "a write failed: .*no space left" "$T/daemon.log"
     [ "$(grep -c "no space left" "$T/daemon.log")" -le 2 ]
-    # emptying a file is a removal too
+    # emptying a file is a removal too, and so are removing a file still open and renaming one
     : > "$M/small/d0/f1"
     [ "$(stat -c %s "$M/small/d0/f1")" -eq 0 ]
+    exec 7< "$M/small/d0/f2"
+    rm "$M/small/d0/f2"
+    [ "$(head -c 1500 <&7 | wc -c)" -eq 1500 ]
+    exec 7<&-
+    mv "$M/small/d0/f3" "$M/small/d0/g3"
+    [ "$(stat -c %s "$M/small/d0/g3")" -eq 1500 ]
     run timeout 300 rm -rf "$M/small"
     echo "$output" | head -5
     [ "$status" -eq 0 ]
