@@ -1468,7 +1468,7 @@ static void last_bytes_case(bool background) {
         /* but not the rename of a large directory: moves of values kept whole rewrite their bytes */
         kv_batch_clear(b);
         for (int i = 0; i < 20; i++) {
-            char from[16], to[16];
+            char from[32], to[32];
             snprintf(from, sizeof from, "k%05d", 500 + i);
             snprintf(to, sizeof to, "moved%05d", i);
             CHECK_OK(kv_batch_move(b, 0, from, strlen(from), 0, to, strlen(to)));
