@@ -1309,6 +1309,11 @@ int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     if ((flags & KV_SYNC) && b->n && !db->opt.read_only && db_blob_lost_pending(db)) rc = db_blob_rescue(db);
     if (!rc && b->n) rc = db_space_for_write(db, b);
     if (!rc) rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
+    if (!rc) {
+        uint64_t removals = 0;
+        for (size_t i = 0; i < b->n; i++) removals += b->ops[i].kind == BOP_DELETE || b->ops[i].kind == BOP_TRUNCATE;
+        if (removals) atomic_fetch_add(&db->st_removals, removals);
+    }
     if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
     if (b->n == 0 && seq) *seq = atomic_load(&db->last_seq);
     db_leave(db);

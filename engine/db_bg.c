@@ -799,8 +799,44 @@ static bool flush_deletes_for_compaction(kv_db *db) {
     return true;
 }
 
+/* Blob GC after removals. A delete (or truncation) may leave a blob file that no value names, whose space a pass
+ * gives back; a user who removed a large file through the mount expects it back soon, not after the minute of
+ * idleness. A pass is due once writes have been quiet for GC_AFTER_REMOVALS_QUIET_US and something was removed since
+ * the last pass began, at most one per max(GC_AFTER_REMOVALS_GAP_US, 10 times the last pass's time): a pass reads
+ * every entry, so a store that keeps deleting small keys spends at most a tenth of this thread's time on them. */
+#define GC_AFTER_REMOVALS_QUIET_US 3000000
+#define GC_AFTER_REMOVALS_GAP_US 10000000
+
+typedef struct gc_after_removals {
+    uint64_t removals; /* st_removals when the last pass began */
+    uint64_t ended_us, took_us;
+    uint64_t seq, quiet_since_us; /* last_seq as last seen, and since when it has not moved */
+} gc_after_removals;
+
+/* A blob GC pass from compact_main, timed for gc_after_removals (caller holds mu, released for the pass). */
+static void bg_blob_gc_timed(kv_db *db, gc_after_removals *g) {
+    g->removals = atomic_load(&db->st_removals);
+    uint64_t t = db_now_us();
+    (void)bg_blob_gc(db, NULL);
+    g->ended_us = db_now_us();
+    g->took_us = g->ended_us - t;
+}
+
+static bool gc_due_after_removals(kv_db *db, gc_after_removals *g) {
+    uint64_t now = db_now_us(), seq = atomic_load(&db->last_seq);
+    if (seq != g->seq) {
+        g->seq = seq;
+        g->quiet_since_us = now;
+    }
+    uint64_t gap = g->took_us * 10 > GC_AFTER_REMOVALS_GAP_US ? g->took_us * 10 : GC_AFTER_REMOVALS_GAP_US;
+    return atomic_load(&db->st_removals) != g->removals && now - g->quiet_since_us >= GC_AFTER_REMOVALS_QUIET_US &&
+           (g->ended_us == 0 || now - g->ended_us >= gap);
+}
+
 static void *compact_main(void *arg) {
     kv_db *db = arg;
+    gc_after_removals removed = {.removals = atomic_load(&db->st_removals), .seq = atomic_load(&db->last_seq),
+                                 .quiet_since_us = db_now_us()};
     pthread_mutex_lock(&db->mu);
     int failures = 0;
     uint64_t busy_us = db_now_us(); /* the last compaction or pass: a pass is due after a minute without either */
@@ -829,17 +865,18 @@ static void *compact_main(void *arg) {
                 failures = 0;
             }
             if (!db->stopping && db->vs->current->nblobs > 0 && gc_due_by_bytes(db))
-                (void)bg_blob_gc(db, NULL); /* between compactions too */
+                bg_blob_gc_timed(db, &removed); /* between compactions too */
             busy_us = db_now_us();
             continue;
         }
         timed_wait(db, &db->work_cv, 1000);
         gc_when_short_of_space(db, &pacing);
-        /* after a minute without compactions, or once enough large values were written, reclaim blob space (it is a
-         * no-op without blob files) */
+        /* after a minute without compactions, once enough large values were written, or soon after removals,
+         * reclaim blob space (it is a no-op without blob files) */
+        bool after_removals = gc_due_after_removals(db, &removed);
         if (db->vs->current->nblobs > 0 && !db->stopping &&
-            (db_now_us() - busy_us >= 60000000 || gc_due_by_bytes(db))) {
-            (void)bg_blob_gc(db, NULL);
+            (db_now_us() - busy_us >= 60000000 || gc_due_by_bytes(db) || after_removals)) {
+            bg_blob_gc_timed(db, &removed);
             busy_us = db_now_us();
         }
     }

@@ -280,6 +280,7 @@ struct kv_db {
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
         st_gc_failures;
     _Atomic uint64_t st_enospc; /* writes that failed for a full disk: blob GC then hurries (db_bg.c) */
+    _Atomic uint64_t st_removals; /* deletes and truncations written: blob GC follows them (db_bg.c) */
     /* the disk's free space as db_space_for_write last saw it: when (db_now_us), how many bytes written by then (user
      * and blob bytes) make the next look due, and whether it was under the floor kept for deletes and compactions */
     _Atomic uint64_t space_seen_us, space_recheck_at;

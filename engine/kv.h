@@ -307,7 +307,8 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
  * share is above min_ratio have their live values copied out. Old versions that no snapshot sees do not keep a file;
  * the shared file that appends go to is closed first when it holds at least 1 MiB of garbage, above min_ratio. The
  * background runs it after a minute without compactions, once large values as big as the live ones (at least 64 MiB)
- * were written since its last pass, and soon after writes once a write failed with KV_ENOSPC. */
+ * were written since its last pass, 3 s after the last write once something was deleted or truncated (at most once
+ * per 10 s, or per ten times the last pass's duration), and soon after writes once a write failed with KV_ENOSPC. */
 int kv_blob_gc(kv_db *db, double min_ratio);
 /* A consistent copy of the store in dest (created; must not exist), openable as a store. Immutable files are
  * hard-linked when dest is on the same file system, copied otherwise. */

@@ -2424,6 +2424,38 @@ TEST(test_db_blob_garbage_is_measured) {
  * old versions (they stay in the memtable here), unless a snapshot still sees them. The file used to stay until a
  * flush and a compaction had dropped every old version: on a full disk, where compaction may not run, for good. The
  * old versions that remain name a file that is gone: kv_check does not judge them, and recovery replays them. */
+/* A large value deleted (a big file removed through the mount) gives its space back within seconds of the writes
+ * going quiet, not after the background's minute without compactions. */
+TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
+    char dir[512];
+    kv_options o;
+    kv_db *db;
+    if (!open_blob_store(dir, &o, &db, 0)) return;
+    size_t big = 3u << 20;
+    uint8_t *v = malloc(big);
+    CHECK(v != NULL);
+    memset(v, 'x', big);
+    CHECK_OK(kv_put(db, "big", 3, v, big, 0));
+    CHECK_OK(kv_put(db, "small", 5, v, 100, 0));
+    free(v);
+    CHECK_OK(kv_delete(db, "big", 3, 0));
+    kv_stats st = {0};
+    int waited = 0;
+    for (; waited < 150; waited++) { /* up to 15 s: 3 s of quiet, then a pass */
+        CHECK_OK(kv_get_stats(db, &st));
+        if (st.blob_bytes < (1u << 20)) break;
+        usleep(100 * 1000);
+    }
+    printf("# %llu blob bytes %d ms after the delete\n", (unsigned long long)st.blob_bytes, waited * 100);
+    CHECK_MSG(st.blob_bytes < (1u << 20), "%llu blob bytes 15 s after the delete", (unsigned long long)st.blob_bytes);
+    kv_buf got;
+    CHECK_OK(kv_get(db, NULL, "small", 5, &got));
+    CHECK_EQ(got.len, 100);
+    kv_buf_free(&got);
+    CHECK_EQ(kv_get(db, NULL, "big", 3, &got), KV_ENOTFOUND);
+    kv_free(db);
+}
+
 TEST(test_db_blob_gc_frees_a_file_only_old_versions_name) {
     char dir[512];
     kv_options o;
