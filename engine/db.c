@@ -1048,6 +1048,19 @@ static int insert_record(kv_db *db, const uint8_t *rec, size_t len) {
     return apply_record(db, db->mem, rec, len, "write batch", 0, &seq);
 }
 
+/* A member's batch failed with code (leader only): the member's status, and the message the leader's thread holds now,
+ * which the member makes its own (kv_errmsg). */
+static void writer_fail(writer *p, int code) {
+    p->status = code;
+    snprintf(p->msg, sizeof p->msg, "%s", kv_errmsg());
+}
+
+/* A writer's status once its group is done, with its message in the calling thread (kv_errmsg). */
+static int writer_result(const writer *w) {
+    if (w->status != KV_OK) kv_set_error(w->status, "%s", w->msg);
+    return w->status;
+}
+
 #define GROUP_MAX_BYTES (1u << 20)
 #define GROUP_MAX_WRITERS 64
 #define GROUP_GATHER_US 100 /* longest wait for the rest of a synced group */
@@ -1085,7 +1098,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         pthread_mutex_unlock(&db->mu);
         pthread_cond_destroy(&w.cv);
         if (seq && w.status == KV_OK) *seq = w.seq;
-        return w.status;
+        return writer_result(&w);
     }
 
     /* this thread leads a group */
@@ -1152,6 +1165,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                         ? kv_set_error(KV_ECORRUPT, "no sequence number left after %" PRIu64, next_seq + nrec)
                         : db_resolve_batch(db, p->batch, next_seq + 1 + nrec, ts, &recs);
             p->status = r; /* a batch that fails to resolve fails alone: it appended nothing */
+            if (r) writer_fail(p, r); /* its message, before the next batch's failure replaces it */
             if (r == KV_OK) {
                 starts[nrec] = start;
                 members[nrec++] = p;
@@ -1173,7 +1187,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             if (!log_rc || wal_writer_broken(db->log))
                 for (size_t i = 0; i < nrec; i++) db_mark_streams_committed(members[i]->batch);
             if (log_rc) {
-                for (size_t i = 0; i < nrec; i++) members[i]->status = log_rc;
+                for (size_t i = 0; i < nrec; i++) writer_fail(members[i], log_rc);
                 /* If the log could not be cut back, these records may stay in it and come back at recovery:
                  * never hand their sequence numbers to other batches. */
                 if (wal_writer_broken(db->log)) {
@@ -1220,14 +1234,15 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
         if (sync_rc) {
             /* the batches are applied (they are in the OS) but not known to be on disk */
             for (writer *p = &w;; p = p->next) {
-                if (p->status == KV_OK) p->status = kv_set_error(sync_rc, "sync failed: the write is applied but may not be durable");
+                if (p->status == KV_OK)
+                    writer_fail(p, kv_set_error(sync_rc, "sync failed: the write is applied but may not be durable"));
                 if (p == last) break;
             }
         }
     }
     /* wake the group and hand leadership on */
     for (writer *p = &w;; p = p->next) {
-        if (rc) p->status = rc;
+        if (rc) writer_fail(p, rc);
         p->done = true;
         if (p != &w) writer_wake(p);
         if (p == last) break;
@@ -1242,7 +1257,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     pthread_mutex_unlock(&db->mu);
     pthread_cond_destroy(&w.cv);
     if (seq && w.status == KV_OK) *seq = w.seq;
-    return w.status;
+    return writer_result(&w); /* a later member's failure may have replaced the leader's own message */
 }
 
 int db_flush_memtable(kv_db *db) {

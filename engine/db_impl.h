@@ -146,6 +146,7 @@ typedef struct writer {
     kv_batch *batch;
     bool sync, done;
     int status;
+    char msg[512]; /* with a failed status: its message (kv_errmsg is per thread; the leader sets it in its own) */
     uint64_t seq;
     pthread_cond_t cv;
     atomic_bool woken; /* set by writer_wake (under mu): a writer spinning outside cv sees it without a wake-up */

@@ -1102,6 +1102,60 @@ TEST(test_faults_group_commit_failures) {
     kv_free(db);
 }
 
+/* A writer whose batch a group's leader wrote for it gets the failure's message too (kv_errmsg is per thread): it
+ * was empty, and the mount's error log said only "a write failed: " for every writer but the leader. */
+typedef struct msg_writer {
+    kv_db *db;
+    int t, fails, empty;
+    char example[200];
+} msg_writer;
+
+static void *msg_writer_main(void *arg) {
+    msg_writer *g = arg;
+    char k[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "m%d-%05d", g->t, i);
+        if (kv_put(g->db, k, strlen(k), k, strlen(k), KV_SYNC) == KV_OK) continue;
+        g->fails++;
+        if (kv_errmsg()[0] == 0) g->empty++;
+        else snprintf(g->example, sizeof g->example, "%s", kv_errmsg());
+    }
+    return NULL;
+}
+
+TEST(test_faults_group_members_get_the_failure_message) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env);
+    kv_options o;
+    fx_options(&o, true);
+    o.env = env;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    enum { NT = 8 };
+    msg_writer g[NT];
+    pthread_t th[NT];
+    kv_fault_env_arm(env, KV_FAULT_SYNC_EIO, 0, ".log");
+    for (int t = 0; t < NT; t++) {
+        g[t] = (msg_writer){.db = db, .t = t};
+        CHECK(pthread_create(&th[t], NULL, msg_writer_main, &g[t]) == 0);
+    }
+    int fails = 0, empty = 0;
+    for (int t = 0; t < NT; t++) {
+        pthread_join(th[t], NULL);
+        fails += g[t].fails;
+        empty += g[t].empty;
+    }
+    kv_fault_env_clear(env);
+    printf("# %d failed writes, %d without a message (e.g. \"%s\")\n", fails, empty, g[0].example);
+    CHECK(fails > 0);
+    CHECK_MSG(empty == 0, "%d of %d failed writes left kv_errmsg empty", empty, fails);
+    kv_free(db);
+    env->destroy(env);
+}
+
 /* A checkpoint whose manifest edit fails reports the error and leaves no CURRENT behind: its CURRENT was written
  * before the edit that lists the tables, and named a manifest listing none of them (an openable, silently empty
  * copy). A checkpoint that succeeds opens with everything. */
