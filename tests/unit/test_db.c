@@ -2420,10 +2420,6 @@ TEST(test_db_blob_garbage_is_measured) {
     kv_free(db);
 }
 
-/* A large value deleted or overwritten gives its blob file back at the next GC pass, before compaction has met its
- * old versions (they stay in the memtable here), unless a snapshot still sees them. The file used to stay until a
- * flush and a compaction had dropped every old version: on a full disk, where compaction may not run, for good. The
- * old versions that remain name a file that is gone: kv_check does not judge them, and recovery replays them. */
 /* A large value deleted (a big file removed through the mount) gives its space back within seconds of the writes
  * going quiet, not after the background's minute without compactions. */
 TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
@@ -2456,6 +2452,10 @@ TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
     kv_free(db);
 }
 
+/* A large value deleted or overwritten gives its blob file back at the next GC pass, before compaction has met its
+ * old versions (they stay in the memtable here), unless a snapshot still sees them. The file used to stay until a
+ * flush and a compaction had dropped every old version: on a full disk, where compaction may not run, for good. The
+ * old versions that remain name a file that is gone: kv_check does not judge them, and recovery replays them. */
 TEST(test_db_blob_gc_frees_a_file_only_old_versions_name) {
     char dir[512];
     kv_options o;
