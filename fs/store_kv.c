@@ -57,8 +57,8 @@ static void log_failure(kv_store *k, const char *op, int rc) {
     if (quiet) return;
     char msg[1024];
     if (before)
-        snprintf(msg, sizeof msg, "%s failed: %s (and %llu more such failures in the last %d s or so)", op,
-                 kv_errmsg(), (unsigned long long)before, ERROR_LOG_INTERVAL_S);
+        snprintf(msg, sizeof msg, "%s failed: %s (and %llu more such failures since the last such message)", op,
+                 kv_errmsg(), (unsigned long long)before);
     else
         snprintf(msg, sizeof msg, "%s failed: %s", op, kv_errmsg());
     k->log(k->log_ctx, msg);
