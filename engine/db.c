@@ -887,7 +887,7 @@ static int compact_inline(kv_db *db, const kv_batch *b, bool flush_request, bool
     *did = true;
     while (rc == KV_OK && *did && db->vs->current->score >= 1) rc = db_compact_once(db, did);
     db->compact_error = rc == KV_ECLOSED ? 0 : rc;
-    if (rc == KV_ENOSPC && (flush_request || (b && batch_removes_data(b)))) {
+    if (rc == KV_ENOSPC && (flush_request || (b && batch_removes_data(b, db->opt.blob_threshold)))) {
         kv_clear_error();
         *did = false;
         return KV_OK;
@@ -925,7 +925,7 @@ static int make_room(kv_db *db, bool force, const kv_batch *b, bool flush_reques
         /* not for a compaction while the compaction thread runs blob GC, which may be waiting for this writer to
          * leave the write queue (bg_gc_running): level 0 then grows past the trigger until the pass ends */
         bool past_stop = db->bg_gc_running || (db->compact_error && !db->compact_running &&
-                                               (flush_request || (b && batch_removes_data(b))));
+                                               (flush_request || (b && batch_removes_data(b, db->opt.blob_threshold))));
         if (db->nimm >= db->opt.max_immutable || (l0_files(db) >= db->opt.l0_stop_trigger && !past_stop)) {
             if (!db->opt.background_threads) {
                 int rc = db->nimm ? db_flush_one(db) : KV_OK;
@@ -1104,7 +1104,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     /* this thread leads a group */
     int rc = make_room(db, b == NULL, b, b == NULL);
     /* a batch that removes data, while compactions fail: grouped only with others that do (make_room) */
-    bool removes = rc == KV_OK && b && db->compact_error && batch_removes_data(b);
+    bool removes = rc == KV_OK && b && db->compact_error && batch_removes_data(b, db->opt.blob_threshold);
     if (rc == KV_OK && b && w.sync && !b->reads && db->last_sync_group > 1 && db->opt.background_threads) {
         /* Synced writers that just finished the previous group are about to queue again: wait a moment (far less
          * than an fsync) for them, so one fsync serves all of them instead of writers alternating in two halves. */
@@ -1130,7 +1130,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
             for (writer *p = w.next; p && n < GROUP_MAX_WRITERS; p = p->next, n++) {
                 /* a writer without a batch (a flush request, kv_checkpoint holding the queue) is never grouped */
                 if (!p->batch || (p->sync && !w.sync) || p->batch->reads ||
-                    bytes + batch_bytes(p->batch) > GROUP_MAX_BYTES || (removes && !batch_removes_data(p->batch)))
+                    bytes + batch_bytes(p->batch) > GROUP_MAX_BYTES || (removes && !batch_removes_data(p->batch, db->opt.blob_threshold)))
                     break;
                 bytes += batch_bytes(p->batch);
                 last = p;
@@ -1310,7 +1310,7 @@ int db_space_for_write(kv_db *db, const kv_batch *b) {
         }
         atomic_store(&db->space_seen_us, now);
     }
-    if (!atomic_load(&db->space_low) || (b && batch_removes_data(b))) return KV_OK;
+    if (!atomic_load(&db->space_low) || (b && batch_removes_data(b, db->opt.blob_threshold))) return KV_OK;
     return kv_set_error(KV_ENOSPC, "no space left on the disk holding %s: its last bytes are kept for deletes, the "
                         "log and compactions", db->dir);
 }

@@ -62,7 +62,8 @@ struct kv_batch {
 static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
 /* A batch that removes data: at least one delete or truncation, or a move of a value to another key (at most
- * BATCH_REMOVES_MAX_MOVES: a move of a value kept whole rewrites its bytes under the new key, up to blob_threshold),
+ * BATCH_REMOVES_MAX_MOVES, and at most BATCH_REMOVES_MOVED_BYTES / blob_threshold: a move of a value kept whole
+ * rewrites its bytes under the new key, up to blob_threshold, which may be as large as 512 MiB),
  * no more puts than those and at most 256 bytes of keys and values put per one of them, nothing else. So an
  * unlink's batch (the file's keys deleted, its directory's new times put), `> file` (a truncation and the file's
  * times), the unlink of a file still open (its value moved to the orphans) and a file's rename. A truncation adds
@@ -72,8 +73,11 @@ static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->
  * and refusing them left a full store stuck for good; and they pass the floor of free space that writes adding data
  * stop at (db_space_for_write). */
 #define BATCH_REMOVES_MAX_MOVES 16
+#define BATCH_REMOVES_MOVED_BYTES (1u << 20)
 
-static inline bool batch_removes_data(const kv_batch *b) {
+static inline bool batch_removes_data(const kv_batch *b, uint64_t blob_threshold) {
+    uint64_t max_moves = blob_threshold ? BATCH_REMOVES_MOVED_BYTES / blob_threshold : BATCH_REMOVES_MAX_MOVES;
+    if (max_moves > BATCH_REMOVES_MAX_MOVES) max_moves = BATCH_REMOVES_MAX_MOVES;
     uint64_t removals = 0, moves = 0, puts = 0, put_bytes = 0;
     for (size_t i = 0; i < b->n; i++) {
         const batch_op *op = &b->ops[i];
@@ -87,7 +91,7 @@ static inline bool batch_removes_data(const kv_batch *b) {
         }
     }
     uint64_t n = removals + moves;
-    return n > 0 && moves <= BATCH_REMOVES_MAX_MOVES && puts <= n && put_bytes <= 256 * n;
+    return n > 0 && moves <= max_moves && puts <= n && put_bytes <= 256 * n;
 }
 
 /* Tests: blob GC calls this, if set, between a value's copy and its swap (ks, key: the value's). */

@@ -2420,6 +2420,30 @@ TEST(test_db_blob_garbage_is_measured) {
     kv_free(db);
 }
 
+/* Which batches count as removing data (they pass the disk's floor and, while compactions fail, the level-0 stop
+ * trigger): moves are bounded by what they may rewrite, 1 MiB / blob_threshold and at most 16. */
+TEST(test_db_batch_removes_data_bounds_moves_by_the_bytes_they_may_rewrite) {
+    kv_batch *b;
+    CHECK_OK(kv_batch_new(&b));
+    CHECK_OK(kv_batch_delete(b, "a", 1));
+    CHECK(batch_removes_data(b, 64 << 10));
+    CHECK_OK(kv_batch_put(b, "t", 1, "0123456789", 10)); /* a directory's times */
+    CHECK(batch_removes_data(b, 64 << 10));
+    CHECK_OK(kv_batch_put(b, "u", 1, "0123456789", 10)); /* more puts than removals */
+    CHECK(!batch_removes_data(b, 64 << 10));
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_move(b, 0, "a", 1, 0, "b", 1));
+    CHECK(batch_removes_data(b, 4 << 10));
+    CHECK(batch_removes_data(b, 1 << 20));
+    CHECK(!batch_removes_data(b, 2 << 20)); /* one value kept whole could be 2 MiB */
+    for (int i = 0; i < 15; i++) CHECK_OK(kv_batch_move(b, 0, "c", 1, 0, "d", 1));
+    CHECK(batch_removes_data(b, 4 << 10)); /* 16 moves */
+    CHECK(!batch_removes_data(b, 128 << 10)); /* 16 x 128 KiB */
+    CHECK_OK(kv_batch_move(b, 0, "e", 1, 0, "f", 1));
+    CHECK(!batch_removes_data(b, 4 << 10)); /* 17 moves */
+    kv_batch_free(b);
+}
+
 /* A large value deleted (a big file removed through the mount) gives its space back within seconds of the writes
  * going quiet, not after the background's minute without compactions. */
 TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
