@@ -1027,11 +1027,12 @@ TEST(test_faults_batch_log_forgets_batches_a_power_loss_took) {
 }
 
 /* Group commit under failing log writes and fsyncs: eight synced writers; a failed append or fsync fails every writer
- * of its group, writes work again once the fault is gone, and after a power loss every acknowledged synced write is
- * there. */
+ * of its group, each with the failure's message (kv_errmsg is per thread, and the leader's thread set it: the other
+ * members' was empty, and the mount's error log said only "a write failed: "), writes work again once the fault is
+ * gone, and after a power loss every acknowledged synced write is there. */
 typedef struct sync_writer {
     kv_db *db;
-    int t, n, ok_last, fails;
+    int t, n, ok_last, fails, empty; /* empty: failures without a message */
 } sync_writer;
 
 static void *sync_writer_main(void *arg) {
@@ -1039,8 +1040,12 @@ static void *sync_writer_main(void *arg) {
     char k[32];
     for (int i = 0; i < g->n; i++) {
         snprintf(k, sizeof k, "t%d-%05d", g->t, i);
-        if (kv_put(g->db, k, strlen(k), k, strlen(k), KV_SYNC) == KV_OK) g->ok_last = i;
-        else g->fails++;
+        if (kv_put(g->db, k, strlen(k), k, strlen(k), KV_SYNC) == KV_OK) {
+            g->ok_last = i;
+        } else {
+            g->fails++;
+            g->empty += kv_errmsg()[0] == 0;
+        }
     }
     return NULL;
 }
@@ -1059,12 +1064,12 @@ TEST(test_faults_group_commit_failures) {
     enum { NT = 8 };
     sync_writer g[NT];
     pthread_t th[NT];
-    int fails = 0;
+    int fails = 0, empty = 0;
     for (int round = 0; round < 6; round++) {
         uint64_t before = kv_fault_env_failures(env);
         kv_fault_env_arm(env, round % 2 ? KV_FAULT_SYNC_EIO : KV_FAULT_WRITE_SHORT, 20, ".log");
         for (int t = 0; t < NT; t++) {
-            g[t] = (sync_writer){db, t, 200, -1, 0};
+            g[t] = (sync_writer){db, t, 200, -1, 0, 0};
             CHECK(pthread_create(&th[t], NULL, sync_writer_main, &g[t]) == 0);
         }
         /* clear once the fault has struck (bounded: 2 s) */
@@ -1073,9 +1078,11 @@ TEST(test_faults_group_commit_failures) {
         for (int t = 0; t < NT; t++) {
             pthread_join(th[t], NULL);
             fails += g[t].fails;
+            empty += g[t].empty;
         }
     }
     CHECK(fails > 0);
+    CHECK_MSG(empty == 0, "%d of %d failed writes left kv_errmsg empty", empty, fails);
     /* with the fault gone, synced writes succeed again */
     for (int t = 0; t < NT; t++) {
         char k[32];
@@ -1100,60 +1107,6 @@ TEST(test_faults_group_commit_failures) {
         CHECK_MSG(kv_contains(db, NULL, k, strlen(k)) == 1, "acknowledged synced %s lost", k);
     }
     kv_free(db);
-}
-
-/* A writer whose batch a group's leader wrote for it gets the failure's message too (kv_errmsg is per thread): it
- * was empty, and the mount's error log said only "a write failed: " for every writer but the leader. */
-typedef struct msg_writer {
-    kv_db *db;
-    int t, fails, empty;
-    char example[200];
-} msg_writer;
-
-static void *msg_writer_main(void *arg) {
-    msg_writer *g = arg;
-    char k[32];
-    for (int i = 0; i < 100; i++) {
-        snprintf(k, sizeof k, "m%d-%05d", g->t, i);
-        if (kv_put(g->db, k, strlen(k), k, strlen(k), KV_SYNC) == KV_OK) continue;
-        g->fails++;
-        if (kv_errmsg()[0] == 0) g->empty++;
-        else snprintf(g->example, sizeof g->example, "%s", kv_errmsg());
-    }
-    return NULL;
-}
-
-TEST(test_faults_group_members_get_the_failure_message) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s", t_tmpdir());
-    kv_env *env = kv_fault_env_new(kv_env_posix());
-    CHECK(env);
-    kv_options o;
-    fx_options(&o, true);
-    o.env = env;
-    kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    if (t_failed()) return;
-    enum { NT = 8 };
-    msg_writer g[NT];
-    pthread_t th[NT];
-    kv_fault_env_arm(env, KV_FAULT_SYNC_EIO, 0, ".log");
-    for (int t = 0; t < NT; t++) {
-        g[t] = (msg_writer){.db = db, .t = t};
-        CHECK(pthread_create(&th[t], NULL, msg_writer_main, &g[t]) == 0);
-    }
-    int fails = 0, empty = 0;
-    for (int t = 0; t < NT; t++) {
-        pthread_join(th[t], NULL);
-        fails += g[t].fails;
-        empty += g[t].empty;
-    }
-    kv_fault_env_clear(env);
-    printf("# %d failed writes, %d without a message (e.g. \"%s\")\n", fails, empty, g[0].example);
-    CHECK(fails > 0);
-    CHECK_MSG(empty == 0, "%d of %d failed writes left kv_errmsg empty", empty, fails);
-    kv_free(db);
-    env->destroy(env);
 }
 
 /* A checkpoint whose manifest edit fails reports the error and leaves no CURRENT behind: its CURRENT was written
