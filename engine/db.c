@@ -195,15 +195,18 @@ static int new_log(kv_db *db) {
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "log");
     wal_writer *w;
-    int rc = wal_writer_open_ahead(db->env, path, &w);
-    if (!rc) rc = db->env->sync_dir(db->env, db->dir);
-    if (rc) {
-        if (w && rc) {
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        rc = wal_writer_open_ahead(db->env, path, &w);
+        if (!rc) rc = db->env->sync_dir(db->env, db->dir);
+        if (rc && w) {
             wal_writer_close(w);
             db->env->remove(db->env, path);
         }
-        return rc;
+        /* a disk another process filled: the reserve makes room for the log that deletes need */
+        if (rc != KV_ENOSPC || attempt > 0 || !db_reserve_release(db)) break;
     }
+    if (rc) return rc;
     if (db->log) {
         /* A log that holds no record is nothing recovery needs. A new log starts after every failed append, so on a
          * full disk each write that failed left one more empty log behind (17,000 of them in a minute of retries). */
@@ -575,6 +578,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->blob_mu, NULL);
     pthread_mutex_init(&db->rescue_mu, NULL);
+    pthread_mutex_init(&db->reserve_mu, NULL);
     pthread_cond_init(&db->bg_cv, NULL);
     pthread_cond_init(&db->work_cv, NULL);
     db->snaps.prev = db->snaps.next = &db->snaps;
@@ -642,8 +646,10 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
         goto fail;
     if ((rc = memtable_new(db->opt.memtable_bytes, &db->mem))) goto fail;
 
+    db_reserve_open(db);
     pthread_mutex_lock(&db->mu);
     if (!o.read_only) rc = vset_write_snapshot(db->vs); /* a fresh manifest; also creates a new store */
+    if (rc == KV_ENOSPC && db_reserve_release(db)) rc = vset_write_snapshot(db->vs);
     if (!rc) rc = recover_logs(db);
     if (!rc) db->mem_log_no = db->log_no;
     if (!rc && !o.read_only) db_delete_obsolete_files(db);
@@ -664,6 +670,7 @@ fail:;
     pthread_mutex_destroy(&db->mu);
     pthread_mutex_destroy(&db->blob_mu);
     pthread_mutex_destroy(&db->rescue_mu);
+    pthread_mutex_destroy(&db->reserve_mu);
     pthread_cond_destroy(&db->bg_cv);
     pthread_cond_destroy(&db->work_cv);
     free(db->dir);
@@ -731,6 +738,7 @@ void kv_free(kv_db *db) {
     pthread_mutex_destroy(&db->mu);
     pthread_mutex_destroy(&db->blob_mu);
     pthread_mutex_destroy(&db->rescue_mu);
+    pthread_mutex_destroy(&db->reserve_mu);
     pthread_cond_destroy(&db->bg_cv);
     pthread_cond_destroy(&db->work_cv);
     /* snapshots the caller never released */
@@ -1181,6 +1189,10 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
                 lens[i] = starts[i + 1] - starts[i];
             }
             log_rc = wal_append_records(db->log, parts, lens, nrec);
+            /* A disk another process filled: give back the reserve and append again. The failed append was cut
+             * back (the log is not broken), so none of these records is in the log yet. */
+            if (log_rc == KV_ENOSPC && !wal_writer_broken(db->log) && db_reserve_release(db))
+                log_rc = wal_append_records(db->log, parts, lens, nrec);
             /* From here a stream's file may be referenced by a record in the log (also after a failed append the
              * log could not cut back): its owner must no longer delete it. Not before: a batch that failed to
              * resolve, or whose records were cut back, never referenced it. */
@@ -1281,38 +1293,6 @@ int db_flush_memtable(kv_db *db) {
     }
     pthread_mutex_unlock(&db->mu);
     return rc;
-}
-
-/* The last bytes of the disk: a memtable's worth and 1 MiB, at most an eighth of the disk. Writes that add data stop
- * there; deletes go on (and a flush of their memtable, and the compaction that then drops what they deleted, whose
- * output is small: compactions stop at half the floor). Without it a store filled with small files took the disk to
- * its last byte, and then every unlink failed too: its log record had no room. */
-uint64_t db_space_floor(const kv_db *db, uint64_t total) {
-    uint64_t floor = (uint64_t)db->opt.memtable_bytes + (1u << 20);
-    return floor > total / 8 ? total / 8 : floor;
-}
-
-int db_space_for_write(kv_db *db, const kv_batch *b) {
-    if (!db->env->disk_space || db->opt.read_only) return KV_OK;
-    uint64_t now = db_now_us(), written = atomic_load(&db->st_user_bytes) + atomic_load(&db->st_blob_bytes);
-    if (now - atomic_load(&db->space_seen_us) >= 1000000 || written >= atomic_load(&db->space_recheck_at)) {
-        /* several threads may look at once: each stores what it saw, all about the same */
-        uint64_t avail, total;
-        if (db->env->disk_space(db->env, db->dir, &avail, &total) == KV_OK) {
-            uint64_t floor = db_space_floor(db, total);
-            atomic_store(&db->space_low, avail < floor);
-            /* other writers (flushes, compactions, other processes) use the disk too: look again a quarter of the
-             * way down to the floor */
-            atomic_store(&db->space_recheck_at, written + (avail > floor ? (avail - floor) / 4 : 0));
-        } else {
-            kv_clear_error(); /* not known: no floor */
-            atomic_store(&db->space_low, false);
-        }
-        atomic_store(&db->space_seen_us, now);
-    }
-    if (!atomic_load(&db->space_low) || (b && batch_removes_data(b, db->opt.blob_threshold))) return KV_OK;
-    return kv_set_error(KV_ENOSPC, "no space left on the disk holding %s: its last bytes are kept for deletes, the "
-                        "log and compactions", db->dir);
 }
 
 int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {

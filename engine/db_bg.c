@@ -33,7 +33,7 @@ static sst_options table_options(const kv_db *db) {
 
 /* ---- flush --------------------------------------------------------------------------------------------------------- */
 
-int db_flush_one(kv_db *db) {
+static int flush_one(kv_db *db) {
     if (db->flush_running) {
         /* Without background threads flushes run in callers' threads (the write leader, kv_compact_range's
          * db_flush_memtable): another may be writing imm[0] right now. Flushing it again would make two tables of
@@ -172,6 +172,13 @@ int db_flush_one(kv_db *db) {
      * name it (deletions_unsafe) */
     db_delete_obsolete_files(db);
     pthread_cond_broadcast(&db->bg_cv);
+    return rc;
+}
+
+int db_flush_one(kv_db *db) {
+    int rc = flush_one(db);
+    /* a disk another process filled: the reserve makes room for the table, at once */
+    if (rc == KV_ENOSPC && db_reserve_release(db)) rc = flush_one(db);
     return rc;
 }
 
@@ -420,7 +427,9 @@ static int finish_output(kv_db *db, output *o, version_edit *e, int level) {
 static int compaction_space_check(kv_db *db) {
     uint64_t avail, total;
     if (!db->env->disk_space) return KV_OK;
-    if (db->env->disk_space(db->env, db->dir, &avail, &total) != KV_OK) {
+    int rc = db->env->disk_space(db->env, db->dir, &avail, &total);
+    if (rc == KV_OK && db_space_seen(db, avail, total)) rc = db->env->disk_space(db->env, db->dir, &avail, &total);
+    if (rc != KV_OK) {
         kv_clear_error(); /* not known: no floor */
         return KV_OK;
     }
@@ -569,7 +578,7 @@ static int run_compaction(kv_db *db, compaction *c) {
     return rc;
 }
 
-int db_compact_once(kv_db *db, bool *did) {
+static int compact_once(kv_db *db, bool *did) {
     compaction c;
     *did = false;
     /* Without background threads a writer compacts here (make_room) while kv_compact_range may be compacting in
@@ -580,6 +589,26 @@ int db_compact_once(kv_db *db, bool *did) {
     *did = true;
     int rc = run_compaction(db, &c);
     compaction_free(&c);
+    return rc;
+}
+
+/* After a compaction failed for space: whether the disk is full all the same, and giving the reserve back made room.
+ * Not when it only stopped at the floor kept for the log and flushes (compaction_space_check): its own output must not
+ * take the reserve. Keeps the thread's message, the compaction's. */
+static bool reserve_freed_for_compaction(kv_db *db) {
+    if (!atomic_load(&db->reserve_held)) return false;
+    if (!db->env->disk_space) return db_reserve_release(db);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    uint64_t avail, total;
+    bool freed = db->env->disk_space(db->env, db->dir, &avail, &total) == KV_OK && db_space_seen(db, avail, total);
+    kv_set_error(KV_ENOSPC, "%s", msg);
+    return freed;
+}
+
+int db_compact_once(kv_db *db, bool *did) {
+    int rc = compact_once(db, did);
+    if (rc == KV_ENOSPC && reserve_freed_for_compaction(db)) rc = compact_once(db, did);
     return rc;
 }
 

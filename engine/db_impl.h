@@ -290,6 +290,11 @@ struct kv_db {
      * and blob bytes) make the next look due, and whether it was under the floor kept for deletes and compactions */
     _Atomic uint64_t space_seen_us, space_recheck_at;
     _Atomic bool space_low;
+    /* the reserve file (db_space.c): whether it is held and its size; reserve_mu orders its creation and removal
+     * (taken after mu, never before it) */
+    pthread_mutex_t reserve_mu;
+    _Atomic bool reserve_held;
+    _Atomic uint64_t reserve_bytes, st_reserve_releases;
     /* blob GC: the bytes the newest values held in blob files at the last pass that measured them, and st_blob_bytes
      * when the last pass took its view; the background's next pass is due once as many were appended (db_bg.c) */
     _Atomic uint64_t gc_live_bytes, gc_mark;
@@ -335,12 +340,20 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
 /* kv_blob_gc, also telling how many files a pass deleted or copied out (*freed, may be NULL): the background uses it
  * to pace the passes it runs while the disk is full. */
 int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed);
-/* db.c: KV_OK, or KV_ENOSPC when the disk holding the store is down to its last bytes (DB_WRITE_SPACE_FLOOR) and b
+/* db_space.c: KV_OK, or KV_ENOSPC when the disk holding the store is down to its last bytes (db_space_floor) and b
  * (NULL: a stream's bytes) adds data: those bytes are kept for deletes (batch_removes_data), the log, flushes and
  * compactions, which a full disk stopped for good. Looks at the disk once a second, or sooner as writes near the floor.
  * db_space_floor: that floor for a disk of total bytes (compactions stop at half of it: db_bg.c). */
 int db_space_for_write(kv_db *db, const kv_batch *b);
 uint64_t db_space_floor(const kv_db *db, uint64_t total);
+/* The reserve (kv_options.space_reserve). db_reserve_open, in kv_open before anything is written: take the RESERVE
+ * file a previous open left, give it back if the disk is nearly full, make it if missing and there is room; remove it
+ * when the option is off. db_reserve_release: remove it because the disk is full (a write of the log or a flush
+ * failed with KV_ENOSPC): true when that freed space, so the caller may try again at once. db_space_seen: the disk
+ * has avail of total bytes free: give the reserve back under a quarter of the floor; true when that freed space. */
+void db_reserve_open(kv_db *db);
+bool db_reserve_release(kv_db *db);
+bool db_space_seen(kv_db *db, uint64_t avail, uint64_t total);
 
 /* db_bg.c: count len bytes appended to blob files (st_blob_bytes), waking the compaction thread when a blob GC pass
  * is due by them. */

@@ -737,6 +737,8 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
     s->unsynced_batches_dropped = db->st_unsynced_dropped;
     s->unsynced_log_bytes_dropped = db->st_unsynced_log_bytes;
     s->blob_gc_failures = atomic_load(&db->st_gc_failures);
+    s->reserve_bytes = atomic_load(&db->reserve_held) ? atomic_load(&db->reserve_bytes) : 0;
+    s->reserve_releases = atomic_load(&db->st_reserve_releases);
     s->last_sequence = atomic_load(&db->last_seq);
     uint64_t written = s->wal_bytes_written + s->flush_bytes_written + s->compaction_bytes_written + s->blob_bytes_written;
     s->write_amplification = s->user_bytes_written ? (double)written / (double)s->user_bytes_written : 0;
@@ -747,6 +749,7 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
         for (size_t i = 0; i < n; i++) {
             char path[4096];
             uint64_t size;
+            if (strcmp(names[i], "RESERVE") == 0) continue; /* free space held back (reserve_bytes), not data */
             snprintf(path, sizeof path, "%s/%s", db->dir, names[i]);
             if (db->env->file_size(db->env, path, &size) == KV_OK) s->disk_bytes += size;
         }

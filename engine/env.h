@@ -99,6 +99,12 @@ typedef enum {
                            * pages of a failed writeback clean, and the next fsync then skips them) */
     KV_FAULT_WRITE_STUCK, /* appends write all their bytes, then fail with KV_EIO, and truncations fail with KV_EIO:
                            * a failed append whose bytes stay in the file, and come back at recovery */
+    KV_FAULT_DISK_FULL,   /* a disk another process filled: it has no free byte when armed (`after` is not used);
+                           * removing or truncating a file through the environment gives its bytes back, and what
+                           * needs new space (appends, allocations, writes by offset past a file's end) takes them or
+                           * fails with KV_ENOSPC; writes into a file's allocated space go on; creating a file fails
+                           * while no byte is free; disk_space reports the free bytes (unless
+                           * kv_fault_env_set_disk_space says otherwise) */
 } kv_fault_kind;
 
 /* Arm a fault: after `after` more successful operations of the affected kind, every further one fails as `kind`,

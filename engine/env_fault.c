@@ -93,6 +93,7 @@ typedef struct fault_env {
     bool crashed;
     bool reorder; /* kv_fault_env_set_reorder */
     uint64_t space_avail, space_total; /* kv_fault_env_set_disk_space; UINT64_MAX: the base's */
+    uint64_t disk_free; /* KV_FAULT_DISK_FULL: the bytes removals and truncations gave back, not yet taken */
     fstate **st;
     size_t nst, capst;
     undo *log;
@@ -296,6 +297,30 @@ static kv_fault_kind fault_due(fault_env *fe, int op, const char *path) {
     return fe->kind;
 }
 
+/* KV_FAULT_DISK_FULL: take n bytes of the free space (caller holds fe->mu); false (a failure) when there are not
+ * that many. Without that fault every write has room. */
+static bool disk_take(fault_env *fe, uint64_t n) {
+    if (fe->kind != KV_FAULT_DISK_FULL || n == 0) return true;
+    if (n > fe->disk_free) {
+        fe->failures++;
+        return false;
+    }
+    fe->disk_free -= n;
+    return true;
+}
+
+/* KV_FAULT_DISK_FULL: the bytes past a file's current size that writing up to `end` needs (caller holds fe->mu). */
+static uint64_t disk_growth(fault_env *fe, kv_file *f, uint64_t end) {
+    uint64_t size = 0;
+    if (fe->kind != KV_FAULT_DISK_FULL || fe->base->size(fe->base, f->inner, &size) != KV_OK) return 0;
+    return end > size ? end - size : 0;
+}
+
+/* KV_FAULT_DISK_FULL: bytes given back (caller holds fe->mu). */
+static void disk_give(fault_env *fe, uint64_t n) {
+    if (fe->kind == KV_FAULT_DISK_FULL) fe->disk_free += n;
+}
+
 static kv_fault_kind fault_check(fault_env *fe, int op, const char *path) {
     pthread_mutex_lock(&fe->mu);
     kv_fault_kind k = fault_due(fe, op, path);
@@ -365,6 +390,11 @@ static int open_for_write(fault_env *fe, const char *path, int how, kv_file **ou
         rc = KV_OK;
         goto done;
     }
+    if ((truncate || !existed) && fe->kind == KV_FAULT_DISK_FULL && fe->disk_free == 0) {
+        fe->failures++;
+        rc = kv_set_error(KV_ENOSPC, "create %s: no space left on device (full disk)", path);
+        goto done;
+    }
     if ((truncate || !existed) && fault_due(fe, OP_CREATE, path) == KV_FAULT_ENOSPC) {
         rc = kv_set_error(KV_ENOSPC, "create %s: no space left on device (injected fault)", path);
         goto done;
@@ -428,7 +458,7 @@ static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
-    kv_fault_kind k = fault_due(fe, OP_APPEND, f->path);
+    kv_fault_kind k = disk_take(fe, len) ? fault_due(fe, OP_APPEND, f->path) : KV_FAULT_DISK_FULL;
     pthread_mutex_unlock(&fe->mu);
     switch (k) {
     case KV_FAULT_WRITE_EIO:
@@ -446,6 +476,7 @@ static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
                             len);
     }
     case KV_FAULT_ENOSPC:
+    case KV_FAULT_DISK_FULL:
         return kv_set_error(KV_ENOSPC, "write %s: no space left on device (injected fault)", f->path);
     default:
         return fe->base->append(fe->base, f->inner, buf, len);
@@ -468,7 +499,9 @@ static int fe_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
-    kv_fault_kind k = fault_due(fe, OP_APPEND, f->path);
+    /* a full disk still takes writes into space the file has (allocated ahead) */
+    kv_fault_kind k = disk_take(fe, disk_growth(fe, f, off + len)) ? fault_due(fe, OP_APPEND, f->path)
+                                                                     : KV_FAULT_DISK_FULL;
     pthread_mutex_unlock(&fe->mu);
     size_t put = k == KV_FAULT_NONE || k == KV_FAULT_WRITE_STUCK ? len : k == KV_FAULT_WRITE_SHORT ? len / 2 : 0;
     if (put) {
@@ -485,6 +518,7 @@ static int fe_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
         return kv_set_error(KV_EIO, "write %s: short write, %zu of %zu bytes (injected fault)", f->path, len / 2,
                             len);
     case KV_FAULT_ENOSPC:
+    case KV_FAULT_DISK_FULL:
         return kv_set_error(KV_ENOSPC, "write %s: no space left on device (injected fault)", f->path);
     default: return KV_OK;
     }
@@ -496,14 +530,15 @@ static int fe_allocate(kv_env *env, kv_file *f, uint64_t size) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
     bool skip = fe->crashed || !f->inner;
-    bool full = !skip && fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
-                (!fe->substr || strstr(f->path, fe->substr));
+    bool full = !skip && ((fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
+                           (!fe->substr || strstr(f->path, fe->substr))) ||
+                          !disk_take(fe, disk_growth(fe, f, size)));
     if (full) fe->failures++;
     kv_fault_kind k = fe->kind;
     pthread_mutex_unlock(&fe->mu);
     if (skip) return KV_OK;
     if (full)
-        return k == KV_FAULT_ENOSPC
+        return k != KV_FAULT_DISK_EIO
                    ? kv_set_error(KV_ENOSPC, "fallocate %s: no space left on device (injected fault)", f->path)
                    : kv_set_error(KV_EIO, "fallocate %s: I/O error (injected fault)", f->path);
     return fe->base->allocate(fe->base, f->inner, size);
@@ -589,8 +624,11 @@ static int fe_remove(kv_env *env, const char *path) {
     size_t len = 0;
     /* A file created since the last sync_dir vanishes in a power loss anyway: nothing to restore. */
     bool saved = !(s && s->fresh) && save_content(fe, path, s ? s->synced : UINT64_MAX, &data, &len);
+    uint64_t freed = 0;
+    if (fe->kind == KV_FAULT_DISK_FULL && fe->base->file_size(fe->base, path, &freed) != KV_OK) freed = 0;
     int rc = fe->base->remove(fe->base, path);
     if (rc == KV_OK) {
+        disk_give(fe, freed);
         st_drop(fe, path);
         if (saved) rc = undo_push(fe, U_REMOVE, path, NULL, data, len, true);
     } else {
@@ -662,9 +700,13 @@ static int fe_truncate(kv_env *env, const char *path, uint64_t size) {
         return kv_set_error(KV_EIO, "truncate %s: I/O error (injected fault)", path);
     }
     fstate *s = st_find(fe, path);
-    uint64_t old = 0;
+    uint64_t old = 0, before = 0;
     int rc = s ? KV_OK : fe->base->file_size(fe->base, path, &old);
+    if (rc == KV_OK && fe->kind == KV_FAULT_DISK_FULL && fe->base->file_size(fe->base, path, &before) == KV_OK &&
+        size > before && !disk_take(fe, size - before))
+        rc = kv_set_error(KV_ENOSPC, "truncate %s: no space left on device (full disk)", path);
     if (rc == KV_OK) rc = fe->base->truncate(fe->base, path, size);
+    if (rc == KV_OK && before > size) disk_give(fe, before - size);
     if (rc == KV_OK) {
         /* bytes cut off are gone; bytes added (zeros) are not durable until a sync */
         if (s) {
@@ -744,6 +786,8 @@ static int fe_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
     uint64_t a = fe->space_avail, t = fe->space_total;
+    bool full = fe->kind == KV_FAULT_DISK_FULL;
+    uint64_t free_bytes = fe->disk_free;
     pthread_mutex_unlock(&fe->mu);
     if (a != UINT64_MAX) {
         *avail = a;
@@ -751,7 +795,9 @@ static int fe_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_
         return KV_OK;
     }
     if (!fe->base->disk_space) return kv_set_error(KV_EIO, "disk_space %s: not known", path);
-    return fe->base->disk_space(fe->base, path, avail, total);
+    int rc = fe->base->disk_space(fe->base, path, avail, total);
+    if (rc == KV_OK && full) *avail = free_bytes;
+    return rc;
 }
 
 /* ---- Public API ------------------------------------------------------------------------------------------------ */
@@ -810,6 +856,7 @@ void kv_fault_env_arm(kv_env *env, kv_fault_kind kind, uint64_t after, const cha
     /* if the filter could not be copied, arming nothing is safer than failing every file */
     fe->kind = path_substr && !sub ? KV_FAULT_NONE : kind;
     fe->after = after;
+    fe->disk_free = 0;
     pthread_mutex_unlock(&fe->mu);
 }
 

@@ -84,6 +84,10 @@ typedef struct kv_options {
     int blob_page_extents;       /* a blob value fragmented into more extents than this keeps its extent list in
                                     pages of at most this many (docs/format.md, "Paged reference"); default 128,
                                     4 .. 1024 */
+    bool space_reserve;          /* keep the disk's last bytes (a memtable and 1 MiB, at most 1/8 of the disk) in a
+                                    file, RESERVE, given back when the disk is full all the same, so that deletes,
+                                    flushes and compactions go on after another process took the rest (docs/design.md,
+                                    "A full disk"); default false. A writable open without it removes a RESERVE. */
 } kv_options;
 
 /* Fill *o with the defaults above. Always call it before changing fields. */
@@ -349,6 +353,8 @@ typedef struct kv_stats {
                                           * the disk out of order): a torn tail (docs/format.md, "Reading") */
     uint64_t blob_gc_failures;    /* background blob GC runs since open that ended in an error: KV_ECORRUPT means
                                    * damage, which kv_check names, and GC stops until it is gone (docs/design.md) */
+    uint64_t reserve_bytes;       /* held in RESERVE now (kv_options.space_reserve; not in disk_bytes) */
+    uint64_t reserve_releases;    /* times since open the reserve was given back because the disk was full */
 } kv_stats;
 int kv_get_stats(kv_db *db, kv_stats *out);
 

@@ -89,6 +89,7 @@ void kvfs_store_options(kv_options *o, const char *datadir) {
     o->batch_log_max_batches = KVFS_BATCH_LOG_MAX_BATCHES;
     o->batch_log_max_bytes = KVFS_BATCH_LOG_MAX_BYTES;
     o->blob_threshold = KVFS_BLOB_THRESHOLD;
+    o->space_reserve = true; /* rm works when another process filled the disk (docs/design.md, "A full disk") */
     /* On a small disk the change feed's 64 MiB took most of it: what a full disk could not give back */
     struct statvfs sv;
     if (datadir && disk_of(datadir, &sv) == 0 && sv.f_frsize && sv.f_blocks) {

@@ -62,10 +62,10 @@ typedef struct mount_opts {
     char *store_kind;  /* "mem": in-memory store, for testing only */
     /* -o NAME=VALUE as given (NULL: not given), taken as text ("%u" would take -5 as 4294967291, "%o" 0648 as 064) and
      * checked by check_options into the fields below before anything is done */
-    char *cache_size, *memtable_size, *compression, *blob_threshold;
+    char *cache_size, *memtable_size, *compression, *blob_threshold, *reserve;
     char *uid_s, *gid_s, *spin_s, *file_mode_s, *dir_mode_s, *timeout_s;
     size_t cache_bytes, memtable_bytes, blob_bytes;
-    bool compress;
+    bool compress, keep_reserve;
     unsigned uid, gid, spin_us, file_mode, dir_mode;
     double timeout;
 } mount_opts;
@@ -86,6 +86,7 @@ static const struct fuse_opt mount_spec[] = {
     OPT("cache_size=%s", cache_size, 0),
     OPT("memtable_size=%s", memtable_size, 0),
     OPT("compression=%s", compression, 0),
+    OPT("reserve=%s", reserve, 0),
     OPT("blob_threshold=%s", blob_threshold, 0),
     OPT("sync", sync, 1),
     OPT("no_default_permissions", no_default_permissions, 1),
@@ -177,6 +178,7 @@ static void usage(void) {
            "  -o cache_size=SIZE       engine block cache (default 32M, at most the machine's memory)\n"
            "  -o memtable_size=SIZE    engine write buffer (default 8M, 4K to the machine's memory)\n"
            "  -o compression=on|off    compress table blocks (default on)\n"
+           "  -o reserve=on|off        hold the disk's last bytes for deletes after others fill it (default on)\n"
            "  -o blob_threshold=SIZE   file contents of at least SIZE go to blob files (default 4K, 1 to 512M)\n"
            "  -o default_file_mode=M   mode of keys written without attributes (default 0644; octal, 0 to 7777)\n"
            "  -o default_dir_mode=M    mode of directories without attributes (default 0755)\n"
@@ -280,6 +282,18 @@ static bool check_number(const char *name, const char *s, unsigned max, const ch
 
 /* -o cache_timeout=s (s NULL: not given): seconds, in decimal with an optional fraction (0.5, .5, 86400), nothing
  * else: "%lf" read the number at the start and ignored the rest (5x), and took inf, nan, hex and exponents. */
+/* -o name=on|off (s NULL: not given, *out unchanged); alias_on and alias_off (may be NULL) are other words for them. */
+static bool check_on_off(const char *name, const char *s, const char *alias_on, const char *alias_off, bool *out) {
+    if (!s) return true;
+    if (!strcmp(s, "on") || (alias_on && !strcmp(s, alias_on))) *out = true;
+    else if (!strcmp(s, "off") || !strcmp(s, "none") || (alias_off && !strcmp(s, alias_off))) *out = false;
+    else {
+        say(LOG_ERR, "mount: %s must be on or off, not '%s'", name, s);
+        return false;
+    }
+    return true;
+}
+
 static bool check_seconds(const char *s, double *out) {
     if (!s) return true;
     size_t whole = strspn(s, "0123456789"), frac = s[whole] == '.' ? strspn(s + whole + 1, "0123456789") : 0;
@@ -325,16 +339,9 @@ static bool check_options(mount_opts *o) {
                     "a value below it is written whole into one write-ahead-log record, which holds at most 1G",
                     &o->blob_bytes))
         return false;
-    if (o->compression) {
-        if (!strcmp(o->compression, "on") || !strcmp(o->compression, "deflate") || !strcmp(o->compression, "zlib")) {
-            o->compress = true;
-        } else if (!strcmp(o->compression, "off") || !strcmp(o->compression, "none")) {
-            o->compress = false;
-        } else {
-            say(LOG_ERR, "mount: compression must be on or off, not '%s'", o->compression);
-            return false;
-        }
-    }
+    if (!check_on_off("compression", o->compression, "deflate", "zlib", &o->compress) ||
+        !check_on_off("reserve", o->reserve, NULL, NULL, &o->keep_reserve))
+        return false;
     if (!check_seconds(o->timeout_s, &o->timeout)) return false;
     if (!check_mode("default_file_mode", o->file_mode_s, &o->file_mode) ||
         !check_mode("default_dir_mode", o->dir_mode_s, &o->dir_mode))
@@ -706,6 +713,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         if (o->cache_size) ko.block_cache_bytes = o->cache_bytes;
         if (o->memtable_size) ko.memtable_bytes = o->memtable_bytes;
         if (o->compression) ko.compression = o->compress;
+        if (o->reserve) ko.space_reserve = o->keep_reserve;
         int rc = open_store(o->datadir, &ko, &d.db);
         if (rc == KV_EBUSY) {
             say(LOG_ERR, "%s is in use: the store is already mounted or open in another kvfs process", o->datadir);
@@ -955,6 +963,7 @@ out:
     free(o.cache_size);
     free(o.memtable_size);
     free(o.compression);
+    free(o.reserve);
     free(o.blob_threshold);
     free(o.uid_s);
     free(o.gid_s);

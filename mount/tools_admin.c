@@ -57,7 +57,8 @@ int cmd_stats(tool_ctx *c, const targs *a) {
                     st.blob_bytes);
         if (st.blob_garbage_known) tout_printf(o, "%" PRIu64 "},", st.blob_garbage_bytes);
         else tout_printf(o, "null},"); /* not measured: no garbage collection has run in this process */
-        tout_printf(o, "\"disk_bytes\":%" PRIu64 ",", st.disk_bytes);
+        tout_printf(o, "\"disk_bytes\":%" PRIu64 ",\"reserve\":{\"bytes\":%" PRIu64 ",\"releases\":%" PRIu64 "},",
+                    st.disk_bytes, st.reserve_bytes, st.reserve_releases);
         tout_printf(o, "\"cache\":{\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"hit_rate\":%.4f,\"bytes\":%" PRIu64
                        ",\"capacity\":%" PRIu64 "},",
                     st.cache_hits, st.cache_misses, hit_rate, st.cache_bytes, st.cache_capacity);
@@ -94,6 +95,9 @@ int cmd_stats(tool_ctx *c, const targs *a) {
         tout_printf(o, "%-22s %" PRIu64 " files, %s (garbage not measured yet)\n", "blob files", st.blob_files,
                     human(h1, sizeof h1, st.blob_bytes));
     tout_printf(o, "%-22s %s\n", "on disk", human(h1, sizeof h1, st.disk_bytes));
+    if (st.reserve_bytes || st.reserve_releases)
+        tout_printf(o, "%-22s %s held for deletes on a full disk (given back %" PRIu64 " times since the mount)\n",
+                    "space reserve", human(h1, sizeof h1, st.reserve_bytes), st.reserve_releases);
     tout_printf(o, "%-22s %.1f%% hit rate (%" PRIu64 " hits, %" PRIu64 " misses), %s of %s\n", "block cache",
                 hit_rate * 100, st.cache_hits, st.cache_misses, human(h1, sizeof h1, st.cache_bytes),
                 human(h3, sizeof h3, st.cache_capacity));

@@ -106,10 +106,18 @@ PY
     fs_remount
     [ "$(cat "$M/keep")" = keep ]
     [ "$(cat "$M/again")" = again ]
-    # a store whose disk is full cannot be opened for writing (the open writes a manifest and a log), but it can be
-    # mounted read-only, and the refusal says so
+    # a store whose disk another process filled gives back its reserve: the mount (which writes a manifest and a
+    # log) works
     fs_unmount
+    [ -e "$D/RESERVE" ]
     head -c 64M /dev/zero > "$D/ballast" 2>/dev/null || true
+    fs_mount
+    [ ! -e "$D/RESERVE" ]
+    [ "$(cat "$M/keep")" = keep ]
+    # without a reserve to give back, it cannot be opened for writing, but it can be mounted read-only, and the
+    # refusal says so
+    fs_unmount
+    head -c 64M /dev/zero >> "$D/ballast" 2>/dev/null || true
     run "$KVFS" mount "$D" "$M"
     [ "$status" -ne 0 ]
     [[ "$output" == *"full"*"-o ro"* ]]
@@ -227,6 +235,51 @@ PY
     fs_remount
     [ "$(cat "$M/again")" = again ]
     [ "$(ls "$M")" = "$(printf 'again\nkeep')" ]
+    fs_unmount
+    "$KVFS" check "$D"
+}
+
+@test "a disk another process filled: rm -rf through the mount succeeds on the store's reserve" {
+    # The store stops adding data at the disk's last bytes, but another process does not: once it took them, every
+    # unlink failed as soon as the log's space allocated ahead was used up (after about 300 of 15,000 files here).
+    # The store now holds those bytes in DATADIR/RESERVE and gives them back when the disk is full all the same.
+    mkdir -p "$T/disk"
+    mount -t tmpfs -o size=32m tmpfs "$T/disk" || skip "cannot mount a tmpfs here"
+    D="$T/disk/data"
+    fs_mount -o memtable_size=1M,reserve=off
+    [ ! -e "$D/RESERVE" ]
+    fs_remount -o memtable_size=1M
+    [ "$(stat -c %s "$D/RESERVE")" -eq $((2 * 1024 * 1024)) ] # a memtable and 1 MiB
+    run timeout 120 python3 - "$M" <<'PY'
+import os, sys
+for d in range(8):
+    os.makedirs(f"{sys.argv[1]}/small/d{d}")
+    for i in range(1000):
+        with open(f"{sys.argv[1]}/small/d{d}/f{i}", "w") as f:
+            f.write(f"file {d}/{i}: some small text that lives in the tree\n")
+PY
+    [ "$status" -eq 0 ]
+    echo keep > "$M/keep"
+    sync
+    # another process takes every byte left
+    run dd if=/dev/zero of="$T/disk/filler" bs=64k status=none
+    [ "$(df -k --output=avail "$D" | tail -1 | tr -d ' ')" -eq 0 ]
+    run timeout 120 rm -rf "$M/small"
+    echo "$output" | head -5
+    [ "$status" -eq 0 ]
+    [ ! -e "$M/small" ]
+    [ ! -e "$D/RESERVE" ]
+    kv stats "$D" | grep -q "given back 1 times"
+    [ "$(cat "$M/keep")" = keep ]
+    # writes that add data wait for space; once it is freed they work, and the reserve comes back
+    rm -f "$T/disk/filler"
+    echo again > "$M/again"
+    sleep 1.2 # writers look at the disk once a second
+    echo more > "$M/more"
+    [ -e "$D/RESERVE" ]
+    fs_remount -o memtable_size=1M
+    [ ! -e "$M/small" ]
+    [ "$(cat "$M/again")" = again ]
     fs_unmount
     "$KVFS" check "$D"
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1805,5 +1806,164 @@ TEST(test_faults_blob_gc_keeps_the_bytes_of_a_write_that_may_come_back) {
         kv_free(db);
     }
     free(v);
+    env->destroy(env);
+}
+
+/* ---- the reserve: a disk another process filled ---------------------------------------------------------------- */
+
+/* A run of full_disk_deletes: its store (left open) and environment, and the first delete that failed (at: -1 for
+ * none), its code and message. */
+typedef struct full_disk_run {
+    char dir[512];
+    kv_env *env;
+    kv_db *db;
+    int at, rc;
+    char msg[512];
+} full_disk_run;
+
+static void full_disk_run_free(full_disk_run *r) {
+    kv_free(r->db);
+    r->db = NULL;
+    if (r->env) r->env->destroy(r->env);
+    r->env = NULL;
+}
+
+/* Fill a new store (3,000 keys through 16 KiB memtables), fill "the disk" behind it (KV_FAULT_DISK_FULL: no byte
+ * free but what removals give back), then delete every key. The caller frees r (also after a failure). */
+static void full_disk_deletes(full_disk_run *r, bool reserve, bool background) {
+    memset(r, 0, sizeof *r);
+    r->at = -1;
+    snprintf(r->dir, sizeof r->dir, "%s", t_tmpdir());
+    r->env = kv_fault_env_new(kv_env_posix());
+    CHECK(r->env != NULL);
+    kv_options o;
+    fx_options(&o, background);
+    o.space_reserve = reserve;
+    o.env = r->env;
+    CHECK_OK(kv_open(r->dir, &o, &r->db));
+    char path[600], k[32], v[100];
+    snprintf(path, sizeof path, "%s/RESERVE", r->dir);
+    struct stat sb;
+    CHECK_EQ(stat(path, &sb) == 0, reserve);
+    if (reserve) CHECK(sb.st_size >= (16 << 10) + (1 << 20)); /* the floor: a memtable and 1 MiB */
+    memset(v, 'v', sizeof v);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        CHECK_OK(kv_put(r->db, k, strlen(k), v, sizeof v, 0));
+    }
+    kv_fault_env_arm(r->env, KV_FAULT_DISK_FULL, 0, NULL);
+    for (int i = 0; i < 3000 && r->at < 0; i++) {
+        snprintf(k, sizeof k, "k%05d", i);
+        if ((r->rc = kv_delete(r->db, k, strlen(k), 0)) != KV_OK) {
+            r->at = i;
+            snprintf(r->msg, sizeof r->msg, "%s", kv_errmsg());
+        }
+    }
+}
+
+/* Without a reserve, deletes on a disk that another process filled fail once the log's space allocated ahead is used
+ * up: their log records, the next log, the flush of their memtable all need new space. With space_reserve the store
+ * holds its floor in RESERVE and gives it back then (a log append, a log's creation or a flush that fails with
+ * KV_ENOSPC, or a look at the disk that finds it nearly full): every delete goes through, and the reserve comes back
+ * at the next open that finds room. */
+static void reserve_case(bool background) {
+    full_disk_run r;
+    full_disk_deletes(&r, true, background);
+    if (t_failed() || r.at >= 0) {
+        full_disk_run_free(&r);
+        CHECK_MSG(r.at < 0, "delete %d of 3000 on a full disk: %s (%s)", r.at, kv_strerror(r.rc), r.msg);
+        return;
+    }
+    kv_db *db = r.db;
+    kv_stats st = {0};
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.reserve_releases, 1);
+    CHECK_EQ(st.reserve_bytes, 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/RESERVE", r.dir);
+    struct stat sb;
+    CHECK(stat(path, &sb) != 0);
+    CHECK_EQ(kv_contains(db, NULL, "k00000", 6), 0);
+    CHECK_EQ(kv_contains(db, NULL, "k02999", 6), 0);
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    r.db = NULL;
+    /* the disk has room again (the fault cleared): the next open makes the reserve again */
+    kv_fault_env_clear(r.env);
+    kv_options o;
+    fx_options(&o, background);
+    o.space_reserve = true;
+    o.env = r.env;
+    CHECK_OK(kv_open(r.dir, &o, &r.db));
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ(kv_contains(r.db, NULL, "k01500", 6), 0);
+    uint64_t problems = 1;
+    CHECK_OK(kv_check(r.db, NULL, NULL, NULL, &problems));
+    CHECK_EQ(problems, 0);
+    CHECK_OK(kv_close(r.db));
+    kv_free(r.db);
+    r.db = NULL;
+    /* an open without the option gives the disk back its reserve */
+    o.space_reserve = false;
+    CHECK_OK(kv_open(r.dir, &o, &r.db));
+    CHECK(stat(path, &sb) != 0);
+    full_disk_run_free(&r);
+}
+
+TEST(test_faults_a_disk_another_process_filled_takes_deletes_with_the_reserve) {
+    reserve_case(true);
+    reserve_case(false); /* flushes and compactions inline */
+}
+
+/* The control for the test above: the same deletes without a reserve fail for space (else that test shows nothing). */
+TEST(test_faults_a_disk_another_process_filled_fails_deletes_without_a_reserve) {
+    full_disk_run r;
+    full_disk_deletes(&r, false, true);
+    full_disk_run_free(&r);
+    CHECK_MSG(r.at >= 0, "every delete went through on a full disk without a reserve");
+    CHECK_EQ(r.rc, KV_ENOSPC);
+}
+
+/* The reserve is also given back when a look at the disk finds it under a quarter of the floor (another process
+ * took the rest while this store wrote nothing), and made again once the disk has room for it and two floors more. */
+TEST(test_faults_the_reserve_follows_the_free_space) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", t_tmpdir());
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    CHECK(env != NULL);
+    kv_options o;
+    fx_options(&o, true);
+    o.space_reserve = true;
+    o.env = env;
+    uint64_t total = 1ull << 30, floor = (16u << 10) + (1u << 20);
+    kv_fault_env_set_disk_space(env, 100ull << 20, total);
+    kv_db *db = NULL;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char path[600];
+    snprintf(path, sizeof path, "%s/RESERVE", dir);
+    struct stat sb;
+    kv_stats st = {0};
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.reserve_bytes, floor);
+    CHECK_EQ(stat(path, &sb), 0);
+    kv_fault_env_set_disk_space(env, floor / 4 - 1, total);
+    usleep(1100 * 1000); /* writers look at the disk once a second */
+    CHECK_OK(kv_delete(db, "a", 1, 0));
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.reserve_releases, 1);
+    CHECK_EQ(st.reserve_bytes, 0);
+    CHECK(stat(path, &sb) != 0);
+    kv_fault_env_set_disk_space(env, 3 * floor - 1, total); /* not room enough yet */
+    usleep(1100 * 1000);
+    CHECK_OK(kv_put(db, "a", 1, "x", 1, 0));
+    CHECK(stat(path, &sb) != 0);
+    kv_fault_env_set_disk_space(env, 3 * floor, total);
+    usleep(1100 * 1000);
+    CHECK_OK(kv_put(db, "b", 1, "x", 1, 0));
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.reserve_bytes, floor);
+    CHECK_EQ(st.disk_bytes < floor, true); /* the reserve is not the store's data */
+    kv_free(db);
     env->destroy(env);
 }
