@@ -86,10 +86,12 @@ int kvfs_fsync(kvfs_fs *fs, kvfs_file *f, bool datasync);
 /* One open fewer; the last one flushes and frees f (and a file unlinked while open disappears). */
 int kvfs_release(kvfs_fs *fs, kvfs_file *f);
 /* kvfs_release, and when that was the last open of a file whose key another writer rewrote or deleted while it was
- * open (kvfs_file_mark_changed), *changed_key gets a copy of its key (malloc'd, the caller frees it; else NULL). */
+ * open, or that changed a key under the same top-level name (kvfs_file_mark_changed), and no other file under that
+ * name is open, *changed_key gets a copy of its key (malloc'd, the caller frees it; else NULL). */
 int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_t *changed_klen);
-/* Another writer (the control socket) changed the keyspace-0 key: if it is open, remember that for its last close
- * (kvfs_release_changed). Returns whether it is open. */
+/* Another writer (the control socket) changed the keyspace-0 key: if it, or another file under the same top-level
+ * name, is open, remember that for the last close of the files open under that name (kvfs_release_changed). Returns
+ * whether any is open (then the kernel's top-level entry must not be dropped now). */
 bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen);
 /* How many opens f has now. */
 int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f);

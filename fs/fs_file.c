@@ -130,9 +130,32 @@ int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f) {
     return n;
 }
 
+/* The length of key's first path component (the whole key when it has no '/'). */
+static size_t top_len(const uint8_t *key, size_t klen) {
+    const uint8_t *slash = memchr(key, '/', klen);
+    return slash ? (size_t)(slash - key) : klen;
+}
+
+/* An open file of keyspace 0 other than `except` whose key has the same first component as key (tbl_mu held). The
+ * table is scanned whole: this runs only when another writer changed a key, or at the last close of a file it
+ * changed. */
+static kvfs_file *open_under_top(kvfs_fs *fs, const uint8_t *key, size_t klen, const kvfs_file *except) {
+    size_t t = top_len(key, klen);
+    for (size_t i = 0; i < FS_TABLE_SIZE; i++)
+        for (kvfs_file *f = fs->table[i]; f; f = f->next)
+            if (f != except && f->ks == STORE_KS_DATA && top_len(f->key, f->klen) == t && memcmp(f->key, key, t) == 0)
+                return f;
+    return NULL;
+}
+
+/* The kernel's entry of the top-level name must not be dropped while a file below it is open: that strands the open
+ * file's entry (the drop at its last close then misses it, and the kernel keeps its stale size). So a key changed
+ * under a top-level name with an open file marks that file (the key's own, else any), and the drop waits for the
+ * last close of the open files under that name (kvfs_release_changed). */
 bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen) {
     pthread_mutex_lock(&fs->tbl_mu);
     kvfs_file *f = file_find(fs, key, klen);
+    if (!f || f->ks != STORE_KS_DATA) f = open_under_top(fs, key, klen, NULL);
     if (f) f->changed_outside = true;
     pthread_mutex_unlock(&fs->tbl_mu);
     return f != NULL;
@@ -147,9 +170,14 @@ int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_
         pthread_mutex_unlock(&fs->tbl_mu);
         return 0;
     }
-    if (changed_key && f->changed_outside && f->ks == STORE_KS_DATA && (*changed_key = malloc(f->klen ? f->klen : 1))) {
-        memcpy(*changed_key, f->key, f->klen);
-        *changed_klen = f->klen;
+    if (changed_key && f->changed_outside && f->ks == STORE_KS_DATA) {
+        kvfs_file *g = open_under_top(fs, f->key, f->klen, f);
+        if (g) {
+            g->changed_outside = true; /* the last of them to close has the top-level entry dropped */
+        } else if ((*changed_key = malloc(f->klen ? f->klen : 1))) {
+            memcpy(*changed_key, f->key, f->klen);
+            *changed_klen = f->klen;
+        }
     }
     /* Last close: write what is buffered while still in the table, so a new open cannot read around it. */
     pthread_mutex_lock(&f->mu);

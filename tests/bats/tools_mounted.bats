@@ -217,6 +217,28 @@ teardown() { tools_teardown; }
     [ "$(stat -c %s "$M/dir/long")" = 8 ]
     [ "$(cat "$M/dir/long")" = threeeee ]
     [ "$(cat "$M/top")" = "top, rewritten" ]
+    # another key under the same top-level directory, written while a file there is open: dropping that directory's
+    # entry then stranded the open file's, which kept its old size after its close (padded with zeros)
+    echo 0123456789 > "$M/dir/short"
+    exec 7< "$M/dir/short"
+    kv put "$D" dir/short ab
+    kv put "$D" dir/other xyz
+    exec 7<&-
+    sleep 0.3
+    [ "$(stat -c %s "$M/dir/short")" = 2 ]
+    [ "$(cat "$M/dir/other")" = xyz ]
+    # ... and with two files open there (the kernel's entries are dropped once the last of them is closed)
+    echo 0123456789 > "$M/dir/short"
+    echo x > "$M/dir/two"
+    exec 7< "$M/dir/short" 8< "$M/dir/two"
+    kv put "$D" dir/short ab
+    kv put "$D" dir/other xyz
+    kv put "$D" dir/two "two, longer"
+    exec 7<&- 8<&-
+    sleep 0.3
+    [ "$(stat -c %s "$M/dir/short")" = 2 ]
+    [ "$(cat "$M/dir/short")" = ab ]
+    [ "$(cat "$M/dir/two")" = "two, longer" ]
     # also with a shell whose working directory is the file's directory
     cd "$M/dir"
     exec 7< short
