@@ -77,6 +77,9 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags);
 /* Files. flags are open(2) flags. */
 int kvfs_create(kvfs_fs *fs, const char *path, mode_t mode, int flags, const kvfs_caller *who, kvfs_file **out);
 int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out);
+/* One more open of f, which the caller holds open (a file unlinked while open, reached by its node alone, as through
+ * /proc/PID/fd/N): as kvfs_open of its path would be. */
+int kvfs_reopen(kvfs_fs *fs, kvfs_file *f, int flags);
 /* Bytes read (short only at end of file), or -errno. */
 ssize_t kvfs_read(kvfs_fs *fs, kvfs_file *f, void *buf, size_t size, off_t off);
 /* Bytes written, or -errno. append: write at the end of file whatever off says. */

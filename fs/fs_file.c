@@ -234,6 +234,18 @@ int kvfs_create(kvfs_fs *fs, const char *path, mode_t mode, int flags, const kvf
     return rc;
 }
 
+/* The O_TRUNC of an open that just took f: on failure the open is given back. */
+static int open_truncate(kvfs_fs *fs, kvfs_file *f, int flags) {
+    int rc = 0;
+    if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
+        pthread_mutex_lock(&f->mu);
+        if (f->size != 0) rc = truncate_locked(fs, f, 0);
+        pthread_mutex_unlock(&f->mu);
+        if (rc) kvfs_release(fs, f);
+    }
+    return rc;
+}
+
 int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out) {
     /* Under ns_mu so an unlink cannot slip between the lookup and the table entry. */
     pthread_mutex_lock(&fs->ns_mu);
@@ -253,14 +265,14 @@ int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out) {
     }
     node_free(&n);
     pthread_mutex_unlock(&fs->ns_mu);
-    if (!rc && (flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
-        kvfs_file *f = *out;
-        pthread_mutex_lock(&f->mu);
-        if (f->size != 0) rc = truncate_locked(fs, f, 0);
-        pthread_mutex_unlock(&f->mu);
-        if (rc) kvfs_release(fs, f);
-    }
-    return rc;
+    return rc ? rc : open_truncate(fs, *out, flags);
+}
+
+int kvfs_reopen(kvfs_fs *fs, kvfs_file *f, int flags) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    f->opens++;
+    pthread_mutex_unlock(&fs->tbl_mu);
+    return open_truncate(fs, f, flags);
 }
 
 ssize_t kvfs_read(kvfs_fs *fs, kvfs_file *f, void *buf, size_t size, off_t off) {

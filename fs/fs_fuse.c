@@ -63,6 +63,7 @@ enum { OPC_GETATTR = 3, OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT
 static _Thread_local bool req_kill_suidgid; /* the request this thread handles asks for it */
 static _Thread_local bool req_chown_same;   /* a SETATTR of the change time alone: chown(path, -1, -1) */
 static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is about */
+static _Thread_local uint64_t req_given_fh; /* the handle give_hidden_fh put into it, or 0 */
 static uint64_t init_unique;                /* the INIT request (written and read by the one reading thread) */
 static uint32_t init_kernel_flags;
 
@@ -83,6 +84,7 @@ static void give_hidden_fh(uint8_t *body, uint64_t nodeid, uint32_t flag) {
     if (w & flag) return;
     uint64_t fh = hidden_fh_of_node(nodeid);
     if (!fh) return;
+    req_given_fh = fh;
     w |= flag;
     memcpy(body, &w, 4);
     memcpy(body + 8, &fh, 8);
@@ -93,6 +95,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     ssize_t n = read(fd, buf, len);
     req_kill_suidgid = false;
     req_chown_same = false;
+    req_given_fh = 0;
     if (n < IN_HDR) return n;
     uint8_t *p = buf;
     uint32_t op = rd32(p + 4);
@@ -233,8 +236,10 @@ static uint64_t hidden_node(const char *path) {
     return strtoull(hex, NULL, 16);
 }
 
-/* The file handle of the hidden file of a node id, or 0. The kernel asks about a hidden node only while the file
- * is open (fstat, fchmod, ...), before the last RELEASE, so the handle stays valid for the request. */
+/* The file handle of the hidden file of a node id, or 0. The kernel asks about a hidden node mostly while the file is
+ * open (fstat, fchmod, ...), but also by a name it found just before a rename replaced the file, while another
+ * process's last close may free it: so the handler uses the handle only under hidden_mu, after checking that the
+ * file is still hidden (file_or_hidden). */
 static uint64_t hidden_fh_of_node(uint64_t nodeid) {
     if (atomic_load_explicit(&hidden_count, memory_order_relaxed) == 0) return 0;
     uint64_t fh = 0;
@@ -292,27 +297,88 @@ static void drop_hidden(kvfs_fs *fs, hidden_file *h) {
 }
 
 /* Forget a hidden path (libfuse unlinks it after the last release, or the mount ends) and drop the open that kept
- * its file: the file's content goes with the last open. false when path is not hidden. */
+ * its file: the file's content goes with the last open. false when path is not hidden. libfuse counts an open only
+ * once op_open returned, so a reopen of the hidden node (op_open) can race the last release it saw: then the file
+ * has an open besides the hidden one, and stays hidden until that open's release lets it go (op_release). */
 static bool unhide(kvfs_fs *fs, const char *path) {
     hidden_file *h = NULL;
+    bool found = false;
     pthread_mutex_lock(&hidden_mu);
     for (hidden_file **pp = &hidden_files; *pp; pp = &(*pp)->next)
         if (path == NULL || same_hidden(*pp, path)) {
+            found = true;
+            if (path && kvfs_file_opens(fs, (*pp)->f) > 1) break;
             h = *pp;
             *pp = h->next;
             break;
         }
     pthread_mutex_unlock(&hidden_mu);
     if (h) drop_hidden(fs, h);
-    return h != NULL;
+    return found;
 }
 
-/* The file a request is about when it names it by path only: a hidden one, or NULL (then the path names it). */
-static kvfs_file *file_or_hidden(const char *path, struct fuse_file_info *fi, const char **pathp) {
+/* A request about a hidden node whose file is gone (its last close let it go), or ENOENT for it: ESTALE. libfuse keeps
+ * the node under its hidden name while the kernel holds the node, and the kernel can still send requests about it
+ * after that close: an open(2) or stat(2) whose path walk found the name just before a rename replaced the file
+ * (another process saving a file by writing a temporary one and renaming it over, while a reader opens it). ENOENT
+ * would fail the reader, though the name never stopped existing; on ESTALE the kernel looks the name up afresh and
+ * tries once more, and finds the new file. Not for a lookup of such a name (the request's node is then the
+ * directory's, not the one the name holds): a missing name is just missing. libfuse writes the low 32 bits of the
+ * node id. */
+static int stale_if_gone(const char *path, int rc) {
+    if (rc == -ENOENT && path && is_hidden_name(path) && hidden_node(path) == (req_nodeid & 0xffffffffu)) return -ESTALE;
+    return rc;
+}
+
+/* open(2) of a hidden node whose file is still open: through /proc/PID/fd/N of the unlinked file, or by the race
+ * above while another process still has the file open. A local filesystem opens the same file again: so does this,
+ * under hidden_mu so that its last close cannot let it go meanwhile. 1 when path names no hidden open file. */
+static int reopen_hidden(const char *path, int flags, kvfs_file **out) {
+    if (!is_hidden_name(path) || atomic_load_explicit(&hidden_count, memory_order_relaxed) == 0) return 1;
+    int rc = 1;
+    pthread_mutex_lock(&hidden_mu);
+    for (hidden_file *h = hidden_files; h; h = h->next)
+        if (same_hidden(h, path)) {
+            rc = kvfs_reopen(FS(), h->f, flags);
+            if (!rc) *out = h->f;
+            break;
+        }
+    pthread_mutex_unlock(&hidden_mu);
+    return rc;
+}
+
+static _Thread_local bool req_hidden_locked; /* this thread's request holds hidden_mu (file_or_hidden) */
+
+/* The file a request is about into *fp: its handle's; or, when it names the file by path only, a hidden one (then
+ * *pathp becomes NULL: the hidden name is no key), or NULL (the path names it). A hidden file, reached by its path or
+ * by the handle give_hidden_fh put into the request, may be freed meanwhile by another thread's last release
+ * (op_release): so it is taken only while it is still hidden, and kept with hidden_mu held until hidden_done();
+ * one that is gone meanwhile is ESTALE. A SETATTR runs several handlers in a row: each one checks again. */
+static int file_or_hidden(const char *path, struct fuse_file_info *fi, const char **pathp, kvfs_file **fp) {
     kvfs_file *f = FILE_OF(fi);
+    bool given = f && req_given_fh && fi->fh == req_given_fh;
     *pathp = path;
-    if (!f && (f = hidden_lookup(path))) *pathp = NULL;
-    return f;
+    *fp = f;
+    if (f ? !given : !(path && is_hidden_name(path))) return 0;
+    pthread_mutex_lock(&hidden_mu);
+    for (hidden_file *h = hidden_files; h; h = h->next)
+        if (given ? h->f == f && h->node == req_nodeid : same_hidden(h, path)) {
+            *fp = h->f;
+            *pathp = NULL;
+            req_hidden_locked = true;
+            return 0;
+        }
+    pthread_mutex_unlock(&hidden_mu);
+    return given ? -ESTALE : 0;
+}
+
+/* The end of a request that file_or_hidden gave a file: rc, and hidden_mu let go. */
+static int hidden_done(int rc) {
+    if (req_hidden_locked) {
+        req_hidden_locked = false;
+        pthread_mutex_unlock(&hidden_mu);
+    }
+    return rc;
 }
 
 /* ---- Directories that vanish with their last entry -----------------------------------------------------------------
@@ -510,14 +576,16 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
 }
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
-    kvfs_file *f = file_or_hidden(path, fi, &path);
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    if (rc) return rc;
     if (req_chown_same) {
         /* libfuse's SETATTR ends with this getattr (io_read): the chown(path, -1, -1) case of op_chown */
         req_chown_same = false;
-        int rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
-        if (rc) return rc;
+        rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
+        if (rc) return hidden_done(rc);
     }
-    return kvfs_getattr(FS(), path, f, st);
+    return hidden_done(stale_if_gone(path, kvfs_getattr(FS(), path, f, st)));
 }
 
 static int op_readlink(const char *path, char *buf, size_t size) { return kvfs_readlink(FS(), path, buf, size); }
@@ -572,34 +640,42 @@ static int op_link(const char *from, const char *to) {
 }
 
 static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
-    kvfs_file *f = file_or_hidden(path, fi, &path);
-    return kvfs_chmod(FS(), path, f, mode);
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    return rc ? rc : hidden_done(stale_if_gone(path, kvfs_chmod(FS(), path, f, mode)));
 }
 
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
-    kvfs_file *f = file_or_hidden(path, fi, &path);
-    int rc = kvfs_chown(FS(), path, f, uid, gid);
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    if (rc) return rc;
+    rc = stale_if_gone(path, kvfs_chown(FS(), path, f, uid, gid));
     /* the kernel flags every chown of a non-directory; root keeps a non-executable set-group-ID bit */
     if (!rc && req_kill_suidgid) rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
-    return rc;
+    return hidden_done(rc);
 }
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
-    kvfs_file *f = file_or_hidden(path, fi, &path);
-    int rc = kvfs_truncate(FS(), path, f, size);
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    if (rc) return rc;
+    rc = stale_if_gone(path, kvfs_truncate(FS(), path, f, size));
     if (!rc && req_kill_suidgid) rc = kill_suidgid(path, f, false, false);
-    return rc;
+    return hidden_done(rc);
 }
 
 static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
-    kvfs_file *f = file_or_hidden(path, fi, &path);
-    return kvfs_utimens(FS(), path, f, tv);
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    return rc ? rc : hidden_done(stale_if_gone(path, kvfs_utimens(FS(), path, f, tv)));
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi) {
     kvfs_file *f;
-    int rc = kvfs_open(FS(), path, fi->flags, &f);
-    if (rc) return rc;
+    int rc = reopen_hidden(path, fi->flags, &f);
+    if (rc == 1) rc = kvfs_open(FS(), path, fi->flags, &f);
+    else if (rc == 0) path = NULL; /* the hidden name is no key */
+    if (rc) return stale_if_gone(path, rc);
     if (req_kill_suidgid && (fi->flags & O_TRUNC) && (rc = kill_suidgid(path, f, false, true))) {
         kvfs_release(FS(), f);
         return rc;
@@ -730,24 +806,24 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
 
 static int op_setxattr(const char *path, const char *name, const char *value, size_t size, int flags) {
     if (hidden_lookup(path)) return -ENOTSUP;
-    return kvfs_setxattr(FS(), path, name, value, size, flags);
+    return stale_if_gone(path, kvfs_setxattr(FS(), path, name, value, size, flags));
 }
 
 static int op_getxattr(const char *path, const char *name, char *value, size_t size) {
     if (hidden_lookup(path)) return -ENODATA;
     ssize_t n = kvfs_getxattr(FS(), path, name, value, size);
-    return n > INT32_MAX ? -E2BIG : (int)n;
+    return n > INT32_MAX ? -E2BIG : stale_if_gone(path, (int)n);
 }
 
 static int op_listxattr(const char *path, char *list, size_t size) {
     if (hidden_lookup(path)) return 0;
     ssize_t n = kvfs_listxattr(FS(), path, list, size);
-    return n > INT32_MAX ? -E2BIG : (int)n;
+    return n > INT32_MAX ? -E2BIG : stale_if_gone(path, (int)n);
 }
 
 static int op_removexattr(const char *path, const char *name) {
     if (hidden_lookup(path)) return -ENODATA;
-    return kvfs_removexattr(FS(), path, name);
+    return stale_if_gone(path, kvfs_removexattr(FS(), path, name));
 }
 
 static int op_opendir(const char *path, struct fuse_file_info *fi) {

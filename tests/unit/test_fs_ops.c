@@ -498,6 +498,19 @@ TEST(fs_open_files_follow_rename_and_survive_unlink) {
     CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
     CHECK_EQ(st.st_size, 8);
     CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 1);
+    /* Opened again by its handle (/proc/PID/fd/N): one more open of the same file, which outlives the first; an
+     * O_TRUNC reopen empties it. */
+    CHECK_OK(kvfs_reopen(e.fs, f, O_RDONLY));
+    CHECK_EQ(kvfs_file_opens(e.fs, f), 2);
+    CHECK_OK(kvfs_reopen(e.fs, f, O_RDWR | O_TRUNC));
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 0);
+    CHECK_EQ(kvfs_write(e.fs, f, "ij", 2, 0, false), 2);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 1);
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 2);
+    CHECK(memcmp(buf, "ij", 2) == 0);
     CHECK_OK(kvfs_release(e.fs, f));
     CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
     /* A file replaced by rename while open keeps its content for its reader. */
