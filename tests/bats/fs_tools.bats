@@ -512,6 +512,39 @@ PY
     [ "$output" = "target" ]
 }
 
+@test "flock, POSIX and OFD locks conflict between processes and go with their holder (docs/mapping.md)" {
+    echo data > "$M/lk"
+    run python3 - "$M/lk" <<'PY'
+import errno, fcntl, os, struct, subprocess, sys
+p = sys.argv[1]
+F_OFD_SETLK = 37
+def other(code):
+    return subprocess.run([sys.executable, "-c", "import fcntl, os, struct, sys\np = sys.argv[1]\n" + code, p],
+                          capture_output=True, text=True).stdout.strip()
+try_flock = "fd = os.open(p, os.O_RDWR)\ntry:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\nexcept BlockingIOError: print('busy')"
+try_lockf = "fd = os.open(p, os.O_RDWR)\ntry:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0); print('got')\nexcept OSError: print('busy')"
+fd = os.open(p, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+assert other(try_flock) == "busy"
+fcntl.flock(fd, fcntl.LOCK_UN)
+assert other(try_flock) == "got"
+fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+assert other(try_lockf) == "busy"
+os.close(fd)                                      # a POSIX lock goes with any close of its process
+assert other(try_lockf) == "got"
+a, b = os.open(p, os.O_RDWR), os.open(p, os.O_RDWR)
+fcntl.fcntl(a, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 10, 0))
+try:
+    fcntl.fcntl(b, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 5, 10, 0))
+    raise SystemExit("a second OFD lock over the same bytes was granted")
+except OSError as e:
+    assert e.errno in (errno.EAGAIN, errno.EACCES), e
+os.close(a)
+fcntl.fcntl(b, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 5, 10, 0))
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
     echo a > "$M/a"
     echo b > "$M/b"
