@@ -545,6 +545,30 @@ PY
     [ "$status" -eq 0 ] || { echo "$output"; false; }
 }
 
+@test "a working directory renamed is followed; removed, it answers ESTALE (docs/mapping.md)" {
+    mkdir -p "$M/cw/sub"
+    echo a > "$M/cw/sub/a"
+    run python3 - "$M" <<'PY'
+import errno, os, subprocess, sys
+m = sys.argv[1]
+os.chdir(os.path.join(m, "cw/sub"))
+subprocess.run(["mv", os.path.join(m, "cw"), os.path.join(m, "cw2")], check=True)
+assert os.listdir(".") == ["a"]
+with open("b", "w") as f:
+    f.write("b\n")
+assert os.path.exists(os.path.join(m, "cw2/sub/b"))
+subprocess.run(["rm", "-rf", os.path.join(m, "cw2")], check=True)
+for what, call in (("list", lambda: os.listdir(".")), ("create", lambda: open("c", "w"))):
+    try:
+        call()
+        raise SystemExit(what + " in a removed directory worked")
+    except OSError as e:
+        assert e.errno == errno.ESTALE, (what, e)
+assert os.listdir(m) == [], os.listdir(m)
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
 @test "rename is atomic and honours RENAME_NOREPLACE and RENAME_EXCHANGE" {
     echo a > "$M/a"
     echo b > "$M/b"
