@@ -50,7 +50,9 @@ static kvfs_fs *notify_fs;
  * security.* attributes (only user.*), so there is never a file capability to remove. */
 
 enum { IN_HDR = 40, OUT_HDR = 16 };
-enum { OPC_GETATTR = 3, OPC_SETATTR = 4, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26 };
+enum { OPC_LOOKUP = 1, OPC_GETATTR = 3, OPC_SETATTR = 4, OPC_RENAME = 12, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26,
+       OPC_RENAME2 = 45 };
+enum { HIDDEN_NAME_LEN = 12 + 16 }; /* ".fuse_hidden" + 16 hex digits */
 #define INIT_HANDLE_KILLPRIV_V2 (1u << 28)
 #define SETATTR_KILL_SUIDGID (1u << 11)
 #define WRITE_KILL_SUIDGID (1u << 2)
@@ -64,6 +66,8 @@ static _Thread_local bool req_kill_suidgid; /* the request this thread handles a
 static _Thread_local bool req_chown_same;   /* a SETATTR of the change time alone: chown(path, -1, -1) */
 static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is about */
 static _Thread_local uint64_t req_given_fh; /* the handle give_hidden_fh put into it, or 0 */
+static _Thread_local uint32_t req_op;       /* its opcode */
+static _Thread_local char req_rename_to[HIDDEN_NAME_LEN + 1]; /* a RENAME's new name when of the hidden form, or "" */
 static uint64_t init_unique;                /* the INIT request (written and read by the one reading thread) */
 static uint32_t init_kernel_flags;
 
@@ -90,6 +94,17 @@ static void give_hidden_fh(uint8_t *body, uint64_t nodeid, uint32_t flag) {
     memcpy(body + 8, &fh, 8);
 }
 
+static bool is_hidden_name(const char *path);
+
+/* A RENAME's names: old and new, each NUL-terminated. Keep the new one when it has the hidden form, so that op_rename
+ * can tell a rename the caller asked for from libfuse's hiding of an open file. */
+static void note_rename_to(const char *names, size_t len) {
+    const char *end = names + len, *old_end = memchr(names, 0, len);
+    if (!old_end) return;
+    const char *to = old_end + 1, *to_end = to < end ? memchr(to, 0, (size_t)(end - to)) : NULL;
+    if (to_end && to_end - to == HIDDEN_NAME_LEN && is_hidden_name(to)) memcpy(req_rename_to, to, HIDDEN_NAME_LEN + 1);
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
     ssize_t n = read(fd, buf, len);
@@ -100,6 +115,8 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     uint8_t *p = buf;
     uint32_t op = rd32(p + 4);
     memcpy(&req_nodeid, p + 16, 8);
+    req_op = op;
+    req_rename_to[0] = 0;
     size_t body = (size_t)n - IN_HDR;
     if (op == OPC_INIT && body >= 16) {
         memcpy(&init_unique, p + 8, 8);
@@ -118,6 +135,8 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
         req_chown_same = (valid & SETATTR_CTIME) && !(valid & SETATTR_CHANGES);
     } else if (op == OPC_OPEN && body >= 8) {
         req_kill_suidgid = (rd32(p + IN_HDR + 4) & OPEN_KILL_SUIDGID) != 0;
+    } else if ((op == OPC_RENAME && body > 8) || (op == OPC_RENAME2 && body > 16)) {
+        note_rename_to((const char *)p + IN_HDR + (op == OPC_RENAME ? 8 : 16), body - (op == OPC_RENAME ? 8 : 16));
     }
     return n;
 }
@@ -212,8 +231,8 @@ static atomic_int hidden_count; /* entries of hidden_files, for a look without t
 static bool is_hidden_name(const char *path) {
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
-    if (strncmp(base, ".fuse_hidden", 12) != 0 || strlen(base) != 12 + 16) return false;
-    for (int i = 12; i < 12 + 16; i++)
+    if (strncmp(base, ".fuse_hidden", 12) != 0 || strlen(base) != HIDDEN_NAME_LEN) return false;
+    for (int i = 12; i < HIDDEN_NAME_LEN; i++)
         if (!isxdigit((unsigned char)base[i])) return false;
     return true;
 }
@@ -224,8 +243,13 @@ static const char *base_name(const char *path) {
 }
 
 /* Hidden names are compared by their last component alone: libfuse makes it unique (it holds the node id and a
- * counter), and the directory part changes when a directory above is renamed. */
-static bool same_hidden(const hidden_file *h, const char *path) { return strcmp(base_name(h->path), base_name(path)) == 0; }
+ * counter), and the directory part changes when a directory above is renamed. And only in a request about the
+ * hidden node itself: libfuse names such a node by it, while a lookup (whose node is the directory's), or libfuse's
+ * check that a name it is about to hide a file under is free, means a name in the directory. A file of that name
+ * that someone stored (rsync copying a .fuse_hidden leftover of another mount) is then just that file. */
+static bool same_hidden(const hidden_file *h, const char *path) {
+    return h->node == req_nodeid && strcmp(base_name(h->path), base_name(path)) == 0;
+}
 
 /* The node id a hidden name holds: libfuse names it ".fuse_hidden" + the node id and a counter, 8 hex digits each
  * (its node ids are 32 bits). */
@@ -326,7 +350,9 @@ static bool unhide(kvfs_fs *fs, const char *path) {
  * directory's, not the one the name holds): a missing name is just missing. libfuse writes the low 32 bits of the
  * node id. */
 static int stale_if_gone(const char *path, int rc) {
-    if (rc == -ENOENT && path && is_hidden_name(path) && hidden_node(path) == (req_nodeid & 0xffffffffu)) return -ESTALE;
+    if (rc == -ENOENT && req_op != OPC_LOOKUP && path && is_hidden_name(path) &&
+        hidden_node(path) == (req_nodeid & 0xffffffffu))
+        return -ESTALE;
     return rc;
 }
 
@@ -622,7 +648,9 @@ static int op_symlink(const char *target, const char *path) {
 }
 
 static int op_rename(const char *from, const char *to, unsigned int flags) {
-    if (flags == 0 && is_hidden_name(to) && !hidden_lookup(to)) {
+    /* libfuse hides an open file under a name it makes up; a rename to the name the caller gave is the caller's */
+    bool asked = strcmp(base_name(to), req_rename_to) == 0;
+    if (flags == 0 && is_hidden_name(to) && !asked) {
         /* The unlink of an open file: the directories that vanish with it are dropped as for any other unlink (and
          * once more when libfuse unlinks the hidden path: see op_unlink). */
         int rc = hide_open_file(from, to);

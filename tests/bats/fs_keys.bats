@@ -95,6 +95,35 @@ teardown() {
     done
 }
 
+@test "names of libfuse's hidden form (.fuse_hidden + 16 hex digits) that a user gives are ordinary files" {
+    # libfuse hides an open file that is unlinked under such a name, and the daemon took every rename to one for
+    # that: rsync of a .fuse_hidden leftover of another mount (a rename of its temporary file) lost the file
+    # silently, and so did a rename(2) of an open file to such a name
+    fs_mount
+    local h=.fuse_hidden0000000200000001 h2=.fuse_hidden0000000300000001
+    mkdir -p "$T/src"
+    echo leftover > "$T/src/$h"
+    t rsync -a "$T/src/" "$M/r/"
+    [ "$(cat "$M/r/$h")" = leftover ]
+    run python3 - "$M" "$h2" <<'PY'
+import os, sys
+m, h2 = sys.argv[1], sys.argv[2]
+with open(os.path.join(m, "f"), "w") as f:
+    f.write("open while renamed\n")
+    f.flush()
+    os.rename(os.path.join(m, "f"), os.path.join(m, h2))
+    assert os.path.exists(os.path.join(m, h2)), os.listdir(m)
+PY
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(cat "$M/$h2")" = "open while renamed" ]
+    fs_remount
+    [ "$(cat "$M/r/$h")" = leftover ]
+    [ "$(cat "$M/$h2")" = "open while renamed" ]
+    rm "$M/r/$h" "$M/$h2"
+    run ls -A "$M" "$M/r"
+    [ "$output" = "$(printf '%s:\nr\n\n%s:' "$M" "$M/r")" ]
+}
+
 @test "a key that is both a file and a directory: both readable, rm -r works" {
     kv put "$D" a file-a
     kv put "$D" a/b file-ab
