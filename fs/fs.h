@@ -88,13 +88,20 @@ int kvfs_flush(kvfs_fs *fs, kvfs_file *f);
 int kvfs_fsync(kvfs_fs *fs, kvfs_file *f, bool datasync);
 /* One open fewer; the last one flushes and frees f (and a file unlinked while open disappears). */
 int kvfs_release(kvfs_fs *fs, kvfs_file *f);
-/* kvfs_release, and when that was the last open of a file whose key another writer rewrote or deleted while it was
- * open, or that changed a key under the same top-level name (kvfs_file_mark_changed), and no other file under that
- * name is open, *changed_key gets a copy of its key (malloc'd, the caller frees it; else NULL). */
-int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_t *changed_klen);
-/* Another writer (the control socket) changed the keyspace-0 key: if it, or another file under the same top-level
- * name, is open, remember that for the last close of the files open under that name (kvfs_release_changed). Returns
- * whether any is open (then the kernel's top-level entry must not be dropped now). */
+/* A top-level name (a key's first path component, the whole key when it has no '/') whose kernel entry is to be
+ * dropped: kvfs_release_changed hands them out, the caller frees each (free). */
+typedef struct kvfs_stale_top {
+    struct kvfs_stale_top *next;
+    size_t len;
+    uint8_t name[];
+} kvfs_stale_top;
+/* kvfs_release, and when that was the last open of a file and a key under a top-level name was changed by another
+ * writer while a file under that name was open (kvfs_file_mark_changed), and now none is open (this file was the
+ * last, or the others were renamed elsewhere or unlinked), *stale gets those names (else NULL). */
+int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale);
+/* Another writer (the control socket) changed the keyspace-0 key: if a file under the same top-level name (the key's
+ * own included) is open, remember the name for the last close that leaves none open there (kvfs_release_changed).
+ * Returns whether one is open (then the kernel's top-level entry must not be dropped now). */
 bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen);
 /* How many opens f has now. */
 int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f);

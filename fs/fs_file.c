@@ -137,8 +137,8 @@ static size_t top_len(const uint8_t *key, size_t klen) {
 }
 
 /* An open file of keyspace 0 other than `except` whose key has the same first component as key (tbl_mu held). The
- * table is scanned whole: this runs only when another writer changed a key, or at the last close of a file it
- * changed. */
+ * table is scanned whole: this runs only when another writer changed a key, and at last closes while a top-level
+ * entry waits to be dropped. */
 static kvfs_file *open_under_top(kvfs_fs *fs, const uint8_t *key, size_t klen, const kvfs_file *except) {
     size_t t = top_len(key, klen);
     for (size_t i = 0; i < FS_TABLE_SIZE; i++)
@@ -150,34 +150,36 @@ static kvfs_file *open_under_top(kvfs_fs *fs, const uint8_t *key, size_t klen, c
 
 /* The kernel's entry of the top-level name must not be dropped while a file below it is open: that strands the open
  * file's entry (the drop at its last close then misses it, and the kernel keeps its stale size). So a key changed
- * under a top-level name with an open file marks that file (the key's own, else any), and the drop waits for the
- * last close of the open files under that name (kvfs_release_changed). */
+ * under a top-level name with an open file puts the name on fs->stale_tops, and the drop waits for the last close
+ * that leaves no file open under it (kvfs_release_changed). The name is kept, not a file: a file marked instead lost
+ * the mark when it was unlinked or renamed elsewhere while open, and the name's cached entries stayed stale. */
 bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen) {
+    size_t t = top_len(key, klen);
     pthread_mutex_lock(&fs->tbl_mu);
-    kvfs_file *f = file_find(fs, key, klen);
-    if (!f || f->ks != STORE_KS_DATA) f = open_under_top(fs, key, klen, NULL);
-    if (f) f->changed_outside = true;
+    bool open = open_under_top(fs, key, klen, NULL) != NULL;
+    if (open) {
+        kvfs_stale_top *s = fs->stale_tops;
+        while (s && !(s->len == t && memcmp(s->name, key, t) == 0)) s = s->next;
+        if (!s && (s = malloc(sizeof *s + (t ? t : 1)))) {
+            s->len = t;
+            memcpy(s->name, key, t);
+            s->next = fs->stale_tops;
+            fs->stale_tops = s;
+        }
+        if (!s) open = false; /* out of memory: the caller drops the entry now */
+    }
     pthread_mutex_unlock(&fs->tbl_mu);
-    return f != NULL;
+    return open;
 }
 
-int kvfs_release(kvfs_fs *fs, kvfs_file *f) { return kvfs_release_changed(fs, f, NULL, NULL); }
+int kvfs_release(kvfs_fs *fs, kvfs_file *f) { return kvfs_release_changed(fs, f, NULL); }
 
-int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_t *changed_klen) {
-    if (changed_key) *changed_key = NULL;
+int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale) {
+    if (stale) *stale = NULL;
     pthread_mutex_lock(&fs->tbl_mu);
     if (--f->opens > 0) {
         pthread_mutex_unlock(&fs->tbl_mu);
         return 0;
-    }
-    if (changed_key && f->changed_outside && f->ks == STORE_KS_DATA) {
-        kvfs_file *g = open_under_top(fs, f->key, f->klen, f);
-        if (g) {
-            g->changed_outside = true; /* the last of them to close has the top-level entry dropped */
-        } else if ((*changed_key = malloc(f->klen ? f->klen : 1))) {
-            memcpy(*changed_key, f->key, f->klen);
-            *changed_klen = f->klen;
-        }
     }
     /* Last close: write what is buffered while still in the table, so a new open cannot read around it. */
     pthread_mutex_lock(&f->mu);
@@ -192,6 +194,17 @@ int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, uint8_t **changed_key, size_
         table_remove(fs, f);
     }
     pthread_mutex_unlock(&f->mu);
+    /* The names no file is open under any more (an internal release, stale NULL, leaves them for the next one) */
+    for (kvfs_stale_top **pp = stale ? &fs->stale_tops : NULL; pp && *pp;) {
+        kvfs_stale_top *s = *pp;
+        if (open_under_top(fs, s->name, s->len, NULL)) {
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        s->next = *stale;
+        *stale = s;
+    }
     pthread_mutex_unlock(&fs->tbl_mu);
     file_free(fs, f);
     return rc;
@@ -411,6 +424,11 @@ void kvfs_fs_free(kvfs_fs *fs) {
             file_free(fs, f);
             f = next;
         }
+    }
+    while (fs->stale_tops) {
+        kvfs_stale_top *s = fs->stale_tops;
+        fs->stale_tops = s->next;
+        free(s);
     }
     dc_free(fs);
     pthread_mutex_destroy(&fs->ns_mu);

@@ -312,10 +312,14 @@ static int hide_open_file(const char *from, const char *to) {
     return 0;
 }
 
+static void stale_file_closed(kvfs_stale_top *s);
+
 /* Let go of a hidden file taken off the list: its open, and with the last one its content. */
 static void drop_hidden(kvfs_fs *fs, hidden_file *h) {
     atomic_fetch_sub(&hidden_count, 1);
-    kvfs_release(fs, h->f);
+    kvfs_stale_top *stale;
+    kvfs_release_changed(fs, h->f, &stale);
+    stale_file_closed(stale);
     free(h->path);
     free(h);
 }
@@ -777,18 +781,22 @@ static int op_flush(const char *path, struct fuse_file_info *fi) {
     return rc;
 }
 
-/* The last close of a file whose key the control socket rewrote (or deleted) while it was open. The kernel kept its
- * inode then, and with the writeback cache it trusts that inode's size over ours: the old size stayed after the
- * close, for the entry timeout (a day), so a longer value read cut short and a shorter one ended in zeros. Now that
- * the file is closed, have the notifier drop its top-level entry (at once and again a moment later, once the
- * kernel let go of the dentry the close held): the unused dentry goes with it, and the next lookup makes a fresh
- * inode, as kvfs_notify_key_changed does for a file that is not open. */
-static void stale_file_closed(uint8_t *key, size_t klen) {
-    if (vanish_running) {
-        (void)queue_vanished(names_key_to_path(key, klen, false));
-        if (!memchr(key, '/', klen)) (void)queue_vanished(names_key_to_path(key, klen, true));
+/* The last close of the files open under a top-level name below which the control socket rewrote (or deleted) a key
+ * while one was open. The kernel kept the open file's inode then, and with the writeback cache it trusts that inode's
+ * size over ours: the old size stayed after the close, for the entry timeout (a day), so a longer value read cut
+ * short and a shorter one ended in zeros. Now that none is open, have the notifier drop the top-level entry (at once
+ * and again a moment later, once the kernel let go of the dentry the close held): the unused dentries go with it,
+ * and the next lookup makes a fresh inode, as kvfs_notify_key_changed does when no file is open. Frees the list. */
+static void stale_file_closed(kvfs_stale_top *s) {
+    while (s) {
+        kvfs_stale_top *next = s->next;
+        if (vanish_running) {
+            (void)queue_vanished(names_key_to_path(s->name, s->len, false));
+            (void)queue_vanished(names_key_to_path(s->name, s->len, true)); /* a top-level file's own name */
+        }
+        free(s);
+        s = next;
     }
-    free(key);
 }
 
 static int op_release(const char *path, struct fuse_file_info *fi) {
@@ -807,13 +815,14 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
         }
     if (!h) {
         pthread_mutex_unlock(&hidden_mu); /* the usual case: closes of different files run in parallel */
-        uint8_t *key;
-        size_t klen;
-        int rc = kvfs_release_changed(fs, f, &key, &klen);
-        if (key) stale_file_closed(key, klen);
+        kvfs_stale_top *stale;
+        int rc = kvfs_release_changed(fs, f, &stale);
+        stale_file_closed(stale);
         return rc;
     }
-    int rc = kvfs_release(fs, f);
+    kvfs_stale_top *stale;
+    int rc = kvfs_release_changed(fs, f, &stale);
+    stale_file_closed(stale);
     if (kvfs_file_opens(fs, f) == 1) {
         *hp = h->next;
         drop_hidden(fs, h);

@@ -21,7 +21,6 @@
 struct kvfs_file {
     struct kvfs_file *next;  /* hash chain (tbl_mu) */
     int opens;               /* open handles (tbl_mu) */
-    bool changed_outside;    /* another writer changed the key while open (tbl_mu): the kernel's inode is stale */
     pthread_mutex_t mu;      /* everything below */
     uint8_t ks;              /* STORE_KS_DATA, or STORE_KS_ORPHAN after an unlink while open */
     uint8_t *key;
@@ -44,6 +43,8 @@ struct kvfs_fs {
     pthread_mutex_t tbl_mu;
     kvfs_file *table[FS_TABLE_SIZE];
     uint64_t next_orphan;    /* tbl_mu */
+    /* top-level names whose kernel entry is dropped once no file under them is open (kvfs_file_mark_changed; tbl_mu) */
+    kvfs_stale_top *stale_tops;
     struct timespec started; /* times shown for directories without attributes */
     struct dcache *dc;       /* directory facts (fs_dcache.c) */
     _Atomic uint64_t batches; /* batches this filesystem wrote (to tell other writers' batches apart) */

@@ -524,6 +524,69 @@ TEST(fs_open_files_follow_rename_and_survive_unlink) {
     env_close(&e);
 }
 
+/* Release f (its last open) and return the top-level names it handed out as "a,b," (the caller frees them). */
+static void release_stale(env *e, kvfs_file *f, char *out, size_t cap) {
+    kvfs_stale_top *s;
+    out[0] = 0;
+    CHECK_OK(kvfs_release_changed(e->fs, f, &s));
+    while (s) {
+        kvfs_stale_top *next = s->next;
+        size_t n = strlen(out);
+        snprintf(out + n, cap - n, "%.*s,", (int)s->len, (const char *)s->name);
+        free(s);
+        s = next;
+    }
+}
+
+/* A key written by another writer under a top-level name while a file there is open: the kernel's entry of that
+ * name is dropped at the last close that leaves no file open under it, also when the open file was unlinked or
+ * renamed elsewhere meanwhile (a mark on the file itself was lost then, and the name's entries stayed stale). */
+TEST(fs_a_changed_top_level_name_is_handed_out_when_no_file_under_it_is_open) {
+    env e;
+    CHECK(env_open(&e, 0));
+    char got[256];
+    kvfs_file *f, *g;
+    CHECK_OK(write_file(&e, "/dir/a", "a"));
+    CHECK_OK(write_file(&e, "/dir/b", "b"));
+    CHECK_OK(write_file(&e, "/top", "t"));
+    CHECK(!kvfs_file_mark_changed(e.fs, "dir/c", 5)); /* nothing open: the caller drops the entry at once */
+    /* two files open: the name is handed out by the second close */
+    CHECK_OK(kvfs_open(e.fs, "/dir/a", O_RDONLY, &f));
+    CHECK_OK(kvfs_open(e.fs, "/dir/b", O_RDONLY, &g));
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/c", 5));
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/a", 5));
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "") == 0, "got '%s'", got);
+    release_stale(&e, g, got, sizeof got);
+    CHECK_MSG(strcmp(got, "dir,") == 0, "got '%s'", got);
+    /* a key without '/' */
+    CHECK_OK(kvfs_open(e.fs, "/top", O_RDONLY, &f));
+    CHECK(kvfs_file_mark_changed(e.fs, "top", 3));
+    CHECK(!kvfs_file_mark_changed(e.fs, "to", 2));
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "top,") == 0, "got '%s'", got);
+    /* the open file is unlinked (an orphan) before its close */
+    CHECK_OK(kvfs_open(e.fs, "/dir/a", O_RDONLY, &f));
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/c", 5));
+    CHECK_OK(kvfs_unlink(e.fs, "/dir/a"));
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "dir,") == 0, "unlinked while open: got '%s'", got);
+    /* ... replaced by rename */
+    CHECK_OK(write_file(&e, "/dir/a", "a"));
+    CHECK_OK(kvfs_open(e.fs, "/dir/a", O_RDONLY, &f));
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/c", 5));
+    CHECK_OK(kvfs_rename(e.fs, "/dir/b", "/dir/a", 0));
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "dir,") == 0, "replaced while open: got '%s'", got);
+    /* ... renamed under another top-level name: the old name is the one to drop */
+    CHECK_OK(kvfs_open(e.fs, "/dir/a", O_RDONLY, &f));
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/c", 5));
+    CHECK_OK(kvfs_rename(e.fs, "/dir/a", "/other", 0));
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "dir,") == 0, "renamed away while open: got '%s'", got);
+    env_close(&e);
+}
+
 TEST(fs_attributes_symlinks_xattrs) {
     env e;
     CHECK(env_open(&e, 0));
