@@ -252,7 +252,7 @@ static int apply_record(kv_db *db, memtable *m, const uint8_t *rec, size_t len, 
 }
 
 /* Write a memtable to a level-0 table during recovery (caller holds mu). */
-static int write_level0(kv_db *db, memtable *m, version_edit *e) {
+static int write_level0_once(kv_db *db, memtable *m, version_edit *e) {
     uint64_t no = vset_new_file_number(db->vs);
     char path[4096];
     file_name(path, sizeof path, db->dir, no, "sst");
@@ -290,6 +290,15 @@ static int write_level0(kv_db *db, memtable *m, version_edit *e) {
     rc = edit_add_file(e, 0, &f);
     atomic_fetch_add(&db->st_flush_bytes, props.file_size);
     sst_props_free(&props);
+    return rc;
+}
+
+/* write_level0_once; a disk another process filled gives back the reserve for the table, as for a flush
+ * (db_flush_one): else the open of a store whose log holds more than the disk has left failed for space while the
+ * store held its floor in RESERVE. */
+static int write_level0(kv_db *db, memtable *m, version_edit *e) {
+    int rc = write_level0_once(db, m, e);
+    if (rc == KV_ENOSPC && db_reserve_release(db)) rc = write_level0_once(db, m, e);
     return rc;
 }
 
