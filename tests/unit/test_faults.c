@@ -1828,9 +1828,9 @@ static void full_disk_run_free(full_disk_run *r) {
     r->env = NULL;
 }
 
-/* Fill a new store (3,000 keys through 16 KiB memtables), fill "the disk" behind it (KV_FAULT_DISK_FULL: no byte
- * free but what removals give back), then delete every key. The caller frees r (also after a failure). */
-static void full_disk_deletes(full_disk_run *r, bool reserve, bool background) {
+/* Fill a new store (3,000 keys through memtables of memtable bytes), fill "the disk" behind it (KV_FAULT_DISK_FULL:
+ * no byte free but what removals give back), then delete every key. The caller frees r (also after a failure). */
+static void full_disk_deletes(full_disk_run *r, bool reserve, bool background, size_t memtable) {
     memset(r, 0, sizeof *r);
     r->at = -1;
     snprintf(r->dir, sizeof r->dir, "%s", t_tmpdir());
@@ -1838,6 +1838,7 @@ static void full_disk_deletes(full_disk_run *r, bool reserve, bool background) {
     CHECK(r->env != NULL);
     kv_options o;
     fx_options(&o, background);
+    o.memtable_bytes = memtable;
     o.space_reserve = reserve;
     o.env = r->env;
     CHECK_OK(kv_open(r->dir, &o, &r->db));
@@ -1845,7 +1846,7 @@ static void full_disk_deletes(full_disk_run *r, bool reserve, bool background) {
     snprintf(path, sizeof path, "%s/RESERVE", r->dir);
     struct stat sb;
     CHECK_EQ(stat(path, &sb) == 0, reserve);
-    if (reserve) CHECK(sb.st_size >= (16 << 10) + (1 << 20)); /* the floor: a memtable and 1 MiB */
+    if (reserve) CHECK(sb.st_size >= (off_t)memtable + (1 << 20)); /* the floor: a memtable and 1 MiB */
     memset(v, 'v', sizeof v);
     for (int i = 0; i < 3000; i++) {
         snprintf(k, sizeof k, "k%05d", i);
@@ -1868,7 +1869,7 @@ static void full_disk_deletes(full_disk_run *r, bool reserve, bool background) {
  * at the next open that finds room. */
 static void reserve_case(bool background) {
     full_disk_run r;
-    full_disk_deletes(&r, true, background);
+    full_disk_deletes(&r, true, background, 16 << 10);
     if (t_failed() || r.at >= 0) {
         full_disk_run_free(&r);
         CHECK_MSG(r.at < 0, "delete %d of 3000 on a full disk: %s (%s)", r.at, kv_strerror(r.rc), r.msg);
@@ -1915,10 +1916,35 @@ TEST(test_faults_a_disk_another_process_filled_takes_deletes_with_the_reserve) {
     reserve_case(false); /* flushes and compactions inline */
 }
 
+/* With a memtable that holds all the deletes (as the mount's 8 MiB one holds thousands of unlinks), no log is made
+ * and nothing is flushed: the write-ahead log's own append, past the space it allocated ahead, is what fails for
+ * space, and it is tried again once the reserve is given back (its failed attempt was cut back first). */
+TEST(test_faults_a_log_append_on_a_disk_another_process_filled_takes_the_reserve) {
+    full_disk_run r;
+    full_disk_deletes(&r, true, true, 4 << 20);
+    /* more deletes than the log's space allocated ahead (up to 256 KiB) holds */
+    char k[32];
+    for (int i = 0; i < 20000 && r.at < 0 && r.db && !t_failed(); i++) {
+        snprintf(k, sizeof k, "gone%05d", i);
+        if ((r.rc = kv_delete(r.db, k, strlen(k), 0)) != KV_OK) {
+            r.at = 3000 + i;
+            snprintf(r.msg, sizeof r.msg, "%s", kv_errmsg());
+        }
+    }
+    kv_stats st = {0};
+    int rc = r.db && !t_failed() ? kv_get_stats(r.db, &st) : KV_EINVAL;
+    uint64_t flushes = st.flushes;
+    full_disk_run_free(&r);
+    CHECK_MSG(r.at < 0, "delete %d of 23000 on a full disk: %s (%s)", r.at, kv_strerror(r.rc), r.msg);
+    CHECK_OK(rc);
+    CHECK_EQ(st.reserve_releases, 1);
+    CHECK_EQ(flushes, 0);
+}
+
 /* The control for the test above: the same deletes without a reserve fail for space (else that test shows nothing). */
 TEST(test_faults_a_disk_another_process_filled_fails_deletes_without_a_reserve) {
     full_disk_run r;
-    full_disk_deletes(&r, false, true);
+    full_disk_deletes(&r, false, true, 16 << 10);
     full_disk_run_free(&r);
     CHECK_MSG(r.at >= 0, "every delete went through on a full disk without a reserve");
     CHECK_EQ(r.rc, KV_ENOSPC);
