@@ -530,10 +530,10 @@ static int fe_allocate(kv_env *env, kv_file *f, uint64_t size) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
     bool skip = fe->crashed || !f->inner;
-    bool full = !skip && ((fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
-                           (!fe->substr || strstr(f->path, fe->substr))) ||
-                          !disk_take(fe, disk_growth(fe, f, size)));
-    if (full) fe->failures++;
+    bool armed = !skip && fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
+                 (!fe->substr || strstr(f->path, fe->substr));
+    if (armed) fe->failures++;
+    bool full = armed || (!skip && !disk_take(fe, disk_growth(fe, f, size))); /* disk_take counts its failure */
     kv_fault_kind k = fe->kind;
     pthread_mutex_unlock(&fe->mu);
     if (skip) return KV_OK;

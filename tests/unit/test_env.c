@@ -575,6 +575,36 @@ TEST(test_fault_enospc) {
     env->destroy(env);
 }
 
+/* KV_FAULT_DISK_FULL: a disk with no byte free but what removals and truncations give back. */
+TEST(test_fault_disk_full) {
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    const char *dir = t_tmpdir();
+    CHECK_OK(put_file(env, path_in(dir, "big"), "0123456789", true));
+    kv_file *f;
+    CHECK_OK(env->open_overwrite(env, path_in(dir, "log"), &f));
+    CHECK_OK(env->allocate(env, f, 8));
+    kv_fault_env_arm(env, KV_FAULT_DISK_FULL, 0, NULL);
+    uint64_t avail = 1, total = 0;
+    CHECK_OK(env->disk_space(env, dir, &avail, &total));
+    CHECK_EQ(avail, 0);
+    kv_file *g;
+    CHECK_EQ(env->open_write(env, path_in(dir, "new"), &g), KV_ENOSPC);
+    CHECK_OK(env->write_at(env, f, 0, "abcdefgh", 8)); /* into the space it has */
+    CHECK_EQ(env->write_at(env, f, 8, "i", 1), KV_ENOSPC);
+    CHECK_EQ(env->allocate(env, f, 16), KV_ENOSPC);
+    CHECK_EQ(kv_fault_env_failures(env), 3); /* each failure counted once */
+    CHECK_OK(env->remove(env, path_in(dir, "big"))); /* 10 bytes back */
+    CHECK_OK(env->disk_space(env, dir, &avail, &total));
+    CHECK_EQ(avail, 10);
+    CHECK_OK(env->allocate(env, f, 16));
+    CHECK_OK(env->disk_space(env, dir, &avail, &total));
+    CHECK_EQ(avail, 2);
+    CHECK_EQ(env->write_at(env, f, 16, "xyz", 3), KV_ENOSPC);
+    CHECK_OK(env->write_at(env, f, 16, "xy", 2));
+    CHECK_OK(env->close(env, f));
+    env->destroy(env);
+}
+
 TEST(test_fault_sync_and_read_eio) {
     kv_env *env = kv_fault_env_new(kv_env_posix());
     const char *dir = t_tmpdir();
