@@ -123,6 +123,13 @@ uint64_t kv_fault_env_failures(kv_env *env);
  * environment works normally again. */
 void kv_fault_env_crash(kv_env *env);
 int kv_fault_env_apply_crash(kv_env *env);
+/* A power loss in the middle of whatever runs: after `changes` more changes to the disk through this environment
+ * (appends, writes by offset, allocations, syncs, creations, renames, links, removals, truncations, directory
+ * changes and syncs), the next one and all later ones are lost as after kv_fault_env_crash(). 0: the next change is
+ * the first one lost. kv_fault_env_crashed() tells whether the power is off yet (a call that returned before it went
+ * off did all its work on disk). */
+void kv_fault_env_crash_after(kv_env *env, uint64_t changes);
+bool kv_fault_env_crashed(kv_env *env);
 /* With reorder on, kv_fault_env_apply_crash keeps what was written by offset (write_at) past the last sync instead of
  * cutting it, except the part of the 4 KiB page that holds the first unsynced byte, which then reads as zeros:
  * writeback that reached the disk out of order, later pages kept and the earlier one in its old state (its synced

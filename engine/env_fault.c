@@ -14,7 +14,9 @@
  *        sync_dir of the directory holding the (new) name; sync_dir(d) drops the entries of d.
  *  - After kv_fault_env_crash() no call changes a real file: writes, syncs, creations, renames, removals,
  *    truncations and directory changes return KV_OK and do nothing. Reads, lookups, close and locks still work, so
- *    the store can be closed and freed. kv_fault_env_apply_crash() then undoes the undo log newest first, cuts every
+ *    the store can be closed and freed. kv_fault_env_crash_after(n) does the same from the (n+1)th change to the disk
+ *    on (going_dark counts them), so a deterministic test can lose power in the middle of any operation.
+ *    kv_fault_env_apply_crash() then undoes the undo log newest first, cuts every
  *    tracked file to `synced` bytes and starts a fresh epoch in which everything on disk counts as durable.
  *
  * What a power loss rewinds (and what it does not):
@@ -91,6 +93,7 @@ typedef struct fault_env {
     uint64_t failures;
     /* power loss */
     bool crashed;
+    uint64_t crash_in; /* kv_fault_env_crash_after: changes to the disk left before the crash; UINT64_MAX: none */
     bool reorder; /* kv_fault_env_set_reorder */
     uint64_t space_avail, space_total; /* kv_fault_env_set_disk_space; UINT64_MAX: the base's */
     uint64_t disk_free; /* KV_FAULT_DISK_FULL: the bytes removals and truncations gave back, not yet taken */
@@ -328,9 +331,20 @@ static kv_fault_kind fault_check(fault_env *fe, int op, const char *path) {
     return k;
 }
 
+/* Whether the power is off for a change to the disk about to be made; counts it down towards a power loss that
+ * kv_fault_env_crash_after armed (the change that reaches the count is the first one lost). Caller holds fe->mu. */
+static bool going_dark(fault_env *fe) {
+    if (!fe->crashed && fe->crash_in != UINT64_MAX) {
+        if (fe->crash_in == 0) fe->crashed = true;
+        else fe->crash_in--;
+    }
+    return fe->crashed;
+}
+
+/* going_dark, taking the mutex (directory changes). */
 static bool is_crashed(fault_env *fe) {
     pthread_mutex_lock(&fe->mu);
-    bool c = fe->crashed;
+    bool c = going_dark(fe);
     pthread_mutex_unlock(&fe->mu);
     return c;
 }
@@ -380,7 +394,7 @@ static int open_for_write(fault_env *fe, const char *path, int how, kv_file **ou
         rc = existed;
         goto done;
     }
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         /* Nothing may change on disk. An existing file opened for append stays readable; anything else is a
          * phantom whose appends go nowhere. */
         if (!truncate && existed) {
@@ -453,7 +467,7 @@ static int fe_read_at(kv_env *env, kv_file *f, uint64_t off, void *buf, size_t l
 static int fe_append(kv_env *env, kv_file *f, const void *buf, size_t len) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed || !f->inner) {
+    if (going_dark(fe) || !f->inner) {
         f->phantom += len;
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
@@ -495,7 +509,7 @@ static void note_written(fault_env *fe, kv_file *f, uint64_t end) {
 static int fe_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, size_t len) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed || !f->inner) { /* the bytes go nowhere */
+    if (going_dark(fe) || !f->inner) { /* the bytes go nowhere */
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -529,7 +543,7 @@ static int fe_write_at(kv_env *env, kv_file *f, uint64_t off, const void *buf, s
 static int fe_allocate(kv_env *env, kv_file *f, uint64_t size) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    bool skip = fe->crashed || !f->inner;
+    bool skip = going_dark(fe) || !f->inner;
     bool armed = !skip && fe->after == 0 && (fe->kind == KV_FAULT_ENOSPC || fe->kind == KV_FAULT_DISK_EIO) &&
                  (!fe->substr || strstr(f->path, fe->substr));
     if (armed) fe->failures++;
@@ -547,7 +561,7 @@ static int fe_allocate(kv_env *env, kv_file *f, uint64_t size) {
 static int fe_sync(kv_env *env, kv_file *f) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed || !f->inner) {
+    if (going_dark(fe) || !f->inner) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -615,7 +629,7 @@ static int fe_exists(kv_env *env, const char *path) { return FE(env)->base->exis
 static int fe_remove(kv_env *env, const char *path) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -641,7 +655,7 @@ static int fe_remove(kv_env *env, const char *path) {
 static int fe_rename(kv_env *env, const char *from, const char *to) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -673,7 +687,7 @@ done:
 static int fe_link(kv_env *env, const char *from, const char *to) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -691,7 +705,7 @@ static int fe_link(kv_env *env, const char *from, const char *to) {
 static int fe_truncate(kv_env *env, const char *path, uint64_t size) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -740,7 +754,7 @@ static int fe_list_dir(kv_env *env, const char *path, char ***names, size_t *n) 
 static int fe_sync_dir(kv_env *env, const char *path) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
-    if (fe->crashed) {
+    if (going_dark(fe)) {
         pthread_mutex_unlock(&fe->mu);
         return KV_OK;
     }
@@ -812,6 +826,7 @@ kv_env *kv_fault_env_new(kv_env *base) {
     }
     fe->base = base;
     fe->space_avail = fe->space_total = UINT64_MAX;
+    fe->crash_in = UINT64_MAX;
     bool overwrite = base->open_overwrite && base->write_at && base->allocate;
     fe->env = (kv_env){
         .open_read = fe_open_read,
@@ -903,6 +918,23 @@ void kv_fault_env_crash(kv_env *env) {
     pthread_mutex_lock(&fe->mu);
     fe->crashed = true;
     pthread_mutex_unlock(&fe->mu);
+}
+
+void kv_fault_env_crash_after(kv_env *env, uint64_t changes) {
+    fault_env *fe = as_fault(env);
+    if (!fe) return;
+    pthread_mutex_lock(&fe->mu);
+    fe->crash_in = changes;
+    pthread_mutex_unlock(&fe->mu);
+}
+
+bool kv_fault_env_crashed(kv_env *env) {
+    fault_env *fe = as_fault(env);
+    if (!fe) return false;
+    pthread_mutex_lock(&fe->mu);
+    bool c = fe->crashed;
+    pthread_mutex_unlock(&fe->mu);
+    return c;
 }
 
 /* Recreate path holding data (restoring a removed or replaced file). */
@@ -1001,6 +1033,7 @@ int kv_fault_env_apply_crash(kv_env *env) {
         fe->st[i]->written = fe->st[i]->alloc_synced = 0;
     }
     fe->crashed = false;
+    fe->crash_in = UINT64_MAX;
     pthread_mutex_unlock(&fe->mu);
     return first_err;
 }
