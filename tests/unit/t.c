@@ -101,6 +101,11 @@ uint64_t t_rand(uint64_t *state) {
     return x * 2685821657736338717ULL;
 }
 
+void t_on_problem(void *ctx, const char *file, uint64_t off, const char *what) {
+    t_problems *p = ctx;
+    if (p->n++ == 0) snprintf(p->first, sizeof p->first, "%s at %llu: %s", file, (unsigned long long)off, what);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     int passed = 0, failed = 0, n = 0;

@@ -31,6 +31,14 @@ bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n);
  * with cut, the file is also truncated there, so bytes added at its end come right after that record. */
 bool t_log_end(const char *path, bool cut, uint64_t *end);
 
+/* A kv_problem_fn for kv_check: counts the problems in a t_problems (ctx) and keeps the first as "file at offset:
+ * what". */
+typedef struct t_problems {
+    char first[512];
+    uint64_t n;
+} t_problems;
+void t_on_problem(void *ctx, const char *file, uint64_t off, const char *what);
+
 #define TEST(name)                                                                  \
     static void name(void);                                                         \
     __attribute__((constructor)) static void t_reg_##name(void) { t_register(#name, name); } \

@@ -265,16 +265,6 @@ static bool check_store(kv_db *db, const uint64_t *lo, const uint64_t *hi, uint6
     return true;
 }
 
-typedef struct problems {
-    char first[512];
-    uint64_t n;
-} problems;
-
-static void on_problem(void *ctx, const char *file, uint64_t off, const char *what) {
-    problems *p = ctx;
-    if (p->n++ == 0) snprintf(p->first, sizeof p->first, "%s at %llu: %s", file, (unsigned long long)off, what);
-}
-
 /* ---- 1. SIGKILL of a child process -------------------------------------------------------------------------- */
 
 typedef struct report {
@@ -437,8 +427,8 @@ TEST(test_crash_sigkill) {
         bool ok = check_store(db, lo, hi, M, err, sizeof err);
         if (!ok) kv_free(db);
         CHECK_MSG(ok, "round %d: %s", round, err);
-        problems p = {{0}, 0};
-        int crc = kv_check(db, on_problem, NULL, &p, NULL);
+        t_problems p = {{0}, 0};
+        int crc = kv_check(db, t_on_problem, NULL, &p, NULL);
         kv_free(db);
         CHECK_MSG(crc == KV_OK && p.n == 0, "round %d: kv_check: %s; %llu problem(s), first: %s", round,
                   kv_strerror(crc), (unsigned long long)p.n, p.first);
@@ -649,8 +639,8 @@ static void fault_crash_round(int round, uint64_t seed, int cycles) {
         if (!ok) kv_free(db);
         CHECK_MSG(ok, "round %d cycle %d (seed %#llx, %s): %s", round, cycle, (unsigned long long)seed,
                   threaded ? "threaded" : "sequential", err);
-        problems p = {{0}, 0};
-        int crc = kv_check(db, on_problem, NULL, &p, NULL);
+        t_problems p = {{0}, 0};
+        int crc = kv_check(db, t_on_problem, NULL, &p, NULL);
         kv_free(db);
         CHECK_MSG(crc == KV_OK && p.n == 0, "round %d cycle %d (seed %#llx): kv_check: %s; %llu problem(s), first: %s",
                   round, cycle, (unsigned long long)seed, kv_strerror(crc), (unsigned long long)p.n, p.first);
@@ -1146,8 +1136,8 @@ TEST(test_crash_torn_blob_tail) {
     kv_buf_free(&b);
     CHECK_OK(kv_put(db, "big2", 4, v, sizeof v, KV_SYNC)); /* writes go on */
     /* ...and the store should check clean */
-    problems p = {{0}, 0};
-    int crc = kv_check(db, on_problem, NULL, &p, NULL);
+    t_problems p = {{0}, 0};
+    int crc = kv_check(db, t_on_problem, NULL, &p, NULL);
     kv_free(db);
     CHECK_MSG(crc == KV_OK && p.n == 0,
               "after a crash in the middle of a blob append, kv_check reports %llu problem(s): %s (an uncommitted "
@@ -1158,8 +1148,8 @@ TEST(test_crash_torn_blob_tail) {
     CHECK(stat(path, &sb) == 0);
     CHECK(truncate(path, sb.st_size - (off_t)sizeof part - 100) == 0);
     CHECK_OK(kv_open(dir, &o, &db));
-    p = (problems){{0}, 0};
-    crc = kv_check(db, on_problem, NULL, &p, NULL);
+    p = (t_problems){{0}, 0};
+    crc = kv_check(db, t_on_problem, NULL, &p, NULL);
     int grc = kv_get(db, NULL, "big", 3, &b);
     if (grc == KV_OK) kv_buf_free(&b);
     kv_free(db);
@@ -1233,8 +1223,8 @@ TEST(test_crash_log_outlives_blob_bytes) {
     kv_buf_free(&b);
     CHECK_EQ(kv_contains(db, NULL, "small", 5), 1);
     CHECK_EQ(kv_contains(db, NULL, "later", 5), 0);
-    problems p = {{0}, 0};
-    int crc = kv_check(db, on_problem, NULL, &p, NULL);
+    t_problems p = {{0}, 0};
+    int crc = kv_check(db, t_on_problem, NULL, &p, NULL);
     CHECK_MSG(crc == KV_OK && p.n == 0, "kv_check after recovery: %s, %llu problem(s): %s", kv_strerror(crc),
               (unsigned long long)p.n, p.first);
     CHECK_OK(kv_put(db, "big", 3, v2, sizeof v2, KV_SYNC)); /* writing goes on */
@@ -1297,8 +1287,8 @@ TEST(test_crash_log_outlives_page_record) {
     CHECK_MEM(got.data, got.len, v, sizeof v);
     kv_buf_free(&got);
     CHECK_EQ(kv_contains(db, NULL, "later", 5), 0);
-    problems p = {{0}, 0};
-    int crc = kv_check(db, on_problem, NULL, &p, NULL);
+    t_problems p = {{0}, 0};
+    int crc = kv_check(db, t_on_problem, NULL, &p, NULL);
     CHECK_MSG(crc == KV_OK && p.n == 0, "kv_check after recovery: %s, %llu problem(s): %s", kv_strerror(crc),
               (unsigned long long)p.n, p.first);
     kv_free(db);
