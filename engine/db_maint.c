@@ -81,11 +81,21 @@ int kv_prune_batch_log(kv_db *db, uint64_t cutoff) {
     if (!db_enter(db)) return KV_ECLOSED;
     int rc = KV_OK;
     if (db->opt.read_only) rc = kv_set_error(KV_EREADONLY, "the store was opened read-only");
+    uint64_t next = atomic_load(&db->last_seq) + 1;
+    if (!rc) {
+        /* The floor goes to the manifest, which is synced, so the batches below it must be durable first: a power
+         * loss that took some of them would leave the store's sequence below the floor, and the batches that take
+         * their numbers would be evicted as they commit, at every later open too. Everything up to `next` - 1 is
+         * durable once kv_sync returns. */
+        pthread_mutex_lock(&db->mu);
+        bool raise = cutoff > db->vs->batchlog_floor;
+        pthread_mutex_unlock(&db->mu);
+        if (raise) rc = kv_sync(db);
+    }
     if (!rc) {
         /* record the floor first: a crash after it cannot bring pruned batches back */
         pthread_mutex_lock(&db->mu);
         /* Batches not yet committed cannot be pruned: a floor past the next sequence would evict them at birth. */
-        uint64_t next = atomic_load(&db->last_seq) + 1;
         if (cutoff > next) cutoff = next;
         if (cutoff > db->vs->batchlog_floor) {
             version_edit e;

@@ -289,7 +289,7 @@ void kv_logged_batch_free(kv_logged_batch *b);
 /* The oldest sequence still retained; KV_ENOTFOUND when the log is empty or off. */
 int kv_oldest_retained_batch(kv_db *db, uint64_t *seq);
 /* Drop every batch with a sequence number below cutoff (at most the next sequence: batches not yet committed are
- * never pruned). */
+ * never pruned). A prune that raises the floor first makes the batches below it durable (kv_sync). */
 int kv_prune_batch_log(kv_db *db, uint64_t cutoff);
 
 /* ---- Maintenance: check, compact, checkpoint, statistics ----------------------------------------------------- */

@@ -814,6 +814,41 @@ TEST(test_crash_flush_syncs_batch_log_files_closed_since) {
     kv_free(db);
 }
 
+/* A prune records its floor in the manifest, which is synced: the batches below the floor must be durable first. They
+ * were not: a prune up to the next sequence after unsynced batches, then a power loss, left the store at an older
+ * sequence below the floor, and the batches that took the lost numbers were evicted as they committed, at every
+ * later open too (found by test_torture). */
+TEST(test_crash_prune_past_unsynced_batches_evicts_no_later_batch) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    if (!db) return;
+    o.batch_log_max_batches = 1000;
+    kv_free(db);
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, KV_SYNC)); /* batch 1: durable */
+    CHECK_OK(kv_put(db, "b", 1, "2", 1, 0));       /* batches 2, 3: not synced */
+    CHECK_OK(kv_put(db, "c", 1, "3", 1, 0));
+    CHECK_OK(kv_prune_batch_log(db, 4)); /* everything so far */
+    power_loss_and_reopen(dir, env, NULL, &o, &db);
+    CHECK(db != NULL);
+    uint64_t s = kv_current_sequence(db);
+    CHECK_MSG(s == 3, "the power loss left sequence %llu, below the floor of a prune that returned",
+              (unsigned long long)s);
+    CHECK_OK(kv_put(db, "d", 1, "4", 1, KV_SYNC));
+    for (int open = 0; open < 2; open++) {
+        kv_logged_batch *lb = NULL;
+        int rc = kv_get_batch(db, 4, &lb);
+        kv_logged_batch_free(lb);
+        CHECK_MSG(rc == KV_OK, "batch 4%s: %s", open ? ", after a reopen" : "", kv_strerror(rc));
+        kv_free(db);
+        db = NULL;
+        if (!open) CHECK_OK(kv_open(dir, &o, &db));
+    }
+}
+
 /* Batches a batch-log file got in an earlier open and no fsync covered (that open ended without one: a crash of the
  * process, or here a close whose batch-log fsync failed) are made durable by the next open before the logs that
  * hold them go: they used to stay unsynced, and a power loss after that open took them from the change feed. */
