@@ -26,6 +26,9 @@
  *    kv_fault_env_set_reorder, its unsynced bytes are kept instead, but for those in the page of the first of them,
  *    zeroed;
  *  - a creation (open_write / open_append of a missing file, link): the name is removed;
+ *  - a hard link that stays: its data is that of the file it was linked from, cut (if at all) as that file is, never
+ *    through the link (durability is per path here, but a link shares its inode: cutting the link back to its size
+ *    when it was made used to cut bytes that a later sync of the source had made durable);
  *  - a rename: moved back when the source name is free again, and a file it replaced is rewritten with its durable
  *    content, if that content was at most FAULT_SAVE_MAX bytes and the FAULT_SAVE_TOTAL budget (memory held until
  *    a sync_dir or the crash) allows (otherwise the rename is not undone at all);
@@ -68,6 +71,9 @@ typedef struct fstate {
     bool by_offset;        /* opened with open_overwrite: its size may run ahead of its data (allocate) */
     uint64_t written;      /* by_offset: the end of the data written by write_at (the furthest offset + length) */
     uint64_t alloc_synced; /* by_offset: the file's size when its last successful sync began */
+    bool link;             /* a hard link made by link(): it shares its data with the file it was linked from, whose
+                            * state says what of it is durable (a sync through that name covers this one too); a
+                            * power loss never cuts it, which would cut that file */
 } fstate;
 
 enum { U_CREATE, U_RENAME, U_REMOVE };
@@ -161,6 +167,7 @@ static fstate *st_add(fault_env *fe, const char *path, uint64_t synced, bool fre
         s->fresh = s->fresh || fresh;
         s->poisoned = false;
         s->by_offset = false;
+        s->link = false;
         s->written = s->alloc_synced = 0;
         return s;
     }
@@ -694,8 +701,9 @@ static int fe_link(kv_env *env, const char *from, const char *to) {
     int rc = fe->base->link(fe->base, from, to);
     if (rc == KV_OK) {
         /* the new name shares the data of `from`; what is durable of it is what is durable of `from` */
-        fstate *s = st_find(fe, from);
-        if (s && !st_add(fe, to, s->synced, true)) rc = kv_set_error(KV_ENOMEM, "link %s: out of memory", to);
+        fstate *s = st_find(fe, from), *t = s ? st_add(fe, to, s->synced, true) : NULL;
+        if (s && !t) rc = kv_set_error(KV_ENOMEM, "link %s: out of memory", to);
+        if (t) t->link = true;
         if (rc == KV_OK) rc = undo_push(fe, U_CREATE, to, NULL, NULL, 0, false);
     }
     pthread_mutex_unlock(&fe->mu);
@@ -996,6 +1004,7 @@ int kv_fault_env_apply_crash(kv_env *env) {
         uint64_t size;
         int rc = b->exists(b, s->path) == 1 ? b->file_size(b, s->path, &size) : KV_ENOTFOUND;
         uint64_t page_end = (s->synced / 4096 + 1) * 4096;
+        if (rc == KV_OK && s->link) size = s->synced; /* cut (if at all) through the name it was linked from */
         if (rc == KV_OK && fe->reorder && s->by_offset && s->written <= size && page_end < s->written) {
             /* out of order: keep the unsynced bytes but those of the page holding the first of them, which keeps
              * its synced bytes and zeros (the file is rewritten whole with that part zeroed: the base environment
