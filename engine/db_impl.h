@@ -322,9 +322,9 @@ int db_blob_writer_retire(kv_db *db);
 void db_blob_sync_failed(kv_db *db, uint64_t no);
 /* Whether a blob file's fsync failed and its values are not yet copied elsewhere (db_blob_rescue). */
 bool db_blob_lost_pending(kv_db *db);
-/* Whether a vouching sync has work to do first: a blob file of blob_lost not rescued yet, or sync_debt (batches
- * covered by a failed fsync, or naming bytes it may have lost, still in a log): kv_close and kv_checkpoint call
- * kv_sync then. Takes blob_mu, then mu. */
+/* Whether a vouching sync has work to do first: a blob file of blob_lost not rescued yet, one of blob_unsynced, or
+ * sync_debt (batches covered by a failed fsync, or naming bytes it may have lost, still in a log): kv_close and
+ * kv_checkpoint call kv_sync then. Takes blob_mu, then mu. */
 bool db_sync_owed(kv_db *db);
 /* The index in blob_lost of a file not rescued yet, or -1 (caller holds blob_mu). */
 int db_blob_lost_unrescued(kv_db *db);

@@ -1661,6 +1661,13 @@ TEST(test_crash_close_or_checkpoint_after_failed_rescue_flush) {
     }
 }
 
+/* n (at most 4 KiB) bytes of a large value: over small_options' blob_threshold. */
+static const uint8_t *large_value(size_t n) {
+    static uint8_t v[4096];
+    if (!v[0]) memset(v, 'v', sizeof v);
+    return n <= sizeof v ? v : NULL;
+}
+
 /* A checkpoint hard-links the file of a stream still being written; the stream's put syncs that file, and a synced
  * write after it must survive a power loss. The fault environment cut the checkpoint's link back to its size when
  * it was linked, which cut the shared file under the stream's synced bytes, and recovery dropped every batch from the
@@ -1672,11 +1679,10 @@ TEST(test_crash_checkpoint_links_a_live_stream_file) {
     kv_db *db;
     open_faulty(dir, sizeof dir, &env, &o, &db);
     if (!db) return;
-    static uint8_t big[3538];
-    memset(big, 's', sizeof big);
+    const uint8_t *big = large_value(3538);
     kv_stream *s;
     CHECK_OK(kv_stream_new(db, &s));
-    CHECK_OK(kv_stream_append(s, big, sizeof big));
+    CHECK_OK(kv_stream_append(s, big, 3538));
     char ck[600];
     snprintf(ck, sizeof ck, "%s-ckpt", dir);
     CHECK_OK(kv_checkpoint(db, ck, NULL, NULL));
@@ -1692,8 +1698,38 @@ TEST(test_crash_checkpoint_links_a_live_stream_file) {
     CHECK_EQ(kv_current_sequence(db), 2);
     kv_buf v = {0};
     CHECK_OK(kv_get(db, NULL, "st", 2, &v));
-    CHECK_MEM(v.data, v.len, big, sizeof big);
+    CHECK_MEM(v.data, v.len, big, 3538);
     kv_buf_free(&v);
     kv_free(db);
     t_rmrf(ck);
+}
+
+/* A large value's append fails with its bytes left in the shared blob file, which cannot be cut back (a stuck
+ * write): the file is retired with bytes of logged batches no fsync has covered, for the next sync to cover. kv_close
+ * synced only the current blob file and the log, so the log, durable, named blob bytes a power loss then took, and
+ * recovery dropped that batch and every later one though the close had returned OK (found by test_torture). */
+TEST(test_crash_close_syncs_a_blob_file_retired_after_a_stuck_append) {
+    char dir[512];
+    kv_env *env;
+    kv_options o;
+    kv_db *db;
+    open_faulty(dir, sizeof dir, &env, &o, &db);
+    if (!db) return;
+    CHECK_OK(kv_put(db, "a", 1, large_value(2000), 2000, 0)); /* its bytes in the shared blob file, not synced */
+    kv_fault_env_arm(env, KV_FAULT_WRITE_STUCK, 0, ".blob");
+    CHECK(kv_put(db, "b", 1, large_value(2000), 2000, 0) != KV_OK); /* the file is retired, its cut fails */
+    kv_fault_env_clear(env);
+    CHECK_OK(kv_put(db, "c", 1, "x", 1, 0));
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+    CHECK_OK(kv_fault_env_apply_crash(env)); /* a power loss after the close */
+    env->destroy(env);
+    small_options(&o);
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_buf v = {0};
+    int rc = kv_get(db, NULL, "a", 1, &v);
+    CHECK_MSG(rc == KV_OK && v.len == 2000, "a, written before a close that returned OK: %s", kv_strerror(rc));
+    kv_buf_free(&v);
+    CHECK_EQ(kv_contains(db, NULL, "c", 1), 1);
+    kv_free(db);
 }
