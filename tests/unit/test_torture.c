@@ -526,9 +526,11 @@ static bool check_feed(run *r, kv_db *db, bool exact_floor) {
     if (r->prune_floor > keep_from) keep_from = r->prune_floor;
     if (r->feed_floor > keep_from) keep_from = r->feed_floor;
     if (keep_from > cur + 1) keep_from = cur + 1;
-    if (exact_floor && r->faulted && !r->feed_latent) { /* what the faults made it give up is known from now on */
-        r->feed_floor = oldest;
-        r->faulted = false;
+    if (exact_floor && r->faulted) {
+        if (!r->feed_latent) { /* what the faults made it give up is known from now on */
+            r->feed_floor = oldest;
+            r->faulted = false;
+        }
     } else if (exact_floor && oldest > keep_from) {
         FAILF(r, "the batch log evicted up to %llu, retention and prunes only up to %llu (sequence %llu)",
               (unsigned long long)oldest - 1, (unsigned long long)keep_from - 1, (unsigned long long)cur);
