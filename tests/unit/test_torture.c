@@ -9,8 +9,8 @@
  *     one of them written over many steps; synced or not;
  *   - kv_sync, snapshots and iterators held across later steps (checked against the model as it was), manual
  *     compactions, blob GC passes, prunes of the batch log, checkpoints;
- *   - I/O faults armed for a few steps (failed, short, stuck and ENOSPC writes, failed or lost fsyncs, on one file
- *     type or all) and a full disk (kv_fault_env_set_disk_space);
+ *   - I/O faults armed for a few steps (failed, short, stuck and ENOSPC writes, failed or lost fsyncs, a dying disk,
+ *     on one file type or all) and a full disk (kv_fault_env_set_disk_space);
  * and ends in a clean close, a power loss between steps, or one in the middle of a later step
  * (kv_fault_env_crash_after), sometimes followed by another power loss while the store recovers; now and then the
  * next epoch runs with the batch log off. Some options (memtable and blob-file sizes, pages, compression, level-0
@@ -1038,8 +1038,10 @@ static void verify_checkpoint(run *r) {
     r->have_ck = false;
 }
 
+/* KV_FAULT_WRITE_STUCK last: it is left out while a ghost waits for a recovery */
 static const kv_fault_kind fault_kinds[] = {KV_FAULT_WRITE_EIO, KV_FAULT_WRITE_SHORT, KV_FAULT_ENOSPC,
-                                            KV_FAULT_SYNC_EIO, KV_FAULT_SYNC_LOST, KV_FAULT_WRITE_STUCK};
+                                            KV_FAULT_SYNC_EIO,  KV_FAULT_SYNC_LOST,   KV_FAULT_DISK_EIO,
+                                            KV_FAULT_WRITE_STUCK};
 static const char *fault_files[] = {".log", ".sst", ".blob", "MANIFEST", "BATCHLOG", NULL};
 
 static void step_fault(run *r) {
@@ -1053,7 +1055,7 @@ static void step_fault(run *r) {
         trace("full disk for %d steps", r->fault_steps);
         return;
     }
-    kv_fault_kind kind = fault_kinds[rnd(r, r->ghost_pending ? 5 : 6)];
+    kv_fault_kind kind = fault_kinds[rnd(r, r->ghost_pending ? 6 : 7)];
     r->stuck = kind == KV_FAULT_WRITE_STUCK;
     const char *f = fault_files[rnd(r, 6)];
     uint64_t after = rnd(r, 8);
