@@ -1289,6 +1289,7 @@ int db_write_internal(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
 
 int db_flush_memtable(kv_db *db) {
     int rc = db_write_internal(db, NULL, 0, NULL);
+    bool retried = false;
     pthread_mutex_lock(&db->mu);
     while (rc == KV_OK && db->nimm > 0) {
         if (!db->opt.background_threads) {
@@ -1300,7 +1301,13 @@ int db_flush_memtable(kv_db *db) {
             break;
         }
         if (db->bg_error && !db->flush_running) {
-            rc = db->bg_error;
+            if (!retried) { /* as make_room does: the first call after the cause is gone succeeds */
+                retried = true;
+                retry_failed_now(db, &db->flush_attempts, &db->bg_error, 1);
+                continue;
+            }
+            rc = kv_set_error(db->bg_error, "the memtable could not be flushed: a background flush failed: %s",
+                              kv_strerror(db->bg_error));
             break;
         }
         pthread_cond_broadcast(&db->work_cv);

@@ -1736,14 +1736,20 @@ TEST(test_faults_failed_append_left_in_log_does_not_shadow_later_writes) {
 /* After a failed log fsync, a sync first flushes what that fsync covered (sync_debt). When that flush failed (a full
  * disk) and the cause is then gone, the next kv_sync succeeds: it has the flush retried at once, as a write does,
  * instead of failing until the flush thread's own retry, up to 500 ms later. */
+/* Open with background threads and put n small keys (key000000...), unsynced. */
+static int fx_open_with_keys(fx *f, int n) {
+    int rc = fx_open(f, true);
+    char k[32];
+    for (int i = 0; i < n && !rc; i++) {
+        snprintf(k, sizeof k, "key%06d", i);
+        rc = kv_put(f->db, k, strlen(k), "v", 1, 0);
+    }
+    return rc;
+}
+
 TEST(test_faults_sync_after_failed_debt_flush_retries_it) {
     fx f;
-    CHECK_OK(fx_open(&f, true));
-    char k[32];
-    for (int i = 0; i < 20; i++) {
-        snprintf(k, sizeof k, "key%06d", i);
-        CHECK_OK(kv_put(f.db, k, strlen(k), "v", 1, 0));
-    }
+    CHECK_OK(fx_open_with_keys(&f, 20));
     kv_fault_env_arm(f.env, KV_FAULT_SYNC_EIO, 0, ".log");
     CHECK(kv_sync(f.db) != KV_OK); /* a debt: these batches must reach tables before a sync succeeds */
     kv_fault_env_clear(f.env);
@@ -1752,6 +1758,20 @@ TEST(test_faults_sync_after_failed_debt_flush_retries_it) {
     kv_fault_env_clear(f.env);    /* space freed */
     int rc = kv_sync(f.db);
     CHECK_MSG(rc == KV_OK, "the first sync after the fault was cleared: %s (%s)", kv_strerror(rc), kv_errmsg());
+    fx_free(&f);
+}
+
+/* kv_compact_range flushes the memtable first; after a background flush failed, it returned that flush's error at
+ * once (with no message), until the flush thread's own retry half a second later, also when the fault was gone. It
+ * now has the flush retried at once, as a write and kv_sync do (found by test_torture with background threads). */
+TEST(test_faults_compact_range_after_a_failed_flush_retries_it) {
+    fx f;
+    CHECK_OK(fx_open_with_keys(&f, 20));
+    kv_fault_env_arm(f.env, KV_FAULT_ENOSPC, 0, ".sst");
+    CHECK(kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL) != KV_OK); /* its flush fails */
+    kv_fault_env_clear(f.env); /* space freed */
+    int rc = kv_compact_range(f.db, NULL, 0, NULL, 0, NULL, NULL);
+    CHECK_MSG(rc == KV_OK, "the first compaction after the fault was cleared: %s (%s)", kv_strerror(rc), kv_errmsg());
     fx_free(&f);
 }
 
