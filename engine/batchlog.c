@@ -12,7 +12,8 @@
  * Invariants
  *  - floor: every batch below it counts as evicted, even while a file still holds it. It only grows: by retention
  *    (count: newest - max_batches + 1; bytes: whole oldest files dropped) and by prune. Pruning is recorded in the
- *    manifest by the caller; retention recomputes at open.
+ *    manifest by the caller; retention recomputes at open (count retention at the end of recovery, from the
+ *    store's last batch, not from the files' newest, which recovery may forget).
  *  - A file is deleted once every batch in it is below the floor (never the file being written).
  *  - With retention off nothing is written or deleted and every lookup answers KV_EEVICTED.
  *  - One mutex guards everything; the leader appends, readers look up, concurrently.
@@ -213,9 +214,9 @@ int batchlog_open(kv_env *env, const char *dir, uint64_t max_batches, uint64_t m
             if (f->last_seq) prev = f->last_seq;
             if (f->damaged) prev = 0; /* what the damage hides is unknown: no gap can be told */
         }
-        uint64_t newest = batchlog_newest(bl);
-        if (bl->max_batches && newest >= bl->max_batches && newest + 1 - bl->max_batches > bl->floor)
-            bl->floor = newest + 1 - bl->max_batches;
+        /* Count retention is applied by batchlog_recovered, from the store's last batch: the files may hold newer
+         * ones, which recovery forgets (the batch log reached the disk ahead of the store's log), and counting from
+         * them evicted batches that retention keeps. */
         drop_below_floor(bl);
         /* The newest file may hold batches no fsync covered: the open that wrote them ended without one (a crash of
          * the process, a failed fsync at close). Recovery is about to delete the logs behind them, so the
@@ -528,6 +529,10 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
 void batchlog_recovered(batchlog *bl, uint64_t last) {
     if (!batchlog_enabled(bl)) return;
     pthread_mutex_lock(&bl->mu);
+    if (bl->max_batches && last >= bl->max_batches && last + 1 - bl->max_batches > bl->floor) {
+        bl->floor = last + 1 - bl->max_batches;
+        drop_below_floor(bl);
+    }
     bool hidden = false;
     uint64_t newest = bl->nowed ? bl->owed[bl->nowed - 1].seq : files_newest(bl, &hidden);
     if (newest < last && !hidden && last + 1 > bl->floor) {

@@ -132,9 +132,10 @@ int batchlog_sync(batchlog *bl);
 /* Forget the batches above seq: after recovery, those the store's logs lost (a torn tail, a power loss), whose
  * sequence numbers the next batches get. */
 int batchlog_forget_after(batchlog *bl, uint64_t seq);
-/* At the end of recovery, last is the store's last batch: if the files (and owed batches) end before it, with no
- * damage that may hide the rest, the batches in between are missing for good (written while retention was off), and
- * the floor rises past last, so the feed has no hole at its top. Not recorded: computed again at every open. */
+/* At the end of recovery, last is the store's last batch: count retention rises the floor to last - max_batches + 1;
+ * and if the files (and owed batches) end before it, with no damage that may hide the rest, the batches in between
+ * are missing for good (written while retention was off), and the floor rises past last, so the feed has no hole at
+ * its top. Not recorded: computed again at every open. */
 void batchlog_recovered(batchlog *bl, uint64_t last);
 int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out);
 int batchlog_oldest(batchlog *bl, uint64_t *seq);
