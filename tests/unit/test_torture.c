@@ -160,6 +160,7 @@ typedef struct run {
     bool feed_latent;      /* a batch-log fsync may have lost its pages: a power loss may still take batches */
     bool faulted;          /* a fault was injected since the feed's floor was last seen: it may have given batches up */
     uint64_t feed_floor;   /* the feed's floor as seen after the last faults */
+    uint64_t max_seq;      /* the highest sequence the store ever reached */
     int fault_steps;       /* steps left with a fault armed; then grace steps in which errors are still allowed */
     int grace;
     struct timespec space_grace; /* ENOSPC allowed until then (the store looks at the disk once a second) */
@@ -250,6 +251,7 @@ static void set_durable(run *r, uint64_t seq) {
 
 /* Roll the model back to sequence s (the batches after it were lost). */
 static void rollback(run *r, uint64_t s) {
+    if (applied(r) > r->max_seq) r->max_seq = applied(r);
     while (applied(r) > s) {
         rec *c = &r->recs[r->nrecs - 1];
         for (size_t i = c->nundo; i-- > 0;) {
@@ -524,7 +526,10 @@ static bool check_feed(run *r, kv_db *db, bool exact_floor) {
         return false;
     }
     /* without faults nothing is given up: only retention and prunes evict */
-    uint64_t keep_from = cur >= FEED_KEEP ? cur - FEED_KEEP + 1 : 1;
+    /* retention counts from the newest batch there ever was: a power loss that takes batches back does not bring
+     * back the files retention deleted meanwhile */
+    uint64_t newest = r->max_seq > cur ? r->max_seq : cur;
+    uint64_t keep_from = newest >= FEED_KEEP ? newest - FEED_KEEP + 1 : 1;
     if (r->prune_floor > keep_from) keep_from = r->prune_floor;
     if (r->feed_floor > keep_from) keep_from = r->feed_floor;
     if (keep_from > cur + 1) keep_from = cur + 1;
