@@ -726,6 +726,11 @@ int kv_close(kv_db *db) {
     if (!rc && db->sync_debt)
         rc = kv_set_error(KV_EIO, "batches written before an fsync failed could not be flushed to tables, so some may "
                                   "not be on disk");
+    /* more blob files were retired unsynced than blob_unsynced lists: the kv_sync above failed without syncing them,
+     * and the log synced below may name their bytes */
+    if (!rc && db->blob_unsynced_lost)
+        rc = kv_set_error(KV_EIO, "blob files retired after write errors could not be synced, so values written to "
+                                  "them may not be on disk");
     if (db->log) {
         int r = wal_sync(db->log);
         if (!rc) rc = r;
