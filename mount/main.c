@@ -267,6 +267,8 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
         return usage_err(c, cmd, "--prefix and --start cannot be used together");
     if (cmd->opts & OPT_BEFORE && !(a->seen & OPT_BEFORE)) return usage_err(c, cmd, "--before SEQ is required");
     if (*a->pos[0] == 0) return usage_err(c, cmd, "empty %s", cmd->mode == STORE_NONE ? "FILE" : "DATADIR");
+    /* Here, not in cmd_checkpoint: the client makes DEST absolute for the daemon, which would see "CWD/". */
+    if (cmd->run == cmd_checkpoint && *a->pos[1] == 0) return usage_err(c, cmd, "empty DEST");
     if (cmd->first_key > 0) {
         int last = cmd->last_key < 0 ? a->npos - 1 : cmd->last_key;
         a->keys = calloc((size_t)(last - cmd->first_key + 1), sizeof *a->keys);

@@ -196,10 +196,6 @@ static bool in_mount_of_store(const char *datadir, const char *dest, char *mp, s
 }
 
 int cmd_checkpoint(tool_ctx *c, const targs *a) {
-    if (!a->pos[1] || !*a->pos[1]) {
-        tool_error(c, "checkpoint: DEST is empty");
-        return TOOL_USAGE;
-    }
     char mp[PATH_MAX];
     if (c->store_dir && in_mount_of_store(c->store_dir, a->pos[1], mp, sizeof mp))
         return tool_error(c, "checkpoint of %s in %s: DEST is inside %s, where this store is mounted: a checkpoint "

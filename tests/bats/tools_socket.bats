@@ -140,6 +140,18 @@ stop_serve() {
     [ "$status" -eq 2 ]
 }
 
+@test "checkpoint with an empty DEST is a usage error through the daemon too, not the working directory" {
+    kv put "$D" a 1
+    run --separate-stderr kv checkpoint "$D" ''
+    [ "$status" -eq 2 ]
+    [ "$stderr" = "kvfs: checkpoint: empty DEST (usage: kvfs checkpoint DATADIR DEST)" ]
+    start_serve
+    cd "$T"
+    run --separate-stderr kv checkpoint "$D" ''
+    [ "$status" -eq 2 ]
+    [ "$stderr" = "kvfs: checkpoint: empty DEST (usage: kvfs checkpoint DATADIR DEST)" ]
+}
+
 @test "changes --follow through the daemon; interrupting the client stops it in the daemon" {
     kv put "$D" a 1
     start_serve
