@@ -201,7 +201,7 @@ static int new_log(kv_db *db) {
         if (!rc) rc = db->env->sync_dir(db->env, db->dir);
         if (rc && w) {
             wal_writer_close(w);
-            db->env->remove(db->env, path);
+            kv_env_remove_quietly(db->env, path);
         }
         /* a disk another process filled: the reserve makes room for the log that deletes need */
         if (rc != KV_ENOSPC || attempt > 0 || !db_reserve_release(db)) break;
@@ -274,13 +274,13 @@ static int write_level0_once(kv_db *db, memtable *m, version_edit *e) {
     it->destroy(it);
     if (rc) {
         sst_builder_abandon(b);
-        db->env->remove(db->env, path);
+        kv_env_remove_quietly(db->env, path);
         return rc;
     }
     sst_props props = {0};
     rc = sst_builder_finish(b, &props);
     if (rc) {
-        db->env->remove(db->env, path);
+        kv_env_remove_quietly(db->env, path);
         sst_props_free(&props);
         return rc;
     }

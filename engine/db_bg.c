@@ -132,7 +132,7 @@ static int flush_one(kv_db *db) {
         if (b && rc) sst_builder_abandon(b);
         else if (b) rc = sst_builder_finish(b, &props);
         wrote = rc == KV_OK;
-        if (rc) db->env->remove(db->env, path);
+        if (rc) kv_env_remove_quietly(db->env, path);
     }
     memtable_unref(m);
 

@@ -48,7 +48,7 @@ int db_new_blob_file(kv_db *db, blob_writer **out) {
         pending_remove(db, no);
         if (*out) blob_writer_close(*out);
         *out = NULL;
-        db->env->remove(db->env, path);
+        kv_env_remove_quietly(db->env, path);
     }
     pthread_mutex_unlock(&db->mu);
     return rc;

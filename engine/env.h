@@ -78,6 +78,9 @@ kv_env *kv_env_posix(void);
  * the write-ahead log), which the kernel's count of bytes passed to write() (wchar in /proc/PID/io) leaves out. */
 uint64_t kv_env_posix_mapped_bytes(void);
 void kv_env_free_names(char **names, size_t n);
+/* Remove what a failed operation leaves behind (a file it was creating) and keep that failure's message, which a
+ * failed removal (nothing was created yet: ENOENT) would otherwise replace (error.h: the first message survives). */
+void kv_env_remove_quietly(kv_env *env, const char *path);
 /* Append n pieces (env->appendv when the environment has one, else one append per piece). */
 int kv_env_appendv(kv_env *env, kv_file *f, const struct iovec *iov, int n);
 

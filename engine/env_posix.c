@@ -460,6 +460,13 @@ static int px_rmdir(kv_env *env, const char *path) {
     return rmdir(path) == 0 ? KV_OK : kv_set_errno(errno, "rmdir", path);
 }
 
+void kv_env_remove_quietly(kv_env *env, const char *path) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kv_errmsg());
+    (void)env->remove(env, path);
+    kv_set_error(KV_OK, "%s", msg);
+}
+
 void kv_env_free_names(char **names, size_t n) {
     if (!names) return;
     for (size_t i = 0; i < n; i++) free(names[i]);

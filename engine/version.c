@@ -549,7 +549,7 @@ static int set_current(version_set *vs, uint64_t manifest_no, bool *renamed) {
         *renamed = rc == KV_OK;
     }
     if (!rc) rc = vs->env->sync_dir(vs->env, vs->dir);
-    if (rc && !*renamed) vs->env->remove(vs->env, tmp);
+    if (rc && !*renamed) kv_env_remove_quietly(vs->env, tmp);
     return rc;
 }
 
@@ -584,7 +584,7 @@ int vset_write_snapshot(version_set *vs) {
     }
     if (rc) {
         if (w) wal_writer_close(w);
-        vs->env->remove(vs->env, path);
+        kv_env_remove_quietly(vs->env, path);
         return rc;
     }
     if (vs->manifest) wal_writer_close(vs->manifest);

@@ -356,3 +356,19 @@ teardown() { tools_teardown; }
     run kv check "$D"
     [ "$status" -eq 0 ]
 }
+
+@test "a write to a store in a read-only directory names the file it could not create, not a cleanup's error" {
+    [ "$(id -u)" -eq 0 ] || skip "needs root to run the tool as another user (root ignores directory modes)"
+    command -v setpriv >/dev/null || skip "setpriv is not installed"
+    chmod 0777 "$T"
+    as_nobody() { timeout 20 setpriv --reuid=65534 --regid=65534 --clear-groups env KVFS_LOCK_WAIT=0 "$@"; }
+    as_nobody "$KVFS" put "$D" a 1
+    chmod 0555 "$D"
+    run --separate-stderr as_nobody "$KVFS" put "$D" b 2
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: $D: cannot open the store: open $D/MANIFEST-"*": Permission denied (I/O error)" ]]
+    run --separate-stderr as_nobody "$KVFS" get "$D" a
+    [ "$status" -eq 0 ]
+    [ "$output" = 1 ]
+    chmod 0755 "$D"
+}
