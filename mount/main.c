@@ -471,6 +471,15 @@ static int finish_exit(int status) {
     return status;
 }
 
+/* Usage, help and version go through stdio: a failed write there (a full disk) must not end with status 0. */
+static int stdout_finish(int status) {
+    int e = fflush(stdout) != 0 ? errno : 0;
+    if (!e && ferror(stdout)) e = EIO;
+    if (!e) return status;
+    fprintf(stderr, "kvfs: writing output: %s\n", strerror(e));
+    return TOOL_FAIL;
+}
+
 static int run_direct(const tool_cmd *cmd, int argc, char **argv) {
     static const int fds[3] = {0, 1, 2};
     tool_ctx *c = malloc(sizeof *c);
@@ -575,34 +584,34 @@ int main(int argc, char **argv) {
             const tool_cmd *cmd = tool_find(argv[2]);
             if (cmd) {
                 print_cmd_help(stdout, cmd);
-                return TOOL_OK;
+                return stdout_finish(TOOL_OK);
             }
             if (strcmp(argv[2], "mount") != 0) {
                 fprintf(stderr, "kvfs: unknown command '%s' (see kvfs --help)\n", argv[2]);
                 return TOOL_USAGE;
             }
             char *margv[] = {"mount", "--help", NULL};
-            return kvfs_mount_main ? kvfs_mount_main(2, margv) : TOOL_OK;
+            return stdout_finish(kvfs_mount_main ? kvfs_mount_main(2, margv) : TOOL_OK);
         }
         print_usage(stdout);
-        return TOOL_OK;
+        return stdout_finish(TOOL_OK);
     }
     if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
         printf("kvfs %s\n", KV_VERSION_STRING);
-        return TOOL_OK;
+        return stdout_finish(TOOL_OK);
     }
     if (strcmp(name, "mount") == 0) {
         if (!kvfs_mount_main) {
             fprintf(stderr, "kvfs: mount: not available in this build\n");
             return TOOL_FAIL;
         }
-        return kvfs_mount_main(argc - 1, argv + 1);
+        return stdout_finish(kvfs_mount_main(argc - 1, argv + 1)); /* --help writes to stdout */
     }
     if (strcmp(name, "serve") == 0) {
         if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
             printf("usage: kvfs serve DATADIR\n\nhold the store open and serve the other kvfs commands over "
                    "DATADIR/%s until\ninterrupted: what kvfs mount does, without the filesystem.\n", CTL_SOCKET_NAME);
-            return TOOL_OK;
+            return stdout_finish(TOOL_OK);
         }
         setup_signals();
         return serve_main(argc - 1, argv + 1);
@@ -615,7 +624,7 @@ int main(int argc, char **argv) {
     for (int i = 2; i < argc && strcmp(argv[i], "--") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_cmd_help(stdout, cmd);
-            return TOOL_OK;
+            return stdout_finish(TOOL_OK);
         }
     setup_signals();
     return finish_exit(run_direct(cmd, argc - 1, argv + 1));

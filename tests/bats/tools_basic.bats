@@ -25,6 +25,20 @@ teardown() { tools_teardown; }
     [[ "$output" == *"put KEY VALUE"* ]]
 }
 
+@test "--version and the help texts fail with a kvfs: line when stdout cannot be written" {
+    [ -w /dev/full ] || skip "no /dev/full"
+    local args
+    for args in --version --help "help scan" "scan --help" "help mount" "mount --help" "serve --help"; do
+        # shellcheck disable=SC2086
+        run --separate-stderr kv $args
+        [ "$status" -eq 0 ]
+        [ -n "$output" ]
+        run --separate-stderr bash -c "exec \"\$0\" $args >/dev/full" "$KVFS"
+        [ "$status" -eq 1 ] || { echo "kvfs $args: status $status"; false; }
+        [ "$stderr" = "kvfs: writing output: No space left on device" ]
+    done
+}
+
 @test "usage errors exit 2 with one kvfs: line" {
     run --separate-stderr kv
     [ "$status" -eq 2 ]
