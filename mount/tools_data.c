@@ -405,14 +405,15 @@ static int scan_emit(struct scan *s, kv_iter *it, const void *key, size_t klen) 
         tout_write(&c->out, sep, strlen(sep));
         tout_json_key(&c->out, key, klen);
         if (!keys_only) r = scan_value(s, it, key, klen);
-        tout_str(&c->out, "}");
+        /* A value that could not be read leaves its object (or line) open: closed, it would read as complete. */
+        if (r == TOOL_OK) tout_str(&c->out, "}");
     } else {
         tout_keytext(&c->out, key, klen);
         if (!keys_only) {
             tout_str(&c->out, "\t");
             r = scan_value(s, it, key, klen);
         }
-        tout_str(&c->out, "\n");
+        if (r == TOOL_OK) tout_str(&c->out, "\n");
     }
     s->count++;
     if (r == TOOL_OK && c->out.err) r = TOOL_FAIL;

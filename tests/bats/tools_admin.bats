@@ -79,6 +79,26 @@ fill() {
     [[ "$stderr" == "kvfs: $D: "*" found" ]]
 }
 
+@test "scan: a value that cannot be read leaves its line (or JSON object) open, not shown as empty" {
+    kv put "$D" a 1
+    head -c 20000 /dev/urandom | kv put "$D" b
+    kv put "$D" c 3
+    kv compact "$D"
+    blob=$(ls "$D"/*.blob)
+    printf '\xde\xad\xbe\xef' | dd of="$blob" bs=1 seek=5000 conv=notrunc status=none
+    run --separate-stderr kv scan "$D"
+    [ "$status" -eq 1 ]
+    [ "$output" = "$(printf 'a\t1\nb\t')" ]
+    [[ "$stderr" == "kvfs: scan: 'b': $(basename "$blob"): bad chunk checksum at offset "* ]]
+    kv scan "$D" 2>/dev/null | od -An -c | tr -d ' \n' > "$T/od"
+    [ "$(cat "$T/od")" = 'a\t1\nb\t' ]
+    run --separate-stderr kv scan "$D" --json
+    [ "$status" -eq 1 ]
+    [ "$output" = "$(printf '[\n{"key":"a","value":"1"},\n{"key":"b"')" ]
+    run --separate-stderr kv scan "$D" --keys-only
+    [ "$status" -eq 0 ]
+}
+
 @test "checkpoint: a copy restored elsewhere opens and matches key for key" {
     fill
     run kv checkpoint "$D" ""
