@@ -152,6 +152,18 @@ stop_serve() {
     [ "$stderr" = "kvfs: checkpoint: empty DEST (usage: kvfs checkpoint DATADIR DEST)" ]
 }
 
+@test "del with more than 65536 keys works through the daemon as it does directly" {
+    seq 1 70000 | sed 's/.*/put n& x/' | kv batch "$D"
+    start_serve
+    # shellcheck disable=SC2046
+    run --separate-stderr kv del "$D" $(seq 1 70000 | sed 's/^/n/')
+    [ "$status" -eq 0 ]
+    [ "$stderr" = "" ]
+    run kv scan "$D" --keys-only
+    [ "$status" -eq 0 ]
+    [ "$output" = "" ]
+}
+
 @test "changes --follow through the daemon; interrupting the client stops it in the daemon" {
     kv put "$D" a 1
     start_serve
