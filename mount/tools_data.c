@@ -244,8 +244,9 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         bool is_put = vlen == 3 && memcmp(verb, "put", 3) == 0;
         bool is_del = vlen == 3 && memcmp(verb, "del", 3) == 0;
         if (!is_put && !is_del) {
-            status = tool_error(c, "batch: line %zu: unknown operation '%.*s' (expected put or del)", lineno,
-                                (int)(vlen > 40 ? 40 : vlen), verb);
+            /* in text form: a binary file given as input must not reach the terminal raw */
+            status = tool_error(c, "batch: line %zu: unknown operation %s (expected put or del)", lineno,
+                                tool_keystr(c, verb, vlen));
             break;
         }
         if (klen == 0) {

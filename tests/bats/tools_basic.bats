@@ -195,6 +195,10 @@ teardown() { tools_teardown; }
     run --separate-stderr kv batch "$D" <<<"$(printf '%s\n' 'put a 1' 'del keep' 'frob x' 'put b 2')"
     [ "$status" -eq 1 ]
     [ "$stderr" = "kvfs: batch: line 3: unknown operation 'frob' (expected put or del)" ]
+    # a binary file given as input: the operation is shown in text form, no raw control bytes on the terminal
+    run --separate-stderr kv batch "$D" < <(printf 'put a 1\n\033[31mred\001 x y\n')
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: batch: line 2: unknown operation '%1B[31mred%01' (expected put or del)" ]
     run kv get "$D" a
     [ "$status" -eq 1 ]
     [ "$(kv get "$D" keep)" = 1 ]
