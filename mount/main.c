@@ -265,6 +265,13 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
     if (cmd->max_pos >= 0 && a->npos > cmd->max_pos) return usage_err(c, cmd, "too many arguments");
     if ((a->seen & OPT_PREFIX) && (a->seen & OPT_START))
         return usage_err(c, cmd, "--prefix and --start cannot be used together");
+    /* compact's range is [start, end]: reversed, it names no key, and a run that compacts nothing and exits 0 hides
+     * the typo (scan takes its order from --reverse instead) */
+    if (cmd->run == cmd_compact && (a->seen & OPT_START) && (a->seen & OPT_END)) {
+        size_t n = a->start.n < a->end.n ? a->start.n : a->end.n;
+        int cmp = memcmp(a->start.p, a->end.p, n);
+        if (cmp > 0 || (cmp == 0 && a->start.n > a->end.n)) return usage_err(c, cmd, "--start is after --end");
+    }
     if (cmd->opts & OPT_BEFORE && !(a->seen & OPT_BEFORE)) return usage_err(c, cmd, "--before SEQ is required");
     if (*a->pos[0] == 0) return usage_err(c, cmd, "empty %s", cmd->mode == STORE_NONE ? "FILE" : "DATADIR");
     /* Here, not in cmd_checkpoint: the client makes DEST absolute for the daemon, which would see "CWD/". */
@@ -528,7 +535,11 @@ static int run_direct(const tool_cmd *cmd, int argc, char **argv) {
  * what `kvfs mount` does, without the filesystem. */
 static int serve_main(int argc, char **argv) {
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "kvfs: serve: %s (usage: kvfs serve DATADIR)\n", argc < 2 ? "missing DATADIR" : "bad arguments");
+        if (argc == 2)
+            fprintf(stderr, "kvfs: serve: unknown option '%s' (usage: kvfs serve DATADIR)\n", argv[1]);
+        else
+            fprintf(stderr, "kvfs: serve: %s (usage: kvfs serve DATADIR)\n",
+                    argc < 2 ? "missing DATADIR" : "too many arguments");
         return TOOL_USAGE;
     }
     const char *dir = argv[1];

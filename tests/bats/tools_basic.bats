@@ -63,6 +63,16 @@ teardown() { tools_teardown; }
     run --separate-stderr kv get "$D" ''
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"empty key"* ]]
+    # a compact range that names no key (it used to compact nothing and exit 0)
+    run --separate-stderr kv compact "$D" --start z --end a
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: compact: --start is after --end"* ]]
+    run --separate-stderr kv serve --frob
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: serve: unknown option '--frob'"* ]] # it said "bad arguments"
+    run --separate-stderr kv serve "$D" extra
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "kvfs: serve: too many arguments"* ]]
     # every error is exactly one line
     [ "$(printf '%s\n' "$stderr" | wc -l)" -eq 1 ]
     # nothing was created by usage errors
