@@ -1831,6 +1831,17 @@ TEST(test_faults_blob_gc_keeps_the_bytes_of_a_write_that_may_come_back) {
 
 /* ---- the reserve: a disk another process filled ---------------------------------------------------------------- */
 
+/* The set-up of the reserve tests: a fresh directory in dir, a fault environment over the real one (returned; NULL
+ * when out of memory), and fx_options with the reserve on (as reserve says) over that environment. */
+static kv_env *reserve_setup(char *dir, size_t n, kv_options *o, bool reserve, bool background) {
+    snprintf(dir, n, "%s", t_tmpdir());
+    kv_env *env = kv_fault_env_new(kv_env_posix());
+    fx_options(o, background);
+    o->space_reserve = reserve;
+    o->env = env;
+    return env;
+}
+
 /* A run of full_disk_deletes: its store (left open) and environment, and the first delete that failed (at: -1 for
  * none), its code and message. */
 typedef struct full_disk_run {
@@ -1853,14 +1864,10 @@ static void full_disk_run_free(full_disk_run *r) {
 static void full_disk_deletes(full_disk_run *r, bool reserve, bool background, size_t memtable) {
     memset(r, 0, sizeof *r);
     r->at = -1;
-    snprintf(r->dir, sizeof r->dir, "%s", t_tmpdir());
-    r->env = kv_fault_env_new(kv_env_posix());
-    CHECK(r->env != NULL);
     kv_options o;
-    fx_options(&o, background);
+    r->env = reserve_setup(r->dir, sizeof r->dir, &o, reserve, background);
+    CHECK(r->env != NULL);
     o.memtable_bytes = memtable;
-    o.space_reserve = reserve;
-    o.env = r->env;
     CHECK_OK(kv_open(r->dir, &o, &r->db));
     char path[600], k[32], v[100];
     snprintf(path, sizeof path, "%s/RESERVE", r->dir);
@@ -1974,13 +1981,9 @@ TEST(test_faults_a_disk_another_process_filled_fails_deletes_without_a_reserve) 
  * took the rest while this store wrote nothing), and made again once the disk has room for it and two floors more. */
 TEST(test_faults_the_reserve_follows_the_free_space) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s", t_tmpdir());
-    kv_env *env = kv_fault_env_new(kv_env_posix());
-    CHECK(env != NULL);
     kv_options o;
-    fx_options(&o, true);
-    o.space_reserve = true;
-    o.env = env;
+    kv_env *env = reserve_setup(dir, sizeof dir, &o, true, true);
+    CHECK(env != NULL);
     uint64_t total = 1ull << 30, floor = (16u << 10) + (1u << 20);
     kv_fault_env_set_disk_space(env, 100ull << 20, total);
     kv_db *db = NULL;
@@ -2020,15 +2023,11 @@ TEST(test_faults_the_reserve_follows_the_free_space) {
  * floor in RESERVE. */
 TEST(test_faults_an_open_that_replays_a_log_on_a_nearly_full_disk_uses_the_reserve) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s", t_tmpdir());
-    kv_env *env = kv_fault_env_new(kv_env_posix());
-    CHECK(env != NULL);
     kv_options o;
-    fx_options(&o, true);
+    kv_env *env = reserve_setup(dir, sizeof dir, &o, true, true);
+    CHECK(env != NULL);
     o.memtable_bytes = 1 << 20;
     o.compression = false;
-    o.space_reserve = true;
-    o.env = env;
     uint64_t total = 1ull << 30, floor = (1u << 20) + (1u << 20);
     kv_fault_env_set_disk_space(env, 100ull << 20, total);
     kv_db *db = NULL;
