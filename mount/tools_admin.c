@@ -277,7 +277,14 @@ int cmd_changes(tool_ctx *c, const targs *a) {
     bool json = a->seen & OPT_JSON, follow = a->seen & OPT_FOLLOW;
     uint64_t next;
     if (a->seen & OPT_SINCE) {
-        if (a->since == UINT64_MAX) return TOOL_OK; /* nothing can come after the last sequence there is */
+        /* A sequence the store has not reached is not "nothing new": the consumer's position came from elsewhere
+         * (another store, or this one before it was restored from an older copy), and the batches that will take
+         * the numbers up to it are not the ones it saw. Following from there would skip them silently. */
+        uint64_t last = kv_current_sequence(c->db);
+        if (a->since > last)
+            return tool_error(c, "--since %" PRIu64 " is past the last batch of %s, %" PRIu64
+                              " (a position from another store, or from before a restore?)",
+                              a->since, c->datadir, last);
         next = a->since + 1;
     } else {
         uint64_t oldest;

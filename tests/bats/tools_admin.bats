@@ -164,9 +164,16 @@ backup_ckpt() { # DEST BACKUP
     printf 'put c 3\ndel a\n' | kv batch "$D"
     kv del "$D" b
     printf 'x' | kv put "$D" 'sp ace'
-    run kv changes "$D" --since 18446744073709551615   # the largest sequence: nothing comes after it
-    [ "$status" -eq 0 ]
-    [ "$output" = "" ]
+    # a sequence the store has not reached is an error, not an empty feed (with --follow it would skip batches)
+    last=$((seq + 3))
+    for since in $((last + 1)) 18446744073709551615; do
+        for follow in "" --follow; do
+            run --separate-stderr kv changes "$D" --since "$since" $follow
+            [ "$status" -eq 1 ]
+            [ "$output" = "" ]
+            [ "$stderr" = "kvfs: --since $since is past the last batch of $D, $last (a position from another store, or from before a restore?)" ]
+        done
+    done
     run kv changes "$D" --since "$seq"
     [ "$status" -eq 0 ]
     got=$(sed -E 's/^(batch [0-9]+) .*/\1/' <<<"$output")
