@@ -88,6 +88,17 @@ static int disk_of(const char *dir, struct statvfs *sv) {
     return rc;
 }
 
+int kvfs_lock_wait_ms(void) {
+    const char *e = getenv("KVFS_LOCK_WAIT");
+    if (!e || !*e) return KVFS_LOCK_WAIT_DEFAULT_MS;
+    char *end;
+    errno = 0;
+    double s = strtod(e, &end);
+    /* !(s >= 0) also refuses NaN */
+    if (errno || *end || !(s >= 0) || s > 86400) return -1;
+    return (int)(s * 1000);
+}
+
 void kvfs_store_options(kv_options *o, const char *datadir) {
     o->batch_log_max_batches = KVFS_BATCH_LOG_MAX_BATCHES;
     o->batch_log_max_bytes = KVFS_BATCH_LOG_MAX_BYTES;

@@ -38,6 +38,12 @@ struct ctl_server;
 #define KVFS_BLOB_THRESHOLD 4096u
 void kvfs_store_options(kv_options *o, const char *datadir);
 
+/* How long a process waits for a store another process holds before giving up, in ms: KVFS_LOCK_WAIT seconds
+ * (0 to 86400, fractions allowed), KVFS_LOCK_WAIT_DEFAULT_MS when unset or empty. -1 when it is set to anything else:
+ * the caller reports it (a typo must not silently become the default). */
+#define KVFS_LOCK_WAIT_DEFAULT_MS 5000
+int kvfs_lock_wait_ms(void);
+
 /* Start serving db on DATADIR/kvfs.sock. Fails (KV_EBUSY) when another server answers there; a stale socket left
  * by a dead daemon is replaced; a non-socket file of that name is never removed (KV_EEXIST). Sets SIGPIPE to be
  * ignored if it was at its default (clients' pipes may close under a running command). KV_OK or a KV_E* code,

@@ -34,18 +34,6 @@
 /* Weak, so that the tools build and work before (or without) the mount daemon's code: then `kvfs mount` says so. */
 extern int kvfs_mount_main(int argc, char **argv) __attribute__((weak));
 
-/* How long a tool waits for a store locked by another short-lived process (another tool) before giving up;
- * KVFS_LOCK_WAIT (seconds) overrides it. */
-#define LOCK_WAIT_MS 5000
-
-static int lock_wait_ms(void) {
-    const char *e = getenv("KVFS_LOCK_WAIT");
-    if (!e || !*e) return LOCK_WAIT_MS;
-    char *end;
-    double s = strtod(e, &end);
-    return *end || s < 0 || s > 86400 ? LOCK_WAIT_MS : (int)(s * 1000);
-}
-
 /* ---- The command table ---------------------------------------------------------------------------------------- */
 
 #define KEYS_HELP "Keys are given and shown in text form: bytes that are not printable, space and '%' are written %XX.\n"
@@ -391,7 +379,11 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
         *status = tool_error(c, "%s: cannot create: %s", dir, strerror(errno));
         return -1;
     }
-    int max_wait = lock_wait_ms();
+    int max_wait = kvfs_lock_wait_ms();
+    if (max_wait < 0) {
+        *status = tool_error(c, "KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400", getenv("KVFS_LOCK_WAIT"));
+        return -1;
+    }
     for (int waited = 0;; waited += 50) {
         /* The engine's background threads inherit the signal mask: blocked there, Ctrl-C always reaches this
          * thread, whose blocking calls it must interrupt. */

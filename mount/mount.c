@@ -52,6 +52,7 @@
 #pragma weak ctl_server_stop
 #pragma weak ctl_errmsg
 #pragma weak kvfs_store_options
+#pragma weak kvfs_lock_wait_ms
 #endif
 #endif
 
@@ -673,12 +674,13 @@ static bool daemon_answers(const char *datadir) {
 #endif
 }
 
-/* How long to wait for a store another process is releasing: KVFS_LOCK_WAIT seconds, as the tools (default 5). */
+/* How long to wait for a store another process is releasing: KVFS_LOCK_WAIT seconds, as the tools (default 5;
+ * kvfs_mount_main refused a bad value before anything was done). */
 static int lock_wait_ms(void) {
-    const char *e = getenv("KVFS_LOCK_WAIT");
-    char *end;
-    double sec = e && *e ? strtod(e, &end) : 5;
-    return e && *e && (*end || sec < 0 || sec > 86400) ? 5000 : (int)(sec * 1000);
+#ifdef KVFS_HAVE_CTL
+    if (kvfs_lock_wait_ms && kvfs_lock_wait_ms() >= 0) return kvfs_lock_wait_ms();
+#endif
+    return 5000;
 }
 
 /* Open the store; when another process holds it, wait for it to let go unless it is mounted or a daemon serves it.
@@ -863,6 +865,12 @@ int kvfs_mount_main(int argc, char **argv) {
         goto out;
     }
     if (!check_options(&o)) goto out;
+#ifdef KVFS_HAVE_CTL
+    if (kvfs_lock_wait_ms && kvfs_lock_wait_ms() < 0) {
+        fprintf(stderr, "kvfs: KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400\n", getenv("KVFS_LOCK_WAIT"));
+        goto out;
+    }
+#endif
     bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
     if (!mem && mkdir(o.datadir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));

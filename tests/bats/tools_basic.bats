@@ -328,6 +328,26 @@ teardown() { tools_teardown; }
     [ "$(kv get "$D" held | wc -c)" -eq 0 ]
 }
 
+@test "a bad KVFS_LOCK_WAIT is an error, not the default wait" {
+    kv put "$D" a 1
+    for bad in abc 5s -1 86401 nan 1e400; do
+        run --separate-stderr env KVFS_LOCK_WAIT="$bad" "$KVFS" get "$D" a
+        [ "$status" -eq 1 ]
+        [ "$output" = "" ]
+        [ "$stderr" = "kvfs: KVFS_LOCK_WAIT=$bad: not a number of seconds from 0 to 86400" ]
+    done
+    # kvfs mount refuses it before mounting anything
+    mkdir "$T/mnt"
+    run --separate-stderr env KVFS_LOCK_WAIT=abc "$KVFS" mount "$D" "$T/mnt"
+    [ "$status" -ne 0 ]
+    [ "$stderr" = "kvfs: KVFS_LOCK_WAIT=abc: not a number of seconds from 0 to 86400" ]
+    ! mountpoint -q "$T/mnt"
+    # good values, an empty one (the default) and fractions
+    for good in "" 0 0.5 86400; do
+        [ "$(KVFS_LOCK_WAIT="$good" kv get "$D" a)" = 1 ]
+    done
+}
+
 @test "tools wait for each other: concurrent writers all succeed" {
     kv put "$D" init 0
     for i in $(seq 1 8); do kv put "$D" "k$i" "$i" 3>&- & done
