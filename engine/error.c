@@ -22,7 +22,7 @@ const char *kv_strerror(int code) {
     case KV_EEVICTED: return "evicted from the batch log";
     case KV_EAMBIGUOUS: return "ambiguous prefix";
     case KV_EBUSY: return "store is locked by another process";
-    case KV_EEXIST: return "store already exists";
+    case KV_EEXIST: return "already exists";
     case KV_EREADONLY: return "store is read-only";
     case KV_EINTERRUPTED: return "interrupted";
     default: return "unknown error";

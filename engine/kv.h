@@ -41,7 +41,7 @@ enum {
     KV_EEVICTED = -8,   /* the batch log no longer holds that sequence number */
     KV_EAMBIGUOUS = -9, /* more than one key has that prefix */
     KV_EBUSY = -10,     /* the store is locked by another process */
-    KV_EEXIST = -11,    /* the store exists and error_if_exists was set */
+    KV_EEXIST = -11,    /* the store exists and error_if_exists was set; a checkpoint's dest exists */
     KV_EREADONLY = -12, /* a write on a store opened read-only */
     KV_EINTERRUPTED = -13, /* a long operation stopped because its progress callback asked it to */
 };

@@ -125,7 +125,7 @@ fill() {
     # DEST must not exist
     run --separate-stderr kv checkpoint "$D" "$T/restored"
     [ "$status" -eq 1 ]
-    [[ "$stderr" == "kvfs: checkpoint of $D in $T/restored:"* ]]
+    [ "$stderr" = "kvfs: checkpoint of $D in $T/restored: $T/restored: already exists" ]
 }
 
 # The README's recipe. CURRENT keeps its size from one checkpoint to the next, so rsync's quick check (size and
