@@ -120,7 +120,30 @@ typedef struct check_ctx {
     void *ctx;
     uint64_t problems;
     uint64_t done, total;
+    uint64_t *bad_tables;   /* file numbers of the tables the table pass reported problems in */
+    size_t nbad, capbad;
 } check_ctx;
+
+static void note_bad_table(check_ctx *cc, uint64_t file_no) {
+    if (cc->nbad == cc->capbad) {
+        size_t cap = cc->capbad ? cc->capbad * 2 : 8;
+        uint64_t *n = realloc(cc->bad_tables, cap * sizeof *n);
+        if (!n) return; /* then the reference pass may report the table a second time: no harm */
+        cc->bad_tables = n;
+        cc->capbad = cap;
+    }
+    cc->bad_tables[cc->nbad++] = file_no;
+}
+
+/* Whether msg, an error of a read that stopped, is about a table the table pass reported already ("NNNNNN.sst: ..."). */
+static bool about_bad_table(const check_ctx *cc, const char *msg) {
+    char *end;
+    unsigned long long no = strtoull(msg, &end, 10);
+    if (end == msg || strncmp(end, ".sst:", 5) != 0) return false;
+    for (size_t i = 0; i < cc->nbad; i++)
+        if (cc->bad_tables[i] == no) return true;
+    return false;
+}
 
 static void problem(void *c, const char *file, uint64_t off, const char *what) {
     check_ctx *cc = c;
@@ -356,7 +379,10 @@ static void check_references(kv_db *db, const version *v, uint64_t next_file, to
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
     if (!rc) rc = r.err;
-    if (rc) problem(tc->cc, "(blob references)", 0, kv_errmsg()); /* the pass could not finish */
+    /* The pass could not finish. When a damaged table stopped it, the table pass reported that table already: once
+     * is enough (the check fails either way, and the references are checked again once the table is restored). */
+    if (rc && !(rc == KV_ECORRUPT && about_bad_table(tc->cc, kv_errmsg())))
+        problem(tc->cc, "(blob references)", 0, kv_errmsg());
     /* A torn tail that no value reaches into is the trace of an append a crash interrupted, not damage. One that a
      * value reaches into may be an append the walk met half done, in a file still being written: whole by now. */
     for (size_t i = 0; i < tc->n; i++) {
@@ -379,7 +405,7 @@ static bool same_bytes(const kv_bytes *a, const kv_bytes *b) {
 
 int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, void *ctx, uint64_t *problems) {
     if (!db_enter(db)) return KV_ECLOSED;
-    check_ctx cc = {problem_cb, progress_cb, ctx, 0, 0, 0};
+    check_ctx cc = {problem_cb, progress_cb, ctx, 0, 0, 0, NULL, 0, 0};
     pthread_mutex_lock(&db->mu);
     version *v = db->vs->current;
     version_ref(v);
@@ -395,6 +421,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
             file_meta *f = v->files[l][i];
             snprintf(name, sizeof name, "%06" PRIu64 ".sst", f->file_no);
             file_name(path, sizeof path, db->dir, f->file_no, "sst");
+            uint64_t before = cc.problems;
             long n = sst_check_file(db->env, path, name, problem, &cc);
             if (n < 0) problem(&cc, name, 0, kv_errmsg());
             /* the manifest's idea of the file must match the file */
@@ -416,6 +443,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
                 if (ukey_cmp(p->largest.data, p->largest.len - 8, f->smallest.data, f->smallest.len - 8) >= 0)
                     problem(&cc, name, 0, "key range overlaps the previous file of its level");
             }
+            if (cc.problems != before) note_bad_table(&cc, f->file_no);
             rc = progress(&cc, f->file_size);
         }
     }
@@ -448,6 +476,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
     version_unref(v);
     pthread_mutex_unlock(&db->mu);
     if (problems) *problems = cc.problems;
+    free(cc.bad_tables);
     db_leave(db);
     if (rc) return rc;
     return cc.problems ? kv_set_error(KV_ECORRUPT, "%" PRIu64 " problem(s) found", cc.problems) : KV_OK;
