@@ -915,6 +915,7 @@ static int compact_inline(kv_db *db, const kv_batch *b, bool flush_request, bool
     *did = true;
     while (rc == KV_OK && *did && db->vs->current->score >= 1) rc = db_compact_once(db, did);
     db->compact_error = rc == KV_ECLOSED ? 0 : rc;
+    if (db->compact_error) atomic_fetch_add(&db->st_compact_failures, 1);
     if (rc == KV_ENOSPC && (flush_request || (b && batch_removes_data(b, db->opt.blob_threshold)))) {
         kv_clear_error();
         *did = false;

@@ -736,6 +736,7 @@ static void *flush_main(void *arg) {
             if (rc) {
                 /* keep the error for writers waiting on us, and retry: the cause (a full disk) may go away */
                 db->bg_error = rc;
+                atomic_fetch_add(&db->st_flush_failures, 1);
                 if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
                 pthread_cond_broadcast(&db->bg_cv);
                 timed_wait(db, &db->work_cv, 500);
@@ -883,6 +884,7 @@ static void *compact_main(void *arg) {
             pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {
                 failures++;
+                atomic_fetch_add(&db->st_compact_failures, 1);
                 /* the 5 s run from a flush made, not from an attempt that found no delete to flush */
                 if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000 &&
                     flush_deletes_for_compaction(db))

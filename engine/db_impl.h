@@ -284,7 +284,7 @@ struct kv_db {
     /* statistics */
     _Atomic uint64_t st_user_bytes, st_wal_bytes, st_flush_bytes, st_compact_bytes, st_compact_read,
         st_blob_bytes, st_stall_us, st_flushes, st_compactions, st_batches, st_groups, st_sync_groups,
-        st_gc_failures;
+        st_gc_failures, st_flush_failures, st_compact_failures;
     _Atomic uint64_t st_enospc; /* writes that failed for a full disk: blob GC then hurries (db_bg.c) */
     _Atomic uint64_t st_removals; /* deletes and truncations written: blob GC follows them (db_bg.c) */
     /* the disk's free space as db_space_for_write last saw it: when (db_now_us), how many bytes written by then (user

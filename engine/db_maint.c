@@ -547,6 +547,10 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
         }
     }
     db->manual_running = false;
+    /* A compaction succeeded: a failure of an earlier one is no longer the last word (writers at the level-0 stop
+     * trigger, kv_get_stats). The broadcast wakes the compaction thread from its pause after failures: it tries
+     * again now, and sets compact_error anew if its compaction still fails. */
+    if (rc == KV_OK) db->compact_error = 0;
     pthread_cond_broadcast(&db->bg_cv);
     pthread_cond_broadcast(&db->work_cv);
     pthread_mutex_unlock(&db->mu);
@@ -746,6 +750,8 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
         s->estimated_keys += mm.entries;
     }
     s->immutable_memtables = (uint64_t)db->nimm;
+    s->flush_error = db->bg_error;
+    s->compaction_error = db->compact_error;
     s->blob_files = v->nblobs;
     uint64_t blob_nos[1024];
     size_t nb = v->nblobs < 1024 ? v->nblobs : 1024;
@@ -776,6 +782,8 @@ int kv_get_stats(kv_db *db, kv_stats *s) {
     s->unsynced_batches_dropped = db->st_unsynced_dropped;
     s->unsynced_log_bytes_dropped = db->st_unsynced_log_bytes;
     s->blob_gc_failures = atomic_load(&db->st_gc_failures);
+    s->flush_failures = atomic_load(&db->st_flush_failures);
+    s->compaction_failures = atomic_load(&db->st_compact_failures);
     s->reserve_bytes = atomic_load(&db->reserve_held) ? atomic_load(&db->reserve_bytes) : 0;
     s->reserve_releases = atomic_load(&db->st_reserve_releases);
     s->last_sequence = atomic_load(&db->last_seq);

@@ -69,9 +69,15 @@ int cmd_stats(tool_ctx *c, const targs *a) {
                     st.compaction_bytes_written, st.compaction_bytes_read, st.blob_bytes_written);
         tout_printf(o, "\"flushes\":%" PRIu64 ",\"compactions\":%" PRIu64 ",\"stall_micros\":%" PRIu64
                        ",\"unsynced_batches_dropped\":%" PRIu64 ",\"unsynced_log_bytes_dropped\":%" PRIu64
-                       ",\"blob_gc_failures\":%" PRIu64 "}\n",
+                       ",\"blob_gc_failures\":%" PRIu64 ",\"flush_failures\":%" PRIu64
+                       ",\"compaction_failures\":%" PRIu64 ",",
                     st.flushes, st.compactions, st.stall_micros, st.unsynced_batches_dropped,
-                    st.unsynced_log_bytes_dropped, st.blob_gc_failures);
+                    st.unsynced_log_bytes_dropped, st.blob_gc_failures, st.flush_failures, st.compaction_failures);
+        /* the status names are fixed ASCII strings: no escaping needed */
+        tout_printf(o, "\"flush_error\":%s%s%s,", st.flush_error ? "\"" : "",
+                    st.flush_error ? kv_strerror(st.flush_error) : "null", st.flush_error ? "\"" : "");
+        tout_printf(o, "\"compaction_error\":%s%s%s}\n", st.compaction_error ? "\"" : "",
+                    st.compaction_error ? kv_strerror(st.compaction_error) : "null", st.compaction_error ? "\"" : "");
         return TOOL_OK;
     }
     char h1[32], h2[32], h3[32];
@@ -110,6 +116,14 @@ int cmd_stats(tool_ctx *c, const targs *a) {
     if (st.unsynced_log_bytes_dropped)
         tout_printf(o, "%-22s %s of the log after a page a power loss took (never synced)\n", "dropped at open",
                     human(h1, sizeof h1, st.unsynced_log_bytes_dropped));
+    /* Background work that keeps failing is retried for ever, and writes stop once level 0 or the memtables fill
+     * up: worth a line while it lasts (a full disk, or damage that kvfs check names). */
+    if (st.flush_error)
+        tout_printf(o, "%-22s failing: %s (%" PRIu64 " failures since the store was opened)\n", "flushes",
+                    kv_strerror(st.flush_error), st.flush_failures);
+    if (st.compaction_error)
+        tout_printf(o, "%-22s failing: %s (%" PRIu64 " failures since the store was opened)\n", "compactions",
+                    kv_strerror(st.compaction_error), st.compaction_failures);
     if (st.blob_gc_failures) /* damage stops blob GC (docs/design.md): say so, kvfs check names it */
         tout_printf(o, "%-22s %" PRIu64 " background runs failed: run kvfs check\n", "blob gc",
                     st.blob_gc_failures);

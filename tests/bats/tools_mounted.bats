@@ -267,3 +267,30 @@ teardown() { tools_teardown; }
     [ "$(cat short)" = "longer than before" ]
     cd /
 }
+
+@test "mounted: kvfs stats says while background compactions fail, and why" {
+    # a table whose first data block is damaged: opening the store does not read it, compacting into it does
+    for i in $(seq 1000 1999); do echo "put k$i value-$i-$i-$i"; done | kv batch "$D"
+    kv compact "$D"
+    sst=$(ls "$D"/*.sst | head -n 1)
+    printf '\xff' | dd of="$sst" bs=1 seek=40 conv=notrunc status=none
+    mount_store "$D" "$M" -o memtable_size=16K
+    run kv stats "$D"
+    [[ "$output" != *"failing"* ]]
+    # new files with keys in the damaged table's range, past its first block (their lookups do not read it): flushes
+    # of small memtables, then a compaction of level 0 into that table
+    for i in $(seq 1900 1998); do head -c 1000 /dev/zero > "$M/k${i}z"; done
+    for i in $(seq 1 100); do
+        [ "$(kv stats "$D" --json | json_get 'd["compaction_failures"]')" -gt 0 ] && break
+        sleep 0.1
+    done
+    [ "$(kv stats "$D" --json | json_get 'd["compaction_error"]')" = "corruption detected" ]
+    [ "$(kv stats "$D" --json | json_get 'd["flush_error"]')" = None ]
+    run kv stats "$D"
+    [[ "$output" == *"compactions"*"failing: corruption detected ("*" failures since the store was opened)"* ]]
+    # what was written is readable all the while
+    [ "$(wc -c < "$M/k1998z")" -eq 1000 ]
+    run kv check "$D"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"$(basename "$sst"): offset "* ]]
+}
