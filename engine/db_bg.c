@@ -16,6 +16,7 @@
  */
 #include <assert.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,32 @@
 #include "dbformat.h"
 #include "error.h"
 #include "merge.h"
+
+/* Tell kv_options.log (if set) about background work: msg formatted, one line. */
+static void db_log(kv_db *db, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void db_log(kv_db *db, int level, const char *fmt, ...) {
+    if (!db->opt.log) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    db->opt.log(db->opt.log_ctx, level, msg);
+}
+
+/* Background work fails in runs (a full disk, a damaged file) and is retried: the log hears of the first failure of a
+ * run, with its error, and of the first success after it, not of every retry. */
+static void log_failure(kv_db *db, const char *what, uint64_t run, int rc) {
+    if (run == 1)
+        db_log(db, KV_LOG_ERROR, "background %s failed (retried until it works): %s: %s", what, kv_strerror(rc),
+               *kv_errmsg() ? kv_errmsg() : "no detail");
+}
+
+static void log_recovery(kv_db *db, const char *what, uint64_t run) {
+    if (run)
+        db_log(db, KV_LOG_NOTICE, "background %s works again, after %" PRIu64 " failure%s", what, run,
+               run == 1 ? "" : "s");
+}
 
 static sst_options table_options(const kv_db *db) {
     return (sst_options){db->opt.block_bytes, db->opt.block_restart_interval, db->opt.compression,
@@ -730,9 +757,12 @@ static void timed_wait(kv_db *db, pthread_cond_t *cv, long ms) {
 static void *flush_main(void *arg) {
     kv_db *db = arg;
     pthread_mutex_lock(&db->mu);
+    uint64_t failures = 0; /* in a row */
     while (!db->stopping) {
         if (db->nimm > 0) {
             int rc = db_flush_one(db);
+            if (rc && rc != KV_ECLOSED) log_failure(db, "flush", ++failures, rc);
+            else if (!rc) log_recovery(db, "flush", failures), failures = 0;
             if (rc) {
                 /* keep the error for writers waiting on us, and retry: the cause (a full disk) may go away */
                 db->bg_error = rc;
@@ -771,7 +801,13 @@ static int bg_blob_gc(kv_db *db, uint64_t *freed) {
     pthread_cond_broadcast(&db->bg_cv);
     pthread_mutex_unlock(&db->mu);
     int rc = db_blob_gc(db, db->opt.blob_gc_ratio, freed);
-    if (rc != KV_OK && rc != KV_ECLOSED) atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
+    if (rc != KV_OK && rc != KV_ECLOSED) {
+        atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
+        log_failure(db, "blob garbage collection", ++db->bg_gc_fail_run, rc);
+    } else if (rc == KV_OK) {
+        log_recovery(db, "blob garbage collection", db->bg_gc_fail_run);
+        db->bg_gc_fail_run = 0;
+    }
     pthread_mutex_lock(&db->mu);
     db->bg_gc_running = false;
     return rc;
@@ -875,11 +911,19 @@ static void *compact_main(void *arg) {
      * keep failing, each flush's success wakes this thread for another attempt at once) */
     uint64_t deletes_flushed_us = 0;
     while (!db->stopping) {
+        if (failures && !db->compact_error && !db->manual_running) {
+            /* a manual compaction succeeded meanwhile (kv_compact_range clears compact_error): that ends the run, and
+             * its pauses */
+            log_recovery(db, "compaction", (uint64_t)failures);
+            failures = 0;
+        }
         if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
             int rc = db_compact_once(db, &did);
             db->compact_attempts++;
             db->compact_error = rc == KV_ECLOSED ? 0 : rc;
+            if (rc && rc != KV_ECLOSED) log_failure(db, "compaction", (uint64_t)failures + 1, rc);
+            else if (!rc) log_recovery(db, "compaction", (uint64_t)failures);
             if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
             pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {

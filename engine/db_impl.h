@@ -270,6 +270,7 @@ struct kv_db {
     /* the compaction thread is in a blob GC pass, compacting nothing until it ends: writers do not wait for it at the
      * level-0 stop trigger (make_room), since a pass waits to lead the write queue that such a writer leads */
     bool bg_gc_running;
+    uint64_t bg_gc_fail_run;    /* background GC passes that failed in a row (the compaction thread's; for the log) */
     uint64_t flush_attempts; /* flushes finished, failed ones included (under mu) */
     /* the last background compaction's failure, 0 once one succeeds, and the attempts so far (under mu): writers
      * waiting at the level-0 stop trigger for compactions that keep failing (a disk too full for their output) get

@@ -55,6 +55,12 @@ const char *kv_errmsg(void);
 
 struct kv_env; /* the file-system environment (engine/env.h); NULL means the real POSIX one */
 
+/* What the engine says on its own, about work no caller waits for (kv_options.log). */
+enum { KV_LOG_ERROR = 0, KV_LOG_NOTICE = 1 };
+/* Called from the engine's background threads, possibly with its locks held: it must return quickly and must not
+ * call into the engine. msg is one line without a newline, valid for the call only. */
+typedef void (*kv_log_fn)(void *ctx, int level, const char *msg);
+
 typedef struct kv_options {
     bool create_if_missing;      /* default true */
     bool error_if_exists;        /* default false */
@@ -88,6 +94,10 @@ typedef struct kv_options {
                                     file, RESERVE, given back when the disk is full all the same, so that deletes,
                                     flushes and compactions go on after another process took the rest (docs/design.md,
                                     "A full disk"); default false. A writable open without it removes a RESERVE. */
+    kv_log_fn log;               /* told when background flushes, compactions or blob GC start to fail (once per run
+                                    of failures, with the error) and when they work again; default NULL: silent
+                                    (kv_get_stats has the same facts) */
+    void *log_ctx;               /* passed to log */
 } kv_options;
 
 /* Fill *o with the defaults above. Always call it before changing fields. */

@@ -119,16 +119,24 @@ static void log_store_failure(void *datadir, const char *message) {
     say(LOG_ERR, "%s: %s", (const char *)datadir, message);
 }
 
-static void say(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The engine's word on its background work (kv_options.log): a flush, compaction or blob GC that starts to fail
+ * (once per run of failures, with the file and offset) and that works again. Called from the engine's threads: say()
+ * is thread-safe and quick (syslog, or stderr with -f). */
+static void log_engine(void *datadir, int level, const char *msg) {
+    say(level == KV_LOG_ERROR ? LOG_ERR : LOG_NOTICE, "%s: %s", (const char *)datadir, msg);
+}
+
 static void say(int prio, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     if (use_syslog) {
         vsyslog(prio, fmt, ap);
     } else {
+        flockfile(stderr); /* one line, whole: the engine's threads say things too */
         fputs("kvfs: ", stderr);
         vfprintf(stderr, fmt, ap);
         fputc('\n', stderr);
+        funlockfile(stderr);
     }
     va_end(ap);
 }
@@ -716,6 +724,8 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         if (o->memtable_size) ko.memtable_bytes = o->memtable_bytes;
         if (o->compression) ko.compression = o->compress;
         if (o->reserve) ko.space_reserve = o->keep_reserve;
+        ko.log = log_engine;
+        ko.log_ctx = (void *)o->datadir;
         int rc = open_store(o->datadir, &ko, &d.db);
         if (rc == KV_EBUSY) {
             say(LOG_ERR, "%s is in use: the store is already mounted or open in another kvfs process", o->datadir);

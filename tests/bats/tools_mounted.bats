@@ -274,7 +274,11 @@ teardown() { tools_teardown; }
     kv compact "$D"
     sst=$(ls "$D"/*.sst | head -n 1)
     printf '\xff' | dd of="$sst" bs=1 seek=40 conv=notrunc status=none
-    mount_store "$D" "$M" -o memtable_size=16K
+    # in the foreground, to read what the daemon logs (stderr with -f, syslog otherwise)
+    mkdir -p "$M"
+    (timeout -k 5 120 "$KVFS" mount -f -o memtable_size=16K "$D" "$M" 2>"$T/daemon.err" 3>&- &)
+    MOUNTS+=("$M|$D")
+    for i in $(seq 1 100); do [ -S "$D/kvfs.sock" ] && break; sleep 0.05; done
     run kv stats "$D"
     [[ "$output" != *"failing"* ]]
     # new files with keys in the damaged table's range, past its first block (their lookups do not read it): flushes
@@ -288,6 +292,9 @@ teardown() { tools_teardown; }
     [ "$(kv stats "$D" --json | json_get 'd["flush_error"]')" = None ]
     run kv stats "$D"
     [[ "$output" == *"compactions"*"failing: corruption detected ("*" failures since the store was opened)"* ]]
+    # the daemon logged the first failure, naming the damaged table, and not each retry
+    [ "$(grep -c "background compaction failed" "$T/daemon.err")" -eq 1 ]
+    grep -q "^kvfs: $D: background compaction failed (retried until it works): corruption detected: $(basename "$sst"): " "$T/daemon.err"
     # what was written is readable all the while
     [ "$(wc -c < "$M/k1998z")" -eq 1000 ]
     run kv check "$D"

@@ -36,7 +36,44 @@ typedef struct fx {
     int nfbase, capfbase;
     uint64_t rs;
     char err[600];
+    struct heard {      /* what the engine told kv_options.log (from its background threads), one line each */
+        pthread_mutex_t mu;
+        char text[8192];
+        size_t len;
+    } heard;
 } fx;
+
+static void hear(void *ctx, int level, const char *msg) {
+    struct heard *h = ctx;
+    pthread_mutex_lock(&h->mu);
+    int n = snprintf(h->text + h->len, sizeof h->text - h->len, "%s %s\n", level == KV_LOG_ERROR ? "E" : "N", msg);
+    if (n > 0) h->len = h->len + (size_t)n < sizeof h->text ? h->len + (size_t)n : sizeof h->text - 1;
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Lines heard so far that start with prefix ("E background flush failed", "N background ..."); *line gets the last
+ * (when not NULL, size 512). */
+static int heard(fx *f, const char *prefix, char *line) {
+    pthread_mutex_lock(&f->heard.mu);
+    int n = 0;
+    for (const char *p = f->heard.text; *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        if (strncmp(p, prefix, strlen(prefix)) == 0) {
+            n++;
+            if (line) snprintf(line, 512, "%.*s", (int)len, p);
+        }
+        p += len + (eol != NULL);
+    }
+    pthread_mutex_unlock(&f->heard.mu);
+    return n;
+}
+
+/* Wait up to 5 s for a line that starts with prefix (it comes from a background thread); how many were heard. */
+static int await_heard(fx *f, const char *prefix) {
+    for (int i = 0; i < 500 && heard(f, prefix, NULL) == 0; i++) usleep(10000);
+    return heard(f, prefix, NULL);
+}
 
 static void fx_options(kv_options *o, bool background) {
     kv_options_init(o);
@@ -59,6 +96,9 @@ static int fx_open(fx *f, bool background) {
     if (!f->env) return KV_ENOMEM;
     fx_options(&f->o, background);
     f->o.env = f->env;
+    pthread_mutex_init(&f->heard.mu, NULL);
+    f->o.log = hear;
+    f->o.log_ctx = &f->heard;
     static uint64_t opened;
     f->rs = t_seed() ^ (++opened * 0x9e3779b97f4a7c15ull);
     return kv_open(f->dir, &f->o, &f->db);
@@ -340,9 +380,13 @@ static void flush_fault(kv_fault_kind kind, uint64_t after, const char *substr) 
     CHECK_MSG(fx_verify(&f), "while the fault is armed: %s", f.err);
     kv_stats st;
     CHECK_OK(kv_get_stats(f.db, &st));
-    if (strcmp(substr, ".sst") == 0) { /* the failing flushes show (a manifest fault fails the log switches first) */
+    bool flushes_failed = strcmp(substr, ".sst") == 0; /* a manifest fault fails the log switches first */
+    if (flushes_failed) { /* the failing flushes show, and the log hears of the first failure only */
         CHECK(st.flush_failures > 0);
         CHECK_MSG(st.flush_error == KV_EIO || st.flush_error == KV_ENOSPC, "flush_error %d", st.flush_error);
+        char line[512] = "";
+        CHECK_EQ(heard(&f, "E background flush failed (retried until it works): ", line), 1);
+        CHECK_MSG(strstr(line, ".sst"), "heard: %s", line);
     }
     kv_fault_env_clear(f.env);
     /* the first write after the cause is gone succeeds: it has the flush retried instead of failing at once */
@@ -353,6 +397,7 @@ static void flush_fault(kv_fault_kind kind, uint64_t after, const char *substr) 
     CHECK_OK(kv_get_stats(f.db, &st));
     CHECK(st.flushes > 0);
     CHECK_EQ(st.flush_error, KV_OK); /* the flush that succeeded since is the last word */
+    if (flushes_failed) CHECK_EQ(await_heard(&f, "N background flush works again, after "), 1);
     CHECK_MSG(fx_verify(&f), "after the fault: %s", f.err);
     CHECK_MSG(fx_check(&f), "after the fault: %s", f.err);
     CHECK_MSG(fx_reopen(&f), "after reopen: %s", f.err);
@@ -1332,6 +1377,9 @@ static void open_small_level0(fx *f) {
     f->o.l0_slowdown_trigger = 3;
     f->o.l0_stop_trigger = 4;
     f->o.env = f->env;
+    pthread_mutex_init(&f->heard.mu, NULL);
+    f->o.log = hear;
+    f->o.log_ctx = &f->heard;
     CHECK_OK(kv_open(f->dir, &f->o, &f->db));
 }
 
@@ -1460,6 +1508,10 @@ TEST(test_faults_failing_compactions_show_in_stats_until_one_succeeds) {
     CHECK_EQ(st.compaction_error, KV_EIO);
     CHECK(st.compaction_failures > 0);
     CHECK_EQ(st.flush_error, KV_OK);
+    /* the engine's log heard of the first failure, not of each retry */
+    char line[512] = "";
+    CHECK_EQ(heard(&f, "E background compaction failed (retried until it works): ", line), 1);
+    CHECK_MSG(strstr(line, "I/O error: "), "heard: %s", line);
     /* A manual compaction under the fault flushes the memtable, then fails; the background thread, woken at its end,
      * fails again and pauses. Once the fault is gone the next manual compaction has nothing to flush (which would
      * wake that thread for a compaction of its own) and compacts everything. */
@@ -1470,6 +1522,9 @@ TEST(test_faults_failing_compactions_show_in_stats_until_one_succeeds) {
     CHECK_MSG(st.compaction_error == KV_OK, "after a compaction that succeeded: compaction_error %s",
               kv_strerror(st.compaction_error));
     CHECK_EQ(st.level_files[0], 0);
+    /* the compaction thread, woken at the end of the manual compaction, ends its run of failures and says so */
+    CHECK_EQ(await_heard(&f, "N background compaction works again, after "), 1);
+    CHECK_EQ(heard(&f, "E background compaction failed", NULL), 1);
     CHECK_MSG(fx_check(&f), "%s", f.err);
     fx_free(&f);
 }
