@@ -11,7 +11,8 @@
  *    floor, which this store's own writes that add data never reach. It is made again once the disk has room for it
  *    and two floors more, so that a disk hovering near full does not make and remove it in turn.
  *  - Its bytes are written, not only allocated: a file system without fallocate would leave a sparse file, which
- *    holds nothing. They are pseudo-random, so that a compressing file system cannot shrink them either.
+ *    holds nothing. They are pseudo-random, so that a compressing file system cannot shrink them either. They are
+ *    synced, with the directory, before the reserve counts as held.
  *  - reserve_mu orders its creation and removal; it is taken after mu, never before it. Writers never wait for a
  *    creation: the writer that looks at the disk makes it if no one else is busy with the reserve.
  */
@@ -84,6 +85,11 @@ static void reserve_make_locked(kv_db *db, uint64_t bytes) {
         rc = db->env->append(db->env, f, chunk, n);
         done += n;
     }
+    /* Synced, name and bytes: a power loss must not leave it short, or empty with its size (some file systems), when
+     * the disk is full by the time the store opens again and it cannot be made anew. Made once in a store's life
+     * unless the disk filled up, so the fsync costs nothing that matters. */
+    if (rc == KV_OK) rc = db->env->sync(db->env, f);
+    if (rc == KV_OK) rc = db->env->sync_dir(db->env, db->dir);
     if (f) db->env->close(db->env, f);
     if (f && rc != KV_OK) (void)db->env->remove(db->env, path); /* a disk too full for it: take back what it got */
     free(chunk);

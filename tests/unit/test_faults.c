@@ -2111,6 +2111,41 @@ TEST(test_faults_the_reserve_follows_the_free_space) {
     env->destroy(env);
 }
 
+/* The reserve survives a power loss, both when the store makes it at its creation and when it makes it again: it is
+ * there for a disk that fills up, and after a power loss the disk may be too full to make it anew. */
+TEST(test_faults_the_reserve_survives_a_power_loss) {
+    char dir[512];
+    kv_options o;
+    kv_env *env = reserve_setup(dir, sizeof dir, &o, true, true);
+    CHECK(env != NULL);
+    uint64_t total = 1ull << 30, floor = (16u << 10) + (1u << 20);
+    kv_fault_env_set_disk_space(env, 100ull << 20, total);
+    char path[600];
+    snprintf(path, sizeof path, "%s/RESERVE", dir);
+    struct stat sb;
+    for (int round = 0; round < 2; round++) {
+        kv_db *db = NULL;
+        CHECK_OK(kv_open(dir, &o, &db));
+        if (round == 1) { /* given back for a full disk, then made again while the store runs */
+            kv_fault_env_set_disk_space(env, floor / 4 - 1, total);
+            usleep(1100 * 1000); /* writers look at the disk once a second */
+            CHECK_OK(kv_delete(db, "a", 1, 0));
+            CHECK(stat(path, &sb) != 0);
+            kv_fault_env_set_disk_space(env, 100ull << 20, total);
+            usleep(1100 * 1000);
+            CHECK_OK(kv_put(db, "b", 1, "x", 1, 0));
+        }
+        CHECK_EQ(stat(path, &sb), 0);
+        kv_fault_env_crash(env);
+        kv_free(db);
+        CHECK_OK(kv_fault_env_apply_crash(env));
+        CHECK_MSG(stat(path, &sb) == 0, "round %d: no RESERVE after the power loss", round);
+        CHECK_MSG((uint64_t)sb.st_size == floor, "round %d: RESERVE has %lld bytes after the power loss, not %llu",
+                  round, (long long)sb.st_size, (unsigned long long)floor);
+    }
+    env->destroy(env);
+}
+
 /* A store whose log holds a memtable's worth of batches (a daemon killed, say) on a disk another process filled but
  * for a little less than the floor: the open replays the log into a table, which needs more than is left. That
  * write gives back the reserve and tries again, as a flush does; the open failed for space while the store held its
