@@ -841,18 +841,7 @@ int kvfs_unlink(kvfs_fs *fs, const char *path) {
             uint8_t *nk = malloc(ok.len);
             if (nk) {
                 memcpy(nk, ok.p, ok.len);
-                /* unhash: the file is no longer reachable by path */
-                uint64_t h = file_key_hash(f->key, f->klen) % FS_TABLE_SIZE;
-                for (kvfs_file **pp = &fs->table[h]; *pp; pp = &(*pp)->next)
-                    if (*pp == f) {
-                        *pp = f->next;
-                        break;
-                    }
-                f->next = NULL;
-                free(f->key);
-                f->key = nk;
-                f->klen = ok.len;
-                f->ks = STORE_KS_ORPHAN;
+                file_make_orphan(fs, f, nk, ok.len);
                 f->attr.ctime = fs_now();
             } else {
                 f->deferred_error = -ENOMEM;
@@ -1208,20 +1197,10 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
             retarget(fs, &dop, d.p.klen, s.p.key, s.p.klen);
         } else {
             if (d.type == NODE_FILE && dop.n) {
-                kvfs_file *f = dop.v[0];
                 uint8_t *nk = malloc(orphan.len);
                 if (nk) {
                     memcpy(nk, orphan.p, orphan.len);
-                    file_rehash(fs, f, nk, orphan.len);
-                    /* An orphan is not reachable by path: take it out of the table. */
-                    uint64_t h = file_key_hash(nk, orphan.len) % FS_TABLE_SIZE;
-                    for (kvfs_file **pp = &fs->table[h]; *pp; pp = &(*pp)->next)
-                        if (*pp == f) {
-                            *pp = f->next;
-                            break;
-                        }
-                    f->next = NULL;
-                    f->ks = STORE_KS_ORPHAN;
+                    file_make_orphan(fs, dop.v[0], nk, orphan.len);
                 }
             }
             retarget(fs, &so, s.p.klen, d.p.key, d.p.klen);

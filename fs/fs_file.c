@@ -123,6 +123,15 @@ static void table_remove(kvfs_fs *fs, kvfs_file *f) {
         }
 }
 
+void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen) {
+    table_remove(fs, f); /* no path reaches it any more */
+    f->next = NULL;
+    free(f->key);
+    f->key = key;
+    f->klen = klen;
+    f->ks = STORE_KS_ORPHAN;
+}
+
 int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f) {
     pthread_mutex_lock(&fs->tbl_mu);
     int n = f->opens;

@@ -87,6 +87,9 @@ kvfs_file *file_find(kvfs_fs *fs, const uint8_t *key, size_t klen); /* tbl_mu he
 /* Point every open file at old_key (and, when subtree, below old_key + "/") to new_key (tbl_mu held). */
 int file_table_rekey(kvfs_fs *fs, const uint8_t *old_key, size_t olen, const uint8_t *new_key, size_t nlen,
                      bool subtree, kvfs_file **skip);
+/* f's content was moved to key (malloc'ed, taken) of the orphan keyspace by a batch now written: point f there and
+ * take it out of the table, since no path reaches it any more (tbl_mu and f->mu held). */
+void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen);
 /* Write f's buffer to the store (f->mu held). */
 int file_flush_locked(kvfs_fs *fs, kvfs_file *f);
 /* Append f's attribute record to b (f->mu held) */
