@@ -127,6 +127,15 @@ int kvfs_statfs(kvfs_fs *fs, struct statvfs *out);
  * writes never need it; other writers are also noticed by the store's sequence number at the next lookup). */
 void kvfs_fs_invalidate(kvfs_fs *fs);
 
+/* Another writer's puts and deletes of keyspace-0 keys (a kvfs tool run by the daemon for the control socket): apply b
+ * (STORE_PUT and STORE_DELETE of keyspace 0 only, else -EINVAL) as one atomic batch, synced when sync is set. A file
+ * open through the filesystem whose key b deletes goes as by kvfs_unlink, in the same batch: its content moves to
+ * the orphan keyspace, where its open handles keep reading and writing it until the last release, while the key is
+ * gone for everyone else (a put of the key later in b makes a new file). A put of an open file's key rewrites that
+ * file's content, as the store API does. On failure nothing has changed, neither the store nor the open files. The
+ * filesystem's caches are dropped; the kernel's are the caller's to drop (kvfs_notify_key_changed). */
+int kvfs_write_keys(kvfs_fs *fs, const store_batch *b, bool sync);
+
 /* For the control socket (mount/ctl.c): the key `key` of keyspace 0 was put or deleted by another writer than the
  * mounted filesystem, and that write is committed. Drops the filesystem's cached facts and tells the kernel to
  * forget its cached attributes and pages of the key's file and of the directories above it, so that the next

@@ -1,6 +1,6 @@
 /*
  * fs_core.c — looking up paths, attributes, and every namespace change (mkdir, rmdir, create's bookkeeping,
- * unlink, symlink, mknod, rename) and extended attributes.
+ * unlink, symlink, mknod, rename, and another writer's puts and deletes of keys) and extended attributes.
  *
  * Invariants
  *  - Every namespace change is one store batch, built and written while holding ns_mu: what it checked (existence,
@@ -46,12 +46,14 @@ int kvfs_fs_sync(kvfs_fs *fs) {
     return rc ? rc : store_sync(fs->st);
 }
 
-int fs_write_batch(kvfs_fs *fs, store_batch *b) {
+int fs_write_batch(kvfs_fs *fs, store_batch *b) { return fs_write_batch_sync(fs, b, false); }
+
+int fs_write_batch_sync(kvfs_fs *fs, store_batch *b, bool sync) {
     if (b->n == 0 && !b->error) return 0;
     if (b->error) return b->error;
     /* Counted before it is applied, so the cache never takes one of ours for someone else's (fs_dcache.c). */
     atomic_fetch_add(&fs->batches, 1);
-    int rc = store_write(fs->st, b, fs->cfg.sync_writes);
+    int rc = store_write(fs->st, b, sync || fs->cfg.sync_writes);
     if (rc) {
         atomic_fetch_sub(&fs->batches, 1);
         dc_clear(fs); /* facts noted ahead of the commit may not hold */
@@ -841,7 +843,7 @@ int kvfs_unlink(kvfs_fs *fs, const char *path) {
             uint8_t *nk = malloc(ok.len);
             if (nk) {
                 memcpy(nk, ok.p, ok.len);
-                file_make_orphan(fs, f, nk, ok.len);
+                file_make_orphan(fs, f, nk, ok.len, false);
                 f->attr.ctime = fs_now();
             } else {
                 f->deferred_error = -ENOMEM;
@@ -941,6 +943,85 @@ done:
     node_free(&n);
 unlock:
     pthread_mutex_unlock(&fs->ns_mu);
+    return rc;
+}
+
+/* ---- puts and deletes of another writer (the control socket) ---------------------------------------------------- */
+
+/* An open file whose key the batch deletes: its content moves to orphan (malloc'ed before the batch is written, so
+ * that pointing the file there cannot fail once the batch is in the store). */
+typedef struct moved_open {
+    kvfs_file *f;
+    uint8_t *orphan;
+    size_t olen;
+} moved_open;
+
+int kvfs_write_keys(kvfs_fs *fs, const store_batch *in, bool sync) {
+    if (in->error) return in->error;
+    for (size_t i = 0; i < in->n; i++)
+        if (in->ops[i].ks != STORE_KS_DATA || (in->ops[i].kind != STORE_PUT && in->ops[i].kind != STORE_DELETE))
+            return -EINVAL;
+    /* ns_mu: the mount's own namespace changes (an unlink or rename of one of these keys) commit before or after this
+     * batch, never on facts it changes. tbl_mu and each moved file's mu, until the file points at its orphan: a
+     * flush through it in between would write to the deleted key and bring it back. */
+    pthread_mutex_lock(&fs->ns_mu);
+    pthread_mutex_lock(&fs->tbl_mu);
+    store_batch b;
+    store_batch_init(&b);
+    keybuf ok;
+    kb_init(&ok);
+    moved_open *mv = NULL;
+    size_t nmv = 0;
+    int rc = 0;
+    for (size_t i = 0; i < in->n && !rc; i++) {
+        const store_op *op = &in->ops[i];
+        const uint8_t *key = store_op_key(in, op);
+        if (op->kind == STORE_PUT) {
+            /* nocopy: in outlives b */
+            store_batch_put_nocopy(&b, STORE_KS_DATA, key, op->klen, store_op_data(in, op), op->dlen);
+            continue;
+        }
+        kvfs_file *f = file_find(fs, key, op->klen);
+        for (size_t j = 0; f && j < nmv; j++)
+            if (mv[j].f == f) f = NULL; /* deleted twice: the key names what b put there since, or nothing */
+        if (!f) {
+            store_batch_delete(&b, STORE_KS_DATA, key, op->klen);
+            continue;
+        }
+        /* Open: as for kvfs_unlink, the content becomes an orphan that lives until the last close. The move finds
+         * its key: an open file's key is in the store (created with the file, and deleted under it by nobody). */
+        moved_open *nv = realloc(mv, (nmv + 1) * sizeof *mv);
+        if (nv) mv = nv;
+        orphan_key(fs, &ok);
+        uint8_t *orphan = nv && !ok.oom ? malloc(ok.len) : NULL;
+        if (!orphan) {
+            rc = -ENOMEM;
+            break;
+        }
+        memcpy(orphan, ok.p, ok.len);
+        pthread_mutex_lock(&f->mu);
+        mv[nmv++] = (moved_open){f, orphan, ok.len};
+        store_batch_move(&b, STORE_KS_DATA, key, op->klen, STORE_KS_ORPHAN, orphan, ok.len);
+    }
+    if (!rc) rc = fs_write_batch_sync(fs, &b, sync);
+    /* Only a written batch moves the files; bytes still in their buffers go to the orphan with them. */
+    for (size_t j = 0; j < nmv; j++) {
+        kvfs_file *f = mv[j].f;
+        if (!rc) {
+            file_make_orphan(fs, f, mv[j].orphan, mv[j].olen, true);
+            f->attr.ctime = fs_now(); /* it lost its name, as by an unlink */
+        } else {
+            free(mv[j].orphan);
+        }
+        pthread_mutex_unlock(&f->mu);
+    }
+    /* Keys put or deleted make implicit directories appear or vanish: the caches know nothing of it. */
+    if (!rc) dc_clear(fs);
+    pthread_mutex_unlock(&fs->tbl_mu);
+    pthread_mutex_unlock(&fs->ns_mu);
+    free(mv);
+    kb_free(&ok);
+    store_batch_free(&b);
     return rc;
 }
 
@@ -1200,7 +1281,7 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
                 uint8_t *nk = malloc(orphan.len);
                 if (nk) {
                     memcpy(nk, orphan.p, orphan.len);
-                    file_make_orphan(fs, dop.v[0], nk, orphan.len);
+                    file_make_orphan(fs, dop.v[0], nk, orphan.len, false);
                 }
             }
             retarget(fs, &so, s.p.klen, d.p.key, d.p.klen);

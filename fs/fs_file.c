@@ -2,8 +2,10 @@
  * fs_file.c — open files: one kvfs_file per open key, shared by all its opens, holding a bounded write buffer.
  *
  * Invariants
- *  - The table maps keys of keyspace 0 to open files; a file unlinked (or replaced by rename) while open leaves
- *    the table and keeps its content under an orphan key of keyspace 2 until its last release.
+ *  - The table maps keys of keyspace 0 to open files, and an open file's key is in the store (a create puts it). A
+ *    file unlinked (or replaced by rename) while open, or whose key another writer deletes (kvfs_write_keys), leaves
+ *    the table and keeps its content under an orphan key of keyspace 2 until its last release; the latter also
+ *    stays on fs->deleted_open with its old key, since the kernel still has it under its old name.
  *  - The write buffer is one extent of at most cfg.write_buffer_bytes; a write that does not extend it, or would
  *    overflow it, first writes it to the store (as one write_at), so memory per file is bounded whatever its size.
  *    All buffers together stay under FS_BUFFERS_MAX (fs->buffered): a file that cannot have one writes directly.
@@ -111,6 +113,7 @@ static void file_free(kvfs_fs *fs, kvfs_file *f) {
     if (f->buf) atomic_fetch_sub(&fs->buffered, f->buf_cap);
     free(f->buf);
     free(f->key);
+    free(f->old_key);
     free(f);
 }
 
@@ -123,10 +126,18 @@ static void table_remove(kvfs_fs *fs, kvfs_file *f) {
         }
 }
 
-void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen) {
+void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen, bool by_other) {
     table_remove(fs, f); /* no path reaches it any more */
-    f->next = NULL;
-    free(f->key);
+    if (by_other) {
+        /* The kernel did not see this unlink: it still has the file under its old name (open_under_top) */
+        f->old_key = f->key;
+        f->old_klen = f->klen;
+        f->next = fs->deleted_open;
+        fs->deleted_open = f;
+    } else {
+        free(f->key);
+        f->next = NULL;
+    }
     f->key = key;
     f->klen = klen;
     f->ks = STORE_KS_ORPHAN;
@@ -145,15 +156,21 @@ static size_t top_len(const uint8_t *key, size_t klen) {
     return slash ? (size_t)(slash - key) : klen;
 }
 
-/* An open file of keyspace 0 other than `except` whose key has the same first component as key (tbl_mu held). The
- * table is scanned whole: this runs only when another writer changed a key, and at last closes while a top-level
- * entry waits to be dropped. */
+static bool same_top(const uint8_t *a, size_t alen, const uint8_t *key, size_t t) {
+    return top_len(a, alen) == t && memcmp(a, key, t) == 0;
+}
+
+/* An open file of keyspace 0 other than `except` whose key has the same first component as key, or an open file
+ * whose key another writer deleted under that name (the kernel still has it there: its entry goes at its close).
+ * tbl_mu held. The table is scanned whole: this runs only when another writer changed a key, and at last closes
+ * while a top-level entry waits to be dropped. */
 static kvfs_file *open_under_top(kvfs_fs *fs, const uint8_t *key, size_t klen, const kvfs_file *except) {
     size_t t = top_len(key, klen);
     for (size_t i = 0; i < FS_TABLE_SIZE; i++)
         for (kvfs_file *f = fs->table[i]; f; f = f->next)
-            if (f != except && f->ks == STORE_KS_DATA && top_len(f->key, f->klen) == t && memcmp(f->key, key, t) == 0)
-                return f;
+            if (f != except && f->ks == STORE_KS_DATA && same_top(f->key, f->klen, key, t)) return f;
+    for (kvfs_file *f = fs->deleted_open; f; f = f->next)
+        if (f != except && same_top(f->old_key, f->old_klen, key, t)) return f;
     return NULL;
 }
 
@@ -199,6 +216,11 @@ int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale) {
         store_batch_delete(&b, STORE_KS_ORPHAN, f->key, f->klen);
         rc = fs_write_batch(fs, &b);
         store_batch_free(&b);
+        for (kvfs_file **pp = f->old_key ? &fs->deleted_open : NULL; pp && *pp; pp = &(*pp)->next)
+            if (*pp == f) {
+                *pp = f->next;
+                break;
+            }
     } else {
         table_remove(fs, f);
     }
@@ -433,6 +455,11 @@ void kvfs_fs_free(kvfs_fs *fs) {
             file_free(fs, f);
             f = next;
         }
+    }
+    while (fs->deleted_open) {
+        kvfs_file *f = fs->deleted_open;
+        fs->deleted_open = f->next;
+        file_free(fs, f);
     }
     while (fs->stale_tops) {
         kvfs_stale_top *s = fs->stale_tops;

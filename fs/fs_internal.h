@@ -34,6 +34,8 @@ struct kvfs_file {
     size_t buf_cap, buf_len;
     uint64_t buf_off;
     int deferred_error;      /* a write that failed where no caller could see it, reported at flush/fsync */
+    uint8_t *old_key;        /* an orphan whose key another writer deleted (kvfs_write_keys): that key; else NULL */
+    size_t old_klen;
 };
 
 struct kvfs_fs {
@@ -45,6 +47,9 @@ struct kvfs_fs {
     uint64_t next_orphan;    /* tbl_mu */
     /* top-level names whose kernel entry is dropped once no file under them is open (kvfs_file_mark_changed; tbl_mu) */
     kvfs_stale_top *stale_tops;
+    /* open files whose key another writer deleted (kvfs_write_keys), chained by next: out of the table, but their
+     * old names are still the kernel's until their last close (tbl_mu) */
+    kvfs_file *deleted_open;
     struct timespec started; /* times shown for directories without attributes */
     struct dcache *dc;       /* directory facts (fs_dcache.c) */
     _Atomic uint64_t batches; /* batches this filesystem wrote (to tell other writers' batches apart) */
@@ -88,8 +93,9 @@ kvfs_file *file_find(kvfs_fs *fs, const uint8_t *key, size_t klen); /* tbl_mu he
 int file_table_rekey(kvfs_fs *fs, const uint8_t *old_key, size_t olen, const uint8_t *new_key, size_t nlen,
                      bool subtree, kvfs_file **skip);
 /* f's content was moved to key (malloc'ed, taken) of the orphan keyspace by a batch now written: point f there and
- * take it out of the table, since no path reaches it any more (tbl_mu and f->mu held). */
-void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen);
+ * take it out of the table, since no path reaches it any more (tbl_mu and f->mu held). by_other: another writer
+ * deleted f's key (kvfs_write_keys): f keeps it as old_key and goes on fs->deleted_open until its last release. */
+void file_make_orphan(kvfs_fs *fs, kvfs_file *f, uint8_t *key, size_t klen, bool by_other);
 /* Write f's buffer to the store (f->mu held). */
 int file_flush_locked(kvfs_fs *fs, kvfs_file *f);
 /* Append f's attribute record to b (f->mu held) */
@@ -97,6 +103,8 @@ void file_put_attr(kvfs_fs *fs, kvfs_file *f, store_batch *b);
 uint64_t file_key_hash(const uint8_t *key, size_t klen);
 
 int fs_write_batch(kvfs_fs *fs, store_batch *b);
+/* The same, synced when sync is set (or the filesystem syncs every write). */
+int fs_write_batch_sync(kvfs_fs *fs, store_batch *b, bool sync);
 
 /* Directory cache (fs_dcache.c). Directories are named by their dir key (K + "/", "" for the root). */
 typedef struct dcache dcache;

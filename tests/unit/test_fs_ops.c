@@ -1,7 +1,8 @@
 /*
  * test_fs_ops.c — the filesystem logic (fs/fs.h) over the in-memory store: files, buffers, holes, truncate,
  * implicit and explicit directories, the file-and-directory case, listings that resume and skip subtrees,
- * rename in all its forms, unlink while open, attributes, ownership, xattrs.
+ * rename in all its forms, unlink while open, keys of open files deleted by another writer, attributes, ownership,
+ * xattrs.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -584,6 +585,121 @@ TEST(fs_a_changed_top_level_name_is_handed_out_when_no_file_under_it_is_open) {
     CHECK_OK(kvfs_rename(e.fs, "/dir/a", "/other", 0));
     release_stale(&e, f, got, sizeof got);
     CHECK_MSG(strcmp(got, "dir,") == 0, "renamed away while open: got '%s'", got);
+    env_close(&e);
+}
+
+/* A batch of puts and deletes from another writer (kvfs_write_keys, for `kvfs del` and `kvfs batch` through the
+ * control socket), of ops (d)elete or (p)ut of keys, each value "new". */
+static int other_writer(env *e, const char *ops) {
+    store_batch b;
+    store_batch_init(&b);
+    for (const char *p = ops; *p;) {
+        char kind = *p++;
+        size_t n = strcspn(p, " ");
+        if (kind == 'd') store_batch_delete(&b, STORE_KS_DATA, p, n);
+        else store_batch_put(&b, STORE_KS_DATA, p, n, "new", 3);
+        p += n + (p[n] == ' ');
+    }
+    int rc = kvfs_write_keys(e->fs, &b, false);
+    store_batch_free(&b);
+    return rc;
+}
+
+/* Another writer deletes the key of a file open through the filesystem: as for an unlink, the open file keeps its
+ * content (also bytes still in its buffer), read and written, until its last close, while the key is gone at once:
+ * a write through the open file does not bring it back. */
+TEST(fs_a_key_another_writer_deletes_stays_with_its_open_file) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/dir/f", "old content"));
+    kvfs_file *f;
+    CHECK_OK(kvfs_open(e.fs, "/dir/f", O_RDWR, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "XY", 2, 11, false), 2); /* buffered, not in the store yet */
+    CHECK_OK(other_writer(&e, "ddir/f"));
+    struct stat st;
+    CHECK_EQ(store_get(e.st, STORE_KS_DATA, "dir/f", 5, &(store_buf){0}, NULL), -ENOENT);
+    CHECK_EQ(kvfs_getattr(e.fs, "/dir/f", NULL, &st), -ENOENT);
+    CHECK_EQ(kvfs_getattr(e.fs, "/dir", NULL, &st), -ENOENT); /* an implicit directory, gone with its last key */
+    char buf[64];
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 13);
+    CHECK(memcmp(buf, "old contentXY", 13) == 0);
+    CHECK_EQ(kvfs_write(e.fs, f, "Z", 1, 13, false), 1);
+    CHECK_OK(kvfs_flush(e.fs, f));
+    CHECK_EQ(store_get(e.st, STORE_KS_DATA, "dir/f", 5, &(store_buf){0}, NULL), -ENOENT);
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 14);
+    CHECK(memcmp(buf, "old contentXYZ", 14) == 0);
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 14);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 1);
+    /* The kernel still has the file under its old name: a key changed under it waits for the close to be dropped. */
+    CHECK(kvfs_file_mark_changed(e.fs, "dir/g", 5));
+    char got[64];
+    release_stale(&e, f, got, sizeof got);
+    CHECK_MSG(strcmp(got, "dir,") == 0, "got '%s'", got);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_DATA, "dir/", 4), 0);
+    env_close(&e);
+}
+
+/* Within one batch: a key deleted twice, then put again (a new file: the open one keeps the old content); a key put
+ * and then deleted (the open file keeps what was put); keys of files not open, deleted and put as they are. */
+TEST(fs_another_writers_batch_deletes_and_puts_open_files_keys) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/a", "old a"));
+    CHECK_OK(write_file(&e, "/b", "old b"));
+    CHECK_OK(write_file(&e, "/c", "old c"));
+    kvfs_file *fa, *fb;
+    CHECK_OK(kvfs_open(e.fs, "/a", O_RDONLY, &fa));
+    CHECK_OK(kvfs_open(e.fs, "/b", O_RDONLY, &fb));
+    CHECK_OK(other_writer(&e, "da da pa pb db dc pd"));
+    char buf[64];
+    CHECK_EQ(read_file(&e, "/a", buf, sizeof buf), 3);
+    CHECK(strcmp(buf, "new") == 0);
+    CHECK_EQ(kvfs_read(e.fs, fa, buf, sizeof buf, 0), 5);
+    CHECK(memcmp(buf, "old a", 5) == 0);
+    CHECK_EQ(kvfs_read(e.fs, fb, buf, 3, 0), 3);
+    CHECK(memcmp(buf, "new", 3) == 0);
+    struct stat st;
+    CHECK_EQ(kvfs_getattr(e.fs, "/b", NULL, &st), -ENOENT);
+    CHECK_EQ(kvfs_getattr(e.fs, "/c", NULL, &st), -ENOENT);
+    CHECK_EQ(read_file(&e, "/d", buf, sizeof buf), 3);
+    CHECK_OK(kvfs_release(e.fs, fa));
+    CHECK_OK(kvfs_release(e.fs, fb));
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
+    CHECK_EQ(read_file(&e, "/a", buf, sizeof buf), 3);
+    CHECK(strcmp(buf, "new") == 0);
+    env_close(&e);
+}
+
+/* A batch that fails changes nothing: the open file still is the key's, and its writes land there. */
+TEST(fs_another_writers_failed_batch_changes_nothing) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/a", "old"));
+    kvfs_file *f;
+    CHECK_OK(kvfs_open(e.fs, "/a", O_RDWR, &f));
+    store_mem_fail_next_write(e.st, -ENOSPC);
+    CHECK_EQ(other_writer(&e, "da pb"), -ENOSPC);
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_delete(&b, STORE_KS_DATA, "a", 1);
+    char longkey[STORE_MAX_KEY + 1];
+    memset(longkey, 'k', sizeof longkey);
+    store_batch_put(&b, STORE_KS_DATA, longkey, sizeof longkey, "v", 1);
+    CHECK_EQ(kvfs_write_keys(e.fs, &b, false), -ENAMETOOLONG);
+    store_batch_clear(&b);
+    store_batch_delete(&b, STORE_KS_DATA, "a", 1);
+    store_batch_delete(&b, STORE_KS_META, "Fa", 2); /* only keys of keyspace 0 */
+    CHECK_EQ(kvfs_write_keys(e.fs, &b, false), -EINVAL);
+    store_batch_free(&b);
+    CHECK_EQ(kvfs_write(e.fs, f, "new", 3, 0, false), 3);
+    CHECK_OK(kvfs_release(e.fs, f));
+    char buf[16];
+    CHECK_EQ(read_file(&e, "/a", buf, sizeof buf), 3);
+    CHECK(strcmp(buf, "new") == 0);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_DATA, "b", 1), 0);
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
     env_close(&e);
 }
 
