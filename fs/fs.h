@@ -103,6 +103,11 @@ int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale);
  * own included) is open, remember the name for the last close that leaves none open there (kvfs_release_changed).
  * Returns whether one is open (then the kernel's top-level entry must not be dropped now). */
 bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen);
+/* One more open of the file whose key path named until another writer deleted it while the file was open
+ * (kvfs_write_keys), when that file is still open and path names nothing now; else NULL. The kernel still has such a
+ * file under that path until its last close, and asks about it by the path alone (fstat, fchmod, fchown, futimens of
+ * its descriptors). Let go of it with kvfs_release. */
+kvfs_file *kvfs_open_deleted(kvfs_fs *fs, const char *path);
 /* How many opens f has now. */
 int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f);
 
@@ -143,5 +148,12 @@ int kvfs_write_keys(kvfs_fs *fs, const store_batch *b, bool sync);
  * that fail are not cached). Cheap when nothing of the key is cached. Thread-safe; call it from any thread that is
  * not serving a FUSE request; does nothing when no mount is running. Defined in fs_fuse.c. */
 void kvfs_notify_key_changed(const void *key, size_t klen);
+/* For the control socket's del and batch: when a mount is running, its filesystem writes b (kvfs_write_keys: a file
+ * open through the mount whose key b deletes keeps its content for its open descriptors until their last close, as
+ * after rm) and the kernel is told of every key b changed (kvfs_notify_key_changed). Returns 0, or -errno when the
+ * write failed (nothing changed; over store_kv the engine's detail of it is this thread's kv_errmsg()), or 1 when no mount
+ * is running (kvfs serve): nothing was written, and the caller writes the batch itself. The same threads as for
+ * kvfs_notify_key_changed. Defined in fs_fuse.c. */
+int kvfs_mounted_write_keys(const store_batch *b, bool sync);
 
 #endif /* KVFS_FS_H */

@@ -198,6 +198,24 @@ bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen) {
     return open;
 }
 
+kvfs_file *kvfs_open_deleted(kvfs_fs *fs, const char *path) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    bool any = fs->deleted_open != NULL;
+    pthread_mutex_unlock(&fs->tbl_mu);
+    fs_node n;
+    if (!any || !path || node_lookup(fs, path, &n)) return NULL;
+    kvfs_file *f = NULL;
+    if (n.type == NODE_NONE) { /* a file put there since is what the path names */
+        pthread_mutex_lock(&fs->tbl_mu);
+        for (f = fs->deleted_open; f; f = f->next)
+            if (f->old_klen == n.p.klen && memcmp(f->old_key, n.p.key, n.p.klen) == 0) break;
+        if (f) f->opens++;
+        pthread_mutex_unlock(&fs->tbl_mu);
+    }
+    node_free(&n);
+    return f;
+}
+
 int kvfs_release(kvfs_fs *fs, kvfs_file *f) { return kvfs_release_changed(fs, f, NULL); }
 
 int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale) {

@@ -378,6 +378,7 @@ static int reopen_hidden(const char *path, int flags, kvfs_file **out) {
 }
 
 static _Thread_local bool req_hidden_locked; /* this thread's request holds hidden_mu (file_or_hidden) */
+static _Thread_local kvfs_file *req_deleted;  /* this thread's request holds an open of it (file_or_hidden) */
 
 /* The file a request is about into *fp: its handle's; or, when it names the file by path only, a hidden one (then
  * *pathp becomes NULL: the hidden name is no key), or NULL (the path names it). A hidden file, reached by its path or
@@ -389,6 +390,14 @@ static int file_or_hidden(const char *path, struct fuse_file_info *fi, const cha
     bool given = f && req_given_fh && fi->fh == req_given_fh;
     *pathp = path;
     *fp = f;
+    if (!f && path && (req_op == OPC_GETATTR || req_op == OPC_SETATTR) && !is_hidden_name(path) &&
+        (req_deleted = kvfs_open_deleted(FS(), path))) {
+        /* A file a kvfs tool deleted while it was open (kvfs_mounted_write_keys): the kernel did not see that unlink
+         * and names the file by its old path, which libfuse keeps for it until the last close. */
+        *fp = req_deleted;
+        *pathp = NULL;
+        return 0;
+    }
     if (f ? !given : !(path && is_hidden_name(path))) return 0;
     pthread_mutex_lock(&hidden_mu);
     for (hidden_file *h = hidden_files; h; h = h->next)
@@ -402,8 +411,14 @@ static int file_or_hidden(const char *path, struct fuse_file_info *fi, const cha
     return given ? -ESTALE : 0;
 }
 
-/* The end of a request that file_or_hidden gave a file: rc, and hidden_mu let go. */
+/* The end of a request that file_or_hidden gave a file: rc, and hidden_mu or the deleted file's open let go. */
 static int hidden_done(int rc) {
+    if (req_deleted) {
+        kvfs_stale_top *stale; /* the descriptors may have been closed meanwhile: then this is the last close */
+        kvfs_release_changed(FS(), req_deleted, &stale);
+        stale_file_closed(stale);
+        req_deleted = NULL;
+    }
     if (req_hidden_locked) {
         req_hidden_locked = false;
         pthread_mutex_unlock(&hidden_mu);
@@ -581,9 +596,8 @@ static void inval_top_entry(struct fuse *f, const uint8_t *key, size_t klen, boo
     free(path);
 }
 
-void kvfs_notify_key_changed(const void *key, size_t klen) {
-    const uint8_t *k = key;
-    pthread_mutex_lock(&notify_mu);
+/* kvfs_notify_key_changed with notify_mu held. */
+static void key_changed_locked(const uint8_t *k, size_t klen) {
     if (notify_fuse && notify_fs && (k || klen == 0)) {
         kvfs_fs_invalidate(notify_fs);
         if (klen) {
@@ -602,7 +616,24 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
             if (k[i] == '/') inval_key_path(notify_fuse, k, i, false);
         (void)fuse_invalidate_path(notify_fuse, "/");
     }
+}
+
+void kvfs_notify_key_changed(const void *key, size_t klen) {
+    pthread_mutex_lock(&notify_mu);
+    key_changed_locked(key, klen);
     pthread_mutex_unlock(&notify_mu);
+}
+
+int kvfs_mounted_write_keys(const store_batch *b, bool sync) {
+    int rc = 1;
+    /* notify_mu: the mount cannot end (op_destroy) while its filesystem writes the batch */
+    pthread_mutex_lock(&notify_mu);
+    if (notify_fuse && notify_fs) {
+        rc = kvfs_write_keys(notify_fs, b, sync);
+        for (size_t i = 0; rc == 0 && i < b->n; i++) key_changed_locked(store_op_key(b, &b->ops[i]), b->ops[i].klen);
+    }
+    pthread_mutex_unlock(&notify_mu);
+    return rc;
 }
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {

@@ -5,6 +5,8 @@
  *  - Writes are all or nothing: put from stdin commits only after reading stdin to its end (large values go to a
  *    stream first, whose file is removed if it is never put); del and batch commit one atomic batch, and batch
  *    parses all of its input before writing anything.
+ *  - Inside the mount daemon, the mount's filesystem writes del's and batch's batch (write_through_mount), so that
+ *    the files open through the mount whose keys it deletes keep their content until closed; put writes the store.
  *  - Memory does not grow with the size of a value or the number of keys: values larger than BIG_VALUE are read
  *    and written in CHUNK pieces, scans stream through an iterator at one snapshot, and reads of a large value in
  *    pieces use that same snapshot so that they all see one version.
@@ -160,14 +162,48 @@ int cmd_get(tool_ctx *c, const targs *a) {
 
 /* ---- del, batch ----------------------------------------------------------------------------------------------- */
 
+/* The engine status of a store error (fs/store_kv.c maps them the other way), so that a failure through the mount
+ * says what it says in a direct run: the engine left its detail of it in this thread's kv_errmsg(). Corruption and
+ * other I/O failures are all EIO there, and say "I/O error" here. */
+static int kv_status_of(int err) {
+    switch (err) {
+    case 0: return KV_OK;
+    case -ENOENT: return KV_ENOTFOUND;
+    case -ENOSPC: return KV_ENOSPC;
+    case -EROFS: return KV_EREADONLY;
+    case -ENOMEM: return KV_ENOMEM;
+    case -EINVAL: case -ENAMETOOLONG: return KV_EINVAL;
+    case -EBUSY: return KV_EBUSY;
+    default: return KV_EIO;
+    }
+}
+
+/* Inside the mount daemon: have the mount's filesystem write the batch, so that a file open through the mount whose
+ * key it deletes keeps its content for its open descriptors until their last close, as after rm (a delete straight
+ * into the store left them reading ENOENT, and a write through one brought the key back). KV_OK, an engine status,
+ * or 1 when no mount runs (kvfs serve; or the mount has not started or has ended): then the caller writes its
+ * kv_batch itself, as a direct run does. */
+static int write_through_mount(tool_ctx *c, const store_batch *sb, const targs *a) {
+    if (!c->remote) return 1;
+    int rc = kvfs_mounted_write_keys(sb, (a->seen & OPT_SYNC) != 0);
+    return rc <= 0 ? kv_status_of(rc) : 1;
+}
+
 int cmd_del(tool_ctx *c, const targs *a) {
-    kv_batch *b;
-    int rc = kv_batch_new(&b);
-    for (int i = 0; rc == KV_OK && i < a->nkeys; i++) rc = kv_batch_delete(b, a->keys[i].p, a->keys[i].n);
-    if (rc == KV_OK) rc = kv_write(c->db, b, write_flags(a), NULL);
-    kv_batch_free(b);
-    if (rc == KV_OK)
-        for (int i = 0; i < a->nkeys; i++) changed(c, a->keys[i].p, a->keys[i].n);
+    store_batch sb;
+    store_batch_init(&sb);
+    for (int i = 0; c->remote && i < a->nkeys; i++) store_batch_delete(&sb, STORE_KS_DATA, a->keys[i].p, a->keys[i].n);
+    int rc = write_through_mount(c, &sb, a);
+    store_batch_free(&sb);
+    if (rc == 1) {
+        kv_batch *b;
+        rc = kv_batch_new(&b);
+        for (int i = 0; rc == KV_OK && i < a->nkeys; i++) rc = kv_batch_delete(b, a->keys[i].p, a->keys[i].n);
+        if (rc == KV_OK) rc = kv_write(c->db, b, write_flags(a), NULL);
+        kv_batch_free(b);
+        if (rc == KV_OK)
+            for (int i = 0; i < a->nkeys; i++) changed(c, a->keys[i].p, a->keys[i].n);
+    }
     return rc ? tool_kv_error(c, rc, "del") : TOOL_OK;
 }
 
@@ -221,9 +257,9 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         return tool_kv_error(c, rc, "batch");
     }
     size_t lineno = 0;
-    /* inside the daemon: the keys written, to tell the mount once the batch is committed */
-    struct changed_key { uint8_t *p; size_t n; } *keys = NULL;
-    size_t nkeys = 0, capkeys = 0;
+    /* inside the daemon: the same batch for the mount to write (write_through_mount) */
+    store_batch sb;
+    store_batch_init(&sb);
     for (char *p = in; p < in + inlen && status == TOOL_OK;) {
         char *eol = memchr(p, '\n', (size_t)(in + inlen - p));
         if (!eol) eol = in + inlen;
@@ -262,36 +298,27 @@ int cmd_batch(tool_ctx *c, const targs *a) {
             while (q < end && (*q == ' ' || *q == '\t')) q++;
             if (q < end) status = tool_error(c, "batch: line %zu: del takes only a key", lineno);
             else rc = kv_batch_delete(b, k, kn);
+            if (status == TOOL_OK && c->remote) store_batch_delete(&sb, STORE_KS_DATA, k, kn);
         } else if (status == TOOL_OK) {
             if (q < end) q++; /* the one separator; the value is everything after it */
             status = batch_decode(c, lineno, "value", q, (size_t)(end - q), &v, &vn);
             if (status == TOOL_OK) rc = kv_batch_put(b, k, kn, v, vn);
+            if (status == TOOL_OK && c->remote) store_batch_put(&sb, STORE_KS_DATA, k, kn, v, vn);
         }
         if (status == TOOL_OK && rc) status = tool_kv_error(c, rc, "batch: line %zu", lineno);
-        if (status == TOOL_OK && c->remote && k) {
-            if (nkeys == capkeys) {
-                size_t cap = capkeys ? capkeys * 2 : 16;
-                struct changed_key *nk = realloc(keys, cap * sizeof *nk);
-                if (!nk) status = tool_error(c, "out of memory");
-                else keys = nk, capkeys = cap;
-            }
-            if (status == TOOL_OK) {
-                keys[nkeys++] = (struct changed_key){k, kn};
-                k = NULL; /* kept for the notification */
-            }
-        }
         free(k);
         free(v);
     }
     free(in);
     if (status == TOOL_OK && !tool_cancelled(c) && kv_batch_count(b) > 0) {
-        rc = kv_write(c->db, b, write_flags(a), NULL);
+        rc = write_through_mount(c, &sb, a);
+        if (rc == 1) {
+            rc = kv_write(c->db, b, write_flags(a), NULL);
+            for (size_t i = 0; rc == KV_OK && i < sb.n; i++) changed(c, store_op_key(&sb, &sb.ops[i]), sb.ops[i].klen);
+        }
         if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", kv_batch_count(b));
-        else
-            for (size_t i = 0; i < nkeys; i++) changed(c, keys[i].p, keys[i].n);
     }
-    for (size_t i = 0; i < nkeys; i++) free(keys[i].p);
-    free(keys);
+    store_batch_free(&sb);
     kv_batch_free(b);
     return status;
 }

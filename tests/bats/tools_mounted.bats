@@ -301,3 +301,75 @@ teardown() { tools_teardown; }
     [ "$status" -eq 1 ]
     [[ "$output" == *"$(basename "$sst"): offset "* ]]
 }
+
+@test "mounted: kvfs del of a file open for reading: its descriptors read it until closed, the key is gone at once" {
+    mount_store "$D" "$M"
+    echo "old content" > "$M/top"
+    kv put "$D" dir/f "nested content"
+    kv put "$D" dir/g other
+    exec 7< "$M/top" 8< "$M/dir/f"
+    kv del "$D" top dir/f
+    run --separate-stderr kv get "$D" top
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: key 'top' not found" ]
+    run kv get "$D" dir/f
+    [ "$status" -eq 1 ]
+    [ "$(ls "$M" | tr '\n' ' ')" = "dir " ]
+    [ "$(ls "$M/dir" | tr '\n' ' ')" = "g " ]
+    # cat also asks for the descriptor's attributes (fstat): the deleted file's, as after rm through the mount
+    [ "$(cat <&7)" = "old content" ]
+    [ "$(cat <&8)" = "nested content" ]
+    [ "$(stat -L -c %s /dev/fd/8)" = 14 ]
+    exec 7<&- 8<&-
+    sleep 0.3
+    [ ! -e "$M/top" ]
+    [ ! -e "$M/dir/f" ]
+    # the names are free again through the mount
+    echo new > "$M/dir/f"
+    [ "$(kv get "$D" dir/f)" = new ]
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "dir/f dir/g " ]
+}
+
+@test "mounted: kvfs del of a file open for writing: a write through it does not bring the key back" {
+    # with the kernel's writeback cache, and without it (then the daemon buffers the first write: still in its buffer
+    # at the delete)
+    for opts in "" "-o no_writeback_cache"; do
+        rm -rf "$D"
+        mkdir -p "$M"
+        timeout -k 5 30 "$KVFS" mount $opts "$D" "$M" 3>&-
+        MOUNTS+=("$M|$D")
+        for i in $(seq 1 100); do [ -S "$D/kvfs.sock" ] && break; sleep 0.05; done
+        echo "old content" > "$M/w"
+        exec 7<> "$M/w" 8< "$M/w"
+        printf 'new ' >&7
+        kv del --sync "$D" w
+        printf X >&7
+        [ "$(cat <&8)" = "new Xontent" ]
+        run kv get "$D" w
+        [ "$status" -eq 1 ]
+        exec 7<&- 8<&-
+        sleep 0.3
+        run kv get "$D" w
+        [ "$status" -eq 1 ]
+        [ -z "$(kv scan "$D" --keys-only)" ]
+        [ ! -e "$M/w" ]
+        unmount_store "$M" "$D"
+    done
+}
+
+@test "mounted: kvfs batch deleting an open file and putting its key again: the descriptor keeps the old content" {
+    mount_store "$D" "$M"
+    echo "old content" > "$M/b"
+    kv put "$D" other 1
+    exec 7< "$M/b"
+    printf 'del b\ndel b\nput b brand new\ndel other\n' | kv batch "$D"
+    [ "$(kv get "$D" b)" = "brand new" ]
+    run kv get "$D" other
+    [ "$status" -eq 1 ]
+    [ "$(cat <&7)" = "old content" ]
+    # the kernel still has the old file under that name while it is open; the new one shows once it is closed
+    exec 7<&-
+    sleep 0.3
+    [ "$(cat "$M/b")" = "brand new" ]
+    [ "$(stat -c %s "$M/b")" = 9 ]
+}
