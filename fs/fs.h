@@ -137,9 +137,14 @@ void kvfs_fs_invalidate(kvfs_fs *fs);
  * open through the filesystem whose key b deletes goes as by kvfs_unlink, in the same batch: its content moves to
  * the orphan keyspace, where its open handles keep reading and writing it until the last release, while the key is
  * gone for everyone else (a put of the key later in b makes a new file). A put of an open file's key rewrites that
- * file's content, as the store API does. On failure nothing has changed, neither the store nor the open files. The
- * filesystem's caches are dropped; the kernel's are the caller's to drop (kvfs_notify_key_changed). */
+ * file's content, as the store API does. A deleted key's keyspace-1 records (its attributes and extended attributes)
+ * go with it, as in an unlink: a later put of the key makes a file with the defaults, not the deleted file's mode,
+ * owner and xattrs. On failure nothing has changed, neither the store nor the open files. The filesystem's caches
+ * are dropped; the kernel's are the caller's to drop (kvfs_notify_key_changed). */
 int kvfs_write_keys(kvfs_fs *fs, const store_batch *b, bool sync);
+/* kvfs_write_keys for a store no filesystem has mounted (a kvfs tool that opened the store itself): the same batch,
+ * the records included, through a filesystem made for the call. */
+int kvfs_write_keys_unmounted(store *st, const store_batch *b, bool sync);
 
 /* For the control socket (mount/ctl.c): the key `key` of keyspace 0 was put or deleted by another writer than the
  * mounted filesystem, and that write is committed. Drops the filesystem's cached facts and tells the kernel to

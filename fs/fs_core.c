@@ -981,6 +981,12 @@ int kvfs_write_keys(kvfs_fs *fs, const store_batch *in, bool sync) {
             store_batch_put_nocopy(&b, STORE_KS_DATA, key, op->klen, store_op_data(in, op), op->dlen);
             continue;
         }
+        /* Its records go with it (attributes, xattrs: gather_file lists the key's own delete first, then them). */
+        itemlist recs = {0};
+        rc = gather_file(fs, key, op->klen, true, &recs);
+        for (size_t j = 1; !rc && j < recs.n; j++) store_batch_delete(&b, recs.v[j].ks, recs.v[j].key, recs.v[j].klen);
+        items_free(&recs);
+        if (rc) break;
         kvfs_file *f = file_find(fs, key, op->klen);
         for (size_t j = 0; f && j < nmv; j++)
             if (mv[j].f == f) f = NULL; /* deleted twice: the key names what b put there since, or nothing */
@@ -1022,6 +1028,15 @@ int kvfs_write_keys(kvfs_fs *fs, const store_batch *in, bool sync) {
     free(mv);
     kb_free(&ok);
     store_batch_free(&b);
+    return rc;
+}
+
+int kvfs_write_keys_unmounted(store *st, const store_batch *b, bool sync) {
+    kvfs_fs *fs;
+    int rc = kvfs_fs_new(st, NULL, &fs);
+    if (rc) return rc;
+    rc = kvfs_write_keys(fs, b, sync);
+    kvfs_fs_free(fs);
     return rc;
 }
 

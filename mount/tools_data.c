@@ -178,32 +178,30 @@ static int kv_status_of(int err) {
     }
 }
 
-/* Inside the mount daemon: have the mount's filesystem write the batch, so that a file open through the mount whose
- * key it deletes keeps its content for its open descriptors until their last close, as after rm (a delete straight
- * into the store left them reading ENOENT, and a write through one brought the key back). KV_OK, an engine status,
- * or 1 when no mount runs (kvfs serve; or the mount has not started or has ended): then the caller writes its
- * kv_batch itself, as a direct run does. */
-static int write_through_mount(tool_ctx *c, const store_batch *sb, const targs *a) {
-    if (!c->remote) return 1;
-    int rc = kvfs_mounted_write_keys(sb, (a->seen & OPT_SYNC) != 0);
-    return rc <= 0 ? kv_status_of(rc) : 1;
+/* Write a tool's puts and deletes of keyspace-0 keys as the filesystem does (kvfs_write_keys), so that a deleted key's
+ * attributes and extended attributes go with it, as after rm (a later put of the key shows the defaults, not the
+ * deleted file's mode, owner and xattrs). Inside the mount daemon the mount's filesystem writes it: a file open
+ * through the mount whose key it deletes keeps its content for its open descriptors until their last close, as
+ * after rm (a delete straight into the store left them reading ENOENT, and a write through one brought the key
+ * back). Otherwise (not mounted, or kvfs serve) a filesystem made for the call writes it. KV_OK or an engine
+ * status. */
+static int write_keys(tool_ctx *c, const store_batch *sb, const targs *a) {
+    bool sync = (a->seen & OPT_SYNC) != 0;
+    int rc = c->remote ? kvfs_mounted_write_keys(sb, sync) : 1;
+    if (rc == 1) {
+        store *st = store_kv_new(c->db, c->datadir);
+        rc = st ? kvfs_write_keys_unmounted(st, sb, sync) : -ENOMEM;
+        store_destroy(st);
+    }
+    return kv_status_of(rc);
 }
 
 int cmd_del(tool_ctx *c, const targs *a) {
     store_batch sb;
     store_batch_init(&sb);
-    for (int i = 0; c->remote && i < a->nkeys; i++) store_batch_delete(&sb, STORE_KS_DATA, a->keys[i].p, a->keys[i].n);
-    int rc = write_through_mount(c, &sb, a);
+    for (int i = 0; i < a->nkeys; i++) store_batch_delete(&sb, STORE_KS_DATA, a->keys[i].p, a->keys[i].n);
+    int rc = write_keys(c, &sb, a);
     store_batch_free(&sb);
-    if (rc == 1) {
-        kv_batch *b;
-        rc = kv_batch_new(&b);
-        for (int i = 0; rc == KV_OK && i < a->nkeys; i++) rc = kv_batch_delete(b, a->keys[i].p, a->keys[i].n);
-        if (rc == KV_OK) rc = kv_write(c->db, b, write_flags(a), NULL);
-        kv_batch_free(b);
-        if (rc == KV_OK)
-            for (int i = 0; i < a->nkeys; i++) changed(c, a->keys[i].p, a->keys[i].n);
-    }
     return rc ? tool_kv_error(c, rc, "del") : TOOL_OK;
 }
 
@@ -250,14 +248,8 @@ int cmd_batch(tool_ctx *c, const targs *a) {
     size_t inlen = 0;
     int status = slurp_stdin(c, &in, &inlen);
     if (status) return status;
-    kv_batch *b;
-    int rc = kv_batch_new(&b);
-    if (rc) {
-        free(in);
-        return tool_kv_error(c, rc, "batch");
-    }
+    int rc = KV_OK;
     size_t lineno = 0;
-    /* inside the daemon: the same batch for the mount to write (write_through_mount) */
     store_batch sb;
     store_batch_init(&sb);
     for (char *p = in; p < in + inlen && status == TOOL_OK;) {
@@ -297,29 +289,22 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         if (status == TOOL_OK && is_del) {
             while (q < end && (*q == ' ' || *q == '\t')) q++;
             if (q < end) status = tool_error(c, "batch: line %zu: del takes only a key", lineno);
-            else rc = kv_batch_delete(b, k, kn);
-            if (status == TOOL_OK && c->remote) store_batch_delete(&sb, STORE_KS_DATA, k, kn);
+            else store_batch_delete(&sb, STORE_KS_DATA, k, kn);
         } else if (status == TOOL_OK) {
             if (q < end) q++; /* the one separator; the value is everything after it */
             status = batch_decode(c, lineno, "value", q, (size_t)(end - q), &v, &vn);
-            if (status == TOOL_OK) rc = kv_batch_put(b, k, kn, v, vn);
-            if (status == TOOL_OK && c->remote) store_batch_put(&sb, STORE_KS_DATA, k, kn, v, vn);
+            if (status == TOOL_OK) store_batch_put(&sb, STORE_KS_DATA, k, kn, v, vn);
         }
-        if (status == TOOL_OK && rc) status = tool_kv_error(c, rc, "batch: line %zu", lineno);
+        if (status == TOOL_OK && sb.error) status = tool_error(c, "batch: out of memory at line %zu", lineno);
         free(k);
         free(v);
     }
     free(in);
-    if (status == TOOL_OK && !tool_cancelled(c) && kv_batch_count(b) > 0) {
-        rc = write_through_mount(c, &sb, a);
-        if (rc == 1) {
-            rc = kv_write(c->db, b, write_flags(a), NULL);
-            for (size_t i = 0; rc == KV_OK && i < sb.n; i++) changed(c, store_op_key(&sb, &sb.ops[i]), sb.ops[i].klen);
-        }
-        if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", kv_batch_count(b));
+    if (status == TOOL_OK && !tool_cancelled(c) && sb.n > 0) {
+        rc = write_keys(c, &sb, a);
+        if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", sb.n);
     }
     store_batch_free(&sb);
-    kv_batch_free(b);
     return status;
 }
 

@@ -373,3 +373,36 @@ teardown() { tools_teardown; }
     [ "$(cat "$M/b")" = "brand new" ]
     [ "$(stat -c %s "$M/b")" = 9 ]
 }
+
+@test "kvfs del takes a file's attributes and xattrs with it, mounted or not: a later put shows the defaults" {
+    mount_store "$D" "$M"
+    for f in mounted unmounted; do
+        echo data > "$M/$f"
+        chmod 600 "$M/$f"
+        touch -d 2001-02-03T04:05:06Z "$M/$f"
+        setfattr -n user.tag -v secret "$M/$f"
+    done
+    # through the daemon
+    kv del "$D" mounted
+    kv put "$D" mounted again
+    [ "$(stat -c %a "$M/mounted")" = 644 ]
+    [ "$(stat -c %Y "$M/mounted")" -gt 981173106 ]
+    run getfattr --only-values -n user.tag "$M/mounted"
+    [ "$status" -ne 0 ]
+    # a tool that opens the store itself
+    unmount_store "$M" "$D"
+    printf 'del unmounted\nput unmounted again\n' | kv batch "$D"
+    mount_store "$D" "$M"
+    [ "$(cat "$M/unmounted")" = again ]
+    [ "$(stat -c %a "$M/unmounted")" = 644 ]
+    run getfattr --only-values -n user.tag "$M/unmounted"
+    [ "$status" -ne 0 ]
+    # nothing of the deleted files is left in keyspace 1 once compacted (the files put again have no records)
+    unmount_store "$M" "$D"
+    kv compact "$D"
+    for f in "$D"/*.sst; do kv dump "$f"; done > "$T/dump"
+    grep -q '^put ks0 unmounted ' "$T/dump" # what the dump looks like
+    run grep -E '^put ks1 [FX](un)?mounted' "$T/dump"
+    [ "$status" -eq 1 ]
+}
+

@@ -672,6 +672,37 @@ TEST(fs_another_writers_batch_deletes_and_puts_open_files_keys) {
     env_close(&e);
 }
 
+/* A deleted key's attributes and extended attributes go with it, open or not, as in an unlink: put again, it shows
+ * the defaults. Also through kvfs_write_keys_unmounted (a tool on a store no mount has). */
+TEST(fs_another_writers_delete_takes_the_keys_records) {
+    env e;
+    CHECK(env_open(&e, 0));
+    for (int unmounted = 0; unmounted < 2; unmounted++) {
+        const char *path = unmounted ? "/u" : "/m", *key = path + 1;
+        CHECK_OK(write_file(&e, path, "old"));
+        CHECK_OK(kvfs_chmod(e.fs, path, NULL, 0600));
+        CHECK_OK(kvfs_setxattr(e.fs, path, "user.tag", "x", 1, 0));
+        kvfs_file *f = NULL;
+        if (!unmounted) CHECK_OK(kvfs_open(e.fs, path, O_RDONLY, &f));
+        store_batch b;
+        store_batch_init(&b);
+        store_batch_delete(&b, STORE_KS_DATA, key, 1);
+        store_batch_put(&b, STORE_KS_DATA, key, 1, "new", 3);
+        int rc = unmounted ? kvfs_write_keys_unmounted(e.st, &b, false) : kvfs_write_keys(e.fs, &b, false);
+        store_batch_free(&b);
+        CHECK_OK(rc);
+        if (f) CHECK_OK(kvfs_release(e.fs, f));
+        kvfs_fs_invalidate(e.fs);
+        struct stat st;
+        CHECK_OK(kvfs_getattr(e.fs, path, NULL, &st));
+        CHECK_EQ(st.st_mode & 07777, 0644);
+        char v[8];
+        CHECK_EQ(kvfs_getxattr(e.fs, path, "user.tag", v, sizeof v), -ENODATA);
+        CHECK_EQ(store_has_prefix(e.st, STORE_KS_META, "X", 1), 0); /* no extended attribute is left of it */
+    }
+    env_close(&e);
+}
+
 /* A batch that fails changes nothing: the open file still is the key's, and its writes land there. */
 TEST(fs_another_writers_failed_batch_changes_nothing) {
     env e;
