@@ -311,6 +311,14 @@ int cmd_changes(tool_ctx *c, const targs *a) {
     int status = TOOL_OK;
     for (;;) {
         uint64_t cur = kv_current_sequence(c->db);
+        if (cur < next - 1) {
+            /* The store reopened between polls (not mounted) is behind the feed: it was replaced by an older copy
+             * meanwhile. As with --since past the last batch: the batches that will take the numbers up to where the
+             * feed is are not the ones it went past, and waiting for them would skip them silently. */
+            status = tool_error(c, "%s went back from batch %" PRIu64 " to %" PRIu64 " while it was followed "
+                                   "(restored from an older copy?)", c->datadir, next - 1, cur);
+            break;
+        }
         for (; next <= cur && status == TOOL_OK; next++) {
             kv_logged_batch *b = NULL;
             int rc = kv_get_batch(c->db, next, &b);

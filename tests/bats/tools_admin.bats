@@ -241,6 +241,33 @@ put sp%20ace 1 x"
     kv check "$D"
 }
 
+@test "changes --follow fails when the store goes back to an older copy while it follows, rather than skip" {
+    # DATADIR is a link, so that the store can be swapped for an older copy of itself in one step (a restore)
+    kv put "$T/now" a 1
+    kv checkpoint "$T/now" "$T/older"
+    kv put "$T/now" b 2
+    kv put "$T/now" c 3
+    ln -s "$T/now" "$T/link"
+    timeout 30 "$KVFS" changes "$T/link" --since 3 --follow > "$T/follow" 2>"$T/follow.err" 3>&- &
+    pid=$!
+    sleep 0.5
+    ln -s "$T/older" "$T/link.new"
+    mv -T "$T/link.new" "$T/link"
+    # the restored store's batches 2 and 3 are not the ones the feed went past: it must fail, not wait for batch 4
+    # and go on from there (its next poll sees the store at batch 2, behind the feed)
+    kv put "$T/link" x 2
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -INT "$pid" 2>/dev/null || true
+    wait "$pid" && st=0 || st=$?
+    [ "$st" -eq 1 ]
+    [ ! -s "$T/follow" ]
+    # at batch 1 or 2, as the put and the poll fall
+    [[ "$(cat "$T/follow.err")" =~ ^"kvfs: $T/link went back from batch 3 to "[12]" while it was followed (restored from an older copy?)"$ ]]
+}
+
 @test "changes --follow --json prints one JSON object a line" {
     kv put "$D" a 1
     timeout 30 "$KVFS" changes "$D" --follow --json > "$T/follow" 3>&- &
