@@ -911,9 +911,11 @@ static void *compact_main(void *arg) {
      * keep failing, each flush's success wakes this thread for another attempt at once) */
     uint64_t deletes_flushed_us = 0;
     while (!db->stopping) {
-        if (failures && !db->compact_error && !db->manual_running) {
-            /* a manual compaction succeeded meanwhile (kv_compact_range clears compact_error): that ends the run, and
-             * its pauses */
+        if (failures && !db->compact_error && !db->manual_running && db->vs->current->score < 1) {
+            /* a manual compaction succeeded meanwhile (kv_compact_range clears compact_error) and left nothing to
+             * compact: that ends the run. While something is still due, the attempt below says whether compactions
+             * work again: a manual one of another key range (or of one that holds nothing) says nothing of the one
+             * that fails here, and a failure then goes on with the same run, unlogged, and its pauses. */
             log_recovery(db, "compaction", (uint64_t)failures);
             failures = 0;
         }
