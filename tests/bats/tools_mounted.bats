@@ -278,7 +278,10 @@ teardown() { tools_teardown; }
     mkdir -p "$M"
     (timeout -k 5 120 "$KVFS" mount -f -o memtable_size=16K "$D" "$M" 2>"$T/daemon.err" 3>&- &)
     MOUNTS+=("$M|$D")
-    for i in $(seq 1 100); do [ -S "$D/kvfs.sock" ] && break; sleep 0.05; done
+    # the daemon serves its socket before it mounts: wait for the mount too, or the files below would be written
+    # into the directory under it
+    for i in $(seq 1 200); do [ -S "$D/kvfs.sock" ] && mountpoint -q "$M" && break; sleep 0.05; done
+    mountpoint -q "$M"
     run kv stats "$D"
     [[ "$output" != *"failing"* ]]
     # new files with keys in the damaged table's range, past its first block (their lookups do not read it): flushes
