@@ -27,29 +27,32 @@
 #include "error.h"
 #include "merge.h"
 
-/* Tell kv_options.log (if set) about background work: msg formatted, one line. */
-static void db_log(kv_db *db, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void db_log(kv_db *db, int level, const char *fmt, ...) {
+/* Tell kv_options.log (if set) about background work: msg formatted, one line. mu_held: the caller holds mu, which
+ * is let go for the call: the callback may block (syslog on a busy log socket), and writers must not wait for it. */
+static void db_log(kv_db *db, bool mu_held, int level, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void db_log(kv_db *db, bool mu_held, int level, const char *fmt, ...) {
     if (!db->opt.log) return;
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (mu_held) pthread_mutex_unlock(&db->mu);
     db->opt.log(db->opt.log_ctx, level, msg);
+    if (mu_held) pthread_mutex_lock(&db->mu);
 }
 
 /* Background work fails in runs (a full disk, a damaged file) and is retried: the log hears of the first failure of a
  * run, with its error, and of the first success after it, not of every retry. */
-static void log_failure(kv_db *db, const char *what, uint64_t run, int rc) {
+static void log_failure(kv_db *db, bool mu_held, const char *what, uint64_t run, int rc) {
     if (run == 1)
-        db_log(db, KV_LOG_ERROR, "background %s failed (retried until it works): %s: %s", what, kv_strerror(rc),
+        db_log(db, mu_held, KV_LOG_ERROR, "background %s failed (retried until it works): %s: %s", what, kv_strerror(rc),
                *kv_errmsg() ? kv_errmsg() : "no detail");
 }
 
-static void log_recovery(kv_db *db, const char *what, uint64_t run) {
+static void log_recovery(kv_db *db, bool mu_held, const char *what, uint64_t run) {
     if (run)
-        db_log(db, KV_LOG_NOTICE, "background %s works again, after %" PRIu64 " failure%s", what, run,
+        db_log(db, mu_held, KV_LOG_NOTICE, "background %s works again, after %" PRIu64 " failure%s", what, run,
                run == 1 ? "" : "s");
 }
 
@@ -760,9 +763,10 @@ static void *flush_main(void *arg) {
     uint64_t failures = 0; /* in a row */
     while (!db->stopping) {
         if (db->nimm > 0) {
+            kv_clear_error(); /* a failure that sets no message of its own must not log an older one */
             int rc = db_flush_one(db);
-            if (rc && rc != KV_ECLOSED) log_failure(db, "flush", ++failures, rc);
-            else if (!rc) log_recovery(db, "flush", failures), failures = 0;
+            if (rc && rc != KV_ECLOSED) log_failure(db, true, "flush", ++failures, rc);
+            else if (!rc) log_recovery(db, true, "flush", failures), failures = 0;
             if (rc) {
                 /* keep the error for writers waiting on us, and retry: the cause (a full disk) may go away */
                 db->bg_error = rc;
@@ -800,12 +804,13 @@ static int bg_blob_gc(kv_db *db, uint64_t *freed) {
     db->bg_gc_running = true;
     pthread_cond_broadcast(&db->bg_cv);
     pthread_mutex_unlock(&db->mu);
+    kv_clear_error(); /* as in flush_main */
     int rc = db_blob_gc(db, db->opt.blob_gc_ratio, freed);
     if (rc != KV_OK && rc != KV_ECLOSED) {
         atomic_fetch_add(&db->st_gc_failures, 1); /* shown by kvfs stats */
-        log_failure(db, "blob garbage collection", ++db->bg_gc_fail_run, rc);
+        log_failure(db, false, "blob garbage collection", ++db->bg_gc_fail_run, rc);
     } else if (rc == KV_OK) {
-        log_recovery(db, "blob garbage collection", db->bg_gc_fail_run);
+        log_recovery(db, false, "blob garbage collection", db->bg_gc_fail_run);
         db->bg_gc_fail_run = 0;
     }
     pthread_mutex_lock(&db->mu);
@@ -916,16 +921,17 @@ static void *compact_main(void *arg) {
              * compact: that ends the run. While something is still due, the attempt below says whether compactions
              * work again: a manual one of another key range (or of one that holds nothing) says nothing of the one
              * that fails here, and a failure then goes on with the same run, unlogged, and its pauses. */
-            log_recovery(db, "compaction", (uint64_t)failures);
+            log_recovery(db, true, "compaction", (uint64_t)failures);
             failures = 0;
         }
         if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
+            kv_clear_error(); /* as in flush_main */
             int rc = db_compact_once(db, &did);
             db->compact_attempts++;
             db->compact_error = rc == KV_ECLOSED ? 0 : rc;
-            if (rc && rc != KV_ECLOSED) log_failure(db, "compaction", (uint64_t)failures + 1, rc);
-            else if (!rc) log_recovery(db, "compaction", (uint64_t)failures);
+            if (rc && rc != KV_ECLOSED) log_failure(db, true, "compaction", (uint64_t)failures + 1, rc);
+            else if (!rc) log_recovery(db, true, "compaction", (uint64_t)failures);
             if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
             pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {

@@ -57,8 +57,9 @@ struct kv_env; /* the file-system environment (engine/env.h); NULL means the rea
 
 /* What the engine says on its own, about work no caller waits for (kv_options.log). */
 enum { KV_LOG_ERROR = 0, KV_LOG_NOTICE = 1 };
-/* Called from the engine's background threads, possibly with its locks held: it must return quickly and must not
- * call into the engine. msg is one line without a newline, valid for the call only. */
+/* Called from the engine's background threads, without the engine's locks: it may block (syslog on a busy socket)
+ * without holding up readers or writers, but it must not call into the engine (kv_close waits for these threads).
+ * msg is one line without a newline, valid for the call only. */
 typedef void (*kv_log_fn)(void *ctx, int level, const char *msg);
 
 typedef struct kv_options {

@@ -358,6 +358,12 @@ static void sleep_ms(int ms) {
  * message already printed). */
 static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, int argc, char **argv, kv_db **db,
                             int *status) {
+    /* before anything is done (a put would create DATADIR first) */
+    int max_wait = kvfs_lock_wait_ms();
+    if (max_wait < 0) {
+        *status = tool_error(c, "KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400", getenv("KVFS_LOCK_WAIT"));
+        return -1;
+    }
     struct stat st;
     if (stat(dir, &st) != 0) {
         if (errno != ENOENT || mode != STORE_CREATE) {
@@ -377,11 +383,6 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
     o.read_only = mode == STORE_READ;
     if (mode == STORE_CREATE && stat(dir, &st) != 0 && mkdir(dir, 0700) != 0 && errno != EEXIST) {
         *status = tool_error(c, "%s: cannot create: %s", dir, strerror(errno));
-        return -1;
-    }
-    int max_wait = kvfs_lock_wait_ms();
-    if (max_wait < 0) {
-        *status = tool_error(c, "KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400", getenv("KVFS_LOCK_WAIT"));
         return -1;
     }
     for (int waited = 0;; waited += 50) {

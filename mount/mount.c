@@ -25,6 +25,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,7 +110,8 @@ static const struct fuse_opt mount_spec[] = {
     FUSE_OPT_END,
 };
 
-static bool use_syslog;
+/* Set once when the daemon detaches; read by every thread that says something (the engine's included). */
+static atomic_bool use_syslog;
 
 static void say(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -565,8 +567,8 @@ static int run_loop(struct fuse_session *se, bool all_slow, unsigned spin_us) {
     pthread_mutex_lock(&l.mu);
     for (int i = 0; i < 2; i++)
         if (pthread_create(&l.threads[l.nthreads], NULL, loop_thread, &l) == 0) l.nthreads++;
+    if (l.nthreads == 0) rc = -1; /* under mu: the threads started add more (loop_handoff) */
     pthread_mutex_unlock(&l.mu);
-    if (l.nthreads == 0) rc = -1;
     while (rc == 0) {
         if (sem_wait(&l.done) == 0) break;
         if (errno == EINTR && fuse_session_exited(se)) break;

@@ -336,6 +336,10 @@ teardown() { tools_teardown; }
         [ "$output" = "" ]
         [ "$stderr" = "kvfs: KVFS_LOCK_WAIT=$bad: not a number of seconds from 0 to 86400" ]
     done
+    # nothing is done: not even the directory of a new store is made
+    run --separate-stderr env KVFS_LOCK_WAIT=abc "$KVFS" put "$T/new" k v
+    [ "$status" -eq 1 ]
+    [ ! -e "$T/new" ]
     # kvfs mount refuses it before mounting anything
     mkdir "$T/mnt"
     run --separate-stderr env KVFS_LOCK_WAIT=abc "$KVFS" mount "$D" "$T/mnt"

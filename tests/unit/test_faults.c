@@ -1503,6 +1503,93 @@ static void write_until_compactions_fail(fx *f, kv_stats *st) {
     }
 }
 
+/* A log callback that blocks (syslog on a busy log socket) does not hold up the store: the engine calls it without
+ * its mutex. Here the first call blocks until the test lets it go (at most 5 s), and meanwhile another thread's
+ * kv_get_stats and kv_delete (which take the mutex) must finish. */
+typedef struct blocking_log {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool entered, release, left;
+} blocking_log;
+
+static void log_and_block(void *ctx, int level, const char *msg) {
+    (void)level, (void)msg;
+    blocking_log *bl = ctx;
+    pthread_mutex_lock(&bl->mu);
+    if (!bl->entered) {
+        bl->entered = true;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 5; /* not for ever: with the engine's mutex held here, the test would hang, not fail */
+        while (!bl->release && pthread_cond_timedwait(&bl->cv, &bl->mu, &ts) == 0) {
+        }
+        bl->left = true;
+    }
+    pthread_mutex_unlock(&bl->mu);
+}
+
+typedef struct stats_and_put {
+    kv_db *db;
+    blocking_log *bl;
+    int rc;
+    bool while_blocked; /* both calls returned while the callback was still blocked */
+    atomic_bool done;
+} stats_and_put;
+
+static void *stats_then_put(void *arg) {
+    stats_and_put *sp = arg;
+    kv_stats st;
+    sp->rc = kv_get_stats(sp->db, &st);
+    if (!sp->rc) sp->rc = kv_delete(sp->db, "k000001", 7, 0); /* a removal: passes the stop trigger meanwhile */
+    pthread_mutex_lock(&sp->bl->mu);
+    sp->while_blocked = !sp->bl->left;
+    pthread_mutex_unlock(&sp->bl->mu);
+    atomic_store(&sp->done, true);
+    return NULL;
+}
+
+TEST(test_faults_a_blocking_log_callback_holds_up_nothing) {
+    fx f;
+    blocking_log bl = {.entered = false, .release = false, .left = false};
+    pthread_mutex_init(&bl.mu, NULL);
+    pthread_cond_init(&bl.cv, NULL);
+    memset(&f, 0, sizeof f);
+    snprintf(f.dir, sizeof f.dir, "%s", t_tmpdir());
+    f.env = kv_fault_env_new(kv_env_posix());
+    CHECK(f.env != NULL);
+    fx_options(&f.o, true);
+    f.o.env = f.env;
+    f.o.log = log_and_block;
+    f.o.log_ctx = &bl;
+    CHECK_OK(kv_open(f.dir, &f.o, &f.db));
+    kv_fault_env_arm(f.env, KV_FAULT_READ_EIO, 0, ".sst"); /* compactions fail; flushes do not read */
+    char k[32], v[200];
+    memset(v, 'v', sizeof v);
+    bool entered = false;
+    for (int n = 0; n < 20000 && !entered; n++) {
+        snprintf(k, sizeof k, "k%06d", n * 7919 % 5000);
+        if (kv_put(f.db, k, strlen(k), v, sizeof v, 0) != KV_OK) usleep(10000); /* at the stop trigger */
+        pthread_mutex_lock(&bl.mu);
+        entered = bl.entered;
+        pthread_mutex_unlock(&bl.mu);
+    }
+    CHECK(entered);
+    stats_and_put sp = {f.db, &bl, -1, false, false};
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, stats_then_put, &sp), 0);
+    for (int i = 0; i < 500 && !atomic_load(&sp.done); i++) usleep(10000);
+    bool done = atomic_load(&sp.done);
+    pthread_mutex_lock(&bl.mu);
+    bl.release = true; /* let it go in any case, so that the thread and the store can end */
+    pthread_cond_broadcast(&bl.cv);
+    pthread_mutex_unlock(&bl.mu);
+    pthread_join(th, NULL);
+    CHECK_MSG(done && sp.while_blocked, "kv_get_stats and a delete waited for the log callback");
+    CHECK_OK(sp.rc);
+    kv_fault_env_clear(f.env);
+    fx_free(&f);
+}
+
 /* Background compactions that fail show in kv_get_stats while they do; a manual compaction that succeeds ends that
  * at once. It used to stay the last word until the next background compaction succeeded, which is not due once the
  * manual one has compacted everything: writers at the level-0 stop trigger later took it for a compaction that keeps
