@@ -297,6 +297,7 @@ struct kv_db {
     pthread_mutex_t reserve_mu;
     _Atomic bool reserve_held;
     _Atomic uint64_t reserve_bytes, st_reserve_releases;
+    uint64_t reserve_failed_us;  /* reserve_mu: when making it last failed (db_now_us; 0: never) */
     /* blob GC: the bytes the newest values held in blob files at the last pass that measured them, and st_blob_bytes
      * when the last pass took its view; the background's next pass is due once as many were appended (db_bg.c) */
     _Atomic uint64_t gc_live_bytes, gc_mark;

@@ -24,6 +24,7 @@
 
 #define RESERVE_NAME "RESERVE"
 #define RESERVE_CHUNK (64u << 10)
+#define RESERVE_RETRY_US (60ull * 1000000) /* a failed making of the reserve is tried again after this */
 
 /* The last bytes of the disk: a memtable's worth and 1 MiB, at most an eighth of the disk. Writes that add data stop
  * there; deletes go on (and a flush of their memtable, and the compaction that then drops what they deleted, whose
@@ -97,6 +98,8 @@ static void reserve_make_locked(kv_db *db, uint64_t bytes) {
     if (rc == KV_OK) {
         atomic_store(&db->reserve_bytes, bytes);
         atomic_store(&db->reserve_held, true);
+    } else {
+        db->reserve_failed_us = db_now_us(); /* a disk whose syncs fail: not 9 MiB written and removed every second */
     }
 }
 
@@ -108,7 +111,9 @@ static uint64_t reserve_make_if_room(kv_db *db, uint64_t avail, uint64_t total, 
     if (floor == 0 || avail / 3 < floor) return 0;
     if (wait) pthread_mutex_lock(&db->reserve_mu);
     else if (pthread_mutex_trylock(&db->reserve_mu) != 0) return 0; /* another thread is making or removing it */
-    if (!atomic_load(&db->reserve_held)) reserve_make_locked(db, floor);
+    /* after a failure, a writer tries again a minute later (an open always tries) */
+    bool pause = !wait && db->reserve_failed_us && db_now_us() - db->reserve_failed_us < RESERVE_RETRY_US;
+    if (!atomic_load(&db->reserve_held) && !pause) reserve_make_locked(db, floor);
     uint64_t made = atomic_load(&db->reserve_bytes);
     pthread_mutex_unlock(&db->reserve_mu);
     return made;

@@ -2274,6 +2274,34 @@ TEST(test_faults_the_reserve_survives_a_power_loss) {
     env->destroy(env);
 }
 
+/* A reserve that cannot be made (its fsync fails: a dying disk) is tried again a minute later, not at every look at
+ * the disk (once a second): each try writes a floor's worth and removes it. */
+TEST(test_faults_a_reserve_that_fails_is_not_made_again_every_second) {
+    char dir[512];
+    kv_options o;
+    kv_env *env = reserve_setup(dir, sizeof dir, &o, true, true);
+    CHECK(env != NULL);
+    kv_fault_env_set_disk_space(env, 100ull << 20, 1ull << 30);
+    kv_fault_env_arm(env, KV_FAULT_SYNC_EIO, 0, "RESERVE");
+    kv_db *db = NULL;
+    CHECK_OK(kv_open(dir, &o, &db)); /* the open tries once */
+    CHECK_EQ(kv_fault_env_failures(env), 1);
+    for (int i = 0; i < 3; i++) {
+        usleep(1100 * 1000); /* writers look at the disk once a second */
+        CHECK_OK(kv_put(db, "a", 1, "x", 1, 0));
+    }
+    CHECK_EQ(kv_fault_env_failures(env), 1);
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_EQ(st.reserve_bytes, 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/RESERVE", dir);
+    struct stat sb;
+    CHECK(stat(path, &sb) != 0); /* what a failed try wrote is removed */
+    kv_free(db);
+    env->destroy(env);
+}
+
 /* A store whose log holds a memtable's worth of batches (a daemon killed, say) on a disk another process filled but
  * for a little less than the floor: the open replays the log into a table, which needs more than is left. That
  * write gives back the reserve and tries again, as a flush does; the open failed for space while the store held its
