@@ -981,9 +981,16 @@ int kvfs_write_keys(kvfs_fs *fs, const store_batch *in, bool sync) {
             store_batch_put_nocopy(&b, STORE_KS_DATA, key, op->klen, store_op_data(in, op), op->dlen);
             continue;
         }
-        /* Its records go with it (attributes, xattrs: gather_file lists the key's own delete first, then them). */
+        /* Its records go with it (attributes, xattrs: gather_file lists the key's own delete first, then them). A key
+         * written through the API has no attribute record: no tombstone for one (a batch of a million deletes would
+         * carry a million more). */
         itemlist recs = {0};
-        rc = gather_file(fs, key, op->klen, true, &recs);
+        keybuf fk;
+        kb_init(&fk);
+        meta_file_key(&fk, key, op->klen);
+        int has = fk.oom ? -ENOMEM : store_stat(fs->st, STORE_KS_META, fk.p, fk.len, &(store_info){0});
+        kb_free(&fk);
+        rc = has == 0 || has == -ENOENT ? gather_file(fs, key, op->klen, has == 0, &recs) : has;
         for (size_t j = 1; !rc && j < recs.n; j++) store_batch_delete(&b, recs.v[j].ks, recs.v[j].key, recs.v[j].klen);
         items_free(&recs);
         if (rc) break;

@@ -190,7 +190,9 @@ static int write_keys(tool_ctx *c, const store_batch *sb, const targs *a) {
     int rc = c->remote ? kvfs_mounted_write_keys(sb, sync) : 1;
     if (rc == 1) {
         store *st = store_kv_new(c->db, c->datadir);
-        rc = st ? kvfs_write_keys_unmounted(st, sb, sync) : -ENOMEM;
+        bool deletes = false; /* puts alone need no filesystem: they are written as they are */
+        for (size_t i = 0; i < sb->n && !deletes; i++) deletes = sb->ops[i].kind == STORE_DELETE;
+        rc = !st ? -ENOMEM : deletes ? kvfs_write_keys_unmounted(st, sb, sync) : store_write(st, sb, sync);
         store_destroy(st);
     }
     return kv_status_of(rc);
