@@ -199,6 +199,31 @@ teardown() { tools_teardown; }
     [ ! -e "$M/f" ]
 }
 
+@test "mounted: a batch over many cached files of several directories shows through the mount (its drops shared)" {
+    mount_store "$D" "$M"
+    mkdir -p "$M/a/x" "$M/b"
+    for f in a/x/1 a/x/2 a/top b/1 top; do echo "old $f" > "$M/$f"; done
+    kv put "$D" a/y/1 "old a/y/1" # a/y: an implicit directory, there only while a key is under it
+    for f in a/x/1 a/x/2 a/y/1 a/top b/1 top; do [ "$(cat "$M/$f")" = "old $f" ]; done # cached now
+    ls -lR "$M" > /dev/null
+    # a file open under a and b: their top-level entries cannot be dropped, so each directory must be
+    echo keep > "$M/a/keep"
+    echo keep > "$M/b/keep"
+    exec 7< "$M/a/keep" 8< "$M/b/keep"
+    # a/y goes with its only key (an implicit directory): the kernel's entry of it must go too
+    printf 'put a/x/1 new-a-x-1\nput a/x/2 new-a-x-2\nput a/x/3 new-a-x-3\ndel a/y/1\ndel a/top\nput b/1 new-b-1\nput b/2 new-b-2\nput top new-top\n' |
+        kv batch "$D"
+    [ ! -e "$M/a/y" ]
+    for f in a/x/1 a/x/2 a/x/3 b/1 b/2 top; do
+        [ "$(cat "$M/$f")" = "new-${f//\//-}" ] || { echo "$f: $(cat "$M/$f")"; false; }
+    done
+    [ "$(ls "$M/a/x" | tr '\n' ' ')" = "1 2 3 " ]
+    [ "$(ls "$M/a" | tr '\n' ' ')" = "keep x " ]
+    [ "$(ls "$M/b" | tr '\n' ' ')" = "1 2 keep " ]
+    [ ! -e "$M/a/top" ]
+    exec 7<&- 8<&-
+}
+
 @test "mounted: a file open while kvfs put rewrites it shows the new value once closed, shorter or longer" {
     mount_store "$D" "$M"
     mkdir -p "$M/dir"
