@@ -76,6 +76,8 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags);
 
 /* Files. flags are open(2) flags. */
 int kvfs_create(kvfs_fs *fs, const char *path, mode_t mode, int flags, const kvfs_caller *who, kvfs_file **out);
+/* -EBUSY for a writable (or O_TRUNC) open of a key put again while a file another writer deleted at that key is still
+ * open (kvfs_write_keys): the kernel takes the path for the old file until then. */
 int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out);
 /* One more open of f, which the caller holds open (a file unlinked while open, reached by its node alone, as through
  * /proc/PID/fd/N): as kvfs_open of its path would be. */

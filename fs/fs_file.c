@@ -321,9 +321,16 @@ int kvfs_open(kvfs_fs *fs, const char *path, int flags, kvfs_file **out) {
         rc = n.type == NODE_DIR ? -EISDIR : -ENOENT;
     } else {
         pthread_mutex_lock(&fs->tbl_mu);
-        *out = file_get_or_add(fs, n.p.key, n.p.klen, path_ino(path), &n.attr, n.stored, n.data.size);
+        /* A value put at the key of a file another writer deleted while it was open: the kernel takes the path for
+         * that file's node until its last close, with its size, and would write into the new value at offsets
+         * of the old one (an O_APPEND write landed over the new value's bytes). Read it, but write it only once
+         * the old file is closed. */
+        bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+        for (kvfs_file *d = writes ? fs->deleted_open : NULL; d && !rc; d = d->next)
+            if (d->old_klen == n.p.klen && memcmp(d->old_key, n.p.key, n.p.klen) == 0) rc = -EBUSY;
+        *out = rc ? NULL : file_get_or_add(fs, n.p.key, n.p.klen, path_ino(path), &n.attr, n.stored, n.data.size);
         pthread_mutex_unlock(&fs->tbl_mu);
-        if (!*out) rc = -ENOMEM;
+        if (!rc && !*out) rc = -ENOMEM;
     }
     node_free(&n);
     pthread_mutex_unlock(&fs->ns_mu);

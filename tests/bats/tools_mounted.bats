@@ -434,3 +434,21 @@ teardown() { tools_teardown; }
     [ "$status" -eq 1 ]
 }
 
+@test "mounted: a key put again under an open deleted file opens for reading, not for writing, until that file closes" {
+    mount_store "$D" "$M"
+    mkdir "$M/w"
+    echo v1 > "$M/w/f1"
+    exec 7< "$M/w/f1"
+    printf 'del w/f1\nput w/f1 new5\n' | kv batch "$D"
+    # an append through the path would land at the old file's size, over the new value's bytes
+    run bash -c "echo appended >> '$M/w/f1'"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Device or resource busy"* ]]
+    [ "$(kv get "$D" w/f1)" = new5 ]
+    [ "$(cat <&7)" = v1 ]
+    exec 7<&-
+    sleep 0.3 # the kernel forgets the old file a moment after its last close
+    echo appended >> "$M/w/f1"
+    [ "$(kv get "$D" w/f1)" = "new5appended" ]
+}
+

@@ -703,6 +703,33 @@ TEST(fs_another_writers_delete_takes_the_keys_records) {
     env_close(&e);
 }
 
+/* A key deleted under an open file and put again: the kernel still takes the path for the old file until its last
+ * close, so the new value opens for reading but not for writing (EBUSY) until then: a write at the old file's offsets
+ * (an append at its size) went into the new value. */
+TEST(fs_a_key_put_again_under_an_open_deleted_file_is_not_writable_until_it_closes) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/f", "old content"));
+    kvfs_file *old, *f;
+    CHECK_OK(kvfs_open(e.fs, "/f", O_RDONLY, &old));
+    CHECK_OK(other_writer(&e, "df pf"));
+    CHECK_EQ(kvfs_open(e.fs, "/f", O_WRONLY | O_APPEND, &f), -EBUSY);
+    CHECK_EQ(kvfs_open(e.fs, "/f", O_RDWR, &f), -EBUSY);
+    CHECK_EQ(kvfs_open(e.fs, "/f", O_RDONLY | O_TRUNC, &f), -EBUSY);
+    CHECK_OK(kvfs_open(e.fs, "/f", O_RDONLY, &f));
+    char buf[16];
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 3);
+    CHECK(memcmp(buf, "new", 3) == 0);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_OK(kvfs_release(e.fs, old));
+    CHECK_OK(kvfs_open(e.fs, "/f", O_WRONLY | O_APPEND, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "!", 1, 0, true), 1);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_EQ(read_file(&e, "/f", buf, sizeof buf), 4);
+    CHECK(memcmp(buf, "new!", 4) == 0);
+    env_close(&e);
+}
+
 /* A batch that fails changes nothing: the open file still is the key's, and its writes land there. */
 TEST(fs_another_writers_failed_batch_changes_nothing) {
     env e;
