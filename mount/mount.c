@@ -688,7 +688,8 @@ static bool daemon_answers(const char *datadir) {
  * kvfs_mount_main refused a bad value before anything was done). */
 static int lock_wait_ms(void) {
 #ifdef KVFS_HAVE_CTL
-    if (kvfs_lock_wait_ms && kvfs_lock_wait_ms() >= 0) return kvfs_lock_wait_ms();
+    int ms = kvfs_lock_wait_ms ? kvfs_lock_wait_ms() : -1;
+    if (ms >= 0) return ms;
 #endif
     return 5000;
 }

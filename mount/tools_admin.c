@@ -74,10 +74,10 @@ int cmd_stats(tool_ctx *c, const targs *a) {
                     st.flushes, st.compactions, st.stall_micros, st.unsynced_batches_dropped,
                     st.unsynced_log_bytes_dropped, st.blob_gc_failures, st.flush_failures, st.compaction_failures);
         /* the status names are fixed ASCII strings: no escaping needed */
-        tout_printf(o, "\"flush_error\":%s%s%s,", st.flush_error ? "\"" : "",
-                    st.flush_error ? kv_strerror(st.flush_error) : "null", st.flush_error ? "\"" : "");
-        tout_printf(o, "\"compaction_error\":%s%s%s}\n", st.compaction_error ? "\"" : "",
-                    st.compaction_error ? kv_strerror(st.compaction_error) : "null", st.compaction_error ? "\"" : "");
+        if (st.flush_error) tout_printf(o, "\"flush_error\":\"%s\",", kv_strerror(st.flush_error));
+        else tout_str(o, "\"flush_error\":null,");
+        if (st.compaction_error) tout_printf(o, "\"compaction_error\":\"%s\"}\n", kv_strerror(st.compaction_error));
+        else tout_str(o, "\"compaction_error\":null}\n");
         return TOOL_OK;
     }
     char h1[32], h2[32], h3[32];
