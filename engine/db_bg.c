@@ -773,7 +773,9 @@ static void *flush_main(void *arg) {
                 atomic_fetch_add(&db->st_flush_failures, 1);
                 if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
                 pthread_cond_broadcast(&db->bg_cv);
-                timed_wait(db, &db->work_cv, 500);
+                /* the log callback above ran with mu let go: close may have asked us to stop meanwhile, and its
+                 * broadcast is then already past; it must not wait out the pause */
+                if (!db->stopping) timed_wait(db, &db->work_cv, 500);
             } else {
                 db->bg_error = 0;
                 pthread_cond_broadcast(&db->work_cv); /* maybe a compaction now */

@@ -367,7 +367,9 @@ typedef struct kv_stats {
                                    * damage, which kv_check names, and GC stops until it is gone (docs/design.md) */
     uint64_t reserve_bytes;       /* held in RESERVE now (kv_options.space_reserve; not in disk_bytes) */
     uint64_t reserve_releases;    /* times since open the reserve was given back because the disk was full */
-    uint64_t flush_failures;      /* background flushes since open that failed (each is retried) */
+    uint64_t flush_failures;      /* background flushes since open that failed (each is retried). With
+                                   * background_threads off a flush runs inside the write that needs it, which
+                                   * returns its error: this and flush_error then stay 0 */
     uint64_t compaction_failures; /* compactions since open that failed (retried with a growing pause, up to 5 s) */
     int flush_error;              /* the last flush's error: KV_OK when none failed or one succeeded since */
     int compaction_error;         /* the last compaction's, likewise (a successful kv_compact_range counts: the
