@@ -36,7 +36,9 @@ extern int kvfs_mount_main(int argc, char **argv) __attribute__((weak));
 
 /* ---- The command table ---------------------------------------------------------------------------------------- */
 
-#define KEYS_HELP "Keys are given and shown in text form: bytes that are not printable, space and '%' are written %XX.\n"
+#define KEYS_HELP                                                                                                 \
+    "Keys are given and shown in text form: bytes that are not printable, and space, are written %XX, and a '%'\n"   \
+    "that could start an escape (before 0-9, A-F or +, or alone) %25 (see man kvfs).\n"
 
 const tool_cmd tool_cmds[] = {
     {"put", "DATADIR KEY [VALUE]", "store a value (from stdin when VALUE is omitted or -)",
