@@ -129,3 +129,16 @@ EOF
     [ "$status" -eq 0 ]
     [ "${lines[1]}" = "embedded/b=2" ]
 }
+
+@test "scripts/mount.sh, the README's first command, builds and mounts the default store in a home without ~/.local/share" {
+    mkdir -p "$T/home"
+    HOME="$T/home" run timeout -k 5 600 bash "$KVFS_ROOT/scripts/mount.sh" 3>&-
+    MOUNTS+=("$T/home/kvfs|$T/home/.local/share/kvfs")
+    echo "$output"
+    [ "$status" -eq 0 ]
+    grep -q " $T/home/kvfs fuse" /proc/mounts
+    [ "$(stat -c %a "$T/home/.local/share/kvfs")" = 700 ]
+    mkdir -p "$T/home/kvfs/users/alice"
+    echo alice@example.com > "$T/home/kvfs/users/alice/email"
+    [ "$("$KVFS" get "$T/home/.local/share/kvfs" users/alice/email)" = alice@example.com ]
+}
