@@ -220,7 +220,8 @@ static int parse_size(const char *s, size_t *out) {
     case 'g': case 'G': mul = 1ull << 30; end++; break;
     default: return SIZE_BAD;
     }
-    if (*end == 'i' || *end == 'B' || *end == 'b') end++;
+    if (mul > 1 && *end == 'i') end++; /* 64Mi, 64MiB */
+    if (mul > 1 && (*end == 'B' || *end == 'b')) end++;
     if (*end) return SIZE_BAD;
     if (huge || v > SIZE_MAX / mul) return SIZE_HUGE;
     *out = (size_t)(v * mul);
@@ -256,8 +257,10 @@ static bool check_size(const char *name, const char *s, size_t min, size_t max, 
     char lim[32];
     int r = parse_size(s, &v);
     if (r == SIZE_BAD) {
-        say(LOG_ERR, "mount: bad %s '%s': a size is a number of bytes with an optional K, M or G suffix, no sign", name,
-            s);
+        say(LOG_ERR,
+            "mount: bad %s '%s': a size is a number of bytes with an optional K, M or G suffix (or Ki, KiB, KB...), "
+            "no sign",
+            name, s);
         return false;
     }
     if (r == SIZE_HUGE || v > max) {
@@ -885,16 +888,12 @@ int kvfs_mount_main(int argc, char **argv) {
     }
 #endif
     bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
-    if (!mem && mkdir(o.datadir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));
-        goto out;
-    }
-    real_data = realpath(o.datadir, NULL);
+    /* The mount point first: a mount refused for it must not leave a new, empty DATADIR behind. */
     real_mnt = realpath(o.mountpoint, NULL);
     /* a mount whose daemon was killed answers ENOTCONN: run() detaches it if it is this store's */
     bool dead_mount = !real_mnt && errno == ENOTCONN && (real_mnt = path_past_dead_mount(o.mountpoint)) != NULL;
-    if ((!real_data && !mem) || !real_mnt) {
-        fprintf(stderr, "kvfs: %s: %s\n", !real_mnt ? o.mountpoint : o.datadir, strerror(errno));
+    if (!real_mnt) {
+        fprintf(stderr, "kvfs: %s: %s\n", o.mountpoint, strerror(errno));
         goto out;
     }
     struct stat mst;
@@ -902,6 +901,20 @@ int kvfs_mount_main(int argc, char **argv) {
     if (!dead_mount && (stat(real_mnt, &mst) != 0 || !S_ISDIR(mst.st_mode))) {
         fprintf(stderr, "kvfs: %s: %s\n", o.mountpoint, stat(real_mnt, &mst) != 0 ? strerror(errno) : "not a directory");
         goto out;
+    }
+    bool made_data = false;
+    if (!mem) {
+        if (mkdir(o.datadir, 0700) == 0)
+            made_data = true;
+        else if (errno != EEXIST) {
+            fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));
+            goto out;
+        }
+        real_data = realpath(o.datadir, NULL);
+        if (!real_data) {
+            fprintf(stderr, "kvfs: %s: %s\n", o.datadir, strerror(errno));
+            goto out;
+        }
     }
     /* the daemon creates the store's files (tables, logs, blob files, the manifest) by path: under its own mount
      * they would be written through itself, and the first one deadlocks the mount */
@@ -911,6 +924,7 @@ int kvfs_mount_main(int argc, char **argv) {
             (strncmp(real_data, real_mnt, ml) == 0 && (real_data[ml] == '\0' || real_data[ml] == '/'))) {
             fprintf(stderr, "kvfs: %s is %s %s: the mount would hide the store's own files; mount it elsewhere\n",
                     o.datadir, real_data[ml] == '\0' ? "the same directory as" : "inside", o.mountpoint);
+            if (made_data) (void)rmdir(real_data);
             goto out;
         }
     }

@@ -327,6 +327,39 @@ PY
     [ "$(cat "$M/f")" = x ]
 }
 
+@test "size options take K, M, G with an optional i and B (64M, 64Mi, 64MiB, 64MB)" {
+    for o in cache_size=8MiB,memtable_size=4Mi cache_size=8mb,memtable_size=4096KiB,blob_threshold=1MiB; do
+        fs_mount -o "$o"
+        echo x > "$M/f"
+        [ "$(cat "$M/f")" = x ]
+        # the daemon's block cache (kvfs stats through its socket)
+        [ "$(kv stats "$D" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["capacity"])')" \
+            -eq $((8 << 20)) ]
+        fs_unmount
+    done
+    rm -rf "$D"
+    for o in cache_size=8MiBB cache_size=8iB cache_size=8Bi cache_size=8B cache_size=8i cache_size=8MBi; do
+        refused "$o" "*bad cache_size '*"
+    done
+}
+
+@test "a mount refused for its mount point leaves no DATADIR behind" {
+    run t "$KVFS" mount "$D" "$T/no-such-dir"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"no-such-dir: No such file or directory"* ]]
+    [ ! -e "$D" ]
+    touch "$T/file"
+    run t "$KVFS" mount "$D" "$T/file"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"not a directory"* ]]
+    [ ! -e "$D" ]
+    # DATADIR inside the mount point: refused, and the directory it made for it is gone again
+    run t "$KVFS" mount "$M/data" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"the mount would hide the store's own files"* ]]
+    [ ! -e "$M/data" ]
+}
+
 @test "size options refuse what cannot be counted or held, naming the option and the largest value" {
     fs_unmount
     mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
