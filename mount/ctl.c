@@ -91,11 +91,13 @@ static int disk_of(const char *dir, struct statvfs *sv) {
 int kvfs_lock_wait_ms(void) {
     const char *e = getenv("KVFS_LOCK_WAIT");
     if (!e || !*e) return KVFS_LOCK_WAIT_DEFAULT_MS;
-    char *end;
-    errno = 0;
-    double s = strtod(e, &end);
-    /* !(s >= 0) also refuses NaN */
-    if (errno || *end || !(s >= 0) || s > 86400) return -1;
+    /* digits with an optional fraction, as the mount options' numbers: strtod alone would also take a sign, blanks,
+     * hex, exponents and "nan" */
+    size_t whole = strspn(e, "0123456789"), frac = e[whole] == '.' ? strspn(e + whole + 1, "0123456789") : 0;
+    if (whole + frac == 0 || e[whole + (e[whole] == '.' ? 1 + frac : 0)] != '\0') return -1;
+    /* past 86400 (an overflow gives HUGE_VAL) is refused; an underflow (0.000...1) is a wait of 0 */
+    double s = strtod(e, NULL);
+    if (!(s >= 0) || s > 86400) return -1;
     return (int)(s * 1000);
 }
 

@@ -330,7 +330,7 @@ teardown() { tools_teardown; }
 
 @test "a bad KVFS_LOCK_WAIT is an error, not the default wait" {
     kv put "$D" a 1
-    for bad in abc 5s -1 86401 nan 1e400; do
+    for bad in abc 5s -1 86401 nan 1e400 0x10 1e3 +5 -0 " 5" "5 " . 1..2 inf; do
         run --separate-stderr env KVFS_LOCK_WAIT="$bad" "$KVFS" get "$D" a
         [ "$status" -eq 1 ]
         [ "$output" = "" ]
@@ -347,7 +347,7 @@ teardown() { tools_teardown; }
     [ "$stderr" = "kvfs: KVFS_LOCK_WAIT=abc: not a number of seconds from 0 to 86400" ]
     ! mountpoint -q "$T/mnt"
     # good values, an empty one (the default) and fractions
-    for good in "" 0 0.5 86400; do
+    for good in "" 0 0.5 86400 .5 5. 007 "0.$(printf "%0400d" 1)"; do
         [ "$(KVFS_LOCK_WAIT="$good" kv get "$D" a)" = 1 ]
     done
 }
