@@ -331,7 +331,7 @@ int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
         rc = blob_value_read(db->blobs, payload.data, payload.len, off, buf, len, nread);
     } else if (rc == 1) {
         rc = KV_OK;
-        if (off < payload.len) {
+        if (off < payload.len && len) { /* buf may be NULL when len is 0 */
             size_t n = payload.len - (size_t)off < len ? payload.len - (size_t)off : len;
             memcpy(buf, payload.data + off, n);
             *nread = n;

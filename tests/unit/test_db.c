@@ -2237,6 +2237,33 @@ TEST(test_db_api_misuse_gets_errors) {
     kv_free(db);
 }
 
+/* kv_read_range takes a NULL buffer with a length of 0 (kv.h: only a NULL buffer with a length is KV_EINVAL), at any
+ * offset of a value in the tree or in a blob file: it read into it with memcpy(NULL, ..., 0), undefined behaviour that
+ * aborted a program built with -fsanitize=undefined. */
+TEST(test_db_read_range_of_nothing_into_no_buffer) {
+    kv_options o;
+    kv_options_init(&o);
+    o.blob_threshold = 1024;
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    uint8_t big[2000];
+    memset(big, 'b', sizeof big);
+    CHECK_OK(kv_put(db, "small", 5, "hello", 5, 0));
+    CHECK_OK(kv_put(db, "big", 3, big, sizeof big, 0));
+    static const uint64_t offs[] = {0, 2, 5, 1999, 2000, UINT64_MAX};
+    for (size_t i = 0; i < sizeof offs / sizeof *offs; i++) {
+        size_t n = 99;
+        CHECK_OK(kv_read_range(db, NULL, "small", 5, offs[i], NULL, 0, &n));
+        CHECK_EQ(n, 0);
+        n = 99;
+        CHECK_OK(kv_read_range(db, NULL, "big", 3, offs[i], NULL, 0, &n));
+        CHECK_EQ(n, 0);
+    }
+    size_t n;
+    CHECK_EQ(kv_read_range(db, NULL, "small", 5, 0, NULL, 1, &n), KV_EINVAL);
+    kv_free(db);
+}
+
 /* A large-value stream that no batch takes (abandoned, or its put failed) leaves nothing behind: its blob file is
  * taken out of the store at kv_stream_free (it used to stay, counted as no garbage, until a blob GC that the short-
  * lived kvfs tools never run). A stream that was put keeps its file. */
