@@ -688,7 +688,7 @@ void kv_iter_prev(kv_iter *it) {
 }
 
 const void *kv_iter_key(const kv_iter *it, size_t *klen) {
-    if (!it->valid) {
+    if (!it || !it->valid) {
         if (klen) *klen = 0;
         return NULL;
     }

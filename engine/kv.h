@@ -236,8 +236,8 @@ void kv_snapshot_release(kv_db *db, kv_snapshot *s);
 uint64_t kv_snapshot_sequence(const kv_snapshot *s);
 
 /* An iterator over one keyspace at one snapshot (ro may be NULL). Not thread-safe: one thread at a time. The calls
- * that return nothing take a valid iterator (not NULL), and a key may be NULL only with klen 0; a key longer than
- * KV_MAX_KEY is compared as it is (no key is that long). */
+ * that return nothing take a valid iterator (not NULL; the others take NULL as an iterator that is not valid), and a
+ * key may be NULL only with klen 0; a key longer than KV_MAX_KEY is compared as it is (no key is that long). */
 int kv_iter_new(kv_db *db, const kv_read_opts *ro, kv_iter **out);
 void kv_iter_free(kv_iter *it);
 void kv_iter_seek_first(kv_iter *it);

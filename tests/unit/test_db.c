@@ -2264,6 +2264,16 @@ TEST(test_db_read_range_of_nothing_into_no_buffer) {
     kv_free(db);
 }
 
+/* The iterator calls that return something take a NULL iterator as kv_iter_valid, kv_iter_value, kv_iter_info and
+ * kv_iter_status do (kv.h: only the calls that return nothing need a valid one): kv_iter_key(NULL) dereferenced it. */
+TEST(test_db_iter_key_of_no_iterator) {
+    size_t kl = 99;
+    CHECK(kv_iter_key(NULL, &kl) == NULL);
+    CHECK_EQ(kl, 0);
+    CHECK(kv_iter_key(NULL, NULL) == NULL);
+    CHECK(!kv_iter_valid(NULL));
+}
+
 /* A large-value stream that no batch takes (abandoned, or its put failed) leaves nothing behind: its blob file is
  * taken out of the store at kv_stream_free (it used to stay, counted as no garbage, until a blob GC that the short-
  * lived kvfs tools never run). A stream that was put keeps its file. */
