@@ -694,10 +694,10 @@ int batchlog_get(batchlog *bl, uint64_t seq, kv_logged_batch **out) {
     return rc;
 }
 
-int batchlog_oldest(batchlog *bl, uint64_t *seq) {
-    if (!batchlog_enabled(bl)) return kv_set_error(KV_ENOTFOUND, "the batch log is off");
+/* batchlog_oldest of an enabled log, without a message: KV_OK or KV_ENOTFOUND (empty) */
+static int find_oldest(batchlog *bl, uint64_t *seq) {
     pthread_mutex_lock(&bl->mu);
-    int rc = kv_set_error(KV_ENOTFOUND, "the batch log is empty");
+    int rc = KV_ENOTFOUND;
     for (size_t i = 0; i < bl->nfiles; i++) {
         bl_file *f = &bl->files[i];
         if (!f->first_seq || f->last_seq < bl->floor) continue;
@@ -711,6 +711,11 @@ int batchlog_oldest(batchlog *bl, uint64_t *seq) {
     }
     pthread_mutex_unlock(&bl->mu);
     return rc;
+}
+
+int batchlog_oldest(batchlog *bl, uint64_t *seq) {
+    if (!batchlog_enabled(bl)) return kv_set_error(KV_ENOTFOUND, "the batch log is off");
+    return find_oldest(bl, seq) == KV_OK ? KV_OK : kv_set_error(KV_ENOTFOUND, "the batch log is empty");
 }
 
 int batchlog_prune(batchlog *bl, uint64_t cutoff) {
@@ -728,7 +733,7 @@ int batchlog_prune(batchlog *bl, uint64_t cutoff) {
 void batchlog_range(batchlog *bl, uint64_t *oldest, uint64_t *newest) {
     *oldest = *newest = 0;
     if (!batchlog_enabled(bl)) return;
-    if (batchlog_oldest(bl, oldest) != KV_OK) {
+    if (find_oldest(bl, oldest) != KV_OK) { /* kv_get_stats: no failure, no message */
         *oldest = 0;
         return;
     }

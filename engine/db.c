@@ -668,6 +668,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     if (rc) goto fail;
     if (!o.read_only && o.background_threads && (rc = db_start_background(db))) goto fail;
     *out = db;
+    kv_clear_error(); /* recovery's notes (a missing CURRENT, the end of a log) are not failures */
     return KV_OK;
 
 fail:;
@@ -688,6 +689,7 @@ fail:;
 }
 
 int kv_close(kv_db *db) {
+    kv_clear_error();
     if (!db) return kv_set_error(KV_EINVAL, "kv_close: NULL handle");
     /* Close makes everything durable, which a blob file whose fsync failed prevents until its values are copied
      * elsewhere, and a failed fsync until what it covered is in tables (sync_debt, also left by a kv_sync whose

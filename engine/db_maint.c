@@ -479,6 +479,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
     free(cc.bad_tables);
     db_leave(db);
     if (rc) return rc;
+    if (!cc.problems) kv_clear_error(); /* what the readers noted on the way (the end of a log) is no failure */
     return cc.problems ? kv_set_error(KV_ECORRUPT, "%" PRIu64 " problem(s) found", cc.problems) : KV_OK;
 }
 

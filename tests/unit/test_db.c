@@ -2274,6 +2274,45 @@ TEST(test_db_iter_key_of_no_iterator) {
     CHECK(!kv_iter_valid(NULL));
 }
 
+/* A call that succeeds leaves no message (kv.h: kv_errmsg() is the detail of the last failure, "" when there is none).
+ * The notes readers set on the way used to stay after a success: kv_open left "open .../CURRENT: No such file or
+ * directory" for a new store and "000005.log: end of log at offset 38" on a reopen, kv_check the batch log's end,
+ * kv_oldest_retained_batch and kv_get_stats "the batch log is empty", and kv_close kept the previous call's. */
+#define CHECK_NO_MSG(expr)                                                                     \
+    do {                                                                                       \
+        CHECK_OK(expr);                                                                        \
+        CHECK_MSG(kv_errmsg()[0] == 0, "%s succeeded with message '%s'", #expr, kv_errmsg()); \
+    } while (0)
+TEST(test_db_success_leaves_no_message) {
+    const char *dir = t_tmpdir();
+    kv_options o;
+    kv_options_init(&o);
+    o.batch_log_max_batches = 100;
+    kv_db *db;
+    CHECK_NO_MSG(kv_open(dir, &o, &db));
+    CHECK_NO_MSG(kv_put(db, "a", 1, "1", 1, 0));
+    uint64_t seq, problems;
+    CHECK_NO_MSG(kv_oldest_retained_batch(db, &seq));
+    CHECK_NO_MSG(kv_check(db, NULL, NULL, NULL, &problems));
+    kv_stats st;
+    CHECK_NO_MSG(kv_get_stats(db, &st));
+    CHECK_NO_MSG(kv_close(db));
+    kv_free(db);
+    CHECK_NO_MSG(kv_open(dir, &o, &db));
+    CHECK_NO_MSG(kv_prune_batch_log(db, kv_current_sequence(db) + 1));
+    CHECK_NO_MSG(kv_get_stats(db, &st)); /* the batch log is empty now */
+    CHECK_EQ(kv_oldest_retained_batch(db, &seq), KV_ENOTFOUND);
+    CHECK(strstr(kv_errmsg(), "empty") != NULL);
+    CHECK_NO_MSG(kv_close(db)); /* not the previous call's message */
+    kv_free(db);
+    o.read_only = true;
+    CHECK_NO_MSG(kv_open(dir, &o, &db));
+    CHECK_NO_MSG(kv_check(db, NULL, NULL, NULL, &problems));
+    CHECK_NO_MSG(kv_close(db));
+    kv_free(db);
+}
+#undef CHECK_NO_MSG
+
 /* A large-value stream that no batch takes (abandoned, or its put failed) leaves nothing behind: its blob file is
  * taken out of the store at kv_stream_free (it used to stay, counted as no garbage, until a blob GC that the short-
  * lived kvfs tools never run). A stream that was put keeps its file. */
