@@ -1250,7 +1250,11 @@ int db_blob_gc(kv_db *db, double min_ratio, uint64_t *freed) {
     return rc;
 }
 
-int kv_blob_gc(kv_db *db, double min_ratio) { return db_blob_gc(db, min_ratio, NULL); }
+int kv_blob_gc(kv_db *db, double min_ratio) {
+    if (!(min_ratio >= 0 && min_ratio <= 1)) /* NaN too */
+        return kv_set_error(KV_EINVAL, "kv_blob_gc: min_ratio must be between 0 and 1");
+    return db_blob_gc(db, min_ratio, NULL);
+}
 
 /* ---- blob files whose fsync failed ------------------------------------------------------------------------------ */
 

@@ -319,7 +319,7 @@ int kv_check(kv_db *db, kv_problem_fn problem_cb, kv_progress_fn progress_cb, vo
 int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end, size_t elen,
                      kv_progress_fn progress_cb, void *ctx);
 /* Reclaim blob-file space whose values were overwritten or deleted: files no value uses go, files whose garbage
- * share is above min_ratio have their live values copied out. Old versions that no snapshot sees do not keep a file;
+ * share is above min_ratio (0 .. 1, else KV_EINVAL) have their live values copied out. Old versions that no snapshot sees do not keep a file;
  * the shared file that appends go to is closed first when it holds at least 1 MiB of garbage, above min_ratio. The
  * background runs it after a minute without compactions, once large values as big as the live ones (at least 64 MiB)
  * were written since its last pass, 3 s after the last write once something was deleted or truncated (at most once

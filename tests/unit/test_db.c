@@ -1634,6 +1634,38 @@ TEST(test_db_blob_gc) {
     kv_free(db);
 }
 
+/* kv_blob_gc's min_ratio is a share, 0 .. 1, as kv_options.blob_gc_ratio is (kv_open refuses others): anything else
+ * is KV_EINVAL. It was taken silently: a negative one or NaN acted as 0 (NaN compares false), one above 1 copied
+ * nothing out. */
+TEST(test_db_blob_gc_ratio_out_of_range_is_refused) {
+    kv_options o;
+    kv_options_init(&o);
+    o.blob_threshold = 1024;
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    static uint8_t v[3000];
+    memset(v, 'v', sizeof v);
+    CHECK_OK(kv_put(db, "big", 3, v, sizeof v, 0));
+    kv_stats before, after;
+    CHECK_OK(kv_get_stats(db, &before));
+    static const double bad[] = {-1.0, -0.001, 1.001, 2.0};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_EQ(kv_blob_gc(db, bad[i]), KV_EINVAL);
+        CHECK(strstr(kv_errmsg(), "min_ratio") != NULL);
+    }
+    volatile double zero = 0.0;
+    CHECK_EQ(kv_blob_gc(db, zero / zero), KV_EINVAL);
+    CHECK_OK(kv_blob_gc(db, 0.0));
+    CHECK_OK(kv_blob_gc(db, 1.0));
+    CHECK_OK(kv_get_stats(db, &after));
+    CHECK_EQ(after.blob_bytes_written, before.blob_bytes_written); /* a live value is not copied */
+    kv_buf b;
+    CHECK_OK(kv_get(db, NULL, "big", 3, &b));
+    CHECK_MEM(b.data, b.len, v, sizeof v);
+    kv_buf_free(&b);
+    kv_free(db);
+}
+
 TEST(test_db_lost_current_is_not_a_new_store) {
     const char *dir = t_tmpdir();
     kv_db *db;
