@@ -1638,11 +1638,10 @@ TEST(test_db_blob_gc) {
  * is KV_EINVAL. It was taken silently: a negative one or NaN acted as 0 (NaN compares false), one above 1 copied
  * nothing out. */
 TEST(test_db_blob_gc_ratio_out_of_range_is_refused) {
+    char dir[512];
     kv_options o;
-    kv_options_init(&o);
-    o.blob_threshold = 1024;
     kv_db *db;
-    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    if (!open_blob_store(dir, &o, &db, 0)) return;
     static uint8_t v[3000];
     memset(v, 'v', sizeof v);
     CHECK_OK(kv_put(db, "big", 3, v, sizeof v, 0));
@@ -2273,11 +2272,10 @@ TEST(test_db_api_misuse_gets_errors) {
  * offset of a value in the tree or in a blob file: it read into it with memcpy(NULL, ..., 0), undefined behaviour that
  * aborted a program built with -fsanitize=undefined. */
 TEST(test_db_read_range_of_nothing_into_no_buffer) {
+    char dir[512];
     kv_options o;
-    kv_options_init(&o);
-    o.blob_threshold = 1024;
     kv_db *db;
-    CHECK_OK(kv_open(t_tmpdir(), &o, &db));
+    if (!open_blob_store(dir, &o, &db, 0)) return;
     uint8_t big[2000];
     memset(big, 'b', sizeof big);
     CHECK_OK(kv_put(db, "small", 5, "hello", 5, 0));
