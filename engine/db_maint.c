@@ -694,24 +694,40 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
         }
     }
     if (!rc) rc = env->sync_dir(env, dest);
-    /* dest's own entry in its parent directory, else a power loss can take the whole checkpoint */
+    /* dest's own entry in its parent directory, else a power loss can take the whole checkpoint (the parent is what
+     * comes before the last name: trailing slashes are no separator before it) */
     if (!rc) {
-        const char *slash = strrchr(dest, '/');
-        if (!slash) {
+        size_t end = strlen(dest);
+        while (end > 1 && dest[end - 1] == '/') end--;
+        while (end > 0 && dest[end - 1] != '/') end--; /* the last name */
+        while (end > 1 && dest[end - 1] == '/') end--; /* the separators before it */
+        if (end == 0) {
             rc = env->sync_dir(env, ".");
-        } else if (slash == dest) {
-            rc = env->sync_dir(env, "/");
-        } else if ((size_t)(slash - dest) < sizeof to) {
-            memcpy(to, dest, (size_t)(slash - dest));
-            to[slash - dest] = 0;
+        } else if (end < sizeof to) {
+            memcpy(to, dest, end);
+            to[end] = 0;
             rc = env->sync_dir(env, to);
         }
     }
     /* A failed checkpoint must not be openable: its CURRENT (written before the edit that lists the tables) may
-     * name a manifest that lists none of them. */
+     * name a manifest that lists none of them. Then what it made goes, so that dest can be used again and the
+     * copies give their space back. */
     if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", kv_errmsg()); /* the failure's, not the clean-up's */
         snprintf(to, sizeof to, "%s/CURRENT", dest);
-        if (env->exists(env, to) == 1) env->remove(env, to);
+        char **names;
+        size_t n;
+        if ((env->exists(env, to) != 1 || env->remove(env, to) == KV_OK) &&
+            env->list_dir(env, dest, &names, &n) == KV_OK) {
+            for (size_t i = 0; i < n; i++) {
+                snprintf(to, sizeof to, "%s/%s", dest, names[i]);
+                (void)env->remove(env, to);
+            }
+            kv_env_free_names(names, n);
+            (void)env->rmdir(env, dest);
+        }
+        kv_set_error(rc, "%s", msg);
     }
 
     pthread_mutex_lock(&db->mu);

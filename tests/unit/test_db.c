@@ -1071,6 +1071,72 @@ TEST(test_db_checkpoint_and_stats) {
 
 /* A log record whose checksum is right but which holds bytes after its last operation is malformed: the open
  * reports it with the log's name and the offset, instead of replaying what it can read. */
+static int stop_at_first(void *ctx, uint64_t done, uint64_t total) {
+    (void)ctx, (void)done, (void)total;
+    return 1;
+}
+
+/* A checkpoint that fails (here: interrupted by its progress callback) takes away what it made: dest "must not
+ * exist" (kv.h), and it was left, without its CURRENT but with the copies and links, so that a retry to the same dest
+ * failed with KV_EEXIST and the copies kept their space (on a full disk, the space needed to go on). */
+TEST(test_db_failed_checkpoint_leaves_no_dest) {
+    const char *dir = t_tmpdir();
+    kv_options o;
+    small_options(&o);
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    char key[16], dest[600];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof key, "k%05d", i);
+        CHECK_OK(kv_put(db, key, strlen(key), key, strlen(key), 0));
+    }
+    snprintf(dest, sizeof dest, "%s/../%s-cp", dir, strrchr(dir, '/') + 1);
+    CHECK_EQ(kv_checkpoint(db, dest, stop_at_first, NULL), KV_EINTERRUPTED);
+    struct stat st;
+    CHECK_MSG(stat(dest, &st) != 0, "%s is left after a failed checkpoint", dest);
+    CHECK_OK(kv_checkpoint(db, dest, NULL, NULL));
+    kv_db *cp;
+    CHECK_OK(kv_open(dest, &o, &cp));
+    char got[16];
+    CHECK_OK(get_str(cp, "k01999", got, sizeof got));
+    kv_free(cp);
+    kv_free(db);
+    t_rmrf(dest);
+}
+
+/* The checkpoint syncs the directory that holds dest's entry, also when dest is spelled with a trailing slash: the
+ * slash was taken for the last separator, and dest itself was synced again instead of its parent. */
+static char cp_synced[8][600];
+static int cp_nsynced;
+static int record_sync_dir(kv_env *env, const char *path) {
+    if (cp_nsynced < 8) snprintf(cp_synced[cp_nsynced++], sizeof cp_synced[0], "%s", path);
+    return kv_env_posix()->sync_dir(env, path);
+}
+
+TEST(test_db_checkpoint_to_a_dest_with_a_trailing_slash_syncs_its_parent) {
+    static kv_env env;
+    env = *kv_env_posix();
+    env.sync_dir = record_sync_dir;
+    const char *dir = t_tmpdir();
+    kv_options o;
+    kv_options_init(&o);
+    o.env = &env;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    char parent[600], dest[700];
+    snprintf(parent, sizeof parent, "%s/cps", dir);
+    CHECK(mkdir(parent, 0700) == 0);
+    snprintf(dest, sizeof dest, "%s/one//", parent);
+    cp_nsynced = 0;
+    CHECK_OK(kv_checkpoint(db, dest, NULL, NULL));
+    bool parent_synced = false;
+    for (int i = 0; i < cp_nsynced; i++) parent_synced |= strcmp(cp_synced[i], parent) == 0;
+    CHECK_MSG(parent_synced, "synced %d directories, the last %s, not %s", cp_nsynced,
+              cp_nsynced ? cp_synced[cp_nsynced - 1] : "-", parent);
+    kv_free(db);
+}
+
 TEST(test_db_log_record_with_trailing_bytes) {
     kv_options o;
     const char *dir = t_tmpdir();
