@@ -249,6 +249,7 @@ static int get_locked(kv_db *db, const kv_read_opts *ro, const void *key, size_t
 
 int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out) {
     if (!out) return kv_set_error(KV_EINVAL, "kv_get: NULL out");
+    *out = (kv_buf){0}; /* every failure leaves it empty, a closed handle's too */
     if (!db_enter(db)) return KV_ECLOSED;
     int rc = get_locked(db, ro, key, klen, out, NULL);
     db_leave(db);
@@ -257,6 +258,7 @@ int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_b
 
 int kv_get_with_info(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info) {
     if (!out || !info) return kv_set_error(KV_EINVAL, "kv_get_with_info: NULL out or info");
+    *out = (kv_buf){0};
     if (!db_enter(db)) return KV_ECLOSED;
     int rc = get_locked(db, ro, key, klen, out, info);
     db_leave(db);

@@ -161,7 +161,8 @@ typedef struct kv_info {
 
 int kv_put(kv_db *db, const void *key, size_t klen, const void *val, uint64_t vlen, unsigned flags);
 int kv_delete(kv_db *db, const void *key, size_t klen, unsigned flags);
-/* KV_OK with the value in *out, or KV_ENOTFOUND. For values too large to hold, use kv_read_range(). */
+/* KV_OK with the value in *out, or KV_ENOTFOUND. On any failure *out is left empty (kv_buf_free on it is harmless).
+ * For values too large to hold, use kv_read_range(). */
 int kv_get(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out);
 /* kv_get that also fills *info (size, write time, sequence) from the same lookup. */
 int kv_get_with_info(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_buf *out, kv_info *info);

@@ -2409,6 +2409,27 @@ TEST(test_db_success_leaves_no_message) {
 }
 #undef CHECK_NO_MSG
 
+/* kv_get and kv_get_with_info leave *out empty on every failure, so that a caller may free it whatever the result: a
+ * closed (or NULL) handle left it as it was, uninitialised in the usual `kv_buf b; kv_get(...)`, while a missing key
+ * or a bad argument emptied it. */
+TEST(test_db_get_of_a_closed_store_leaves_out_empty) {
+    kv_db *db;
+    CHECK_OK(kv_open(t_tmpdir(), NULL, &db));
+    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    CHECK_OK(kv_close(db));
+    kv_buf b = {(void *)"stale", 5};
+    CHECK_EQ(kv_get(db, NULL, "a", 1, &b), KV_ECLOSED);
+    CHECK(b.data == NULL && b.len == 0);
+    kv_info info;
+    b = (kv_buf){(void *)"stale", 5};
+    CHECK_EQ(kv_get_with_info(db, NULL, "a", 1, &b, &info), KV_ECLOSED);
+    CHECK(b.data == NULL && b.len == 0);
+    b = (kv_buf){(void *)"stale", 5};
+    CHECK_EQ(kv_get(NULL, NULL, "a", 1, &b), KV_ECLOSED);
+    CHECK(b.data == NULL && b.len == 0);
+    kv_free(db);
+}
+
 /* A large-value stream that no batch takes (abandoned, or its put failed) leaves nothing behind: its blob file is
  * taken out of the store at kv_stream_free (it used to stay, counted as no garbage, until a blob GC that the short-
  * lived kvfs tools never run). A stream that was put keeps its file. */
