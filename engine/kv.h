@@ -31,7 +31,8 @@ extern "C" {
 /* Status codes. */
 enum {
     KV_OK = 0,
-    KV_ENOTFOUND = -1,  /* key absent (also: no such store, when create_if_missing is false) */
+    KV_ENOTFOUND = -1,  /* key absent (also: no such store, when create_if_missing is false; a missing parent
+                         * directory of the store, when it is true) */
     KV_ECORRUPT = -2,   /* a checksum, magic number or structure check failed; kv_errmsg() names file+offset */
     KV_EIO = -3,        /* the operating system reported an I/O error */
     KV_EINVAL = -4,     /* bad argument (empty or oversized key, NULL pointer, bad option) */
