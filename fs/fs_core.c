@@ -319,6 +319,57 @@ int kvfs_getattr(kvfs_fs *fs, const char *path, kvfs_file *f, struct stat *st) {
 
 typedef void (*attr_fn)(fs_attr *a, const void *arg);
 
+/* Apply fn (NULL: nothing but the change time) to the attributes of node n, or of the open file f when there is one,
+ * stamp ctime, and write them with what b already holds (an xattr's change), in one batch. ns_mu held when f is
+ * NULL (a directory's record is also rewritten by changes of its entries: touch_parent). */
+static int write_attr(kvfs_fs *fs, fs_node *n, kvfs_file *f, attr_fn fn, const void *arg, store_batch *b) {
+    int rc = 0;
+    if (f) {
+        /* An open file's attributes live in the open file; write the record with them now, or, when written
+         * bytes are waiting in its buffer, with them at the next flush (the kernel's writeback cache sends the
+         * times of a write between the write and the flush of close: one batch instead of two). */
+        pthread_mutex_lock(&f->mu);
+        fs_attr old = f->attr;
+        if (fn) fn(&f->attr, arg);
+        f->attr.ctime = fs_now();
+        if (f->buf_len && f->ks == STORE_KS_DATA) {
+            f->dirty_attr = true;
+            if (b->n) rc = fs_write_batch(fs, b);
+        } else {
+            file_put_attr(fs, f, b);
+            rc = fs_write_batch(fs, b);
+            if (rc)
+                f->attr = old;
+            else
+                f->dirty_attr = false, f->attr_stored = true;
+        }
+        pthread_mutex_unlock(&f->mu);
+    } else if (n->p.kind == NAME_CONT) {
+        rc = 0; /* a synthetic directory has no attributes to keep: accept and forget (cp -a sets them) */
+    } else {
+        keybuf mk, dk;
+        kb_init(&mk);
+        kb_init(&dk);
+        if (n->type == NODE_DIR) {
+            node_dir_key(n, &dk);
+            meta_dir_key(&mk, dk.p, dk.len);
+        } else {
+            meta_file_key(&mk, n->p.key, n->p.klen);
+        }
+        if (fn) fn(&n->attr, arg);
+        n->attr.ctime = fs_now();
+        uint8_t rec[META_RECORD_BYTES];
+        meta_encode(&n->attr, rec);
+        store_batch_put(b, STORE_KS_META, mk.p, mk.len, rec, sizeof rec);
+        rc = mk.oom || dk.oom ? -ENOMEM : fs_write_batch(fs, b);
+        /* An implicit directory gets a record: it is explicit from now on (mapping.md). */
+        if (!rc && n->type == NODE_DIR) dc_set(fs, dk.p, dk.len, DC_EXPLICIT, &n->attr, false);
+        kb_free(&mk);
+        kb_free(&dk);
+    }
+    return rc;
+}
+
 static int change_attr(kvfs_fs *fs, const char *path, kvfs_file *f, attr_fn fn, const void *arg) {
     int rc = 0;
     kvfs_file *held = NULL;
@@ -343,47 +394,7 @@ static int change_attr(kvfs_fs *fs, const char *path, kvfs_file *f, attr_fn fn, 
     }
     store_batch b;
     store_batch_init(&b);
-    if (f) {
-        /* An open file's attributes live in the open file; write the record with them now, or, when written
-         * bytes are waiting in its buffer, with them at the next flush (the kernel's writeback cache sends the
-         * times of a write between the write and the flush of close: one batch instead of two). */
-        pthread_mutex_lock(&f->mu);
-        fs_attr old = f->attr;
-        fn(&f->attr, arg);
-        f->attr.ctime = fs_now();
-        if (f->buf_len && f->ks == STORE_KS_DATA) {
-            f->dirty_attr = true;
-        } else {
-            file_put_attr(fs, f, &b);
-            rc = fs_write_batch(fs, &b);
-            if (rc)
-                f->attr = old;
-            else
-                f->dirty_attr = false, f->attr_stored = true;
-        }
-        pthread_mutex_unlock(&f->mu);
-    } else if (n.p.kind == NAME_CONT) {
-        rc = 0; /* a synthetic directory has no attributes to keep: accept and forget (cp -a sets them) */
-    } else {
-        keybuf mk, dk;
-        kb_init(&mk);
-        kb_init(&dk);
-        if (n.type == NODE_DIR) {
-            node_dir_key(&n, &dk);
-            meta_dir_key(&mk, dk.p, dk.len);
-        } else {
-            meta_file_key(&mk, n.p.key, n.p.klen);
-        }
-        fn(&n.attr, arg);
-        n.attr.ctime = fs_now();
-        uint8_t rec[META_RECORD_BYTES];
-        meta_encode(&n.attr, rec);
-        store_batch_put(&b, STORE_KS_META, mk.p, mk.len, rec, sizeof rec);
-        rc = mk.oom || dk.oom ? -ENOMEM : fs_write_batch(fs, &b);
-        if (!rc && n.type == NODE_DIR) dc_set(fs, dk.p, dk.len, DC_EXPLICIT, &n.attr, false);
-        kb_free(&mk);
-        kb_free(&dk);
-    }
+    rc = write_attr(fs, &n, f, fn, arg, &b);
     store_batch_free(&b);
 out:
     if (held) kvfs_release(fs, held);
@@ -1077,6 +1088,20 @@ static void put_file_record(store_batch *b, const uint8_t *to, size_t tlen, cons
     store_batch_put(b, STORE_KS_META, scratch->p, scratch->len, rec, sizeof rec);
 }
 
+/* The record of a directory moved to the place of node `to` (its moves put the old one there first). */
+static void put_dir_record(store_batch *b, const fs_node *to, const fs_attr *a, keybuf *scratch) {
+    uint8_t rec[META_RECORD_BYTES];
+    meta_encode(a, rec);
+    keybuf dk;
+    kb_init(&dk);
+    node_dir_key(to, &dk);
+    kb_reset(scratch);
+    meta_dir_key(scratch, dk.p, dk.len);
+    if (dk.oom) scratch->oom = true;
+    if (!scratch->oom) store_batch_put(b, STORE_KS_META, scratch->p, scratch->len, rec, sizeof rec);
+    kb_free(&dk);
+}
+
 /* The same for every file of a directory moved from root olen to root `to` (l from gather_dir: its data keys, then
  * its 'F' records, each sorted by key, so one pass pairs them). A file whose record is at least as new as its value
  * needs nothing: the record moves with it and says everything. */
@@ -1279,12 +1304,28 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     for (size_t i = 0; i < so.n; i++) pthread_mutex_lock(&so.v[i]->mu);
     for (size_t i = 0; i < dop.n; i++) pthread_mutex_lock(&dop.v[i]->mu);
     /* The moved files keep their times (put_file_record): an open file's attributes are its open file's. A file's
-     * record is rewritten whether needed or not (one small put); a directory's files get one where needed. */
-    if (!rc && s.type == NODE_FILE) put_file_record(&b, d.p.key, d.p.klen, so.n ? &so.v[0]->attr : &s.attr, &scratch);
-    if (!rc && s.type == NODE_DIR) keep_file_times(fs, &sl, s.p.klen, d.p.key, d.p.klen, &b, &scratch);
-    if (!rc && exchange && d.type == NODE_FILE)
-        put_file_record(&b, s.p.key, s.p.klen, dop.n ? &dop.v[0]->attr : &d.attr, &scratch);
-    if (!rc && exchange && d.type == NODE_DIR) keep_file_times(fs, &dl, d.p.klen, s.p.key, s.p.klen, &b, &scratch);
+     * record is rewritten whether needed or not (one small put); a directory's files get one where needed. The
+     * moved entry itself (or the two exchanged) gets the rename's ctime, as on a local filesystem; an implicit
+     * directory has no record to keep it in. */
+    struct timespec now = fs_now();
+    if (!rc && s.type == NODE_FILE) {
+        fs_attr *a = so.n ? &so.v[0]->attr : &s.attr;
+        a->ctime = now;
+        put_file_record(&b, d.p.key, d.p.klen, a, &scratch);
+    }
+    if (!rc && s.type == NODE_DIR) {
+        keep_file_times(fs, &sl, s.p.klen, d.p.key, d.p.klen, &b, &scratch);
+        if (s.stored) s.attr.ctime = now, put_dir_record(&b, &d, &s.attr, &scratch);
+    }
+    if (!rc && exchange && d.type == NODE_FILE) {
+        fs_attr *a = dop.n ? &dop.v[0]->attr : &d.attr;
+        a->ctime = now;
+        put_file_record(&b, s.p.key, s.p.klen, a, &scratch);
+    }
+    if (!rc && exchange && d.type == NODE_DIR) {
+        keep_file_times(fs, &dl, d.p.klen, s.p.key, s.p.klen, &b, &scratch);
+        if (d.stored) d.attr.ctime = now, put_dir_record(&b, &s, &d.attr, &scratch);
+    }
     if (!rc && scratch.oom) rc = -ENOMEM;
     if (!rc) rc = fs_write_batch(fs, &b);
     if (!rc) {
@@ -1337,9 +1378,9 @@ unlock:
  * asking a device that gave it once, where ENODATA makes it ask for every listed file (two round trips each). */
 static bool user_xattr(const char *name) { return strncmp(name, "user.", 5) == 0 && name[5] != 0; }
 
-/* The meta key of xattr name of the entry at path. With implicit non-NULL: for an implicit directory (no record),
- * its record's key, and its attributes in *a; else implicit stays empty. */
-static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *out, keybuf *implicit, fs_attr *a) {
+/* The meta key of xattr name of the entry at path. With keep non-NULL, the entry's node is left there (the caller
+ * frees it), for the change of its ctime that a set or remove makes. */
+static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *out, fs_node *keep) {
     fs_node n;
     int rc = node_lookup(fs, path, &n);
     if (rc) return rc == -EINVAL ? -ENOENT : rc;
@@ -1352,28 +1393,36 @@ static int xattr_key(kvfs_fs *fs, const char *path, const char *name, keybuf *ou
         kb_init(&dk);
         node_dir_key(&n, &dk);
         meta_xattr_key(out, true, dk.p, dk.len, name);
-        if (implicit && !n.stored) {
-            meta_dir_key(implicit, dk.p, dk.len);
-            *a = n.attr;
-        }
         kb_free(&dk);
     } else {
         meta_xattr_key(out, false, n.p.key, n.p.klen, name);
     }
-    node_free(&n);
+    if (keep)
+        *keep = n;
+    else
+        node_free(&n);
     return out->oom ? -ENOMEM : 0;
+}
+
+/* Write b (an xattr's change of entry n) with n's new ctime, as a local filesystem changes it (ns_mu held). An
+ * implicit directory gets a record and is explicit from then on, as by chmod: it vanishes with its last key, and
+ * its xattrs would otherwise stay behind, to reappear on a directory of the same name made later. */
+static int write_xattr_change(kvfs_fs *fs, fs_node *n, store_batch *b) {
+    kvfs_file *of = n->type == NODE_FILE ? open_file_ref(fs, n->p.key, n->p.klen) : NULL;
+    int rc = write_attr(fs, n, of, NULL, NULL, b);
+    if (of) kvfs_release(fs, of);
+    return rc;
 }
 
 int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *value, size_t size, int flags) {
     if (!user_xattr(name)) return -ENOTSUP;
-    keybuf k, dm;
+    keybuf k;
     kb_init(&k);
-    kb_init(&dm);
-    fs_attr da;
+    fs_node n;
     pthread_mutex_lock(&fs->ns_mu);
-    int rc = xattr_key(fs, path, name, &k, &dm, &da);
-    if (!rc && dm.oom) rc = -ENOMEM;
-    if (!rc && (flags & (XATTR_CREATE | XATTR_REPLACE))) {
+    int rc = xattr_key(fs, path, name, &k, &n);
+    if (rc) goto unlock;
+    if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
         store_info info;
         int ex = store_stat(fs->st, STORE_KS_META, k.p, k.len, &info);
         if (ex && ex != -ENOENT) rc = ex;
@@ -1385,21 +1434,13 @@ int kvfs_setxattr(kvfs_fs *fs, const char *path, const char *name, const void *v
         store_batch_init(&b);
         store_batch_put(&b, STORE_KS_META, k.p, k.len, value, size);
         if (k.len && k.p[0] == META_FILE_XATTR) atomic_store(&fs->file_xattrs, 1); /* before: unlink must see it */
-        uint8_t rec[META_RECORD_BYTES];
-        if (dm.len) {
-            /* An implicit directory vanishes with its last key, and its attributes would stay behind, to reappear
-             * on a directory of the same name made later. Setting one makes it explicit, as chmod does. */
-            da.ctime = fs_now();
-            meta_encode(&da, rec);
-            store_batch_put(&b, STORE_KS_META, dm.p, dm.len, rec, sizeof rec);
-        }
-        rc = fs_write_batch(fs, &b);
-        if (!rc && dm.len) dc_set(fs, dm.p + 1, dm.len - 1, DC_EXPLICIT, &da, false);
+        rc = write_xattr_change(fs, &n, &b);
         store_batch_free(&b);
     }
+    node_free(&n);
+unlock:
     pthread_mutex_unlock(&fs->ns_mu);
     kb_free(&k);
-    kb_free(&dm);
     return rc;
 }
 
@@ -1407,7 +1448,7 @@ ssize_t kvfs_getxattr(kvfs_fs *fs, const char *path, const char *name, void *val
     if (!user_xattr(name)) return -ENOTSUP;
     keybuf k;
     kb_init(&k);
-    ssize_t rc = xattr_key(fs, path, name, &k, NULL, NULL);
+    ssize_t rc = xattr_key(fs, path, name, &k, NULL);
     if (!rc) {
         store_buf v = {0};
         rc = store_get(fs->st, STORE_KS_META, k.p, k.len, &v, NULL);
@@ -1457,7 +1498,7 @@ static int xlist_add(void *ctx, const uint8_t *key, size_t klen, const store_inf
 ssize_t kvfs_listxattr(kvfs_fs *fs, const char *path, char *list, size_t size) {
     keybuf k;
     kb_init(&k);
-    int rc = xattr_key(fs, path, NULL, &k, NULL, NULL);
+    int rc = xattr_key(fs, path, NULL, &k, NULL);
     if (rc == -ENOTSUP) rc = 0, k.len = 0;
     if (rc || k.len == 0) {
         kb_free(&k);
@@ -1482,20 +1523,22 @@ int kvfs_removexattr(kvfs_fs *fs, const char *path, const char *name) {
     if (!user_xattr(name)) return -ENOTSUP;
     keybuf k;
     kb_init(&k);
+    fs_node n;
     pthread_mutex_lock(&fs->ns_mu);
-    int rc = xattr_key(fs, path, name, &k, NULL, NULL);
-    if (!rc) {
-        store_info info;
-        rc = store_stat(fs->st, STORE_KS_META, k.p, k.len, &info);
-        if (rc == -ENOENT) rc = -ENODATA;
-    }
+    int rc = xattr_key(fs, path, name, &k, &n);
+    if (rc) goto unlock;
+    store_info info;
+    rc = store_stat(fs->st, STORE_KS_META, k.p, k.len, &info);
+    if (rc == -ENOENT) rc = -ENODATA;
     if (!rc) {
         store_batch b;
         store_batch_init(&b);
         store_batch_delete(&b, STORE_KS_META, k.p, k.len);
-        rc = fs_write_batch(fs, &b);
+        rc = write_xattr_change(fs, &n, &b);
         store_batch_free(&b);
     }
+    node_free(&n);
+unlock:
     pthread_mutex_unlock(&fs->ns_mu);
     kb_free(&k);
     return rc;

@@ -226,6 +226,35 @@ teardown() {
     [ "$status" -ne 0 ]
 }
 
+@test "setfattr, setfattr -x and mv change the entry's ctime, not its mtime, as on a local filesystem" {
+    command -v setfattr >/dev/null || skip "attr tools are not installed"
+    # without the writeback cache the kernel leaves even a file's ctime to the daemon
+    for opts in "" "-o no_writeback_cache"; do
+        rm -rf "$M/d" "$M/d2" "$M/f" "$M/f2"
+        mkdir "$M/d"
+        echo x > "$M/f"
+        for step in "setfattr -n user.a -v 1" "setfattr -x user.a" mv; do
+            for e in d f; do
+                before=$(stat -c '%y %z' "$M/$e")
+                sleep 0.05
+                if [ "$step" = mv ]; then mv "$M/$e" "$M/${e}2"; e=${e}2; else $step "$M/$e"; fi
+                after=$(stat -c '%y %z' "$M/$e")
+                [ "${after% * * *}" = "${before% * * *}" ] || { echo "$opts $step $e: mtime $before -> $after"; false; }
+                [ "${after#* * * }" != "${before#* * * }" ] || { echo "$opts $step $e: ctime stayed $after"; false; }
+            done
+        done
+        # and it is stored: a remount shows it (a file shows the kernel's own ctime until then, which it sends the
+        # daemon in a SETATTR that libfuse passes on without the value: then the daemon's clock shows)
+        ents="$M/d2"
+        after=$(stat -c '%z' $ents)
+        fs_unmount
+        fs_mount $opts
+        [ "$(stat -c '%z' $ents)" = "$after" ] || { echo "$opts: $after, after a remount $(stat -c %z $ents)"; false; }
+        fs_unmount
+        fs_mount $opts
+    done
+}
+
 @test "other xattr namespaces are unsupported, so ls -l asks once per listing, not per file" {
     command -v getfattr >/dev/null || skip "attr tools are not installed"
     mkdir "$M/many"

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
+#include <time.h>
 
 #include "fs.h"
 #include "store.h"
@@ -961,6 +962,50 @@ TEST(fs_directory_times_follow_entries) {
         CHECK_MSG(st2.st_mtim.tv_sec > 1000 && st2.st_ctim.tv_sec > 1000, "%s: /d's mtime stayed",
                   removals[how]);
         kvfs_unlink(e.fs, "/moved");
+    }
+    env_close(&e);
+}
+
+/* As on a local filesystem, setting or removing an extended attribute changes the entry's ctime (a file, open or
+ * not, an explicit or implicit directory), and so does a rename, of the moved entry; mtime stays. */
+TEST(fs_ctime_follows_xattrs_and_renames) {
+    env e;
+    CHECK(env_open(&e, 0));
+    struct stat st, st2;
+    struct timespec pause = {0, 2000000};
+    CHECK_OK(kvfs_mkdir(e.fs, "/d", 0755, &ALICE));
+    CHECK_OK(write_file(&e, "/f", "x"));
+    CHECK_OK(put_key(&e, "imp/a", 5, "a"));
+    const char *paths[] = {"/d", "/f", "/imp", "/f"};
+    for (int i = 0; i < 4; i++) {
+        kvfs_file *of = NULL;
+        if (i == 3) CHECK_OK(kvfs_open(e.fs, "/f", O_RDWR, &of));
+        CHECK_OK(kvfs_getattr(e.fs, paths[i], of, &st));
+        nanosleep(&pause, NULL);
+        CHECK_OK(kvfs_setxattr(e.fs, paths[i], "user.k", "v", 1, 0));
+        CHECK_OK(kvfs_getattr(e.fs, paths[i], of, &st2));
+        CHECK_MSG(ts_after(st2.st_ctim, st.st_ctim), "setxattr %s%s: ctime stayed", paths[i], of ? " (open)" : "");
+        CHECK(st2.st_mtim.tv_sec == st.st_mtim.tv_sec && st2.st_mtim.tv_nsec == st.st_mtim.tv_nsec);
+        st = st2;
+        nanosleep(&pause, NULL);
+        CHECK_OK(kvfs_removexattr(e.fs, paths[i], "user.k"));
+        CHECK_OK(kvfs_getattr(e.fs, paths[i], of, &st2));
+        CHECK_MSG(ts_after(st2.st_ctim, st.st_ctim), "removexattr %s: ctime stayed", paths[i]);
+        if (of) {
+            kvfs_release(e.fs, of);
+            CHECK_OK(kvfs_getattr(e.fs, paths[i], NULL, &st));
+            CHECK(st.st_ctim.tv_sec == st2.st_ctim.tv_sec && st.st_ctim.tv_nsec == st2.st_ctim.tv_nsec);
+        }
+    }
+    const char *moves[][2] = {{"/d", "/d2"}, {"/f", "/f2"}};
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(kvfs_getattr(e.fs, moves[i][0], NULL, &st));
+        nanosleep(&pause, NULL);
+        CHECK_OK(kvfs_rename(e.fs, moves[i][0], moves[i][1], 0));
+        CHECK_OK(kvfs_getattr(e.fs, moves[i][1], NULL, &st2));
+        CHECK_MSG(ts_after(st2.st_ctim, st.st_ctim), "rename %s: ctime stayed", moves[i][0]);
+        CHECK(st2.st_mtim.tv_sec == st.st_mtim.tv_sec && st2.st_mtim.tv_nsec == st.st_mtim.tv_nsec);
+        CHECK_EQ(st2.st_mode, st.st_mode);
     }
     env_close(&e);
 }
