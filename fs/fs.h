@@ -40,6 +40,12 @@ typedef struct kvfs_caller {
     gid_t gid;
 } kvfs_caller;
 
+/* The change time the kernel put into the request this thread handles (a SETATTR with FATTR_CTIME), or NULL for
+ * none: the attribute changes made for it take that ctime, not the daemon's clock. With the writeback cache the
+ * kernel keeps its own ctime of a regular file and shows it, so the record must say the same, or the ctime would
+ * change when the kernel forgets the file (a remount). */
+void kvfs_request_ctime(const struct timespec *t);
+
 /* Create the filesystem over st (not owned). Removes leftovers of files unlinked while open at a previous run. */
 int kvfs_fs_new(store *st, const kvfs_config *cfg, kvfs_fs **out);
 /* Write every buffered byte to the store. */

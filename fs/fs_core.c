@@ -331,7 +331,7 @@ static int write_attr(kvfs_fs *fs, fs_node *n, kvfs_file *f, attr_fn fn, const v
         pthread_mutex_lock(&f->mu);
         fs_attr old = f->attr;
         if (fn) fn(&f->attr, arg);
-        f->attr.ctime = fs_now();
+        f->attr.ctime = fs_ctime_now();
         if (f->buf_len && f->ks == STORE_KS_DATA) {
             f->dirty_attr = true;
             if (b->n) rc = fs_write_batch(fs, b);
@@ -357,7 +357,7 @@ static int write_attr(kvfs_fs *fs, fs_node *n, kvfs_file *f, attr_fn fn, const v
             meta_file_key(&mk, n->p.key, n->p.klen);
         }
         if (fn) fn(&n->attr, arg);
-        n->attr.ctime = fs_now();
+        n->attr.ctime = fs_ctime_now();
         uint8_t rec[META_RECORD_BYTES];
         meta_encode(&n->attr, rec);
         store_batch_put(b, STORE_KS_META, mk.p, mk.len, rec, sizeof rec);

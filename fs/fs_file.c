@@ -263,7 +263,13 @@ static int truncate_locked(kvfs_fs *fs, kvfs_file *f, uint64_t size) {
     int rc = file_flush_locked(fs, f);
     if (rc) return rc;
     fs_attr old = f->attr;
-    f->attr.mtime = f->attr.ctime = fs_now();
+    /* A truncate to the file's own size changes no times: POSIX asks for new ones only when the size changes, and
+     * the kernel's writeback cache, which owns the times it shows, leaves them so (truncate(2); ftruncate asks for
+     * them itself). Without it the kernel leaves them to us, and a local filesystem stamps them. */
+    if (size != f->size || !fs->cfg.writeback_cache) {
+        f->attr.mtime = fs_now();
+        f->attr.ctime = fs_ctime_now();
+    }
     store_batch b;
     store_batch_init(&b);
     store_batch_truncate(&b, f->ks, f->key, f->klen, size);
@@ -301,7 +307,8 @@ static int open_truncate(kvfs_fs *fs, kvfs_file *f, int flags) {
     int rc = 0;
     if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
         pthread_mutex_lock(&f->mu);
-        if (f->size != 0) rc = truncate_locked(fs, f, 0);
+        /* with the writeback cache the kernel stamps an O_TRUNC's times itself (a truncate sends them) */
+        if (f->size != 0 || !fs->cfg.writeback_cache) rc = truncate_locked(fs, f, 0);
         pthread_mutex_unlock(&f->mu);
         if (rc) kvfs_release(fs, f);
     }

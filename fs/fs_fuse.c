@@ -58,6 +58,8 @@ enum { HIDDEN_NAME_LEN = 12 + 16 }; /* ".fuse_hidden" + 16 hex digits */
 #define WRITE_KILL_SUIDGID (1u << 2)
 #define OPEN_KILL_SUIDGID (1u << 0)
 #define SETATTR_CTIME (1u << 10)
+#define SETATTR_CTIME_SEC 48 /* fuse_setattr_in.ctime, ctimensec */
+#define SETATTR_CTIMENSEC 64
 #define SETATTR_CHANGES 0x1bfu /* FATTR_MODE UID GID SIZE ATIME MTIME ATIME_NOW MTIME_NOW */
 #define SETATTR_FH (1u << 6)
 #define GETATTR_FH (1u << 0)
@@ -111,6 +113,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     req_kill_suidgid = false;
     req_chown_same = false;
     req_given_fh = 0;
+    kvfs_request_ctime(NULL);
     if (n < IN_HDR) return n;
     uint8_t *p = buf;
     uint32_t op = rd32(p + 4);
@@ -133,6 +136,14 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
          * FATTR_KILL_SUIDGID (the kernel sets that only when an id is given), and libfuse calls nothing but getattr
          * for it; a local filesystem clears set-user-ID there, as on any chown (op_getattr does). */
         req_chown_same = (valid & SETATTR_CTIME) && !(valid & SETATTR_CHANGES);
+        /* With the writeback cache the kernel keeps a regular file's ctime itself and sends it here (the ctime of
+         * a chmod, chown, truncate or utimens, and after writes): store that one, the one it shows. */
+        if ((valid & SETATTR_CTIME) && body >= SETATTR_CTIMENSEC + 4) {
+            uint64_t sec;
+            memcpy(&sec, p + IN_HDR + SETATTR_CTIME_SEC, 8);
+            struct timespec t = {(time_t)sec, (long)rd32(p + IN_HDR + SETATTR_CTIMENSEC)};
+            if (t.tv_nsec < 1000000000L) kvfs_request_ctime(&t);
+        }
     } else if (op == OPC_OPEN && body >= 8) {
         req_kill_suidgid = (rd32(p + IN_HDR + 4) & OPEN_KILL_SUIDGID) != 0;
     } else if ((op == OPC_RENAME && body > 8) || (op == OPC_RENAME2 && body > 16)) {

@@ -7,6 +7,8 @@
  */
 #include "fs_meta.h"
 
+#include "fs.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,6 +113,18 @@ struct timespec fs_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);
     return t;
+}
+
+static _Thread_local bool req_ctime_given;
+static _Thread_local struct timespec req_ctime;
+
+void kvfs_request_ctime(const struct timespec *t) {
+    req_ctime_given = t != NULL;
+    if (t) req_ctime = *t;
+}
+
+struct timespec fs_ctime_now(void) {
+    return req_ctime_given ? req_ctime : fs_now();
 }
 
 /* The kernel stamps file times from its coarse clock (current_time()). With the writeback cache it owns mtime,

@@ -59,5 +59,6 @@ void meta_xattr_key(keybuf *out, bool dir, const uint8_t *k, size_t klen, const 
 
 struct timespec fs_now(void);
 struct timespec fs_now_coarse(void); /* for the times of a new file or directory */
+struct timespec fs_ctime_now(void);  /* for a changed entry's ctime: the request's (kvfs_request_ctime), or fs_now */
 
 #endif /* KVFS_FS_META_H */

@@ -621,6 +621,35 @@ PY
     [ "$status" -eq 0 ] || { echo "$output"; false; }
 }
 
+@test "the times a file shows after chmod, chown, touch, truncate and writes are what the store keeps (docs/mapping.md)" {
+    # with the writeback cache the kernel keeps a file's mtime and ctime and shows its own: they reach the store
+    for f in m o t w a s; do echo data > "$M/$f"; done
+    created=$(stat -c '%y %z' "$M/s")
+    sleep 0.05
+    chmod 600 "$M/m"
+    chown 1:1 "$M/o"
+    touch -m -d '2001-01-01 00:00:00' "$M/t"
+    truncate -s 2 "$M/w"
+    echo more >> "$M/a"
+    python3 -c 'import os, sys; os.truncate(sys.argv[1], 5)' "$M/s" # truncate(2) to its own size: no new times
+    [ "$(stat -c '%y %z' "$M/s")" = "$created" ]
+    shown=$(stat -c '%n %y %z %s %a %u' "$M"/?)
+    fs_remount
+    [ "$(stat -c '%n %y %z %s %a %u' "$M"/?)" = "$shown" ]
+    # without the writeback cache the daemon stamps a truncate's times, also to the same size, as ext4 does
+    fs_remount -o no_writeback_cache
+    : > "$M/e"
+    before=$(stat -c '%y %z' "$M/s" "$M/e")
+    sleep 0.05
+    truncate -s 5 "$M/s"
+    : > "$M/e"
+    after=$(stat -c '%y %z' "$M/s" "$M/e")
+    [ "$(paste -d '|' <(echo "$before") <(echo "$after") | awk -F'|' '$1 == $2' | wc -l)" -eq 0 ]
+    shown=$(stat -c '%n %y %z %s %a %u' "$M"/?)
+    fs_remount -o no_writeback_cache
+    [ "$(stat -c '%n %y %z %s %a %u' "$M"/?)" = "$shown" ]
+}
+
 @test "read-only mount: EROFS" {
     echo x > "$M/f"
     fs_remount -o ro
