@@ -1078,8 +1078,8 @@ static void move_items(store_batch *b, const itemlist *l, size_t olen, const uin
  * and a file without an attribute record (put through the store API), or whose value is newer than its record
  * (rewritten through the API), shows its value's write time as mtime, ctime and atime (file_attr_make). A rename
  * would make those the rename's time, once the caches forget the file. So such a file gets, at its new key and in
- * the rename's batch, a record of the attributes it shows: a local filesystem's rename changes no file's times.
- * The record of file K, moved to the file `to`: */
+ * the rename's batch, a record of the attributes it shows: a local filesystem's rename changes no times but the
+ * moved entry's ctime (put_moved_file_record). The record of file K, moved to the file `to`: */
 static void put_file_record(store_batch *b, const uint8_t *to, size_t tlen, const fs_attr *a, keybuf *scratch) {
     uint8_t rec[META_RECORD_BYTES];
     meta_encode(a, rec);
@@ -1100,6 +1100,24 @@ static void put_dir_record(store_batch *b, const fs_node *to, const fs_attr *a, 
     if (dk.oom) scratch->oom = true;
     if (!scratch->oom) store_batch_put(b, STORE_KS_META, scratch->p, scratch->len, rec, sizeof rec);
     kb_free(&dk);
+}
+
+/* The record of the file a rename moves to `to`: its attributes with the rename's ctime. */
+static void put_moved_file_record(store_batch *b, const uint8_t *to, size_t tlen, const fs_attr *a,
+                                  struct timespec now, keybuf *scratch) {
+    fs_attr m = *a;
+    m.ctime = now;
+    put_file_record(b, to, tlen, &m, scratch);
+}
+
+/* The same for directory n moved to the place of node `to`, over the record the move carried there. An implicit
+ * directory has none. */
+static void put_moved_dir_record(store_batch *b, const fs_node *n, const fs_node *to, struct timespec now,
+                                 keybuf *scratch) {
+    if (!n->stored) return;
+    fs_attr m = n->attr;
+    m.ctime = now;
+    put_dir_record(b, to, &m, scratch);
 }
 
 /* The same for every file of a directory moved from root olen to root `to` (l from gather_dir: its data keys, then
@@ -1303,28 +1321,22 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
      * through them in between would use a key the batch just moved (a read found nothing there and returned zeros). */
     for (size_t i = 0; i < so.n; i++) pthread_mutex_lock(&so.v[i]->mu);
     for (size_t i = 0; i < dop.n; i++) pthread_mutex_lock(&dop.v[i]->mu);
-    /* The moved files keep their times (put_file_record): an open file's attributes are its open file's. A file's
-     * record is rewritten whether needed or not (one small put); a directory's files get one where needed. The
-     * moved entry itself (or the two exchanged) gets the rename's ctime, as on a local filesystem; an implicit
-     * directory has no record to keep it in. */
+    /* The files below a moved directory keep their times (keep_file_times); the entry moved (both, for an exchange)
+     * keeps its mtime and atime and gets a new ctime, as on a local filesystem (ext4, xfs, btrfs, tmpfs). An open
+     * file's attributes are its open file's (given the new ctime once the batch is written). A file's record is
+     * rewritten whether needed or not (one small put); an implicit directory has no record to stamp. */
     struct timespec now = fs_now();
-    if (!rc && s.type == NODE_FILE) {
-        fs_attr *a = so.n ? &so.v[0]->attr : &s.attr;
-        a->ctime = now;
-        put_file_record(&b, d.p.key, d.p.klen, a, &scratch);
-    }
+    if (!rc && s.type == NODE_FILE)
+        put_moved_file_record(&b, d.p.key, d.p.klen, so.n ? &so.v[0]->attr : &s.attr, now, &scratch);
     if (!rc && s.type == NODE_DIR) {
         keep_file_times(fs, &sl, s.p.klen, d.p.key, d.p.klen, &b, &scratch);
-        if (s.stored) s.attr.ctime = now, put_dir_record(&b, &d, &s.attr, &scratch);
+        put_moved_dir_record(&b, &s, &d, now, &scratch);
     }
-    if (!rc && exchange && d.type == NODE_FILE) {
-        fs_attr *a = dop.n ? &dop.v[0]->attr : &d.attr;
-        a->ctime = now;
-        put_file_record(&b, s.p.key, s.p.klen, a, &scratch);
-    }
+    if (!rc && exchange && d.type == NODE_FILE)
+        put_moved_file_record(&b, s.p.key, s.p.klen, dop.n ? &dop.v[0]->attr : &d.attr, now, &scratch);
     if (!rc && exchange && d.type == NODE_DIR) {
         keep_file_times(fs, &dl, d.p.klen, s.p.key, s.p.klen, &b, &scratch);
-        if (d.stored) d.attr.ctime = now, put_dir_record(&b, &s, &d.attr, &scratch);
+        put_moved_dir_record(&b, &d, &s, now, &scratch);
     }
     if (!rc && scratch.oom) rc = -ENOMEM;
     if (!rc) rc = fs_write_batch(fs, &b);
@@ -1339,7 +1351,10 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
         if (exchange) {
             retarget(fs, &so, s.p.klen, d.p.key, d.p.klen);
             retarget(fs, &dop, d.p.klen, s.p.key, s.p.klen);
+            if (s.type == NODE_FILE && so.n) so.v[0]->attr.ctime = now;
+            if (d.type == NODE_FILE && dop.n) dop.v[0]->attr.ctime = now;
         } else {
+            if (s.type == NODE_FILE && so.n) so.v[0]->attr.ctime = now;
             if (d.type == NODE_FILE && dop.n) {
                 uint8_t *nk = malloc(orphan.len);
                 if (nk) {

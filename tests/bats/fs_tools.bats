@@ -650,6 +650,34 @@ PY
     [ "$(stat -c '%n %y %z %s %a %u' "$M"/?)" = "$shown" ]
 }
 
+@test "a rename stamps the ctime of what it moves (directory, symlink, fifo, file; both of an exchange), no other time" {
+    mkdir -p "$M/d/sub" "$M/e"
+    ln -s target "$M/l"
+    mkfifo "$M/p"
+    echo x > "$M/f"
+    echo y > "$M/d/sub/g"
+    touch -d '2001-01-01 00:00:00' "$M/d" "$M/e" "$M/p" "$M/f" "$M/d/sub/g"
+    touch -h -d '2001-01-01 00:00:00' "$M/l"
+    before=$(stat -c %z "$M/d" "$M/e" "$M/l" "$M/p" "$M/f")
+    inner=$(stat -c '%y %z' "$M/d/sub" "$M/d/sub/g")
+    sleep 0.05
+    mv "$M/d" "$M/d2"
+    mv "$M/l" "$M/l2"
+    mv "$M/p" "$M/p2"
+    mv "$M/f" "$M/f2"
+    python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); sys.exit(libc.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2))' "$M/d2" "$M/e"
+    after=$(stat -c %z "$M/e" "$M/d2" "$M/l2" "$M/p2" "$M/f2")
+    paste <(echo "$before") <(echo "$after")
+    [ "$(paste -d '|' <(echo "$before") <(echo "$after") | awk -F'|' '$1 == $2' | wc -l)" -eq 0 ]
+    [ "$(stat -c %Y "$M/e" "$M/d2" "$M/l2" "$M/p2" "$M/f2" | sort -u)" = "$(date -d '2001-01-01 00:00:00' +%s)" ]
+    # what lies below a moved directory keeps all its times
+    [ "$(stat -c '%y %z' "$M/e/sub" "$M/e/sub/g")" = "$inner" ]
+    # and the store keeps what the mount showed
+    fs_remount
+    [ "$(stat -c %z "$M/e" "$M/d2" "$M/l2" "$M/p2" "$M/f2")" = "$after" ]
+    [ "$(stat -c '%y %z' "$M/e/sub" "$M/e/sub/g")" = "$inner" ]
+}
+
 @test "read-only mount: EROFS" {
     echo x > "$M/f"
     fs_remount -o ro
