@@ -132,10 +132,11 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
         give_hidden_fh(p + IN_HDR, req_nodeid, SETATTR_FH);
         uint32_t valid = rd32(p + IN_HDR);
         req_kill_suidgid = (valid & SETATTR_KILL_SUIDGID) != 0;
-        /* A chown that changes neither owner nor group reaches us as a SETATTR of the change time alone, without
-         * FATTR_KILL_SUIDGID (the kernel sets that only when an id is given), and libfuse calls nothing but getattr
-         * for it; a local filesystem clears set-user-ID there, as on any chown (op_getattr does). */
-        req_chown_same = (valid & SETATTR_CTIME) && !(valid & SETATTR_CHANGES);
+        /* A chown that changes neither owner nor group reaches us as a SETATTR of the change time alone (without
+         * the writeback cache: of nothing), without FATTR_KILL_SUIDGID (the kernel sets that only when an id is
+         * given), and libfuse calls nothing but getattr for it; a local filesystem stamps the ctime there and clears
+         * set-user-ID, as on any chown (op_getattr does). */
+        req_chown_same = !(valid & SETATTR_CHANGES);
         /* With the writeback cache the kernel keeps a regular file's ctime itself and sends it here (the ctime of
          * a chmod, chown, truncate or utimens, and after writes): store that one, the one it shows. */
         if ((valid & SETATTR_CTIME) && body >= SETATTR_CTIMENSEC + 4) {
@@ -663,7 +664,8 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
     if (req_chown_same) {
         /* libfuse's SETATTR ends with this getattr (io_read): the chown(path, -1, -1) case of op_chown */
         req_chown_same = false;
-        rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
+        rc = kvfs_chown(FS(), path, f, (uid_t)-1, (gid_t)-1);
+        if (!rc) rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
         if (rc) return hidden_done(rc);
     }
     return hidden_done(stale_if_gone(path, kvfs_getattr(FS(), path, f, st)));

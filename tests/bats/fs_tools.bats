@@ -678,6 +678,38 @@ PY
     [ "$(stat -c '%y %z' "$M/e/sub" "$M/e/sub/g")" = "$inner" ]
 }
 
+@test "setting or removing an xattr stamps the ctime; chown -1 -1 stamps it and clears set-user-ID, also without the writeback cache" {
+    command -v setfattr >/dev/null || skip "setfattr is not installed"
+    for opts in "" "-o no_writeback_cache"; do
+        # shellcheck disable=SC2086
+        fs_remount $opts
+        rm -rf "$M/d" "$M/f" "$M/s"
+        mkdir "$M/d"
+        echo x > "$M/f"
+        echo x > "$M/s"
+        chmod 6755 "$M/s"
+        before=$(stat -c %z "$M/d" "$M/f" "$M/d" "$M/f" "$M/d" "$M/s")
+        sleep 0.05
+        setfattr -n user.a -v 1 "$M/d"
+        setfattr -n user.a -v 1 "$M/f"
+        a1=$(stat -c %z "$M/d" "$M/f")
+        sleep 0.05
+        setfattr -x user.a "$M/d"
+        setfattr -x user.a "$M/f"
+        a2=$(stat -c %z "$M/d" "$M/f")
+        sleep 0.05
+        python3 -c 'import os, sys; [os.chown(p, -1, -1) for p in sys.argv[1:]]' "$M/d" "$M/s"
+        a3=$(stat -c %z "$M/d" "$M/s")
+        after=$(printf '%s\n%s\n%s\n' "$a1" "$a2" "$a3")
+        paste <(echo "$before") <(echo "$after")
+        [ "$(paste -d '|' <(echo "$before") <(echo "$after") | awk -F'|' '$1 == $2' | wc -l)" -eq 0 ]
+        [ "$(stat -c %a "$M/s")" = 755 ]
+        # shellcheck disable=SC2086
+        fs_remount $opts
+        [ "$(stat -c %z "$M/d" "$M/s")" = "$a3" ]
+    done
+}
+
 @test "read-only mount: EROFS" {
     echo x > "$M/f"
     fs_remount -o ro
