@@ -736,3 +736,30 @@ PY
     [ "$(ls "$M/d" | wc -l)" -eq 300 ]
     [ "$(cat "$M/d/f42")" = 42 ]
 }
+
+@test "a file as large as the kernel allows (2^63 - 1 bytes, sparse): truncated up, written near its end, read back after a remount (docs/mapping.md)" {
+    python3 - "$M/huge" <<'PY'
+import os, sys
+big = (1 << 63) - 1
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+os.ftruncate(fd, big)
+assert os.pwrite(fd, b"tail", big - 100) == 4
+assert os.pwrite(fd, b"head", 0) == 4
+os.fsync(fd)
+os.close(fd)
+PY
+    fs_remount
+    [ "$(stat -c %s "$M/huge")" = 9223372036854775807 ]
+    [ "$(stat -c %b "$M/huge")" -lt 64 ] # only what was written takes space
+    python3 - "$M/huge" <<'PY'
+import os, sys
+big = (1 << 63) - 1
+fd = os.open(sys.argv[1], os.O_RDONLY)
+assert os.pread(fd, 4, 0) == b"head"
+assert os.pread(fd, 8, big - 104) == b"\0\0\0\0tail", os.pread(fd, 8, big - 104)
+assert os.pread(fd, 8, 1 << 62) == b"\0" * 8
+os.close(fd)
+PY
+    rm "$M/huge"
+    [ ! -e "$M/huge" ]
+}
