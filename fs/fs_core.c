@@ -333,8 +333,12 @@ static int write_attr(kvfs_fs *fs, fs_node *n, kvfs_file *f, attr_fn fn, const v
         if (fn) fn(&f->attr, arg);
         f->attr.ctime = fs_ctime_now();
         if (f->buf_len && f->ks == STORE_KS_DATA) {
-            f->dirty_attr = true;
+            /* the xattr's batch, if any, now; a failed one changes nothing, the ctime neither */
             if (b->n) rc = fs_write_batch(fs, b);
+            if (rc)
+                f->attr = old;
+            else
+                f->dirty_attr = true;
         } else {
             file_put_attr(fs, f, b);
             rc = fs_write_batch(fs, b);

@@ -1010,6 +1010,41 @@ TEST(fs_ctime_follows_xattrs_and_renames) {
     env_close(&e);
 }
 
+/* An xattr change that fails changes nothing: not the xattrs, and not the ctime of the entry, also of an open file
+ * whose written bytes wait in its buffer (its record is written at the next flush: the ctime was stamped in the open
+ * file first, and kept, with the record marked dirty, when the xattr's batch failed). */
+TEST(fs_failed_xattr_change_keeps_the_ctime) {
+    env e;
+    CHECK(env_open(&e, 4096));
+    struct timespec pause = {0, 2000000};
+    CHECK_OK(write_file(&e, "/f", "x"));
+    for (int buffered = 0; buffered < 2; buffered++) {
+        kvfs_file *f;
+        CHECK_OK(kvfs_open(e.fs, "/f", O_RDWR, &f));
+        CHECK_OK(kvfs_setxattr(e.fs, "/f", "user.k", "v", 1, 0));
+        if (buffered) CHECK_EQ(kvfs_write(e.fs, f, "y", 1, 1, false), 1); /* waits in the buffer */
+        struct stat st, st2;
+        CHECK_OK(kvfs_getattr(e.fs, "/f", f, &st));
+        nanosleep(&pause, NULL);
+        for (int op = 0; op < 2; op++) {
+            store_mem_fail_next_write(e.st, -ENOSPC);
+            int rc = op ? kvfs_removexattr(e.fs, "/f", "user.k") : kvfs_setxattr(e.fs, "/f", "user.k", "w", 1, 0);
+            CHECK_EQ(rc, -ENOSPC);
+            CHECK_OK(kvfs_getattr(e.fs, "/f", f, &st2));
+            CHECK_MSG(st2.st_ctim.tv_sec == st.st_ctim.tv_sec && st2.st_ctim.tv_nsec == st.st_ctim.tv_nsec,
+                      "%s failed%s: the ctime changed all the same", op ? "removexattr" : "setxattr",
+                      buffered ? " (buffered bytes)" : "");
+        }
+        char v[4];
+        CHECK_EQ(kvfs_getxattr(e.fs, "/f", "user.k", v, sizeof v), 1);
+        CHECK(v[0] == 'v');
+        CHECK_OK(kvfs_release(e.fs, f));
+        CHECK_OK(kvfs_getattr(e.fs, "/f", NULL, &st2)); /* and the record that the close wrote */
+        CHECK(st2.st_ctim.tv_sec == st.st_ctim.tv_sec && st2.st_ctim.tv_nsec == st.st_ctim.tv_nsec);
+    }
+    env_close(&e);
+}
+
 /* More entries than one fetch of the listing's cursors (64): every name comes out whole. */
 TEST(fs_listing_of_many_files_is_exact) {
     env e;
