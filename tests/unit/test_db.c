@@ -1069,8 +1069,6 @@ TEST(test_db_checkpoint_and_stats) {
     kv_free(cp);
 }
 
-/* A log record whose checksum is right but which holds bytes after its last operation is malformed: the open
- * reports it with the log's name and the offset, instead of replaying what it can read. */
 static int stop_at_first(void *ctx, uint64_t done, uint64_t total) {
     (void)ctx, (void)done, (void)total;
     return 1;
@@ -1137,6 +1135,8 @@ TEST(test_db_checkpoint_to_a_dest_with_a_trailing_slash_syncs_its_parent) {
     kv_free(db);
 }
 
+/* A log record whose checksum is right but which holds bytes after its last operation is malformed: the open
+ * reports it with the log's name and the offset, instead of replaying what it can read. */
 TEST(test_db_log_record_with_trailing_bytes) {
     kv_options o;
     const char *dir = t_tmpdir();
