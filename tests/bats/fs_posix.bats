@@ -28,7 +28,9 @@ teardown() {
 probe() {
     fs_mount -o allow_other "$@"
     chmod 0777 "$M"
-    run t python3 "$BATS_TEST_DIRNAME/posix_diff.py" "$T/ref" "$M" \
+    local wb=()
+    [[ "$*" == *no_writeback_cache* ]] && wb=(--no-writeback-cache)
+    run t python3 "$BATS_TEST_DIRNAME/posix_diff.py" "$T/ref" "$M" "${wb[@]}" \
         --remount ". '$BATS_TEST_DIRNAME/helpers.bash-fs' && fs_remount -o allow_other $*"
     echo "$output" | grep -v '^documented' || true
     [ "$status" -eq 0 ]
