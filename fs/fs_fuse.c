@@ -561,6 +561,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     cfg->direct_io = 0;
     conn->max_write = 1u << 20;
     conn->max_readahead = 1u << 20;
+    if (k->max_read) conn->max_read = k->max_read;
     conn->time_gran = 1;
     bool wb = k->writeback && !k->read_only && (conn->capable & FUSE_CAP_WRITEBACK_CACHE);
     if (wb) conn->want |= FUSE_CAP_WRITEBACK_CACHE;

@@ -15,6 +15,7 @@ typedef struct kvfs_fuse {
     double timeout;        /* entry and attribute cache timeout, seconds (the daemon is the only writer) */
     bool writeback;        /* ask for the kernel's writeback cache */
     bool read_only;
+    unsigned max_read;     /* -o max_read=N given to FUSE (0: none): init must ask for the same, or libfuse fails */
 } kvfs_fuse;
 
 /* The operations; fuse_new's user_data must be a kvfs_fuse that outlives the session. */

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <syslog.h>
@@ -70,6 +71,7 @@ typedef struct mount_opts {
     bool compress, keep_reserve;
     unsigned uid, gid, spin_us, file_mode, dir_mode;
     double timeout;
+    unsigned max_read; /* -o max_read=N, kept for FUSE too (0: not given) */
 } mount_opts;
 
 /* -o blob_threshold: the largest. A value below the threshold is written whole, with its key (up to 64 KiB), into
@@ -77,10 +79,14 @@ typedef struct mount_opts {
  * past that, writing such a value fails. */
 #define BLOB_THRESHOLD_MAX ((size_t)512 << 20)
 
+#ifndef FUSE_SUPER_MAGIC
+#define FUSE_SUPER_MAGIC 0x65735546 /* statfs's f_type of a FUSE mount (linux/magic.h) */
+#endif
+
 /* -o spin: the longest poll, microseconds. Longer would only burn a CPU after the last request of a burst. */
 #define SPIN_MAX_US 100000u
 
-enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_OURS };
+enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_OURS, KEY_MAX_READ };
 
 #define OPT(t, f, v) {t, offsetof(mount_opts, f), v}
 static const struct fuse_opt mount_spec[] = {
@@ -105,6 +111,7 @@ static const struct fuse_opt mount_spec[] = {
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_KEY("max_read=", KEY_MAX_READ),
     FUSE_OPT_KEY("fsname=", KEY_OURS),
     FUSE_OPT_KEY("subtype=", KEY_OURS),
     FUSE_OPT_END,
@@ -164,6 +171,16 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
     case KEY_RO:
         o->read_only = 1;
         return 1; /* the kernel must know as well: EROFS before a request is even sent */
+    case KEY_MAX_READ: {
+        /* libfuse refuses the mount's start (its INIT) unless the filesystem's init asks for the same size: the
+         * daemon does (kvfs_fuse.max_read). What is not a number is left to FUSE to refuse. */
+        const char *v = arg + strlen("max_read=");
+        char *end;
+        errno = 0;
+        unsigned long n = strtoul(v, &end, 10);
+        if (*v >= '0' && *v <= '9' && !*end && !errno && n <= UINT32_MAX) o->max_read = (unsigned)n;
+        return 1;
+    }
     case KEY_OURS:
         /* kvfs mount (store_is_mounted) and kvfs checkpoint find the store's mount by these: another fsname or type
          * would hide it from them (a dead mount not detached, a checkpoint into the mount not refused) */
@@ -200,6 +217,19 @@ static void usage(void) {
            "                           (default 50 with two or more CPUs, 0 with one; 0: always sleep;\n"
            "                           at most 100000)\n"
            "Other -o options are passed to FUSE (see mount.fuse3(8)), but for fsname and subtype: kvfs sets them.\n");
+}
+
+/* Whether FUSE takes the options left for it (argv[1..] of args: what kvfs did not parse): fuse_new parses them, and
+ * a throwaway one, never mounted, tells before anything is made (it prints what it refuses). run() builds the real
+ * one only after opening the store, which a typo in -o would otherwise leave behind in a new DATADIR. */
+static bool fuse_options_ok(const struct fuse_args *args) {
+    struct fuse_args a = FUSE_ARGS_INIT(0, NULL);
+    bool ok = fuse_opt_add_arg(&a, "kvfs") == 0;
+    for (int i = 1; ok && i < args->argc; i++) ok = fuse_opt_add_arg(&a, args->argv[i]) == 0;
+    struct fuse *f = ok ? fuse_new(&a, kvfs_fuse_operations(), sizeof(struct fuse_operations), NULL) : NULL;
+    if (f) fuse_destroy(f);
+    fuse_opt_free_args(&a);
+    return f != NULL;
 }
 
 enum { SIZE_OK, SIZE_BAD, SIZE_HUGE };
@@ -792,6 +822,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     d.fctx.timeout = o->timeout_s ? o->timeout : 86400.0; /* 0: the kernel caches nothing */
     d.fctx.writeback = !o->no_writeback;
     d.fctx.read_only = o->read_only;
+    d.fctx.max_read = o->max_read;
     d.fuse = fuse_new(fargs, kvfs_fuse_operations(), sizeof(struct fuse_operations), &d.fctx);
     if (!d.fuse) {
         say(LOG_ERR, "mount: bad FUSE options (see kvfs mount --help)");
@@ -887,6 +918,10 @@ int kvfs_mount_main(int argc, char **argv) {
         goto out;
     }
 #endif
+    if (!fuse_options_ok(&args)) {
+        fprintf(stderr, "kvfs: mount: bad FUSE options (see kvfs mount --help)\n");
+        goto out;
+    }
     bool mem = o.store_kind && strcmp(o.store_kind, "mem") == 0;
     /* The mount point first: a mount refused for it must not leave a new, empty DATADIR behind. */
     real_mnt = realpath(o.mountpoint, NULL);
@@ -981,7 +1016,19 @@ int kvfs_mount_main(int argc, char **argv) {
     while (r < 0 && errno == EINTR);
     close(pfd[0]);
     if (r == 1 && c == '0') {
-        status = 0;
+        /* The daemon said so once the kernel had the mount; its start (FUSE's INIT, answered by the daemon's loop)
+         * can still fail, and the mount then ends at once. A statfs waits for that start and is answered by the
+         * daemon: only then is the mount usable, as kvfs mount promises. */
+        struct statfs sf;
+        errno = 0;
+        if (statfs(o.mountpoint, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC) {
+            status = 0;
+        } else {
+            fprintf(stderr, "kvfs: the mount on %s ended as it started%s%s (the daemon's log says why: syslog, or "
+                    "run kvfs mount -f)\n", o.mountpoint, errno ? ": " : "", errno ? strerror(errno) : "");
+            waitpid(pid, NULL, WNOHANG);
+            status = 1;
+        }
     } else {
         /* The child said why on stderr; reap it if it is gone. */
         waitpid(pid, NULL, WNOHANG);

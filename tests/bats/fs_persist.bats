@@ -343,7 +343,7 @@ PY
     done
 }
 
-@test "a mount refused for its mount point leaves no DATADIR behind" {
+@test "a mount refused for its mount point or a FUSE option leaves no DATADIR behind" {
     run t "$KVFS" mount "$D" "$T/no-such-dir"
     [ "$status" -eq 1 ]
     [[ "$output" == *"no-such-dir: No such file or directory"* ]]
@@ -353,11 +353,28 @@ PY
     [ "$status" -eq 1 ]
     [[ "$output" == *"not a directory"* ]]
     [ ! -e "$D" ]
+    # an option FUSE does not know: refused before DATADIR is made
+    run t "$KVFS" mount -o nosuchoption "$D" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"unknown option"*"nosuchoption"* ]]
+    [[ "$output" == *"bad FUSE options"* ]]
+    [ ! -e "$D" ]
+    ! is_mounted
     # DATADIR inside the mount point: refused, and the directory it made for it is gone again
     run t "$KVFS" mount "$M/data" "$M"
     [ "$status" -eq 1 ]
     [[ "$output" == *"the mount would hide the store's own files"* ]]
     [ ! -e "$M/data" ]
+}
+
+@test "-o max_read=N mounts (libfuse fails the mount's start unless the daemon asks for the same size)" {
+    fs_mount -o max_read=131072
+    grep -q " $M fuse.kvfs .*max_read=131072" /proc/mounts
+    head -c 1000000 /dev/urandom > "$T/r"
+    cp "$T/r" "$M/r"
+    fs_remount -o max_read=131072
+    cmp "$T/r" "$M/r"
+    kv get "$D" r | cmp - "$T/r"
 }
 
 @test "size options refuse what cannot be counted or held, naming the option and the largest value" {
