@@ -86,7 +86,7 @@ typedef struct mount_opts {
 /* -o spin: the longest poll, microseconds. Longer would only burn a CPU after the last request of a burst. */
 #define SPIN_MAX_US 100000u
 
-enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_OURS, KEY_MAX_READ };
+enum { KEY_FOREGROUND, KEY_DEBUG, KEY_HELP, KEY_RO, KEY_OURS, KEY_MAX_READ, KEY_CACHING };
 
 #define OPT(t, f, v) {t, offsetof(mount_opts, f), v}
 static const struct fuse_opt mount_spec[] = {
@@ -114,6 +114,19 @@ static const struct fuse_opt mount_spec[] = {
     FUSE_OPT_KEY("max_read=", KEY_MAX_READ),
     FUSE_OPT_KEY("fsname=", KEY_OURS),
     FUSE_OPT_KEY("subtype=", KEY_OURS),
+    /* libfuse's own options for what the daemon's init sets (fs_fuse.c op_init), where a value given would be
+     * overridden without a word */
+    FUSE_OPT_KEY("entry_timeout=", KEY_CACHING),
+    FUSE_OPT_KEY("attr_timeout=", KEY_CACHING),
+    FUSE_OPT_KEY("ac_attr_timeout=", KEY_CACHING),
+    FUSE_OPT_KEY("negative_timeout=", KEY_CACHING),
+    FUSE_OPT_KEY("kernel_cache", KEY_CACHING),
+    FUSE_OPT_KEY("auto_cache", KEY_CACHING),
+    FUSE_OPT_KEY("noauto_cache", KEY_CACHING),
+    FUSE_OPT_KEY("direct_io", KEY_CACHING),
+    FUSE_OPT_KEY("hard_remove", KEY_CACHING),
+    FUSE_OPT_KEY("use_ino", KEY_CACHING),
+    FUSE_OPT_KEY("readdir_ino", KEY_CACHING),
     FUSE_OPT_END,
 };
 
@@ -181,6 +194,11 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
         if (*v >= '0' && *v <= '9' && !*end && !errno && n <= UINT32_MAX) o->max_read = (unsigned)n;
         return 1;
     }
+    case KEY_CACHING:
+        say(LOG_ERR, "mount: -o %.*s is set by kvfs (the kernel's caches: -o cache_timeout=SECS and "
+            "no_writeback_cache choose them; inode numbers and removal of open files are kvfs's own)",
+            (int)strcspn(arg, "="), arg);
+        return -1;
     case KEY_OURS:
         /* kvfs mount (store_is_mounted) and kvfs checkpoint find the store's mount by these: another fsname or type
          * would hide it from them (a dead mount not detached, a checkpoint into the mount not refused) */

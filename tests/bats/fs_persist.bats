@@ -367,6 +367,14 @@ PY
     [ ! -e "$M/data" ]
 }
 
+@test "libfuse's caching options that kvfs sets itself are refused, not silently overridden" {
+    fs_unmount
+    for o in entry_timeout=5 attr_timeout=0 ac_attr_timeout=1 negative_timeout=2 kernel_cache auto_cache \
+        noauto_cache direct_io hard_remove use_ino readdir_ino; do
+        refused "$o" "*mount: -o ${o%%=*} is set by kvfs (*cache_timeout*"
+    done
+}
+
 @test "-o max_read=N mounts (libfuse fails the mount's start unless the daemon asks for the same size)" {
     fs_mount -o max_read=131072
     grep -q " $M fuse.kvfs .*max_read=131072" /proc/mounts
