@@ -725,7 +725,9 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
                 (void)env->remove(env, to);
             }
             kv_env_free_names(names, n);
-            (void)env->rmdir(env, dest);
+            /* the removals durable before the directory goes: a power loss must not bring back files into a
+             * directory that is gone (nor dest with them, a copy half made) */
+            if (env->sync_dir(env, dest) == KV_OK) (void)env->rmdir(env, dest);
         }
         kv_set_error(rc, "%s", msg);
     }
