@@ -341,11 +341,14 @@ static void setup_signals(void) {
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* Make sure descriptors 0..2 are open, so that nothing we open later becomes "stdout" by accident. */
+/* Make sure descriptors 0..2 are open, so that nothing we open later becomes "stdout" by accident. A closed stdin
+ * or stdout gets /dev/null opened the wrong way round, so that reading or writing it still fails with EBADF, as it
+ * would have closed: `kvfs put D K <&-` must not store an empty value, nor `kvfs get D K >&-` say 0 having written
+ * nothing (a closed stderr just loses the messages). */
 static void ensure_std_fds(void) {
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
-            int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+            int n = open("/dev/null", fd == 1 ? O_RDONLY : O_WRONLY);
             if (n >= 0 && n != fd) close(n); /* cannot happen: open returns the lowest free descriptor */
         }
 }

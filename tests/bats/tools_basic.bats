@@ -132,6 +132,29 @@ teardown() { tools_teardown; }
     [ "$stderr" = "kvfs: key 'b' not found" ]
 }
 
+@test "a closed stdin or stdout fails as a closed descriptor: put stores nothing, get and scan do not say 0" {
+    kv put "$D" a 1
+    run --separate-stderr bash -c 'exec "$0" put "$1" k <&-' "$KVFS" "$D"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: put: reading stdin: Bad file descriptor" ]
+    run --separate-stderr kv get "$D" k
+    [ "$status" -eq 1 ]
+    run --separate-stderr bash -c 'exec "$0" batch "$1" <&-' "$KVFS" "$D"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: batch: reading stdin: Bad file descriptor" ]
+    local args
+    for args in "get $D a" "scan $D" "stats $D" --version; do
+        # shellcheck disable=SC2086
+        run --separate-stderr bash -c "exec \"\$0\" $args >&-" "$KVFS"
+        [ "$status" -eq 1 ] || { echo "kvfs $args: status $status"; false; }
+        [ "$stderr" = "kvfs: writing output: Bad file descriptor" ]
+    done
+    # a command that reads and writes neither is unaffected; the store is intact
+    bash -c 'exec "$0" put "$1" b 2 <&- >&-' "$KVFS" "$D"
+    [ "$(kv get "$D" b)" = 2 ]
+    kv check "$D"
+}
+
 @test "large value streamed through put and get (binary-safe, bigger than a chunk)" {
     head -c $((9 * 1024 * 1024 + 123)) /dev/urandom > "$T/big"
     kv put "$D" big < "$T/big"

@@ -92,6 +92,25 @@ teardown() { tools_teardown; }
     grep -q '^dir/one' "$T/direct.0"
 }
 
+@test "mounted: a closed stdin or stdout fails in the daemon as a closed descriptor, as unmounted" {
+    mount_store "$D" "$M"
+    kv put "$D" a 1
+    run --separate-stderr bash -c 'exec "$0" put "$1" k <&-' "$KVFS" "$D"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: put: reading stdin: Bad file descriptor" ]
+    [ ! -e "$M/k" ]
+    run --separate-stderr bash -c 'exec "$0" batch "$1" <&-' "$KVFS" "$D"
+    [ "$status" -eq 1 ]
+    local args
+    for args in "get $D a" "scan $D" "changes $D --follow"; do
+        # shellcheck disable=SC2086
+        run --separate-stderr bash -c "exec \"\$0\" $args >&-" "$KVFS"
+        [ "$status" -eq 1 ] || { echo "kvfs $args: status $status"; false; }
+        [ "$stderr" = "kvfs: writing output: Bad file descriptor" ]
+    done
+    [ "$(cat "$M/a")" = 1 ]
+}
+
 @test "mounted: changes --follow shows writes made through the mount" {
     mount_store "$D" "$M"
     kv put "$D" start 0
