@@ -93,6 +93,10 @@ int tool_kv_error(tool_ctx *c, int rc, const char *fmt, ...) __attribute__((form
 bool tool_cancelled(tool_ctx *c);
 /* Sleep up to ms milliseconds, returning early (true) when cancelled. */
 bool tool_sleep(tool_ctx *c, int ms);
+/* True when stdout is a pipe or socket whose reader went away (out.err is then EPIPE): what a command that writes
+ * nothing for a long time (changes --follow while no batch comes) checks so as to end as a write would, at once
+ * rather than at its next line. */
+bool tool_output_gone(tool_ctx *c);
 /* Read from the caller's stdin: bytes read, 0 at end of input, -1 on error or cancellation (errno EINTR). */
 long tool_read(tool_ctx *c, void *buf, size_t n);
 /* The status a command ends with after a stop: the reader went away (EPIPE) -> -SIGPIPE, interrupted -> -SIGINT,

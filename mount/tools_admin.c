@@ -340,7 +340,7 @@ int cmd_changes(tool_ctx *c, const targs *a) {
         if (c->reopen) {
             /* Not mounted: let go of the store between polls so that other tools can use it. */
             c->reopen->close(c->reopen, c);
-            if (tool_sleep(c, 200)) {
+            if (tool_sleep(c, 200) || tool_output_gone(c)) {
                 status = TOOL_FAIL;
                 break;
             }
@@ -350,7 +350,7 @@ int cmd_changes(tool_ctx *c, const targs *a) {
             int remote_rc = TOOL_FAIL;
             if (c->reopen->open(c->reopen, c, json ? 6 : 5, argv, &remote_rc) == TOOL_REOPEN_REMOTE)
                 return remote_rc; /* the store got mounted: the daemon ran the rest */
-        } else if (tool_sleep(c, 100)) {
+        } else if (tool_sleep(c, 100) || tool_output_gone(c)) {
             status = TOOL_FAIL;
             break;
         }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +64,19 @@ bool tool_sleep(tool_ctx *c, int ms) {
         if (left <= 0) return tool_cancelled(c);
         if (wait_fd(c, -1, 0, left > 250 ? 250 : (int)left) < 0) return true;
     }
+}
+
+bool tool_output_gone(tool_ctx *c) {
+    if (c->out.err) return c->out.err == EPIPE;
+    struct stat st;
+    if (fstat(c->out.fd, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) return false;
+    /* No events asked: a pipe whose reader is gone reports POLLERR, a socket shut down both ways POLLHUP. */
+    struct pollfd p = {.fd = c->out.fd, .events = 0};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP))) {
+        c->out.err = EPIPE;
+        return true;
+    }
+    return false;
 }
 
 long tool_read(tool_ctx *c, void *buf, size_t n) {

@@ -155,6 +155,10 @@ teardown() { tools_teardown; }
     kv check "$D"
 }
 
+@test "changes --follow ends as killed by SIGPIPE once its reader is gone, without waiting for a batch" {
+    follow_ends_when_reader_leaves
+}
+
 @test "large value streamed through put and get (binary-safe, bigger than a chunk)" {
     head -c $((9 * 1024 * 1024 + 123)) /dev/urandom > "$T/big"
     kv put "$D" big < "$T/big"

@@ -111,6 +111,11 @@ teardown() { tools_teardown; }
     [ "$(cat "$M/a")" = 1 ]
 }
 
+@test "mounted: changes --follow ends as killed by SIGPIPE once its reader is gone, without waiting for a batch" {
+    mount_store "$D" "$M"
+    follow_ends_when_reader_leaves
+}
+
 @test "mounted: changes --follow shows writes made through the mount" {
     mount_store "$D" "$M"
     kv put "$D" start 0
