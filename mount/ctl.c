@@ -411,6 +411,19 @@ void ctl_server_stop(struct ctl_server *s) {
 
 /* ---- Client --------------------------------------------------------------------------------------------------- */
 
+bool ctl_daemon_answers(const char *datadir) {
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", datadir, CTL_SOCKET_NAME);
+    if (n < 0 || (size_t)n >= sizeof a.sun_path) return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool up = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return up;
+}
+
 int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     struct sockaddr_un a;
     int dirfd = -1;

@@ -55,6 +55,10 @@ void ctl_server_stop(struct ctl_server *s);
 /* The detail of the last ctl_server_start failure on this thread. */
 const char *ctl_errmsg(void);
 
+/* Whether a daemon (kvfs mount or kvfs serve) answers on DATADIR/kvfs.sock: it is serving, not closing (a daemon
+ * stops its socket first when it shuts down). */
+bool ctl_daemon_answers(const char *datadir);
+
 /* Client: run argv (argv[0] is the command name) in the daemon serving datadir. Returns 0 when no daemon answers
  * (nothing was run), 1 when the command ran there: *status is its exit status (negative: -signal). Failures after
  * connecting are reported on stderr as "kvfs: ..." and give status 1. */

@@ -541,6 +541,11 @@ static int serve_main(int argc, char **argv) {
         return TOOL_USAGE;
     }
     const char *dir = argv[1];
+    int max_wait = kvfs_lock_wait_ms();
+    if (max_wait < 0) {
+        fprintf(stderr, "kvfs: KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400\n", getenv("KVFS_LOCK_WAIT"));
+        return TOOL_FAIL;
+    }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "kvfs: %s: cannot create: %s\n", dir, strerror(errno));
         return TOOL_FAIL;
@@ -557,7 +562,22 @@ static int serve_main(int argc, char **argv) {
     sigaddset(&block, SIGHUP);
     sigprocmask(SIG_BLOCK, &block, &old);
     kv_db *db;
+    /* Held by another process: wait for it to let go, as kvfs mount does (a daemon closing the store after its
+     * unmount, a tool for a moment), unless a daemon serves it. */
     int rc = kv_open(dir, &o, &db);
+    for (int waited = 0; rc == KV_EBUSY && waited < max_wait && !ctl_daemon_answers(dir) && !interrupted;
+         waited += 50) {
+        sigprocmask(SIG_SETMASK, &old, NULL); /* Ctrl-C ends the wait */
+        sleep_ms(50);
+        sigprocmask(SIG_BLOCK, &block, NULL);
+        rc = kv_open(dir, &o, &db);
+    }
+    if (rc == KV_EBUSY) {
+        fprintf(stderr, "kvfs: %s: %s\n", dir, ctl_daemon_answers(dir)
+                    ? "the store is already served by a daemon (kvfs mount or kvfs serve)"
+                    : "the store is locked by another process");
+        return TOOL_FAIL;
+    }
     if (rc) {
         fprintf(stderr, "kvfs: %s: cannot open the store: %s (%s)\n", dir, kv_errmsg(), kv_strerror(rc));
         return TOOL_FAIL;

@@ -55,6 +55,7 @@
 #pragma weak ctl_errmsg
 #pragma weak kvfs_store_options
 #pragma weak kvfs_lock_wait_ms
+#pragma weak ctl_daemon_answers
 #endif
 #endif
 
@@ -722,16 +723,7 @@ static bool daemon_answers(const char *datadir) {
     (void)datadir;
     return false;
 #else
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    int n = snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", datadir, CTL_SOCKET_NAME);
-    if (n < 0 || (size_t)n >= sizeof a.sun_path) return false;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    bool up = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return up;
+    return ctl_daemon_answers ? ctl_daemon_answers(datadir) : false;
 #endif
 }
 

@@ -119,6 +119,24 @@ stop_serve() {
     kv get "$D" big | cmp - "$T/big"
 }
 
+@test "serve waits for a process that has the store open for a moment, as mount does; a bad KVFS_LOCK_WAIT is an error" {
+    kv put "$D" a 1
+    # A put reading a FIFO holds the store open until its writer closes it.
+    mkfifo "$T/fifo"
+    "$KVFS" put "$D" held < "$T/fifo" 3>&- &
+    local putpid=$!
+    exec 4>"$T/fifo"
+    sleep 0.3
+    ( sleep 1; printf 'v' >&4; exec 4>&- ) 3>&- &
+    exec 4>&-
+    start_serve # failed at once before: "the store is in use by another process"
+    wait "$putpid"
+    [ "$(kv get "$D" held)" = v ]
+    run --separate-stderr env KVFS_LOCK_WAIT=x "$KVFS" serve "$D"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "kvfs: KVFS_LOCK_WAIT=x: not a number of seconds from 0 to 86400" ]
+}
+
 @test "a data directory whose socket path is too long for sun_path still works" {
     D="$T/$(printf 'x%.0s' $(seq 1 60))/$(printf 'y%.0s' $(seq 1 60))/data"
     mkdir -p "$(dirname "$D")"
@@ -249,7 +267,7 @@ stop_serve() {
     start_serve
     run --separate-stderr timeout 10 "$KVFS" serve "$D"
     [ "$status" -eq 1 ]
-    [[ "$stderr" == "kvfs: $D: cannot open the store: "* ]]
+    [ "$stderr" = "kvfs: $D: the store is already served by a daemon (kvfs mount or kvfs serve)" ]
     stop_serve
     echo precious > "$D/kvfs.sock"
     run --separate-stderr timeout 10 "$KVFS" serve "$D"
