@@ -341,9 +341,9 @@ typedef struct kv_stats {
     uint64_t estimated_keys;      /* entries in tables and memtables (versions and tombstones included) */
     uint64_t cache_hits, cache_misses;
     uint64_t cache_bytes, cache_capacity;
-    uint64_t user_bytes_written;  /* keys + values handed to kv_write */
+    uint64_t user_bytes_written;  /* keys + values handed to kv_write (all byte counts: since the open) */
     uint64_t wal_bytes_written;
-    uint64_t flush_bytes_written;
+    uint64_t flush_bytes_written; /* tables of flushes (not those recovery makes at the open from older writes) */
     uint64_t compaction_bytes_written;
     uint64_t compaction_bytes_read;
     uint64_t blob_bytes_written;
