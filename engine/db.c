@@ -609,7 +609,9 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/LOCK", dir);
-    if ((rc = db->env->lock(db->env, path, &db->lock))) {
+    /* read-only handles share the store (they write nothing); a writer has it alone */
+    bool shared = o.read_only && db->env->lock_shared;
+    if ((rc = shared ? db->env->lock_shared(db->env, path, &db->lock) : db->env->lock(db->env, path, &db->lock))) {
         if (rc == KV_EBUSY) kv_set_error(KV_EBUSY, "%s: the store is in use by another process (or handle)", dir);
         goto fail;
     }

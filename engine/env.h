@@ -65,6 +65,9 @@ typedef struct kv_env {
     /* Take an exclusive advisory lock on path (created if missing): KV_EBUSY when another holder has it. */
     int (*lock)(struct kv_env *env, const char *path, kv_file **lock);
     int (*unlock)(struct kv_env *env, kv_file *lock);
+    /* Optional (NULL: lock is taken instead): a shared lock on path, released by unlock. Any number of shared
+     * holders at once, none while lock's exclusive holder has it (and lock gets KV_EBUSY while one has it). */
+    int (*lock_shared)(struct kv_env *env, const char *path, kv_file **lock);
     /* Free the environment itself (no-op for the shared POSIX one). */
     void (*destroy)(struct kv_env *env);
 } kv_env;

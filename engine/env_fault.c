@@ -804,6 +804,11 @@ static int fe_lock(kv_env *env, const char *path, kv_file **lock) {
 
 static int fe_unlock(kv_env *env, kv_file *lock) { return FE(env)->base->unlock(FE(env)->base, lock); }
 
+static int fe_lock_shared(kv_env *env, const char *path, kv_file **lock) {
+    kv_env *b = FE(env)->base;
+    return b->lock_shared ? b->lock_shared(b, path, lock) : b->lock(b, path, lock);
+}
+
 static int fe_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_t *total) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
@@ -860,6 +865,7 @@ kv_env *kv_fault_env_new(kv_env *base) {
         .sync_dir = fe_sync_dir,
         .lock = fe_lock,
         .unlock = fe_unlock,
+        .lock_shared = fe_lock_shared,
         .disk_space = fe_disk_space,
         .destroy = fault_destroy,
     };

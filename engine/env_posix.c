@@ -527,21 +527,22 @@ static int px_sync_dir(kv_env *env, const char *path) {
     return r == 0 ? KV_OK : kv_set_errno(e, "fsync directory", path);
 }
 
-static int px_lock(kv_env *env, const char *path, kv_file **lock) {
-    (void)env;
+/* An exclusive lock, or a shared one (any number of shared holders, none beside an exclusive one). A shared lock
+ * needs only read access to an existing LOCK file: a user who may read a store but not write it can read it. */
+static int lock_file(const char *path, bool shared, kv_file **lock) {
     kv_file *f;
-    int rc = open_file(path, O_RDWR | O_CREAT, &f);
+    int rc = open_file(path, (shared ? O_RDONLY : O_RDWR) | O_CREAT, &f);
     if (rc != KV_OK) return rc;
 #ifdef F_OFD_SETLK
     struct flock fl;
     memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
+    fl.l_type = shared ? F_RDLCK : F_WRLCK;
     fl.l_whence = SEEK_SET; /* start 0, length 0: the whole file */
     int r = fcntl(f->fd, F_OFD_SETLK, &fl);
     bool busy = r != 0 && (errno == EAGAIN || errno == EACCES);
 #else
     /* flock() locks also belong to the open file description, so they conflict within one process too. */
-    int r = flock(f->fd, LOCK_EX | LOCK_NB);
+    int r = flock(f->fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB);
     bool busy = r != 0 && errno == EWOULDBLOCK;
 #endif
     if (r != 0) {
@@ -553,6 +554,16 @@ static int px_lock(kv_env *env, const char *path, kv_file **lock) {
     }
     *lock = f;
     return KV_OK;
+}
+
+static int px_lock(kv_env *env, const char *path, kv_file **lock) {
+    (void)env;
+    return lock_file(path, false, lock);
+}
+
+static int px_lock_shared(kv_env *env, const char *path, kv_file **lock) {
+    (void)env;
+    return lock_file(path, true, lock);
 }
 
 /* Closing the descriptor releases the lock; the lock file itself stays (removing it would race with a new holder). */
@@ -595,6 +606,7 @@ static kv_env posix_env = {
     .list_dir = px_list_dir,
     .sync_dir = px_sync_dir,
     .lock = px_lock,
+    .lock_shared = px_lock_shared,
     .unlock = px_unlock,
     .disk_space = px_disk_space,
     .destroy = px_destroy,

@@ -135,8 +135,10 @@ typedef struct kv_read_opts {
     size_t upper_len;
 } kv_read_opts;
 
-/* Open (or create) the store in directory dir. opts may be NULL for defaults. Takes an exclusive lock on the
- * directory: a second open of the same store, in this process or another, returns KV_EBUSY. */
+/* Open (or create) the store in directory dir. opts may be NULL for defaults. Takes a lock on the directory: an
+ * exclusive one, so that a second open of the same store, in this process or another, returns KV_EBUSY; with
+ * read_only a shared one: read-only handles open the store together, and only an open for writing returns
+ * KV_EBUSY while one is open (or, while a writer has it, they do). */
 int kv_open(const char *dir, const kv_options *opts, kv_db **out);
 
 /* Close: flushes what is pending to the write-ahead log, stops background work, releases files and memory.

@@ -451,3 +451,41 @@ teardown() { tools_teardown; }
     [ "$output" = 1 ]
     chmod 0755 "$D"
 }
+
+@test "commands that only read share an unmounted store: a scan feeding a loop of gets works; a writer still waits for them" {
+    for i in $(seq 1 30); do kv put "$D" "k$i" "v$i"; done
+    # scan holds the store open while each get opens it too (both read-only: a shared lock)
+    out=$(KVFS_LOCK_WAIT=0 "$KVFS" scan "$D" --keys-only | while read -r k; do KVFS_LOCK_WAIT=0 "$KVFS" get "$D" "$k"; echo; done)
+    [ "$(echo "$out" | grep -c '^v')" -eq 30 ]
+    # a reader that stays open: a scan whose last value fills the pipe, read slowly
+    head -c 300000 /dev/zero | tr '\0' x | kv put "$D" zz
+    mkfifo "$T/fifo"
+    "$KVFS" scan "$D" > "$T/fifo" 3>&- &
+    pid=$!
+    exec 7<"$T/fifo"
+    read -r first <&7 # scan has the store open and waits for its reader
+    run --separate-stderr env KVFS_LOCK_WAIT=0.2 "$KVFS" put "$D" w 1
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"the store is locked by another process"* ]]
+    [ "$(KVFS_LOCK_WAIT=0 "$KVFS" get "$D" k1)" = v1 ] # another reader is let in
+    cat <&7 >/dev/null
+    exec 7<&-
+    wait "$pid"
+    kv put "$D" w 1
+    [ "$(kv get "$D" w)" = 1 ]
+}
+
+@test "a user who may read a store's files but not write them can read it (its LOCK file is taken for reading)" {
+    [ "$(id -u)" -eq 0 ] || skip "needs root to run the tool as another user"
+    command -v setpriv >/dev/null || skip "setpriv is not installed"
+    kv put "$D" a 1
+    chmod 0755 "$T" "$D"
+    [ "$(stat -c %U "$D/LOCK")" = root ]
+    as_nobody() { timeout 20 setpriv --reuid=65534 --regid=65534 --clear-groups env KVFS_LOCK_WAIT=0 "$@"; }
+    run --separate-stderr as_nobody "$KVFS" get "$D" a
+    echo "$stderr"
+    [ "$status" -eq 0 ]
+    [ "$output" = 1 ]
+    run --separate-stderr as_nobody "$KVFS" put "$D" b 2
+    [ "$status" -eq 1 ]
+}

@@ -3779,3 +3779,30 @@ TEST(test_db_blob_gc_remap_power_loss) {
     }
     free(f.model);
 }
+
+/* Read-only handles share a store (a shared lock): any number open together, in one process or several, while an
+ * open for writing is refused; and while a writer has it, read-only opens are refused. */
+TEST(test_db_read_only_handles_share_the_store_and_exclude_a_writer) {
+    const char *dir = t_tmpdir();
+    kv_db *w, *r1, *r2, *x;
+    CHECK_OK(kv_open(dir, NULL, &w));
+    CHECK_OK(kv_put(w, "k", 1, "v", 1, 0)); /* left in the log: the readers replay it, writing nothing */
+    kv_options ro;
+    kv_options_init(&ro);
+    ro.read_only = true;
+    CHECK_EQ(kv_open(dir, &ro, &r1), KV_EBUSY);
+    kv_free(w);
+    CHECK_OK(kv_open(dir, &ro, &r1));
+    CHECK_OK(kv_open(dir, &ro, &r2));
+    char buf[8];
+    CHECK_OK(get_str(r1, "k", buf, sizeof buf));
+    CHECK(strcmp(buf, "v") == 0);
+    CHECK_OK(get_str(r2, "k", buf, sizeof buf));
+    CHECK_EQ(kv_open(dir, NULL, &x), KV_EBUSY);
+    kv_free(r1);
+    CHECK_EQ(kv_open(dir, NULL, &x), KV_EBUSY); /* r2 still reads */
+    kv_free(r2);
+    CHECK_OK(kv_open(dir, NULL, &x));
+    CHECK_OK(get_str(x, "k", buf, sizeof buf));
+    kv_free(x);
+}
