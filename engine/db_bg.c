@@ -906,12 +906,25 @@ static bool gc_due_after_removals(kv_db *db, gc_after_removals *g) {
            (g->ended_us == 0 || now - g->ended_us >= gap);
 }
 
+/* Whether a background compaction that worked ends the run of failures before it (for the log; `successes` counts
+ * the run's successes in a row, and is reset when it ends): when it left nothing to compact, or after
+ * COMPACT_RUN_END_SUCCESSES in a row. One success alone does not: while one table fails every time, the compactions
+ * of other levels still work between its attempts, and the log heard "works again" and "failed" anew at each turn. */
+#define COMPACT_RUN_END_SUCCESSES 3
+bool db_compact_run_ends(uint64_t failures, unsigned *successes, bool nothing_due) {
+    if (!failures) return false;
+    if (!nothing_due && ++*successes < COMPACT_RUN_END_SUCCESSES) return false;
+    *successes = 0;
+    return true;
+}
+
 static void *compact_main(void *arg) {
     kv_db *db = arg;
     gc_after_removals removed = {.removals = atomic_load(&db->st_removals), .seq = atomic_load(&db->last_seq),
                                  .quiet_since_us = db_now_us()};
     pthread_mutex_lock(&db->mu);
-    int failures = 0;
+    int failures = 0;         /* in this run (successes between them do not end it: db_compact_run_ends) */
+    unsigned run_successes = 0; /* in a row, within the run */
     uint64_t busy_us = db_now_us(); /* the last compaction or pass: a pass is due after a minute without either */
     gc_pacing pacing = {.enospc_seen = atomic_load(&db->st_enospc)};
     /* the last flush_deletes_for_compaction: at most one in 5 s, each a level-0 table and a log (while compactions
@@ -925,6 +938,7 @@ static void *compact_main(void *arg) {
              * that fails here, and a failure then goes on with the same run, unlogged, and its pauses. */
             log_recovery(db, true, "compaction", (uint64_t)failures);
             failures = 0;
+            run_successes = 0;
         }
         if (!db->manual_running && !db->manual_waiting && !db->compact_running && db->vs->current->score >= 1) {
             bool did;
@@ -932,12 +946,17 @@ static void *compact_main(void *arg) {
             int rc = db_compact_once(db, &did);
             db->compact_attempts++;
             db->compact_error = rc == KV_ECLOSED ? 0 : rc;
-            if (rc && rc != KV_ECLOSED) log_failure(db, true, "compaction", (uint64_t)failures + 1, rc);
-            else if (!rc) log_recovery(db, true, "compaction", (uint64_t)failures);
+            if (rc && rc != KV_ECLOSED) {
+                log_failure(db, true, "compaction", (uint64_t)failures + 1, rc);
+            } else if (!rc && db_compact_run_ends((uint64_t)failures, &run_successes, db->vs->current->score < 1)) {
+                log_recovery(db, true, "compaction", (uint64_t)failures);
+                failures = 0;
+            }
             if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);
             pthread_cond_broadcast(&db->bg_cv); /* writers waiting at the stop trigger look at compact_error */
             if (rc && rc != KV_ECLOSED) {
                 failures++;
+                run_successes = 0;
                 atomic_fetch_add(&db->st_compact_failures, 1);
                 /* the 5 s run from a flush made, not from an attempt that found no delete to flush */
                 if (rc == KV_ENOSPC && db_now_us() - deletes_flushed_us >= 5000000 &&
@@ -946,8 +965,6 @@ static void *compact_main(void *arg) {
                 /* mu was released for that flush: a close may have broadcast meanwhile */
                 if (!db->stopping) timed_wait(db, &db->work_cv, failures > 10 ? 5000 : 200 * failures);
                 gc_when_short_of_space(db, &pacing); /* a compaction that fails for a full disk may free it */
-            } else {
-                failures = 0;
             }
             if (!db->stopping && db->vs->current->nblobs > 0 && gc_due_by_bytes(db))
                 bg_blob_gc_timed(db, &removed); /* between compactions too */

@@ -393,6 +393,7 @@ int db_iter_payload(kv_iter *it, const uint8_t **p, size_t *plen);
 /* db_bg.c */
 int db_start_background(kv_db *db);
 void db_stop_background(kv_db *db);
+bool db_compact_run_ends(uint64_t failures, unsigned *successes, bool nothing_due); /* db_bg.c */
 int db_flush_one(kv_db *db);               /* flush the oldest immutable memtable (caller holds mu) */
 int db_compact_once(kv_db *db, bool *did); /* one compaction if needed (caller holds mu) */
 /* At open: run the due level-0 compaction now when its inputs (both levels) are small (caller holds mu; errors are

@@ -97,7 +97,8 @@ typedef struct kv_options {
                                     flushes and compactions go on after another process took the rest (docs/design.md,
                                     "A full disk"); default false. A writable open without it removes a RESERVE. */
     kv_log_fn log;               /* told when background flushes, compactions or blob GC start to fail (once per run
-                                    of failures, with the error) and when they work again; default NULL: silent
+                                    of failures, with the error) and when they work again (for compactions: one
+                                    leaves nothing more to compact, or three in a row work); default NULL: silent
                                     (kv_get_stats has the same facts) */
     void *log_ctx;               /* passed to log */
 } kv_options;

@@ -3806,3 +3806,24 @@ TEST(test_db_read_only_handles_share_the_store_and_exclude_a_writer) {
     CHECK_OK(get_str(x, "k", buf, sizeof buf));
     kv_free(x);
 }
+
+/* The log's runs of compaction failures (db_compact_run_ends): a success between failures (another level's
+ * compaction, while one table fails every time) does not end the run, so the log does not hear "works again" and
+ * "failed" anew at each turn; a success that leaves nothing to compact, or three in a row, does. */
+TEST(test_db_a_compaction_run_ends_only_when_compactions_work_again) {
+    unsigned ok = 0;
+    CHECK(!db_compact_run_ends(0, &ok, true)); /* no run: nothing to end */
+    /* F S F S F S ...: one success at a time, more still due */
+    for (int i = 1; i < 20; i++) {
+        CHECK(!db_compact_run_ends((uint64_t)i, &ok, false));
+        ok = 0; /* the next failure resets the streak (compact_main) */
+    }
+    /* three in a row end it */
+    CHECK(!db_compact_run_ends(5, &ok, false));
+    CHECK(!db_compact_run_ends(5, &ok, false));
+    CHECK(db_compact_run_ends(5, &ok, false));
+    CHECK_EQ(ok, 0);
+    /* one that leaves nothing to compact ends it at once */
+    CHECK(db_compact_run_ends(2, &ok, true));
+    CHECK_EQ(ok, 0);
+}
