@@ -35,6 +35,7 @@ typedef struct tout {
     struct tool_ctx *ctx;
     size_t n;
     int err;
+    int wmode;              /* daemon runs: how a write avoids blocking (tools_io.c, write_some); 0 = not known yet */
     char buf[1 << 16];
 } tout;
 

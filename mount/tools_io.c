@@ -9,6 +9,7 @@
  *  - Text forms and JSON strings are produced in bounded pieces: memory does not depend on a key's or value's size.
  */
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,10 +95,43 @@ long tool_read(tool_ctx *c, void *buf, size_t n) {
     }
 }
 
+enum { WM_UNKNOWN, WM_PLAIN, WM_NOWAIT, WM_SMALL };
+
+/* One write(2) of up to n bytes. In the daemon it must never block: the descriptor is the client's, and a blocking
+ * pipe, socket or terminal whose reader stops reading (`kvfs get D K | sleep 100`, or a terminal stopped with
+ * Ctrl-S) held the command's thread in write() after the client had been killed, and ctl_server_stop (an unmount)
+ * waited for it as long. So pipes and sockets are written with RWF_NOWAIT (EAGAIN when full; the caller then polls
+ * them and the connection); where the kernel does not take it, and on terminals, one PIPE_BUF piece at a time once
+ * poll() says there is room, which a pipe never blocks on. Files and other devices do not wait for a reader. */
+static ssize_t write_some(tout *o, const char *p, size_t n) {
+    if (o->ctx->cancel_fd < 0) return write(o->fd, p, n); /* direct runs: a signal interrupts a blocked write */
+    if (o->wmode == WM_UNKNOWN) {
+        struct stat st;
+        o->wmode = WM_PLAIN;
+        if (fstat(o->fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) o->wmode = WM_NOWAIT;
+        else if (isatty(o->fd)) o->wmode = WM_SMALL;
+    }
+    if (o->wmode == WM_NOWAIT) {
+        struct iovec iov = {(void *)p, n};
+        ssize_t w = pwritev2(o->fd, &iov, 1, -1, RWF_NOWAIT);
+        if (w >= 0 || (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOSYS)) return w;
+        o->wmode = WM_SMALL;
+    }
+    if (o->wmode == WM_SMALL) {
+        struct pollfd pf = {.fd = o->fd, .events = POLLOUT};
+        if (poll(&pf, 1, 0) == 0) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (n > PIPE_BUF) n = PIPE_BUF;
+    }
+    return write(o->fd, p, n);
+}
+
 int tout_flush(tout *o) {
     size_t done = 0;
     while (done < o->n && !o->err) {
-        ssize_t w = write(o->fd, o->buf + done, o->n - done);
+        ssize_t w = write_some(o, o->buf + done, o->n - done);
         if (w > 0) {
             done += (size_t)w;
             continue;

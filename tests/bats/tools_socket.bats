@@ -233,6 +233,30 @@ stop_serve() {
     [ "$SECONDS" -le 3 ]
 }
 
+@test "a client killed while its reader stops reading (get | sleep) frees the daemon's thread; the daemon stops" {
+    # The daemon writes into the client's pipe: a blocking write() into a full pipe waited for the reader, whoever
+    # had gone, and the daemon's stop (an unmount) waited for that command for as long as the reader slept.
+    head -c 2000000 /dev/zero | kv put "$D" big
+    start_serve
+    mkfifo "$T/out"
+    sleep 60 < "$T/out" 3>&- &
+    local sleeper=$!
+    "$KVFS" get "$D" big > "$T/out" 3>&- &
+    local pid=$!
+    sleep 0.5
+    kill -9 "$pid"
+    wait "$pid" || true
+    run kv get "$D" missing
+    [ "$status" -eq 1 ] && [ "$output" = "kvfs: key 'missing' not found" ]
+    SECONDS=0
+    stop_serve
+    local took=$SECONDS
+    kill "$sleeper" 2>/dev/null || true
+    wait "$sleeper" 2>/dev/null || true
+    [ "$took" -le 3 ]
+    [ ! -e "$D/kvfs.sock" ]
+}
+
 @test "a write through the daemon that faults in the log's mapping does not end the daemon" {
     # A log cut by another process: the daemon's next write into its reserved space lands in a mapped page past the
     # end of the file (SIGBUS). The engine's handler turns that into a pwrite, but only on a thread where SIGBUS is
