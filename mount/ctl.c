@@ -39,6 +39,7 @@
 #define MAX_ARG_BYTES (16u << 20)
 #define MAX_CONNS 256
 #define RES_DENIED 1 /* reply flag: the daemon refused the client (another user) */
+#define RES_BUSY 2   /* reply flag: the command was not run: MAX_CONNS commands running already, or no thread */
 
 struct req_hdr {
     char magic[8];
@@ -309,7 +310,7 @@ static void *accept_thread(void *arg) {
         pthread_attr_destroy(&at);
         if (!ok) {
             free(c);
-            send_reply(fd, TOOL_FAIL, 0);
+            send_reply(fd, TOOL_FAIL, RES_BUSY); /* flags 0 was a silent status 1: `get` said "absent" */
             close(fd);
         }
     }
@@ -506,6 +507,11 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     if (got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0) {
         if (r.flags & RES_DENIED) {
             fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);
+            return 1;
+        }
+        if (r.flags & RES_BUSY) {
+            fprintf(stderr, "kvfs: %s: the mount daemon is busy: it runs at most %d commands at once (or could not start "
+                            "a thread for this one); the command was not run\n", datadir, MAX_CONNS);
             return 1;
         }
         *status = r.status;

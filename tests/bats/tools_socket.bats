@@ -257,6 +257,26 @@ stop_serve() {
     [ ! -e "$D/kvfs.sock" ]
 }
 
+@test "a daemon already serving 256 commands says so; it is not a silent status 1 (get's 'not found')" {
+    command -v python3 >/dev/null 2>&1 || skip "python3 is needed to hold connections open"
+    kv put "$D" a 1
+    start_serve
+    # 256 connections that send nothing: each holds one of the daemon's slots for 10 seconds
+    python3 -c 'import socket,sys,time
+ss=[socket.socket(socket.AF_UNIX) for i in range(256)]
+for s in ss: s.connect(sys.argv[1])
+print("held", flush=True); time.sleep(8)' "$D/kvfs.sock" > "$T/held" 3>&- &
+    local holder=$!
+    for i in $(seq 1 100); do grep -q held "$T/held" && break; sleep 0.05; done
+    sleep 0.2
+    run kv get "$D" a
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"busy"* ]]
+    [ "$(kv get "$D" a)" = 1 ]
+}
+
 @test "a write through the daemon that faults in the log's mapping does not end the daemon" {
     # A log cut by another process: the daemon's next write into its reserved space lands in a mapped page past the
     # end of the file (SIGBUS). The engine's handler turns that into a pwrite, but only on a thread where SIGBUS is
