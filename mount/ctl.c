@@ -393,14 +393,17 @@ void ctl_server_stop(struct ctl_server *s) {
     if (!s) return;
     (void)!write(s->wake[1], "x", 1);
     pthread_join(s->accept_thread, NULL);
-    pthread_mutex_lock(&s->mu);
-    for (struct conn *c = s->conns; c; c = c->next) shutdown(c->fd, SHUT_RDWR); /* cancels the running command */
-    while (s->active > 0) pthread_cond_wait(&s->idle, &s->mu);
-    pthread_mutex_unlock(&s->mu);
+    /* No new command from now on: the socket goes before the running commands are waited for. A client that comes
+     * meanwhile finds no daemon and waits for the store's lock, as when nothing is mounted; one still in the
+     * listening queue is reset, which it takes the same way (ctl_client_run: the command never ran). */
     struct stat st;
     if (fstatat(s->dirfd, CTL_SOCKET_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino == s->sock_ino)
         unlinkat(s->dirfd, CTL_SOCKET_NAME, 0);
     close(s->lfd);
+    pthread_mutex_lock(&s->mu);
+    for (struct conn *c = s->conns; c; c = c->next) shutdown(c->fd, SHUT_RDWR); /* cancels the running command */
+    while (s->active > 0) pthread_cond_wait(&s->idle, &s->mu);
+    pthread_mutex_unlock(&s->mu);
     close(s->wake[0]);
     close(s->wake[1]);
     close(s->dirfd);
@@ -477,10 +480,11 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     int fds[3] = {0, 1, 2};
     memcpy(CMSG_DATA(c), fds, sizeof fds);
     bool sent = sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+    int send_err = sent ? 0 : errno;
     for (off = 0; sent && off < bytes;) {
         ssize_t w = send(fd, body + off, bytes - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) sent = false;
+        if (w <= 0) sent = false, send_err = w < 0 ? errno : EPIPE;
         else off += (size_t)w;
     }
     free(body);
@@ -490,6 +494,7 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     struct res_hdr r;
     char *p = (char *)&r;
     size_t got = 0;
+    int recv_err = 0;
     while (got < sizeof r) {
         ssize_t n = recv(fd, p + got, sizeof r - got, 0);
         if (n > 0) {
@@ -501,9 +506,15 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
             *status = -SIGINT;
             return 1;
         }
+        if (n < 0) recv_err = errno;
         break;
     }
     close(fd);
+    /* Reset before a reply, or refused while sending: the daemon never had the whole request, so the command did not
+     * run (it runs one only once it has read it all, and a connection it then ends reads as an end, not a reset). A
+     * daemon that stops resets the connections still in its listening queue: the caller waits for the store's lock
+     * then, as when no daemon is there, and runs the command itself once the daemon has closed the store. */
+    if (got == 0 && (recv_err == ECONNRESET || send_err == ECONNRESET || send_err == EPIPE)) return 0;
     if (got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0) {
         if (r.flags & RES_DENIED) {
             fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);

@@ -333,3 +333,24 @@ print("held", flush=True); time.sleep(8)' "$D/kvfs.sock" > "$T/held" 3>&- &
     [ "$output" = "" ]
     [ "$stderr" = "kvfs: $D: the mount daemon refused the request (it runs as another user)" ]
 }
+
+@test "a command started while the daemon stops waits for the store and runs, instead of failing in the daemon's queue" {
+    mkdir -p "$T/mnt"
+    mount_store "$D" "$T/mnt"
+    # enough data that a compaction through the daemon runs for a while: the unmount waits for it
+    python3 -c 'import os,sys; [sys.stdout.write("put k%06d %s\n" % (i, os.urandom(500).hex())) for i in range(100000)]' |
+        kv batch "$D"
+    "$KVFS" compact "$D" 3>&- &
+    compact=$!
+    sleep 0.3
+    fusermount3 -u "$T/mnt" &
+    umount_pid=$!
+    sleep 0.2
+    # the daemon is stopping: its socket must not take this command only to drop it
+    run --separate-stderr env KVFS_LOCK_WAIT=60 "$KVFS" put "$D" after 1
+    echo "$stderr"
+    [ "$status" -eq 0 ]
+    wait "$umount_pid"
+    wait "$compact" || true
+    [ "$(kv get "$D" after)" = 1 ]
+}
