@@ -207,12 +207,22 @@ int cmd_del(tool_ctx *c, const targs *a) {
     return rc ? tool_kv_error(c, rc, "del") : TOOL_OK;
 }
 
+/* The most batch input taken: a batch is applied atomically, so all of it is held (twice: the text and the parsed
+ * batch) until it commits, in the mount daemon's memory when the store is mounted. Unbounded, `yes | kvfs batch`
+ * took a daemon to 3.7 GB in 3 s. (The engine takes at most 1 GiB in one batch anyway.) */
+#define BATCH_MAX_INPUT ((size_t)256 << 20)
+
 /* Read all of stdin into *out (NUL-terminated). 0, or a failure status already reported. */
 static int slurp_stdin(tool_ctx *c, char **out, size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (!buf) return tool_error(c, "batch: out of memory reading stdin");
+        if (n > BATCH_MAX_INPUT) {
+            free(buf);
+            return tool_error(c, "batch: the input is larger than %zu MiB: a batch is applied whole, so it is held in "
+                                 "memory; split it into several batches", BATCH_MAX_INPUT >> 20);
+        }
         if (cap - n < 4096) {
             char *nb = realloc(buf, cap * 2);
             if (!nb) free(buf);

@@ -489,3 +489,13 @@ teardown() { tools_teardown; }
     run --separate-stderr as_nobody "$KVFS" put "$D" b 2
     [ "$status" -eq 1 ]
 }
+
+@test "batch input larger than 256 MiB is refused, applying nothing, before it is all held in memory" {
+    kv put "$D" a 1
+    run --separate-stderr bash -c "yes 'put x/y zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz' | head -c 300M | \"$KVFS\" batch \"$D\""
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "kvfs: batch: the input is larger than 256 MiB"* ]]
+    run kv get "$D" x/y
+    [ "$status" -eq 1 ]
+    [ "$(kv get "$D" a)" = 1 ]
+}
