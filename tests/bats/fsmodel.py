@@ -201,22 +201,21 @@ class Model:
 
     def vanish_implicit(self):
         """KNOWN (docs/mapping.md, "Directories"): an implicit directory exists only while some key lies below it,
-        so removing its last entry removes it. The reference does the same by hand. kvfs does not stamp the
-        parent's mtime for that removal (undocumented; the parent's own entry did change), so the reference's
-        parent gets its times back."""
+        so removing its last entry removes it. The reference does the same by hand, and its rmdir stamps the
+        parent's times, as kvfs does (docs/design-fs.md, "Directory times, and ctime"): a parent whose mtime was set
+        explicitly is no longer pinned to it."""
         gone = []
         changed = True
         while changed:
             changed = False
             for d in sorted(self.implicit, key=len, reverse=True):
                 if self.kind(d) == "d" and not os.listdir(P(REF, d)):
-                    pst = os.stat(P(REF, parent(d)))
                     for x in os.listxattr(P(REF, d)):
                         os.removexattr(P(REF, d), x)
                     os.rmdir(P(REF, d))
-                    os.utime(P(REF, parent(d)), ns=(pst.st_atime_ns, pst.st_mtime_ns))
                     self.implicit.discard(d)
                     self.unpin(d)
+                    self.unpin(parent(d))
                     gone.append(d)
                     changed = True
         # The kernel learns that they vanished a moment after the request (fs_fuse.c's notifier thread): wait for
