@@ -39,10 +39,12 @@ struct ctl_server;
 void kvfs_store_options(kv_options *o, const char *datadir);
 
 /* How long a process waits for a store another process holds before giving up, in ms: KVFS_LOCK_WAIT seconds
- * (0 to 86400, fractions allowed), KVFS_LOCK_WAIT_DEFAULT_MS when unset or empty. -1 when it is set to anything else:
+ * (0 to 86400, digits with an optional fraction), KVFS_LOCK_WAIT_DEFAULT_MS when unset or empty. -1 when it is set to anything else:
  * the caller reports it (a typo must not silently become the default). */
 #define KVFS_LOCK_WAIT_DEFAULT_MS 5000
 int kvfs_lock_wait_ms(void);
+/* Its message for a bad value (a printf format taking the value): one wording for every command. */
+#define KVFS_LOCK_WAIT_BAD "KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400"
 
 /* Start serving db on DATADIR/kvfs.sock. Fails (KV_EBUSY) when another server answers there; a stale socket left
  * by a dead daemon is replaced; a non-socket file of that name is never removed (KV_EEXIST). Sets SIGPIPE to be

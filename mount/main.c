@@ -366,7 +366,7 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
     /* before anything is done (a put would create DATADIR first) */
     int max_wait = kvfs_lock_wait_ms();
     if (max_wait < 0) {
-        *status = tool_error(c, "KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400", getenv("KVFS_LOCK_WAIT"));
+        *status = tool_error(c, KVFS_LOCK_WAIT_BAD, getenv("KVFS_LOCK_WAIT"));
         return -1;
     }
     struct stat st;
@@ -543,7 +543,7 @@ static int serve_main(int argc, char **argv) {
     const char *dir = argv[1];
     int max_wait = kvfs_lock_wait_ms();
     if (max_wait < 0) {
-        fprintf(stderr, "kvfs: KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400\n", getenv("KVFS_LOCK_WAIT"));
+        fprintf(stderr, "kvfs: " KVFS_LOCK_WAIT_BAD "\n", getenv("KVFS_LOCK_WAIT"));
         return TOOL_FAIL;
     }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {

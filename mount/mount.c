@@ -924,7 +924,7 @@ int kvfs_mount_main(int argc, char **argv) {
     if (!check_options(&o)) goto out;
 #ifdef KVFS_HAVE_CTL
     if (kvfs_lock_wait_ms && kvfs_lock_wait_ms() < 0) {
-        fprintf(stderr, "kvfs: KVFS_LOCK_WAIT=%s: not a number of seconds from 0 to 86400\n", getenv("KVFS_LOCK_WAIT"));
+        fprintf(stderr, "kvfs: " KVFS_LOCK_WAIT_BAD "\n", getenv("KVFS_LOCK_WAIT"));
         goto out;
     }
 #endif
