@@ -200,7 +200,7 @@ static void check_log(kv_db *db, check_ctx *cc, const char *name, bool batches, 
     bool lost = false;
     if (rc == KV_ECORRUPT && newest && db->opt.read_only && wal_reader_damage_is_lost_page(r, &lost) == KV_OK && lost)
         rc = KV_OK;
-    if (rc == KV_ECORRUPT || rc == KV_EIO) problem(cc, name, wal_reader_valid_end(r), kv_errmsg());
+    if (rc == KV_ECORRUPT || rc == KV_EIO || rc == KV_EPERM) problem(cc, name, wal_reader_valid_end(r), kv_errmsg());
     wal_reader_close(r);
 }
 

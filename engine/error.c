@@ -25,6 +25,7 @@ const char *kv_strerror(int code) {
     case KV_EEXIST: return "already exists";
     case KV_EREADONLY: return "store is read-only";
     case KV_EINTERRUPTED: return "interrupted";
+    case KV_EPERM: return "permission denied";
     default: return "unknown error";
     }
 }
@@ -48,6 +49,8 @@ int kv_set_errno(int e, const char *what, const char *path) {
     case EDQUOT: code = KV_ENOSPC; break;
     case ENOENT: code = KV_ENOTFOUND; break;
     case ENOMEM: code = KV_ENOMEM; break;
+    case EACCES:
+    case EPERM: code = KV_EPERM; break;
     default: code = KV_EIO; break;
     }
     return kv_set_error(code, "%s %s: %s", what, path ? path : "", strerror(e));

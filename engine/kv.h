@@ -45,6 +45,7 @@ enum {
     KV_EEXIST = -11,    /* the store exists and error_if_exists was set; a checkpoint's dest exists */
     KV_EREADONLY = -12, /* a write on a store opened read-only */
     KV_EINTERRUPTED = -13, /* a long operation stopped because its progress callback asked it to */
+    KV_EPERM = -14,     /* the operating system refused access to a file or directory (EACCES, EPERM) */
 };
 
 const char *kv_strerror(int code);

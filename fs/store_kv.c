@@ -75,6 +75,7 @@ static int errno_of(int kv) {
     case KV_ENOMEM: return -ENOMEM;
     case KV_EINVAL: return -EINVAL;
     case KV_EBUSY: return -EBUSY;
+    case KV_EPERM: return -EACCES;
     default: return -EIO; /* corruption, I/O errors, a closed store: the kernel can only say EIO */
     }
 }

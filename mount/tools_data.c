@@ -174,6 +174,7 @@ static int kv_status_of(int err) {
     case -ENOMEM: return KV_ENOMEM;
     case -EINVAL: case -ENAMETOOLONG: return KV_EINVAL;
     case -EBUSY: return KV_EBUSY;
+    case -EACCES: case -EPERM: return KV_EPERM;
     default: return KV_EIO;
     }
 }

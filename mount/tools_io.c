@@ -327,7 +327,8 @@ int tool_kv_error(tool_ctx *c, int code, const char *fmt, ...) {
      * through a daemon's store only, and only `kvfs mount -o ro` opens it read-only. */
     if (code == KV_EINTERRUPTED) snprintf(detail, sizeof detail, "interrupted");
     else if (code == KV_EREADONLY) snprintf(detail, sizeof detail, "the store is read-only (mounted with -o ro)");
-    else if (em && *em && strstr(em, kv_strerror(code))) snprintf(detail, sizeof detail, "%s", em); /* not twice */
+    else if (em && *em && (strstr(em, kv_strerror(code)) || code == KV_EPERM)) /* not twice ("Permission denied") */
+        snprintf(detail, sizeof detail, "%s", em);
     else if (em && *em) snprintf(detail, sizeof detail, "%s (%s)", em, kv_strerror(code));
     else snprintf(detail, sizeof detail, "%s", kv_strerror(code));
     va_list ap;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -445,6 +446,30 @@ TEST(test_posix_errors) {
     /* a directory cannot be opened for writing */
     CHECK_EQ(env->open_write(env, dir, &f), KV_EIO);
     CHECK(strstr(kv_errmsg(), dir) != NULL);
+}
+
+/* A file the process may not read is KV_EPERM, named in the message, not an I/O error. Root reads any file, so as
+ * root the open runs in a child that has given up root. */
+TEST(test_posix_permission_denied) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *secret = path_in(dir, "secret");
+    CHECK_EQ(put_file(env, secret, "x", false), KV_OK);
+    CHECK(chmod(secret, 0) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(90);
+        kv_file *f = NULL;
+        int rc = env->open_read(env, secret, &f);
+        if (rc != KV_EPERM) _exit(91);
+        if (!strstr(kv_errmsg(), secret) || !strstr(kv_errmsg(), "Permission denied")) _exit(92);
+        if (strcmp(kv_strerror(rc), "permission denied") != 0) _exit(93);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 
 TEST(test_posix_lock) {
