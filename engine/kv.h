@@ -238,6 +238,8 @@ void kv_stream_free(kv_stream *s);
 /* ---- Snapshots and iterators --------------------------------------------------------------------------------- */
 
 int kv_snapshot_new(kv_db *db, kv_snapshot **out);
+/* Release s, which must come from db. A NULL db or s does nothing (the snapshot stays on its store's list, without a
+ * store's lock it cannot be taken off safely); kv_free() frees every snapshot of its store not released. */
 void kv_snapshot_release(kv_db *db, kv_snapshot *s);
 uint64_t kv_snapshot_sequence(const kv_snapshot *s);
 
