@@ -605,7 +605,9 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
             rc = kv_set_error(KV_ENOTFOUND, "%s: no such store", dir);
             goto fail;
         }
-        if ((rc = db->env->mkdir(db->env, dir, 0700))) goto fail;
+        /* another process may have made it since: then it is a store being created, or an empty directory */
+        if ((rc = db->env->mkdir(db->env, dir, 0700)) && rc != KV_EEXIST) goto fail;
+        rc = KV_OK;
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/LOCK", dir);

@@ -604,7 +604,9 @@ int kv_checkpoint(kv_db *db, const char *dest, kv_progress_fn progress_cb, void 
     /* the copy must not name bytes a failed fsync may have lost: kv_sync copies such values elsewhere first, and
      * moves the log records that name those bytes into tables (sync_debt; the copy links the blob file) */
     if (!rc && !db->opt.read_only && db_sync_owed(db)) rc = kv_sync(db);
-    if (!rc) rc = env->mkdir(env, dest, 0700);
+    /* exclusive: a dest that another process made since the test above is theirs (a failed checkpoint would clean
+     * up whatever is in dest) */
+    if (!rc && (rc = env->mkdir(env, dest, 0700)) == KV_EEXIST) kv_set_error(KV_EEXIST, "%s: already exists", dest);
     if (rc) {
         db_leave(db);
         return rc;

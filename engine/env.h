@@ -53,7 +53,7 @@ typedef struct kv_env {
     int (*rename)(struct kv_env *env, const char *from, const char *to); /* atomic, replaces to */
     int (*link)(struct kv_env *env, const char *from, const char *to);   /* hard link; KV_EIO if unsupported */
     int (*truncate)(struct kv_env *env, const char *path, uint64_t size);
-    int (*mkdir)(struct kv_env *env, const char *path, int mode);        /* KV_OK also if it exists */
+    int (*mkdir)(struct kv_env *env, const char *path, int mode);        /* KV_EEXIST if a directory is there */
     int (*rmdir)(struct kv_env *env, const char *path);
     /* Names in a directory (no "." or ".."), malloc'ed array of malloc'ed strings; free with kv_env_free_names. */
     int (*list_dir)(struct kv_env *env, const char *path, char ***names, size_t *n);

@@ -449,7 +449,7 @@ static int px_mkdir(kv_env *env, const char *path, int mode) {
     int e = errno;
     if (e == EEXIST) {
         struct stat st;
-        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return KV_OK;
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return kv_set_error(KV_EEXIST, "mkdir %s: already exists", path);
         return kv_set_error(KV_EIO, "mkdir %s: exists and is not a directory", path);
     }
     return kv_set_errno(e, "mkdir", path);

@@ -333,7 +333,8 @@ int kv_compact_range(kv_db *db, const void *start, size_t slen, const void *end,
  * were written since its last pass, 3 s after the last write once something was deleted or truncated (at most once
  * per 10 s, or per ten times the last pass's duration), and soon after writes once a write failed with KV_ENOSPC. */
 int kv_blob_gc(kv_db *db, double min_ratio);
-/* A consistent copy of the store in dest (created; must not exist), openable as a store. Immutable files are
+/* A consistent copy of the store in dest (created; must not exist: KV_EEXIST, also when another process makes it
+ * while the checkpoint begins, whose directory is then left alone), openable as a store. Immutable files are
  * hard-linked when dest is on the same file system, copied otherwise. A checkpoint that fails (or is interrupted)
  * removes dest again. progress_cb runs while the copy holds the store's write queue: it may read the store, but a
  * write, kv_sync or kv_prune_batch_log from it waits for ever. */

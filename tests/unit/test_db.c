@@ -1111,17 +1111,28 @@ static int record_sync_dir(kv_env *env, const char *path) {
     return kv_env_posix()->sync_dir(env, path);
 }
 
+/* A store in a new directory, on env, holding a=1. */
+static kv_db *open_with_a_on(kv_env *env, const char **dir) {
+    *dir = t_tmpdir();
+    kv_options o;
+    kv_options_init(&o);
+    o.env = env;
+    kv_db *db = NULL;
+    if (kv_open(*dir, &o, &db) == KV_OK && kv_put(db, "a", 1, "1", 1, 0) != KV_OK) {
+        kv_free(db);
+        db = NULL;
+    }
+    return db;
+}
+
 TEST(test_db_checkpoint_to_a_dest_with_a_trailing_slash_syncs_its_parent) {
     static kv_env env;
     env = *kv_env_posix();
     env.sync_dir = record_sync_dir;
-    const char *dir = t_tmpdir();
-    kv_options o;
-    kv_options_init(&o);
-    o.env = &env;
-    kv_db *db;
-    CHECK_OK(kv_open(dir, &o, &db));
-    CHECK_OK(kv_put(db, "a", 1, "1", 1, 0));
+    const char *dir;
+    kv_db *db = open_with_a_on(&env, &dir);
+    CHECK_MSG(db != NULL, "open: %s", kv_errmsg());
+    if (!db) return;
     char parent[600], dest[700];
     snprintf(parent, sizeof parent, "%s/cps", dir);
     CHECK(mkdir(parent, 0700) == 0);
@@ -1132,6 +1143,41 @@ TEST(test_db_checkpoint_to_a_dest_with_a_trailing_slash_syncs_its_parent) {
     for (int i = 0; i < cp_nsynced; i++) parent_synced |= strcmp(cp_synced[i], parent) == 0;
     CHECK_MSG(parent_synced, "synced %d directories, the last %s, not %s", cp_nsynced,
               cp_nsynced ? cp_synced[cp_nsynced - 1] : "-", parent);
+    kv_free(db);
+}
+
+/* Another process makes dest between the checkpoint's test that dest is absent and its mkdir (the env's exists is
+ * where it happens here): the checkpoint must say "already exists" and leave that process's directory alone (the
+ * mkdir used to succeed on an existing directory, and a failed checkpoint cleans up what is in its dest). */
+static char race_dest[700];
+static int exists_then_made(kv_env *env, const char *path) {
+    int rc = kv_env_posix()->exists(env, path);
+    if (rc == 0 && strcmp(path, race_dest) == 0) {
+        char file[800];
+        snprintf(file, sizeof file, "%s/theirs", path);
+        FILE *f = (mkdir(path, 0700) == 0) ? fopen(file, "w") : NULL;
+        if (f) fclose(f);
+    }
+    return rc;
+}
+
+TEST(test_db_checkpoint_never_takes_a_dest_made_meanwhile) {
+    static kv_env env;
+    env = *kv_env_posix();
+    env.exists = exists_then_made;
+    const char *dir;
+    kv_db *db = open_with_a_on(&env, &dir);
+    CHECK_MSG(db != NULL, "open: %s", kv_errmsg());
+    if (!db) return;
+    snprintf(race_dest, sizeof race_dest, "%s/cp", dir);
+    CHECK_EQ(kv_checkpoint(db, race_dest, NULL, NULL), KV_EEXIST);
+    CHECK_MSG(strstr(kv_errmsg(), "already exists") != NULL, "message: %s", kv_errmsg());
+    char file[800];
+    snprintf(file, sizeof file, "%s/theirs", race_dest);
+    struct stat st;
+    CHECK_MSG(stat(file, &st) == 0, "the other process's file is gone");
+    snprintf(file, sizeof file, "%s/CURRENT", race_dest);
+    CHECK_MSG(stat(file, &st) != 0, "the checkpoint wrote into a directory it did not make");
     kv_free(db);
 }
 

@@ -394,7 +394,7 @@ TEST(test_posix_names) {
     CHECK_EQ(fsize(env, path_in(dir, "c")), 10);
 
     CHECK_OK(env->mkdir(env, path_in(dir, "sub"), 0755));
-    CHECK_OK(env->mkdir(env, path_in(dir, "sub"), 0755)); /* exists: fine */
+    CHECK_EQ(env->mkdir(env, path_in(dir, "sub"), 0755), KV_EEXIST); /* exclusive */
     CHECK(env->mkdir(env, path_in(dir, "b"), 0755) == KV_EIO); /* a file is in the way */
     CHECK_OK(put_file(env, path_in(dir, "sub/x"), "x", false));
     CHECK(env->rmdir(env, path_in(dir, "sub")) == KV_EIO); /* not empty */
