@@ -570,6 +570,38 @@ static int validate_options(const kv_options *o) {
     return KV_OK;
 }
 
+struct kv_intent {
+    kv_env *env;
+    kv_file *lock;
+};
+
+int kv_intent_take(const char *dir, const kv_options *opts, kv_intent **out) {
+    kv_clear_error();
+    if (!dir || !*dir || !out) return kv_set_error(KV_EINVAL, "kv_intent_take: missing directory or out pointer");
+    *out = NULL;
+    kv_env *env = opts && opts->env ? opts->env : kv_env_posix();
+    if (!env->lock_intent) return KV_OK;
+    kv_intent *in = malloc(sizeof *in);
+    if (!in) return KV_ENOMEM;
+    in->env = env;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    int rc = env->lock_intent(env, path, &in->lock);
+    if (rc) {
+        if (rc == KV_EBUSY) kv_set_error(KV_EBUSY, "%s: another writer waits for the store", dir);
+        free(in);
+        return rc;
+    }
+    *out = in;
+    return KV_OK;
+}
+
+void kv_intent_release(kv_intent *in) {
+    if (!in) return;
+    in->env->unlock(in->env, in->lock);
+    free(in);
+}
+
 int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     kv_clear_error();
     if (!dir || !*dir || !out) return kv_set_error(KV_EINVAL, "kv_open: missing directory or out pointer");
@@ -614,7 +646,9 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out) {
     /* read-only handles share the store (they write nothing); a writer has it alone */
     bool shared = o.read_only && db->env->lock_shared;
     if ((rc = shared ? db->env->lock_shared(db->env, path, &db->lock) : db->env->lock(db->env, path, &db->lock))) {
-        if (rc == KV_EBUSY) kv_set_error(KV_EBUSY, "%s: the store is in use by another process (or handle)", dir);
+        if (rc == KV_EBUSY)
+            kv_set_error(KV_EBUSY, "%s: the store is in use by another process (or handle)%s", dir,
+                         shared ? ", or a writer waits for it" : "");
         goto fail;
     }
 

@@ -68,6 +68,11 @@ typedef struct kv_env {
     /* Optional (NULL: lock is taken instead): a shared lock on path, released by unlock. Any number of shared
      * holders at once, none while lock's exclusive holder has it (and lock gets KV_EBUSY while one has it). */
     int (*lock_shared)(struct kv_env *env, const char *path, kv_file **lock);
+    /* Optional (NULL: writers have no precedence): an exclusive intent lock on path, released by unlock, held by one
+     * that waits to take lock while others hold path: KV_EBUSY while another holds the intent. While it is held,
+     * lock_shared returns KV_EBUSY too (a waiting writer goes first); lock, and shared holders already in, are not
+     * affected. */
+    int (*lock_intent)(struct kv_env *env, const char *path, kv_file **lock);
     /* Free the environment itself (no-op for the shared POSIX one). */
     void (*destroy)(struct kv_env *env);
 } kv_env;

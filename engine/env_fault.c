@@ -809,6 +809,11 @@ static int fe_lock_shared(kv_env *env, const char *path, kv_file **lock) {
     return b->lock_shared ? b->lock_shared(b, path, lock) : b->lock(b, path, lock);
 }
 
+/* Only where the base has it (kv_fault_env_new) */
+static int fe_lock_intent(kv_env *env, const char *path, kv_file **lock) {
+    return FE(env)->base->lock_intent(FE(env)->base, path, lock);
+}
+
 static int fe_disk_space(kv_env *env, const char *path, uint64_t *avail, uint64_t *total) {
     fault_env *fe = FE(env);
     pthread_mutex_lock(&fe->mu);
@@ -866,6 +871,7 @@ kv_env *kv_fault_env_new(kv_env *base) {
         .lock = fe_lock,
         .unlock = fe_unlock,
         .lock_shared = fe_lock_shared,
+        .lock_intent = base->lock_intent ? fe_lock_intent : NULL,
         .disk_space = fe_disk_space,
         .destroy = fault_destroy,
     };

@@ -18,6 +18,7 @@
  *    down, a cut by someone else) jumps back out of it (copy_into_mapping): that file is written by pwrite from then.
  *  - Locks are open-file-description locks (F_OFD_SETLK): they conflict with a second lock of the same file even from
  *    the same process, unlike classic POSIX record locks, and they are released when the lock's descriptor is closed.
+ *    Each covers one byte of LOCK: byte 0 the store (lock, lock_shared), byte 1 a waiting writer's intent.
  */
 #include "env.h"
 
@@ -527,21 +528,50 @@ static int px_sync_dir(kv_env *env, const char *path) {
     return r == 0 ? KV_OK : kv_set_errno(e, "fsync directory", path);
 }
 
-/* An exclusive lock, or a shared one (any number of shared holders, none beside an exclusive one). A shared lock
- * needs only read access to an existing LOCK file: a user who may read a store but not write it can read it. */
-static int lock_file(const char *path, bool shared, kv_file **lock) {
+/* LOCK's bytes (docs/format.md, "LOCK"): byte 0 is the store's lock, byte 1 a waiting writer's intent. */
+enum { LOCK_BYTE_STORE = 0, LOCK_BYTE_INTENT = 1 };
+enum lock_kind { LOCK_EXCLUSIVE, LOCK_SHARED, LOCK_INTENT };
+
+#ifdef F_OFD_SETLK
+/* fcntl with an OFD lock request on one byte of fd: F_OFD_SETLK (type F_WRLCK, F_RDLCK) or F_OFD_GETLK (whose
+ * answer's type is F_UNLCK when a lock of that type could be taken). */
+static int ofd_byte(int fd, int cmd, short type, off_t byte, short *answer) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl); /* l_pid 0, as OFD locks require */
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    int r = fcntl(fd, cmd, &fl);
+    if (answer) *answer = fl.l_type;
+    return r;
+}
+#endif
+
+/* An exclusive lock, a shared one (any number of shared holders, none beside an exclusive one, and none taken while a
+ * writer's intent is held), or the intent. A shared lock needs only read access to an existing LOCK file: a user who
+ * may read a store but not write it can read it. */
+static int lock_file(const char *path, enum lock_kind kind, kv_file **lock) {
     kv_file *f;
+    bool shared = kind == LOCK_SHARED;
     int rc = open_file(path, (shared ? O_RDONLY : O_RDWR) | O_CREAT, &f);
     if (rc != KV_OK) return rc;
+    const char *busy_why = "already locked by another holder";
 #ifdef F_OFD_SETLK
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = shared ? F_RDLCK : F_WRLCK;
-    fl.l_whence = SEEK_SET; /* start 0, length 0: the whole file */
-    int r = fcntl(f->fd, F_OFD_SETLK, &fl);
+    int r = ofd_byte(f->fd, F_OFD_SETLK, shared ? F_RDLCK : F_WRLCK,
+                     kind == LOCK_INTENT ? LOCK_BYTE_INTENT : LOCK_BYTE_STORE, NULL);
     bool busy = r != 0 && (errno == EAGAIN || errno == EACCES);
+    short intent = F_UNLCK;
+    /* checked once the store is held: a writer that starts to wait from now on finds this reader there */
+    if (r == 0 && shared && (r = ofd_byte(f->fd, F_OFD_GETLK, F_RDLCK, LOCK_BYTE_INTENT, &intent)) == 0 &&
+        intent != F_UNLCK) {
+        r = -1;
+        busy = true;
+        busy_why = "a writer waits for it";
+    }
 #else
-    /* flock() locks also belong to the open file description, so they conflict within one process too. */
+    /* flock() locks also belong to the open file description, so they conflict within one process too. They lock
+     * the whole file: px_lock_intent does not exist without OFD locks. */
     int r = flock(f->fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB);
     bool busy = r != 0 && errno == EWOULDBLOCK;
 #endif
@@ -549,7 +579,7 @@ static int lock_file(const char *path, bool shared, kv_file **lock) {
         int e = errno;
         close(f->fd);
         free(f);
-        if (busy) return kv_set_error(KV_EBUSY, "lock %s: already locked by another holder", path);
+        if (busy) return kv_set_error(KV_EBUSY, "lock %s: %s", path, busy_why);
         return kv_set_errno(e, "lock", path);
     }
     *lock = f;
@@ -558,13 +588,23 @@ static int lock_file(const char *path, bool shared, kv_file **lock) {
 
 static int px_lock(kv_env *env, const char *path, kv_file **lock) {
     (void)env;
-    return lock_file(path, false, lock);
+    return lock_file(path, LOCK_EXCLUSIVE, lock);
 }
 
 static int px_lock_shared(kv_env *env, const char *path, kv_file **lock) {
     (void)env;
-    return lock_file(path, true, lock);
+    return lock_file(path, LOCK_SHARED, lock);
 }
+
+#ifdef F_OFD_SETLK
+static int px_lock_intent(kv_env *env, const char *path, kv_file **lock) {
+    (void)env;
+    return lock_file(path, LOCK_INTENT, lock);
+}
+#define PX_LOCK_INTENT px_lock_intent
+#else
+#define PX_LOCK_INTENT NULL
+#endif
 
 /* Closing the descriptor releases the lock; the lock file itself stays (removing it would race with a new holder). */
 static int px_unlock(kv_env *env, kv_file *lock) {
@@ -607,6 +647,7 @@ static kv_env posix_env = {
     .sync_dir = px_sync_dir,
     .lock = px_lock,
     .lock_shared = px_lock_shared,
+    .lock_intent = PX_LOCK_INTENT,
     .unlock = px_unlock,
     .disk_space = px_disk_space,
     .destroy = px_destroy,

@@ -140,8 +140,21 @@ typedef struct kv_read_opts {
 /* Open (or create) the store in directory dir. opts may be NULL for defaults. Takes a lock on the directory: an
  * exclusive one, so that a second open of the same store, in this process or another, returns KV_EBUSY; with
  * read_only a shared one: read-only handles open the store together, and only an open for writing returns
- * KV_EBUSY while one is open (or, while a writer has it, they do). */
+ * KV_EBUSY while one is open (or, while a writer has it or waits for it, they do: kv_intent_take). */
 int kv_open(const char *dir, const kv_options *opts, kv_db **out);
+
+/* Writer precedence. Read-only handles that keep overlapping would keep the store's shared lock forever, and a writer
+ * polling kv_open would never find it free. So one that will open dir for writing and found it in use (kv_open
+ * returned KV_EBUSY) takes the intent before it tries again, and releases it once it has the store or gives up:
+ * while it holds the intent, read-only opens return KV_EBUSY as if a writer had the store (those already open go on),
+ * so the store comes free once they close; opens for writing are not affected. One process at a time holds the
+ * intent: KV_EBUSY while another waiting writer has it (try again at the next poll). opts gives the environment
+ * (may be NULL). KV_OK with *out NULL when the environment has no intent (env.h: lock_intent): nothing to hold. A
+ * process that holds it and dies releases it. Readers that keep opening while writers keep waiting wait in turn: as
+ * a read-write lock that prefers writers, readers may wait as long as writers keep coming. */
+typedef struct kv_intent kv_intent;
+int kv_intent_take(const char *dir, const kv_options *opts, kv_intent **out);
+void kv_intent_release(kv_intent *in); /* NULL is allowed */
 
 /* Close: flushes what is pending to the write-ahead log, stops background work, releases files and memory.
  * Waits for threads still inside the engine to leave it. The handle stays valid (a few bytes): later calls on it

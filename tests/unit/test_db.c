@@ -3853,6 +3853,69 @@ TEST(test_db_read_only_handles_share_the_store_and_exclude_a_writer) {
     kv_free(x);
 }
 
+/* A writer that waits holds the intent: read-only opens are refused meanwhile, as if it had the store, while it gets
+ * in as soon as the readers already open close; one waiting writer at a time holds it; releasing it lets readers in. An
+ * environment without the intent (the fault one over one without) gives nothing to hold. */
+TEST(test_db_a_waiting_writer_goes_before_new_readers) {
+    const char *dir = t_tmpdir();
+    kv_db *w, *r1, *x;
+    CHECK_OK(kv_open(dir, NULL, &w));
+    CHECK_OK(kv_put(w, "k", 1, "v", 1, 0));
+    kv_free(w);
+    kv_options ro;
+    kv_options_init(&ro);
+    ro.read_only = true;
+    CHECK_OK(kv_open(dir, &ro, &r1));
+    CHECK_EQ(kv_open(dir, NULL, &w), KV_EBUSY);
+    kv_intent *in, *in2;
+    CHECK_OK(kv_intent_take(dir, NULL, &in));
+    CHECK(in != NULL);
+    CHECK_EQ(kv_intent_take(dir, NULL, &in2), KV_EBUSY);
+    CHECK(strstr(kv_errmsg(), "another writer waits") != NULL);
+    CHECK_EQ(kv_open(dir, &ro, &x), KV_EBUSY);
+    CHECK(strstr(kv_errmsg(), "a writer waits for it") != NULL);
+    char buf[8];
+    CHECK_OK(get_str(r1, "k", buf, sizeof buf)); /* a reader already in goes on */
+    kv_free(r1);
+    CHECK_OK(kv_open(dir, NULL, &w));
+    kv_intent_release(in);
+    CHECK_OK(kv_put(w, "k", 1, "w", 1, 0));
+    CHECK_EQ(kv_open(dir, &ro, &x), KV_EBUSY);
+    kv_free(w);
+    CHECK_OK(kv_open(dir, &ro, &x));
+    CHECK_OK(get_str(x, "k", buf, sizeof buf));
+    CHECK(strcmp(buf, "w") == 0);
+    kv_free(x);
+    kv_intent_release(NULL);
+    CHECK_EQ(kv_intent_take(NULL, NULL, &in), KV_EINVAL);
+    char missing[4096];
+    snprintf(missing, sizeof missing, "%s/missing", dir);
+    CHECK_EQ(kv_intent_take(missing, NULL, &in), KV_ENOTFOUND);
+
+    kv_env *fe = kv_fault_env_new(kv_env_posix());
+    CHECK(fe && fe->lock_intent);
+    kv_options fo;
+    kv_options_init(&fo);
+    fo.env = fe;
+    CHECK_OK(kv_intent_take(dir, &fo, &in));
+    CHECK(in != NULL);
+    fo.read_only = true;
+    CHECK_EQ(kv_open(dir, &fo, &x), KV_EBUSY);
+    kv_intent_release(in);
+    CHECK_OK(kv_open(dir, &fo, &x));
+    kv_free(x);
+    fe->destroy(fe);
+    kv_env plain = *kv_env_posix();
+    plain.lock_intent = NULL;
+    fe = kv_fault_env_new(&plain);
+    CHECK(fe && !fe->lock_intent);
+    fo.env = fe;
+    CHECK_OK(kv_intent_take(dir, &fo, &in));
+    CHECK(in == NULL);
+    kv_intent_release(in);
+    fe->destroy(fe);
+}
+
 /* The log's runs of compaction failures (db_compact_run_ends): a success between failures (another level's
  * compaction, while one table fails every time) does not end the run, so the log does not hear "works again" and
  * "failed" anew at each turn; a success that leaves nothing to compact, or three in a row, does. */

@@ -502,6 +502,89 @@ TEST(test_posix_lock) {
     CHECK_EQ(env->lock(env, path_in(dir, "no/dir/LOCK"), &l2), KV_ENOTFOUND);
 }
 
+/* A writer's intent (byte 1 of LOCK): shared locks are refused while it is held, an exclusive one is not; one holder
+ * at a time, in this process or another; closing it (or the holder's death) lets readers in again. */
+TEST(test_posix_lock_intent) {
+    kv_env *env = kv_env_posix();
+    CHECK(env->lock_intent != NULL);
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "LOCK");
+    kv_file *r1, *r2, *in, *in2, *w;
+    CHECK_OK(env->lock_shared(env, p, &r1));
+    CHECK_OK(env->lock_intent(env, p, &in)); /* beside a reader: it waits for it */
+    CHECK_EQ(env->lock_shared(env, p, &r2), KV_EBUSY);
+    CHECK(strstr(kv_errmsg(), "a writer waits for it") != NULL);
+    CHECK_EQ(env->lock_intent(env, p, &in2), KV_EBUSY);
+    CHECK_EQ(env->lock(env, p, &w), KV_EBUSY); /* r1 still reads */
+    CHECK_OK(env->unlock(env, r1));
+    CHECK_OK(env->lock(env, p, &w)); /* the intent does not keep its own writer out */
+    CHECK_EQ(env->lock_shared(env, p, &r2), KV_EBUSY);
+    CHECK_OK(env->unlock(env, in));
+    CHECK_EQ(env->lock_shared(env, p, &r2), KV_EBUSY); /* the writer has the store */
+    CHECK_OK(env->unlock(env, w));
+    CHECK_OK(env->lock_shared(env, p, &r2));
+    CHECK_OK(env->unlock(env, r2));
+
+    /* another process's intent, and its death */
+    int go[2];
+    CHECK(pipe(go) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        kv_file *l;
+        close(go[0]);
+        if (env->lock_intent(env, p, &l) != KV_OK) _exit(1);
+        if (write(go[1], "x", 1) != 1) _exit(1);
+        pause(); /* until killed: never released by unlock */
+        _exit(0);
+    }
+    close(go[1]);
+    char b;
+    CHECK(read(go[0], &b, 1) == 1);
+    close(go[0]);
+    CHECK_EQ(env->lock_shared(env, p, &r2), KV_EBUSY);
+    CHECK_EQ(env->lock_intent(env, p, &in2), KV_EBUSY);
+    kill(pid, SIGKILL);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK_OK(env->lock_shared(env, p, &r2));
+    CHECK_OK(env->unlock(env, r2));
+    CHECK_OK(env->lock_intent(env, p, &in2));
+    CHECK_OK(env->unlock(env, in2));
+}
+
+/* Versions before the intent locked the whole of LOCK (start 0, length 0): such a holder still excludes a writer and,
+ * exclusive, a reader, and its whole-file lock overlaps the intent byte, so an intent is refused beside it (the
+ * writer then waits as before) and an old reader is refused beside a held intent. */
+TEST(test_posix_lock_against_whole_file_locks) {
+    kv_env *env = kv_env_posix();
+    const char *dir = t_tmpdir();
+    const char *p = path_in(dir, "LOCK");
+    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0); /* an old reader */
+    kv_file *l, *in;
+    CHECK_EQ(env->lock(env, p, &l), KV_EBUSY);
+    CHECK_OK(env->lock_shared(env, p, &l));
+    CHECK_OK(env->unlock(env, l));
+    CHECK_EQ(env->lock_intent(env, p, &in), KV_EBUSY);
+    fl.l_type = F_UNLCK;
+    CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
+    CHECK_OK(env->lock_intent(env, p, &in));
+    fl.l_type = F_RDLCK;
+    CHECK(fcntl(fd, F_OFD_SETLK, &fl) != 0 && (errno == EAGAIN || errno == EACCES)); /* an old reader waits too */
+    CHECK_OK(env->unlock(env, in));
+    fl.l_type = F_WRLCK;
+    CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0); /* an old writer */
+    CHECK_EQ(env->lock_shared(env, p, &l), KV_EBUSY);
+    CHECK_EQ(env->lock(env, p, &l), KV_EBUSY);
+    close(fd);
+    CHECK_OK(env->lock(env, p, &l));
+    CHECK_OK(env->unlock(env, l));
+}
+
 /* ---- Faults ---------------------------------------------------------------------------------------------------- */
 
 TEST(test_fault_passthrough) {
@@ -529,6 +612,9 @@ TEST(test_fault_passthrough) {
     kv_file *l, *l2;
     CHECK_OK(env->lock(env, path_in(dir, "LOCK"), &l));
     CHECK_EQ(env->lock(env, path_in(dir, "LOCK"), &l2), KV_EBUSY);
+    CHECK_OK(env->unlock(env, l));
+    CHECK_OK(env->lock_intent(env, path_in(dir, "LOCK"), &l));
+    CHECK_EQ(env->lock_shared(env, path_in(dir, "LOCK"), &l2), KV_EBUSY);
     CHECK_OK(env->unlock(env, l));
     CHECK_EQ(kv_fault_env_failures(env), 0);
     /* the fault API leaves other environments alone */
