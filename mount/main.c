@@ -390,6 +390,8 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
         *status = tool_error(c, "%s: cannot create: %s", dir, strerror(errno));
         return -1;
     }
+    kv_intent *intent = NULL; /* a writer that waits goes before readers that come meanwhile (kv_intent_take) */
+    int ret = -1;
     for (int waited = 0;; waited += 50) {
         /* The engine's background threads inherit the signal mask: blocked there, Ctrl-C always reaches this
          * thread, whose blocking calls it must interrupt. */
@@ -401,25 +403,34 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
         pthread_sigmask(SIG_BLOCK, &sigs, &old);
         int rc = kv_open(dir, &o, db);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
-        if (rc == KV_OK) return KV_OK;
+        if (rc == KV_OK) {
+            ret = KV_OK;
+            break;
+        }
         if (rc != KV_EBUSY) {
             if (rc == KV_ENOTFOUND && mode != STORE_CREATE)
                 *status = tool_error(c, "%s: no store here", dir);
             else
                 *status = tool_kv_error(c, rc, "%s: cannot open the store", dir);
-            return -1;
+            break;
         }
-        if (ctl_client_run(dir, argc, argv, status)) return 1;
+        if (ctl_client_run(dir, argc, argv, status)) {
+            ret = 1;
+            break;
+        }
         /* Locked, and no daemon answers: another tool is using the store. Wait a little for it. */
         if (waited >= max_wait || interrupted) {
             *status = interrupted ? -SIGINT
                                   : tool_error(c, "%s: the store is locked by another process (not a kvfs mount: no "
                                                   "daemon answers on %s/%s; waited %d ms)", dir, dir, CTL_SOCKET_NAME,
                                                max_wait);
-            return -1;
+            break;
         }
+        if (!o.read_only && !intent) kv_intent_take(dir, &o, &intent); /* KV_EBUSY: another writer waits first */
         sleep_ms(50);
     }
+    kv_intent_release(intent);
+    return ret;
 }
 
 /* The reopen hooks for a direct `changes --follow` (tools.h). */
@@ -565,13 +576,16 @@ static int serve_main(int argc, char **argv) {
     /* Held by another process: wait for it to let go, as kvfs mount does (a daemon closing the store after its
      * unmount, a tool for a moment), unless a daemon serves it. */
     int rc = kv_open(dir, &o, &db);
+    kv_intent *intent = NULL; /* waiting, it goes before readers that come meanwhile (kv_intent_take) */
     for (int waited = 0; rc == KV_EBUSY && waited < max_wait && !ctl_daemon_answers(dir) && !interrupted;
          waited += 50) {
+        if (!intent) kv_intent_take(dir, &o, &intent);
         sigprocmask(SIG_SETMASK, &old, NULL); /* Ctrl-C ends the wait */
         sleep_ms(50);
         sigprocmask(SIG_BLOCK, &block, NULL);
         rc = kv_open(dir, &o, &db);
     }
+    kv_intent_release(intent);
     if (rc == KV_EBUSY) {
         fprintf(stderr, "kvfs: %s: %s\n", dir, ctl_daemon_answers(dir)
                     ? "the store is already served by a daemon (kvfs mount or kvfs serve)"

@@ -742,13 +742,16 @@ static int lock_wait_ms(void) {
  * `fusermount3 -u M && kvfs mount D M` used to fail right there with "in use". */
 static int open_store(const char *datadir, const kv_options *ko, kv_db **db) {
     int rc = kv_open(datadir, ko, db);
+    kv_intent *intent = NULL; /* waiting to write, it goes before readers that come meanwhile (kv_intent_take) */
     for (int waited = 0, max = lock_wait_ms(); rc == KV_EBUSY && waited < max && !store_is_mounted(datadir, NULL) &&
                         !daemon_answers(datadir);
          waited += 50) {
+        if (!ko->read_only && !intent) kv_intent_take(datadir, ko, &intent);
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
         rc = kv_open(datadir, ko, db);
     }
+    kv_intent_release(intent);
     return rc;
 }
 

@@ -475,6 +475,53 @@ teardown() { tools_teardown; }
     [ "$(kv get "$D" w)" = 1 ]
 }
 
+@test "a writer gets in while read-only commands keep overlapping: a waiting writer goes first" {
+    kv put "$D" a 1
+    readers_overlap
+    # before writers went first, the shared lock never came free and the put failed after its 10 s
+    SECONDS=0
+    run --separate-stderr env KVFS_LOCK_WAIT=10 timeout 30 "$KVFS" put "$D" w 1
+    waited=$SECONDS
+    rm "$T/run"
+    wait "$READERS"
+    echo "$stderr"
+    [ "$status" -eq 0 ]
+    [ "$waited" -lt 10 ]
+    [ "$(kv get "$D" w)" = 1 ]
+}
+
+@test "while a writer waits for the store, readers wait for it too, and then see its write" {
+    kv put "$D" a 1
+    head -c 300000 /dev/zero | tr '\0' x | kv put "$D" zz
+    # a reader that stays open: a scan whose last value fills the pipe, read only at the end
+    mkfifo "$T/fifo"
+    timeout 30 "$KVFS" scan "$D" > "$T/fifo" 3>&- &
+    scan=$!
+    exec 7<"$T/fifo"
+    read -r first <&7
+    timeout 30 env KVFS_LOCK_WAIT=20 "$KVFS" put "$D" w 1 3>&- &
+    writer=$!
+    # once the writer waits, a reader that does not wait is refused, as if the store were locked
+    refused=0
+    for i in $(seq 1 100); do
+        KVFS_LOCK_WAIT=0 "$KVFS" get "$D" a > /dev/null 2>"$T/err" || { refused=1; break; }
+        sleep 0.05
+    done
+    # a reader that waits gets in after the writer: it sees the write
+    timeout 30 env KVFS_LOCK_WAIT=20 "$KVFS" get "$D" w > "$T/late" 2>&1 3>&- &
+    late=$!
+    sleep 0.3
+    cat <&7 >/dev/null # the scan ends
+    exec 7<&-
+    wait "$scan"
+    wait "$writer"
+    wait "$late" || true
+    cat "$T/err"
+    [ "$refused" -eq 1 ]
+    [[ "$(cat "$T/err")" == "kvfs: $D: the store is locked by another process"* ]]
+    [ "$(cat "$T/late")" = 1 ]
+}
+
 @test "a user who may read a store's files but not write them can read it (its LOCK file is taken for reading)" {
     [ "$(id -u)" -eq 0 ] || skip "needs root to run the tool as another user"
     command -v setpriv >/dev/null || skip "setpriv is not installed"

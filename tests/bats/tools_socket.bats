@@ -354,3 +354,17 @@ print("held", flush=True); time.sleep(8)' "$D/kvfs.sock" > "$T/held" 3>&- &
     wait "$compact" || true
     [ "$(kv get "$D" after)" = 1 ]
 }
+
+@test "kvfs serve gets a store that read-only commands keep overlapping on: a waiting writer goes first" {
+    kv put "$D" a 1
+    readers_overlap
+    # before, it never got the store (the readers' shared lock never came free): start_serve gave up
+    KVFS_LOCK_WAIT=10 start_serve
+    [ "$(kv get "$D" a)" = 1 ]
+    rm "$T/run"
+    wait "$READERS"
+    kv put "$D" b 2 # through the daemon
+    stop_serve
+    [ "$(kv get "$D" b)" = 2 ]
+    [ ! -s "$T/serve.err" ]
+}
