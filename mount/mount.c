@@ -11,6 +11,8 @@
  *  - Shutdown (unmount, SIGTERM, SIGINT, SIGHUP) always runs the same path: leave the FUSE loop, write every
  *    buffered byte, stop the control socket, close the engine. Nothing here calls exit() or abort().
  *  - Messages go to stderr until the daemon detaches, to syslog after (with -f: stderr throughout).
+ *  - A failed mount leaves no DATADIR it made itself, unless something else went into it (remove_made_datadir); a
+ *    DATADIR that was there before is never removed.
  */
 #include "mount.h"
 
@@ -34,6 +36,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/un.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -73,6 +76,10 @@ typedef struct mount_opts {
     unsigned uid, gid, spin_us, file_mode, dir_mode;
     double timeout;
     unsigned max_read; /* -o max_read=N, kept for FUSE too (0: not given) */
+    /* kvfs mount made DATADIR (mkdir succeeded): a mount that fails takes it away again (remove_made_datadir) */
+    bool made_datadir;
+    dev_t data_dev;
+    ino_t data_ino;
 } mount_opts;
 
 /* -o blob_threshold: the largest. A value below the threshold is written whole, with its key (up to 64 KiB), into
@@ -755,10 +762,160 @@ static int open_store(const char *datadir, const kv_options *ko, kv_db **db) {
     return rc;
 }
 
+/* ---- a DATADIR made for a mount that failed ------------------------------------------------------------------
+ *
+ * kvfs mount makes DATADIR when it is missing. A mount refused before the store is opened removes the empty
+ * directory at once (kvfs_mount_main); one that fails after (FUSE refuses the mount: /dev/fuse unusable, the kernel
+ * says no) also has the new store's files to take away. Only what this mount made goes, and only when nothing else
+ * can have gone in: the directory must be the one it made (same device and inode), the store must never have
+ * committed a batch (no command reached it through the control socket), every entry must be a name the store
+ * itself makes (docs/format.md, "Files in a store directory") or the daemon's socket, and after the store is closed
+ * this process must get its lock at once and find the entries exactly as they were before the close (a tool that
+ * waited for the lock and wrote in between changes them). Otherwise DATADIR stays, and the message says why. */
+
+#define MADE_MAX_ENTRIES 64
+
+typedef struct made_entry {
+    char name[32];
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    mode_t mode;
+} made_entry;
+
+typedef struct made_list {
+    made_entry e[MADE_MAX_ENTRIES];
+    size_t n;
+    char why[160]; /* when it may not go: what is in it that the mount did not make */
+} made_list;
+
+/* "PREFIX" then decimal digits, nothing else. */
+static bool digits_after(const char *name, const char *prefix) {
+    size_t p = strlen(prefix);
+    return strncmp(name, prefix, p) == 0 && name[p] && strspn(name + p, "0123456789") == strlen(name + p);
+}
+
+/* A name the store makes in its directory, or the daemon's socket (kind: whether it may be that name's type). */
+static bool store_file(const char *name, mode_t mode) {
+    if (strcmp(name, "kvfs.sock") == 0) return S_ISSOCK(mode);
+    if (!S_ISREG(mode)) return false;
+    if (!strcmp(name, "LOCK") || !strcmp(name, "CURRENT") || !strcmp(name, "CURRENT.tmp") ||
+        !strcmp(name, "RESERVE") || digits_after(name, "MANIFEST-") || digits_after(name, "BATCHLOG-"))
+        return true;
+    size_t d = strspn(name, "0123456789");
+    return d > 0 && (!strcmp(name + d, ".log") || !strcmp(name + d, ".sst") || !strcmp(name + d, ".blob"));
+}
+
+/* What DATADIR holds now, into l; false (l->why set) when it is not the directory the mount made or holds anything
+ * but the store's own files. */
+static bool made_list_read(const mount_opts *o, made_list *l) {
+    memset(l, 0, sizeof *l);
+    int fd = open(o->datadir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_dev != o->data_dev || st.st_ino != o->data_ino) {
+        snprintf(l->why, sizeof l->why, "it is no longer the directory the mount made");
+        if (fd >= 0) close(fd);
+        return false;
+    }
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        close(fd);
+        snprintf(l->why, sizeof l->why, "cannot list it: %s", strerror(errno));
+        return false;
+    }
+    struct dirent *de;
+    bool ok = true;
+    while (ok && (de = readdir(dir)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            snprintf(l->why, sizeof l->why, "cannot read %.64s: %s", de->d_name, strerror(errno));
+            ok = false;
+        } else if (strlen(de->d_name) >= sizeof l->e[0].name || !store_file(de->d_name, st.st_mode)) {
+            snprintf(l->why, sizeof l->why, "it holds %.64s, which the mount did not make", de->d_name);
+            ok = false;
+        } else if (l->n == MADE_MAX_ENTRIES) {
+            snprintf(l->why, sizeof l->why, "it holds more files than a new store makes");
+            ok = false;
+        } else {
+            made_entry *e = &l->e[l->n++];
+            strcpy(e->name, de->d_name);
+            e->ino = st.st_ino;
+            e->size = st.st_size;
+            e->mtime = st.st_mtim;
+            e->mode = st.st_mode;
+        }
+    }
+    closedir(dir);
+    return ok;
+}
+
+/* Whether b holds the same entries as a, each unchanged. */
+static bool made_list_same(const made_list *a, const made_list *b) {
+    if (a->n != b->n) return false;
+    for (size_t i = 0; i < a->n; i++) {
+        const made_entry *x = &a->e[i], *y = NULL;
+        for (size_t j = 0; j < b->n && !y; j++)
+            if (!strcmp(b->e[j].name, x->name)) y = &b->e[j];
+        if (!y || y->ino != x->ino || y->size != x->size || y->mode != x->mode || y->mtime.tv_sec != x->mtime.tv_sec ||
+            y->mtime.tv_nsec != x->mtime.tv_nsec)
+            return false;
+    }
+    return true;
+}
+
+/* Before the store of a failed mount is closed (db NULL: it was never opened): whether DATADIR, which the mount made,
+ * may go, with what it holds in *l. */
+static bool made_datadir_may_go(const mount_opts *o, kv_db *db, made_list *l) {
+    if (!made_list_read(o, l)) return false;
+    if (db && kv_current_sequence(db) != 0) {
+        snprintf(l->why, sizeof l->why, "a command wrote to the store meanwhile");
+        return false;
+    }
+    if (!db && l->n) {
+        snprintf(l->why, sizeof l->why, "the store in it was not this mount's");
+        return false;
+    }
+    return true;
+}
+
+/* After the store is closed: remove the entries of *before (as they were then) and DATADIR. Says what it did. */
+static void remove_made_datadir(const mount_opts *o, const made_list *before) {
+    made_list now;
+    char why[200] = "";
+    int lock = -1;
+    if (before->n) {
+        /* the store's lock, as a writer takes it (engine/env_posix.c): held by another process, the store is its */
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/LOCK", o->datadir);
+        lock = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (lock < 0 || fcntl(lock, F_OFD_SETLK, &fl) != 0)
+            snprintf(why, sizeof why, "another process has the store open");
+    }
+    if (!*why && !made_list_read(o, &now)) snprintf(why, sizeof why, "%s", now.why);
+    if (!*why && !made_list_same(before, &now)) snprintf(why, sizeof why, "another process wrote to it meanwhile");
+    for (size_t i = 0; !*why && i < now.n; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", o->datadir, now.e[i].name);
+        if (unlink(path) != 0 && errno != ENOENT)
+            snprintf(why, sizeof why, "cannot remove %s: %s", now.e[i].name, strerror(errno));
+    }
+    struct stat st;
+    if (!*why && (lstat(o->datadir, &st) != 0 || st.st_dev != o->data_dev || st.st_ino != o->data_ino))
+        snprintf(why, sizeof why, "it is no longer the directory the mount made");
+    if (!*why && rmdir(o->datadir) != 0) snprintf(why, sizeof why, "%s", strerror(errno));
+    if (lock >= 0) close(lock);
+    if (*why)
+        say(LOG_ERR, "left %s, which this mount had made: %s", o->datadir, why);
+    else
+        say(LOG_ERR, "removed %s, which this mount had made, and the empty store in it", o->datadir);
+}
+
 static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     daemon_state d;
     memset(&d, 0, sizeof d);
     int status = 1;
+    bool served = false; /* the mount was made: from then on DATADIR is the store's, whatever happens */
     if (o->store_kind) { /* "mem" (check_options) */
         d.st = store_mem_new();
     } else {
@@ -872,13 +1029,13 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
         use_syslog = true;
     }
     say(LOG_INFO, "mounted %s on %s", o->datadir, o->mountpoint);
+    served = true;
     rc = run_loop(se, o->sync, spin_default(o));
     fuse_remove_signal_handlers(se);
     fuse_unmount(d.fuse);
     status = rc < 0 ? 1 : 0;
     say(LOG_INFO, "unmounting %s", o->mountpoint);
 out:
-    report(&ready_fd, 1);
 #ifdef KVFS_HAVE_CTL
     /* First: a daemon that answers on its socket is serving (daemon_answers); an unmounted one is not. Commands sent
      * from now on wait for the store as for any process holding it. */
@@ -895,6 +1052,12 @@ out:
         kvfs_fs_free(d.fs);
     }
     store_destroy(d.st);
+    /* a mount that failed, in a DATADIR it made: what is there before the store is closed (remove_made_datadir) */
+    made_list made;
+    memset(&made, 0, sizeof made);
+    bool made_may_go = !served && o->made_datadir && !o->store_kind && made_datadir_may_go(o, d.db, &made);
+    if (!served && o->made_datadir && !o->store_kind && !made_may_go)
+        say(LOG_ERR, "left %s, which this mount had made: %s", o->datadir, made.why);
     if (d.db) {
         rc = kv_close(d.db);
         if (rc) {
@@ -903,6 +1066,9 @@ out:
         }
         kv_free(d.db);
     }
+    if (made_may_go) remove_made_datadir(o, &made);
+    /* The waiting parent learns of a failure only now, so that kvfs mount returns once DATADIR is gone. */
+    report(&ready_fd, 1);
     if (use_syslog) closelog();
     return status;
 }
@@ -952,9 +1118,16 @@ int kvfs_mount_main(int argc, char **argv) {
     }
     bool made_data = false;
     if (!mem) {
-        if (mkdir(o.datadir, 0700) == 0)
+        struct stat dst;
+        if (mkdir(o.datadir, 0700) == 0) {
             made_data = true;
-        else if (errno != EEXIST) {
+            /* which directory it made: a failed mount removes that one only (remove_made_datadir) */
+            if (lstat(o.datadir, &dst) == 0) {
+                o.made_datadir = true;
+                o.data_dev = dst.st_dev;
+                o.data_ino = dst.st_ino;
+            }
+        } else if (errno != EEXIST) {
             fprintf(stderr, "kvfs: cannot create %s: %s\n", o.datadir, strerror(errno));
             goto out;
         }

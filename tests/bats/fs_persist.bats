@@ -489,3 +489,40 @@ PY
     run sh -c "echo x > '$M/g'"
     [ "$status" -ne 0 ]
 }
+
+# kvfs mount ARGS... with /dev/fuse unusable: /dev/null bound over it in a mount namespace of its own, so that FUSE
+# refuses the mount only after kvfs has checked its options and opened the store.
+mount_without_fuse() {
+    t unshare -m sh -c 'mount --bind /dev/null /dev/fuse && exec "$0" mount "$@"' "$KVFS" "$@"
+}
+
+@test "a mount FUSE refuses after the store was opened removes the DATADIR it made, and nothing else" {
+    [ "$(id -u)" = 0 ] && command -v unshare >/dev/null || skip "needs root and unshare (a mount namespace)"
+    unshare -m true 2>/dev/null || skip "cannot make a mount namespace here"
+    for f in "" -f; do
+        run mount_without_fuse $f "$D" "$M"
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"cannot mount on $M"* ]]
+        [[ "$output" == *"removed $D, which this mount had made"* ]]
+        [ ! -e "$D" ]
+        ! is_mounted
+    done
+    # a DATADIR that was there before stays, empty or with a store, and the store keeps its data
+    mkdir "$D"
+    run mount_without_fuse "$D" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" != *"removed"* ]]
+    [ -d "$D" ]
+    rm -rf "$D"
+    kv put "$D" k v
+    run mount_without_fuse "$D" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" != *"removed"* ]]
+    [ "$(kv get "$D" k)" = v ]
+    # and the same mount with /dev/fuse works
+    rm -rf "$D"
+    fs_mount
+    echo x > "$M/f"
+    fs_unmount
+    [ "$(kv get "$D" f)" = x ]
+}
