@@ -44,6 +44,7 @@
 #include "fs.h"
 #include "fs_fuse.h"
 #include <fuse_lowlevel.h>
+#include <fuse_log.h>
 #include "kv.h"
 #include "mountinfo.h"
 #include "store.h"
@@ -245,16 +246,33 @@ static void usage(void) {
            "Other -o options are passed to FUSE (see mount.fuse3(8)), but for fsname and subtype: kvfs sets them.\n");
 }
 
+/* What libfuse says while fuse_options_ok checks the options: kept, and printed only when they are refused. */
+static char check_log[4096];
+static size_t check_log_n;
+
+static void keep_check_log(enum fuse_log_level level, const char *fmt, va_list ap) {
+    (void)level;
+    size_t room = sizeof check_log - check_log_n;
+    int n = room > 1 ? vsnprintf(check_log + check_log_n, room, fmt, ap) : 0;
+    if (n > 0) check_log_n += (size_t)n < room ? (size_t)n : room - 1;
+}
+
 /* Whether FUSE takes the options left for it (argv[1..] of args: what kvfs did not parse): fuse_new parses them, and
- * a throwaway one, never mounted, tells before anything is made (it prints what it refuses). run() builds the real
- * one only after opening the store, which a typo in -o would otherwise leave behind in a new DATADIR. */
+ * a throwaway one, never mounted, tells before anything is made. run() builds the real one only after opening the
+ * store, which a typo in -o would otherwise leave behind in a new DATADIR. What libfuse says meanwhile (with -d its
+ * banner, which the real one prints again) is printed only when it refuses them: it says which. */
 static bool fuse_options_ok(const struct fuse_args *args) {
     struct fuse_args a = FUSE_ARGS_INIT(0, NULL);
     bool ok = fuse_opt_add_arg(&a, "kvfs") == 0;
     for (int i = 1; ok && i < args->argc; i++) ok = fuse_opt_add_arg(&a, args->argv[i]) == 0;
+    check_log_n = 0;
+    check_log[0] = '\0';
+    fuse_set_log_func(keep_check_log);
     struct fuse *f = ok ? fuse_new(&a, kvfs_fuse_operations(), sizeof(struct fuse_operations), NULL) : NULL;
     if (f) fuse_destroy(f);
+    fuse_set_log_func(NULL); /* libfuse's own again: to stderr */
     fuse_opt_free_args(&a);
+    if (!f) fputs(check_log, stderr);
     return f != NULL;
 }
 

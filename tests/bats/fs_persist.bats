@@ -526,3 +526,18 @@ mount_without_fuse() {
     fs_unmount
     [ "$(kv get "$D" f)" = x ]
 }
+
+@test "kvfs mount -d prints libfuse's banner once (the check of the FUSE options says nothing unless it refuses them)" {
+    fs_mount_logged -d
+    echo x > "$M/f"
+    fs_unmount
+    cat "$T/daemon.log"
+    [ "$(grep -c '^FUSE library version' "$T/daemon.log")" -eq 1 ]
+    [ "$(grep -c '^nullpath_ok' "$T/daemon.log")" -eq 1 ]
+    grep -q 'opcode: INIT' "$T/daemon.log"
+    # a refused option is still named
+    run t "$KVFS" mount -d -o nosuchoption "$T/d2" "$M"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"unknown option"*"nosuchoption"* ]]
+    [ ! -e "$T/d2" ]
+}
