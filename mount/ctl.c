@@ -7,7 +7,8 @@
  *    that name that is not a socket is never touched.
  *  - Every connection is checked with SO_PEERCRED before anything is read from it: the daemon's user or root.
  *  - Each request runs on its own thread; ctl_server_stop() returns only when no thread uses the store any more.
- *    It shuts down each connection, which the running command sees as cancellation (tools.h).
+ *    It shuts down the reading side of each connection, which the running command sees as cancellation
+ *    (tools.h); a changes --follow it cut short replies where it got (RES_FOLLOW_STOPPED), the others do not.
  *  - Descriptors received from a client are closed on every path; all descriptors are close-on-exec.
  */
 #include "ctl.h"
@@ -40,6 +41,7 @@
 #define MAX_CONNS 256
 #define RES_DENIED 1 /* reply flag: the daemon refused the client (another user) */
 #define RES_BUSY 2   /* reply flag: the command was not run: MAX_CONNS commands running already, or no thread */
+#define RES_FOLLOW_STOPPED 4 /* reply flag: the daemon stopped a changes --follow; struct res_follow comes next */
 
 struct req_hdr {
     char magic[8];
@@ -50,6 +52,10 @@ struct res_hdr {
     char magic[8];
     int32_t status;
     int32_t flags;
+};
+/* After a reply with RES_FOLLOW_STOPPED: where the output of the changes --follow got (tool_follow_pos) */
+struct res_follow {
+    uint64_t seq, skip;
 };
 
 struct conn {
@@ -69,6 +75,7 @@ struct ctl_server {
     pthread_mutex_t mu;
     pthread_cond_t idle;    /* signalled when a connection ends */
     int active;             /* connections being served */
+    bool stopping;          /* ctl_server_stop has cancelled the running commands (under mu) */
     struct conn *conns;
 };
 
@@ -163,13 +170,18 @@ static int read_full(int fd, void *buf, size_t n) {
     return 0;
 }
 
-static void send_reply(int fd, int status, int flags) {
-    struct res_hdr r;
-    memcpy(r.magic, RES_MAGIC, 8);
-    r.status = status;
-    r.flags = flags;
+static void send_reply(int fd, int status, int flags, const tool_follow_pos *pos) {
+    struct {
+        struct res_hdr h;
+        struct res_follow f;
+    } r;
+    memset(&r, 0, sizeof r);
+    memcpy(r.h.magic, RES_MAGIC, 8);
+    r.h.status = status;
+    r.h.flags = flags;
+    if (pos) r.f.seq = pos->seq, r.f.skip = pos->skip;
     /* MSG_NOSIGNAL: a client that is gone must not kill the daemon */
-    (void)!send(fd, &r, sizeof r, MSG_NOSIGNAL);
+    (void)!send(fd, &r, pos ? sizeof r : sizeof r.h, MSG_NOSIGNAL);
 }
 
 /* Receive the request header and the three descriptors. Returns 0, or -1 (fds closed). */
@@ -206,7 +218,7 @@ static int recv_request(int fd, struct req_hdr *h, int fds[3]) {
 
 static void serve(struct ctl_server *s, int fd) {
     if (!peer_allowed(fd)) {
-        send_reply(fd, TOOL_FAIL, RES_DENIED);
+        send_reply(fd, TOOL_FAIL, RES_DENIED, NULL);
         return;
     }
     /* A client has 10 seconds to send its request; after that the connection only carries cancellation. */
@@ -228,8 +240,15 @@ static void serve(struct ctl_server *s, int fd) {
             off += strlen(body + off) + 1;
         }
         if (n == h.argc && off == h.bytes) {
-            status = tools_serve(s->db, s->datadir, (int)h.argc, argv, fds, fd);
-            send_reply(fd, status, 0);
+            tool_follow_pos pos = {0};
+            status = tools_serve(s->db, s->datadir, (int)h.argc, argv, fds, fd, &pos);
+            pthread_mutex_lock(&s->mu);
+            bool stopping = s->stopping;
+            pthread_mutex_unlock(&s->mu);
+            /* A command the stop cancelled gets no reply: the client says the daemon ended the connection before
+             * the command finished, but for changes --follow, which goes on from where it got (ctl_client_run). */
+            if (stopping && pos.valid) send_reply(fd, TOOL_FAIL, RES_FOLLOW_STOPPED, &pos);
+            else if (!stopping || status != -SIGINT) send_reply(fd, status, 0, NULL);
         }
     }
     free(argv);
@@ -310,7 +329,7 @@ static void *accept_thread(void *arg) {
         pthread_attr_destroy(&at);
         if (!ok) {
             free(c);
-            send_reply(fd, TOOL_FAIL, RES_BUSY); /* flags 0 was a silent status 1: `get` said "absent" */
+            send_reply(fd, TOOL_FAIL, RES_BUSY, NULL); /* flags 0 was a silent status 1: `get` said "absent" */
             close(fd);
         }
     }
@@ -401,7 +420,10 @@ void ctl_server_stop(struct ctl_server *s) {
         unlinkat(s->dirfd, CTL_SOCKET_NAME, 0);
     close(s->lfd);
     pthread_mutex_lock(&s->mu);
-    for (struct conn *c = s->conns; c; c = c->next) shutdown(c->fd, SHUT_RDWR); /* cancels the running command */
+    s->stopping = true;
+    /* Cancels the running command (its connection reads as closed), and leaves the way to the client open for the
+     * reply of a changes --follow, which says where it got (serve). */
+    for (struct conn *c = s->conns; c; c = c->next) shutdown(c->fd, SHUT_RD);
     while (s->active > 0) pthread_cond_wait(&s->idle, &s->mu);
     pthread_mutex_unlock(&s->mu);
     close(s->wake[0]);
@@ -414,6 +436,17 @@ void ctl_server_stop(struct ctl_server *s) {
 }
 
 /* ---- Client --------------------------------------------------------------------------------------------------- */
+
+/* Where the last ctl_client_run's changes --follow got when its daemon stopped (this thread's) */
+static _Thread_local tool_follow_pos follow_stopped;
+
+bool ctl_client_follow_stopped(uint64_t *seq, uint64_t *skip) {
+    if (!follow_stopped.valid) return false;
+    follow_stopped.valid = false;
+    *seq = follow_stopped.seq;
+    *skip = follow_stopped.skip;
+    return true;
+}
 
 bool ctl_daemon_answers(const char *datadir) {
     struct sockaddr_un a;
@@ -428,7 +461,24 @@ bool ctl_daemon_answers(const char *datadir) {
     return up;
 }
 
+/* Receive up to n bytes of a reply into buf, counting them in *got, until n, the end, or an error (*err). -1 when a
+ * signal interrupted the wait (Ctrl-C). */
+static int recv_reply(int fd, void *buf, size_t n, size_t *got, int *err) {
+    while (*got < n) {
+        ssize_t r = recv(fd, (char *)buf + *got, n - *got, 0);
+        if (r > 0) {
+            *got += (size_t)r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) return -1;
+        if (r < 0) *err = errno;
+        break;
+    }
+    return 0;
+}
+
 int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
+    follow_stopped.valid = false;
     struct sockaddr_un a;
     int dirfd = -1;
     if (sock_addr(datadir, -1, &a) != 0) {
@@ -492,24 +542,17 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     /* Wait for the reply. An interrupt (Ctrl-C) ends the wait: closing the connection cancels the command in the
      * daemon, which stops at a safe point. */
     struct res_hdr r;
-    char *p = (char *)&r;
-    size_t got = 0;
+    struct res_follow f;
+    size_t got = 0, fgot = 0;
     int recv_err = 0;
-    while (got < sizeof r) {
-        ssize_t n = recv(fd, p + got, sizeof r - got, 0);
-        if (n > 0) {
-            got += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            close(fd);
-            *status = -SIGINT;
-            return 1;
-        }
-        if (n < 0) recv_err = errno;
-        break;
-    }
+    bool intr = recv_reply(fd, &r, sizeof r, &got, &recv_err) < 0;
+    bool follow = !intr && got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0 && (r.flags & RES_FOLLOW_STOPPED);
+    if (follow) intr = recv_reply(fd, &f, sizeof f, &fgot, &recv_err) < 0;
     close(fd);
+    if (intr) {
+        *status = -SIGINT;
+        return 1;
+    }
     /* Reset before a reply, or refused while sending: the daemon never had the whole request, so the command did not
      * run (it runs one only once it has read it all, and a connection it then ends reads as an end, not a reset). A
      * daemon that stops resets the connections still in its listening queue: the caller waits for the store's lock
@@ -518,6 +561,16 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     if (got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0) {
         if (r.flags & RES_DENIED) {
             fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);
+            return 1;
+        }
+        if (follow) {
+            /* changes --follow, stopped by its daemon's stop (an unmount): the caller goes on from where it got */
+            if (fgot == sizeof f) {
+                follow_stopped = (tool_follow_pos){.valid = true, .seq = f.seq, .skip = f.skip};
+                *status = r.status;
+                return 1;
+            }
+            fprintf(stderr, "kvfs: %s: the mount daemon ended the connection before the command finished\n", datadir);
             return 1;
         }
         if (r.flags & RES_BUSY) {

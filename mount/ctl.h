@@ -11,7 +11,9 @@
  * Wire format (native byte order: both ends are on the same host):
  *   request  = struct { char magic[8] = "KVFSCTL1"; uint32 argc; uint32 bytes; } with 3 descriptors attached,
  *              then `bytes` bytes: argc NUL-terminated strings
- *   reply    = struct { char magic[8] = "KVFSRES1"; int32 status; } (status < 0: ended as if killed by -status)
+ *   reply    = struct { char magic[8] = "KVFSRES1"; int32 status; int32 flags; } (status < 0: ended as if killed by
+ *              -status), then, when flags has 4 (a changes --follow the daemon's stop cut short), struct { uint64
+ *              seq, skip; }: where its output got (ctl_client_follow_stopped)
  */
 #ifndef KVFS_CTL_H
 #define KVFS_CTL_H
@@ -65,5 +67,10 @@ bool ctl_daemon_answers(const char *datadir);
  * (nothing was run), 1 when the command ran there: *status is its exit status (negative: -signal). Failures after
  * connecting are reported on stderr as "kvfs: ..." and give status 1. */
 int ctl_client_run(const char *datadir, int argc, char **argv, int *status);
+/* Whether the command the last ctl_client_run of this thread ran, a `changes --follow`, was stopped by its daemon
+ * stopping (an unmount, the end of kvfs serve); then where its output got: every batch up to *seq printed, and *skip
+ * bytes of the listing of the ones after it. The daemon replies so (flag 4, then struct { uint64 seq, skip; })
+ * instead of ending the connection, and the caller goes on from there. True once per such reply. */
+bool ctl_client_follow_stopped(uint64_t *seq, uint64_t *skip);
 
 #endif /* KVFS_CTL_H */

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -107,9 +108,10 @@ const tool_cmd tool_cmds[] = {
      "attributes (not keyspace 0) are not shown. Exit status 1 when a batch that should be shown was pruned.\n"
      "\nOptions:\n"
      "  --since SEQ  only batches committed after SEQ (default: all retained)\n"
-     "  --follow     keep printing new batches until interrupted\n"
+     "  --follow     keep printing new batches until interrupted (the store may be mounted and unmounted\n"
+     "               meanwhile: each batch is printed once)\n"
      "  --json       a JSON array of {\"seq\", \"time_ms\", \"time\", \"ops\"}; with --follow one object a line\n",
-     1, 1, 0, 0, OPT_SINCE | OPT_FOLLOW | OPT_JSON, STORE_READ, cmd_changes},
+     1, 1, 0, 0, OPT_SINCE | OPT_FOLLOW | OPT_JSON | OPT_SKIP_BYTES, STORE_READ, cmd_changes},
     {"prune", "DATADIR --before SEQ", "drop batches older than SEQ from the batch log", "",
      1, 1, 0, 0, OPT_BEFORE, STORE_WRITE, cmd_prune},
     {"dump", "FILE", "print a readable listing of a WAL, SSTable, manifest, batch log or blob file",
@@ -153,6 +155,9 @@ static const struct {
     {"limit", OPT_LIMIT, true},   {"reverse", OPT_REVERSE, false},    {"keys-only", OPT_KEYS_ONLY, false},
     {"json", OPT_JSON, false},    {"since", OPT_SINCE, true},         {"follow", OPT_FOLLOW, false},
     {"before", OPT_BEFORE, true}, {"sync", OPT_SYNC, false},
+    /* from a client to its daemon only (tool_parse refuses it on the command line): changes --follow going on in a
+     * new daemon where the last one stopped, in the middle of a batch's listing */
+    {"skip-bytes", OPT_SKIP_BYTES, true},
 };
 
 static int usage_err(tool_ctx *c, const tool_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -226,7 +231,8 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
         size_t k;
         for (k = 0; k < sizeof opt_names / sizeof opt_names[0]; k++)
             if (strlen(opt_names[k].name) == nlen && memcmp(opt_names[k].name, name, nlen) == 0) break;
-        if (k == sizeof opt_names / sizeof opt_names[0] || !(cmd->opts & opt_names[k].bit))
+        if (k == sizeof opt_names / sizeof opt_names[0] || !(cmd->opts & opt_names[k].bit) ||
+            (opt_names[k].bit == OPT_SKIP_BYTES && !c->remote))
             return usage_err(c, cmd, "unknown option '%.*s'", (int)(nlen + 2), s);
         unsigned bit = opt_names[k].bit;
         if (a->seen & bit) return usage_err(c, cmd, "--%s given twice", opt_names[k].name);
@@ -248,6 +254,7 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
         case OPT_LIMIT: rc = parse_u64(c, cmd, "--limit", val, &a->limit); break;
         case OPT_SINCE: rc = parse_u64(c, cmd, "--since", val, &a->since); break;
         case OPT_BEFORE: rc = parse_u64(c, cmd, "--before", val, &a->before); break;
+        case OPT_SKIP_BYTES: rc = parse_u64(c, cmd, "--skip-bytes", val, &a->skip_bytes); break;
         }
         if (rc) return rc;
     }
@@ -294,7 +301,8 @@ static void ctx_init(tool_ctx *c, kv_db *db, const char *datadir, const int fds[
     c->progress = isatty(fds[2]) == 1;
 }
 
-int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int fds[3], int cancel_fd) {
+int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int fds[3], int cancel_fd,
+                tool_follow_pos *pos) {
     tool_ctx *c = malloc(sizeof *c); /* two 64 KiB buffers: not on a thread's stack */
     if (!c) return TOOL_FAIL;
     ctx_init(c, db, datadir, fds);
@@ -312,6 +320,18 @@ int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int
         rc = cmd->run(c, &a);
     }
     rc = tool_finish(c, rc);
+    /* changes --follow cancelled (not ended by its reader or an error): where its output got, the last batch
+     * perhaps cut short by the cancellation, for the client to go on from there (cmd_changes) */
+    if (pos && c->follow_tracked && rc == -SIGINT) {
+        pos->valid = true;
+        if (c->out.written >= c->done_end) {
+            pos->seq = c->done_seq;
+            pos->skip = 0;
+        } else {
+            pos->seq = c->prev_seq;
+            pos->skip = c->out.written - c->prev_end;
+        }
+    }
     tool_args_free(&a);
     free(c);
     return rc;
@@ -433,21 +453,40 @@ static int open_or_delegate(tool_ctx *c, const char *dir, enum store_mode mode, 
     return ret;
 }
 
+/* `changes DIR --follow` from batch *since on, with c->out.skip bytes of the next batch's listing printed already:
+ * open the store, or run the rest in the daemon that has it mounted. When that daemon stops while it follows (an
+ * unmount: ctl_client_follow_stopped), go on from where it got, again: the store is opened once its daemon has let
+ * go of it (open_or_delegate waits for it, as for any process that holds it), or the daemon of a new mount takes the
+ * rest. Returns as open_or_delegate: KV_OK with c->db open, *since and c->out.skip where to go on; 1 when a daemon
+ * ran the rest (*status its status); -1 when the store cannot be opened (reported, *status set). */
+static int follow_open(tool_ctx *c, const char *dir, bool json, uint64_t *since, int *status) {
+    for (;;) {
+        char seq[24], skip[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, *since);
+        snprintf(skip, sizeof skip, "%" PRIu64, c->out.skip);
+        char *argv[9] = {"changes", (char *)dir, "--since", seq, "--follow"};
+        int argc = 5;
+        if (json) argv[argc++] = "--json";
+        if (c->out.skip) argv[argc++] = "--skip-bytes", argv[argc++] = skip;
+        argv[argc] = NULL;
+        int rc = open_or_delegate(c, dir, STORE_READ, argc, argv, &c->db, status);
+        if (rc != 1) return rc;
+        c->out.skip = 0; /* the daemon skipped them */
+        if (!ctl_client_follow_stopped(since, &c->out.skip)) return 1;
+    }
+}
+
 /* The reopen hooks for a direct `changes --follow` (tools.h). */
 struct reopen_arg {
     const char *dir;
 };
-static int reopen_open(tool_reopen *r, tool_ctx *c, int argc, char **argv, int *remote_rc) {
+static int reopen_open(tool_reopen *r, tool_ctx *c, bool json, uint64_t *since, int *remote_rc) {
     struct reopen_arg *ra = r->arg;
     int status = TOOL_FAIL;
-    int rc = open_or_delegate(c, ra->dir, STORE_READ, argc, argv, &c->db, &status);
-    if (rc == 1) {
-        *remote_rc = status;
+    int rc = follow_open(c, ra->dir, json, since, &status);
+    if (rc != KV_OK) {
+        *remote_rc = status; /* what the daemon ran ended so, or the failure was reported: end with its status */
         return TOOL_REOPEN_REMOTE;
-    }
-    if (rc < 0) {
-        *remote_rc = status;
-        return TOOL_REOPEN_REMOTE; /* the failure was reported; end with its status */
     }
     return KV_OK;
 }
@@ -516,8 +555,14 @@ static int run_direct(const tool_cmd *cmd, int argc, char **argv) {
             struct reopen_arg ra = {a.pos[0]};
             tool_reopen ro = {reopen_open, reopen_close, &ra};
             int rc = open_or_delegate(c, a.pos[0], cmd->mode, argc, dargv, &c->db, &status);
+            bool follow = cmd->run == cmd_changes && (a.seen & OPT_FOLLOW);
+            if (rc == 1 && follow && ctl_client_follow_stopped(&a.since, &c->out.skip)) {
+                /* the daemon stopped (an unmount) while it followed: go on from where it got */
+                a.seen |= OPT_SINCE;
+                rc = follow_open(c, a.pos[0], a.seen & OPT_JSON, &a.since, &status);
+            }
             if (rc == KV_OK) {
-                if (cmd->run == cmd_changes && (a.seen & OPT_FOLLOW)) c->reopen = &ro;
+                if (follow) c->reopen = &ro;
                 status = cmd->run(c, &a);
                 if (c->db) {
                     int crc = kv_close(c->db);

@@ -36,6 +36,9 @@ typedef struct tout {
     size_t n;
     int err;
     int wmode;              /* daemon runs: how a write avoids blocking (tools_io.c, write_some); 0 = not known yet */
+    uint64_t written;       /* bytes written to fd so far, counting those skipped */
+    uint64_t total;         /* bytes given to tout_write so far, written or not (skipped, buffered, failed) */
+    uint64_t skip;          /* the next bytes written are dropped (printed already: changes --follow resuming) */
     char buf[1 << 16];
 } tout;
 
@@ -53,6 +56,11 @@ typedef struct tool_ctx {
     int64_t progress_drawn_ms; /* last time the bar was drawn */
     const char *progress_label;
     struct tool_reopen *reopen; /* direct runs of `changes --follow` (see below); NULL otherwise */
+    /* daemon runs of `changes --follow`: how far the output got, so that a client whose daemon stops goes on from
+     * there (tools_serve). The listing of the batches up to done_seq ends at byte done_end of the output (out.total);
+     * the batch after prev_seq starts at byte prev_end, with all before it written. */
+    bool follow_tracked;
+    uint64_t prev_seq, prev_end, done_seq, done_end;
     char keystr[3][256];    /* tool_keystr's buffers: a message may name three keys */
     int keystr_next;
 } tool_ctx;
@@ -119,7 +127,7 @@ typedef struct tkey {
 enum {
     OPT_PREFIX = 1u << 0, OPT_START = 1u << 1, OPT_END = 1u << 2, OPT_LIMIT = 1u << 3, OPT_REVERSE = 1u << 4,
     OPT_KEYS_ONLY = 1u << 5, OPT_JSON = 1u << 6, OPT_SINCE = 1u << 7, OPT_FOLLOW = 1u << 8, OPT_BEFORE = 1u << 9,
-    OPT_SYNC = 1u << 10,
+    OPT_SYNC = 1u << 10, OPT_SKIP_BYTES = 1u << 11,
 };
 
 typedef struct targs {
@@ -130,6 +138,7 @@ typedef struct targs {
     int nkeys;
     tkey prefix, start, end;
     uint64_t limit, since, before;
+    uint64_t skip_bytes;    /* --skip-bytes N: only from a client to its daemon (changes --follow resuming) */
 } targs;
 
 /* ---- Commands ------------------------------------------------------------------------------------------------- */
@@ -155,9 +164,18 @@ const tool_cmd *tool_find(const char *name);
 int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a);
 void tool_args_free(targs *a);
 
+/* Where a `changes --follow` stopped in the daemon: every batch up to seq is printed, and skip bytes of the
+ * listing of the ones after it (a batch cut short). The client goes on from there (ctl.h). */
+typedef struct tool_follow_pos {
+    bool valid;
+    uint64_t seq, skip;
+} tool_follow_pos;
+
 /* Run one command inside the mount daemon for a client (called by ctl.c): db is the daemon's store, fds the
- * client's stdin/stdout/stderr, cancel_fd the client connection. Returns the exit status (negative: -signal). */
-int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int fds[3], int cancel_fd);
+ * client's stdin/stdout/stderr, cancel_fd the client connection. Returns the exit status (negative: -signal). A
+ * `changes --follow` stopped by cancellation (the daemon stopping, or the client gone) sets *pos to where it was. */
+int tools_serve(kv_db *db, const char *datadir, int argc, char **argv, const int fds[3], int cancel_fd,
+                tool_follow_pos *pos);
 
 /* The commands (tools_data.c, tools_admin.c, tools_dump.c). */
 int cmd_put(tool_ctx *c, const targs *a);
@@ -176,12 +194,14 @@ int cmd_prune(tool_ctx *c, const targs *a);
 int cmd_dump(tool_ctx *c, const targs *a);
 
 /* For `changes --follow` on a store that is not mounted: the follow loop closes the store between polls so other
- * tools can use it meanwhile, and reopens it (implemented in main.c). open() returns KV_OK with c->db open, an
- * engine status, or TOOL_REOPEN_REMOTE when the store got mounted meanwhile: then it has run the rest of the
- * command (the argv given) through the daemon and put its exit status in *remote_rc. */
+ * tools can use it meanwhile, and reopens it (implemented in main.c) to go on after batch *since. open() returns
+ * KV_OK with c->db open, or TOOL_REOPEN_REMOTE when the store got mounted meanwhile: then it has run the rest of the
+ * command through the daemon and put its exit status in *remote_rc (or failed: the status of its message). When
+ * that daemon stopped (an unmount) while it followed, open() goes on where it was: KV_OK with c->db open again,
+ * *since moved on, and c->out.skip the bytes of the next batch's listing that the daemon printed already. */
 #define TOOL_REOPEN_REMOTE 1
 typedef struct tool_reopen {
-    int (*open)(struct tool_reopen *r, tool_ctx *c, int argc, char **argv, int *remote_rc);
+    int (*open)(struct tool_reopen *r, tool_ctx *c, bool json, uint64_t *since, int *remote_rc);
     void (*close)(struct tool_reopen *r, tool_ctx *c);
     void *arg;
 } tool_reopen;

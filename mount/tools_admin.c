@@ -5,7 +5,9 @@
  *  - Long operations (compact, check, checkpoint) report progress through tool_progress, which draws a bar only on
  *    a terminal and stops the engine operation (KV_EINTERRUPTED, nothing half-done) when the command is cancelled.
  *  - `changes` prints batches in sequence order, each once, and fails rather than skip silently: a batch that
- *    should be shown but was pruned is an "evicted" error naming the oldest batch still retained.
+ *    should be shown but was pruned is an "evicted" error naming the oldest batch still retained. That holds across
+ *    daemons too: `--follow` run by a daemon that stops says where its output got, to the byte (tools_serve), and
+ *    the client goes on from there.
  *  - Only keyspace 0 (the user's keys) is shown; other keyspaces hold the filesystem's attributes.
  */
 #include <errno.h>
@@ -309,6 +311,16 @@ int cmd_changes(tool_ctx *c, const targs *a) {
     }
     uint64_t printed = 0;
     int status = TOOL_OK;
+    if (a->seen & OPT_SKIP_BYTES) c->out.skip = a->skip_bytes; /* a client going on where its daemon stopped */
+    /* In the daemon: where the output gets, batch by batch, for a client whose daemon stops while it follows (an
+     * unmount) to go on from there (tools_serve). Each batch's listing is written out before the next one starts, so
+     * at most one is cut short. */
+    bool track = follow && c->remote;
+    if (track) {
+        c->follow_tracked = true;
+        c->prev_seq = c->done_seq = next - 1;
+        c->prev_end = c->done_end = c->out.total;
+    }
     for (;;) {
         uint64_t cur = kv_current_sequence(c->db);
         if (cur < next - 1) {
@@ -320,6 +332,14 @@ int cmd_changes(tool_ctx *c, const targs *a) {
             break;
         }
         for (; next <= cur && status == TOOL_OK; next++) {
+            if (track) {
+                if (tout_flush(&c->out) < 0) {
+                    status = TOOL_FAIL;
+                    break;
+                }
+                c->prev_seq = next - 1;
+                c->prev_end = c->out.total; /* = out.written: all before it is written */
+            }
             kv_logged_batch *b = NULL;
             int rc = kv_get_batch(c->db, next, &b);
             if (rc == KV_OK) {
@@ -329,6 +349,11 @@ int cmd_changes(tool_ctx *c, const targs *a) {
                 status = evicted(c, next);
             } else if (rc != KV_ENOTFOUND) { /* ENOTFOUND: no batch has that number; nothing to show */
                 status = tool_kv_error(c, rc, "%s: reading batch %" PRIu64, c->datadir, next);
+            }
+            c->out.skip = 0; /* what was to be skipped was the start of this batch's listing */
+            if (track && status == TOOL_OK) {
+                c->done_seq = next;
+                c->done_end = c->out.total;
             }
             if (c->out.err || tool_cancelled(c)) status = TOOL_FAIL;
         }
@@ -344,12 +369,11 @@ int cmd_changes(tool_ctx *c, const targs *a) {
                 status = TOOL_FAIL;
                 break;
             }
-            char since[24];
-            snprintf(since, sizeof since, "%" PRIu64, next - 1);
-            char *argv[] = {"changes", (char *)c->datadir, "--since", since, "--follow", "--json", NULL};
+            uint64_t since = next - 1;
             int remote_rc = TOOL_FAIL;
-            if (c->reopen->open(c->reopen, c, json ? 6 : 5, argv, &remote_rc) == TOOL_REOPEN_REMOTE)
+            if (c->reopen->open(c->reopen, c, json, &since, &remote_rc) == TOOL_REOPEN_REMOTE)
                 return remote_rc; /* the store got mounted: the daemon ran the rest */
+            next = since + 1;     /* further on when a daemon followed for a while, and stopped (an unmount) */
         } else if (tool_sleep(c, 100) || tool_output_gone(c)) {
             status = TOOL_FAIL;
             break;

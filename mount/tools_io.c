@@ -134,6 +134,7 @@ int tout_flush(tout *o) {
         ssize_t w = write_some(o, o->buf + done, o->n - done);
         if (w > 0) {
             done += (size_t)w;
+            o->written += (uint64_t)w;
             continue;
         }
         if (w < 0 && errno != EINTR && errno != EAGAIN) {
@@ -149,7 +150,12 @@ int tout_flush(tout *o) {
 
 int tout_write(tout *o, const void *p, size_t n) {
     const char *s = p;
+    o->total += n;
     if (o->err) return -1;
+    if (o->skip) { /* written before: by the daemon that printed the start of this listing */
+        size_t k = o->skip < n ? (size_t)o->skip : n;
+        o->skip -= k, o->written += k, s += k, n -= k;
+    }
     while (n) {
         if (o->n == sizeof o->buf && tout_flush(o) < 0) return -1;
         size_t k = sizeof o->buf - o->n;

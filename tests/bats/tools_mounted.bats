@@ -488,3 +488,49 @@ teardown() { tools_teardown; }
     [ "$(kv get "$D" w/f1)" = "new5appended" ]
 }
 
+
+@test "mounted: changes --follow goes on when the store is unmounted, and across a remount, each batch once" {
+    mount_store "$D" "$M"
+    kv put "$D" a 1
+    # (a loaded machine may take more than the default 5 s to let go of the store)
+    export KVFS_LOCK_WAIT=60
+    timeout 120 "$KVFS" changes "$D" --follow > "$T/follow" 2>"$T/follow.err" 3>&- &
+    pid=$!
+    timeout 120 "$KVFS" changes "$D" --follow --json > "$T/json" 2>"$T/json.err" 3>&- &
+    jpid=$!
+    wait_line "$T/follow" '^put a '
+    kv put "$D" b 2
+    wait_line "$T/follow" '^put b '
+    # unmounted: the rest is read from the store (a put waits for the follower, which holds it for a moment a poll)
+    unmount_store "$M" "$D"
+    kv put "$D" c 3
+    wait_line "$T/follow" '^put c '
+    kill -0 "$pid"
+    # mounted again: the new daemon takes the feed over; and unmounted again
+    mount_store "$D" "$M"
+    echo 4 > "$M/d"
+    wait_line "$T/follow" '^put d '
+    kv put "$D" e 5
+    unmount_store "$M" "$D"
+    kv put "$D" f 6
+    wait_line "$T/follow" '^put f '
+    wait_line "$T/json" '"key":"f"'
+    kill -INT "$pid" "$jpid"
+    wait "$pid" || true
+    wait "$jpid" || true
+    [ ! -s "$T/follow.err" ] || { cat "$T/follow.err"; false; }
+    [ ! -s "$T/json.err" ] || { cat "$T/json.err"; false; }
+    # every batch, once, in order: what changes lists once it is all there
+    diff <(kv changes "$D") "$T/follow"
+    diff <(kv changes "$D" --json | json_get '"\n".join(json.dumps(b, separators=(",", ":")) for b in d)') "$T/json"
+}
+
+@test "mounted: changes --follow stopped by an unmount in the middle of a batch's listing prints the rest once" {
+    mount_store "$D" "$M"
+    export KVFS_LOCK_WAIT=60
+    follow_stalled # the daemon has filled the pipe, and waits for room
+    unmount_store "$M" "$D"
+    follow_read # now: the follower holds the store while it waits to write the rest
+    follow_put_and_check after
+    follow_end
+}

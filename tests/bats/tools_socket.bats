@@ -368,3 +368,29 @@ print("held", flush=True); time.sleep(8)' "$D/kvfs.sock" > "$T/held" 3>&- &
     [ "$(kv get "$D" b)" = 2 ]
     [ ! -s "$T/serve.err" ]
 }
+
+@test "changes --follow cut short by its daemon's stop goes on where it got: in the next daemon, then directly" {
+    start_serve
+    export KVFS_LOCK_WAIT=60
+    follow_stalled # the daemon has filled the pipe in the middle of the batch, and waits for room
+    # the client, stopped, hears of the daemon's stop only once another daemon serves the store: it goes on there,
+    # the new daemon printing the rest of the batch
+    pid=$(pgrep -P "$FOLLOW_PID")
+    kill -STOP "$pid"
+    kill -INT "$SERVE_PID"
+    wait "$SERVE_PID"
+    start_serve
+    kill -CONT "$pid"
+    follow_read
+    follow_put_and_check served
+    # that daemon stops too: the client reads the store itself
+    kill -INT "$SERVE_PID"
+    wait "$SERVE_PID"
+    SERVE_PID=""
+    follow_put_and_check direct
+    follow_end
+    # --skip-bytes is the client's word to its daemon, not an option of the command line
+    run --separate-stderr kv changes "$D" --skip-bytes 5
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"unknown option '--skip-bytes'"* ]]
+}
