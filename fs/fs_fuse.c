@@ -32,7 +32,11 @@
 #include "names.h"
 #include <fuse_lowlevel.h>
 
-/* The running mount, for kvfs_notify_key_changed (set at init, cleared at destroy). */
+/* The running mount, for kvfs_notify_key_changed and kvfs_mounted_write_keys (set at init). notify_fs, the
+ * filesystem that writes the control socket's batches, is cleared at destroy; notify_fuse, the session the kernel's
+ * caches are told through, already when the request loop has ended (kvfs_fuse_unmounting), before fuse_unmount
+ * closes the FUSE device: a notification sent after that close could write into whatever file had reused its
+ * descriptor number (ThreadSanitizer saw a control-socket thread's writev race fuse_unmount's close). */
 static pthread_mutex_t notify_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct fuse *notify_fuse;
 static kvfs_fs *notify_fs;
@@ -578,9 +582,16 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     return k;
 }
 
+void kvfs_fuse_unmounting(void) {
+    vanish_end();
+    pthread_mutex_lock(&notify_mu);
+    notify_fuse = NULL;
+    pthread_mutex_unlock(&notify_mu);
+}
+
 static void op_destroy(void *data) {
     kvfs_fuse *k = data;
-    vanish_end();
+    vanish_end(); /* in case the daemon did not call kvfs_fuse_unmounting */
     pthread_mutex_lock(&notify_mu);
     notify_fuse = NULL;
     notify_fs = NULL;
@@ -614,8 +625,8 @@ static void inval_top_entry(struct fuse *f, const uint8_t *key, size_t klen, boo
  * the same first component, the directories above it that the two share (a batch of 50,000 keys of one directory
  * took 2.6-3.0 s, most of it dropping that directory again and again; 0.2 s since). */
 static void key_changed_locked(const uint8_t *k, size_t klen, const uint8_t *prev, size_t plen) {
+    if (notify_fs && !prev && (k || klen == 0)) kvfs_fs_invalidate(notify_fs);
     if (notify_fuse && notify_fs && (k || klen == 0)) {
-        if (!prev) kvfs_fs_invalidate(notify_fs);
         const uint8_t *slash = klen ? memchr(k, '/', klen) : NULL;
         size_t top = slash ? (size_t)(slash - k) : klen; /* the first component's length */
         bool same_top = slash && prev && plen > top && memcmp(prev, k, top) == 0 && prev[top] == '/';
@@ -646,9 +657,11 @@ void kvfs_notify_key_changed(const void *key, size_t klen) {
 
 int kvfs_mounted_write_keys(const store_batch *b, bool sync) {
     int rc = 1;
-    /* notify_mu: the mount cannot end (op_destroy) while its filesystem writes the batch */
+    /* notify_mu: the mount cannot end (op_destroy) while its filesystem writes the batch. Once the request loop has
+     * ended (notify_fuse cleared) the filesystem still writes it, so that a file open in it keeps its content as
+     * after rm; the kernel, whose mount is going, is told nothing. */
     pthread_mutex_lock(&notify_mu);
-    if (notify_fuse && notify_fs) {
+    if (notify_fs) {
         rc = kvfs_write_keys(notify_fs, b, sync);
         for (size_t i = 0; rc == 0 && i < b->n; i++)
             key_changed_locked(store_op_key(b, &b->ops[i]), b->ops[i].klen, i ? store_op_key(b, &b->ops[i - 1]) : NULL,

@@ -26,4 +26,10 @@ const struct fuse_operations *kvfs_fuse_operations(void);
 struct fuse_session;
 int kvfs_fuse_use_io(struct fuse_session *se);
 
+/* The request loop has ended: call before fuse_unmount, which closes the FUSE device. Stops every notification to
+ * the kernel (the notifier thread, and those of the control socket's threads, which go on running until the daemon
+ * stops them), so that none is written to the closed descriptor, or to a file that reused its number. The control
+ * socket's batches still go through the filesystem until fuse_destroy. */
+void kvfs_fuse_unmounting(void);
+
 #endif /* KVFS_FS_FUSE_H */

@@ -1049,6 +1049,7 @@ static int run(mount_opts *o, struct fuse_args *fargs, int ready_fd) {
     say(LOG_INFO, "mounted %s on %s", o->datadir, o->mountpoint);
     served = true;
     rc = run_loop(se, o->sync, spin_default(o));
+    kvfs_fuse_unmounting(); /* the control socket's threads notify the kernel no more: fuse_unmount closes the device */
     fuse_remove_signal_handlers(se);
     fuse_unmount(d.fuse);
     status = rc < 0 ? 1 : 0;
