@@ -457,7 +457,11 @@ typedef struct vanished {
 static pthread_mutex_t vanish_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t vanish_cv = PTHREAD_COND_INITIALIZER;
 static vanished *vanish_head, *vanish_tail;
-static bool vanish_stop, vanish_running;
+/* Set under vanish_mu (which the wait for work needs), but read also without it by the notifier between the
+ * notifications of a batch and around its 50 ms wait, so that a stopping daemon does not wait for a whole batch:
+ * atomic (a plain bool raced vanish_end's store, ThreadSanitizer). */
+static atomic_bool vanish_stop;
+static bool vanish_running;
 static pthread_t vanish_thread;
 
 /* Drop the kernel's entry of path's top-level name, and with it every entry it caches below that name (they are
@@ -480,21 +484,21 @@ static void *vanish_main(void *arg) {
     struct fuse *f = arg;
     pthread_mutex_lock(&vanish_mu);
     for (;;) {
-        while (!vanish_head && !vanish_stop) pthread_cond_wait(&vanish_cv, &vanish_mu);
+        while (!vanish_head && !atomic_load(&vanish_stop)) pthread_cond_wait(&vanish_cv, &vanish_mu);
         vanished *batch = vanish_head;
         if (!batch) break; /* stopping, nothing left */
         vanish_head = vanish_tail = NULL;
         pthread_mutex_unlock(&vanish_mu);
-        for (vanished *v = batch; v && !vanish_stop; v = v->next) {
+        for (vanished *v = batch; v && !atomic_load(&vanish_stop); v = v->next) {
             (void)fuse_invalidate_path(f, v->path); /* -ENOENT: the kernel never knew it */
             inval_top_name(f, v->path);
         }
         struct timespec again = {0, VANISH_AGAIN_NS};
-        if (!vanish_stop) nanosleep(&again, NULL);
+        if (!atomic_load(&vanish_stop)) nanosleep(&again, NULL);
         while (batch) {
             vanished *v = batch;
             batch = v->next;
-            if (!vanish_stop) inval_top_name(f, v->path);
+            if (!atomic_load(&vanish_stop)) inval_top_name(f, v->path);
             free(v->path);
             free(v);
         }
@@ -537,14 +541,14 @@ static void note_vanished_parents(const char *path) {
 }
 
 static void vanish_start(struct fuse *f) {
-    vanish_stop = false;
+    atomic_store(&vanish_stop, false);
     vanish_running = pthread_create(&vanish_thread, NULL, vanish_main, f) == 0;
 }
 
 static void vanish_end(void) {
     if (!vanish_running) return;
     pthread_mutex_lock(&vanish_mu);
-    vanish_stop = true;
+    atomic_store(&vanish_stop, true);
     pthread_cond_signal(&vanish_cv);
     pthread_mutex_unlock(&vanish_mu);
     pthread_join(vanish_thread, NULL);
