@@ -74,8 +74,12 @@ static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is ab
 static _Thread_local uint64_t req_given_fh; /* the handle give_hidden_fh put into it, or 0 */
 static _Thread_local uint32_t req_op;       /* its opcode */
 static _Thread_local char req_rename_to[HIDDEN_NAME_LEN + 1]; /* a RENAME's new name when of the hidden form, or "" */
-static uint64_t init_unique;                /* the INIT request (written and read by the one reading thread) */
-static uint32_t init_kernel_flags;
+/* The INIT request's unique id until its reply is sent (0 after). Set by the thread that reads INIT, which also
+ * handles it and sends the reply, but io_writev looks at it for every message written to the device, also from
+ * threads that serve no request (the control socket's and the notifier's notifications, which may be sent while
+ * INIT is answered): atomic, released after init_kernel_flags is set (a plain uint64_t raced, ThreadSanitizer). */
+static _Atomic uint64_t init_unique;
+static uint32_t init_kernel_flags; /* the kernel's INIT flags: written before init_unique, read after it matched */
 
 static uint32_t rd32(const uint8_t *p) {
     uint32_t v;
@@ -126,8 +130,10 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     req_rename_to[0] = 0;
     size_t body = (size_t)n - IN_HDR;
     if (op == OPC_INIT && body >= 16) {
-        memcpy(&init_unique, p + 8, 8);
+        uint64_t unique;
+        memcpy(&unique, p + 8, 8);
         init_kernel_flags = rd32(p + IN_HDR + 12);
+        atomic_store_explicit(&init_unique, unique, memory_order_release);
     } else if (op == OPC_WRITE && body >= 24) {
         req_kill_suidgid = (rd32(p + IN_HDR + 20) & WRITE_KILL_SUIDGID) != 0;
     } else if (op == OPC_GETATTR && body >= 16) {
@@ -159,14 +165,15 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
 
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
     (void)userdata;
-    if (init_unique && count >= 2 && iov[0].iov_len >= OUT_HDR && iov[1].iov_len >= 16) {
+    uint64_t init = atomic_load_explicit(&init_unique, memory_order_acquire);
+    if (init && count >= 2 && iov[0].iov_len >= OUT_HDR && iov[1].iov_len >= 16) {
         const uint8_t *h = iov[0].iov_base;
         uint64_t unique;
         int32_t error;
         memcpy(&error, h + 4, 4);
         memcpy(&unique, h + 8, 8);
-        if (unique == init_unique && error == 0) {
-            init_unique = 0;
+        if (unique == init && error == 0) {
+            atomic_store_explicit(&init_unique, 0, memory_order_relaxed);
             if (init_kernel_flags & INIT_HANDLE_KILLPRIV_V2) {
                 uint8_t *flags = (uint8_t *)iov[1].iov_base + 12; /* fuse_init_out.flags */
                 uint32_t f = rd32(flags) | INIT_HANDLE_KILLPRIV_V2;
