@@ -89,7 +89,7 @@ test:
 	bash tests/run.sh
 
 # The test programs that tests/run.sh runs under ThreadSanitizer (build-tsan/).
-TSAN_TESTS := test_db test_sst test_cache test_memtable test_faults test_blob test_crash test_env
+TSAN_TESTS := test_db test_sst test_cache test_memtable test_faults test_blob test_crash test_env test_fs_ops
 tsan:
 	$(MAKE) TSAN=1 $(TSAN_TESTS:%=build-tsan/tests/%)
 

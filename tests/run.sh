@@ -53,7 +53,7 @@ fi
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:exitcode=66:second_deadlock_stack=1}
 if [ -z "${KVFS_SKIP_UNIT:-}" ]; then
     for spec in test_sst test_cache test_memtable test_faults test_blob test_crash test_env test_db:checkpoint test_db:concurrent \
-        test_db:close_while test_db:group_commit test_db:outlive_close test_db:check_while_writing; do
+        test_db:close_while test_db:group_commit test_db:outlive_close test_db:check_while_writing test_fs_ops:concurrent; do
         prog=${spec%%:*}
         words=${spec#"$prog"}
         words=${words#:}

@@ -2,10 +2,11 @@
  * test_fs_ops.c — the filesystem logic (fs/fs.h) over the in-memory store: files, buffers, holes, truncate,
  * implicit and explicit directories, the file-and-directory case, listings that resume and skip subtrees,
  * rename in all its forms, unlink while open, keys of open files deleted by another writer, attributes, ownership,
- * xattrs.
+ * xattrs; requests from several threads at once (the daemon's request loop runs handlers in parallel).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
@@ -1074,5 +1075,135 @@ TEST(fs_listing_of_many_files_is_exact) {
     }
     kvfs_releasedir(e.fs, d);
     CHECK_EQ(seen, 200);
+    env_close(&e);
+}
+
+/* ---- requests from several threads at once ------------------------------------------------------------------------
+ * The daemon handles FUSE requests on several threads. Each worker here writes, reads back and checks a file of its
+ * own while it also creates, renames, unlinks, lists, stats and changes the attributes of names the others use too,
+ * and puts or deletes keys as the control socket does: run under ThreadSanitizer (tests/run.sh) it checks the locks
+ * of the namespace, the open-file table and the caches; here it checks that no request fails in a way it cannot and
+ * that each worker's own file holds exactly what it wrote. */
+#define CONC_WORKERS 4
+#define CONC_OPS 1500
+
+typedef struct conc_worker {
+    env *e;
+    int id;
+    uint64_t rng;
+    size_t size; /* bytes written to its own file */
+    char err[256];
+} conc_worker;
+
+static void *conc_main(void *arg) {
+    conc_worker *w = arg;
+    kvfs_fs *fs = w->e->fs;
+    char own[32], buf[4096], got[4096];
+    snprintf(own, sizeof own, "/own%d", w->id);
+    kvfs_file *mine;
+    int rc = kvfs_create(fs, own, 0644, O_RDWR | O_CREAT | O_TRUNC, &ALICE, &mine);
+    if (rc) {
+        snprintf(w->err, sizeof w->err, "create %s: %d", own, rc);
+        return NULL;
+    }
+    size_t size = 0; /* own file: byte i is (i * 7 + id) & 0xff */
+    for (int op = 0; op < CONC_OPS && !w->err[0]; op++) {
+        uint64_t r = t_rand(&w->rng);
+        char p[32], q[32];
+        snprintf(p, sizeof p, r & 1 ? "/d%u/f%u" : "/f%u", (unsigned)(r >> 8) % 3, (unsigned)(r >> 16) % 8);
+        snprintf(q, sizeof q, r & 2 ? "/d%u/f%u" : "/f%u", (unsigned)(r >> 24) % 3, (unsigned)(r >> 32) % 8);
+        kvfs_file *f;
+        struct stat st;
+        switch ((r >> 40) % 10) {
+        case 0: { /* append to the own file, then read back what was just written */
+            size_t n = 1 + (size_t)(r >> 48) % sizeof buf;
+            for (size_t i = 0; i < n; i++) buf[i] = (char)(((size + i) * 7 + (size_t)w->id) & 0xff);
+            ssize_t wn = kvfs_write(fs, mine, buf, n, (off_t)size, false);
+            ssize_t rn = wn == (ssize_t)n ? kvfs_read(fs, mine, got, n, (off_t)size) : -1;
+            if (rn != (ssize_t)n || memcmp(buf, got, n) != 0)
+                snprintf(w->err, sizeof w->err, "own file at %zu: wrote %zd, read %zd", size, wn, rn);
+            size += n;
+            break;
+        }
+        case 1:
+            if (kvfs_create(fs, p, 0644, O_WRONLY | O_CREAT, &ALICE, &f) == 0) {
+                kvfs_write(fs, f, "shared", 6, (off_t)((r >> 48) % 64), false);
+                kvfs_flush(fs, f);
+                kvfs_release(fs, f);
+            }
+            break;
+        case 2:
+            if (kvfs_open(fs, p, O_RDONLY, &f) == 0) {
+                kvfs_read(fs, f, got, sizeof got, 0);
+                kvfs_getattr(fs, NULL, f, &st);
+                kvfs_release(fs, f);
+            }
+            break;
+        case 3:
+            kvfs_rename(fs, p, q, (r >> 56) % 4 == 0 ? RENAME_EXCHANGE : 0);
+            break;
+        case 4:
+            kvfs_unlink(fs, p);
+            break;
+        case 5: {
+            char d[8];
+            snprintf(d, sizeof d, "/d%u", (unsigned)(r >> 48) % 3);
+            if ((r >> 56) & 1) kvfs_mkdir(fs, d, 0755, &ALICE);
+            else kvfs_rmdir(fs, d);
+            break;
+        }
+        case 6: {
+            char out[4096];
+            list_dir(w->e, (r >> 48) & 1 ? "/" : "/d1", 5, out, sizeof out);
+            break;
+        }
+        case 7:
+            kvfs_getattr(fs, p, NULL, &st);
+            kvfs_chmod(fs, p, NULL, 0600 | (mode_t)((r >> 48) & 077));
+            kvfs_setxattr(fs, p, "user.t", "v", 1, 0);
+            break;
+        case 8: { /* another writer's put or delete, as the control socket's */
+            store_batch b;
+            store_batch_init(&b);
+            if ((r >> 48) & 1) store_batch_put(&b, STORE_KS_DATA, p + 1, strlen(p + 1), "other", 5);
+            else store_batch_delete(&b, STORE_KS_DATA, p + 1, strlen(p + 1));
+            kvfs_write_keys(fs, &b, false);
+            store_batch_free(&b);
+            break;
+        }
+        default:
+            kvfs_truncate(fs, p, NULL, (off_t)((r >> 48) % 100));
+            kvfs_getattr(fs, NULL, mine, &st);
+            if ((size_t)st.st_size != size)
+                snprintf(w->err, sizeof w->err, "own file's size %lld, wrote %zu", (long long)st.st_size, size);
+            break;
+        }
+    }
+    w->size = size;
+    rc = kvfs_release(fs, mine);
+    if (rc && !w->err[0]) snprintf(w->err, sizeof w->err, "release %s: %d", own, rc);
+    return NULL;
+}
+
+TEST(fs_concurrent_requests_keep_each_file_whole) {
+    env e;
+    CHECK(env_open(&e, 1024));
+    pthread_t th[CONC_WORKERS];
+    conc_worker w[CONC_WORKERS];
+    for (int i = 0; i < CONC_WORKERS; i++) {
+        w[i] = (conc_worker){.e = &e, .id = i, .rng = t_seed() + (uint64_t)i * 0x9e3779b97f4a7c15ull};
+        CHECK(pthread_create(&th[i], NULL, conc_main, &w[i]) == 0);
+    }
+    for (int i = 0; i < CONC_WORKERS; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < CONC_WORKERS; i++) CHECK_MSG(!w[i].err[0], "worker %d: %s", i, w[i].err);
+    static char whole[CONC_OPS * 4096 + 1];
+    for (int i = 0; i < CONC_WORKERS; i++) {
+        char own[32];
+        snprintf(own, sizeof own, "/own%d", i);
+        ssize_t n = read_file(&e, own, whole, sizeof whole);
+        CHECK_MSG(n == (ssize_t)w[i].size, "%s: %zd bytes, wrote %zu", own, n, w[i].size);
+        for (ssize_t j = 0; j < n; j++)
+            CHECK_MSG((uint8_t)whole[j] == (uint8_t)((j * 7 + i) & 0xff), "%s: byte %zd", own, j);
+    }
     env_close(&e);
 }
