@@ -27,7 +27,9 @@ cache_handle *block_cache_lookup(block_cache *c, uint64_t file_no, uint64_t offs
  * case the value has been freed with deleter. charge is the entry's size in bytes. */
 cache_handle *block_cache_insert(block_cache *c, uint64_t file_no, uint64_t offset, void *value, size_t charge,
                                  bool high_priority, void (*deleter)(void *value));
-/* Whether `extra` more bytes under this key's shard would evict nothing: the cache has room to spare there. */
+/* Whether the cache has room to spare for `extra` more bytes under this key's shard: they would evict nothing and
+ * leave at least 1/32 of the shard free (a full shard keeps up to one entry's charge of slack after an eviction, which
+ * is not room to spare). */
 bool block_cache_fits(block_cache *c, uint64_t file_no, uint64_t offset, size_t extra);
 void *cache_handle_value(cache_handle *h);
 void block_cache_release(block_cache *c, cache_handle *h);

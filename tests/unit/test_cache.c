@@ -177,6 +177,26 @@ TEST(test_cache_zero_capacity) {
     block_cache_free(c);
 }
 
+TEST(test_cache_fits_only_with_room_to_spare) {
+    /* block_cache_fits says whether a shard has room to spare: it keeps a margin of 1/32 of the shard, so that the
+     * slack a full shard keeps after an eviction (up to one entry's charge) does not count as room. */
+    static _Atomic int deleted[8];
+    block_cache *c;
+    CHECK_OK(block_cache_new(3200, &c)); /* one shard; a margin of 100 bytes */
+    CHECK(block_cache_fits(c, 1, 0, 0));
+    CHECK(block_cache_fits(c, 1, 0, 3100));
+    CHECK(!block_cache_fits(c, 1, 0, 3101));
+    CHECK(!block_cache_fits(c, 1, 0, 5000));
+    for (int i = 0; i < 4; i++) put(c, deleted, i, 1, (uint64_t)i * 4096, 1000, false);
+    uint64_t usage;
+    block_cache_stats(c, NULL, NULL, &usage, NULL);
+    CHECK_EQ(usage, 3000); /* full: the fourth insert evicted the first, leaving 200 bytes of slack */
+    CHECK(block_cache_fits(c, 1, 0, 100));
+    CHECK(!block_cache_fits(c, 1, 0, 150)); /* under the capacity, but inside the margin */
+    block_cache_free(c);
+    CHECK_EQ(deleted[0], 1);
+}
+
 /* ---- threads ---- */
 
 #define NT 4
