@@ -366,22 +366,6 @@ static int found(const uint8_t *key, size_t klen, const uint8_t *v, size_t vlen,
     return 1;
 }
 
-/* The length of the whole entries at the start of p[0..got): where the first one cut off by got begins. */
-static size_t whole_entries(const uint8_t *p0, size_t got) {
-    size_t off = 0;
-    while (off < got) {
-        const uint8_t *p = p0 + off, *lim = p0 + got;
-        uint64_t shared, unshared, vlen;
-        if (!(p = get_varint64(p, lim, &shared)) || !(p = get_varint64(p, lim, &unshared)) ||
-            !(p = get_varint64(p, lim, &vlen)) || unshared > got || vlen > got)
-            break;
-        size_t end = (size_t)(p - p0) + (size_t)unshared + (size_t)vlen;
-        if (end > got) break;
-        off = end;
-    }
-    return off;
-}
-
 /* The last span whose first key is < target (or span 0): the first entry >= target is in it or starts the next
  * one. A binary search that inflates only the first entry of the spans it compares. *next_ukey is set when the next
  * span's first entry is >= target and has target's user key (the search always compares the span after the one it
@@ -409,6 +393,129 @@ static int find_span(const zblock *z, const deflate_tables *t, const uint8_t *ta
     return KV_OK;
 }
 
+/* Inflate more of a span, a step at a time, until at least need bytes are out or the span ends (*st: 0 more to come,
+ * 1 ended, -1 malformed). */
+static void span_fill(deflate_span *sp, size_t need, size_t step, int *st) {
+    while (*st == 0 && (size_t)(sp->o - sp->out) < need) *st = deflate_span_more(sp, (size_t)(sp->o - sp->out) + step);
+}
+
+/* span_fill for the rest of an entry whose lengths are known: NULL once its first need bytes are out, else what is
+ * wrong (the stream, or a span that ends inside the entry). */
+static const char *span_have(deflate_span *sp, size_t need, size_t step, int *st) {
+    span_fill(sp, need, step, st);
+    if (*st < 0) return "bad compressed block";
+    return (size_t)(sp->o - sp->out) < need ? "bad block entry lengths" : NULL;
+}
+
+/* Search span lo for the first entry >= target. The span is inflated a step (half an average span) at a time, and
+ * each entry parsed once as its bytes arrive: its lengths, its key (rebuilt from the previous key's shared prefix)
+ * and, for the answer, its value; on average half the span is inflated. The steps are kept, rather than stopping at
+ * the answer's last byte: decoding on past the answer is what finds damage in the stream there (a damaged stream
+ * whose checksum matches is caught only by the decoder). Returns 1 (found; *val and *trailer set), 0 (not found; *past set when every entry of the span is
+ * < target, so that the answer can only start the next span) or < 0. Each entry gets the checks block.c's cursor
+ * gives it; a span that ends inside an entry is damage. */
+static int scan_span(const zblock *z, const deflate_tables *t, uint32_t lo, const uint8_t *target, size_t tlen,
+                     bool same_ukey, uint64_t *trailer, kv_bytes *val, bool *past) {
+    *past = false;
+    scratch s;
+    int rc = scratch_get(&s, z->raw_len);
+    if (rc) return rc;
+    uint8_t kstack[256], *kbuf = kstack; /* a key rebuilt from a shared prefix */
+    size_t kcap = sizeof kstack;
+    const uint8_t *key = NULL; /* the previous entry's key: in s (stored whole) or in kbuf */
+    size_t klen = 0, off = 0;
+    deflate_span sp;
+    deflate_span_begin(&sp, z->stream, z->stream_len, z->bits[lo], z->bits[lo + 1], t, s.p, s.cap);
+    size_t step = z->raw_len / z->nspans / 2 + 16;
+    int st = 0;
+    const char *bad = NULL;
+    for (;;) {
+        /* The entry's three lengths: one byte each, as a rule. */
+        uint64_t shared, unshared, vl;
+        const uint8_t *p = NULL;
+        for (;;) {
+            size_t got = (size_t)(sp.o - sp.out);
+            if (off < got) {
+                p = s.p + off;
+                const uint8_t *lim = s.p + got;
+                if ((p = get_varint64(p, lim, &shared)) && (p = get_varint64(p, lim, &unshared)) &&
+                    (p = get_varint64(p, lim, &vl)))
+                    break;
+            }
+            if (st == 1) {
+                if (got == 0)
+                    bad = "empty span in a seekable block";
+                else if (off == got)
+                    *past = true; /* every entry is < target */
+                else
+                    bad = off < got ? "truncated block entry" : "bad block entry lengths";
+                goto out;
+            }
+            if (got >= off + 30) { /* three varints of 10 bytes and still none ends */
+                bad = "truncated block entry";
+                goto out;
+            }
+            span_fill(&sp, got + 1, step, &st);
+            if (st < 0) {
+                bad = "bad compressed block";
+                goto out;
+            }
+        }
+        size_t hdr = (size_t)(p - (s.p + off));
+        if (off == 0 && shared != 0) {
+            bad = "restart entry with a shared prefix";
+            goto out;
+        }
+        if (shared > klen || unshared > z->raw_len || vl > z->raw_len || off + hdr + unshared + vl > z->raw_len) {
+            bad = "bad block entry lengths";
+            goto out;
+        }
+        size_t kend = off + hdr + (size_t)unshared, end = kend + (size_t)vl;
+        /* Its key, rebuilt from the previous one when it shares a prefix. */
+        if ((bad = span_have(&sp, kend, step, &st))) goto out;
+        if (shared == 0) {
+            key = s.p + off + hdr;
+            klen = (size_t)unshared;
+        } else {
+            size_t need = (size_t)shared + (size_t)unshared;
+            if (need > kcap) {
+                size_t cap = kcap * 2;
+                while (cap < need) cap *= 2;
+                uint8_t *nb = malloc(cap);
+                if (!nb) {
+                    rc = kv_set_error(KV_ENOMEM, "out of memory reading a block");
+                    goto out;
+                }
+                memcpy(nb, key, (size_t)shared);
+                if (kbuf != kstack) free(kbuf);
+                kbuf = nb;
+                kcap = cap;
+            } else if (key != kbuf) {
+                memcpy(kbuf, key, (size_t)shared);
+            }
+            memcpy(kbuf + shared, s.p + off + hdr, (size_t)unshared);
+            key = kbuf;
+            klen = need;
+        }
+        if (klen <= IKEY_TRAILER) {
+            bad = "block key without a user key";
+            goto out;
+        }
+        if (ikey_cmp(key, klen, target, tlen) >= 0) {
+            /* The answer (or, with same_ukey, no answer if its user key differs): its value too. */
+            if ((bad = span_have(&sp, end, step, &st))) goto out;
+            rc = found(key, klen, s.p + kend, (size_t)vl, target, tlen, same_ukey, trailer, val);
+            goto out;
+        }
+        off = end;
+    }
+out:
+    if (bad) rc = zcorrupt(z, bad);
+    if (kbuf != kstack) free(kbuf);
+    scratch_put(&s);
+    return rc;
+}
+
 static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *target, size_t tlen, bool same_ukey,
                       bool unique_ukeys, uint64_t *trailer, kv_bytes *val) {
     uint32_t r = z->nspans - 1; /* spans 0..r-1 hold entries */
@@ -416,60 +523,20 @@ static int seek_value(const zblock *z, const deflate_tables *t, const uint8_t *t
     const uint8_t *k, *v;
     size_t kl, vl;
     uint32_t lo;
-    bool next_ukey;
+    bool next_ukey, past;
     int rc = find_span(z, t, target, tlen, &lo, &next_ukey);
     if (rc) return rc;
     /* The next span starts with a version of target's user key that target's sequence sees. When the block holds each
      * user key once, span lo holds no other version of it, so that entry is the answer: span lo is not inflated
      * (about one found key in eight is the first of its span). */
-    if (same_ukey && unique_ukeys && next_ukey) goto next_span;
-    /* Inflate that span, a piece at a time, and search what is inflated as a block of one restart interval (its
-     * whole entries, then a restart array of one offset, 0, and its count) until an entry >= target turns up or the
-     * span ends: on average half the span is inflated. */
-    rc = scratch_get(&s, z->raw_len + 8);
-    if (rc) return rc;
-    deflate_span sp;
-    deflate_span_begin(&sp, z->stream, z->stream_len, z->bits[lo], z->bits[lo + 1], t, s.p, s.cap - 8);
-    size_t step = z->raw_len / z->nspans / 2 + 16, want = step;
-    uint64_t tr;
-    bool other_ukey = false; /* the first entry >= target is in this span but has another user key */
-    for (;;) {
-        int st = deflate_span_more(&sp, want);
-        size_t got = (size_t)(sp.o - sp.out);
-        if (st < 0 || (st == 1 && got == 0)) {
-            rc = zcorrupt(z, st < 0 ? "bad compressed block" : "empty span in a seekable block");
-            break;
-        }
-        size_t upto = st == 1 ? got : whole_entries(s.p, got);
-        want = got + step;
-        if (upto == 0) continue;
-        /* The view's restart array goes right after its entries, over decoded bytes that are put back after. */
-        uint8_t saved[8];
-        memcpy(saved, s.p + upto, 8);
-        put_fixed32(s.p + upto, 0);
-        put_fixed32(s.p + upto + 4, 1);
-        block view = {.data = s.p, .len = upto + 8, .restart_off = upto, .num_restarts = 1, .file_no = z->file_no,
-                      .offset = z->offset};
-        rc = block_seek_value(&view, target, tlen, same_ukey, &tr, &v, &vl);
-        if (rc == 0 && same_ukey) {
-            rc = block_seek_value(&view, target, tlen, false, &tr, &v, &vl);
-            other_ukey = rc == 1;
-            if (other_ukey) rc = 0;
-        }
-        memcpy(s.p + upto, saved, 8);
-        if (rc != 0 || other_ukey || st == 1) break;
+    if (!(same_ukey && unique_ukeys && next_ukey)) {
+        rc = scan_span(z, t, lo, target, tlen, same_ukey, trailer, val, &past);
+        if (rc != 0 || !past || lo + 1 >= r) return rc;
     }
-    if (rc == 1) {
-        if (trailer) *trailer = tr;
-        bytes_clear(val);
-        if (bytes_append(val, v, vl)) rc = kv_set_error(KV_ENOMEM, "out of memory");
-    }
-    scratch_put(&s);
-    if (rc != 0 || other_ukey || lo + 1 >= r) return rc;
-next_span:
     /* Every entry of the span is < target: the answer is the next span's first entry. */
     rc = first_entry(z, t, lo + 1, true, &s, &k, &kl, &v, &vl);
-    if (!rc && ikey_cmp(k, kl, target, tlen) < 0) rc = zcorrupt(z, "block keys out of order");
+    if (rc) return rc;
+    if (ikey_cmp(k, kl, target, tlen) < 0) rc = zcorrupt(z, "block keys out of order");
     if (!rc) rc = found(k, kl, v, vl, target, tlen, same_ukey, trailer, val);
     scratch_put(&s);
     return rc;
