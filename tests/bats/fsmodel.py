@@ -355,8 +355,13 @@ class Model:
             self.unpin_resolved(rel)
 
     def unpin_resolved(self, rel):
-        real = os.path.realpath(P(REF, rel))
-        self.unpin(os.path.relpath(real, REF) if real != REF else "")
+        self.unpin(self.real(rel))
+
+    @staticmethod
+    def real(rel):
+        """The reference entry rel names once every symlink in it is followed (relative to REF, "" for the root)."""
+        r = os.path.realpath(P(REF, rel))
+        return os.path.relpath(r, REF) if r != REF else ""
 
     def op_truncate(self, ents):
         rel = self.pick_any(ents, "fld")
@@ -435,8 +440,7 @@ class Model:
 
     def make_explicit(self, rel, follow):
         # An attribute change of an implicit directory stores a record for it: it is explicit from then on.
-        real = os.path.realpath(P(REF, rel)) if follow else P(REF, rel)
-        self.implicit.discard(os.path.relpath(real, REF) if real != REF else "")
+        self.implicit.discard(self.real(rel) if follow else rel)
 
     def op_chown(self, ents):
         rel = self.pick_any(ents)
@@ -461,10 +465,7 @@ class Model:
             return (self.rng.randint(0, 1_600_000_000), self.rng.choice([0, 999_999_999, self.rng.randint(0, 10 ** 9 - 1)]))
 
         at, mt = t(), t()
-        target = rel
-        if follow:
-            real = os.path.realpath(P(REF, rel))
-            target = os.path.relpath(real, REF) if real != REF else ""
+        target = self.real(rel) if follow else rel
         r = self.both(f"utimensat {rel!r} atime {at} mtime {mt}{'' if follow else ' NOFOLLOW'}",
                       lambda root: utimensat(P(root, rel), at, mt, not follow))
         if r[0] == "ok":
