@@ -570,15 +570,24 @@ class Model:
             return
         fl = self.rng.choice([0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
         fname = {0: "", RENAME_NOREPLACE: " NOREPLACE", RENAME_EXCHANGE: " EXCHANGE"}[fl]
-        r = self.both(f"rename{fname} {src!r} {dst!r}", lambda root: renameat2(P(root, src), P(root, dst), fl))
-        if r[0] != "ok" or src == dst:
+        # The kernel follows symlinks in the destination's directory part (not in its last name): with src a symlink
+        # to a directory, join(src, name) is an entry in that directory, and the symlink itself moves there. The
+        # bookkeeping (pinned mtimes, implicit directories, stamped parents) follows that resolved destination,
+        # read before the rename moves the symlink. A directory part leading out of the trees (a relative symlink
+        # moved elsewhere) is not tried.
+        if not self.safe_follow(parent(dst)):
+            return
+        rdst = join(self.real(parent(dst)), dst.rpartition("/")[2])
+        via = f" (into {rdst!r})" if rdst != dst else ""
+        r = self.both(f"rename{fname} {src!r} {dst!r}{via}", lambda root: renameat2(P(root, src), P(root, dst), fl))
+        if r[0] != "ok" or src == rdst:
             return
         self.unpin(parent(src))
-        self.unpin(parent(dst))
+        self.unpin(parent(rdst))
         if fl == RENAME_EXCHANGE:
-            self.swap(src, dst)
+            self.swap(src, rdst)
         else:
-            self.move(src, dst)
+            self.move(src, rdst)
             self.vanish_implicit()
 
     def op_open_files(self, ents):
