@@ -1,0 +1,327 @@
+/*
+ * mkseeds.c — writes the seed inputs of the fuzz harnesses into tests/fuzz/corpus/<target>/ (make fuzz-seeds):
+ * real blocks, seekable blocks, tables, logs, manifest edits, batch records, blob references and blob files, made
+ * by the engine's own writers, each framed as its harness reads its input. Small on purpose: a few hundred bytes to
+ * a few KB each. Run from the repository root; it overwrites the seeds it names (seed-*), never other files.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "block.h"
+#include "dbformat.h"
+#include "deflate.h"
+#include "kv.h"
+#include "sst.h"
+#include "version.h"
+#include "wal.h"
+#include "zblock.h"
+
+static const char *root = "tests/fuzz/corpus";
+
+static void put(const char *target, const char *name, const void *head, size_t hn, const void *body, size_t bn) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", root, target);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/%s/seed-%s", root, target, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(head, 1, hn, f) != hn || (bn && fwrite(body, 1, bn, f) != bn) || fclose(f)) {
+        perror(path);
+        exit(1);
+    }
+}
+
+static uint8_t *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    fseek(f, 0, SEEK_END);
+    long l = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)l + 1);
+    if (fread(b, 1, (size_t)l, f) != (size_t)l) exit(1);
+    fclose(f);
+    *n = (size_t)l;
+    return b;
+}
+
+/* Internal key i of a table: keyspace 0, "k/<i>" (with a longer shared prefix for odd shapes), sequence 100 + i. */
+static size_t make_key(uint8_t *out, int i, int shape) {
+    char u[64];
+    int l = snprintf(u, sizeof u, shape ? "dir/sub/file-%05d" : "k%04d", i);
+    out[0] = 0;
+    memcpy(out + 1, u, (size_t)l);
+    put_fixed64(out + 1 + l, ikey_pack(100 + (uint64_t)i, i % 5 == 0 ? KV_TYPE_DELETE : KV_TYPE_VALUE));
+    return (size_t)l + 1 + 8;
+}
+
+static size_t make_value(uint8_t *out, int i) {
+    uint8_t *p = put_varint64(out, 1700000000000ull + (uint64_t)i);
+    int l = snprintf((char *)p, 64, "value %d %s", i, i % 3 ? "aaaaaaaaaaaa" : "");
+    return (size_t)(p - out) + (size_t)l;
+}
+
+static void blocks(void) {
+    deflate_encoder *enc = deflate_encoder_new();
+    for (int s = 0; s < 4; s++) {
+        block_builder b;
+        block_builder_init(&b, s % 2 ? 4 : 16);
+        int n = s < 2 ? 20 : 60;
+        for (int i = 0; i < n; i++) {
+            uint8_t k[64], v[128];
+            size_t kl = make_key(k, i, s & 1), vl = make_value(v, i);
+            block_builder_add(&b, k, kl, v, vl);
+        }
+        const uint8_t *raw;
+        size_t rl;
+        block_builder_finish(&b, &raw, &rl);
+        /* ops: seek_first, next, next, seek <first key>, prev, seek_last, prev */
+        uint8_t head[128];
+        size_t h = 0;
+        uint8_t k0[64], k1[64];
+        size_t k0l = make_key(k0, 3, s & 1), k1l = make_key(k1, n - 2, s & 1);
+        head[h++] = 0; /* flags: raw */
+        head[h++] = 7;
+        head[h++] = 0;
+        head[h++] = 3;
+        head[h++] = 3;
+        head[h++] = 2;
+        head[h++] = (uint8_t)k0l;
+        memcpy(head + h, k0, k0l);
+        h += k0l;
+        head[h++] = 4;
+        head[h++] = 1;
+        head[h++] = 5 | 8;
+        head[h++] = (uint8_t)k1l;
+        memcpy(head + h, k1, k1l);
+        h += k1l;
+        char name[32];
+        snprintf(name, sizeof name, "raw-%d", s);
+        put("block", name, head, h, raw, rl);
+        size_t cap = rl * 2 + 64;
+        uint8_t *z = malloc(cap);
+        if (s == 2) deflate_encoder_learn(enc, raw, rl);
+        size_t zl = zblock_encode(enc, raw, rl, z, cap);
+        if (zl) {
+            head[0] = s % 2 ? 1 : 3; /* stored seekable, with or without a code cache */
+            snprintf(name, sizeof name, "seekable-%d", s);
+            put("block", name, head, h, z, zl);
+        }
+        free(z);
+        block_builder_free(&b);
+    }
+    deflate_encoder_free(enc);
+}
+
+static void tables(const char *dir) {
+    kv_env *env = kv_env_posix();
+    for (int s = 0; s < 4; s++) {
+        sst_options o = {.block_bytes = 256, .restart_interval = 4, .compression = s != 0,
+                         .bloom_bits_per_key = s == 3 ? 0 : 10, .whole_stream_blocks = s == 2};
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%06d.sst", dir, s + 1);
+        sst_builder *b;
+        if (sst_builder_new(env, path, &o, &b)) exit(1);
+        for (int i = 0; i < 40; i++) {
+            uint8_t k[64], v[128];
+            size_t kl = make_key(k, i, s & 1), vl = make_value(v, i);
+            if (sst_builder_add(b, k, kl, v, vl)) exit(1);
+        }
+        if (sst_builder_finish(b, NULL)) exit(1);
+        size_t n;
+        uint8_t *f = slurp(path, &n);
+        char name[32];
+        uint8_t flags = (uint8_t)(1 | (s & 1 ? 2 : 0));
+        snprintf(name, sizeof name, "table-%d", s);
+        put("sst", name, &flags, 1, f, n);
+        free(f);
+    }
+}
+
+/* A batch record: fixed64 seq | varint ts | varint count | ops (type, lenprefixed ukey, lenprefixed payload). */
+static void batch_record(kv_bytes *r, uint64_t seq, int nops) {
+    bytes_clear(r);
+    bytes_append_fixed64(r, seq);
+    bytes_append_varint(r, 1700000000000ull);
+    bytes_append_varint(r, (uint64_t)nops);
+    for (int i = 0; i < nops; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof k, "%ckey-%d", 0, i);
+        uint8_t t = i % 3 == 2 ? KV_TYPE_DELETE : KV_TYPE_VALUE;
+        bytes_append(r, &t, 1);
+        bytes_append_lenprefixed(r, k, (size_t)kl);
+        if (t != KV_TYPE_DELETE) bytes_append_lenprefixed(r, "some value", 10);
+    }
+}
+
+static void logs(const char *dir) {
+    kv_env *env = kv_env_posix();
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/000009.log", dir);
+    wal_writer *w;
+    if (wal_writer_open(env, path, &w)) exit(1);
+    kv_bytes rec = {0}, framed = {0};
+    uint8_t one = 1;
+    bytes_append(&framed, &one, 1);
+    for (int i = 0; i < 4; i++) {
+        batch_record(&rec, 10 + (uint64_t)i, 1 + i);
+        wal_append(w, rec.data, rec.len);
+        uint8_t l[2] = {(uint8_t)rec.len, (uint8_t)(rec.len >> 8)};
+        bytes_append(&framed, l, 2);
+        bytes_append(&framed, rec.data, rec.len);
+    }
+    /* manifest edits */
+    version_edit e;
+    edit_init(&e);
+    e.has_log_number = e.has_next_file = e.has_last_seq = true;
+    e.log_number = 9;
+    e.next_file = 12;
+    e.last_seq = 13;
+    file_meta *fm = file_meta_new();
+    fm->file_no = 7;
+    fm->file_size = 4096;
+    fm->entries = 10;
+    fm->tombstones = 2;
+    fm->min_seq = 1;
+    fm->max_seq = 9;
+    uint8_t k[64];
+    size_t kl = make_key(k, 1, 0);
+    bytes_append(&fm->smallest, k, kl);
+    kl = make_key(k, 9, 0);
+    bytes_append(&fm->largest, k, kl);
+    edit_add_file(&e, 1, fm);
+    edit_delete_file(&e, 0, 5);
+    edit_add_blob(&e, 8);
+    edit_delete_blob(&e, 6);
+    bytes_clear(&rec);
+    edit_encode(&e, &rec);
+    wal_append(w, rec.data, rec.len);
+    uint8_t l[2] = {(uint8_t)rec.len, (uint8_t)(rec.len >> 8)};
+    bytes_append(&framed, l, 2);
+    bytes_append(&framed, rec.data, rec.len);
+    edit_free(&e);
+    file_meta_unref(fm);
+    wal_writer_close(w);
+    size_t n;
+    uint8_t *f = slurp(path, &n);
+    uint8_t zero = 0;
+    put("wal", "log", &zero, 1, f, n);
+    put("wal", "records", framed.data, framed.len, NULL, 0);
+    framed.data[0] = 3; /* records, then a torn tail */
+    bytes_append(&framed, "\xff\xff", 2);
+    bytes_append(&framed, f, n > 20 ? 20 : n);
+    put("wal", "records-torn", framed.data, framed.len, NULL, 0);
+    free(f);
+    bytes_free(&rec);
+    bytes_free(&framed);
+}
+
+static void blobs(void) {
+    /* A direct reference to two records of 000001.blob (16-byte header; a record of L bytes in one chunk takes
+     * L + 8 bytes) and a hole, then the records. */
+    const char *r1 = "hello blob world", *r2 = "second record, a little longer than the first";
+    blob_ref r = {0};
+    blob_extent e1 = {1, 16, strlen(r1), 2, 10}, hole = {0, 0, 0, 0, 100}, e2 = {1, 16 + 8 + strlen(r1), strlen(r2), 0,
+                                                                                  strlen(r2)};
+    blob_ref_append(&r, &e1);
+    blob_ref_append(&r, &hole);
+    blob_ref_append(&r, &e2);
+    kv_bytes enc = {0}, in = {0};
+    blob_ref_encode(&r, &enc);
+    uint8_t flags = 1;
+    bytes_append(&in, &flags, 1);
+    uint8_t l[2] = {(uint8_t)enc.len, (uint8_t)(enc.len >> 8)};
+    bytes_append(&in, l, 2);
+    bytes_append(&in, enc.data, enc.len);
+    const char *recs[2] = {r1, r2};
+    for (int i = 0; i < 2; i++) {
+        uint8_t rl[2] = {(uint8_t)strlen(recs[i]), 0};
+        bytes_append(&in, rl, 2);
+        bytes_append(&in, recs[i], strlen(recs[i]));
+    }
+    bytes_append(&in, "\0\0", 2);
+    put("blob", "direct", in.data, in.len, NULL, 0);
+    /* A paged reference whose one page is record 1 of the file: a direct reference of 10 bytes into record 2. */
+    kv_bytes page = {0}, top = {0};
+    blob_ref pr = {0};
+    /* record 1 = the page (a direct reference), record 2 = data */
+    const char *data = "paged value bytes";
+    blob_extent de = {1, 100, strlen(data), 0, 10}; /* rec_off set below */
+    bytes_clear(&in);
+    blob_ref_append(&pr, &de);
+    /* the data record is the second record: after the header and the page record (its length is known once
+     * encoded; the varint of rec_off may change the length, so encode twice) */
+    for (int pass = 0; pass < 2; pass++) {
+        bytes_clear(&page);
+        blob_ref_encode(&pr, &page);
+        pr.ext[0].rec_off = 16 + 8 + page.len;
+    }
+    bytes_clear(&page);
+    blob_ref_encode(&pr, &page);
+    /* top level: varint size | 0 | varint m | page = file_no | rec_off | rec_len | len */
+    bytes_append_varint(&top, 10);
+    bytes_append_varint(&top, 0);
+    bytes_append_varint(&top, 1);
+    bytes_append_varint(&top, 1);
+    bytes_append_varint(&top, 16);
+    bytes_append_varint(&top, page.len);
+    bytes_append_varint(&top, 10);
+    bytes_append(&in, &flags, 1);
+    uint8_t tl[2] = {(uint8_t)top.len, 0};
+    bytes_append(&in, tl, 2);
+    bytes_append(&in, top.data, top.len);
+    uint8_t pl[2] = {(uint8_t)page.len, 0};
+    bytes_append(&in, pl, 2);
+    bytes_append(&in, page.data, page.len);
+    uint8_t dl[2] = {(uint8_t)strlen(data), 0};
+    bytes_append(&in, dl, 2);
+    bytes_append(&in, data, strlen(data));
+    bytes_append(&in, "\0\0", 2);
+    put("blob", "paged", in.data, in.len, NULL, 0);
+    blob_ref_free(&r);
+    blob_ref_free(&pr);
+    bytes_free(&enc);
+    bytes_free(&in);
+    bytes_free(&page);
+    bytes_free(&top);
+}
+
+static void names(void) {
+    static const char *keys[] = {"users/alice/email", "a//b/", "./..", "100%", "my%20file", "a%2Fb", "x%F"};
+    for (int i = 0; i < 7; i++) {
+        char name[16];
+        uint8_t flags = (uint8_t)(i % 2 ? 2 : 0);
+        snprintf(name, sizeof name, "key-%d", i);
+        put("names", name, &flags, 1, keys[i], strlen(keys[i]));
+    }
+    char longkey[700];
+    memset(longkey, 'x', sizeof longkey);
+    longkey[300] = '/';
+    longkey[301] = '%';
+    put("names", "key-long", "\0", 1, longkey, sizeof longkey);
+    static const char *paths[] = {"/", "/a/b%F", "/%/x", "/%2E%2E", "/%00/%25", "/a%+/b", "/a/b/%F"};
+    for (int i = 0; i < 7; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "path-%d", i);
+        put("names", name, "\1", 1, paths[i], strlen(paths[i]));
+    }
+}
+
+int main(void) {
+    char dir[] = "/tmp/kvfs-seeds-XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    blocks();
+    tables(dir);
+    logs(dir);
+    blobs();
+    names();
+    char cmd[PATH_MAX];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd) != 0;
+}

@@ -1,0 +1,54 @@
+/* tmpfile.h — fuzz_tmpdir and fuzz_write_file (fuzz.h), included by the harnesses that read files: one definition
+ * per program, as each program is one harness. */
+#ifndef KV_FUZZ_TMPFILE_H
+#define KV_FUZZ_TMPFILE_H
+
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fuzz.h"
+
+static char fuzz_dir[PATH_MAX];
+
+static void fuzz_tmpdir_remove(void) {
+    DIR *d = opendir(fuzz_dir);
+    if (d) {
+        struct dirent *de;
+        char p[PATH_MAX + 256];
+        while ((de = readdir(d)))
+            if (de->d_name[0] != '.') {
+                snprintf(p, sizeof p, "%s/%s", fuzz_dir, de->d_name);
+                unlink(p);
+            }
+        closedir(d);
+    }
+    rmdir(fuzz_dir);
+}
+
+const char *fuzz_tmpdir(void) {
+    if (!fuzz_dir[0]) {
+        const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+        snprintf(fuzz_dir, sizeof fuzz_dir, "%s/kvfs-fuzz-XXXXXX", base);
+        if (!mkdtemp(fuzz_dir)) {
+            perror("mkdtemp");
+            abort();
+        }
+        atexit(fuzz_tmpdir_remove);
+    }
+    return fuzz_dir;
+}
+
+void fuzz_write_file(const char *name, const uint8_t *data, size_t n, char *path) {
+    if (snprintf(path, PATH_MAX, "%s/%s", fuzz_tmpdir(), name) >= PATH_MAX) abort();
+    FILE *f = fopen(path, "wb");
+    if (!f || (n && fwrite(data, 1, n, f) != n) || fclose(f) != 0) {
+        perror(path);
+        abort();
+    }
+}
+
+#endif /* KV_FUZZ_TMPFILE_H */
