@@ -86,7 +86,7 @@ $(BUILD)/tests/test_fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/dri
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $< $(BUILD)/tests/fuzz/driver.o $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
 
-$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard engine/*.h fs/*.h)
+$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
@@ -109,7 +109,11 @@ FUZZ_CFLAGS  := $(CFLAGS_BASE) -Wno-missing-field-initializers -O1 -fno-omit-fra
 FUZZ_ENGINE_OBJ := $(ENGINE_SRC:%.c=build-fuzz/%.o)
 FUZZ_FS_OBJ     := $(FS_SRC:%.c=build-fuzz/%.o)
 
-build-fuzz/%.o: %.c $(wildcard engine/*.h fs/*.h tests/fuzz/*.h)
+build-fuzz/%.o: %.c $(wildcard engine/*.h fs/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+build-fuzz/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 

@@ -5,7 +5,7 @@
  * Input: one byte of flags, a two-byte length and that many bytes of reference, then (flag bit 0) records for a
  * blob file: each a two-byte length and its bytes, written as records of 000001.blob with blob_writer (checksums
  * hold, so a page's content is reached), the last two bytes of the input then naming a byte of the file to flip
- * (flag bit 1).
+ * (0: none).
  * Checks: blob_ref_size, blob_ref_is_paged, blob_ref_validate, blob_ref_decode and blob_pages_decode never crash
  * and agree with each other; a reference that decodes re-encodes to one that decodes the same. With a blob file,
  * blob_value_read at a few offsets and blob_value_visit never crash or read outside their buffers, and answer

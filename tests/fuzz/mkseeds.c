@@ -313,6 +313,83 @@ static void names(void) {
     }
 }
 
+/* A small real store (a flushed table, a blob file, a log with batches not yet flushed), framed as fuzz_open reads
+ * it: record logs (the manifest, the write-ahead log, the batch log) as their payloads, other files as they are. */
+static void store(const char *tmp, int shape) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/store%d", tmp, shape);
+    kv_options o;
+    kv_options_init(&o);
+    o.background_threads = false;
+    o.memtable_bytes = 4096;
+    o.block_bytes = 512;
+    o.blob_threshold = 200;
+    o.batch_log_max_batches = shape ? 100 : 0;
+    kv_db *db;
+    if (kv_open(dir, &o, &db)) {
+        fprintf(stderr, "kv_open %s: %s\n", dir, kv_errmsg());
+        exit(1);
+    }
+    char big[300];
+    memset(big, 'b', sizeof big);
+    for (int i = 0; i < 40; i++) {
+        char k[32], v[64];
+        int kl = snprintf(k, sizeof k, "dir/key-%03d", i), vl = snprintf(v, sizeof v, "value of %d", i);
+        if (i % 9 == 4) kv_put(db, k, (size_t)kl, big, sizeof big, 0);
+        else if (i % 7 == 3) kv_delete(db, k, (size_t)kl, 0);
+        else kv_put(db, k, (size_t)kl, v, (size_t)vl, 0);
+    }
+    kv_close(db);
+    kv_free(db);
+    kv_env *env = kv_env_posix();
+    char **names;
+    size_t n;
+    if (env->list_dir(env, dir, &names, &n)) exit(1);
+    kv_bytes in = {0};
+    uint8_t flags = (uint8_t)(shape ? 3 : 0);
+    bytes_append(&in, &flags, 1);
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path) exit(1);
+        bool log = strncmp(names[i], "MANIFEST-", 9) == 0 || strstr(names[i], ".log") != NULL;
+        kv_bytes content = {0};
+        if (log) {
+            wal_reader *r;
+            if (wal_reader_open(env, path, names[i], &r)) exit(1);
+            const uint8_t *p;
+            size_t len;
+            uint64_t off;
+            while (wal_read(r, &p, &len, &off) == KV_OK) {
+                uint8_t l[2] = {(uint8_t)len, (uint8_t)(len >> 8)};
+                bytes_append(&content, l, 2);
+                bytes_append(&content, p, len);
+            }
+            wal_reader_close(r);
+        } else {
+            size_t fl;
+            uint8_t *f = slurp(path, &fl);
+            bytes_append(&content, f, fl);
+            free(f);
+        }
+        if (content.len > 0xffff) {
+            fprintf(stderr, "%s: too large for a seed\n", path);
+            exit(1);
+        }
+        uint8_t head[2] = {(uint8_t)log, (uint8_t)strlen(names[i])};
+        bytes_append(&in, head, 2);
+        bytes_append(&in, names[i], strlen(names[i]));
+        uint8_t l[2] = {(uint8_t)content.len, (uint8_t)(content.len >> 8)};
+        bytes_append(&in, l, 2);
+        bytes_append(&in, content.data, content.len);
+        bytes_free(&content);
+    }
+    kv_env_free_names(names, n);
+    char name[16];
+    snprintf(name, sizeof name, "store-%d", shape);
+    put("open", name, in.data, in.len, NULL, 0);
+    bytes_free(&in);
+}
+
 int main(void) {
     char dir[] = "/tmp/kvfs-seeds-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -321,6 +398,8 @@ int main(void) {
     logs(dir);
     blobs();
     names();
+    store(dir, 0);
+    store(dir, 1);
     char cmd[PATH_MAX];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     return system(cmd) != 0;
