@@ -37,19 +37,7 @@ static bool name_ok(const uint8_t *n, size_t l) {
 static const char *fresh_dir(void) {
     static char dir[PATH_MAX];
     if (snprintf(dir, sizeof dir, "%s/db", fuzz_tmpdir()) >= (int)sizeof dir) abort();
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        char p[PATH_MAX + 256];
-        while ((de = readdir(d)))
-            if (de->d_name[0] != '.') {
-                snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    } else {
-        FUZZ_CHECK(mkdir(dir, 0755) == 0);
-    }
+    if (mkdir(dir, 0755) != 0) fuzz_clear_dir(dir);
     return dir;
 }
 

@@ -14,18 +14,25 @@
 
 static char fuzz_dir[PATH_MAX];
 
+/* Remove the files in dir (not subdirectories' contents). */
+static void fuzz_clear_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    char p[PATH_MAX + 256];
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+            if (unlink(p) != 0) rmdir(p);
+        }
+    closedir(d);
+}
+
 static void fuzz_tmpdir_remove(void) {
-    DIR *d = opendir(fuzz_dir);
-    if (d) {
-        struct dirent *de;
-        char p[PATH_MAX + 256];
-        while ((de = readdir(d)))
-            if (de->d_name[0] != '.') {
-                snprintf(p, sizeof p, "%s/%s", fuzz_dir, de->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
+    char db[PATH_MAX + 8];
+    snprintf(db, sizeof db, "%s/db", fuzz_dir); /* fuzz_open's store */
+    fuzz_clear_dir(db);
+    fuzz_clear_dir(fuzz_dir);
     rmdir(fuzz_dir);
 }
 
