@@ -540,6 +540,10 @@ static int parse_props(const src *s, const block *pb, uint64_t off, sst_props *p
     for (it->seek_first(it); it->valid(it) && !rc; it->next(it)) {
         size_t kn, vn;
         const uint8_t *k = it->key(it, &kn), *v = it->value(it, &vn);
+        if (kn == 0) { /* every property has a name (and an empty one would be compared from a NULL buffer) */
+            rc = corrupt_at(s, off, *what = "property without a name");
+            break;
+        }
         if (!first && ukey_cmp(prev.data, prev.len, k, kn) >= 0) {
             rc = corrupt_at(s, off, *what = "properties out of order");
             break;

@@ -1135,3 +1135,30 @@ TEST(test_sst_lookup_reports_an_eight_byte_key) {
     ds_free(&d);
     m_destroy(&env->base);
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_sst.c): a properties block whose first entry has an empty name. Comparing the
+ * next name with it passed memcmp a NULL buffer (undefined behaviour, which UBSan reports), and the table opened
+ * with its properties silently missing. Every property has a name: such a block is corruption, named by file and
+ * offset, for the reader and for the check. */
+TEST(test_sst_property_without_a_name_is_corruption) {
+    menv *env = menv_new();
+    dataset d = make_data(t_seed() + 77, 20, 1, 0, true);
+    sst_options o = {4096, 4, false, 0, false};
+    CHECK_OK(build_table(&env->base, "t.sst", &d, &o, NULL));
+    kv_bytes *f = mfile(env, "t.sst");
+    const uint8_t *ft = f->data + f->len - SST_FOOTER;
+    size_t poff = (size_t)get_fixed64(ft + 16), psize = (size_t)get_fixed64(ft + 24);
+    /* The first property ("data_blocks": shared 0, unshared 11, a one-byte value), read as an empty name whose value
+     * runs over the name's bytes. */
+    uint8_t *pb = f->data + poff;
+    CHECK_MSG(pb[0] == 0 && pb[1] == 11 && pb[2] < 100 && memcmp(pb + 3, "data_blocks", 11) == 0, "%02x %02x", pb[0],
+              pb[1]);
+    pb[1] = 0;
+    pb[2] = (uint8_t)(pb[2] + 11);
+    put_fixed32(pb + psize + 1, kv_checksum(pb, psize + 1));
+    sst_reader *r = NULL;
+    CHECK_EQ(sst_reader_open(&env->base, "t.sst", "000042.sst", 42, NULL, &r), KV_ECORRUPT);
+    CHECK_MSG(strstr(kv_errmsg(), "000042.sst") && strstr(kv_errmsg(), "offset"), "%s", kv_errmsg());
+    ds_free(&d);
+    m_destroy(&env->base);
+}
