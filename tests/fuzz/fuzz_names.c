@@ -5,7 +5,7 @@
  *  - key (bit 0 clear): any key of 1 .. KV_MAX_KEY bytes. names_key_to_path gives a path that names_resolve maps
  *    back to the same key (NAME_PLAIN, or NAME_FILE with the file marker, asked for by bit 1); every component of
  *    that path is at most NAMES_MAX bytes; names_escape and names_child_name answer for each component of the key.
- *  - path (bit 0 set): any NUL-free text, as a path from the kernel ("/" prepended if missing). names_resolve never
+ *  - path (bit 0 set): a path as the kernel sends one, made of the input's bytes (from_path). names_resolve never
  *    crashes; when it accepts the path as a key (NAME_PLAIN or NAME_FILE), that key's canonical path is this path
  *    (exactly one spelling per key).
  */
@@ -64,12 +64,24 @@ static void from_key(unsigned flags, const uint8_t *key, size_t klen) {
     }
 }
 
+/* A path as the kernel sends one: "/" or "/" and components joined by "/", each 1 .. NAMES_MAX bytes, none "." or
+ * "..", no NUL. The input's bytes are cut at '/' and the components that could not be sent are left out. */
 static void from_path(const uint8_t *bytes, size_t n) {
     char *path = malloc(n + 2);
-    size_t l = 0;
-    if (n == 0 || bytes[0] != '/') path[l++] = '/';
-    for (size_t i = 0; i < n; i++)
-        if (bytes[i]) path[l++] = (char)bytes[i];
+    size_t l = 0, start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && bytes[i] != '/') continue;
+        size_t cl = i - start;
+        const uint8_t *c = bytes + start;
+        start = i + 1;
+        if (cl == 0 || cl > NAMES_MAX || memchr(c, 0, cl) || (cl == 1 && c[0] == '.') ||
+            (cl == 2 && c[0] == '.' && c[1] == '.'))
+            continue;
+        path[l++] = '/';
+        memcpy(path + l, c, cl);
+        l += cl;
+    }
+    if (l == 0) path[l++] = '/';
     path[l] = 0;
     fs_path fp;
     memset(&fp, 0, sizeof fp);
