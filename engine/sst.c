@@ -1161,6 +1161,7 @@ static const char *errdetail(void) {
 typedef struct tally {
     sst_props p;
     kv_bytes last;       /* last internal key seen */
+    kv_bytes prev_index; /* the index key of the block before the one being walked (empty: none) */
     bool any;
     bool complete;       /* every data block was read and walked without error */
 } tally;
@@ -1183,6 +1184,10 @@ static void check_data_block(checker *c, const block *b, uint64_t off, const uin
         }
         if (t->any && ikey_cmp(t->last.data, t->last.len, k, kn) >= 0)
             problem(c, off, "entry %llu: key not greater than the previous key", (unsigned long long)n);
+        /* The index key before this block separates the blocks: a lookup of a key between it and this block's
+         * first key would read the block before, miss, and answer absent. */
+        if (n == 0 && t->prev_index.len && ikey_cmp(t->prev_index.data, t->prev_index.len, k, kn) >= 0)
+            problem(c, off, "first key of the block is not greater than the previous block's index key");
         int type = ikey_type(k, kn);
         uint64_t seq = ikey_seq(k, kn);
         int64_t ts;
@@ -1218,6 +1223,8 @@ static void check_data_block(checker *c, const block *b, uint64_t off, const uin
     else if (t->any && ikey_cmp(t->last.data, t->last.len, ikey, iklen) > 0)
         problem(c, off, "last key of the block is greater than its index key");
     it->destroy(it);
+    bytes_clear(&t->prev_index);
+    if (bytes_append(&t->prev_index, ikey, iklen)) problem(c, off, "out of memory");
 }
 
 static void check_props(checker *c, const footer *f, const tally *t) {
@@ -1354,6 +1361,7 @@ long sst_check_file(kv_env *env, const char *path, const char *name, sst_problem
     if (filter) filter_free(filter);
     sst_props_free(&t.p);
     bytes_free(&t.last);
+    bytes_free(&t.prev_index);
 done:
     env->close(env, c.s.file);
     return c.problems;

@@ -1162,3 +1162,43 @@ TEST(test_sst_property_without_a_name_is_corruption) {
     ds_free(&d);
     m_destroy(&env->base);
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_sst.c): an index key that reaches into the next block (here block 0's index key
+ * is block 1's first key, still below block 1's own index key, so the index stays in order). A lookup of that key
+ * reads block 0, misses, and answers absent; a seek lands on a smaller key. The check walked every block but only
+ * compared each block's last key with its index key, so it reported the table clean. It now also requires each
+ * block's first key to be greater than the index key before it. */
+TEST(test_sst_check_finds_an_index_key_past_the_next_block) {
+    menv *env = menv_new();
+    enum { N = 40 };
+    dataset d = {calloc(N, sizeof(entry)), N};
+    for (size_t i = 0; i < N; i++) {
+        char uk[8];
+        snprintf(uk, sizeof uk, "%c%03zu", 0, i);
+        bytes_reserve(&d.e[i].key, 12);
+        ikey_build(d.e[i].key.data, (const uint8_t *)uk, 4, 5, KV_TYPE_VALUE);
+        d.e[i].key.len = 12;
+        bytes_append_varint(&d.e[i].val, 1700000000000ull);
+        bytes_append(&d.e[i].val, "value value value value", 23);
+    }
+    sst_options o = {200, 4, false, 0, false};
+    CHECK_OK(build_table(&env->base, "t.sst", &d, &o, NULL));
+    CHECK_EQ(sst_check_file(&env->base, "t.sst", "000042.sst", NULL, NULL), 0);
+    kv_bytes *f = mfile(env, "t.sst");
+    const uint8_t *ft = f->data + f->len - SST_FOOTER;
+    size_t ioff = (size_t)get_fixed64(ft + 32), isize = (size_t)get_fixed64(ft + 40);
+    /* The first index entry: shared 0, unshared 12, its handle; the key is block 0's last key "\0NNN" @5. */
+    uint8_t *ib = f->data + ioff;
+    CHECK(ib[0] == 0 && ib[1] == 12 && ib[3] == 0);
+    unsigned last0 = (unsigned)((ib[4] - '0') * 100 + (ib[5] - '0') * 10 + (ib[6] - '0'));
+    CHECK(last0 + 2 < N);
+    char next[5];
+    snprintf(next, sizeof next, "%03u", last0 + 1); /* block 1's first key */
+    memcpy(ib + 4, next, 3);
+    put_fixed32(ib + isize + 1, kv_checksum(ib, isize + 1));
+    t_problems pr = {{0}, 0};
+    CHECK(sst_check_file(&env->base, "t.sst", "000042.sst", t_on_problem, &pr) > 0);
+    CHECK_MSG(strstr(pr.first, "index key"), "%s", pr.first);
+    ds_free(&d);
+    m_destroy(&env->base);
+}
