@@ -134,9 +134,12 @@ fuzz-run: fuzz
 	@for t in $(FUZZ_TARGET); do \
 	    mkdir -p build-fuzz/corpus/$$t build-fuzz/artifacts/$$t; \
 	    echo "=== fuzz_$$t, $(FUZZ_SECONDS) s"; \
-	    nice -n 19 build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	        -print_final_stats=1 -artifact_prefix=build-fuzz/artifacts/$$t/ \
-	        build-fuzz/corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	    base=/dev/shm; [ -w $$base ] || base=$${TMPDIR:-/tmp}; \
+	    tmp=$$(mktemp -d "$$base/kvfs-fuzz-run.XXXXXX"); \
+	    KVFS_FUZZ_TMP=$$tmp nice -n 19 build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build-fuzz/artifacts/$$t/ \
+	        build-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
+	    rc=$$?; rm -rf "$$tmp"; [ $$rc -eq 0 ] || exit 1; \
 	done
 
 san:

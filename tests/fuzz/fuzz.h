@@ -42,8 +42,8 @@ static inline unsigned fuzz_u16(fuzz_in *f) {
 }
 static inline size_t fuzz_left(const fuzz_in *f) { return (size_t)(f->end - f->p); }
 
-/* A directory of the process's own on tmpfs (/dev/shm when it is there, else $TMPDIR or /tmp), made at the first call
- * and removed with what it holds at exit: for harnesses that read files. */
+/* A directory of the process's own (under $KVFS_FUZZ_TMP, else on tmpfs: /dev/shm when it is there, else $TMPDIR or
+ * /tmp), made at the first call and removed with what it holds at exit: for harnesses that read files. */
 const char *fuzz_tmpdir(void);
 /* Write data[0..n) to dir/name (replacing it); the full path is written to path (PATH_MAX bytes). */
 void fuzz_write_file(const char *name, const uint8_t *data, size_t n, char *path);

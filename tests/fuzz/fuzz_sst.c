@@ -129,6 +129,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 size_t kl;
                 FUZZ_CHECK(it->valid(it));
                 const uint8_t *k = it->key(it, &kl);
+                if (getenv("FUZZ_VERBOSE")) {
+                    fprintf(stderr, "seek ");
+                    for (size_t j = 0; j < klens[i]; j++) fprintf(stderr, "%02x", keys[i][j]);
+                    fprintf(stderr, "\n got ");
+                    for (size_t j = 0; j < kl; j++) fprintf(stderr, "%02x", k[j]);
+                    fprintf(stderr, "\n");
+                }
                 FUZZ_CHECK(kl == klens[i] && memcmp(k, keys[i], kl) == 0);
             }
         }

@@ -38,7 +38,12 @@ static void fuzz_tmpdir_remove(void) {
 
 const char *fuzz_tmpdir(void) {
     if (!fuzz_dir[0]) {
-        const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+        /* KVFS_FUZZ_TMP: make fuzz-run's directory, which it removes after the run (libFuzzer ends a run with
+         * _Exit, so the atexit removal below does not happen then). */
+        const char *base = getenv("KVFS_FUZZ_TMP")           ? getenv("KVFS_FUZZ_TMP")
+                           : access("/dev/shm", W_OK) == 0 ? "/dev/shm"
+                           : getenv("TMPDIR")              ? getenv("TMPDIR")
+                                                           : "/tmp";
         snprintf(fuzz_dir, sizeof fuzz_dir, "%s/kvfs-fuzz-XXXXXX", base);
         if (!mkdtemp(fuzz_dir)) {
             perror("mkdtemp");
