@@ -1096,6 +1096,21 @@ TEST(test_sst_short_key_in_data_block_is_corruption) {
     m_destroy(&env->base);
 }
 
+/* n entries with 4-byte user keys "\0NNN" (NNN = 000, 001, ...), all at sequence 5, each with the value v. */
+static dataset numbered_data(size_t n, const char *v) {
+    dataset d = {calloc(n, sizeof(entry)), n};
+    for (size_t i = 0; i < n; i++) {
+        char uk[32]; /* n <= 1000: four bytes used */
+        snprintf(uk, sizeof uk, "%c%03zu", 0, i % 1000);
+        bytes_reserve(&d.e[i].key, 12);
+        ikey_build(d.e[i].key.data, (const uint8_t *)uk, 4, 5, KV_TYPE_VALUE);
+        d.e[i].key.len = 12;
+        bytes_append_varint(&d.e[i].val, 1700000000000ull);
+        bytes_append(&d.e[i].val, v, strlen(v));
+    }
+    return d;
+}
+
 /* The same for a point lookup: a data-block key of exactly 8 bytes (a trailer and no user key; every user key has a
  * keyspace byte and at least one more) is damage too. A lookup that reached it compared it as an internal key with
  * an empty user key, went on, and answered "absent" for a key the block had held; the table's iterator refused it. (A seekable block's restart entries
@@ -1103,16 +1118,7 @@ TEST(test_sst_short_key_in_data_block_is_corruption) {
 TEST(test_sst_lookup_reports_an_eight_byte_key) {
     menv *env = menv_new();
     enum { N = 40 };
-    dataset d = {calloc(N, sizeof(entry)), N};
-    for (size_t i = 0; i < N; i++) {
-        char uk[8];
-        snprintf(uk, sizeof uk, "%c%03zu", 0, i);
-        bytes_reserve(&d.e[i].key, 12);
-        ikey_build(d.e[i].key.data, (const uint8_t *)uk, 4, 5, KV_TYPE_VALUE);
-        d.e[i].key.len = 12;
-        bytes_append_varint(&d.e[i].val, 1700000000000ull);
-        bytes_append(&d.e[i].val, "value value value value value value", 35);
-    }
+    dataset d = numbered_data(N, "value value value value value value");
     sst_options o = {4096, 1, false, 0, false};
     CHECK_OK(build_table(&env->base, "t.sst", &d, &o, NULL));
     kv_bytes *f = mfile(env, "t.sst");
@@ -1171,16 +1177,7 @@ TEST(test_sst_property_without_a_name_is_corruption) {
 TEST(test_sst_check_finds_an_index_key_past_the_next_block) {
     menv *env = menv_new();
     enum { N = 40 };
-    dataset d = {calloc(N, sizeof(entry)), N};
-    for (size_t i = 0; i < N; i++) {
-        char uk[8];
-        snprintf(uk, sizeof uk, "%c%03zu", 0, i);
-        bytes_reserve(&d.e[i].key, 12);
-        ikey_build(d.e[i].key.data, (const uint8_t *)uk, 4, 5, KV_TYPE_VALUE);
-        d.e[i].key.len = 12;
-        bytes_append_varint(&d.e[i].val, 1700000000000ull);
-        bytes_append(&d.e[i].val, "value value value value", 23);
-    }
+    dataset d = numbered_data(N, "value value value value");
     sst_options o = {200, 4, false, 0, false};
     CHECK_OK(build_table(&env->base, "t.sst", &d, &o, NULL));
     CHECK_EQ(sst_check_file(&env->base, "t.sst", "000042.sst", NULL, NULL), 0);
