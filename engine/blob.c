@@ -104,7 +104,7 @@ static void ref_try_merge(blob_ref *r, size_t k) {
 
 /* On failure out is left empty with its array freed. */
 int blob_ref_decode(const uint8_t *p, size_t len, blob_ref *out) {
-    const uint8_t *lim = p + len;
+    const uint8_t *lim = len ? p + len : p; /* (NULL, 0), an empty payload, is a truncated header */
     uint64_t size, n, total = 0;
     out->n = 0;
     out->size = 0;

@@ -25,14 +25,15 @@
 
 /* ---- the top level --------------------------------------------------------------------------------------------- */
 
+/* An empty reference (a blob entry whose payload is empty, damage) may come as (NULL, 0): no arithmetic on p then. */
 bool blob_ref_is_paged(const uint8_t *p, size_t len) {
-    const uint8_t *lim = p + len;
+    const uint8_t *lim = len ? p + len : p;
     uint64_t size = 0, n = 0;
     return (p = get_varint64(p, lim, &size)) != NULL && get_varint64(p, lim, &n) != NULL && size > 0 && n == 0;
 }
 
 int blob_ref_size(const uint8_t *p, size_t len, uint64_t *size) {
-    if (!get_varint64(p, p + len, size))
+    if (!get_varint64(p, len ? p + len : p, size))
         return kv_set_error(KV_ECORRUPT, "blob reference: truncated header (%zu bytes)", len);
     return KV_OK;
 }
@@ -69,7 +70,7 @@ static const char *page_problem(const blob_page *pg) {
 }
 
 int blob_pages_decode(const uint8_t *p, size_t len, blob_pages *out) {
-    const uint8_t *lim = p + len;
+    const uint8_t *lim = len ? p + len : p; /* (NULL, 0) is a truncated header */
     uint64_t size, zero, m, total = 0;
     out->n = 0;
     out->size = 0;

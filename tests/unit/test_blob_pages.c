@@ -128,6 +128,22 @@ static int skip_pages(void *ctx, const blob_extent *e, bool page) {
     return page ? BLOB_VISIT_SKIP : 0;
 }
 
+/* Found by fuzzing (tests/fuzz/fuzz_open.c): a blob entry with an empty payload, replayed from the log, reached the
+ * reference decoders as (NULL, 0) (an empty kv_bytes), and each computed NULL + 0, which UBSan reports. An empty
+ * reference is a truncated header, whatever its pointer. */
+TEST(test_empty_reference_from_null) {
+    uint64_t size = 1;
+    CHECK(!blob_ref_is_paged(NULL, 0));
+    CHECK_EQ(blob_ref_size(NULL, 0, &size), KV_ECORRUPT);
+    CHECK_EQ(blob_ref_validate(NULL, 0), KV_ECORRUPT);
+    blob_ref r = {0};
+    CHECK_EQ(blob_ref_decode(NULL, 0, &r), KV_ECORRUPT);
+    blob_ref_free(&r);
+    blob_pages pp = {0};
+    CHECK_EQ(blob_pages_decode(NULL, 0, &pp), KV_ECORRUPT);
+    blob_pages_free(&pp);
+}
+
 TEST(test_page_load_untrusted) {
     const char *dir = t_tmpdir();
     fixture f;
