@@ -130,6 +130,8 @@ build-fuzz/fuzz_%: build-fuzz/tests/fuzz/fuzz_%.o build-fuzz/libkvfs-fs.a build-
 
 fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
+.SECONDARY: $(FUZZ_TARGETS:%=build-fuzz/tests/fuzz/fuzz_%.o)  # keep them: a rebuild then relinks only
+
 fuzz-run: fuzz
 	@for t in $(FUZZ_TARGET); do \
 	    mkdir -p build-fuzz/corpus/$$t build-fuzz/artifacts/$$t; \
