@@ -171,7 +171,13 @@ int edit_decode(version_edit *e, const uint8_t *p, size_t len, const char *name,
             if (e->last_seq > KV_MAX_SEQUENCE) BAD("sequence out of range");
             e->has_last_seq = true;
             break;
-        case TAG_BATCHLOG_FLOOR: GET(e->batchlog_floor); e->has_batchlog_floor = true; break;
+        case TAG_BATCHLOG_FLOOR:
+            GET(e->batchlog_floor);
+            /* at most the sequence after the last one there can be: a floor above it would evict every batch, and
+             * the batch log's files would be deleted at open */
+            if (e->batchlog_floor > KV_MAX_SEQUENCE + 1) BAD("sequence out of range");
+            e->has_batchlog_floor = true;
+            break;
         case TAG_DELETED_FILE:
             GET(level); GET(no);
             if (level >= KV_MAX_LEVELS) BAD("level out of range");

@@ -658,12 +658,13 @@ TEST(test_corrupt_sequence_out_of_range) {
     /* Sequence numbers are 56 bits (the trailer keeps seq << 8). A log record, or a manifest's LAST_SEQ, above that
      * passes its checksum (a collision, or a file not written by us) but is damage: the open must report it, naming
      * the file, not abort on the memtable's assertion, and not take it as the store's last sequence. A store whose
-     * last sequence is the largest one opens and reads, but refuses writes: the next one has no sequence left. */
+     * last sequence is the largest one opens and reads, but refuses writes: the next one has no sequence left. A
+     * BATCHLOG_FLOOR above 2^56 is damage too (it would evict every batch and delete the batch log at open). */
     kv_options o;
     kv_options_init(&o);
     o.background_threads = false;
     const uint64_t max_seq = (1ull << 56) - 1;
-    for (int where = 0; where < 3; where++) {
+    for (int where = 0; where < 4; where++) {
         char dir[600], path[1200], name[300];
         kv_db *db;
         CHECK(tiny_store(&o, dir, sizeof dir));
@@ -679,15 +680,19 @@ TEST(test_corrupt_sequence_out_of_range) {
             *p++ = 'b';
             p = put_varint64(p, 1);
             *p++ = '2';
-        } else { /* a manifest edit: LAST_SEQ 2^56, or 2^56 - 1 */
+        } else if (where < 3) { /* a manifest edit: LAST_SEQ 2^56, or 2^56 - 1 */
             CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
             p = put_varint64(p, 3);
             p = put_varint64(p, where == 1 ? max_seq + 1 : max_seq);
+        } else { /* BATCHLOG_FLOOR 2^56 + 1: it would evict every batch, and delete the batch log's files at open */
+            CHECK(newest_with_prefix(dir, "MANIFEST-", name, sizeof name));
+            p = put_varint64(p, 8);
+            p = put_varint64(p, max_seq + 2);
         }
         snprintf(path, sizeof path, "%s/%s", dir, name);
         CHECK(append_record(path, rec, (size_t)(p - rec)));
         int rc = kv_open(dir, &o, &db);
-        if (where < 2) {
+        if (where != 2) {
             if (rc == KV_OK) { /* should not happen; then at least no write may reach the memtable */
                 kv_put(db, "c", 1, "3", 1, 0);
                 kv_close(db);
