@@ -162,15 +162,27 @@ int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t kl
     return add_data_op(b, BOP_WRITE_AT, ks, key, klen, off, data, len, false);
 }
 
-int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {
-    if (size > KV_MAX_VALUE) return kv_set_error(KV_EINVAL, "truncate: a value is at most 2^63 bytes");
+/* A TRUNCATE (off: the new size) or ZERO_RANGE op: it reads the current value. */
+static int add_size_op(kv_batch *b, int kind, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len) {
     batch_op *op;
-    int rc = add_keyed(b, BOP_TRUNCATE, ks, key, klen, &op);
+    int rc = add_keyed(b, kind, ks, key, klen, &op);
     if (rc) return rc;
-    op->off = size;
+    op->off = off;
+    op->len = len;
     COMMIT_OP(b);
     b->reads = true;
     return KV_OK;
+}
+
+int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size) {
+    if (size > KV_MAX_VALUE) return kv_set_error(KV_EINVAL, "truncate: a value is at most 2^63 bytes");
+    return add_size_op(b, BOP_TRUNCATE, ks, key, klen, size, 0);
+}
+
+int kv_batch_zero_range(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len) {
+    if (off > KV_MAX_VALUE || len > KV_MAX_VALUE - off)
+        return kv_set_error(KV_EINVAL, "zero_range: a value ends at most at 2^63 bytes");
+    return add_size_op(b, BOP_ZERO_RANGE, ks, key, klen, off, len);
 }
 
 int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s) {

@@ -1375,7 +1375,8 @@ int kv_write(kv_db *db, kv_batch *b, unsigned flags, uint64_t *seq) {
     if (!rc) rc = b->n ? db_write_internal(db, b, flags, seq) : KV_OK;
     if (!rc) {
         uint64_t removals = 0;
-        for (size_t i = 0; i < b->n; i++) removals += b->ops[i].kind == BOP_DELETE || b->ops[i].kind == BOP_TRUNCATE;
+        for (size_t i = 0; i < b->n; i++)
+            removals += b->ops[i].kind == BOP_DELETE || b->ops[i].kind == BOP_TRUNCATE || b->ops[i].kind == BOP_ZERO_RANGE;
         if (removals) atomic_fetch_add(&db->st_removals, removals);
     }
     if (rc == KV_ENOSPC) atomic_fetch_add(&db->st_enospc, 1);

@@ -35,7 +35,7 @@
 
 /* ---- write batches (batch.c) ------------------------------------------------------------------------------------- */
 
-enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_PUT_STREAM, BOP_REMAP_IF };
+enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_ZERO_RANGE, BOP_PUT_STREAM, BOP_REMAP_IF };
 
 typedef struct batch_op {
     uint8_t kind, ks, ks2;
@@ -43,8 +43,8 @@ typedef struct batch_op {
     size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REMAP_IF: the payload blob GC copied */
     size_t data_off;        /* value / bytes / new payload, in batch data unless ext is set */
     const uint8_t *ext;     /* PUT / WRITE_AT made with *_nocopy: the caller's bytes (batch_op_data) */
-    uint64_t len;           /* value length (PUT, WRITE_AT, REMAP_IF: the copy's payload) */
-    uint64_t off;           /* WRITE_AT offset, TRUNCATE size */
+    uint64_t len;           /* value length (PUT, WRITE_AT, REMAP_IF: the copy's payload), ZERO_RANGE length */
+    uint64_t off;           /* WRITE_AT and ZERO_RANGE offset, TRUNCATE size */
     kv_stream *stream;
     const struct blob_remap *remap; /* REMAP_IF: where the copy put each extent of the payload copied (blob_pages.h) */
 } batch_op;
@@ -61,14 +61,14 @@ struct kv_batch {
 /* Keys and values of a batch, wherever they are (statistics, group limits). */
 static inline uint64_t batch_bytes(const kv_batch *b) { return b->data.len + b->ext_bytes; }
 
-/* A batch that removes data: at least one delete or truncation, or a move of a value to another key (at most
+/* A batch that removes data: at least one delete, truncation or zeroed range, or a move of a value to another key (at most
  * BATCH_REMOVES_MAX_MOVES, and at most BATCH_REMOVES_MOVED_BYTES / blob_threshold: a move of a value kept whole
  * rewrites its bytes under the new key, up to blob_threshold, which may be as large as 512 MiB),
  * no more puts than those and at most 256 bytes of keys and values put per one of them, nothing else. So an
  * unlink's batch (the file's keys deleted, its directory's new times put), `> file` (a truncation and the file's
  * times), the unlink of a file still open (its value moved to the orphans) and a file's rename. A truncation adds
  * no bytes beyond a small reference, except when it extends a value short enough to be kept whole (below
- * blob_threshold), and mostly it frees them. While compactions fail, such batches pass the level-0 stop trigger
+ * blob_threshold), and mostly it frees them; so does a zeroed range (a hole punched in a file). While compactions fail, such batches pass the level-0 stop trigger
  * (make_room): on a disk too full for a compaction's output, deletes are what make the output small enough to fit,
  * and refusing them left a full store stuck for good; and they pass the floor of free space that writes adding data
  * stop at (db_space_for_write). */
@@ -81,7 +81,7 @@ static inline bool batch_removes_data(const kv_batch *b, uint64_t blob_threshold
     uint64_t removals = 0, moves = 0, puts = 0, put_bytes = 0;
     for (size_t i = 0; i < b->n; i++) {
         const batch_op *op = &b->ops[i];
-        if (op->kind == BOP_DELETE || op->kind == BOP_TRUNCATE) removals++;
+        if (op->kind == BOP_DELETE || op->kind == BOP_TRUNCATE || op->kind == BOP_ZERO_RANGE) removals++;
         else if (op->kind == BOP_MOVE) moves++;
         else if (op->kind == BOP_PUT) {
             puts++;

@@ -285,7 +285,9 @@ static int ref_to_inline(kv_db *db, const kv_bytes *ref, uint64_t size, kv_bytes
 
 static int pager_append(void *db, const void *data, size_t len, blob_extent *e) { return blob_append(db, data, len, e); }
 
-/* write_at / truncate on the state (type, cur); result in (*type, out). */
+/* write_at / truncate / zero_range on the state (type, cur); result in (*type, out). A zeroed range is a hole
+ * spliced in where the value is a blob reference (its bytes then wait for blob GC), zeros written where it is kept
+ * whole; like a write, it extends the value when it reaches past the end. */
 static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op, const uint8_t *data, kv_bytes *out) {
     uint64_t thr = db->opt.blob_threshold;
     bytes_clear(out);
@@ -304,6 +306,7 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
                 out->len = (size_t)newsize;
             }
             if (op->kind == BOP_WRITE_AT && op->len) memcpy(out->data + op->off, data, (size_t)op->len);
+            if (op->kind == BOP_ZERO_RANGE && op->len) memset(out->data + op->off, 0, (size_t)op->len);
             return KV_OK;
         }
         /* grows past the threshold: becomes a blob reference */
@@ -315,6 +318,7 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
             rc = blob_append(db, data, (size_t)op->len, &e);
             if (!rc) rc = blob_ref_splice(&ref, op->off, &e);
         }
+        if (!rc && op->kind == BOP_ZERO_RANGE) rc = blob_ref_splice(&ref, op->off, &(blob_extent){.len = op->len});
         if (!rc) rc = ref_payload(&ref, out);
         blob_ref_free(&ref);
         *type = KV_TYPE_BLOB;
@@ -328,6 +332,7 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
         return ref_to_inline(db, cur, op->off, out);
     }
     if (op->len == 0) return bytes_append(out, cur->data, cur->len);
+    if (op->kind == BOP_ZERO_RANGE) return blob_value_splice(&pg, cur->data, cur->len, op->off, &(blob_extent){.len = op->len}, out);
     blob_extent e;
     int rc = blob_append(db, data, (size_t)op->len, &e);
     if (!rc) rc = blob_value_splice(&pg, cur->data, cur->len, op->off, &e, out);
@@ -423,6 +428,7 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
             break;
         case BOP_WRITE_AT:
         case BOP_TRUNCATE:
+        case BOP_ZERO_RANGE:
             rc = current_state(db, &o, ubuf, ulen, &type, &cur);
             if (!rc) rc = apply_change(db, &type, &cur, op, data, &out);
             if (!rc) rc = overlay_set(&o, ubuf, ulen, type, out.data, out.len);

@@ -228,6 +228,12 @@ int kv_batch_write_at_nocopy(kv_batch *b, uint8_t ks, const void *key, size_t kl
                              size_t len);
 /* Set the value's length: cut it, or extend it with zeros (a hole, costing no space). Absent key: created. */
 int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
+/* Make bytes [off, off+len) of the value read as zeros, extending it like kv_batch_write_at when the range reaches
+ * past its end (absent key: created). In a value kept in a blob file the range becomes a hole: its bytes are no
+ * longer referenced, and blob garbage collection gives their space back (kv_info.stored drops at once). A filesystem
+ * punches holes with it (fallocate's PUNCH_HOLE and ZERO_RANGE). len 0 changes nothing (an absent key is created
+ * empty, as by kv_batch_write_at). */
+int kv_batch_zero_range(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len);
 /* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. Committing the
  * batch syncs the stream's blob file (one fsync per stream), even without KV_SYNC. */
 int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s);

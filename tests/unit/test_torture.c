@@ -772,6 +772,16 @@ static void step_batch(run *r) {
             if (off + n > m->len) model_resize(m, (size_t)(off + n));
             memcpy(m->data + off, r->buf, n);
             DESC(" wat%d@%llu+%zu", id, (unsigned long long)off, n);
+        } else if (what < 70) { /* zero a range (a hole punched), maybe past the end */
+            uint64_t off = rnd(r, (m->present ? m->len : 0) + 3000);
+            size_t n = (size_t)rnd(r, rnd(r, 4) == 0 ? 90000 : 3000);
+            if (off + n > MAXVAL + 80000) off = 0;
+            rc = kv_batch_zero_range(b, ks, k, kl, off, n);
+            touch(r, &p, id);
+            if (!m->present) mval_set(m, true, NULL, 0);
+            if (n && off + n > m->len) model_resize(m, (size_t)(off + n));
+            if (n) memset(m->data + off, 0, n);
+            DESC(" zero%d@%llu+%zu", id, (unsigned long long)off, n);
         } else if (what < 76) { /* truncate */
             size_t len = m->present ? m->len : 0;
             uint64_t size = rnd(r, 2) ? rnd(r, len + 1) : len + rnd(r, 20000);
