@@ -67,7 +67,10 @@ int kvfs_utimens(kvfs_fs *fs, const char *path, kvfs_file *f, const struct times
 int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size);
 /* fallocate(2) on an open file: mode 0 extends the size to off + len when that is larger (the new part reads as
  * zeros; no space is reserved: a store has no blocks to set aside, so a later write can still meet ENOSPC);
- * FALLOC_FL_KEEP_SIZE alone does nothing; other modes are EOPNOTSUPP. */
+ * FALLOC_FL_KEEP_SIZE alone does nothing; FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE) and FALLOC_FL_ZERO_RANGE make the
+ * range read as zeros, a hole that takes no space (ZERO_RANGE without KEEP_SIZE also extends the size to off + len;
+ * with it, as a punch, only the part within the size changes); other modes (COLLAPSE_RANGE, INSERT_RANGE) are
+ * EOPNOTSUPP. */
 int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len);
 
 /* Namespace. */

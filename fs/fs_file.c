@@ -450,15 +450,50 @@ int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size) {
     return rc;
 }
 
+/* Bytes [off, end) read as zeros from now on: a hole in the store (the engine keeps a file of 4 KiB or more in a blob
+ * file, where the range's bytes are then no longer referenced and their space comes back with blob GC), with the
+ * size grown to end when it was smaller. The buffer is written first, so bytes it holds in the range are zeroed
+ * too. Times as for a write: stamped here unless the kernel's writeback cache owns them. */
+static int zero_range_locked(kvfs_fs *fs, kvfs_file *f, uint64_t off, uint64_t end) {
+    int rc = file_flush_locked(fs, f);
+    if (rc) return rc;
+    fs_attr old = f->attr;
+    if (!fs->cfg.writeback_cache) {
+        f->attr.mtime = fs_now();
+        f->attr.ctime = fs_ctime_now();
+    }
+    store_batch b;
+    store_batch_init(&b);
+    store_batch_zero_range(&b, f->ks, f->key, f->klen, off, end - off);
+    file_put_attr(fs, f, &b);
+    rc = fs_write_batch(fs, &b);
+    store_batch_free(&b);
+    if (rc == 0) {
+        if (end > f->size) f->size = end;
+        if (f->ks == STORE_KS_DATA) f->attr_stored = true;
+    } else {
+        f->attr = old;
+    }
+    return rc;
+}
+
 int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len) {
     if (off < 0 || len <= 0 || off > INT64_MAX - len) return -EINVAL;
-    if (mode & ~FALLOC_FL_KEEP_SIZE) return -EOPNOTSUPP;
+    if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) return -EOPNOTSUPP;
+    bool keep = mode & FALLOC_FL_KEEP_SIZE, zero = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+    /* as fallocate(2) (the kernel checks this before it asks): a hole is punched only within the size */
+    if ((mode & FALLOC_FL_PUNCH_HOLE) && (!keep || (mode & FALLOC_FL_ZERO_RANGE))) return -EINVAL;
     pthread_mutex_lock(&f->mu);
     int rc = 0;
+    uint64_t end = (uint64_t)(off + len);
     if (!S_ISREG(f->attr.mode))
         rc = -ENODEV;
-    else if (!(mode & FALLOC_FL_KEEP_SIZE) && (uint64_t)(off + len) > f->size)
-        rc = truncate_locked(fs, f, (uint64_t)(off + len));
+    else if (zero && keep && (uint64_t)off < f->size)
+        rc = zero_range_locked(fs, f, (uint64_t)off, end < f->size ? end : f->size);
+    else if (zero && !keep)
+        rc = zero_range_locked(fs, f, (uint64_t)off, end);
+    else if (!keep && end > f->size)
+        rc = truncate_locked(fs, f, end);
     pthread_mutex_unlock(&f->mu);
     return rc;
 }

@@ -125,6 +125,11 @@ void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t kl
     if (op) op->off = size;
 }
 
+void store_batch_zero_range(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len) {
+    store_op *op = add_op(b, STORE_ZERO_RANGE, ks, key, klen);
+    if (op) op->off = off, op->len = len;
+}
+
 void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
                       size_t tlen) {
     if (!b->error && (tlen == 0 || tlen > STORE_MAX_KEY)) {

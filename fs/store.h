@@ -57,7 +57,7 @@ void store_buf_free(store_buf *b);
 
 /* ---- Batches: built by the filesystem, applied by a backend ------------------------------------------------- */
 
-enum store_op_kind { STORE_PUT, STORE_DELETE, STORE_WRITE_AT, STORE_TRUNCATE, STORE_MOVE };
+enum store_op_kind { STORE_PUT, STORE_DELETE, STORE_WRITE_AT, STORE_TRUNCATE, STORE_ZERO_RANGE, STORE_MOVE };
 
 typedef struct store_op {
     enum store_op_kind kind;
@@ -66,7 +66,8 @@ typedef struct store_op {
     size_t to_off, tlen;    /* STORE_MOVE destination key */
     size_t data_off, dlen;  /* STORE_PUT value, STORE_WRITE_AT bytes (in bytes, unless ext is set) */
     const uint8_t *ext;     /* made by a *_nocopy builder: the caller's bytes */
-    uint64_t off;           /* STORE_WRITE_AT offset, STORE_TRUNCATE size */
+    uint64_t off;           /* STORE_WRITE_AT and STORE_ZERO_RANGE offset, STORE_TRUNCATE size */
+    uint64_t len;           /* STORE_ZERO_RANGE length */
 } store_op;
 
 typedef struct store_batch {
@@ -94,6 +95,9 @@ void store_batch_write_at_nocopy(store_batch *b, uint8_t ks, const void *key, si
                                  const void *data, size_t len);
 /* Set the value's length (cut, or extend with a hole of zeros); an absent key is created. */
 void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t size);
+/* Make bytes [off, off+len) of the value read as zeros, extending it when the range reaches past its end (an absent
+ * key is created). A backend that keeps holes keeps the range as one: its bytes take no space any more. */
+void store_batch_zero_range(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len);
 /* Move a value to another key without copying its bytes; the source is deleted, the destination replaced. */
 void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
                       size_t tlen);

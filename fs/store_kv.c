@@ -110,6 +110,9 @@ static int kvs_write(store *s, const store_batch *b, bool sync) {
         case STORE_TRUNCATE:
             rc = kv_batch_truncate(kb, op->ks, key, op->klen, op->off);
             break;
+        case STORE_ZERO_RANGE:
+            rc = kv_batch_zero_range(kb, op->ks, key, op->klen, op->off, op->len);
+            break;
         case STORE_MOVE:
             rc = kv_batch_move(kb, op->ks, key, op->klen, op->to_ks, store_op_to(b, op), op->tlen);
             break;

@@ -152,6 +152,18 @@ static int apply_op(mem_store *m, const store_batch *b, const store_op *op, int6
         e->write_ms = ts;
         return 0;
     }
+    case STORE_ZERO_RANGE: {
+        mem_entry *e = find_or_add(sp, key, op->klen, ts);
+        if (!e) return -ENOMEM;
+        if (op->len > SIZE_MAX - op->off) return -EFBIG; /* this backend holds values whole, in memory */
+        if (op->len && op->off + op->len > e->vlen) {
+            int rc = set_len(e, op->off + op->len);
+            if (rc) return rc;
+        }
+        if (op->len) memset(e->val + op->off, 0, op->len);
+        e->write_ms = ts;
+        return 0;
+    }
     case STORE_TRUNCATE: {
         mem_entry *e = find_or_add(sp, key, op->klen, ts);
         if (!e) return -ENOMEM;

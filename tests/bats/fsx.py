@@ -8,8 +8,9 @@ Every operation is done twice: on files in MOUNT/NAME (a kvfs mount) and on the 
 file system), through descriptors opened the same way on both sides, so that renames over open files and unlinks
 of open files behave the same on both. The operations: pwrite (1 byte to a few MiB, at random offsets, past the end
 making holes), sequential streams of writes, pwritev, O_APPEND writes, pread, O_DIRECT reads (the daemon's bytes,
-not the kernel's cached pages), ftruncate and truncate (up, down, to 0), fallocate (mode 0 and KEEP_SIZE; the
-unsupported modes must say EOPNOTSUPP), copy_file_range, fsync and fdatasync, mmap reads, MAP_SHARED writes with
+not the kernel's cached pages), ftruncate and truncate (up, down, to 0), fallocate (mode 0 and KEEP_SIZE; holes
+punched and ranges zeroed, with and without KEEP_SIZE; collapsing and inserting ranges must say EOPNOTSUPP),
+copy_file_range, fsync and fdatasync, mmap reads, MAP_SHARED writes with
 msync, opens (with O_CREAT, O_APPEND, O_TRUNC) and closes of several descriptors per file, rename of a file over
 another while both are open, unlink while open, rename of the subdirectory that holds half of the files (with their
 open descriptors), and dropping the kernel's cached pages (POSIX_FADV_DONTNEED).
@@ -39,6 +40,8 @@ import sys
 import time
 
 FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
+FALLOC_FL_ZERO_RANGE = 0x10
 PAGE = mmap.PAGESIZE
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -393,10 +396,9 @@ class Fsx:
         return None
 
     def op_unsupported_fallocate(self):
-        """Punching holes, zeroing, collapsing and inserting ranges say EOPNOTSUPP (docs/mapping.md) and change
-        nothing."""
+        """Collapsing and inserting ranges say EOPNOTSUPP (docs/mapping.md) and change nothing."""
         f = self.any_fd()
-        mode = self.rng.choice([0x02 | 0x01, 0x10, 0x08, 0x20])
+        mode = self.rng.choice([0x08, 0x20])
         size = os.fstat(f.rfd).st_size
         self.note("fallocate %r mode %#x off 4096 len 4096 (size %d): EOPNOTSUPP" % (f, mode, size))
         try:
@@ -458,10 +460,26 @@ class Fsx:
         n = self.rng.randint(1, 2 << 20)
         if off + n > self.a.max_size:
             off, n = max(0, self.a.max_size - n), min(n, self.a.max_size)
-        self.note("fallocate %r mode %d off %d len %d (size %d)" % (f, mode, off, n, size))
+        return self.fallocate_both(f, mode, off, n, size)
+
+    def fallocate_both(self, f, mode, off, n, size):
+        self.note("fallocate %r mode %#x off %d len %d (size %d)" % (f, mode, off, n, size))
         self.both("fallocate", lambda: fallocate(f.rfd, mode, off, n), lambda: fallocate(f.mfd, mode, off, n))
         f.ino.dirty = True
         return f.ino
+
+    def op_zero_range(self):
+        """A hole punched (always with KEEP_SIZE), or a range zeroed with or without KEEP_SIZE: often inside the
+        file, over bytes the kernel may still have to write back, sometimes past its end."""
+        f = self.any_fd()
+        size = os.fstat(f.rfd).st_size
+        mode = self.rng.choice([FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE,
+                                FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE])
+        off = self.rng.randint(0, size + (64 << 10)) if self.rng.random() < 0.8 else self.rng.randint(0, size + (1 << 20))
+        n = self.rng.randint(1, self.rng.choice([4096, 256 << 10, 2 << 20]))
+        if off + n > self.a.max_size:
+            off, n = max(0, self.a.max_size - n), min(n, self.a.max_size)
+        return self.fallocate_both(f, mode, off, n, size)
 
     def op_fsync(self):
         f = self.any_fd()
@@ -636,7 +654,7 @@ class Fsx:
     # ---- the loop ---------------------------------------------------------------------------------------------------
 
     OPS = [("write", 30), ("stream", 5), ("writev", 3), ("copy_range", 3), ("direct_read", 4),
-           ("unsupported_fallocate", 1), ("append", 8), ("read", 14), ("truncate", 8), ("fallocate", 5), ("fsync", 5),
+           ("unsupported_fallocate", 1), ("append", 8), ("read", 14), ("truncate", 8), ("fallocate", 5), ("zero_range", 4), ("fsync", 5),
            ("open", 6), ("close", 6), ("mmap_read", 4), ("mmap_write", 4), ("rename", 4), ("unlink", 2),
            ("dropcache", 4), ("rename_dir", 2)]
 

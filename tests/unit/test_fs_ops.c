@@ -282,6 +282,40 @@ TEST(fs_buffered_writes_holes_truncate_append) {
     env_close(&e);
 }
 
+/* fallocate's PUNCH_HOLE and ZERO_RANGE: bytes still in the write buffer are zeroed too, a punch stays within the
+ * size, ZERO_RANGE without KEEP_SIZE grows it, and the modes fallocate(2) itself refuses are refused. */
+TEST(fs_fallocate_punches_holes_and_zeroes_ranges) {
+    env e;
+    CHECK(env_open(&e, 4096));
+    CHECK_EQ(kvfs_fs_writeback_cache(e.fs), false); /* the daemon's own buffer is in play */
+    kvfs_file *f;
+    CHECK_OK(kvfs_create(e.fs, "/h", 0644, O_RDWR | O_CREAT, &ALICE, &f));
+    CHECK_EQ(kvfs_write(e.fs, f, "0123456789", 10, 0, false), 10); /* buffered */
+    CHECK_OK(kvfs_fallocate(e.fs, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2, 3));
+    CHECK_OK(kvfs_fallocate(e.fs, f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 8, 100)); /* cut at the size */
+    char buf[32];
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 10);
+    CHECK(memcmp(buf, "01\0\0\0" "567\0\0", 10) == 0);
+    CHECK_OK(kvfs_fallocate(e.fs, f, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, 1000));
+    struct stat st;
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 10);
+    CHECK_EQ(kvfs_write(e.fs, f, "ab", 2, 4, false), 2);
+    CHECK_OK(kvfs_fallocate(e.fs, f, FALLOC_FL_ZERO_RANGE, 5, 15));
+    CHECK_OK(kvfs_getattr(e.fs, NULL, f, &st));
+    CHECK_EQ(st.st_size, 20);
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 20);
+    CHECK(memcmp(buf, "\0\0\0\0a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 20) == 0);
+    CHECK_EQ(kvfs_fallocate(e.fs, f, FALLOC_FL_PUNCH_HOLE, 0, 1), -EINVAL);
+    CHECK_EQ(kvfs_fallocate(e.fs, f, FALLOC_FL_COLLAPSE_RANGE, 0, 4096), -EOPNOTSUPP);
+    CHECK_OK(kvfs_release(e.fs, f));
+    store_buf v;
+    CHECK_OK(store_get(e.st, STORE_KS_DATA, "h", 1, &v, NULL));
+    CHECK_MEM(v.data, v.len, "\0\0\0\0a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 20);
+    store_buf_free(&v);
+    env_close(&e);
+}
+
 TEST(fs_mtime_set_before_close_survives) {
     env e;
     CHECK(env_open(&e, 0));
