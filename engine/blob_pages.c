@@ -223,6 +223,42 @@ int blob_value_read(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off
     return rc;
 }
 
+/* blob_value_seek within one direct piece that starts at value offset base: true when found (*at set). */
+static bool seek_in_piece(const blob_ref *r, uint64_t base, uint64_t off, bool data, uint64_t *at) {
+    uint64_t pos = base;
+    for (size_t i = 0; i < r->n; pos += r->ext[i++].len) {
+        if (pos + r->ext[i].len <= off || (r->ext[i].file_no != 0) != data) continue;
+        *at = pos > off ? pos : off;
+        return true;
+    }
+    return false;
+}
+
+int blob_value_seek(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, bool data, uint64_t *at) {
+    int rc;
+    if (!blob_ref_is_paged(ref, rlen)) {
+        blob_ref r = {0};
+        rc = blob_ref_decode(ref, rlen, &r);
+        if (!rc && !seek_in_piece(&r, 0, off, data, at)) *at = r.size;
+        blob_ref_free(&r);
+        return rc;
+    }
+    blob_pages pp = {0};
+    if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
+    *at = pp.size;
+    size_t i = 0;
+    uint64_t pos = 0;
+    while (i < pp.n && pos + pp.pg[i].len <= off) pos += pp.pg[i++].len;
+    blob_ref page = {0};
+    for (; i < pp.n && !rc; pos += pp.pg[i++].len) {
+        rc = blob_page_load(s, &pp.pg[i], &page);
+        if (!rc && seek_in_piece(&page, pos, off, data, at)) break;
+    }
+    blob_ref_free(&page);
+    blob_pages_free(&pp);
+    return rc;
+}
+
 static int visit_extents(const blob_ref *r, blob_visit_fn fn, void *ctx) {
     for (size_t i = 0; i < r->n; i++) {
         if (r->ext[i].file_no == 0) continue;

@@ -63,6 +63,11 @@ int blob_page_load(blob_store *s, const blob_page *pg, blob_ref *out);
 int blob_value_read(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, void *buf, size_t len,
                     size_t *nread);
 
+/* lseek's SEEK_DATA (data) or SEEK_HOLE over a value (either form) of size > off: into *at the first offset >= off
+ * inside a data extent, or inside a hole; the value's size when there is none after off (the end counts as a hole).
+ * A paged reference loads its pages from the one holding off on, until it finds one. */
+int blob_value_seek(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, bool data, uint64_t *at);
+
 /* Visit every record a value uses: for a paged reference each page's record (page = true) and then, unless the
  * callback answered BLOB_VISIT_SKIP for that page, the extents inside it; for a direct one its extents. Holes are not
  * visited. The callback returns 0 to go on, BLOB_VISIT_SKIP, or anything else to stop: that value is returned.

@@ -345,6 +345,35 @@ int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t kle
     return rc;
 }
 
+int kv_seek_data(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, uint64_t off, bool hole,
+                 uint64_t *at) {
+    if (!at) return kv_set_error(KV_EINVAL, "kv_seek_data: NULL result");
+    if (!db_enter(db)) return KV_ECLOSED;
+    int type;
+    int64_t ts;
+    uint64_t fseq, size;
+    kv_bytes payload = {0};
+    read_refs r;
+    int rc = lookup(db, ro, key, klen, &type, &ts, &payload, &fseq, &r);
+    if (rc == 0) {
+        rc = KV_ENOTFOUND;
+    } else if (rc == 1) {
+        kv_info info;
+        rc = value_sizes(type, payload.data, payload.len, &info);
+        size = info.size;
+        if (!rc && off >= size)
+            *at = size;
+        else if (!rc && type == KV_TYPE_BLOB)
+            rc = blob_value_seek(db->blobs, payload.data, payload.len, off, !hole, at);
+        else if (!rc)
+            *at = hole ? size : off; /* a value kept whole has no holes */
+    }
+    refs_drop(db, &r);
+    bytes_free(&payload);
+    db_leave(db);
+    return rc;
+}
+
 /* ---- internal iterators ----------------------------------------------------------------------------------------- */
 
 typedef struct iter_ctx {

@@ -197,6 +197,13 @@ int kv_get_many(kv_db *db, const kv_read_opts *ro, size_t n, const kv_slice *key
 
 int kv_stat(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, kv_info *info);
 
+/* For sparse-file tools (lseek's SEEK_DATA and SEEK_HOLE): into *at the first offset >= off of the value that is
+ * stored (hole false) or in a hole (hole true: the holes left by kv_batch_write_at past the end, kv_batch_truncate up
+ * and kv_batch_zero_range in a value kept in blob files; a value kept in the tree has none). The end of the value
+ * counts as a hole, so *at is the value's size when nothing is found after off, or when off is at or past the end.
+ * KV_ENOTFOUND for an absent key. A fragmented value (paged reference) reads its pages from off's on. */
+int kv_seek_data(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, uint64_t off, bool hole,
+                 uint64_t *at);
 /* Read len bytes of a value from offset off into buf; *nread gets the count (short at the end of the value). */
 int kv_read_range(kv_db *db, const kv_read_opts *ro, const void *key, size_t klen, uint64_t off, void *buf,
                   size_t len, size_t *nread);

@@ -206,6 +206,13 @@ static void write_at_run(int page_extents) {
             CHECK_OK(kv_read_range(db, NULL, "f", 1, off, part, sizeof part, &got));
             size_t want = size - off < sizeof part ? size - off : sizeof part;
             CHECK_MEM(part, got, model + off, want);
+            /* SEEK_DATA / SEEK_HOLE: each byte is in one or the other, and what lies before the next data is zeros */
+            uint64_t data_at, hole_at;
+            CHECK_OK(kv_seek_data(db, NULL, "f", 1, off, false, &data_at));
+            CHECK_OK(kv_seek_data(db, NULL, "f", 1, off, true, &hole_at));
+            CHECK(data_at <= size && hole_at <= size && off <= data_at && off <= hole_at);
+            CHECK(size == 0 || data_at == off || hole_at == off);
+            for (uint64_t p = off; p < data_at; p++) CHECK_EQ(model[p], 0);
         }
     }
     /* a sparse value: a hole costs nothing and reads as zeros */
@@ -253,6 +260,25 @@ static void write_at_run(int page_extents) {
     CHECK(info.size == 5ull << 30 && info.stored == (page_extents > 4 ? 2 : 5ull << 30));
     CHECK_OK(kv_read_range(db, NULL, "sparse", 6, (4ull << 30) - 2, rb, 8, &got));
     CHECK(got == 8 && memcmp(rb, "\0\0t\0\0l\0\0", 8) == 0);
+    /* where its data and holes are (lseek's SEEK_DATA and SEEK_HOLE); the end counts as a hole */
+    uint64_t at;
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, 0, false, &at));
+    CHECK(at == 4ull << 30);
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, 7, true, &at));
+    CHECK_EQ(at, 7);
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, 4ull << 30, true, &at));
+    CHECK(at == (4ull << 30) + 1);
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, (4ull << 30) + 1, false, &at));
+    CHECK(at == (4ull << 30) + 3);
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, (4ull << 30) + 4, false, &at));
+    CHECK(at == 5ull << 30);
+    CHECK_OK(kv_seek_data(db, NULL, "sparse", 6, 6ull << 30, false, &at));
+    CHECK(at == 5ull << 30);
+    CHECK_OK(kv_seek_data(db, NULL, "inline", 6, 1, false, &at)); /* kept whole: data throughout */
+    CHECK_EQ(at, 1);
+    CHECK_OK(kv_seek_data(db, NULL, "inline", 6, 1, true, &at));
+    CHECK_EQ(at, 7);
+    CHECK_EQ(kv_seek_data(db, NULL, "absent", 6, 0, true, &at), KV_ENOTFOUND);
     kv_batch_clear(b);
     CHECK_OK(kv_batch_zero_range(b, 0, "sparse", 6, 0, 5ull << 30));
     CHECK_OK(kv_write(db, b, 0, NULL));
