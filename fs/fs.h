@@ -73,6 +73,16 @@ int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size);
  * EOPNOTSUPP. */
 int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len);
 
+/* lseek(2)'s SEEK_DATA and SEEK_HOLE (whence) on an open file from off: the offset into *out, or -ENXIO at or past
+ * the end (and for SEEK_DATA when only holes are left). Holes are reported only while no open that may write is
+ * counted (kvfs_file_writer): with the writeback cache the kernel asks without writing back its dirty pages first,
+ * and bytes it has not sent must not be called a hole; meanwhile the file is data throughout, as the kernel's own
+ * answer would be. Other whence values: -EINVAL. */
+int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, off_t *out);
+/* The FUSE layer counts the opens that may write a file (+1 when one is made, -1 at its release, before
+ * kvfs_release): the kernel writes back such an open's pages at its last close, before it releases it. */
+void kvfs_file_writer(kvfs_fs *fs, kvfs_file *f, int delta);
+
 /* Namespace. */
 int kvfs_mkdir(kvfs_fs *fs, const char *path, mode_t mode, const kvfs_caller *who);
 int kvfs_rmdir(kvfs_fs *fs, const char *path);

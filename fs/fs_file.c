@@ -14,10 +14,12 @@
  *  - mtime is stamped when a write happens (unless the kernel owns it: writeback cache), never at flush or close,
  *    so a utimensat between the write and the close survives.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "fs_internal.h"
@@ -495,6 +497,32 @@ int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len) {
     else if (!keep && end > f->size)
         rc = truncate_locked(fs, f, end);
     pthread_mutex_unlock(&f->mu);
+    return rc;
+}
+
+void kvfs_file_writer(kvfs_fs *fs, kvfs_file *f, int delta) {
+    (void)fs;
+    pthread_mutex_lock(&f->mu);
+    f->writers += delta;
+    assert(f->writers >= 0);
+    pthread_mutex_unlock(&f->mu);
+}
+
+int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, off_t *out) {
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) return -EINVAL;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    uint64_t size = f->size, at = whence == SEEK_DATA ? (uint64_t)off : size;
+    if (!S_ISREG(f->attr.mode))
+        rc = -ESPIPE;
+    else if (off < 0 || (uint64_t)off >= size)
+        rc = -ENXIO;
+    else if (f->writers == 0 && f->buf_len == 0)
+        rc = store_seek_data(fs->st, f->ks, f->key, f->klen, size, (uint64_t)off, whence == SEEK_HOLE, &at);
+    if (rc == -ENOENT) rc = 0, at = whence == SEEK_DATA ? (uint64_t)off : size; /* created, nothing stored yet */
+    if (!rc && whence == SEEK_DATA && at >= size) rc = -ENXIO;
+    pthread_mutex_unlock(&f->mu);
+    if (!rc) *out = (off_t)at;
     return rc;
 }
 

@@ -792,6 +792,7 @@ static int op_open(const char *path, struct fuse_file_info *fi) {
     }
     fi->fh = (uint64_t)(uintptr_t)f;
     fi->keep_cache = 1;
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) kvfs_file_writer(FS(), f, 1);
     /* A read-only open has nothing to flush at close: spare the round trip (the writeback cache makes the kernel
      * ignore this, but then FLUSH is switched off altogether: see op_flush). */
     if ((fi->flags & O_ACCMODE) == O_RDONLY) fi->noflush = 1;
@@ -804,6 +805,7 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
     int rc = kvfs_create(FS(), path, mode, fi->flags, &w, &f);
     if (rc) return rc;
     fi->fh = (uint64_t)(uintptr_t)f;
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) kvfs_file_writer(FS(), f, 1);
     return 0;
 }
 
@@ -881,6 +883,7 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
     (void)path;
     kvfs_fs *fs = FS();
     kvfs_file *f = FILE_OF(fi);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) kvfs_file_writer(fs, f, -1);
     /* The last user open of a hidden file also lets go of the open that kept it: libfuse's own unlink of the hidden
      * path may never come (it cannot build the path once a directory above was removed). hidden_mu keeps two
      * releases of the same file from both seeing themselves last. */
@@ -912,6 +915,15 @@ static int op_release(const char *path, struct fuse_file_info *fi) {
 static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi) {
     (void)path;
     return kvfs_fallocate(FS(), FILE_OF(fi), mode, off, len);
+}
+
+/* SEEK_DATA and SEEK_HOLE (the kernel answers the other whence values itself). */
+static off_t op_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi) {
+    (void)path;
+    if (!fi) return -EINVAL;
+    off_t at;
+    int rc = kvfs_lseek(FS(), FILE_OF(fi), off, whence, &at);
+    return rc ? rc : at;
 }
 
 static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
@@ -987,6 +999,7 @@ static const struct fuse_operations kvfs_ops = {
     .unlink = op_unlink,
     .rmdir = op_rmdir,
     .fallocate = op_fallocate,
+    .lseek = op_lseek,
     .symlink = op_symlink,
     .rename = op_rename,
     .link = op_link,

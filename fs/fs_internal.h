@@ -34,6 +34,7 @@ struct kvfs_file {
     size_t buf_cap, buf_len;
     uint64_t buf_off;
     int deferred_error;      /* a write that failed where no caller could see it, reported at flush/fsync */
+    int writers;             /* the kernel's opens that may write (kvfs_file_writer): they may hold dirty pages */
     uint8_t *old_key;        /* an orphan whose key another writer deleted (kvfs_write_keys): that key; else NULL */
     size_t old_klen;
 };

@@ -127,6 +127,10 @@ typedef struct store_ops {
      * key below end; at most limit keys (0: no limit). with_values asks for values (small keyspaces only). */
     int (*scan)(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen, uint64_t limit,
                 bool forward, bool with_values, store_scan_fn cb, void *ctx);
+    /* lseek's SEEK_DATA (hole false) or SEEK_HOLE from off: into *at the first offset >= off that holds data, or
+     * that lies in a hole; the value's size when none is left (the end counts as a hole). NULL in a backend that
+     * keeps no holes. -ENOENT when absent. */
+    int (*seek_data)(store *s, uint8_t ks, const void *key, size_t klen, uint64_t off, bool hole, uint64_t *at);
     int (*sync)(store *s);
     uint64_t (*sequence)(store *s);
     /* Space of the medium holding the store. */
@@ -156,6 +160,16 @@ static inline int store_read(store *s, uint8_t ks, const void *k, size_t kl, uin
  * limit). Bounds longer than STORE_MAX_KEY are allowed (store.c). */
 int store_scan(store *s, uint8_t ks, const void *start, size_t slen, const void *end, size_t elen, uint64_t limit,
                bool forward, bool with_values, store_scan_fn cb, void *ctx);
+/* seek_data for a value the caller knows to be size bytes long, off < size: never past size; a backend that keeps
+ * no holes has data throughout. */
+static inline int store_seek_data(store *s, uint8_t ks, const void *k, size_t kl, uint64_t size, uint64_t off,
+                                  bool hole, uint64_t *at) {
+    if (kl > STORE_MAX_KEY) return -ENOENT;
+    *at = hole ? size : off;
+    int rc = s->ops->seek_data ? s->ops->seek_data(s, ks, k, kl, off, hole, at) : 0;
+    if (!rc && *at > size) *at = size;
+    return rc;
+}
 static inline int store_sync(store *s) { return s->ops->sync(s); }
 static inline uint64_t store_sequence(store *s) { return s->ops->sequence(s); }
 static inline int store_statfs(store *s, struct statvfs *out) { return s->ops->statfs(s, out); }

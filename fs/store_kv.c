@@ -163,6 +163,11 @@ static int kvs_read(store *s, uint8_t ks, const void *key, size_t klen, uint64_t
     return failed(s, "a read", kv_read_range(DB(s), &ro, key, klen, off, buf, len, nread));
 }
 
+static int kvs_seek_data(store *s, uint8_t ks, const void *key, size_t klen, uint64_t off, bool hole, uint64_t *at) {
+    kv_read_opts ro = {.keyspace = ks};
+    return failed(s, "a read", kv_seek_data(DB(s), &ro, key, klen, off, hole, at));
+}
+
 static int keycmp(const void *a, size_t al, const void *b, size_t bl) {
     size_t n = al < bl ? al : bl;
     int c = n ? memcmp(a, b, n) : 0;
@@ -243,6 +248,7 @@ static const store_ops kv_store_ops = {
     .stat = kvs_stat,
     .read = kvs_read,
     .scan = kvs_scan,
+    .seek_data = kvs_seek_data,
     .sync = kvs_sync,
     .sequence = kvs_sequence,
     .statfs = kvs_statfs,

@@ -374,6 +374,48 @@ teardown() {
     [ "$status" -eq 0 ]
 }
 
+@test "lseek SEEK_DATA and SEEK_HOLE find a sparse file's holes: cp and tar --sparse copy it sparse" {
+    truncate -s 2G "$M/s"
+    printf 'hello' | dd of="$M/s" bs=1 seek=$((1 << 30)) conv=notrunc status=none
+    fallocate -p -o 0 -l 4096 "$M/s" # nothing there: a hole stays a hole
+    run python3 - "$M/s" <<'PY'
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+G = 1 << 30
+assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+assert os.lseek(fd, 0, os.SEEK_DATA) == G, os.lseek(fd, 0, os.SEEK_DATA)
+hole = os.lseek(fd, G, os.SEEK_HOLE)
+assert G + 5 <= hole < 2 * G, hole        # the kernel wrote a page: the data ends at most a page on
+assert os.lseek(fd, hole, os.SEEK_HOLE) == hole
+for off in (hole, 2 * G, 3 * G, -1):        # no data after the page, and none at or past the end
+    try:
+        os.lseek(fd, off, os.SEEK_DATA)
+        sys.exit("SEEK_DATA from %d found data" % off)
+    except OSError as e:
+        assert e.errno == errno.ENXIO, e
+# an open that may write can hold pages the kernel has not written back: the file is data throughout meanwhile
+w = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(w, b"unsent", 4096)
+assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+assert os.lseek(fd, 0, os.SEEK_HOLE) == 2 * G
+os.close(w)
+os.close(fd)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+    sleep 0.2 # the release of the writer's open comes after its close
+    [ "$(head -c 4102 "$M/s" | tail -c 6)" = unsent ]
+    cp "$M/s" "$T/copy"
+    cmp "$M/s" "$T/copy"
+    [ "$(du -k "$T/copy" | cut -f1)" -lt 100 ]
+    tar --sparse -cf "$T/s.tar" -C "$M" s
+    [ "$(stat -c %s "$T/s.tar")" -lt 100000 ]
+    # and from one kvfs file to another (cp skips the holes: the copy stores only the data)
+    cp "$M/s" "$M/s2"
+    cmp "$M/s" "$M/s2"
+    [ "$(du -k "$M/s2" | cut -f1)" -lt 100 ]
+}
+
 @test "a file unlinked while open stays usable until closed, and reopens through /proc/self/fd" {
     # libfuse names the node of an unlinked open file .fuse_hidden...; opening that node again (as `cat
     # /proc/PID/fd/N` does to recover a deleted file) said ENOENT, where a local filesystem opens the same file
