@@ -74,11 +74,11 @@ int kvfs_truncate(kvfs_fs *fs, const char *path, kvfs_file *f, off_t size);
 int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len);
 
 /* lseek(2)'s SEEK_DATA and SEEK_HOLE (whence) on an open file from off: the offset into *out, or -ENXIO at or past
- * the end (and for SEEK_DATA when only holes are left). Holes are reported only while no open that may write is
- * counted (kvfs_file_writer): with the writeback cache the kernel asks without writing back its dirty pages first,
- * and bytes it has not sent must not be called a hole; meanwhile the file is data throughout, as the kernel's own
- * answer would be. Other whence values: -EINVAL. */
-int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, off_t *out);
+ * the end (and for SEEK_DATA when only holes are left); other whence values: -EINVAL. With the writeback cache the
+ * kernel asks without writing back its dirty pages first, and neither bytes nor a size it has not sent may be
+ * answered from: so while an open that may write is counted (kvfs_file_writer), unless written_back says the
+ * caller had the kernel write back its pages from off on, this is -EAGAIN. */
+int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, bool written_back, off_t *out);
 /* The FUSE layer counts the opens that may write a file (+1 when one is made, -1 at its release, before
  * kvfs_release): the kernel writes back such an open's pages at its last close, before it releases it. */
 void kvfs_file_writer(kvfs_fs *fs, kvfs_file *f, int delta);

@@ -917,12 +917,21 @@ static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct
     return kvfs_fallocate(FS(), FILE_OF(fi), mode, off, len);
 }
 
-/* SEEK_DATA and SEEK_HOLE (the kernel answers the other whence values itself). */
+/* SEEK_DATA and SEEK_HOLE (the kernel answers the other whence values itself). While the file may have dirty pages
+ * in the kernel, have it write them back from off on first: an invalidation of that range of its page cache makes
+ * it send their WRITEs (the request loop's other threads serve them: LSEEK counts as a request that may block,
+ * mount/mount.c) and wait for the replies before it returns. */
 static off_t op_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi) {
     (void)path;
     if (!fi) return -EINVAL;
+    kvfs_fs *fs = FS();
     off_t at;
-    int rc = kvfs_lseek(FS(), FILE_OF(fi), off, whence, &at);
+    int rc = kvfs_lseek(fs, FILE_OF(fi), off, whence, false, &at);
+    if (rc == -EAGAIN) {
+        if (!req_nodeid || off < 0) return -EIO; /* the device read hook always names the node */
+        rc = fuse_lowlevel_notify_inval_inode(fuse_get_session(fuse_get_context()->fuse), req_nodeid, off, 0);
+        if (rc == 0) rc = kvfs_lseek(fs, FILE_OF(fi), off, whence, true, &at);
+    }
     return rc ? rc : at;
 }
 

@@ -490,7 +490,7 @@ typedef struct req_loop {
 /* Opcodes of linux/fuse.h (not included: its macros clash with libfuse's). */
 enum { OP_RMDIR = 11, OP_RENAME = 12, OP_READ = 15, OP_WRITE = 16, OP_FSYNC = 20, OP_INIT = 26, OP_READDIR = 28,
        OP_FSYNCDIR = 30, OP_DESTROY = 38, OP_FALLOCATE = 43, OP_READDIRPLUS = 44, OP_RENAME2 = 45,
-       OP_COPY_FILE_RANGE = 47, OP_SYNCFS = 50 };
+       OP_LSEEK = 46, OP_COPY_FILE_RANGE = 47, OP_SYNCFS = 50 };
 enum { IN_HEADER_BYTES = 40, IO_SIZE_AT = 16 }; /* fuse_in_header; size in fuse_read_in / fuse_write_in */
 
 static uint32_t get_u32(const uint8_t *p) {
@@ -516,7 +516,7 @@ static bool may_block(const req_loop *l, const struct fuse_buf *b) {
     case OP_WRITE:
         return big_io(b);
     case OP_RMDIR: case OP_RENAME: case OP_RENAME2: case OP_FSYNC: case OP_FSYNCDIR: case OP_INIT:
-    case OP_READDIR: case OP_READDIRPLUS: case OP_DESTROY: case OP_FALLOCATE: case OP_COPY_FILE_RANGE:
+    case OP_READDIR: case OP_READDIRPLUS: case OP_DESTROY: case OP_FALLOCATE: case OP_COPY_FILE_RANGE: case OP_LSEEK:
     case OP_SYNCFS:
         return true;
     default:

@@ -393,17 +393,22 @@ for off in (hole, 2 * G, 3 * G, -1):        # no data after the page, and none a
         sys.exit("SEEK_DATA from %d found data" % off)
     except OSError as e:
         assert e.errno == errno.ENXIO, e
-# an open that may write can hold pages the kernel has not written back: the file is data throughout meanwhile
+# an open that may write can hold pages the kernel has not written back (the daemon has not seen them): lseek has
+# the kernel write them back first, and finds them
 w = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(w, b"unsent", 4096)
-assert os.lseek(fd, 0, os.SEEK_DATA) == 0
-assert os.lseek(fd, 0, os.SEEK_HOLE) == 2 * G
+os.pwrite(w, b"past the end", 3 * G)
+assert os.lseek(fd, 0, os.SEEK_DATA) == 4096, os.lseek(fd, 0, os.SEEK_DATA)
+assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+assert os.lseek(fd, 8192, os.SEEK_HOLE) == 8192
+assert os.lseek(fd, 2 * G, os.SEEK_DATA) == 3 * G
+assert os.lseek(fd, 3 * G, os.SEEK_HOLE) == 3 * G + 12
+os.ftruncate(w, 2 * G)
 os.close(w)
 os.close(fd)
 PY
     echo "$output"
     [ "$status" -eq 0 ]
-    sleep 0.2 # the release of the writer's open comes after its close
     [ "$(head -c 4102 "$M/s" | tail -c 6)" = unsent ]
     cp "$M/s" "$T/copy"
     cmp "$M/s" "$T/copy"

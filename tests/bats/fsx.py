@@ -10,7 +10,7 @@ of open files behave the same on both. The operations: pwrite (1 byte to a few M
 making holes), sequential streams of writes, pwritev, O_APPEND writes, pread, O_DIRECT reads (the daemon's bytes,
 not the kernel's cached pages), ftruncate and truncate (up, down, to 0), fallocate (mode 0 and KEEP_SIZE; holes
 punched and ranges zeroed, with and without KEEP_SIZE; collapsing and inserting ranges must say EOPNOTSUPP),
-copy_file_range, fsync and fdatasync, mmap reads, MAP_SHARED writes with
+lseek's SEEK_DATA and SEEK_HOLE (what they report as a hole must read as zeros), copy_file_range, fsync and fdatasync, mmap reads, MAP_SHARED writes with
 msync, opens (with O_CREAT, O_APPEND, O_TRUNC) and closes of several descriptors per file, rename of a file over
 another while both are open, unlink while open, rename of the subdirectory that holds half of the files (with their
 open descriptors), and dropping the kernel's cached pages (POSIX_FADV_DONTNEED).
@@ -108,6 +108,7 @@ class Fsx:
         self.mnt, self.ref = a.mount, a.ref
         self.rng = random.Random(a.seed)
         self.names = {}     # name -> Inode (files that exist, on both sides)
+        self.seek_holes_seen = 0  # op_seek_hole answers that found a hole before the end
         self.fds = []
         self.log = []
         self.opno = 0
@@ -481,6 +482,50 @@ class Fsx:
             off, n = max(0, self.a.max_size - n), min(n, self.a.max_size)
         return self.fallocate_both(f, mode, off, n, size)
 
+    def op_seek_hole(self):
+        """lseek SEEK_DATA and SEEK_HOLE through a read-only open of a file: whatever they answer must be true of the
+        reference's bytes: what lies between the offset and the next data is zeros, and so is the hole found, up to
+        the data after it (ext4 finds other holes, so the answers themselves are not compared). With the file open
+        for writing too, the mount has the kernel write back its pages first (docs/mapping.md)."""
+        names = sorted(self.names)
+        if not names:
+            return None
+        name = self.rng.choice(names)
+        size = os.stat(self.rpath(name)).st_size
+        off = self.rng.randint(0, size + 4096) if self.rng.random() < 0.3 else self.rng.randint(0, max(0, size - 1))
+        self.note("lseek %s SEEK_DATA/SEEK_HOLE off %d (size %d)" % (name, off, size))
+        with open(self.rpath(name), "rb") as r:
+            ref = r.read()
+        fd = os.open(self.mpath(name), os.O_RDONLY)
+        got = {}
+
+        def seek(what, whence, at):
+            try:
+                return os.lseek(fd, at, whence)
+            except OSError as e:
+                if e.errno != errno.ENXIO or (at < size and what == "hole"):
+                    self.fail("lseek %s from %d (size %d): %s" % (what, at, size, e))
+                return None
+        try:
+            for what, whence in (("data", os.SEEK_DATA), ("hole", os.SEEK_HOLE)):
+                got[what] = seek(what, whence, off)
+            after = seek("data", os.SEEK_DATA, got["hole"]) if got["hole"] is not None and got["hole"] < size else None
+        finally:
+            os.close(fd)
+        if off >= size:
+            if got["data"] is not None or got["hole"] is not None:
+                self.fail("lseek from %d at or past the end (size %d) found %r" % (off, size, got))
+            return None
+        data_at = size if got["data"] is None else got["data"]
+        hole_at = got["hole"]
+        if not (off <= data_at <= size and off <= hole_at <= size and off in (data_at, hole_at)):
+            self.fail("lseek from %d (size %d): data at %r, hole at %r" % (off, size, got["data"], hole_at))
+        for start, end in ((off, data_at), (hole_at, size if after is None else after)):
+            self.compare_bytes("the hole [%d, %d) lseek reported in %s" % (start, end, name), bytes(end - start),
+                               ref[start:end], start)
+        self.seek_holes_seen += hole_at < size
+        return None
+
     def op_fsync(self):
         f = self.any_fd()
         data = self.rng.random() < 0.5
@@ -654,7 +699,7 @@ class Fsx:
     # ---- the loop ---------------------------------------------------------------------------------------------------
 
     OPS = [("write", 30), ("stream", 5), ("writev", 3), ("copy_range", 3), ("direct_read", 4),
-           ("unsupported_fallocate", 1), ("append", 8), ("read", 14), ("truncate", 8), ("fallocate", 5), ("zero_range", 4), ("fsync", 5),
+           ("unsupported_fallocate", 1), ("append", 8), ("read", 14), ("truncate", 8), ("fallocate", 5), ("zero_range", 4), ("seek_hole", 3), ("fsync", 5),
            ("open", 6), ("close", 6), ("mmap_read", 4), ("mmap_write", 4), ("rename", 4), ("unlink", 2),
            ("dropcache", 4), ("rename_dir", 2)]
 
@@ -691,9 +736,9 @@ class Fsx:
         self.check_all()
         self.close_all()
         self.check_all()
-        print("fsx: %s: %d operations in %.1f s: %s" % (
+        print("fsx: %s: %d operations in %.1f s: %s; lseek found holes before the end %d times" % (
             self.a.label, self.a.ops, time.monotonic() - t0,
-            ", ".join("%s %d" % kv for kv in sorted(self.stats.items()))))
+            ", ".join("%s %d" % kv for kv in sorted(self.stats.items())), self.seek_holes_seen))
 
 
 def main():
