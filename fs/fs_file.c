@@ -512,11 +512,12 @@ int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, bool written_ba
     if (whence != SEEK_DATA && whence != SEEK_HOLE) return -EINVAL;
     pthread_mutex_lock(&f->mu);
     int rc = 0;
-    if (fs->cfg.writeback_cache && f->writers > 0 && !written_back) rc = -EAGAIN;
+    if (off < 0) rc = -ENXIO;
+    else if (fs->cfg.writeback_cache && f->writers > 0 && !written_back) rc = -EAGAIN;
     else if (!S_ISREG(f->attr.mode)) rc = -ESPIPE;
     else rc = file_flush_locked(fs, f); /* the buffer's bytes are data */
     uint64_t size = f->size, at = whence == SEEK_DATA ? (uint64_t)off : size;
-    if (!rc && (off < 0 || (uint64_t)off >= size)) rc = -ENXIO;
+    if (!rc && (uint64_t)off >= size) rc = -ENXIO;
     if (!rc) rc = store_seek_data(fs->st, f->ks, f->key, f->klen, size, (uint64_t)off, whence == SEEK_HOLE, &at);
     if (rc == -ENOENT) rc = 0, at = whence == SEEK_DATA ? (uint64_t)off : size; /* created, nothing stored yet */
     if (!rc && whence == SEEK_DATA && at >= size) rc = -ENXIO;

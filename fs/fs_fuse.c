@@ -928,7 +928,7 @@ static off_t op_lseek(const char *path, off_t off, int whence, struct fuse_file_
     off_t at;
     int rc = kvfs_lseek(fs, FILE_OF(fi), off, whence, false, &at);
     if (rc == -EAGAIN) {
-        if (!req_nodeid || off < 0) return -EIO; /* the device read hook always names the node */
+        if (!req_nodeid) return -EIO; /* the device read hook always names the node */
         rc = fuse_lowlevel_notify_inval_inode(fuse_get_session(fuse_get_context()->fuse), req_nodeid, off, 0);
         if (rc == 0) rc = kvfs_lseek(fs, FILE_OF(fi), off, whence, true, &at);
     }

@@ -403,6 +403,12 @@ assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
 assert os.lseek(fd, 8192, os.SEEK_HOLE) == 8192
 assert os.lseek(fd, 2 * G, os.SEEK_DATA) == 3 * G
 assert os.lseek(fd, 3 * G, os.SEEK_HOLE) == 3 * G + 12
+for whence in (os.SEEK_DATA, os.SEEK_HOLE):
+    try:
+        os.lseek(fd, -1, whence)
+        sys.exit("lseek from -1 succeeded")
+    except OSError as e:
+        assert e.errno in (errno.ENXIO, errno.EINVAL), e
 os.ftruncate(w, 2 * G)
 os.close(w)
 os.close(fd)
