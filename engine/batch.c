@@ -133,20 +133,43 @@ int kv_batch_put(kv_batch *b, const void *key, size_t klen, const void *val, uin
 
 int kv_batch_delete(kv_batch *b, const void *key, size_t klen) { return kv_batch_delete_ks(b, 0, key, klen); }
 
-int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
-                  size_t tlen) {
-    batch_op *op;
+/* A MOVE or COPY_RANGE op, from one key to another, built but not committed (*out). */
+static int add_pair(kv_batch *b, int kind, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks,
+                    const void *to, size_t tlen, batch_op **out) {
     int rc = check_key(to, tlen);
     if (rc) return rc;
-    rc = add_keyed(b, BOP_MOVE, from_ks, from, flen, &op);
+    rc = add_keyed(b, kind, from_ks, from, flen, out);
     if (rc) return rc;
     size_t off;
     rc = add_bytes(b, to, tlen, &off);
     if (rc) return rc;
-    op = &b->ops[b->n];
-    op->ks2 = to_ks;
-    op->key2_off = off;
-    op->k2len = tlen;
+    *out = &b->ops[b->n]; /* the op, where it is now */
+    (*out)->ks2 = to_ks;
+    (*out)->key2_off = off;
+    (*out)->k2len = tlen;
+    return KV_OK;
+}
+
+int kv_batch_move(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
+                  size_t tlen) {
+    batch_op *op;
+    int rc = add_pair(b, BOP_MOVE, from_ks, from, flen, to_ks, to, tlen, &op);
+    if (rc) return rc;
+    COMMIT_OP(b);
+    b->reads = true;
+    return KV_OK;
+}
+
+int kv_batch_copy_range(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint64_t from_off, uint8_t to_ks,
+                        const void *to, size_t tlen, uint64_t to_off, uint64_t len) {
+    if (to_off > KV_MAX_VALUE || len > KV_MAX_VALUE - to_off)
+        return kv_set_error(KV_EINVAL, "copy_range: a value ends at most at 2^63 bytes");
+    batch_op *op;
+    int rc = add_pair(b, BOP_COPY_RANGE, from_ks, from, flen, to_ks, to, tlen, &op);
+    if (rc) return rc;
+    op->off = from_off;
+    op->off2 = to_off;
+    op->len = len;
     COMMIT_OP(b);
     b->reads = true;
     return KV_OK;

@@ -259,6 +259,44 @@ int blob_value_seek(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off
     return rc;
 }
 
+/* blob_value_slice's part [lo, hi) (value offsets) of the direct piece r that starts at value offset base. */
+static int slice_piece(const blob_ref *r, uint64_t base, uint64_t lo, uint64_t hi, blob_ref *out) {
+    uint64_t pos = base;
+    int rc = KV_OK;
+    for (size_t i = 0; i < r->n && pos < hi && !rc; pos += r->ext[i++].len) {
+        uint64_t s = pos > lo ? pos : lo, e = pos + r->ext[i].len < hi ? pos + r->ext[i].len : hi;
+        if (s >= e) continue;
+        blob_extent x = r->ext[i];
+        if (x.file_no) x.skip += s - pos;
+        x.len = e - s;
+        rc = blob_ref_append(out, &x);
+    }
+    return rc;
+}
+
+int blob_value_slice(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, uint64_t len, blob_ref *out) {
+    int rc;
+    if (!blob_ref_is_paged(ref, rlen)) {
+        blob_ref r = {0};
+        rc = blob_ref_decode(ref, rlen, &r);
+        if (!rc && off < r.size) rc = slice_piece(&r, 0, off, len < r.size - off ? off + len : r.size, out);
+        blob_ref_free(&r);
+        return rc;
+    }
+    blob_pages pp = {0};
+    if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
+    uint64_t hi = off < pp.size ? (len < pp.size - off ? off + len : pp.size) : off, pos = 0;
+    blob_ref page = {0};
+    for (size_t i = 0; i < pp.n && pos < hi && !rc; pos += pp.pg[i++].len) {
+        if (pos + pp.pg[i].len <= off) continue;
+        rc = blob_page_load(s, &pp.pg[i], &page);
+        if (!rc) rc = slice_piece(&page, pos, off, hi, out);
+    }
+    blob_ref_free(&page);
+    blob_pages_free(&pp);
+    return rc;
+}
+
 static int visit_extents(const blob_ref *r, blob_visit_fn fn, void *ctx) {
     for (size_t i = 0; i < r->n; i++) {
         if (r->ext[i].file_no == 0) continue;

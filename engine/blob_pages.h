@@ -68,6 +68,11 @@ int blob_value_read(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off
  * A paged reference loads its pages from the one holding off on, until it finds one. */
 int blob_value_seek(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, bool data, uint64_t *at);
 
+/* The extents of bytes [off, off + len) of a value (either form), cut at its end, appended to *out (a direct
+ * reference the caller zeroed): the records they name are shared, not copied. A paged reference loads only the pages
+ * the range touches. */
+int blob_value_slice(blob_store *s, const uint8_t *ref, size_t rlen, uint64_t off, uint64_t len, blob_ref *out);
+
 /* Visit every record a value uses: for a paged reference each page's record (page = true) and then, unless the
  * callback answered BLOB_VISIT_SKIP for that page, the extents inside it; for a direct one its extents. Holes are not
  * visited. The callback returns 0 to go on, BLOB_VISIT_SKIP, or anything else to stop: that value is returned.

@@ -35,16 +35,18 @@
 
 /* ---- write batches (batch.c) ------------------------------------------------------------------------------------- */
 
-enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_ZERO_RANGE, BOP_PUT_STREAM, BOP_REMAP_IF };
+enum { BOP_PUT, BOP_DELETE, BOP_MOVE, BOP_WRITE_AT, BOP_TRUNCATE, BOP_ZERO_RANGE, BOP_COPY_RANGE, BOP_PUT_STREAM,
+       BOP_REMAP_IF };
 
 typedef struct batch_op {
     uint8_t kind, ks, ks2;
     size_t key_off, klen;   /* into batch data */
-    size_t key2_off, k2len; /* BOP_MOVE: destination; BOP_REMAP_IF: the payload blob GC copied */
+    size_t key2_off, k2len; /* BOP_MOVE, BOP_COPY_RANGE: destination; BOP_REMAP_IF: the payload blob GC copied */
     size_t data_off;        /* value / bytes / new payload, in batch data unless ext is set */
     const uint8_t *ext;     /* PUT / WRITE_AT made with *_nocopy: the caller's bytes (batch_op_data) */
     uint64_t len;           /* value length (PUT, WRITE_AT, REMAP_IF: the copy's payload), ZERO_RANGE length */
-    uint64_t off;           /* WRITE_AT and ZERO_RANGE offset, TRUNCATE size */
+    uint64_t off;           /* WRITE_AT and ZERO_RANGE offset, TRUNCATE size, COPY_RANGE source offset */
+    uint64_t off2;          /* COPY_RANGE destination offset (len: the length) */
     kv_stream *stream;
     const struct blob_remap *remap; /* REMAP_IF: where the copy put each extent of the payload copied (blob_pages.h) */
 } batch_op;

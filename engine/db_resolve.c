@@ -339,6 +339,55 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
     return rc;
 }
 
+/* copy_range: bytes [op->off, op->off + n) of the source (stype, src) over the destination (type, cur) at op->off2;
+ * result in (*type, out). A copy shorter than the blob threshold, or from a value kept whole, is a write_at of the
+ * bytes; a longer one from a blob value splices the source's extents (blob_value_slice) into the destination's
+ * reference one by one, so no byte is copied. cur is used up. */
+static int apply_copy(kv_db *db, int *type, kv_bytes *cur, int stype, const kv_bytes *src, const batch_op *op,
+                      uint64_t n, kv_bytes *out) {
+    int rc;
+    if (stype != KV_TYPE_BLOB || n < db->opt.blob_threshold) {
+        kv_bytes bytes = {0};
+        const uint8_t *data = src->data + (stype == KV_TYPE_BLOB ? 0 : op->off);
+        if (stype == KV_TYPE_BLOB) {
+            size_t got = 0;
+            if (bytes_reserve(&bytes, (size_t)n)) return KV_ENOMEM;
+            rc = blob_value_read(db->blobs, src->data, src->len, op->off, bytes.data, (size_t)n, &got);
+            if (!rc && got != n) rc = kv_set_error(KV_ECORRUPT, "copy_range: the source read short");
+            if (rc) {
+                bytes_free(&bytes);
+                return rc;
+            }
+            data = bytes.data;
+        }
+        batch_op w = {.kind = BOP_WRITE_AT, .off = op->off2, .len = n};
+        rc = apply_change(db, type, cur, &w, data, out);
+        bytes_free(&bytes);
+        return rc;
+    }
+    blob_ref slice = {0};
+    rc = blob_value_slice(db->blobs, src->data, src->len, op->off, n, &slice);
+    if (!rc && *type != KV_TYPE_BLOB) { /* absent, or kept whole (then shorter than the copy): a reference first */
+        blob_ref ref;
+        if (*type == KV_TYPE_DELETE) bytes_clear(cur);
+        rc = inline_to_ref(db, cur, &ref);
+        if (!rc) rc = ref_payload(&ref, cur);
+        blob_ref_free(&ref);
+        *type = KV_TYPE_BLOB;
+    }
+    blob_pager pg = {db->blobs, pager_append, db, (size_t)db->opt.blob_page_extents};
+    uint64_t pos = op->off2;
+    for (size_t i = 0; i < slice.n && !rc; pos += slice.ext[i++].len) {
+        rc = blob_value_splice(&pg, cur->data, cur->len, pos, &slice.ext[i], out);
+        kv_bytes t = *cur;
+        *cur = *out;
+        *out = t;
+    }
+    blob_ref_free(&slice);
+    bytes_clear(out);
+    return rc ? rc : bytes_append(out, cur->data, cur->len);
+}
+
 /* ---- resolution -------------------------------------------------------------------------------------------------------- */
 
 /* A batch of small puts and deletes on distinct keys needs no overlay: encode it as it is. */
@@ -385,7 +434,7 @@ static int encode_plain(const kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *r
 int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes *rec) {
     if (is_plain(db, b)) return encode_plain(b, seq, ts, rec);
     overlay o = {0};
-    kv_bytes cur = {0}, out = {0};
+    kv_bytes cur = {0}, out = {0}, src = {0};
     uint8_t ubuf[KV_MAX_KEY + 1], ubuf2[KV_MAX_KEY + 1];
     int rc = KV_OK;
     const uint8_t *base = b->data.data;
@@ -433,6 +482,22 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
             if (!rc) rc = apply_change(db, &type, &cur, op, data, &out);
             if (!rc) rc = overlay_set(&o, ubuf, ulen, type, out.data, out.len);
             break;
+        case BOP_COPY_RANGE: {
+            int stype;
+            uint64_t ssize = 0;
+            rc = current_state(db, &o, ubuf, ulen, &stype, &src);
+            if (!rc && stype == KV_TYPE_DELETE) rc = kv_set_error(KV_ENOTFOUND, "copy_range: the source key is absent");
+            if (!rc) ssize = stype == KV_TYPE_BLOB ? 0 : src.len;
+            if (!rc && stype == KV_TYPE_BLOB) rc = blob_ref_size(src.data, src.len, &ssize);
+            uint64_t n = rc || op->off >= ssize ? 0 : (op->len < ssize - op->off ? op->len : ssize - op->off);
+            if (rc || n == 0) break; /* nothing to copy: the destination is left as it is */
+            ubuf2[0] = op->ks2;
+            memcpy(ubuf2 + 1, base + op->key2_off, op->k2len);
+            rc = current_state(db, &o, ubuf2, op->k2len + 1, &type, &cur);
+            if (!rc) rc = apply_copy(db, &type, &cur, stype, &src, op, n, &out);
+            if (!rc) rc = overlay_set(&o, ubuf2, op->k2len + 1, type, out.data, out.len);
+            break;
+        }
         case BOP_PUT_STREAM: {
             kv_stream *s = op->stream;
             if (s->db != db) {
@@ -490,6 +555,7 @@ int db_resolve_batch(kv_db *db, kv_batch *b, uint64_t seq, int64_t ts, kv_bytes 
     }
     bytes_free(&cur);
     bytes_free(&out);
+    bytes_free(&src);
     if (rc == KV_OK && o.n == 0 && b->n && b->ops[0].kind == BOP_REMAP_IF)
         rc = kv_set_error(KV_ENOTFOUND, "nothing of the value is where blob GC copied it from any more");
     if (rc == KV_OK) {

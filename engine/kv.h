@@ -241,6 +241,14 @@ int kv_batch_truncate(kv_batch *b, uint8_t ks, const void *key, size_t klen, uin
  * punches holes with it (fallocate's PUNCH_HOLE and ZERO_RANGE). len 0 changes nothing (an absent key is created
  * empty, as by kv_batch_write_at). */
 int kv_batch_zero_range(kv_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len);
+/* Copy bytes [from_off, from_off+len) of the value of (from_ks, from) over bytes [to_off, to_off+len) of the value of
+ * (to_ks, to), extending it like kv_batch_write_at (an absent destination starts empty). The range is cut at the
+ * source's end (nothing is copied from at or past it). Bytes the source keeps in blob files are not copied when the
+ * copy is at least blob_threshold bytes: the destination's reference names the same records, holes stay holes, and
+ * blob garbage collection keeps the records while either value uses them (a later change of one leaves the other
+ * as it is). A filesystem's copy_file_range. An absent source fails the batch with KV_ENOTFOUND. */
+int kv_batch_copy_range(kv_batch *b, uint8_t from_ks, const void *from, size_t flen, uint64_t from_off, uint8_t to_ks,
+                        const void *to, size_t tlen, uint64_t to_off, uint64_t len);
 /* Put the value written to stream s (see kv_stream_new). The stream stays owned by the caller. Committing the
  * batch syncs the stream's blob file (one fsync per stream), even without KV_SYNC. */
 int kv_batch_put_stream(kv_batch *b, uint8_t ks, const void *key, size_t klen, kv_stream *s);

@@ -292,6 +292,45 @@ static void write_at_run(int page_extents) {
     CHECK_MEM(iv.data, iv.len, "\0\0\0", 3);
     kv_buf_free(&iv);
     CHECK_EQ(kv_batch_zero_range(b, 0, "k", 1, KV_MAX_VALUE - 1, 2), KV_EINVAL);
+    /* copy_range: a large range of a blob value is shared, not written again (holes stay holes); a small one, or one
+     * from a value kept whole, is written; the range stops at the source's end; an absent source fails the batch */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_write_at(b, 0, "src", 3, 10000, model, 5000));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    kv_stats s0, s1;
+    CHECK_OK(kv_get_stats(db, &s0));
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_copy_range(b, 0, "src", 3, 5000, 0, "dst", 3, 100, 1 << 20)); /* cut at 15000 */
+    CHECK_OK(kv_batch_copy_range(b, 0, "src", 3, 12000, 0, "dst", 3, 0, 10)); /* small: written */
+    CHECK_OK(kv_batch_copy_range(b, 0, "inline", 6, 0, 0, "dst", 3, 20, 7));
+    CHECK_OK(kv_batch_copy_range(b, 0, "src", 3, 15000, 0, "none", 4, 0, 100)); /* nothing: not even created */
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_get_stats(db, &s1));
+    CHECK(s1.blob_bytes_written - s0.blob_bytes_written < 5000); /* the reference, not the bytes */
+    CHECK_OK(kv_stat(db, NULL, "dst", 3, &info));
+    CHECK(info.size == 10100 && info.stored == (page_extents > 4 ? 5017 : 10100)); /* 5 extents: paged with 4 */
+    uint8_t want[10100];
+    memset(want, 0, sizeof want);
+    memcpy(want + 5100, model, 5000);
+    memcpy(want, model + 2000, 10);
+    memcpy(want + 20, "a\0c\0\0\0\0", 7);
+    CHECK_OK(kv_get(db, NULL, "dst", 3, &iv));
+    CHECK_MEM(iv.data, iv.len, want, sizeof want);
+    kv_buf_free(&iv);
+    CHECK_EQ(kv_stat(db, NULL, "none", 4, &info), KV_ENOTFOUND);
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put(b, "w", 1, "x", 1));
+    CHECK_OK(kv_batch_copy_range(b, 0, "absent", 6, 0, 0, "dst", 3, 0, 1));
+    CHECK_EQ(kv_write(db, b, 0, NULL), KV_ENOTFOUND);
+    CHECK_EQ(kv_stat(db, NULL, "w", 1, &info), KV_ENOTFOUND);
+    /* the copy outlives its source, through blob GC */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_delete(b, "src", 3));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_blob_gc(db, 0.0));
+    CHECK_OK(kv_get(db, NULL, "dst", 3, &iv));
+    CHECK_MEM(iv.data, iv.len, want, sizeof want);
+    kv_buf_free(&iv);
     kv_batch_free(b);
     kv_free(db);
     /* after reopen the large value reads the same */

@@ -791,6 +791,31 @@ static void step_batch(run *r) {
             if (!m->present) mval_set(m, true, NULL, 0);
             model_resize(m, (size_t)size);
             DESC(" trunc%d=%llu", id, (unsigned long long)size);
+        } else if (what < 82) { /* a range of a value (maybe this one's) copied over this one: shared blob records */
+            int from = (int)rnd(r, NKEYS);
+            size_t fl = key_name(from, k2);
+            mval *fm = &r->m.v[from];
+            uint64_t foff = rnd(r, (fm->present ? fm->len : 0) + 100);
+            size_t n = (size_t)rnd(r, rnd(r, 3) == 0 ? 60000 : 2000);
+            uint64_t off = rnd(r, (m->present ? m->len : 0) + 3000);
+            if (off + n > MAXVAL + 80000) off = 0;
+            rc = kv_batch_copy_range(b, key_ks(from), k2, fl, foff, ks, k, kl, off, n);
+            DESC(" cp%d@%llu>%d@%llu+%zu", from, (unsigned long long)foff, id, (unsigned long long)off, n);
+            if (!fm->present) {
+                move_absent = true; /* the whole batch must fail */
+                continue;
+            }
+            if (foff >= fm->len) n = 0;
+            else if (n > fm->len - foff) n = fm->len - (size_t)foff;
+            if (n) { /* nothing to copy leaves the destination as it is, even absent */
+                uint8_t *part = malloc(n);
+                memcpy(part, fm->data + foff, n); /* before the destination changes: it may be the source */
+                touch(r, &p, id);
+                if (!m->present) mval_set(m, true, NULL, 0);
+                if (off + n > m->len) model_resize(m, (size_t)(off + n));
+                memcpy(m->data + off, part, n);
+                free(part);
+            }
         } else if (what < 90) { /* move to another key */
             int to = (int)rnd(r, NKEYS - 1);
             if (to >= id) to++;
