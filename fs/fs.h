@@ -79,6 +79,10 @@ int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len);
  * answered from: so while an open that may write is counted (kvfs_file_writer), unless written_back says the
  * caller had the kernel write back its pages from off on, this is -EAGAIN. */
 int kvfs_lseek(kvfs_fs *fs, kvfs_file *f, off_t off, int whence, bool written_back, off_t *out);
+/* copy_file_range(2): up to len bytes from off_in of fin over off_out of fout (which may be fin), one batch; the
+ * count copied (0 at or past fin's end; at most FS_COPY_MAX a call: callers loop, as for a short write). The store
+ * shares what it keeps in blob files instead of copying it, so a large copy costs a reference, not its bytes. */
+ssize_t kvfs_copy_file_range(kvfs_fs *fs, kvfs_file *fin, off_t off_in, kvfs_file *fout, off_t off_out, size_t len);
 /* The FUSE layer counts the opens that may write a file (+1 when one is made, -1 at its release, before
  * kvfs_release): the kernel writes back such an open's pages at its last close, before it releases it. */
 void kvfs_file_writer(kvfs_fs *fs, kvfs_file *f, int delta);

@@ -500,6 +500,51 @@ int kvfs_fallocate(kvfs_fs *fs, kvfs_file *f, int mode, off_t off, off_t len) {
     return rc;
 }
 
+ssize_t kvfs_copy_file_range(kvfs_fs *fs, kvfs_file *fin, off_t off_in, kvfs_file *fout, off_t off_out, size_t len) {
+    if (off_in < 0 || off_out < 0) return -EINVAL;
+    /* ns_mu keeps both keys where they are (renames and unlinks take it) without holding two files' locks at once,
+     * which kvfs_write_keys takes in no set order */
+    pthread_mutex_lock(&fs->ns_mu);
+    pthread_mutex_lock(&fin->mu);
+    int rc = S_ISREG(fin->attr.mode) ? file_flush_locked(fs, fin) : -EINVAL; /* buffered bytes are copied too */
+    uint64_t n = rc || (uint64_t)off_in >= fin->size ? 0 : fin->size - (uint64_t)off_in;
+    uint8_t fks = fin->ks, *fkey = n ? malloc(fin->klen) : NULL;
+    size_t fklen = fin->klen;
+    if (fkey) memcpy(fkey, fin->key, fklen);
+    else if (n) rc = -ENOMEM;
+    pthread_mutex_unlock(&fin->mu);
+    if (n > len) n = len;
+    if (n > FS_COPY_MAX) n = FS_COPY_MAX;
+    if (n > (uint64_t)(INT64_MAX - off_out)) n = (uint64_t)(INT64_MAX - off_out);
+    pthread_mutex_lock(&fout->mu);
+    if (!rc && !S_ISREG(fout->attr.mode)) rc = -EINVAL;
+    if (!rc && n) rc = file_flush_locked(fs, fout);
+    if (!rc && n) {
+        fs_attr old = fout->attr;
+        if (!fs->cfg.writeback_cache) {
+            fout->attr.mtime = fs_now();
+            fout->attr.ctime = fs_ctime_now();
+        }
+        store_batch b;
+        store_batch_init(&b);
+        store_batch_copy_range(&b, fks, fkey, fklen, (uint64_t)off_in, fout->ks, fout->key, fout->klen,
+                               (uint64_t)off_out, n);
+        file_put_attr(fs, fout, &b);
+        rc = fs_write_batch(fs, &b);
+        store_batch_free(&b);
+        if (rc == 0) {
+            if ((uint64_t)off_out + n > fout->size) fout->size = (uint64_t)off_out + n;
+            if (fout->ks == STORE_KS_DATA) fout->attr_stored = true;
+        } else {
+            fout->attr = old;
+        }
+    }
+    pthread_mutex_unlock(&fout->mu);
+    pthread_mutex_unlock(&fs->ns_mu);
+    free(fkey);
+    return rc ? rc : (ssize_t)n;
+}
+
 void kvfs_file_writer(kvfs_fs *fs, kvfs_file *f, int delta) {
     (void)fs;
     pthread_mutex_lock(&f->mu);

@@ -917,6 +917,15 @@ static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct
     return kvfs_fallocate(FS(), FILE_OF(fi), mode, off, len);
 }
 
+static ssize_t op_copy_file_range(const char *path_in, struct fuse_file_info *fi_in, off_t off_in,
+                                  const char *path_out, struct fuse_file_info *fi_out, off_t off_out, size_t len,
+                                  int flags) {
+    (void)path_in, (void)path_out;
+    if (flags) return -EINVAL;
+    if (!fi_in || !fi_out) return -EBADF;
+    return kvfs_copy_file_range(FS(), FILE_OF(fi_in), off_in, FILE_OF(fi_out), off_out, len);
+}
+
 /* SEEK_DATA and SEEK_HOLE (the kernel answers the other whence values itself). While the file may have dirty pages
  * in the kernel, have it write them back from off on first: an invalidation of that range of its page cache makes
  * it send their WRITEs (the request loop's other threads serve them: LSEEK counts as a request that may block,
@@ -1009,6 +1018,7 @@ static const struct fuse_operations kvfs_ops = {
     .rmdir = op_rmdir,
     .fallocate = op_fallocate,
     .lseek = op_lseek,
+    .copy_file_range = op_copy_file_range,
     .symlink = op_symlink,
     .rename = op_rename,
     .link = op_link,

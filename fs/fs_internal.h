@@ -62,6 +62,9 @@ struct kvfs_fs {
  * would need one more buffer past it goes straight to the store, so the daemon's memory does not grow with the
  * number of files open for writing. */
 #define FS_BUFFERS_MAX ((size_t)64 << 20)
+/* The most one copy_file_range call copies: the engine lists the source's pieces of the range in memory (a 256 MiB
+ * range cut into 4 KiB pieces: 65,536 of them, about 2.5 MB). */
+#define FS_COPY_MAX ((uint64_t)256 << 20)
 
 /* What a path resolves to. */
 enum node_type { NODE_NONE, NODE_FILE, NODE_DIR };

@@ -130,18 +130,32 @@ void store_batch_zero_range(store_batch *b, uint8_t ks, const void *key, size_t 
     if (op) op->off = off, op->len = len;
 }
 
-void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
-                      size_t tlen) {
+/* An op from one key to another: STORE_MOVE, STORE_COPY_RANGE (NULL on failure, b->error set). */
+static store_op *add_pair_op(store_batch *b, enum store_op_kind kind, uint8_t from_ks, const void *from, size_t flen,
+                             uint8_t to_ks, const void *to, size_t tlen) {
     if (!b->error && (tlen == 0 || tlen > STORE_MAX_KEY)) {
         b->error = tlen ? -ENAMETOOLONG : -EINVAL;
-        return;
+        return NULL;
     }
-    store_op *op = add_op(b, STORE_MOVE, from_ks, from, flen);
-    if (!op) return;
+    store_op *op = add_op(b, kind, from_ks, from, flen);
+    if (!op) return NULL;
     op->to_ks = to_ks;
     op->to_off = add_bytes(b, to, tlen);
     op->tlen = tlen;
-    if (b->error) b->n--;
+    if (!b->error) return op;
+    b->n--;
+    return NULL;
+}
+
+void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
+                      size_t tlen) {
+    (void)add_pair_op(b, STORE_MOVE, from_ks, from, flen, to_ks, to, tlen);
+}
+
+void store_batch_copy_range(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint64_t from_off,
+                            uint8_t to_ks, const void *to, size_t tlen, uint64_t to_off, uint64_t len) {
+    store_op *op = add_pair_op(b, STORE_COPY_RANGE, from_ks, from, flen, to_ks, to, tlen);
+    if (op) op->off = from_off, op->to_pos = to_off, op->len = len;
 }
 
 size_t store_prefix_end(const void *prefix, size_t plen, uint8_t *out) {

@@ -57,17 +57,19 @@ void store_buf_free(store_buf *b);
 
 /* ---- Batches: built by the filesystem, applied by a backend ------------------------------------------------- */
 
-enum store_op_kind { STORE_PUT, STORE_DELETE, STORE_WRITE_AT, STORE_TRUNCATE, STORE_ZERO_RANGE, STORE_MOVE };
+enum store_op_kind { STORE_PUT, STORE_DELETE, STORE_WRITE_AT, STORE_TRUNCATE, STORE_ZERO_RANGE, STORE_MOVE,
+                     STORE_COPY_RANGE };
 
 typedef struct store_op {
     enum store_op_kind kind;
     uint8_t ks, to_ks;      /* to_ks: STORE_MOVE's destination keyspace */
     size_t key_off, klen;   /* offsets into the batch's byte buffer */
-    size_t to_off, tlen;    /* STORE_MOVE destination key */
+    size_t to_off, tlen;    /* STORE_MOVE and STORE_COPY_RANGE destination key */
     size_t data_off, dlen;  /* STORE_PUT value, STORE_WRITE_AT bytes (in bytes, unless ext is set) */
     const uint8_t *ext;     /* made by a *_nocopy builder: the caller's bytes */
-    uint64_t off;           /* STORE_WRITE_AT and STORE_ZERO_RANGE offset, STORE_TRUNCATE size */
-    uint64_t len;           /* STORE_ZERO_RANGE length */
+    uint64_t off;           /* STORE_WRITE_AT, STORE_ZERO_RANGE offset, STORE_TRUNCATE size, STORE_COPY_RANGE source's */
+    uint64_t len;           /* STORE_ZERO_RANGE and STORE_COPY_RANGE length */
+    uint64_t to_pos;        /* STORE_COPY_RANGE destination offset */
 } store_op;
 
 typedef struct store_batch {
@@ -98,6 +100,11 @@ void store_batch_truncate(store_batch *b, uint8_t ks, const void *key, size_t kl
 /* Make bytes [off, off+len) of the value read as zeros, extending it when the range reaches past its end (an absent
  * key is created). A backend that keeps holes keeps the range as one: its bytes take no space any more. */
 void store_batch_zero_range(store_batch *b, uint8_t ks, const void *key, size_t klen, uint64_t off, uint64_t len);
+/* Copy bytes [from_off, from_off+len) of one value over bytes [to_off, to_off+len) of another (or the same), cut at
+ * the source's end; the destination is extended as by a write. A backend that keeps large values in shared records
+ * names the same records instead of copying the bytes. -ENOENT (the whole batch fails) when the source is absent. */
+void store_batch_copy_range(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint64_t from_off,
+                            uint8_t to_ks, const void *to, size_t tlen, uint64_t to_off, uint64_t len);
 /* Move a value to another key without copying its bytes; the source is deleted, the destination replaced. */
 void store_batch_move(store_batch *b, uint8_t from_ks, const void *from, size_t flen, uint8_t to_ks, const void *to,
                       size_t tlen);

@@ -116,6 +116,10 @@ static int kvs_write(store *s, const store_batch *b, bool sync) {
         case STORE_MOVE:
             rc = kv_batch_move(kb, op->ks, key, op->klen, op->to_ks, store_op_to(b, op), op->tlen);
             break;
+        case STORE_COPY_RANGE:
+            rc = kv_batch_copy_range(kb, op->ks, key, op->klen, op->off, op->to_ks, store_op_to(b, op), op->tlen,
+                                     op->to_pos, op->len);
+            break;
         }
     }
     if (!rc && kv_batch_count(kb) > 0) rc = kv_write(DB(s), kb, sync ? KV_SYNC : 0, NULL);

@@ -172,6 +172,24 @@ static int apply_op(mem_store *m, const store_batch *b, const store_op *op, int6
         e->write_ms = ts;
         return 0;
     }
+    case STORE_COPY_RANGE: {
+        mem_entry *src = find(sp, key, op->klen);
+        if (!src) return -ENOENT;
+        uint64_t n = op->off >= src->vlen ? 0 : (op->len < src->vlen - op->off ? op->len : src->vlen - op->off);
+        if (n == 0) return 0;
+        if (op->to_pos > SIZE_MAX - n) return -EFBIG; /* this backend holds values whole, in memory */
+        uint8_t *part = malloc((size_t)n); /* the destination may be the source */
+        if (!part) return -ENOMEM;
+        memcpy(part, src->val + op->off, (size_t)n);
+        mem_entry *dst = find_or_add(&m->ks[op->to_ks], store_op_to(b, op), op->tlen, ts);
+        int rc = !dst ? -ENOMEM : op->to_pos + n > dst->vlen ? set_len(dst, op->to_pos + n) : 0;
+        if (!rc) {
+            memcpy(dst->val + op->to_pos, part, (size_t)n);
+            dst->write_ms = ts;
+        }
+        free(part);
+        return rc;
+    }
     case STORE_MOVE: {
         mem_entry *src = find(sp, key, op->klen);
         if (!src) return -ENOENT;

@@ -427,6 +427,57 @@ PY
     [ "$(du -k "$M/s2" | cut -f1)" -lt 100 ]
 }
 
+@test "copy_file_range (cp) shares a large file's stored bytes instead of writing them again; the copies stay apart" {
+    head -c $((64 << 20)) /dev/urandom > "$T/big"
+    cp "$T/big" "$M/big"
+    sync
+    before=$(du -sk "$D" | cut -f1)
+    cp "$M/big" "$M/copy" # coreutils' cp uses copy_file_range
+    after=$(du -sk "$D" | cut -f1)
+    [ $((after - before)) -lt 4096 ] || { echo "the store grew by $((after - before)) KiB"; false; }
+    cmp "$M/copy" "$T/big"
+    # the copies are files of their own: a change of one is not seen in the other
+    printf 'changed' | dd of="$M/copy" bs=1 seek=1000 conv=notrunc status=none
+    cmp "$M/big" "$T/big"
+    [ "$(dd if="$M/copy" bs=1 skip=1000 count=7 status=none)" = changed ]
+    # ranges: part of a file over part of another (and of itself), past the end (nothing), small files kept in the tree
+    printf 'small file' > "$M/small"
+    run python3 - "$M" <<'PY'
+import os, sys
+m = sys.argv[1]
+a = os.open(m + "/big", os.O_RDONLY)
+b = os.open(m + "/part", os.O_RDWR | os.O_CREAT, 0o644)
+# os.copy_file_range(src, dst, count, offset_src, offset_dst)
+assert os.copy_file_range(a, b, 1 << 20, 10 << 20, 5000) == 1 << 20
+assert os.copy_file_range(a, b, 100, 64 << 20, 0) == 0             # at the source's end: nothing
+assert os.copy_file_range(b, b, 4096, 5000, 3 << 20) == 4096         # within the same file
+s = os.open(m + "/small", os.O_RDONLY)
+assert os.copy_file_range(s, b, 6, 5, 2) == 5                      # cut at the small file's end
+os.close(b)
+with open(m + "/big", "rb") as f:
+    big = f.read()
+want = bytearray(3 * (1 << 20) + 4096)
+want[5000:5000 + (1 << 20)] = big[10 << 20:(10 << 20) + (1 << 20)]
+want[3 << 20:(3 << 20) + 4096] = want[5000:5000 + 4096]
+want[2:7] = b" file"
+with open(m + "/part", "rb") as f:
+    got = f.read()
+assert got == bytes(want), "part differs"
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the copy outlives its source, also when blob GC has run, and after a remount
+    rm "$M/big"
+    fs_unmount
+    kv compact "$D"
+    run kv check "$D"
+    [ "$status" -eq 0 ]
+    fs_mount
+    [ "$(dd if="$M/copy" bs=1 skip=1000 count=7 status=none)" = changed ]
+    printf 'changed' | dd of="$T/big" bs=1 seek=1000 conv=notrunc status=none
+    cmp "$M/copy" "$T/big"
+}
+
 @test "a file unlinked while open stays usable until closed, and reopens through /proc/self/fd" {
     # libfuse names the node of an unlinked open file .fuse_hidden...; opening that node again (as `cat
     # /proc/PID/fd/N` does to recover a deleted file) said ENOENT, where a local filesystem opens the same file

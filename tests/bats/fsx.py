@@ -10,7 +10,8 @@ of open files behave the same on both. The operations: pwrite (1 byte to a few M
 making holes), sequential streams of writes, pwritev, O_APPEND writes, pread, O_DIRECT reads (the daemon's bytes,
 not the kernel's cached pages), ftruncate and truncate (up, down, to 0), fallocate (mode 0 and KEEP_SIZE; holes
 punched and ranges zeroed, with and without KEEP_SIZE; collapsing and inserting ranges must say EOPNOTSUPP),
-lseek's SEEK_DATA and SEEK_HOLE (what they report as a hole must read as zeros), copy_file_range, fsync and fdatasync, mmap reads, MAP_SHARED writes with
+lseek's SEEK_DATA and SEEK_HOLE (what they report as a hole must read as zeros), copy_file_range (the daemon's
+own: large ranges share the source's stored records), fsync and fdatasync, mmap reads, MAP_SHARED writes with
 msync, opens (with O_CREAT, O_APPEND, O_TRUNC) and closes of several descriptors per file, rename of a file over
 another while both are open, unlink while open, rename of the subdirectory that holds half of the files (with their
 open descriptors), and dropping the kernel's cached pages (POSIX_FADV_DONTNEED).
@@ -349,9 +350,9 @@ class Fsx:
         return f.ino
 
     def op_copy_range(self):
-        """copy_file_range from one descriptor to another (the kernel copies through the page cache when the file
-        system has no copy_file_range of its own); the source may be the same file, at a range that does not
-        overlap."""
+        """copy_file_range from one descriptor to another (kvfs's own: a large range shares the source's stored
+        records, after the kernel wrote back both files' dirty pages in the ranges); the source may be the same file,
+        at a range that does not overlap."""
         dst = self.any_fd(append=False)
         src = self.fd_for()   # after dst: opening dst may close another descriptor
         ssize, dsize = os.fstat(src.rfd).st_size, os.fstat(dst.rfd).st_size

@@ -316,6 +316,28 @@ TEST(fs_fallocate_punches_holes_and_zeroes_ranges) {
     env_close(&e);
 }
 
+/* copy_file_range: bytes still in either file's buffer count (the source's are copied, the destination's are not
+ * lost), the copy is cut at the source's end, and a file may be copied onto itself. */
+TEST(fs_copy_file_range_between_buffered_files) {
+    env e;
+    CHECK(env_open(&e, 4096));
+    kvfs_file *a, *b;
+    CHECK_OK(kvfs_create(e.fs, "/a", 0644, O_RDWR | O_CREAT, &ALICE, &a));
+    CHECK_OK(kvfs_create(e.fs, "/b", 0644, O_RDWR | O_CREAT, &ALICE, &b));
+    CHECK_EQ(kvfs_write(e.fs, a, "abcdefgh", 8, 0, false), 8); /* buffered */
+    CHECK_EQ(kvfs_write(e.fs, b, "12345678", 8, 0, false), 8);
+    CHECK_EQ(kvfs_copy_file_range(e.fs, a, 2, b, 4, 100), 6);
+    CHECK_EQ(kvfs_copy_file_range(e.fs, a, 8, b, 0, 100), 0);
+    CHECK_EQ(kvfs_copy_file_range(e.fs, b, 0, b, 10, 2), 2);
+    char buf[32];
+    CHECK_EQ(kvfs_read(e.fs, b, buf, sizeof buf, 0), 12);
+    CHECK(memcmp(buf, "1234cdefgh12", 12) == 0);
+    CHECK_EQ(kvfs_copy_file_range(e.fs, a, -1, b, 0, 1), -EINVAL);
+    CHECK_OK(kvfs_release(e.fs, a));
+    CHECK_OK(kvfs_release(e.fs, b));
+    env_close(&e);
+}
+
 TEST(fs_mtime_set_before_close_survives) {
     env e;
     CHECK(env_open(&e, 0));
