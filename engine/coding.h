@@ -56,6 +56,20 @@ static inline const uint8_t *get_varint64(const uint8_t *p, const uint8_t *limit
     return NULL;
 }
 
+/* The same decoding for a varint of at most 8 bytes (values below 2^56: a millisecond timestamp is 6 bytes), without
+ * a loop over its bytes: p must have 8 readable bytes. Returns the byte after the varint, or NULL when it is longer
+ * than 8 bytes (the caller then decodes it with get_varint64). */
+static inline const uint8_t *get_varint64_word(const uint8_t *p, uint64_t *v) {
+    uint64_t w = get_fixed64(p), ends = ~w & 0x8080808080808080ull; /* the bytes without a continuation bit */
+    if (!ends) return NULL;
+    unsigned n = (unsigned)__builtin_ctzll(ends) / 8 + 1; /* the varint's bytes */
+    uint64_t x = (n == 8 ? w : w & ((1ull << (8 * n)) - 1)) & 0x7f7f7f7f7f7f7f7full;
+    x = (x & 0x007f007f007f007full) | ((x & 0x7f007f007f007f00ull) >> 1);   /* 14 bits in each 16 */
+    x = (x & 0x00003fff00003fffull) | ((x & 0x3fff00003fff0000ull) >> 2);   /* 28 bits in each 32 */
+    *v = (x & 0x000000000fffffffull) | ((x & 0x0fffffff00000000ull) >> 4); /* 56 bits */
+    return p + n;
+}
+
 /* A growable byte buffer. Zero-initialise ({0}) to start empty. */
 typedef struct kv_bytes {
     uint8_t *data;

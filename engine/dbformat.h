@@ -58,7 +58,14 @@ static inline void ikey_build(uint8_t *out, const uint8_t *ukey, size_t ulen, ui
 /* Split an entry value into timestamp and payload; returns 0, or -1 if malformed. */
 static inline int entry_decode(const uint8_t *v, size_t vlen, int64_t *ts, const uint8_t **payload, size_t *plen) {
     uint64_t t;
-    const uint8_t *p = get_varint64(v, v + vlen, &t);
+    const uint8_t *p;
+    if (vlen >= 8 && (p = get_varint64_word(v, &t)) != NULL) {
+        *ts = (int64_t)t;
+        *payload = p;
+        *plen = vlen - (size_t)(p - v);
+        return 0;
+    }
+    p = get_varint64(v, v + vlen, &t);
     if (!p) return -1;
     *ts = (int64_t)t;
     *payload = p;

@@ -31,6 +31,31 @@ TEST(test_varint_roundtrip) {
     }
 }
 
+/* The one-word decoder agrees with get_varint64 for every varint of up to 8 bytes and declines the longer ones,
+ * whatever bytes follow the varint in the word. */
+TEST(test_varint_word) {
+    uint64_t seed = t_seed();
+    for (int i = 0; i < 100000; i++) {
+        uint64_t r = t_rand(&seed), v = r >> (t_rand(&seed) % 64);
+        uint8_t buf[24];
+        for (size_t j = 0; j < sizeof buf; j++) buf[j] = (uint8_t)t_rand(&seed);
+        uint8_t *end = put_varint64(buf, v);
+        uint64_t got = ~v;
+        const uint8_t *p = get_varint64_word(buf, &got);
+        if (end - buf <= 8) {
+            CHECK_MSG(p == end && got == v, "value %llu", (unsigned long long)v);
+        } else {
+            CHECK_MSG(p == NULL, "value %llu", (unsigned long long)v);
+        }
+        /* and any 8 bytes, over-long (non-minimal) encodings included: the same answer as the loop over them */
+        for (size_t j = 0; j < 8; j++) buf[j] = (uint8_t)(t_rand(&seed) % 4 ? buf[j] | 0x80 : buf[j] & 0x7f);
+        uint64_t want = 0;
+        const uint8_t *wend = get_varint64(buf, buf + 8, &want);
+        p = get_varint64_word(buf, &got);
+        CHECK(p == wend && (!p || got == want));
+    }
+}
+
 TEST(test_fixed_little_endian) {
     uint8_t b[8];
     put_fixed32(b, 0x01020304u);
