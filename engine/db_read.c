@@ -450,7 +450,8 @@ struct kv_iter {
     bool valid, reverse;
     int status;
     const uint8_t *kp, *vp; /* the current entry: ukey (keyspace byte first) and payload. Moving forward they
-                             * point into the inner iterator (valid until it moves); backward into key/val */
+                             * point into the inner iterator (valid until it moves), which stands on that entry;
+                             * backward into key/val */
     size_t kl, vl;
     kv_bytes key;     /* saved copies, backward only */
     kv_bytes val;
@@ -694,12 +695,21 @@ bool kv_iter_valid(const kv_iter *it) { return it && it->valid; }
 void kv_iter_next(kv_iter *it) {
     if (!it->valid) return;
     kv_bytes *skip = &it->skip;
-    bytes_clear(skip);
-    if (bytes_append(skip, it->kp, it->kl)) { it_fail(it, KV_ENOMEM); return; }
+    if (skip->cap >= it->kl) { /* the usual case: no call to grow it */
+        memcpy(skip->data, it->kp, it->kl);
+        skip->len = it->kl;
+    } else {
+        bytes_clear(skip);
+        if (bytes_append(skip, it->kp, it->kl)) { it_fail(it, KV_ENOMEM); return; }
+    }
     if (it->reverse) {
         /* the inner iterator is before the current key: go back to it */
         it->reverse = false;
         seek_ukey(it, skip->data, skip->len, KV_MAX_SEQUENCE, KV_TYPE_FOR_SEEK);
+    } else {
+        /* the inner iterator is on the current entry (find_next stopped there): step past it here rather than
+         * have find_next read it again only to find it equal to skip */
+        it->in->next(it->in);
     }
     find_next(it, true, skip);
 }
