@@ -9,6 +9,9 @@
  *      BACKWARD: every valid child other than c is at its last entry < (k, c); the heap is a max-heap.
  *    The heap holds exactly the valid children; its top is the current child. A change of direction repositions
  *    every other child around (k, c) and rebuilds the heap, as LevelDB's MergingIterator does.
+ *  - top2, when not 0, is the heap position (1 or 2) of the top's first child in heap order. Only a step of the top
+ *    child that leaves it on top keeps it (positions 1 and 2 and their keys are unchanged then); every other change
+ *    of the heap (a sift, a child dropped, a rebuild) clears it.
  *  - Why a heap: a read merges the memtables, up to ~20 level-0 files and one iterator per deeper level, and a step
  *    of the heap costs O(log n) key comparisons against n-1 for a linear scan; for the small n of most compactions a
  *    sift over one or two levels is as cheap as a scan, so a single code path serves both.
@@ -46,6 +49,7 @@ typedef struct merge_iter {
     size_t *heap; /* child indices */
     size_t nheap;
     int dir;
+    size_t top2;  /* heap position (1 or 2) of the top's first child in heap order, 0 when not known */
     int err;      /* sticky first error */
     kv_bytes saved; /* the current key, kept across a change of direction */
 } merge_iter;
@@ -83,8 +87,29 @@ static bool refresh(merge_iter *mi, size_t i) {
     return false;
 }
 
+/* The top child moved (and is still valid): restore the heap. The top's first child in heap order is remembered
+ * from one step to the next (heap positions 1 and 2 change only when the top sinks), so while the same child stays
+ * the smallest, as it does for runs of entries from one level, a step costs one comparison instead of two. */
+static void top_moved(merge_iter *mi) {
+    size_t *h = mi->heap;
+    if (mi->nheap > 1) {
+        if (!mi->top2) mi->top2 = mi->nheap > 2 && heap_before(mi, h[2], h[1]) ? 2 : 1;
+        if (heap_before(mi, h[0], h[mi->top2])) return;
+    }
+    mi->top2 = 0;
+    sift_down(mi, 0);
+}
+
+/* The top child ran out (or failed): drop it from the heap. */
+static void top_gone(merge_iter *mi) {
+    mi->heap[0] = mi->heap[--mi->nheap];
+    mi->top2 = 0;
+    if (mi->nheap) sift_down(mi, 0);
+}
+
 /* Rebuild the heap from every valid child, in the order of mi->dir. */
 static void rebuild(merge_iter *mi) {
+    mi->top2 = 0;
     mi->nheap = 0;
     for (size_t i = 0; i < mi->n; i++)
         if (refresh(mi, i)) mi->heap[mi->nheap++] = i;
@@ -157,8 +182,8 @@ static void mg_next(iter *it) {
     }
     iter *c = mi->c[cur].it;
     c->next(c);
-    if (!refresh(mi, cur)) mi->heap[0] = mi->heap[--mi->nheap];
-    if (mi->nheap) sift_down(mi, 0);
+    if (refresh(mi, cur)) top_moved(mi);
+    else top_gone(mi);
 }
 
 static void mg_prev(iter *it) {
@@ -190,8 +215,8 @@ static void mg_prev(iter *it) {
     }
     iter *c = mi->c[cur].it;
     c->prev(c);
-    if (!refresh(mi, cur)) mi->heap[0] = mi->heap[--mi->nheap];
-    if (mi->nheap) sift_down(mi, 0);
+    if (refresh(mi, cur)) top_moved(mi);
+    else top_gone(mi);
 }
 
 static const uint8_t *mg_key(iter *it, size_t *len) {

@@ -123,7 +123,14 @@ static size_t make_ukey(uint64_t *rs, uint8_t *out) {
 
 /* n random entries spread over nchild children, sorted in merge order, without duplicate (key, child) pairs: the
  * small sequence range makes identical internal keys in different children common. */
+static ent *random_ents_runs(uint64_t *rs, size_t n, size_t nchild, bool runs, size_t *out_n);
 static ent *random_ents(uint64_t *rs, size_t n, size_t nchild, size_t *out_n) {
+    return random_ents_runs(rs, n, nchild, false, out_n);
+}
+
+/* With runs, the children hold runs of consecutive entries (in merge order, about 16 on average), as the levels of a
+ * store do, instead of entries spread evenly. */
+static ent *random_ents_runs(uint64_t *rs, size_t n, size_t nchild, bool runs, size_t *out_n) {
     ent *e = calloc(n ? n : 1, sizeof *e);
     for (size_t i = 0; i < n; i++) {
         uint8_t u[16];
@@ -138,6 +145,11 @@ static ent *random_ents(uint64_t *rs, size_t n, size_t nchild, size_t *out_n) {
         put_fixed64(e[i].v + 1, i);
     }
     qsort(e, n, sizeof *e, ent_cmp);
+    if (runs && nchild) {
+        for (size_t i = 1; i < n; i++)
+            e[i].child = t_rand(rs) % 16 ? e[i - 1].child : (size_t)(t_rand(rs) % nchild);
+        qsort(e, n, sizeof *e, ent_cmp);
+    }
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         if (m && ent_cmp(&e[m - 1], &e[i]) == 0) {
@@ -325,6 +337,67 @@ TEST(test_merge_vs_reference) {
             free(child_ents[c]);
         }
         free(mts), free(levels), free(child_ents), free(children);
+        ents_free(e, n);
+        if (t_failed()) return;
+    }
+}
+
+/* From a random seek, long sweeps forward and back (direction switches at their ends), checked at every step. */
+static void sweeps(iter *it, const ent *e, size_t n, uint64_t *rs, int rounds, const char *what) {
+    for (int r = 0; r < rounds; r++) {
+        uint8_t u[16], t[24];
+        size_t ul = make_ukey(rs, u);
+        ikey_build(t, u, ul, t_rand(rs) % 32, KV_TYPE_FOR_SEEK);
+        it->seek(it, t, ul + 8);
+        size_t pos = lower_bound(e, n, t, ul + 8);
+        for (int leg = 0; leg < 4 && pos < n; leg++) {
+            size_t len = (size_t)(t_rand(rs) % 300);
+            for (size_t i = 0; i < len && pos < n; i++) {
+                if (leg % 2 == 0) {
+                    it->next(it);
+                    pos++;
+                } else {
+                    it->prev(it);
+                    pos = pos == 0 ? n : pos - 1;
+                }
+                if (!at(it, e, n, pos))
+                    return t_fail(__FILE__, __LINE__, "%s: sweep %d leg %d differs at %zu of %zu", what, r, leg,
+                                  pos, n);
+            }
+        }
+    }
+}
+
+/* Children that hold long runs of the merged order, as the levels of a store do: the top child stays on top for
+ * many steps (the merge's one-comparison step), then another takes over; identical keys in several children, both
+ * directions and switches between them. A step that kept a stale top were caught here. */
+TEST(test_merge_runs) {
+    uint64_t rs = t_seed();
+    for (int round = 0; round < 40; round++) {
+        size_t nchild = 2 + (size_t)(t_rand(&rs) % 10);
+        size_t n;
+        ent *e = random_ents_runs(&rs, 500 + (size_t)(t_rand(&rs) % 3000), nchild, true, &n);
+        iter **children = calloc(nchild, sizeof *children);
+        ent **child_ents = calloc(nchild, sizeof *child_ents);
+        int live = 0;
+        for (size_t c = 0; c < nchild; c++) {
+            size_t cnt = 0;
+            child_ents[c] = calloc(n + 1, sizeof(ent));
+            for (size_t i = 0; i < n; i++)
+                if (e[i].child == c) child_ents[c][cnt++] = e[i];
+            children[c] = vec_iter_new(child_ents[c], cnt, SIZE_MAX, &live);
+        }
+        iter *it = merge_iter_new(children, nchild);
+        char what[64];
+        snprintf(what, sizeof what, "round %d (%zu children, %zu entries)", round, nchild, n);
+        full_scans(it, e, n, what);
+        sweeps(it, e, n, &rs, 60, what);
+        random_walk(it, e, n, &rs, 2000, what);
+        CHECK_OK(it->status(it));
+        it->destroy(it);
+        CHECK_EQ(live, 0);
+        for (size_t c = 0; c < nchild; c++) free(child_ents[c]);
+        free(children), free(child_ents);
         ents_free(e, n);
         if (t_failed()) return;
     }
