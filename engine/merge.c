@@ -402,29 +402,31 @@ static void lv_seek(iter *it, const uint8_t *ikey, size_t len) {
     skip_forward(li);
 }
 
+/* Moves and reads assert only that a file is open: its iterator asserts that it is valid (lv_valid's answer),
+ * which saves a call through every layer per entry. */
 static void lv_next(iter *it) {
     level_iter *li = (level_iter *)it;
-    assert(lv_valid(it));
+    assert(li->cur && !li->err);
     li->cur->next(li->cur);
     skip_forward(li);
 }
 
 static void lv_prev(iter *it) {
     level_iter *li = (level_iter *)it;
-    assert(lv_valid(it));
+    assert(li->cur && !li->err);
     li->cur->prev(li->cur);
     skip_backward(li);
 }
 
 static const uint8_t *lv_key(iter *it, size_t *len) {
     level_iter *li = (level_iter *)it;
-    assert(lv_valid(it));
+    assert(li->cur && !li->err);
     return li->cur->key(li->cur, len);
 }
 
 static const uint8_t *lv_value(iter *it, size_t *len) {
     level_iter *li = (level_iter *)it;
-    assert(lv_valid(it));
+    assert(li->cur && !li->err);
     return li->cur->value(li->cur, len);
 }
 

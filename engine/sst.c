@@ -998,7 +998,9 @@ static void init_data(sst_iter *it) {
 
 /* After a move: if the data iterator ran off its block, continue with the next (forward) or previous block. */
 static void skip_empty(sst_iter *it, bool forward) {
-    while (!it->status && (!it->data || !it->data->valid(it->data))) {
+    for (;;) {
+        if (it->status) return;
+        if (it->data && it->data->valid(it->data)) break;
         if (it->data && it->data->status(it->data)) {
             set_status(it, it->data->status(it->data));
             return;
@@ -1024,12 +1026,10 @@ static void skip_empty(sst_iter *it, bool forward) {
      * iterator, compaction, blob GC), which reads 8 bytes before its end. The block layer cannot require that
      * length (property names are shorter), so a data block whose checksum passed with a shorter key is reported
      * here, once per step and outside the block's decoding loop. */
-    if (!it->status && it->data && it->data->valid(it->data)) {
-        size_t kn;
-        it->data->key(it->data, &kn);
-        if (kn < IKEY_TRAILER + 1)
-            set_status(it, corrupt_at(&it->r->s, it->data_off, "block key too short for an internal key"));
-    }
+    size_t kn;
+    it->data->key(it->data, &kn);
+    if (kn < IKEY_TRAILER + 1)
+        set_status(it, corrupt_at(&it->r->s, it->data_off, "block key too short for an internal key"));
 }
 
 static bool si_valid(iter *i) {
@@ -1066,27 +1066,31 @@ static void si_seek(iter *i, const uint8_t *k, size_t n) {
 
 static void si_next(iter *i) {
     sst_iter *it = (sst_iter *)i;
-    assert(si_valid(i));
-    if (!si_valid(i)) return;
+    bool ok = si_valid(i);
+    assert(ok);
+    if (!ok) return;
     it->data->next(it->data);
     skip_empty(it, true);
 }
 
 static void si_prev(iter *i) {
     sst_iter *it = (sst_iter *)i;
-    assert(si_valid(i));
-    if (!si_valid(i)) return;
+    bool ok = si_valid(i);
+    assert(ok);
+    if (!ok) return;
     it->data->prev(it->data);
     skip_empty(it, false);
 }
 
 static const uint8_t *si_key(iter *i, size_t *n) {
     sst_iter *it = (sst_iter *)i;
+    assert(it->data); /* which asserts that it is valid */
     return it->data->key(it->data, n);
 }
 
 static const uint8_t *si_value(iter *i, size_t *n) {
     sst_iter *it = (sst_iter *)i;
+    assert(it->data); /* which asserts that it is valid */
     return it->data->value(it->data, n);
 }
 
