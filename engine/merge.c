@@ -89,15 +89,21 @@ static bool refresh(merge_iter *mi, size_t i) {
 
 /* The top child moved (and is still valid): restore the heap. The top's first child in heap order is remembered
  * from one step to the next (heap positions 1 and 2 change only when the top sinks), so while the same child stays
- * the smallest, as it does for runs of entries from one level, a step costs one comparison instead of two. */
+ * the smallest, as it does for runs of entries from one level, a step costs one comparison instead of two; when the
+ * top sinks, that child takes its place without being compared again and the sift goes on below it. */
 static void top_moved(merge_iter *mi) {
     size_t *h = mi->heap;
-    if (mi->nheap > 1) {
-        if (!mi->top2) mi->top2 = mi->nheap > 2 && heap_before(mi, h[2], h[1]) ? 2 : 1;
-        if (heap_before(mi, h[0], h[mi->top2])) return;
+    if (mi->nheap < 2) return;
+    size_t s = mi->top2 ? mi->top2 : mi->nheap > 2 && heap_before(mi, h[2], h[1]) ? 2 : 1;
+    if (heap_before(mi, h[0], h[s])) {
+        mi->top2 = s;
+        return;
     }
+    size_t x = h[0];
+    h[0] = h[s];
+    h[s] = x;
     mi->top2 = 0;
-    sift_down(mi, 0);
+    sift_down(mi, s);
 }
 
 /* The top child ran out (or failed): drop it from the heap. */
