@@ -47,6 +47,7 @@ FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/test_fuzz_%)
 
 LIB_A  := $(BUILD)/libkvengine.a
 LIB_FS := $(BUILD)/libkvfs-fs.a
+LIB_TOOLS := $(BUILD)/libkvfs-tools.a
 LIB_SO := $(BUILD)/libkvengine.so
 KVFS   := $(BUILD)/kvfs
 
@@ -72,27 +73,33 @@ $(LIB_FS): $(FS_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# The kvfs command's code but main(): the tools, the control socket and the mount daemon, for the test programs and
+# the fuzz harnesses.
+$(LIB_TOOLS): $(filter-out $(BUILD)/mount/main.o,$(MOUNT_OBJ))
+	@rm -f $@
+	ar rcs $@ $^
+
 $(KVFS): $(MOUNT_OBJ) $(LIB_FS) $(LIB_A)
 	$(CC) $(LDFLAGS_SAN) -o $@ $(MOUNT_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(LIBS)
 
-# Test programs link the fs and engine archives: only the objects a test uses are pulled in.
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A)
+# Test programs link the tools, fs and engine archives: only the objects a test uses are pulled in.
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_LIB_OBJ) $(LIB_TOOLS) $(LIB_FS) $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_SAN) -o $@ $< $(TEST_LIB_OBJ) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $< $(TEST_LIB_OBJ) $(LIB_TOOLS) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
 
 # The fuzz harnesses (tests/fuzz/fuzz_*.c) replayed over their corpus by a plain main() (tests/fuzz/driver.c): unit
 # tests like the others, built by the normal compiler.
-$(BUILD)/tests/test_fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/driver.o $(LIB_FS) $(LIB_A)
+$(BUILD)/tests/test_fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/driver.o $(LIB_TOOLS) $(LIB_FS) $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_SAN) -o $@ $< $(BUILD)/tests/fuzz/driver.o $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $< $(BUILD)/tests/fuzz/driver.o $(LIB_TOOLS) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
 
-$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h tests/fuzz/*.h)
+$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h mount/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 # make fuzz-seeds: (re)write the seed inputs (seed-*) of tests/fuzz/corpus/ from the engine's own writers.
-$(BUILD)/tests/fuzz/mkseeds: $(BUILD)/tests/fuzz/mkseeds.o $(LIB_FS) $(LIB_A)
-	$(CC) $(LDFLAGS_SAN) -o $@ $< $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
+$(BUILD)/tests/fuzz/mkseeds: $(BUILD)/tests/fuzz/mkseeds.o $(LIB_TOOLS) $(LIB_FS) $(LIB_A)
+	$(CC) $(LDFLAGS_SAN) -o $@ $< $(LIB_TOOLS) $(LIB_FS) $(LIB_A) $(FUSE_LIBS) $(TEST_LIBS)
 
 fuzz-seeds: $(BUILD)/tests/fuzz/mkseeds
 	$(BUILD)/tests/fuzz/mkseeds
@@ -108,12 +115,13 @@ FUZZ_SANS    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS  := $(CFLAGS_BASE) -Wno-missing-field-initializers -O1 -fno-omit-frame-pointer $(FUZZ_SANS) -fsanitize=fuzzer-no-link $(FUSE_CFLAGS)
 FUZZ_ENGINE_OBJ := $(ENGINE_SRC:%.c=build-fuzz/%.o)
 FUZZ_FS_OBJ     := $(FS_SRC:%.c=build-fuzz/%.o)
+FUZZ_TOOLS_OBJ  := $(filter-out build-fuzz/mount/main.o,$(MOUNT_SRC:%.c=build-fuzz/%.o))
 
-build-fuzz/%.o: %.c $(wildcard engine/*.h fs/*.h)
+build-fuzz/%.o: %.c $(wildcard engine/*.h fs/*.h mount/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 
-build-fuzz/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h tests/fuzz/*.h)
+build-fuzz/tests/fuzz/%.o: tests/fuzz/%.c $(wildcard engine/*.h fs/*.h mount/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 
@@ -125,7 +133,11 @@ build-fuzz/libkvfs-fs.a: $(FUZZ_FS_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-build-fuzz/fuzz_%: build-fuzz/tests/fuzz/fuzz_%.o build-fuzz/libkvfs-fs.a build-fuzz/libkvengine.a
+build-fuzz/libkvfs-tools.a: $(FUZZ_TOOLS_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+build-fuzz/fuzz_%: build-fuzz/tests/fuzz/fuzz_%.o build-fuzz/libkvfs-tools.a build-fuzz/libkvfs-fs.a build-fuzz/libkvengine.a
 	$(FUZZ_CC) $(FUZZ_SANS) -fsanitize=fuzzer -o $@ $^ $(FUSE_LIBS) $(TEST_LIBS)
 
 fuzz: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)

@@ -1,7 +1,8 @@
 /*
  * tools.h — what the kvfs tool commands share: the per-run context (store handle, the caller's three descriptors,
  * cancellation), buffered output, parsed arguments, the command table, and the entry points used by main.c (direct
- * runs) and ctl.c (runs inside the mount daemon on behalf of a client).
+ * runs) and ctl.c (runs inside the mount daemon on behalf of a client); tools_cmd.c holds the table, the parser and
+ * tools_serve.
  *
  * Invariants
  *  - Tool code is reentrant: no global mutable state, no exit(), no getopt, no stdio on stdin/stdout/stderr. All
@@ -159,6 +160,9 @@ typedef struct tool_cmd {
 
 extern const tool_cmd tool_cmds[];
 const tool_cmd *tool_find(const char *name);
+
+/* The context of a run on db with the caller's descriptors fds (stdin, stdout, stderr): not cancellable, not remote. */
+void tool_ctx_init(tool_ctx *c, kv_db *db, const char *datadir, const int fds[3]);
 
 /* Parse argv (argv[0] is the command name) into *a, printing usage errors to c's stderr. TOOL_OK or TOOL_USAGE. */
 int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a);
