@@ -33,11 +33,6 @@
 
 #define REQ_MAGIC "KVFSCTL1"
 #define RES_MAGIC "KVFSRES1"
-/* The request's argument strings, NULs included: more than the kernel lets a command line hold (a quarter of the
- * stack limit, at most 6 MiB), so every command that runs directly runs in the daemon too.
- * Each argument takes at least its NUL, so argc <= bytes bounds the argument count with no limit of its own: a count
- * limit (65536 once) refused `kvfs del DATADIR` with more keys on a mounted store, although it worked unmounted. */
-#define MAX_ARG_BYTES (16u << 20)
 #define MAX_CONNS 256
 #define RES_DENIED 1 /* reply flag: the daemon refused the client (another user) */
 #define RES_BUSY 2   /* reply flag: the command was not run: MAX_CONNS commands running already, or no thread */
@@ -48,15 +43,8 @@ struct req_hdr {
     uint32_t argc;
     uint32_t bytes;
 };
-struct res_hdr {
-    char magic[8];
-    int32_t status;
-    int32_t flags;
-};
-/* After a reply with RES_FOLLOW_STOPPED: where the output of the changes --follow got (tool_follow_pos) */
-struct res_follow {
-    uint64_t seq, skip;
-};
+/* A reply: magic, int32 status, int32 flags; after RES_FOLLOW_STOPPED, uint64 seq and skip (where the output of the
+ * changes --follow got: tool_follow_pos). */
 
 struct conn {
     struct ctl_server *s;
@@ -78,6 +66,104 @@ struct ctl_server {
     bool stopping;          /* ctl_server_stop has cancelled the running commands (under mu) */
     struct conn *conns;
 };
+
+/* ---- Wire format ---------------------------------------------------------------------------------------------- */
+
+int ctl_request_header(const void *hdr, size_t n, uint32_t *argc, uint32_t *bytes) {
+    struct req_hdr h;
+    if (n != sizeof h) return -1;
+    memcpy(&h, hdr, sizeof h);
+    if (memcmp(h.magic, REQ_MAGIC, 8) != 0 || h.argc == 0 || h.argc > h.bytes || h.bytes > CTL_MAX_ARG_BYTES) return -1;
+    *argc = h.argc;
+    *bytes = h.bytes;
+    return 0;
+}
+
+char **ctl_request_args(char *body, size_t n, uint32_t argc, bool *oom) {
+    *oom = false;
+    if (n == 0 || body[n - 1] != 0) return NULL; /* the last string must end inside the body */
+    uint64_t strings = 0;
+    for (const char *p = body, *end = body + n; p < end; p++) {
+        p = memchr(p, 0, (size_t)(end - p));
+        strings++;
+    }
+    if (strings != argc) return NULL;
+    char **argv = malloc(((size_t)argc + 1) * sizeof *argv);
+    if (!argv) {
+        *oom = true;
+        return NULL;
+    }
+    size_t off = 0;
+    for (uint32_t i = 0; i < argc; i++) {
+        argv[i] = body + off;
+        off += strlen(body + off) + 1;
+    }
+    argv[argc] = NULL;
+    return argv;
+}
+
+int ctl_request_encode(int argc, char *const *argv, uint8_t hdr[CTL_REQ_HDR_BYTES], char **body, size_t *bytes) {
+    *body = NULL;
+    size_t n = 0;
+    for (int i = 0; i < argc && n <= CTL_MAX_ARG_BYTES; i++) n += strlen(argv[i]) + 1;
+    if (argc < 1 || n > CTL_MAX_ARG_BYTES) return -1;
+    if (!(*body = malloc(n))) return -2;
+    size_t off = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t l = strlen(argv[i]) + 1;
+        memcpy(*body + off, argv[i], l);
+        off += l;
+    }
+    struct req_hdr h;
+    memcpy(h.magic, REQ_MAGIC, 8);
+    h.argc = (uint32_t)argc;
+    h.bytes = (uint32_t)n;
+    memcpy(hdr, &h, sizeof h);
+    *bytes = n;
+    return 0;
+}
+
+/* What a command ends with (tools.h): an exit status, or -SIGINT / -SIGPIPE (tool_finish). */
+static bool status_valid(int32_t st) { return (st >= 0 && st <= 255) || st == -SIGINT || st == -SIGPIPE; }
+
+enum ctl_reply_kind ctl_reply_decode(const void *buf, size_t n, ctl_reply *r) {
+    memset(r, 0, sizeof *r);
+    const uint8_t *b = buf;
+    if (n < CTL_REPLY_BYTES) return CTL_REPLY_CUT;
+    int32_t status, flags;
+    memcpy(&status, b + 8, 4);
+    memcpy(&flags, b + 12, 4);
+    if (memcmp(b, RES_MAGIC, 8) != 0) return CTL_REPLY_BAD;
+    if (flags == RES_FOLLOW_STOPPED && n < CTL_REPLY_BYTES + CTL_FOLLOW_BYTES) return CTL_REPLY_CUT;
+    size_t want = CTL_REPLY_BYTES + (flags == RES_FOLLOW_STOPPED ? CTL_FOLLOW_BYTES : 0);
+    if (n != want || !status_valid(status)) return CTL_REPLY_BAD;
+    r->status = status;
+    switch (flags) {
+    case 0: return CTL_REPLY_STATUS;
+    case RES_DENIED: return CTL_REPLY_DENIED;
+    case RES_BUSY: return CTL_REPLY_BUSY;
+    case RES_FOLLOW_STOPPED:
+        memcpy(&r->seq, b + CTL_REPLY_BYTES, 8);
+        memcpy(&r->skip, b + CTL_REPLY_BYTES + 8, 8);
+        return CTL_REPLY_FOLLOW;
+    default: return CTL_REPLY_BAD; /* flags the daemon never sends, or several at once */
+    }
+}
+
+size_t ctl_reply_encode(uint8_t buf[CTL_REPLY_BYTES + CTL_FOLLOW_BYTES], enum ctl_reply_kind kind, const ctl_reply *r) {
+    int32_t status = r->status;
+    int32_t flags = kind == CTL_REPLY_DENIED ? RES_DENIED
+                    : kind == CTL_REPLY_BUSY ? RES_BUSY
+                    : kind == CTL_REPLY_FOLLOW ? RES_FOLLOW_STOPPED
+                                               : 0;
+    memcpy(buf, RES_MAGIC, 8);
+    memcpy(buf + 8, &status, 4);
+    memcpy(buf + 12, &flags, 4);
+    if (kind != CTL_REPLY_FOLLOW) return CTL_REPLY_BYTES;
+    memcpy(buf + CTL_REPLY_BYTES, &r->seq, 8);
+    memcpy(buf + CTL_REPLY_BYTES + 8, &r->skip, 8);
+    return CTL_REPLY_BYTES + CTL_FOLLOW_BYTES;
+}
 
 /* The file system holding dir, or the directory it will be created in when it does not exist yet. */
 static int disk_of(const char *dir, struct statvfs *sv) {
@@ -156,36 +242,17 @@ static bool peer_allowed(int fd) {
     return cr.uid == 0 || cr.uid == geteuid();
 }
 
-static int read_full(int fd, void *buf, size_t n) {
-    char *p = buf;
-    while (n) {
-        ssize_t r = recv(fd, p, n, 0);
-        if (r == 0) return -1;
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += r, n -= (size_t)r;
-    }
-    return 0;
-}
-
-static void send_reply(int fd, int status, int flags, const tool_follow_pos *pos) {
-    struct {
-        struct res_hdr h;
-        struct res_follow f;
-    } r;
-    memset(&r, 0, sizeof r);
-    memcpy(r.h.magic, RES_MAGIC, 8);
-    r.h.status = status;
-    r.h.flags = flags;
-    if (pos) r.f.seq = pos->seq, r.f.skip = pos->skip;
+static void send_reply(int fd, enum ctl_reply_kind kind, int status, const tool_follow_pos *pos) {
+    uint8_t buf[CTL_REPLY_BYTES + CTL_FOLLOW_BYTES];
+    ctl_reply r = {.status = status, .seq = pos ? pos->seq : 0, .skip = pos ? pos->skip : 0};
+    size_t n = ctl_reply_encode(buf, kind, &r);
     /* MSG_NOSIGNAL: a client that is gone must not kill the daemon */
-    (void)!send(fd, &r, pos ? sizeof r : sizeof r.h, MSG_NOSIGNAL);
+    (void)!send(fd, buf, n, MSG_NOSIGNAL);
 }
 
-/* Receive the request header and the three descriptors. Returns 0, or -1 (fds closed). */
-static int recv_request(int fd, struct req_hdr *h, int fds[3]) {
+/* Receive the request header and the three descriptors: 0 with *argc and *bytes, or -1 (fds closed). */
+static int recv_request(int fd, uint32_t *argc, uint32_t *bytes, int fds[3]) {
+    struct req_hdr hdr, *h = &hdr;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(3 * sizeof(int))];
@@ -207,8 +274,7 @@ static int recv_request(int fd, struct req_hdr *h, int fds[3]) {
             else close(tmp[i]);
         }
     }
-    if (r != (ssize_t)sizeof *h || got != 3 || (m.msg_flags & MSG_CTRUNC) || memcmp(h->magic, REQ_MAGIC, 8) != 0 ||
-        h->argc == 0 || h->argc > h->bytes || h->bytes > MAX_ARG_BYTES) {
+    if (r < 0 || got != 3 || (m.msg_flags & MSG_CTRUNC) || ctl_request_header(h, (size_t)r, argc, bytes) != 0) {
         for (int i = 0; i < 3; i++)
             if (fds[i] >= 0) close(fds[i]);
         return -1;
@@ -216,40 +282,58 @@ static int recv_request(int fd, struct req_hdr *h, int fds[3]) {
     return 0;
 }
 
+/* Read a request body of n bytes (n <= CTL_MAX_ARG_BYTES) into a malloc'ed *out. The buffer grows with the bytes
+ * that arrive, so a header that claims 16 MiB and sends nothing more costs nothing: only what a client sends is held.
+ * 0, or -1 (the connection ended or timed out first, or out of memory). */
+static int read_body(int fd, size_t n, char **out) {
+    size_t cap = 0, got = 0;
+    char *body = NULL;
+    while (got < n) {
+        if (got == cap) {
+            size_t ncap = cap ? cap * 2 : 4096;
+            if (ncap > n) ncap = n;
+            char *nb = realloc(body, ncap);
+            if (!nb) break;
+            body = nb, cap = ncap;
+        }
+        ssize_t r = recv(fd, body + got, cap - got, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (got < n) {
+        free(body);
+        return -1;
+    }
+    *out = body;
+    return 0;
+}
+
 static void serve(struct ctl_server *s, int fd) {
     if (!peer_allowed(fd)) {
-        send_reply(fd, TOOL_FAIL, RES_DENIED, NULL);
+        send_reply(fd, CTL_REPLY_DENIED, TOOL_FAIL, NULL);
         return;
     }
     /* A client has 10 seconds to send its request; after that the connection only carries cancellation. */
     struct timeval tv = {10, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct req_hdr h;
+    uint32_t argc, bytes;
     int fds[3];
-    if (recv_request(fd, &h, fds) != 0) return;
-    char *body = malloc((size_t)h.bytes + 1);
-    char **argv = calloc((size_t)h.argc + 1, sizeof *argv);
-    int status = TOOL_FAIL;
-    if (body && argv && read_full(fd, body, h.bytes) == 0) {
-        body[h.bytes] = 0;
-        /* Split into exactly argc NUL-terminated strings; anything else is a malformed request. */
-        uint32_t n = 0;
-        size_t off = 0;
-        while (n < h.argc && off < h.bytes) {
-            argv[n++] = body + off;
-            off += strlen(body + off) + 1;
-        }
-        if (n == h.argc && off == h.bytes) {
-            tool_follow_pos pos = {0};
-            status = tools_serve(s->db, s->datadir, (int)h.argc, argv, fds, fd, &pos);
-            pthread_mutex_lock(&s->mu);
-            bool stopping = s->stopping;
-            pthread_mutex_unlock(&s->mu);
-            /* A command the stop cancelled gets no reply: the client says the daemon ended the connection before
-             * the command finished, but for changes --follow, which goes on from where it got (ctl_client_run). */
-            if (stopping && pos.valid) send_reply(fd, TOOL_FAIL, RES_FOLLOW_STOPPED, &pos);
-            else if (!stopping || status != -SIGINT) send_reply(fd, status, 0, NULL);
-        }
+    if (recv_request(fd, &argc, &bytes, fds) != 0) return;
+    char *body = NULL;
+    char **argv = NULL;
+    bool oom = false;
+    /* Split into exactly argc NUL-terminated strings; anything else is a malformed request. */
+    if (read_body(fd, bytes, &body) == 0 && (argv = ctl_request_args(body, bytes, argc, &oom))) {
+        tool_follow_pos pos = {0};
+        int status = tools_serve(s->db, s->datadir, (int)argc, argv, fds, fd, &pos);
+        pthread_mutex_lock(&s->mu);
+        bool stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        /* A command the stop cancelled gets no reply: the client says the daemon ended the connection before
+         * the command finished, but for changes --follow, which goes on from where it got (ctl_client_run). */
+        if (stopping && pos.valid) send_reply(fd, CTL_REPLY_FOLLOW, TOOL_FAIL, &pos);
+        else if (!stopping || status != -SIGINT) send_reply(fd, CTL_REPLY_STATUS, status, NULL);
     }
     free(argv);
     free(body);
@@ -329,7 +413,7 @@ static void *accept_thread(void *arg) {
         pthread_attr_destroy(&at);
         if (!ok) {
             free(c);
-            send_reply(fd, TOOL_FAIL, RES_BUSY, NULL); /* flags 0 was a silent status 1: `get` said "absent" */
+            send_reply(fd, CTL_REPLY_BUSY, TOOL_FAIL, NULL); /* flags 0 was a silent status 1: `get` said "absent" */
             close(fd);
         }
     }
@@ -496,32 +580,22 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     }
     if (dirfd >= 0) close(dirfd);
 
-    size_t bytes = 0;
-    for (int i = 0; i < argc; i++) bytes += strlen(argv[i]) + 1;
-    char *body = malloc(bytes ? bytes : 1);
+    uint8_t h[CTL_REQ_HDR_BYTES];
+    char *body;
+    size_t bytes, off;
     *status = TOOL_FAIL;
-    if (!body || bytes > MAX_ARG_BYTES) {
-        fprintf(stderr, "kvfs: %s\n", body ? "arguments too long" : "out of memory");
-        free(body);
+    int erc = ctl_request_encode(argc, argv, h, &body, &bytes);
+    if (erc != 0) {
+        fprintf(stderr, "kvfs: %s\n", erc == -1 ? "arguments too long" : "out of memory");
         close(fd);
         return 1;
     }
-    size_t off = 0;
-    for (int i = 0; i < argc; i++) {
-        size_t n = strlen(argv[i]) + 1;
-        memcpy(body + off, argv[i], n);
-        off += n;
-    }
-    struct req_hdr h;
-    memcpy(h.magic, REQ_MAGIC, 8);
-    h.argc = (uint32_t)argc;
-    h.bytes = (uint32_t)bytes;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(3 * sizeof(int))];
     } cm;
     memset(&cm, 0, sizeof cm);
-    struct iovec iov = {&h, sizeof h};
+    struct iovec iov = {h, sizeof h};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
     struct cmsghdr *c = CMSG_FIRSTHDR(&m);
     c->cmsg_level = SOL_SOCKET;
@@ -541,13 +615,13 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
 
     /* Wait for the reply. An interrupt (Ctrl-C) ends the wait: closing the connection cancels the command in the
      * daemon, which stops at a safe point. */
-    struct res_hdr r;
-    struct res_follow f;
-    size_t got = 0, fgot = 0;
+    uint8_t rbuf[CTL_REPLY_BYTES + CTL_FOLLOW_BYTES];
+    size_t got = 0;
     int recv_err = 0;
-    bool intr = recv_reply(fd, &r, sizeof r, &got, &recv_err) < 0;
-    bool follow = !intr && got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0 && (r.flags & RES_FOLLOW_STOPPED);
-    if (follow) intr = recv_reply(fd, &f, sizeof f, &fgot, &recv_err) < 0;
+    bool intr = recv_reply(fd, rbuf, CTL_REPLY_BYTES, &got, &recv_err) < 0;
+    ctl_reply r;
+    if (!intr && ctl_reply_decode(rbuf, got, &r) == CTL_REPLY_CUT && got == CTL_REPLY_BYTES) /* a follow position */
+        intr = recv_reply(fd, rbuf, sizeof rbuf, &got, &recv_err) < 0;
     close(fd);
     if (intr) {
         *status = -SIGINT;
@@ -558,28 +632,27 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
      * daemon that stops resets the connections still in its listening queue: the caller waits for the store's lock
      * then, as when no daemon is there, and runs the command itself once the daemon has closed the store. */
     if (got == 0 && (recv_err == ECONNRESET || send_err == ECONNRESET || send_err == EPIPE)) return 0;
-    if (got == sizeof r && memcmp(r.magic, RES_MAGIC, 8) == 0) {
-        if (r.flags & RES_DENIED) {
-            fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);
-            return 1;
-        }
-        if (follow) {
-            /* changes --follow, stopped by its daemon's stop (an unmount): the caller goes on from where it got */
-            if (fgot == sizeof f) {
-                follow_stopped = (tool_follow_pos){.valid = true, .seq = f.seq, .skip = f.skip};
-                *status = r.status;
-                return 1;
-            }
-            fprintf(stderr, "kvfs: %s: the mount daemon ended the connection before the command finished\n", datadir);
-            return 1;
-        }
-        if (r.flags & RES_BUSY) {
-            fprintf(stderr, "kvfs: %s: the mount daemon is busy: it runs at most %d commands at once (or could not start "
-                            "a thread for this one); the command was not run\n", datadir, MAX_CONNS);
-            return 1;
-        }
+    switch (ctl_reply_decode(rbuf, got, &r)) {
+    case CTL_REPLY_STATUS:
         *status = r.status;
         return 1;
+    case CTL_REPLY_DENIED:
+        fprintf(stderr, "kvfs: %s: the mount daemon refused the request (it runs as another user)\n", datadir);
+        return 1;
+    case CTL_REPLY_BUSY:
+        fprintf(stderr, "kvfs: %s: the mount daemon is busy: it runs at most %d commands at once (or could not start "
+                        "a thread for this one); the command was not run\n", datadir, MAX_CONNS);
+        return 1;
+    case CTL_REPLY_FOLLOW:
+        /* changes --follow, stopped by its daemon's stop (an unmount): the caller goes on from where it got */
+        follow_stopped = (tool_follow_pos){.valid = true, .seq = r.seq, .skip = r.skip};
+        *status = r.status;
+        return 1;
+    case CTL_REPLY_BAD:
+        fprintf(stderr, "kvfs: %s: the mount daemon sent a malformed reply\n", datadir);
+        return 1;
+    case CTL_REPLY_CUT:
+        break;
     }
     if (!sent && got == 0) {
         /* The daemon took the connection but could not read the request: it is stopping, or overloaded. */

@@ -14,13 +14,27 @@
  *   reply    = struct { char magic[8] = "KVFSRES1"; int32 status; int32 flags; } (status < 0: ended as if killed by
  *              -status), then, when flags has 4 (a changes --follow the daemon's stop cut short), struct { uint64
  *              seq, skip; }: where its output got (ctl_client_follow_stopped)
+ * The daemon holds only what a client has sent: the body's buffer grows as its bytes arrive (a header claiming 16 MiB
+ * and sending nothing had it allocate 144 MiB at once), and the argument array is allocated once the body shows its
+ * strings. The client takes only the replies a daemon sends: flags 0, 1, 2 or 4, alone, and a status a command ends
+ * with (0 to 255, -SIGINT, -SIGPIPE); anything else is "a malformed reply", status 1 (a status of 256 exited 0, and
+ * -SIGSTOP stopped the client).
  */
 #ifndef KVFS_CTL_H
 #define KVFS_CTL_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include "kv.h"
 
 #define CTL_SOCKET_NAME "kvfs.sock"
+/* The request's argument strings, NULs included: more than the kernel lets a command line hold (a quarter of the
+ * stack limit, at most 6 MiB), so every command that runs directly runs in the daemon too.
+ * Each argument takes at least its NUL, so argc <= bytes bounds the argument count with no limit of its own: a count
+ * limit (65536 once) refused `kvfs del DATADIR` with more keys on a mounted store, although it worked unmounted. */
+#define CTL_MAX_ARG_BYTES (16u << 20)
 
 struct ctl_server;
 
@@ -72,5 +86,42 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status);
  * bytes of the listing of the ones after it. The daemon replies so (flag 4, then struct { uint64 seq, skip; })
  * instead of ending the connection, and the caller goes on from there. True once per such reply. */
 bool ctl_client_follow_stopped(uint64_t *seq, uint64_t *skip);
+
+/* ---- The wire format, without the socket: what the daemon and the client decode, and the fuzz harness tests ---- */
+
+#define CTL_REQ_HDR_BYTES 16 /* magic, argc, bytes */
+#define CTL_REPLY_BYTES 16   /* magic, status, flags */
+#define CTL_FOLLOW_BYTES 16  /* seq, skip: after a reply with flag 4 */
+
+/* Check a request header (n bytes): 0 with *argc and *bytes (1 <= argc <= bytes <= CTL_MAX_ARG_BYTES), -1 when it
+ * is malformed. */
+int ctl_request_header(const void *hdr, size_t n, uint32_t *argc, uint32_t *bytes);
+/* Split a request body of n bytes into exactly argc NUL-terminated strings: a malloc'ed array of argc + 1 pointers
+ * into body, the last NULL; NULL when the body is not that (or out of memory: *oom). The array is allocated only
+ * once the body has shown argc strings, so its size follows the bytes received, not the header's claim. */
+char **ctl_request_args(char *body, size_t n, uint32_t argc, bool *oom);
+/* The request for argv: the header into hdr, the body into a malloc'ed *body of *bytes bytes. 0; -1 when it is too
+ * long (more than CTL_MAX_ARG_BYTES) or argc < 1, -2 when out of memory. */
+int ctl_request_encode(int argc, char *const *argv, uint8_t hdr[CTL_REQ_HDR_BYTES], char **body, size_t *bytes);
+
+/* A reply, as the client takes it. */
+enum ctl_reply_kind {
+    CTL_REPLY_STATUS,   /* the command ended with status */
+    CTL_REPLY_DENIED,   /* the daemon runs as another user and refused the client */
+    CTL_REPLY_BUSY,     /* the daemon runs too many commands already: this one was not run */
+    CTL_REPLY_FOLLOW,   /* a changes --follow its daemon's stop cut short, at seq and skip (ctl_client_follow_stopped) */
+    CTL_REPLY_CUT,      /* the connection ended before a whole reply */
+    CTL_REPLY_BAD,      /* not a reply the daemon sends: a bad magic, flags, or status */
+};
+typedef struct ctl_reply {
+    int status;          /* CTL_REPLY_STATUS, CTL_REPLY_FOLLOW: 0 to 255, or -SIGINT or -SIGPIPE (ended as if killed) */
+    uint64_t seq, skip;  /* CTL_REPLY_FOLLOW */
+} ctl_reply;
+/* Decode the n bytes received as a reply (the header, and the follow position when its flags announce one). A status
+ * outside what a command ends with (0 to 255, -SIGINT, -SIGPIPE) is CTL_REPLY_BAD: the client exits with it, or
+ * raises it as a signal. */
+enum ctl_reply_kind ctl_reply_decode(const void *buf, size_t n, ctl_reply *r);
+/* Encode a reply of kind STATUS, DENIED, BUSY or FOLLOW into buf; its length. */
+size_t ctl_reply_encode(uint8_t buf[CTL_REPLY_BYTES + CTL_FOLLOW_BYTES], enum ctl_reply_kind kind, const ctl_reply *r);
 
 #endif /* KVFS_CTL_H */

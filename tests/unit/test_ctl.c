@@ -1,0 +1,276 @@
+/*
+ * test_ctl.c — the control socket (mount/ctl.c): what the daemon does with requests that are not what a kvfs client
+ * sends, what it allocates for a request's claims, and what the client takes from a reply.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "t.h"
+#include "tools.h"
+
+/* The request header as ctl.h describes it. */
+struct req_hdr {
+    char magic[8];
+    uint32_t argc, bytes;
+};
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The process's address space (VmSize), in bytes; 0 when unknown. */
+static uint64_t vm_size(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+/* A connection to dir's socket, or -1. */
+static int connect_to(const char *dir) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", dir, CTL_SOCKET_NAME) >= (int)sizeof a.sun_path) return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Send a request header with this process's stdin, stdout and stderr attached (as the client does). */
+static bool send_header(int fd, const char *magic, uint32_t argc, uint32_t bytes) {
+    struct req_hdr h;
+    memcpy(h.magic, magic, 8);
+    h.argc = argc;
+    h.bytes = bytes;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+    } cm;
+    memset(&cm, 0, sizeof cm);
+    struct iovec iov = {&h, sizeof h};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+    int fds[3] = {0, 1, 2};
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    return sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+}
+
+/* A store in a fresh directory, served on its socket. */
+typedef struct served {
+    char dir[512];
+    kv_db *db;
+    struct ctl_server *srv;
+} served;
+
+static bool serve_start(served *s) {
+    snprintf(s->dir, sizeof s->dir, "%s/store", t_tmpdir());
+    kv_options o;
+    kv_options_init(&o);
+    o.create_if_missing = true;
+    if (kv_open(s->dir, &o, &s->db) != KV_OK) return false;
+    if (kv_put(s->db, "k", 1, "value", 5, 0) != KV_OK) return false;
+    return ctl_server_start(s->db, s->dir, &s->srv) == KV_OK;
+}
+
+static void serve_stop(served *s) {
+    ctl_server_stop(s->srv);
+    kv_close(s->db);
+    kv_free(s->db);
+    t_rmrf(s->dir);
+}
+
+/* Run `kvfs get DIR k` through the socket with stdout in a file: the status, and what it printed in out. */
+static int client_get(const char *dir, char *out, size_t n) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/get.out", t_tmpdir());
+    fflush(stdout);
+    int saved = dup(1), f = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    dup2(f, 1);
+    char *argv[] = {"get", (char *)dir, "k", NULL};
+    int status = -1000;
+    int ran = ctl_client_run(dir, 3, argv, &status);
+    dup2(saved, 1);
+    close(saved);
+    ssize_t got = pread(f, out, n - 1, 0);
+    out[got > 0 ? got : 0] = 0;
+    close(f);
+    return ran ? status : -1001;
+}
+
+/* Requests that claim the most arguments and send none of them: the daemon must not allocate for what it has not
+ * received. Each made it allocate 144 MiB (16 MiB of body and 16 Mi argument pointers) before reading a byte. */
+TEST(ctl_request_claims_allocate_nothing_yet) {
+    served s;
+    CHECK(serve_start(&s));
+    enum { CONNS = 4 };
+    int fds[CONNS];
+    uint64_t before = vm_size();
+    for (int i = 0; i < CONNS; i++) {
+        fds[i] = connect_to(s.dir);
+        CHECK(fds[i] >= 0);
+        CHECK(send_header(fds[i], "KVFSCTL1", CTL_MAX_ARG_BYTES, CTL_MAX_ARG_BYTES));
+    }
+    sleep_ms(300); /* the daemon's threads take the headers */
+    uint64_t after = vm_size();
+    for (int i = 0; i < CONNS; i++) close(fds[i]);
+    /* 128 MiB a connection: its thread's stack (8 MiB) and malloc arena (64 MiB) count; its claim's 144 MiB must
+     * not */
+    CHECK_MSG(after < before + ((uint64_t)CONNS << 27),
+              "%d requests that sent only a header grew the process by %llu MiB", CONNS,
+              (unsigned long long)((after - before) >> 20));
+    char out[64];
+    CHECK_EQ(client_get(s.dir, out, sizeof out), 0);
+    CHECK(strcmp(out, "value") == 0);
+    serve_stop(&s);
+}
+
+/* Malformed requests end their connection; the daemon goes on serving. */
+TEST(ctl_bad_requests_leave_the_daemon_serving) {
+    served s;
+    CHECK(serve_start(&s));
+    struct {
+        const char *magic;
+        uint32_t argc, bytes;
+        const char *body;
+        size_t blen;
+    } bad[] = {
+        {"KVFSCTL0", 1, 4, "get", 4},               /* magic */
+        {"KVFSCTL1", 0, 4, "get", 4},               /* no argument */
+        {"KVFSCTL1", 5, 4, "get", 4},               /* more arguments than bytes */
+        {"KVFSCTL1", 2, 4, "get", 4},               /* fewer strings than argc */
+        {"KVFSCTL1", 1, 4, "getx", 4},              /* no NUL at the end */
+        {"KVFSCTL1", 1, 8, "get\0get", 8},          /* more strings than argc */
+        {"KVFSCTL1", 1, CTL_MAX_ARG_BYTES + 1, "", 0}, /* too long */
+        {"KVFSCTL1", 3, 10, "get\0x\0", 6},         /* cut short */
+        {"KVFSCTL1", 1, 4, "zzz", 4},               /* no such command */
+        {"KVFSCTL1", 1, 5, "dump", 5},              /* a command the daemon does not run */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int fd = connect_to(s.dir);
+        CHECK(fd >= 0);
+        CHECK(send_header(fd, bad[i].magic, bad[i].argc, bad[i].bytes));
+        if (bad[i].blen) (void)!send(fd, bad[i].body, bad[i].blen, MSG_NOSIGNAL);
+        shutdown(fd, SHUT_WR);
+        char buf[64];
+        while (recv(fd, buf, sizeof buf, 0) > 0) {
+        }
+        close(fd);
+    }
+    char out[64];
+    CHECK_EQ(client_get(s.dir, out, sizeof out), 0);
+    CHECK(strcmp(out, "value") == 0);
+    serve_stop(&s);
+}
+
+/* ---- The client's side: a fake daemon that answers one request with given bytes ---------------------------- */
+
+typedef struct fake {
+    int lfd;
+    uint8_t reply[64];
+    size_t n;
+    pthread_t t;
+} fake;
+
+static void *fake_thread(void *arg) {
+    fake *f = arg;
+    int fd = accept(f->lfd, NULL, NULL);
+    if (fd < 0) return NULL;
+    /* take the header and its descriptors, then answer without reading the rest */
+    struct req_hdr h;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+    } cm;
+    struct iovec iov = {&h, sizeof h};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+    if (recvmsg(fd, &m, MSG_WAITALL) == (ssize_t)sizeof h)
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+            int got[3];
+            memcpy(got, CMSG_DATA(c), sizeof got);
+            for (int i = 0; i < 3; i++) close(got[i]);
+        }
+    char body[256];
+    (void)!recv(fd, body, sizeof body, 0);
+    (void)!send(fd, f->reply, f->n, MSG_NOSIGNAL);
+    close(fd);
+    return NULL;
+}
+
+/* What ctl_client_run makes of reply bytes: its return value, and *status. */
+static int client_of_reply(const void *reply, size_t n, int *status) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/fake", t_tmpdir());
+    t_rmrf(dir);
+    mkdir(dir, 0700);
+    fake f = {.n = n};
+    memcpy(f.reply, reply, n);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", dir, CTL_SOCKET_NAME) >= (int)sizeof a.sun_path) return -1;
+    f.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (f.lfd < 0 || bind(f.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(f.lfd, 1) != 0) return -1;
+    pthread_create(&f.t, NULL, fake_thread, &f);
+    char *argv[] = {"get", dir, "k", NULL};
+    *status = -1000;
+    int ran = ctl_client_run(dir, 3, argv, status);
+    pthread_join(f.t, NULL);
+    close(f.lfd);
+    t_rmrf(dir);
+    return ran;
+}
+
+static size_t reply_bytes(uint8_t *b, const char *magic, int32_t status, int32_t flags) {
+    memcpy(b, magic, 8);
+    memcpy(b + 8, &status, 4);
+    memcpy(b + 12, &flags, 4);
+    return 16;
+}
+
+/* The client ends with the status the daemon sends (main() exits with it, or raises -status as a signal): only the
+ * statuses a command ends with are taken. A status of 256 was an exit status of 0; -SIGSTOP stopped the client,
+ * -SIGKILL killed it, and INT32_MIN overflowed (128 - status). */
+TEST(ctl_client_takes_only_statuses_a_command_ends_with) {
+    uint8_t r[64];
+    int status;
+    int32_t good[] = {0, 1, 2, 255, -SIGINT, -SIGPIPE};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES1", good[i], 0), &status), 1);
+        CHECK_EQ(status, good[i]);
+    }
+    int32_t bad[] = {256, 1 << 30, -SIGSTOP, -SIGKILL, -SIGSEGV, -1000, INT32_MIN};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES1", bad[i], 0), &status), 1);
+        CHECK_MSG(status == TOOL_FAIL, "a reply of status %d gave status %d", (int)bad[i], status);
+    }
+    /* flags the daemon never sends, alone or together */
+    int32_t flags[] = {8, 1 << 30, 1 | 4, 2 | 4, -1};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES1", 0, flags[i]), &status), 1);
+        CHECK_MSG(status == TOOL_FAIL, "a reply with flags %d gave status %d", (int)flags[i], status);
+    }
+    /* a bad magic, a reply cut short */
+    CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES2", 0, 0), &status), 1);
+    CHECK_EQ(status, TOOL_FAIL);
+    CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES1", 0, 0) - 1, &status), 1);
+    CHECK_EQ(status, TOOL_FAIL);
+}
