@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "blob.h"
+#include "ctl.h"
 #include "block.h"
 #include "dbformat.h"
 #include "deflate.h"
@@ -390,6 +391,71 @@ static void store(const char *tmp, int shape) {
     bytes_free(&in);
 }
 
+/* fuzz_ctl: requests as a kvfs client sends them (mode 0: with the batch log), one per command the daemon runs, with
+ * the stdin put and batch read; and the replies a daemon sends (mode 1). */
+static void ctl(void) {
+    static const struct {
+        const char *name;
+        int argc;
+        const char *argv[8];
+        const char *in;
+    } reqs[] = {
+        {"get", 3, {"get", "D", "a/b"}, ""},
+        {"get-absent", 3, {"get", "D", "nope"}, ""},
+        {"get-blob", 3, {"get", "D", "big"}, ""},
+        {"put", 4, {"put", "D", "k%20x", "value"}, ""},
+        {"put-stdin", 3, {"put", "D", "k"}, "from stdin\n"},
+        {"del", 5, {"del", "D", "a", "gone", "--sync"}, ""},
+        {"batch", 2, {"batch", "D"}, "put a/c 1%0A2\ndel a/b\n# comment\nput e\n"},
+        {"scan", 6, {"scan", "D", "--prefix", "a", "--limit", "5"}, ""},
+        {"scan-json", 5, {"scan", "D", "--reverse", "--json", "--end=big"}, ""},
+        {"resolve", 3, {"resolve", "D", "bi"}, ""},
+        {"short", 3, {"short", "D", "a/b"}, ""},
+        {"stats", 3, {"stats", "D", "--json"}, ""},
+        {"compact", 6, {"compact", "D", "--start", "a", "--end", "b"}, ""},
+        {"check", 2, {"check", "D"}, ""},
+        {"changes", 5, {"changes", "D", "--since", "1", "--json"}, ""},
+        {"prune", 4, {"prune", "D", "--before", "3"}, ""},
+        {"usage", 3, {"get", "D", "--bogus"}, ""},
+    };
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+        uint8_t hdr[1 + CTL_REQ_HDR_BYTES];
+        char *body;
+        size_t n;
+        hdr[0] = 0;
+        if (ctl_request_encode(reqs[i].argc, (char *const *)reqs[i].argv, hdr + 1, &body, &n) != 0) exit(1);
+        size_t in = strlen(reqs[i].in);
+        char *all = malloc(n + in);
+        memcpy(all, body, n);
+        memcpy(all + n, reqs[i].in, in);
+        char name[64];
+        snprintf(name, sizeof name, "req-%s", reqs[i].name);
+        put("ctl", name, hdr, sizeof hdr, all, n + in);
+        free(all);
+        free(body);
+    }
+    static const struct {
+        const char *name;
+        enum ctl_reply_kind kind;
+        ctl_reply r;
+    } reps[] = {
+        {"ok", CTL_REPLY_STATUS, {0}},
+        {"fail", CTL_REPLY_STATUS, {.status = 1}},
+        {"sigpipe", CTL_REPLY_STATUS, {.status = -13}},
+        {"denied", CTL_REPLY_DENIED, {.status = 1}},
+        {"busy", CTL_REPLY_BUSY, {.status = 1}},
+        {"follow", CTL_REPLY_FOLLOW, {.status = 1, .seq = 42, .skip = 7}},
+    };
+    for (size_t i = 0; i < sizeof reps / sizeof reps[0]; i++) {
+        uint8_t b[1 + CTL_REPLY_BYTES + CTL_FOLLOW_BYTES];
+        b[0] = 1;
+        size_t n = ctl_reply_encode(b + 1, reps[i].kind, &reps[i].r);
+        char name[64];
+        snprintf(name, sizeof name, "reply-%s", reps[i].name);
+        put("ctl", name, b, 1 + n, NULL, 0);
+    }
+}
+
 int main(void) {
     char dir[] = "/tmp/kvfs-seeds-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -398,6 +464,7 @@ int main(void) {
     logs(dir);
     blobs();
     names();
+    ctl();
     store(dir, 0);
     store(dir, 1);
     char cmd[PATH_MAX];
