@@ -197,6 +197,11 @@ int cmd_changes(tool_ctx *c, const targs *a);
 int cmd_prune(tool_ctx *c, const targs *a);
 int cmd_dump(tool_ctx *c, const targs *a);
 
+/* Parse the input of `kvfs batch` (docs/tools.md, "batch"; n bytes of text) into sb's keyspace-0 puts and deletes, in
+ * order. TOOL_OK, or TOOL_FAIL with its message ("batch: line N: ...") on c's stderr. */
+struct store_batch;
+int tool_batch_parse(tool_ctx *c, const char *text, size_t n, struct store_batch *sb);
+
 /* For `changes --follow` on a store that is not mounted: the follow loop closes the store between polls so other
  * tools can use it meanwhile, and reopens it (implemented in main.c) to go on after batch *since. open() returns
  * KV_OK with c->db open, or TOOL_REOPEN_REMOTE when the store got mounted meanwhile: then it has run the rest of the

@@ -256,30 +256,24 @@ static int batch_decode(tool_ctx *c, size_t line, const char *what, const char *
     return TOOL_OK;
 }
 
-int cmd_batch(tool_ctx *c, const targs *a) {
-    char *in = NULL;
-    size_t inlen = 0;
-    int status = slurp_stdin(c, &in, &inlen);
-    if (status) return status;
-    int rc = KV_OK;
+int tool_batch_parse(tool_ctx *c, const char *in, size_t inlen, store_batch *sb) {
+    int status = TOOL_OK;
     size_t lineno = 0;
-    store_batch sb;
-    store_batch_init(&sb);
-    for (char *p = in; p < in + inlen && status == TOOL_OK;) {
-        char *eol = memchr(p, '\n', (size_t)(in + inlen - p));
+    for (const char *p = in; p < in + inlen && status == TOOL_OK;) {
+        const char *eol = memchr(p, '\n', (size_t)(in + inlen - p));
         if (!eol) eol = in + inlen;
-        char *line = p, *end = eol;
+        const char *line = p, *end = eol;
         p = eol + 1;
         lineno++;
         if (end > line && end[-1] == '\r') end--; /* CRLF input */
-        char *q = line;
+        const char *q = line;
         while (q < end && (*q == ' ' || *q == '\t')) q++;
         if (q == end || *q == '#') continue;
-        char *verb = q;
+        const char *verb = q;
         while (q < end && *q != ' ' && *q != '\t') q++;
         size_t vlen = (size_t)(q - verb);
         while (q < end && (*q == ' ' || *q == '\t')) q++;
-        char *key = q;
+        const char *key = q;
         while (q < end && *q != ' ' && *q != '\t') q++;
         size_t klen = (size_t)(q - key);
         bool is_put = vlen == 3 && memcmp(verb, "put", 3) == 0;
@@ -302,19 +296,30 @@ int cmd_batch(tool_ctx *c, const targs *a) {
         if (status == TOOL_OK && is_del) {
             while (q < end && (*q == ' ' || *q == '\t')) q++;
             if (q < end) status = tool_error(c, "batch: line %zu: del takes only a key", lineno);
-            else store_batch_delete(&sb, STORE_KS_DATA, k, kn);
+            else store_batch_delete(sb, STORE_KS_DATA, k, kn);
         } else if (status == TOOL_OK) {
             if (q < end) q++; /* the one separator; the value is everything after it */
             status = batch_decode(c, lineno, "value", q, (size_t)(end - q), &v, &vn);
-            if (status == TOOL_OK) store_batch_put(&sb, STORE_KS_DATA, k, kn, v, vn);
+            if (status == TOOL_OK) store_batch_put(sb, STORE_KS_DATA, k, kn, v, vn);
         }
-        if (status == TOOL_OK && sb.error) status = tool_error(c, "batch: out of memory at line %zu", lineno);
+        if (status == TOOL_OK && sb->error) status = tool_error(c, "batch: out of memory at line %zu", lineno);
         free(k);
         free(v);
     }
+    return status;
+}
+
+int cmd_batch(tool_ctx *c, const targs *a) {
+    char *in = NULL;
+    size_t inlen = 0;
+    int status = slurp_stdin(c, &in, &inlen);
+    if (status) return status;
+    store_batch sb;
+    store_batch_init(&sb);
+    status = tool_batch_parse(c, in, inlen, &sb);
     free(in);
     if (status == TOOL_OK && !tool_cancelled(c) && sb.n > 0) {
-        rc = write_keys(c, &sb, a);
+        int rc = write_keys(c, &sb, a);
         if (rc) status = tool_kv_error(c, rc, "batch: writing %zu operations", sb.n);
     }
     store_batch_free(&sb);

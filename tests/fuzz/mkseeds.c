@@ -391,6 +391,22 @@ static void store(const char *tmp, int shape) {
     bytes_free(&in);
 }
 
+/* fuzz_batch: `kvfs batch` input of each shape the format has. */
+static void batch_text(void) {
+    static const struct {
+        const char *name, *text;
+    } in[] = {
+        {"puts", "put users/alice alice@example.org\nput users/bob bob example %25 100%\n"},
+        {"mixed", "# a comment\n\nput a 1\ndel b\nput c\n  put\td\tx y\r\ndel e/f/g\n"},
+        {"escapes", "put bin%00%FF/x%20y v%0Aw%25\nput a/%/b%F v\nput long%+/name v\nput caf\xc3\xa9 \xc3\xa9t\xc3\xa9\n"},
+        {"dots", "put %2E%2E/%2E x\ndel %2E\n"},
+        {"bad-op", "put a 1\nget a\n"},
+        {"bad-escape", "put a%4g 1\n"},
+        {"del-extra", "del a b\n"},
+    };
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; i++) put("batch", in[i].name, in[i].text, strlen(in[i].text), NULL, 0);
+}
+
 /* fuzz_ctl: requests as a kvfs client sends them (mode 0: with the batch log), one per command the daemon runs, with
  * the stdin put and batch read; and the replies a daemon sends (mode 1). */
 static void ctl(void) {
@@ -465,6 +481,7 @@ int main(void) {
     blobs();
     names();
     ctl();
+    batch_text();
     store(dir, 0);
     store(dir, 1);
     char cmd[PATH_MAX];
