@@ -579,6 +579,16 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
         return 0;
     }
     if (dirfd >= 0) close(dirfd);
+    /* Whoever answers gets our stdin, stdout and stderr: only a daemon of our own user or root's. (Root's client
+     * keeps talking to any user's daemon, as the daemons take root's requests.) A socket in a store directory of
+     * another user's could be anything of theirs: it was sent the descriptors, a terminal's included. */
+    if (geteuid() != 0 && !peer_allowed(fd)) {
+        fprintf(stderr, "kvfs: %s: the daemon on %s runs as another user: the command was not sent to it\n", datadir,
+                CTL_SOCKET_NAME);
+        close(fd);
+        *status = TOOL_FAIL;
+        return 1;
+    }
 
     uint8_t h[CTL_REQ_HDR_BYTES];
     char *body;

@@ -2,7 +2,7 @@
  * ctl.h — the control socket: how `kvfs` tools reach a store that a mount daemon holds open (and locked).
  *
  * The daemon listens on DATADIR/kvfs.sock (mode 0600; only the daemon's own user and root may talk to it, checked
- * with SO_PEERCRED). A client sends the argv of one tool command together with its stdin, stdout and stderr
+ * with SO_PEERCRED; a client other than root's likewise talks only to a daemon of its own user or root's). A client sends the argv of one tool command together with its stdin, stdout and stderr
  * descriptors (SCM_RIGHTS); the daemon runs the same tool code on a thread against its open kv_db, reading and
  * writing the client's descriptors directly, and answers with the exit status. So output is identical whether the
  * store is mounted or not, and streaming commands (scan, changes --follow, put from stdin) need no protocol of

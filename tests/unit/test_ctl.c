@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -273,4 +274,66 @@ TEST(ctl_client_takes_only_statuses_a_command_ends_with) {
     CHECK_EQ(status, TOOL_FAIL);
     CHECK_EQ(client_of_reply(r, reply_bytes(r, "KVFSRES1", 0, 0) - 1, &status), 1);
     CHECK_EQ(status, TOOL_FAIL);
+}
+
+/* ---- A daemon of another user ------------------------------------------------------------------------------- */
+
+/* The client sends its descriptors only to a daemon of its own user or root's: anything of another user's that
+ * listens in a store directory got them (a terminal's too) along with the command. Needs root, to run a client and
+ * a "daemon" as two other users. */
+TEST(ctl_client_sends_nothing_to_a_daemon_of_another_user) {
+    if (geteuid() != 0) {
+        printf("# skipped: needs root to run as two other users\n");
+        return;
+    }
+    /* a directory the other users reach (t_tmpdir's parent is its owner's only) */
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char dir[80];
+    if (snprintf(dir, sizeof dir, "%s/kvfs-ctl-XXXXXX", tmp) >= (int)sizeof dir) strcpy(dir, "/tmp/kvfs-ctl-XXXXXX");
+    CHECK(mkdtemp(dir) && chmod(dir, 0755) == 0 && chown(dir, 65534, 65534) == 0);
+    int ready[2], got[2];
+    CHECK(pipe(ready) == 0 && pipe(got) == 0);
+    fflush(stdout);
+    pid_t d = fork();
+    if (d == 0) { /* the other user's "daemon": takes whatever descriptors come with a request */
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(1);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", dir, CTL_SOCKET_NAME);
+        int l = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0) _exit(1);
+        chmod(a.sun_path, 0777);
+        (void)!write(ready[1], "r", 1);
+        int fd = accept(l, NULL, NULL);
+        struct req_hdr h;
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(3 * sizeof(int))];
+        } cm;
+        struct iovec iov = {&h, sizeof h};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+        char n = '0';
+        if (fd >= 0 && recvmsg(fd, &m, MSG_WAITALL) > 0)
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) n += (char)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        (void)!write(got[1], &n, 1);
+        _exit(0);
+    }
+    char r;
+    CHECK(read(ready[0], &r, 1) == 1);
+    pid_t c = fork();
+    if (c == 0) { /* a client of a third user */
+        if (setgid(65533) != 0 || setuid(65533) != 0) _exit(100);
+        char *argv[] = {"get", dir, "k", NULL};
+        int status = -1000;
+        int ran = ctl_client_run(dir, 3, argv, &status);
+        _exit(ran == 1 && status == TOOL_FAIL ? 0 : 101);
+    }
+    int cst, dst;
+    CHECK(waitpid(c, &cst, 0) == c);
+    char n = '?';
+    CHECK(read(got[0], &n, 1) == 1);
+    CHECK(waitpid(d, &dst, 0) == d);
+    CHECK_MSG(n == '0', "the other user's daemon received %c descriptors", n);
+    CHECK(WIFEXITED(cst) && WEXITSTATUS(cst) == 0);
+    for (int i = 0; i < 2; i++) close(ready[i]), close(got[i]);
+    t_rmrf(dir);
 }
