@@ -193,11 +193,8 @@ typedef struct fake {
     pthread_t t;
 } fake;
 
-static void *fake_thread(void *arg) {
-    fake *f = arg;
-    int fd = accept(f->lfd, NULL, NULL);
-    if (fd < 0) return NULL;
-    /* take the header and its descriptors, then answer without reading the rest */
+/* Take a request header from fd and close the descriptors that came with it: how many came. */
+static int recv_header(int fd) {
     struct req_hdr h;
     union {
         struct cmsghdr align;
@@ -205,12 +202,22 @@ static void *fake_thread(void *arg) {
     } cm;
     struct iovec iov = {&h, sizeof h};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
-    if (recvmsg(fd, &m, MSG_WAITALL) == (ssize_t)sizeof h)
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-            int got[3];
-            memcpy(got, CMSG_DATA(c), sizeof got);
-            for (int i = 0; i < 3; i++) close(got[i]);
-        }
+    int n = 0;
+    if (recvmsg(fd, &m, MSG_WAITALL) <= 0) return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int)), got[8];
+        memcpy(got, CMSG_DATA(c), (size_t)(k > 8 ? 8 : k) * sizeof(int));
+        for (int i = 0; i < k && i < 8; i++) close(got[i]);
+        n += k;
+    }
+    return n;
+}
+
+static void *fake_thread(void *arg) {
+    fake *f = arg;
+    int fd = accept(f->lfd, NULL, NULL);
+    if (fd < 0) return NULL;
+    recv_header(fd); /* then answer without reading the rest */
     char body[256];
     (void)!recv(fd, body, sizeof body, 0);
     (void)!send(fd, f->reply, f->n, MSG_NOSIGNAL);
@@ -304,16 +311,7 @@ TEST(ctl_client_sends_nothing_to_a_daemon_of_another_user) {
         chmod(a.sun_path, 0777);
         (void)!write(ready[1], "r", 1);
         int fd = accept(l, NULL, NULL);
-        struct req_hdr h;
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(3 * sizeof(int))];
-        } cm;
-        struct iovec iov = {&h, sizeof h};
-        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
-        char n = '0';
-        if (fd >= 0 && recvmsg(fd, &m, MSG_WAITALL) > 0)
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) n += (char)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        char n = (char)('0' + (fd >= 0 ? recv_header(fd) : 0));
         (void)!write(got[1], &n, 1);
         _exit(0);
     }
