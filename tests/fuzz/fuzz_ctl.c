@@ -47,7 +47,6 @@ static void check_header(const uint8_t *h, size_t n) {
 
 /* A store of its own for this input, with a few keys (one in a blob file), a delete, and batches in its log. */
 static kv_db *fresh_store(const char *dir, bool log) {
-    if (mkdir(dir, 0700) != 0) fuzz_clear_dir(dir);
     kv_options o;
     kv_options_init(&o);
     kvfs_store_options(&o, NULL);
@@ -74,9 +73,9 @@ static bool runnable(int argc, char **argv) {
 }
 
 static void run(int argc, char **argv, const uint8_t *in, size_t inlen, bool log) {
-    char dir[PATH_MAX], inpath[PATH_MAX];
-    if (snprintf(dir, sizeof dir, "%s/db", fuzz_tmpdir()) >= (int)sizeof dir) abort();
+    char inpath[PATH_MAX];
     fuzz_write_file("stdin", in, inlen, inpath);
+    const char *dir = fuzz_store_dir();
     kv_db *db = fresh_store(dir, log);
     /* KVFS_FUZZ_SHOW=1: the commands' output on this process's stdout and stderr, to see what an input does */
     bool show = getenv("KVFS_FUZZ_SHOW") != NULL;

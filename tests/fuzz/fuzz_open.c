@@ -33,14 +33,6 @@ static bool name_ok(const uint8_t *n, size_t l) {
     return true;
 }
 
-/* An empty store directory of its own under the process's tmpfs directory. */
-static const char *fresh_dir(void) {
-    static char dir[PATH_MAX];
-    if (snprintf(dir, sizeof dir, "%s/db", fuzz_tmpdir()) >= (int)sizeof dir) abort();
-    if (mkdir(dir, 0755) != 0) fuzz_clear_dir(dir);
-    return dir;
-}
-
 static void problem(void *ctx, const char *file, uint64_t off, const char *what) {
     (void)ctx;
     (void)file;
@@ -51,8 +43,7 @@ static void problem(void *ctx, const char *file, uint64_t off, const char *what)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_in f = {data, data + size};
     unsigned flags = fuzz_u8(&f);
-    const char *dir = fresh_dir();
-    kv_env *env = kv_env_posix();
+    const char *dir = fuzz_store_dir();
     while (fuzz_left(&f) >= 4) {
         unsigned kind = fuzz_u8(&f) & 1;
         size_t nl = fuzz_u8(&f);
@@ -72,16 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (cl) FUZZ_CHECK(fwrite(content, 1, cl, fp) == cl);
             FUZZ_CHECK(fclose(fp) == 0);
         } else {
-            wal_writer *w;
-            FUZZ_CHECK(wal_writer_open(env, path, &w) == KV_OK);
-            fuzz_in c = {content, content + cl};
-            while (fuzz_left(&c) >= 2) {
-                size_t l = fuzz_u16(&c);
-                if (l > fuzz_left(&c)) l = fuzz_left(&c);
-                FUZZ_CHECK(wal_append(w, c.p, l) == KV_OK);
-                c.p += l;
-            }
-            FUZZ_CHECK(wal_writer_close(w) == KV_OK);
+            fuzz_write_records(path, content, cl);
         }
     }
     kv_options o;

@@ -8,9 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "kv.h"
+#include "wal.h"
 
 static char fuzz_dir[PATH_MAX];
 
@@ -61,6 +64,32 @@ void fuzz_write_file(const char *name, const uint8_t *data, size_t n, char *path
         perror(path);
         abort();
     }
+}
+
+/* The directory "db" under fuzz_tmpdir(), made empty (its files removed) for the input: a store's, or a batch log's.
+ * It is removed with the rest at exit. */
+const char *fuzz_store_dir(void);
+const char *fuzz_store_dir(void) {
+    static char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/db", fuzz_tmpdir()) >= (int)sizeof dir) abort();
+    if (mkdir(dir, 0755) != 0) fuzz_clear_dir(dir);
+    return dir;
+}
+
+/* Write a record log at path (wal_append: the checksums hold) whose records are the payloads in p[0..n), each a
+ * two-byte length and its bytes (a length past the end takes what is left). */
+void fuzz_write_records(const char *path, const uint8_t *p, size_t n);
+void fuzz_write_records(const char *path, const uint8_t *p, size_t n) {
+    wal_writer *w;
+    FUZZ_CHECK(wal_writer_open(kv_env_posix(), path, &w) == KV_OK);
+    fuzz_in c = {p, p + n};
+    while (fuzz_left(&c) >= 2) {
+        size_t l = fuzz_u16(&c);
+        if (l > fuzz_left(&c)) l = fuzz_left(&c);
+        FUZZ_CHECK(wal_append(w, c.p, l) == KV_OK);
+        c.p += l;
+    }
+    FUZZ_CHECK(wal_writer_close(w) == KV_OK);
 }
 
 #endif /* KV_FUZZ_TMPFILE_H */
