@@ -391,6 +391,75 @@ static void store(const char *tmp, int shape) {
     bytes_free(&in);
 }
 
+/* fuzz_batchlog: a batch log file a store wrote (raw), and files of batch records (as records), with and without a
+ * gap, read-write and read-only. */
+static void frame_file(kv_bytes *in, unsigned no, unsigned kind, const void *p, size_t n) {
+    uint8_t h[4] = {(uint8_t)no, (uint8_t)kind, (uint8_t)n, (uint8_t)(n >> 8)};
+    bytes_append(in, h, 4);
+    bytes_append(in, p, n);
+}
+
+static void records_file(kv_bytes *in, unsigned no, uint64_t from, uint64_t to) {
+    kv_bytes payloads = {0}, rec = {0};
+    for (uint64_t seq = from; seq <= to; seq++) {
+        batch_record(&rec, seq, 1 + (int)(seq % 3));
+        uint8_t l[2] = {(uint8_t)rec.len, (uint8_t)(rec.len >> 8)};
+        bytes_append(&payloads, l, 2);
+        bytes_append(&payloads, rec.data, rec.len);
+    }
+    frame_file(in, no, 1, payloads.data, payloads.len);
+    bytes_free(&payloads);
+    bytes_free(&rec);
+}
+
+static void batchlogs(const char *tmp) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/blog", tmp);
+    kv_options o;
+    kv_options_init(&o);
+    o.create_if_missing = true;
+    o.batch_log_max_batches = 1000;
+    kv_db *db;
+    if (kv_open(dir, &o, &db) != KV_OK) exit(1);
+    kv_batch *b;
+    for (int i = 0; i < 6; i++) {
+        char k[16], v[16];
+        snprintf(k, sizeof k, "key%d", i);
+        snprintf(v, sizeof v, "value%d", i);
+        if (kv_batch_new(&b) != KV_OK || kv_batch_put(b, k, strlen(k), v, strlen(v)) != KV_OK ||
+            (i % 2 && kv_batch_delete(b, "key0", 4) != KV_OK) || kv_write(db, b, 0, NULL) != KV_OK)
+            exit(1);
+        kv_batch_free(b);
+    }
+    if (kv_close(db) != KV_OK) exit(1);
+    kv_free(db);
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/BATCHLOG-000001", dir);
+    size_t n;
+    uint8_t *file = slurp(path, &n);
+    /* flags 0: read-write, count retention (next byte) */
+    static const uint8_t params[] = {0, 99, 0, 0, 6, 0};
+    kv_bytes in = {0};
+    bytes_append(&in, params, sizeof params);
+    frame_file(&in, 1, 0, file, n);
+    put("batchlog", "store", in.data, in.len, NULL, 0);
+    free(file);
+    bytes_clear(&in);
+    bytes_append(&in, params, sizeof params);
+    records_file(&in, 1, 1, 4);
+    records_file(&in, 2, 5, 7);
+    put("batchlog", "records", in.data, in.len, NULL, 0);
+    in.data[0] = 1; /* read-only */
+    put("batchlog", "records-ro", in.data, in.len, NULL, 0);
+    static const uint8_t gap[] = {4, 99, 9, 0, 2, 0, 9, 0}; /* 100 batches, 64 * 9 bytes, floor 2, last 9 */
+    bytes_clear(&in);
+    bytes_append(&in, gap, sizeof gap);
+    records_file(&in, 1, 1, 3);
+    records_file(&in, 3, 6, 9);
+    put("batchlog", "gap", in.data, in.len, NULL, 0);
+    bytes_free(&in);
+}
+
 /* fuzz_batch: `kvfs batch` input of each shape the format has. */
 static void batch_text(void) {
     static const struct {
@@ -482,6 +551,7 @@ int main(void) {
     names();
     ctl();
     batch_text();
+    batchlogs(dir);
     store(dir, 0);
     store(dir, 1);
     char cmd[PATH_MAX];
