@@ -460,6 +460,31 @@ static void batchlogs(const char *tmp) {
     bytes_free(&in);
 }
 
+/* fuzz_blobfile: a blob file of three records as the writer makes it, with two of them named as extents (one of it
+ * part), and the same file re-sealed after a change (flag 1). */
+static void blobfiles(const char *tmp) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/000001.blob", tmp);
+    blob_writer *w;
+    if (blob_writer_new(kv_env_posix(), path, 1, &w) != KV_OK) exit(1);
+    uint8_t v[1000];
+    for (size_t i = 0; i < sizeof v; i++) v[i] = (uint8_t)(i * 7);
+    blob_extent e[3];
+    if (blob_writer_add(w, "hello", 5, &e[0]) || blob_writer_add(w, v, 300, &e[1]) || blob_writer_add(w, v, 1000, &e[2]) ||
+        blob_writer_close(w))
+        exit(1);
+    size_t n;
+    uint8_t *file = slurp(path, &n);
+    uint8_t head[2 + 2 * 8] = {0, 2};
+    uint64_t vals[8] = {e[0].rec_off, e[0].rec_len, 0, 5, e[2].rec_off, e[2].rec_len, 100, 500};
+    for (int i = 0; i < 8; i++) head[2 + 2 * i] = (uint8_t)vals[i], head[3 + 2 * i] = (uint8_t)(vals[i] >> 8);
+    put("blobfile", "records", head, sizeof head, file, n);
+    head[0] = 1;
+    file[e[1].rec_off + 8 + 10] ^= 0x55; /* a byte of the second record, its checksum re-sealed */
+    put("blobfile", "resealed", head, sizeof head, file, n);
+    free(file);
+}
+
 /* fuzz_batch: `kvfs batch` input of each shape the format has. */
 static void batch_text(void) {
     static const struct {
@@ -552,6 +577,7 @@ int main(void) {
     ctl();
     batch_text();
     batchlogs(dir);
+    blobfiles(dir);
     store(dir, 0);
     store(dir, 1);
     char cmd[PATH_MAX];
