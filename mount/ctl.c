@@ -263,6 +263,9 @@ static int recv_request(int fd, uint32_t *argc, uint32_t *bytes, int fds[3]) {
     ssize_t r;
     do r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
     while (r < 0 && errno == EINTR);
+    /* A failed recvmsg (the client's 10 seconds are up, a reset) leaves msg_controllen as it was: the walk below then
+     * read the buffer's uninitialised bytes as messages, and could close whatever descriptors they named. */
+    if (r < 0) m.msg_controllen = 0;
     int got = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
