@@ -101,19 +101,27 @@ static int scan_file(batchlog *bl, bl_file *f) {
     uint64_t off;
     f->first_seq = f->last_seq = f->gap_after = 0;
     f->damaged = false;
+    bool bad = false; /* a record the engine cannot have written there (below) */
     while ((rc = wal_read(r, &rec, &len, &off)) == KV_OK) {
-        if (len < 8) continue;
-        uint64_t s = get_fixed64(rec);
+        /* A record that passes its checksum is still damage when it cannot be a batch the engine wrote there: no
+         * sequence, one above 2^56 (the sequences' width: it raised the floor there, evicting every batch of the
+         * feed and every later one), or one not above the record before it (appends go up within a file: it cut the
+         * file's range short, and the batches after it, still in the file, read as evicted). */
+        uint64_t s = len >= 8 ? get_fixed64(rec) : 0;
+        if (len < 8 || s > KV_MAX_SEQUENCE || s == 0 || (f->first_seq && s <= f->last_seq)) {
+            bad = true;
+            break;
+        }
         if (!f->first_seq) f->first_seq = s;
         else if (s > f->last_seq + 1) f->gap_after = s;
         f->last_seq = s;
     }
-    f->bytes = wal_reader_valid_end(r);
-    f->clean_end = rc == KV_ENOTFOUND && !wal_reader_torn(r);
+    f->bytes = bad ? off : wal_reader_valid_end(r);
+    f->clean_end = !bad && rc == KV_ENOTFOUND && !wal_reader_torn(r);
     wal_reader_close(r);
     /* A damaged change feed must not keep the store from opening: what follows the damage is unreadable, lookups
      * there answer KV_ECORRUPT (file_upper), and kv_check reports it. */
-    if (rc == KV_ECORRUPT) {
+    if (bad || rc == KV_ECORRUPT) {
         f->damaged = true;
         f->damage_off = f->bytes;
         return KV_OK;

@@ -117,9 +117,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lookup(bl, UINT64_MAX);
     uint64_t problems = 0;
     FUZZ_CHECK(batchlog_check(bl, problem, NULL, &problems) == KV_OK);
-    if (!ro && batchlog_enabled(bl)) {
-        uint64_t seq = newest > last ? newest : last; /* the next batch of the store: above the floor too */
-        seq = (seq >= floor ? seq : floor) + 1;
+    /* the store's next batch: above its last one, the files' newest and the floor (never above 2^56) */
+    uint64_t seq = newest > last ? newest : last;
+    seq = (seq >= floor ? seq : floor) + 1;
+    if (!ro && batchlog_enabled(bl) && seq <= KV_MAX_SEQUENCE) {
         kv_bytes r = {0};
         record(&r, seq, "appended");
         if (batchlog_append(bl, seq, r.data, r.len) == KV_OK) {

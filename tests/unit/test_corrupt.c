@@ -906,3 +906,63 @@ TEST(test_corrupt_manifest_describes_an_impossible_version) {
         CHECK_MSG(strstr(kv_errmsg(), name) && strstr(kv_errmsg(), want[what]), "case %d: %s", what, kv_errmsg());
     }
 }
+
+/* A batch log record that passes its checksum but cannot be what the engine wrote there, a sequence above 2^56 or
+ * not above the record before it in its file, is damage: the file's readable part ends before it. The first raised
+ * the floor to that sequence (every batch of the feed, and every later one, "evicted"); the second made the file's
+ * range end at it (the batches after it, still in the file, "evicted": a hole). */
+TEST(test_corrupt_batch_log_sequence) {
+    for (int variant = 0; variant < 2; variant++) {
+        kv_options o;
+        kv_options_init(&o);
+        o.background_threads = false;
+        o.batch_log_max_batches = 1000;
+        char dir[600], name[300], path[1200];
+        snprintf(dir, sizeof dir, "%s", t_tmpdir());
+        kv_db *db;
+        CHECK_OK(kv_open(dir, &o, &db));
+        enum { NB = 5 };
+        uint64_t seqs[NB];
+        for (int i = 0; i < NB; i++) {
+            char k[16];
+            snprintf(k, sizeof k, "key%d", i);
+            CHECK_OK(kv_put(db, k, strlen(k), "v", 1, 0));
+            seqs[i] = kv_current_sequence(db);
+        }
+        CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* the log would give the batches back */
+        CHECK_OK(kv_close(db));
+        kv_free(db);
+        CHECK(newest_with_prefix(dir, "BATCHLOG-", name, sizeof name));
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        /* a well-formed batch record (one put of "bad"), but for its sequence */
+        kv_bytes rec = {0};
+        bytes_append_fixed64(&rec, variant == 0 ? 1ull << 60 : seqs[1]);
+        bytes_append_varint(&rec, 1700000000000ull);
+        bytes_append_varint(&rec, 1);
+        uint8_t type = 1; /* a value */
+        bytes_append(&rec, &type, 1);
+        bytes_append_lenprefixed(&rec, "\0bad", 4);
+        bytes_append_lenprefixed(&rec, "x", 1);
+        CHECK(append_record(path, rec.data, rec.len));
+        bytes_free(&rec);
+        CHECK_OK(kv_open(dir, &o, &db));
+        for (int i = 0; i < NB; i++) {
+            kv_logged_batch *b = NULL;
+            int rc = kv_get_batch(db, seqs[i], &b);
+            CHECK_MSG(rc == KV_OK, "variant %d: batch %d: %s (%s)", variant, i, kv_strerror(rc), kv_errmsg());
+            CHECK(b->sequence == seqs[i] && b->nops == 1);
+            kv_logged_batch_free(b);
+        }
+        CHECK_OK(kv_put(db, "after", 5, "w", 1, 0));
+        kv_logged_batch *b = NULL;
+        int rc = kv_get_batch(db, kv_current_sequence(db), &b);
+        CHECK_MSG(rc == KV_OK, "variant %d: the batch after: %s (%s)", variant, kv_strerror(rc), kv_errmsg());
+        CHECK(b->nops == 1 && b->ops[0].klen == 5 && memcmp(b->ops[0].key, "after", 5) == 0);
+        kv_logged_batch_free(b);
+        named p = {.file = name};
+        CHECK_EQ(kv_check(db, on_problem, NULL, &p, NULL), KV_ECORRUPT);
+        CHECK_MSG(p.named, "variant %d: kv_check: %s", variant, p.first);
+        CHECK_OK(kv_close(db));
+        kv_free(db);
+    }
+}
