@@ -11,7 +11,8 @@
  *
  * Invariants
  *  - floor: every batch below it counts as evicted, even while a file still holds it. It only grows: by retention
- *    (count: newest - max_batches + 1; bytes: whole oldest files dropped) and by prune. Pruning is recorded in the
+ *    (count: newest - max_batches + 1; bytes: whole oldest files dropped) and by prune; but at the end of recovery,
+ *    where one past the store's next batch comes down to it (batchlog_recovered). Pruning is recorded in the
  *    manifest by the caller; retention recomputes at open (count retention at the end of recovery, from the
  *    store's last batch, not from the files' newest, which recovery may forget).
  *  - A file is deleted once every batch in it is below the floor (never the file being written).
@@ -537,6 +538,13 @@ int batchlog_forget_after(batchlog *bl, uint64_t seq) {
 void batchlog_recovered(batchlog *bl, uint64_t last) {
     if (!batchlog_enabled(bl)) return;
     pthread_mutex_lock(&bl->mu);
+    /* A floor past the store's next batch evicts the next batches as they commit. The open raises it so when a gap
+     * in the files leads to a batch the store does not have: the feed was off for a while, then a power loss took the
+     * last batches from the store's log but not from the batch log (recovery forgets them: their numbers go to the
+     * next batches), or a record of another store, or damage. The floor comes down to the store's next batch:
+     * every batch the store has is then evicted (no holes), none of those to come. (A prune never sets it higher:
+     * kv_prune_batch_log.) */
+    if (bl->floor > last + 1) bl->floor = last + 1;
     if (bl->max_batches && last >= bl->max_batches && last + 1 - bl->max_batches > bl->floor) {
         bl->floor = last + 1 - bl->max_batches;
         drop_below_floor(bl);

@@ -5,15 +5,16 @@
  *
  * Input: one byte of flags (bit 0: open read-only; bit 1: no batch count retention, else one byte of it follows; bit
  * 2: a byte retention of 64 times the next two bytes), two bytes of floor (the manifest's BATCHLOG_FLOOR), two bytes
- * of the store's last batch (batchlog_recovered; 0: not called), then files: each one byte of number (BATCHLOG-NNNNNN),
- * one byte of kind, a two-byte length and the content. Kind bit 0 clear: the content is the file; set: it is cut into
- * payloads (a two-byte length before each) written as records (wal_append: checksums hold), so the decoders behind
- * them are reached. Seeds: files as the engine writes them (mkseeds.c).
+ * of the store's last batch (at least floor - 1: batchlog_forget_after and batchlog_recovered as recovery calls
+ * them), then files: each one byte of number (BATCHLOG-NNNNNN), one byte of kind, a two-byte length and the content.
+ * Kind bit 0 clear: the content is the file; set: it is cut into payloads (a two-byte length before each) written as
+ * records (wal_append: checksums hold), so the decoders behind them are reached. Seeds: files as the engine writes
+ * them (mkseeds.c).
  * Checks: the open fails only with KV_ECORRUPT or KV_EIO; every lookup answers KV_OK with the batch asked for (and
- * operations whose keys, of at least one byte, and values are inside their buffers), KV_EEVICTED or KV_ECORRUPT; no lookup below the floor
- * answers anything but KV_EEVICTED; none between the oldest retained batch and the newest answers KV_EEVICTED (no
- * holes); batchlog_check counts its problems; on a read-write open a batch appended after the newest reads back as
- * it was written; after a prune, a batch below its cutoff is evicted.
+ * operations whose keys, of at least one byte, and values are inside their buffers), KV_EEVICTED or KV_ECORRUPT; no
+ * lookup below the floor answers anything but KV_EEVICTED; none between the oldest retained batch and the newest
+ * answers KV_EEVICTED (no holes); batchlog_check counts its problems; on a read-write open a batch appended after
+ * the newest reads back as it was written; after a prune, a batch below its cutoff is evicted.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -102,7 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = batchlog_open(env, dir, max_batches, max_bytes, floor, ro, &bl);
     FUZZ_CHECK(rc == KV_OK || rc == KV_ECORRUPT || rc == KV_EIO);
     if (rc != KV_OK) return 0;
-    if (last) batchlog_recovered(bl, last);
+    /* what the end of recovery does (db.c), with the store's last batch at least below the floor (kv_prune_batch_log
+     * sets no floor past the next batch) */
+    if (floor > last + 1) last = floor - 1;
+    if (!ro && batchlog_newest(bl) > last) (void)batchlog_forget_after(bl, last);
+    batchlog_recovered(bl, last);
     uint64_t oldest, newest;
     batchlog_range(bl, &oldest, &newest);
     if (batchlog_enabled(bl)) FUZZ_CHECK(oldest <= newest);

@@ -907,6 +907,50 @@ TEST(test_corrupt_manifest_describes_an_impossible_version) {
     }
 }
 
+/* A store in a fresh directory (into dir) with a batch log and nb batches of one put each of "key<i>" (their
+ * sequences into seqs), compacted into a table so that no log gives them back to the batch log at the next open,
+ * and closed; the path of its newest batch log file into path. */
+static bool batch_log_store(kv_options *o, int nb, uint64_t *seqs, char *dir, size_t dn, char *name, size_t nn,
+                            char *path, size_t pn) {
+    kv_options_init(o);
+    o->background_threads = false;
+    o->batch_log_max_batches = 1000;
+    snprintf(dir, dn, "%s", t_tmpdir());
+    kv_db *db;
+    if (kv_open(dir, o, &db) != KV_OK) return false;
+    bool ok = true;
+    for (int i = 0; i < nb && ok; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "key%d", i);
+        ok = kv_put(db, k, strlen(k), "v", 1, 0) == KV_OK;
+        seqs[i] = kv_current_sequence(db);
+    }
+    ok = ok && kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL) == KV_OK;
+    ok = kv_close(db) == KV_OK && ok;
+    kv_free(db);
+    if (!ok || !newest_with_prefix(dir, "BATCHLOG-", name, nn)) return false;
+    snprintf(path, pn, "%s/%s", dir, name);
+    return true;
+}
+
+/* Append to the batch log file at path a well-formed batch record of sequence seq: one put of key to "x". */
+static bool append_batch(const char *path, uint64_t seq, const char *key) {
+    kv_bytes rec = {0};
+    bytes_append_fixed64(&rec, seq);
+    bytes_append_varint(&rec, 1700000000000ull);
+    bytes_append_varint(&rec, 1);
+    uint8_t type = 1; /* a value */
+    bytes_append(&rec, &type, 1);
+    uint8_t ukey[64] = {0}; /* keyspace 0, then the key */
+    size_t kl = strlen(key);
+    memcpy(ukey + 1, key, kl);
+    bytes_append_lenprefixed(&rec, ukey, kl + 1);
+    bytes_append_lenprefixed(&rec, "x", 1);
+    bool ok = append_record(path, rec.data, rec.len);
+    bytes_free(&rec);
+    return ok;
+}
+
 /* A batch log record that passes its checksum but cannot be what the engine wrote there, a sequence above 2^56 or
  * not above the record before it in its file, is damage: the file's readable part ends before it. The first raised
  * the floor to that sequence (every batch of the feed, and every later one, "evicted"); the second made the file's
@@ -914,37 +958,12 @@ TEST(test_corrupt_manifest_describes_an_impossible_version) {
 TEST(test_corrupt_batch_log_sequence) {
     for (int variant = 0; variant < 2; variant++) {
         kv_options o;
-        kv_options_init(&o);
-        o.background_threads = false;
-        o.batch_log_max_batches = 1000;
         char dir[600], name[300], path[1200];
-        snprintf(dir, sizeof dir, "%s", t_tmpdir());
-        kv_db *db;
-        CHECK_OK(kv_open(dir, &o, &db));
         enum { NB = 5 };
         uint64_t seqs[NB];
-        for (int i = 0; i < NB; i++) {
-            char k[16];
-            snprintf(k, sizeof k, "key%d", i);
-            CHECK_OK(kv_put(db, k, strlen(k), "v", 1, 0));
-            seqs[i] = kv_current_sequence(db);
-        }
-        CHECK_OK(kv_compact_range(db, NULL, 0, NULL, 0, NULL, NULL)); /* the log would give the batches back */
-        CHECK_OK(kv_close(db));
-        kv_free(db);
-        CHECK(newest_with_prefix(dir, "BATCHLOG-", name, sizeof name));
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        /* a well-formed batch record (one put of "bad"), but for its sequence */
-        kv_bytes rec = {0};
-        bytes_append_fixed64(&rec, variant == 0 ? 1ull << 60 : seqs[1]);
-        bytes_append_varint(&rec, 1700000000000ull);
-        bytes_append_varint(&rec, 1);
-        uint8_t type = 1; /* a value */
-        bytes_append(&rec, &type, 1);
-        bytes_append_lenprefixed(&rec, "\0bad", 4);
-        bytes_append_lenprefixed(&rec, "x", 1);
-        CHECK(append_record(path, rec.data, rec.len));
-        bytes_free(&rec);
+        CHECK(batch_log_store(&o, NB, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
+        CHECK(append_batch(path, variant == 0 ? 1ull << 60 : seqs[1], "bad"));
+        kv_db *db;
         CHECK_OK(kv_open(dir, &o, &db));
         for (int i = 0; i < NB; i++) {
             kv_logged_batch *b = NULL;
@@ -962,6 +981,46 @@ TEST(test_corrupt_batch_log_sequence) {
         named p = {.file = name};
         CHECK_EQ(kv_check(db, on_problem, NULL, &p, NULL), KV_ECORRUPT);
         CHECK_MSG(p.named, "variant %d: kv_check: %s", variant, p.first);
+        CHECK_OK(kv_close(db));
+        kv_free(db);
+    }
+}
+
+/* A batch log that holds a batch the store does not have, after a gap: the feed was off for a while, then on, and a
+ * power loss took the last batches from the store's log but not from the batch log (they reach the disk on their
+ * own). The gap raised the floor to that batch at open; recovery forgets the batch, but the floor stayed above the
+ * store's next batch, so the batches committed next were evicted as they committed (and at every later open, until
+ * the sequence passed it). The same for a record of another store, or damage, that passes its checksum. */
+TEST(test_corrupt_batch_log_gap_above_the_store) {
+    for (int ro = 0; ro < 2; ro++) {
+        kv_options o;
+        char dir[600], name[300], path[1200];
+        uint64_t seqs[5];
+        CHECK(batch_log_store(&o, 5, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
+        uint64_t last = seqs[4];
+        CHECK(append_batch(path, last + 5, "lost"));
+        kv_db *db;
+        if (ro) { /* a reader of the feed: nothing past the store's last batch, nor below it, is evicted by it */
+            o.read_only = true;
+            CHECK_OK(kv_open(dir, &o, &db));
+            kv_logged_batch *b = NULL;
+            int rc = kv_get_batch(db, last, &b);
+            CHECK_MSG(rc == KV_OK || rc == KV_EEVICTED, "%s (%s)", kv_strerror(rc), kv_errmsg());
+            kv_logged_batch_free(b);
+            kv_stats st;
+            CHECK_OK(kv_get_stats(db, &st));
+            CHECK_MSG(st.batch_log_oldest <= last + 1, "the oldest retained batch is %llu, past the store's next one",
+                      (unsigned long long)st.batch_log_oldest);
+        } else {
+            CHECK_OK(kv_open(dir, &o, &db));
+            CHECK_OK(kv_put(db, "after", 5, "w", 1, 0));
+            CHECK_EQ(kv_current_sequence(db), last + 1);
+            kv_logged_batch *b = NULL;
+            int rc = kv_get_batch(db, last + 1, &b);
+            CHECK_MSG(rc == KV_OK, "the batch after: %s (%s)", kv_strerror(rc), kv_errmsg());
+            CHECK(b->nops == 1 && b->ops[0].klen == 5 && memcmp(b->ops[0].key, "after", 5) == 0);
+            kv_logged_batch_free(b);
+        }
         CHECK_OK(kv_close(db));
         kv_free(db);
     }
