@@ -756,6 +756,10 @@ void batchlog_range(batchlog *bl, uint64_t *oldest, uint64_t *newest) {
     pthread_mutex_lock(&bl->mu);
     *newest = batchlog_newest(bl);
     pthread_mutex_unlock(&bl->mu);
+    /* The oldest retained past the newest: what is retained lies in an older file than the newest, above the store's
+     * batches (a read-only open, which cannot forget them, after a gap to a batch the store does not have: the floor
+     * came down to the store's next batch, batchlog_recovered). None of the store's batches is retained. */
+    if (*oldest > *newest) *oldest = *newest = 0;
 }
 
 int batchlog_files(batchlog *bl, char ***names, size_t *n) {

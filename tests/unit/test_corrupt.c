@@ -1025,3 +1025,29 @@ TEST(test_corrupt_batch_log_gap_above_the_store) {
         kv_free(db);
     }
 }
+
+/* The range kv_get_stats reports never has its oldest batch past its newest. An older file that holds a batch above
+ * the store's last, after a gap, and a newer file that starts lower (recovery could not forget the batch: a
+ * read-only open): the floor, past the store's batches, made the oldest retained batch the one after the store's
+ * last, and the newest was the newer file's last, below it. */
+TEST(test_corrupt_batch_log_range_in_order) {
+    kv_options o;
+    char dir[600], name[300], path[1200];
+    uint64_t seqs[5];
+    CHECK(batch_log_store(&o, 5, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
+    CHECK(append_batch(path, seqs[4] + 1000, "lost")); /* a gap to a batch the store does not have */
+    char newer[1300];
+    snprintf(newer, sizeof newer, "%s/BATCHLOG-999999", dir);
+    FILE *f = fopen(newer, "wb");
+    CHECK(f && fclose(f) == 0);
+    CHECK(append_batch(newer, seqs[2], "again")); /* a newer file starting lower */
+    o.read_only = true;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    kv_stats st;
+    CHECK_OK(kv_get_stats(db, &st));
+    CHECK_MSG(st.batch_log_oldest <= st.batch_log_newest, "the batch log's range is %llu to %llu",
+              (unsigned long long)st.batch_log_oldest, (unsigned long long)st.batch_log_newest);
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+}
