@@ -389,6 +389,10 @@ static int append_to_file(batchlog *bl, uint64_t seq, const void *rec, size_t le
         while (bl->max_bytes && bl->total_bytes > bl->max_bytes && bl->nfiles > 1) {
             /* past what a damaged file may hold, not just its last readable batch: else it would never go */
             uint64_t upper = file_upper(bl, 0); /* finite: the last file holds this batch */
+            /* Never past the batch just appended: an older file that holds it, or a later one (a foreign or damaged
+             * file, or numbers reused after a failed forgetting), stays, over the byte limit, rather than evict it
+             * as it commits. */
+            if (upper >= seq) break;
             if (upper + 1 > bl->floor) bl->floor = upper + 1;
             drop_below_floor(bl);
         }

@@ -1051,3 +1051,34 @@ TEST(test_corrupt_batch_log_range_in_order) {
     CHECK_OK(kv_close(db));
     kv_free(db);
 }
+
+/* Byte retention drops the oldest file and raises the floor past the batches it holds: never past the batch just
+ * appended. An older file (a lower number) holding a later batch than the newest file's, a foreign or damaged one
+ * (or numbers reused after a failed forgetting), raised it past the appended batch, which was evicted as it
+ * committed. */
+TEST(test_corrupt_batch_log_retention_spares_the_new_batch) {
+    kv_options o;
+    char dir[600], name[300], path[1200];
+    uint64_t seqs[5];
+    CHECK(batch_log_store(&o, 5, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
+    char older[1300];
+    snprintf(older, sizeof older, "%s/BATCHLOG-000000", dir);
+    FILE *f = fopen(older, "wb");
+    CHECK(f && fclose(f) == 0);
+    char key[40];
+    memset(key, 'k', sizeof key - 1);
+    key[sizeof key - 1] = 0;
+    for (int i = 0; i < 120; i++) CHECK(append_batch(older, seqs[4] + 1000 + (uint64_t)i, key)); /* > 4 KiB */
+    o.batch_log_max_batches = 0;
+    o.batch_log_max_bytes = 4096;
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    CHECK_OK(kv_put(db, "after", 5, "w", 1, 0));
+    kv_logged_batch *b = NULL;
+    int rc = kv_get_batch(db, kv_current_sequence(db), &b);
+    CHECK_MSG(rc == KV_OK, "the batch just written: %s (%s)", kv_strerror(rc), kv_errmsg());
+    CHECK(b->nops == 1 && b->ops[0].klen == 5 && memcmp(b->ops[0].key, "after", 5) == 0);
+    kv_logged_batch_free(b);
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+}
