@@ -933,6 +933,13 @@ static bool batch_log_store(kv_options *o, int nb, uint64_t *seqs, char *dir, si
     return true;
 }
 
+/* An empty batch log file dir/name (its path into path): for records appended with append_batch. */
+static bool new_log_file(const char *dir, const char *name, char *path, size_t n) {
+    snprintf(path, n, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    return f && fclose(f) == 0;
+}
+
 /* Append to the batch log file at path a well-formed batch record of sequence seq: one put of key to "x". */
 static bool append_batch(const char *path, uint64_t seq, const char *key) {
     kv_bytes rec = {0};
@@ -1037,9 +1044,7 @@ TEST(test_corrupt_batch_log_range_in_order) {
     CHECK(batch_log_store(&o, 5, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
     CHECK(append_batch(path, seqs[4] + 1000, "lost")); /* a gap to a batch the store does not have */
     char newer[1300];
-    snprintf(newer, sizeof newer, "%s/BATCHLOG-999999", dir);
-    FILE *f = fopen(newer, "wb");
-    CHECK(f && fclose(f) == 0);
+    CHECK(new_log_file(dir, "BATCHLOG-999999", newer, sizeof newer));
     CHECK(append_batch(newer, seqs[2], "again")); /* a newer file starting lower */
     o.read_only = true;
     kv_db *db;
@@ -1062,9 +1067,7 @@ TEST(test_corrupt_batch_log_retention_spares_the_new_batch) {
     uint64_t seqs[5];
     CHECK(batch_log_store(&o, 5, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
     char older[1300];
-    snprintf(older, sizeof older, "%s/BATCHLOG-000000", dir);
-    FILE *f = fopen(older, "wb");
-    CHECK(f && fclose(f) == 0);
+    CHECK(new_log_file(dir, "BATCHLOG-000000", older, sizeof older));
     char key[40];
     memset(key, 'k', sizeof key - 1);
     key[sizeof key - 1] = 0;
