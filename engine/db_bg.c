@@ -918,15 +918,20 @@ bool db_compact_run_ends(uint64_t failures, unsigned *successes, bool nothing_du
     return true;
 }
 
+void (*db_compact_start_hook)(kv_db *db);
+
 static void *compact_main(void *arg) {
     kv_db *db = arg;
-    gc_after_removals removed = {.removals = atomic_load(&db->st_removals), .seq = atomic_load(&db->last_seq),
-                                 .quiet_since_us = db_now_us()};
+    if (db_compact_start_hook) db_compact_start_hook(db);
+    /* st_removals and st_enospc count from the open, and this thread is started inside kv_open: 0, not their values
+     * now, is what it has seen. It may start running only after the caller's first writes (a busy machine), and a
+     * delete counted by then was taken as one the last pass had seen, and never followed. */
+    gc_after_removals removed = {.removals = 0, .seq = atomic_load(&db->last_seq), .quiet_since_us = db_now_us()};
     pthread_mutex_lock(&db->mu);
     int failures = 0;         /* in this run (successes between them do not end it: db_compact_run_ends) */
     unsigned run_successes = 0; /* in a row, within the run */
     uint64_t busy_us = db_now_us(); /* the last compaction or pass: a pass is due after a minute without either */
-    gc_pacing pacing = {.enospc_seen = atomic_load(&db->st_enospc)};
+    gc_pacing pacing = {.enospc_seen = 0};
     /* the last flush_deletes_for_compaction: at most one in 5 s, each a level-0 table and a log (while compactions
      * keep failing, each flush's success wakes this thread for another attempt at once) */
     uint64_t deletes_flushed_us = 0;

@@ -1,10 +1,12 @@
 /* t.c — the unit-test runner (see t.h). */
 #include "t.h"
 
+#include "db_impl.h"
 #include "wal.h"
 
 #include <dirent.h>
 #include <ftw.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -104,6 +106,27 @@ uint64_t t_rand(uint64_t *state) {
 void t_on_problem(void *ctx, const char *file, uint64_t off, const char *what) {
     t_problems *p = ctx;
     if (p->n++ == 0) snprintf(p->first, sizeof p->first, "%s at %llu: %s", file, (unsigned long long)off, what);
+}
+
+/* 0: held, 1: released, 2: the thread went on. */
+static atomic_int compact_gate;
+
+static void compact_start_wait(kv_db *db) {
+    (void)db;
+    for (int i = 0; i < 10000 && atomic_load(&compact_gate) == 0; i++) usleep(1000);
+    atomic_store(&compact_gate, 2);
+}
+
+void t_compact_start_hold(void) {
+    atomic_store(&compact_gate, 0);
+    db_compact_start_hook = compact_start_wait;
+}
+
+void t_compact_start_release(void) {
+    if (db_compact_start_hook != compact_start_wait) return;
+    if (atomic_load(&compact_gate) == 0) atomic_store(&compact_gate, 1);
+    for (int i = 0; i < 10000 && atomic_load(&compact_gate) != 2; i++) usleep(1000);
+    db_compact_start_hook = NULL;
 }
 
 int main(int argc, char **argv) {

@@ -31,6 +31,13 @@ bool t_newest_file(const char *dir, const char *suffix, char *out, size_t n);
  * with cut, the file is also truncated there, so bytes added at its end come right after that record. */
 bool t_log_end(const char *path, bool cut, uint64_t *end);
 
+/* Hold the compaction thread of the next store opened with background threads at its start, before it looks at the
+ * store (db_compact_start_hook), until t_compact_start_release, which lets it go on and waits until it has (at most
+ * 10 s: a test that failed before releasing it does not hang kv_open or kv_free). Writes made meanwhile come first,
+ * as a busy machine may let them. */
+void t_compact_start_hold(void);
+void t_compact_start_release(void);
+
 /* A kv_problem_fn for kv_check: counts the problems in a t_problems (ctx) and keeps the first as "file at offset:
  * what". */
 typedef struct t_problems {

@@ -2794,21 +2794,28 @@ TEST(test_db_batch_removes_data_bounds_moves_by_the_bytes_they_may_rewrite) {
     kv_batch_free(b);
 }
 
-/* A large value deleted (a big file removed through the mount) gives its space back within seconds of the writes
- * going quiet, not after the background's minute without compactions. */
-TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
+/* Put a large value and a small one, delete the large one; with held, while the compaction thread has not started yet
+ * (as a busy machine may run it only after the caller's first writes). Then the large value's space must come back
+ * within 15 s (3 s of quiet, then a pass). */
+static void gc_follows_a_delete(bool held) {
     char dir[512];
     kv_options o;
     kv_db *db;
-    if (!open_blob_store(dir, &o, &db, 0)) return;
+    if (held) t_compact_start_hold();
+    if (!open_blob_store(dir, &o, &db, 0)) {
+        t_compact_start_release();
+        return;
+    }
     size_t big = 3u << 20;
     uint8_t *v = malloc(big);
-    CHECK(v != NULL);
-    memset(v, 'x', big);
-    CHECK_OK(kv_put(db, "big", 3, v, big, 0));
-    CHECK_OK(kv_put(db, "small", 5, v, 100, 0));
+    int rc = v ? KV_OK : KV_ENOMEM;
+    if (v) memset(v, 'x', big);
+    if (!rc) rc = kv_put(db, "big", 3, v, big, 0);
+    if (!rc) rc = kv_put(db, "small", 5, v, 100, 0);
     free(v);
-    CHECK_OK(kv_delete(db, "big", 3, 0));
+    if (!rc) rc = kv_delete(db, "big", 3, 0);
+    t_compact_start_release();
+    CHECK_OK(rc);
     kv_stats st = {0};
     int waited = 0;
     for (; waited < 150; waited++) { /* up to 15 s: 3 s of quiet, then a pass */
@@ -2825,6 +2832,15 @@ TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) {
     CHECK_EQ(kv_get(db, NULL, "big", 3, &got), KV_ENOTFOUND);
     kv_free(db);
 }
+
+/* A large value deleted (a big file removed through the mount) gives its space back within seconds of the writes
+ * going quiet, not after the background's minute without compactions. */
+TEST(test_db_blob_gc_follows_a_delete_once_writes_are_quiet) { gc_follows_a_delete(false); }
+
+/* The same when the delete comes before the compaction thread first runs. The thread took the count of removals as it
+ * found it when it started for the count the last pass had seen: a delete made before then was never followed (on a
+ * loaded machine, now and then, this test's first form failed so). */
+TEST(test_db_blob_gc_follows_a_delete_made_before_the_compaction_thread_starts) { gc_follows_a_delete(true); }
 
 /* A large value deleted or overwritten gives its blob file back at the next GC pass, before compaction has met its
  * old versions (they stay in the memtable here), unless a snapshot still sees them. The file used to stay until a
