@@ -232,7 +232,13 @@ class Model:
             deadline = time.time() + 5
             while still_there(P(MNT, d)):
                 if time.time() > deadline:
-                    raise Mismatch(f"implicit directory {d!r} is still there 5 s after its last entry went")
+                    # which side kept it: stat asks the daemon even about an entry the kernel caches
+                    try:
+                        os.lstat(P(MNT, d))
+                        daemon = "the daemon still shows it (stat succeeds)"
+                    except OSError as e:
+                        daemon = f"stat says {errno.errorcode.get(e.errno, e.errno)}: the kernel kept its entry"
+                    raise Mismatch(f"implicit directory {d!r} is still there 5 s after its last entry went; {daemon}")
                 time.sleep(0.02)
         if gone:
             self.log.append(f"   (implicit directories vanished: {gone!r})")
