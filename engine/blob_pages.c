@@ -458,10 +458,32 @@ int blob_ref_finish(const blob_pager *pg, const blob_ref *r, kv_bytes *out) {
 
 typedef struct change {
     bool truncate;
-    uint64_t off;  /* splice: where e goes */
+    uint64_t off;         /* splice: where e goes */
     blob_extent e;
-    uint64_t size; /* truncate: the new size */
+    const blob_ref *list; /* or, when set, the extents that go there, in order */
+    uint64_t size;        /* truncate: the new size */
 } change;
+
+/* Splice the extents of list into r at off, as one blob_ref_splice per extent would (a gap past r's end becomes a
+ * hole), in one pass: r's part before off, the list, r's part after the list's end. */
+static int ref_splice_list(blob_ref *r, uint64_t off, const blob_ref *list) {
+    blob_ref out = {0};
+    int rc = slice_piece(r, 0, 0, off < r->size ? off : r->size, &out);
+    if (!rc && off > r->size) rc = blob_ref_append(&out, &(blob_extent){.len = off - r->size});
+    for (size_t i = 0; i < list->n && !rc; i++) rc = blob_ref_append(&out, &list->ext[i]);
+    if (!rc && off + list->size < r->size) rc = slice_piece(r, 0, off + list->size, r->size, &out);
+    if (rc) {
+        blob_ref_free(&out);
+        return rc;
+    }
+    blob_ref_free(r);
+    *r = out;
+    return KV_OK;
+}
+
+static int change_splice(blob_ref *r, uint64_t off, const change *c) {
+    return c->list ? ref_splice_list(r, off, c->list) : blob_ref_splice(r, off, &c->e);
+}
 
 /* Apply c to the paged value pp through the window of pages [i, j]. */
 static int change_paged(const blob_pager *pg, const blob_pages *pp, size_t i, size_t j, const change *c,
@@ -475,7 +497,7 @@ static int change_paged(const blob_pager *pg, const blob_pages *pp, size_t i, si
         rc = blob_page_load(pg->store, &pp->pg[k], &page);
         if (!rc) rc = append_all(&win, &page);
     }
-    if (!rc) rc = c->truncate ? blob_ref_truncate(&win, c->size - base) : blob_ref_splice(&win, c->off - base, &c->e);
+    if (!rc) rc = c->truncate ? blob_ref_truncate(&win, c->size - base) : change_splice(&win, c->off - base, c);
     size_t after = c->truncate ? pp->n : j + 1; /* the first page kept after the window */
     if (!rc && win.n < pg->page_extents / 4) {
         if (after < pp->n) {
@@ -521,33 +543,45 @@ static int check_pager(const blob_pager *pg) {
     return KV_OK;
 }
 
-int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_extent *e,
-                      kv_bytes *out) {
+/* blob_value_splice and blob_value_splice_list: c (a splice of len bytes at c->off) on a value of either form. */
+static int value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t len, const change *c,
+                        kv_bytes *out) {
     bytes_clear(out);
     int rc = check_pager(pg);
     if (rc) return rc;
-    if (off > UINT64_MAX - e->len)
-        return kv_set_error(KV_EINVAL, "blob splice: offset %" PRIu64 " + length %" PRIu64 " overflows", off, e->len);
+    uint64_t off = c->off;
+    if (off > UINT64_MAX - len)
+        return kv_set_error(KV_EINVAL, "blob splice: offset %" PRIu64 " + length %" PRIu64 " overflows", off, len);
     if (!blob_ref_is_paged(ref, rlen)) {
         blob_ref r = {0};
         rc = blob_ref_decode(ref, rlen, &r);
-        if (!rc) rc = blob_ref_splice(&r, off, e);
+        if (!rc && len) rc = change_splice(&r, off, c);
         if (!rc) rc = blob_ref_finish(pg, &r, out);
         blob_ref_free(&r);
         return rc;
     }
     blob_pages pp = {0};
     if ((rc = blob_pages_decode(ref, rlen, &pp))) return rc;
-    if (e->len == 0) { /* like a zero-byte pwrite: nothing changes, even past the end */
+    if (len == 0) { /* like a zero-byte pwrite: nothing changes, even past the end */
         rc = bytes_append(out, ref, rlen);
     } else {
         size_t i = off >= pp.size ? pp.n - 1 : page_at(&pp, off);
-        uint64_t last = off + e->len - 1;
+        uint64_t last = off + len - 1;
         size_t j = last >= pp.size ? pp.n - 1 : page_at(&pp, last);
-        rc = change_paged(pg, &pp, i, j, &(change){.off = off, .e = *e}, out);
+        rc = change_paged(pg, &pp, i, j, c, out);
     }
     blob_pages_free(&pp);
     return rc;
+}
+
+int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_extent *e,
+                      kv_bytes *out) {
+    return value_splice(pg, ref, rlen, e->len, &(change){.off = off, .e = *e}, out);
+}
+
+int blob_value_splice_list(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_ref *list,
+                           kv_bytes *out) {
+    return value_splice(pg, ref, rlen, list->size, &(change){.off = off, .list = list}, out);
 }
 
 int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t size, kv_bytes *out) {

@@ -114,6 +114,10 @@ int blob_ref_finish(const blob_pager *pg, const blob_ref *r, kv_bytes *out);
 int blob_value_splice(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_extent *e,
                       kv_bytes *out);
 /* Set the value's size (cut, or extend with a hole). */
+/* Replace bytes [off, off + list->size) with the extents of list, in order: one pass however many there are
+ * (a copied range's extents, which keep naming the records they name). */
+int blob_value_splice_list(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t off, const blob_ref *list,
+                           kv_bytes *out);
 int blob_value_truncate(const blob_pager *pg, const uint8_t *ref, size_t rlen, uint64_t size, kv_bytes *out);
 
 /* Where blob GC copied a value's bytes: each data extent of the old reference (its bytes, by file, record offset

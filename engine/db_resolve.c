@@ -342,7 +342,7 @@ static int apply_change(kv_db *db, int *type, kv_bytes *cur, const batch_op *op,
 /* copy_range: bytes [op->off, op->off + n) of the source (stype, src) over the destination (type, cur) at op->off2;
  * result in (*type, out). A copy shorter than the blob threshold, or from a value kept whole, is a write_at of the
  * bytes; a longer one from a blob value splices the source's extents (blob_value_slice) into the destination's
- * reference one by one, so no byte is copied. cur is used up. */
+ * reference in one pass (blob_value_splice_list), so no byte is copied. */
 static int apply_copy(kv_db *db, int *type, kv_bytes *cur, int stype, const kv_bytes *src, const batch_op *op,
                       uint64_t n, kv_bytes *out) {
     int rc;
@@ -376,16 +376,9 @@ static int apply_copy(kv_db *db, int *type, kv_bytes *cur, int stype, const kv_b
         *type = KV_TYPE_BLOB;
     }
     blob_pager pg = {db->blobs, pager_append, db, (size_t)db->opt.blob_page_extents};
-    uint64_t pos = op->off2;
-    for (size_t i = 0; i < slice.n && !rc; pos += slice.ext[i++].len) {
-        rc = blob_value_splice(&pg, cur->data, cur->len, pos, &slice.ext[i], out);
-        kv_bytes t = *cur;
-        *cur = *out;
-        *out = t;
-    }
+    if (!rc) rc = blob_value_splice_list(&pg, cur->data, cur->len, op->off2, &slice, out);
     blob_ref_free(&slice);
-    bytes_clear(out);
-    return rc ? rc : bytes_append(out, cur->data, cur->len);
+    return rc;
 }
 
 /* ---- resolution -------------------------------------------------------------------------------------------------------- */

@@ -323,6 +323,21 @@ static void write_at_run(int page_extents) {
     CHECK_OK(kv_batch_copy_range(b, 0, "absent", 6, 0, 0, "dst", 3, 0, 1));
     CHECK_EQ(kv_write(db, b, 0, NULL), KV_ENOTFOUND);
     CHECK_EQ(kv_stat(db, NULL, "w", 1, &info), KV_ENOTFOUND);
+    /* a fragmented value (the model's "f": hundreds of write_ats, paged with BLOB_PAGE_EXTENTS_MIN) copied whole
+     * into the middle of another: one splice of all its extents, its pages written once */
+    kv_batch_clear(b);
+    CHECK_OK(kv_batch_put(b, "frag", 4, NULL, 0));
+    CHECK_OK(kv_batch_write_at(b, 0, "frag", 4, 0, model, 3000));
+    CHECK_OK(kv_batch_copy_range(b, 0, "f", 1, 0, 0, "frag", 4, 1000, size));
+    CHECK_OK(kv_get_stats(db, &s0));
+    CHECK_OK(kv_write(db, b, 0, NULL));
+    CHECK_OK(kv_get_stats(db, &s1));
+    CHECK(s1.blob_bytes_written - s0.blob_bytes_written < 3000 + size / 2);
+    CHECK_OK(kv_get(db, NULL, "frag", 4, &iv));
+    CHECK_EQ(iv.len, size > 2000 ? 1000 + size : 3000);
+    CHECK_MEM(iv.data, 1000, model, 1000);
+    CHECK_MEM(iv.data + 1000, size, model, size);
+    kv_buf_free(&iv);
     /* the copy outlives its source, through blob GC */
     kv_batch_clear(b);
     CHECK_OK(kv_batch_delete(b, "src", 3));
