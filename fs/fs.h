@@ -53,6 +53,9 @@ int kvfs_fs_flush_all(kvfs_fs *fs);
 /* The kernel's writeback cache was negotiated (then the kernel owns mtime of written files). */
 void kvfs_fs_set_writeback_cache(kvfs_fs *fs, bool on);
 bool kvfs_fs_writeback_cache(const kvfs_fs *fs);
+/* The attributes of a file that is gone (no key, no open left): a regular file of no bytes and no link, with the
+ * mount's default mode and owner. For the kernel's own requests about a node it still caches (fs_fuse.c). */
+void kvfs_gone_attr(const kvfs_fs *fs, struct stat *st);
 /* Make everything written so far durable. */
 int kvfs_fs_sync(kvfs_fs *fs);
 /* Flush everything and free (open files are forgotten: their buffers are written first). */

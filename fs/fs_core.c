@@ -41,6 +41,15 @@ void kvfs_config_init(kvfs_config *c) {
 void kvfs_fs_set_writeback_cache(kvfs_fs *fs, bool on) { fs->cfg.writeback_cache = on; }
 bool kvfs_fs_writeback_cache(const kvfs_fs *fs) { return fs->cfg.writeback_cache; }
 
+void kvfs_gone_attr(const kvfs_fs *fs, struct stat *st) {
+    memset(st, 0, sizeof *st);
+    st->st_mode = S_IFREG | (fs->cfg.file_mode & 07777);
+    st->st_nlink = 0;
+    st->st_uid = fs->cfg.uid;
+    st->st_gid = fs->cfg.gid;
+    st->st_blksize = 1 << 20; /* as fill_stat */
+}
+
 int kvfs_fs_sync(kvfs_fs *fs) {
     int rc = kvfs_fs_flush_all(fs);
     return rc ? rc : store_sync(fs->st);

@@ -65,11 +65,14 @@ enum { HIDDEN_NAME_LEN = 12 + 16 }; /* ".fuse_hidden" + 16 hex digits */
 #define SETATTR_CTIME_SEC 48 /* fuse_setattr_in.ctime, ctimensec */
 #define SETATTR_CTIMENSEC 64
 #define SETATTR_CHANGES 0x1bfu /* FATTR_MODE UID GID SIZE ATIME MTIME ATIME_NOW MTIME_NOW */
+#define SETATTR_MTIME (1u << 5)
+#define SETATTR_LOCKOWNER (1u << 9)
 #define SETATTR_FH (1u << 6)
 #define GETATTR_FH (1u << 0)
 
 static _Thread_local bool req_kill_suidgid; /* the request this thread handles asks for it */
 static _Thread_local bool req_chown_same;   /* a SETATTR of the change time alone: chown(path, -1, -1) */
+static _Thread_local bool req_times_flush;  /* a SETATTR of mtime and ctime alone: the writeback cache's (op_utimens) */
 static _Thread_local uint64_t req_nodeid;   /* and the kernel's node id it is about */
 static _Thread_local uint64_t req_given_fh; /* the handle give_hidden_fh put into it, or 0 */
 static _Thread_local uint32_t req_op;       /* its opcode */
@@ -120,6 +123,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     ssize_t n = read(fd, buf, len);
     req_kill_suidgid = false;
     req_chown_same = false;
+    req_times_flush = false;
     req_given_fh = 0;
     kvfs_request_ctime(NULL);
     if (n < IN_HDR) return n;
@@ -147,6 +151,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
          * given), and libfuse calls nothing but getattr for it; a local filesystem stamps the ctime there and clears
          * set-user-ID, as on any chown (op_getattr does). */
         req_chown_same = !(valid & SETATTR_CHANGES);
+        req_times_flush = (valid & ~(SETATTR_FH | SETATTR_LOCKOWNER)) == (SETATTR_MTIME | SETATTR_CTIME);
         /* With the writeback cache the kernel keeps a regular file's ctime itself and sends it here (the ctime of
          * a chmod, chown, truncate or utimens, and after writes): store that one, the one it shows. */
         if ((valid & SETATTR_CTIME) && body >= SETATTR_CTIMENSEC + 4) {
@@ -682,18 +687,30 @@ int kvfs_mounted_write_keys(const store_batch *b, bool sync) {
     return rc;
 }
 
-static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
-    kvfs_file *f;
-    int rc = file_or_hidden(path, fi, &path, &f);
-    if (rc) return rc;
+static bool gone_times_flush(int rc);
+
+/* op_getattr once file_or_hidden found the file or path: hidden_done() ends it. */
+static int getattr_of(const char *path, kvfs_file *f, struct stat *st) {
     if (req_chown_same) {
         /* libfuse's SETATTR ends with this getattr (io_read): the chown(path, -1, -1) case of op_chown */
         req_chown_same = false;
-        rc = kvfs_chown(FS(), path, f, (uid_t)-1, (gid_t)-1);
+        int rc = kvfs_chown(FS(), path, f, (uid_t)-1, (gid_t)-1);
         if (!rc) rc = kill_suidgid(path, f, fuse_get_context()->uid == 0, false);
         if (rc) return hidden_done(rc);
     }
     return hidden_done(stale_if_gone(path, kvfs_getattr(FS(), path, f, st)));
+}
+
+static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+    kvfs_file *f;
+    int rc = file_or_hidden(path, fi, &path, &f);
+    if (rc == 0) rc = getattr_of(path, f, st);
+    if (gone_times_flush(rc)) {
+        /* the end of a SETATTR of the kernel's times whose file went (op_utimens): it ignores the attributes */
+        kvfs_gone_attr(FS(), st);
+        return 0;
+    }
+    return rc;
 }
 
 static int op_readlink(const char *path, char *buf, size_t size) { return kvfs_readlink(FS(), path, buf, size); }
@@ -774,10 +791,23 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi) 
     return hidden_done(rc);
 }
 
+static bool gone_times_flush(int rc) { return req_times_flush && (rc == -ENOENT || rc == -ESTALE); }
+
+/* With the writeback cache the kernel keeps a regular file's mtime and ctime and sends them in a SETATTR of those two
+ * alone: after writes, and at once after a rename, unlink, fallocate or copy_file_range, for the file it just
+ * renamed, unlinked or wrote. The file may be gone by then (renamed again, deleted by a kvfs tool, or replaced while
+ * open and then closed, also between libfuse's utimens and the getattr that ends the SETATTR), and it takes its times
+ * with it: that is success, with kvfs_gone_attr for attributes (the kernel ignores them). An error here failed not
+ * the call that
+ * caused it: the kernel notes it on the inode as a write-back error (EIO for anything but ENOSPC), and the next
+ * close(2) or fsync(2) of any descriptor of that inode failed with EIO, though nothing was lost. A utimensat(2) of
+ * the same two times (touch -m -d) that finds its file gone is answered the same: it raced the rename or delete that
+ * took the file, which a local filesystem lets either one win. */
 static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
     kvfs_file *f;
     int rc = file_or_hidden(path, fi, &path, &f);
-    return rc ? rc : hidden_done(stale_if_gone(path, kvfs_utimens(FS(), path, f, tv)));
+    if (!rc) rc = hidden_done(stale_if_gone(path, kvfs_utimens(FS(), path, f, tv)));
+    return gone_times_flush(rc) ? 0 : rc; /* libfuse's getattr that follows answers for the gone file */
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi) {
