@@ -610,6 +610,12 @@ static int decode_batch(const uint8_t *rec, size_t len, const char *name, uint64
             kv_logged_batch_free(b);
             return kv_set_error(KV_ECORRUPT, "%s: malformed batch record at offset %" PRIu64, name, off);
         }
+        /* Every key is checked when it is added to a batch: a longer one is damage, not a key to hand out. */
+        if (op.ulen - 1 > KV_MAX_KEY) {
+            kv_logged_batch_free(b);
+            return kv_set_error(KV_ECORRUPT, "%s: batch record at offset %" PRIu64 " has a key of %zu bytes, longer "
+                                "than %u", name, off, op.ulen - 1, KV_MAX_KEY);
+        }
         kv_logged_op *o = &b->ops[b->nops++];
         o->type = op.type == KV_TYPE_DELETE ? KV_OP_DELETE : KV_OP_PUT;
         o->keyspace = op.ukey[0];

@@ -11,7 +11,8 @@
  * records (wal_append: checksums hold), so the decoders behind them are reached. Seeds: files as the engine writes
  * them (mkseeds.c).
  * Checks: the open fails only with KV_ECORRUPT or KV_EIO; every lookup answers KV_OK with the batch asked for (and
- * operations whose keys, of at least one byte, and values are inside their buffers), KV_EEVICTED or KV_ECORRUPT; no
+ * operations whose keys, of 1 to KV_MAX_KEY bytes, and values are inside their buffers; an input's records are too
+ * short for a longer key: test_corrupt_batch_log_key_too_long makes one), KV_EEVICTED or KV_ECORRUPT; no
  * lookup below the floor answers anything but KV_EEVICTED; none between the oldest retained batch and the newest
  * that the store has answers KV_EEVICTED (no holes); batchlog_check counts its problems; on a read-write open a
  * batch appended after the newest reads back as it was written; after a prune, a batch below its cutoff is evicted.
@@ -52,7 +53,7 @@ static int lookup(batchlog *bl, uint64_t seq) {
         for (size_t i = 0; i < b->nops; i++) { /* every byte readable (ASan), sizes sane */
             const kv_logged_op *o = &b->ops[i];
             FUZZ_CHECK(o->type == KV_OP_PUT || o->type == KV_OP_DELETE);
-            FUZZ_CHECK(o->klen >= 1);
+            FUZZ_CHECK(o->klen >= 1 && o->klen <= KV_MAX_KEY);
             for (size_t j = 0; j < o->klen; j++) sum += ((const uint8_t *)o->key)[j];
             if (!o->external)
                 for (size_t j = 0; j < o->vlen; j++) sum += ((const uint8_t *)o->val)[j];

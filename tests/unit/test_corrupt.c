@@ -940,22 +940,27 @@ static bool new_log_file(const char *dir, const char *name, char *path, size_t n
     return f && fclose(f) == 0;
 }
 
-/* Append to the batch log file at path a well-formed batch record of sequence seq: one put of key to "x". */
-static bool append_batch(const char *path, uint64_t seq, const char *key) {
+/* Append to the batch log file at path a batch record of sequence seq: one put of the kl bytes of key to "x". */
+static bool append_batch_key(const char *path, uint64_t seq, const char *key, size_t kl) {
     kv_bytes rec = {0};
     bytes_append_fixed64(&rec, seq);
     bytes_append_varint(&rec, 1700000000000ull);
     bytes_append_varint(&rec, 1);
     uint8_t type = 1; /* a value */
     bytes_append(&rec, &type, 1);
-    uint8_t ukey[64] = {0}; /* keyspace 0, then the key */
-    size_t kl = strlen(key);
-    memcpy(ukey + 1, key, kl);
-    bytes_append_lenprefixed(&rec, ukey, kl + 1);
+    bytes_append_varint(&rec, kl + 1); /* the ukey: keyspace 0, then the key */
+    uint8_t keyspace = 0;
+    bytes_append(&rec, &keyspace, 1);
+    bytes_append(&rec, key, kl);
     bytes_append_lenprefixed(&rec, "x", 1);
     bool ok = append_record(path, rec.data, rec.len);
     bytes_free(&rec);
     return ok;
+}
+
+/* The same, of a key given as a string: a well-formed record. */
+static bool append_batch(const char *path, uint64_t seq, const char *key) {
+    return append_batch_key(path, seq, key, strlen(key));
 }
 
 /* A batch log record that passes its checksum but cannot be what the engine wrote there, a sequence above 2^56 or
@@ -1082,6 +1087,55 @@ TEST(test_corrupt_batch_log_retention_spares_the_new_batch) {
     CHECK_MSG(rc == KV_OK, "the batch just written: %s (%s)", kv_strerror(rc), kv_errmsg());
     CHECK(b->nops == 1 && b->ops[0].klen == 5 && memcmp(b->ops[0].key, "after", 5) == 0);
     kv_logged_batch_free(b);
+    CHECK_OK(kv_close(db));
+    kv_free(db);
+}
+
+/* A batch log record with a key longer than any key (KV_MAX_KEY) passes its checksum but cannot be a batch the engine
+ * wrote (every key is checked when it is added to a batch): kv_get_batch handed that key out as it was. It is a
+ * malformed record, like an impossible field: KV_ECORRUPT naming the file and the record's offset, and kv_check
+ * reports it; the batches around it read, one with a key of KV_MAX_KEY bytes among them. */
+TEST(test_corrupt_batch_log_key_too_long) {
+    kv_options o;
+    char dir[600], name[300], path[1200];
+    enum { NB = 5, LONGEST = 1, TOO_LONG = 2 };
+    uint64_t seqs[NB];
+    CHECK(batch_log_store(&o, NB, seqs, dir, sizeof dir, name, sizeof name, path, sizeof path));
+    char *key = malloc(KV_MAX_KEY + 1);
+    CHECK(key != NULL);
+    if (t_failed()) return;
+    memset(key, 'k', KV_MAX_KEY + 1);
+    /* the file written again: the same batches, the second with the longest key, the third with one byte more */
+    CHECK(new_log_file(dir, name, path, sizeof path));
+    uint64_t bad_off = 0;
+    for (int i = 0; i < NB; i++) {
+        struct stat st;
+        CHECK(stat(path, &st) == 0);
+        if (i == TOO_LONG) bad_off = (uint64_t)st.st_size;
+        size_t kl = i == LONGEST ? KV_MAX_KEY : i == TOO_LONG ? KV_MAX_KEY + 1 : 3;
+        CHECK(append_batch_key(path, seqs[i], key, kl));
+    }
+    free(key);
+    kv_db *db;
+    CHECK_OK(kv_open(dir, &o, &db));
+    if (t_failed()) return;
+    for (int i = 0; i < NB; i++) {
+        kv_logged_batch *b = NULL;
+        int rc = kv_get_batch(db, seqs[i], &b);
+        if (i == TOO_LONG) {
+            char where[400];
+            snprintf(where, sizeof where, "%s: batch record at offset %llu", name, (unsigned long long)bad_off);
+            CHECK_MSG(rc == KV_ECORRUPT && strstr(kv_errmsg(), where), "batch %d: %s (%s), key of %zu bytes", i,
+                      kv_strerror(rc), rc ? kv_errmsg() : "", b ? b->ops[0].klen : 0);
+        } else {
+            CHECK_MSG(rc == KV_OK, "batch %d: %s (%s)", i, kv_strerror(rc), kv_errmsg());
+            if (rc == KV_OK) CHECK(b->nops == 1 && b->ops[0].klen == (i == LONGEST ? KV_MAX_KEY : 3));
+        }
+        kv_logged_batch_free(b);
+    }
+    named p = {.file = name};
+    CHECK_EQ(kv_check(db, on_problem, NULL, &p, NULL), KV_ECORRUPT);
+    CHECK_MSG(p.named, "kv_check: %s", p.first);
     CHECK_OK(kv_close(db));
     kv_free(db);
 }
