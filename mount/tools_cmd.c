@@ -232,6 +232,11 @@ int tool_parse(tool_ctx *c, const tool_cmd *cmd, int argc, char **argv, targs *a
     if (*a->pos[0] == 0) return usage_err(c, cmd, "empty %s", cmd->mode == STORE_NONE ? "FILE" : "DATADIR");
     /* Here, not in cmd_checkpoint: the client makes DEST absolute for the daemon, which would see "CWD/". */
     if (cmd->run == cmd_checkpoint && *a->pos[1] == 0) return usage_err(c, cmd, "empty DEST");
+    /* ... so a relative one reaches the daemon only in a request made by hand: it would name a place under the
+     * daemon's working directory */
+    if (cmd->run == cmd_checkpoint && c->remote && *a->pos[1] != '/')
+        return usage_err(c, cmd, "DEST %s is relative: the mount daemon takes only an absolute DEST (its working "
+                         "directory is not the client's)", a->pos[1]);
     if (cmd->first_key > 0) {
         int last = cmd->last_key < 0 ? a->npos - 1 : cmd->last_key;
         a->keys = calloc((size_t)(last - cmd->first_key + 1), sizeof *a->keys);

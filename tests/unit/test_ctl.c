@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -55,8 +56,8 @@ static int connect_to(const char *dir) {
     return fd;
 }
 
-/* Send a request header with this process's stdin, stdout and stderr attached (as the client does). */
-static bool send_header(int fd, const char *magic, uint32_t argc, uint32_t bytes) {
+/* Send a request header with the descriptors fds attached as the command's stdin, stdout and stderr. */
+static bool send_header_fds(int fd, const char *magic, uint32_t argc, uint32_t bytes, const int fds[3]) {
     struct req_hdr h;
     memcpy(h.magic, magic, 8);
     h.argc = argc;
@@ -72,9 +73,14 @@ static bool send_header(int fd, const char *magic, uint32_t argc, uint32_t bytes
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-    int fds[3] = {0, 1, 2};
-    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
     return sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+}
+
+/* ... with this process's stdin, stdout and stderr attached (as the client does). */
+static bool send_header(int fd, const char *magic, uint32_t argc, uint32_t bytes) {
+    static const int std[3] = {0, 1, 2};
+    return send_header_fds(fd, magic, argc, bytes, std);
 }
 
 /* A store in a fresh directory, served on its socket. */
@@ -117,6 +123,58 @@ static int client_get(const char *dir, char *out, size_t n) {
     out[got > 0 ? got : 0] = 0;
     close(f);
     return ran ? status : -1001;
+}
+
+/* Send dir's daemon a request of the argc strings in body (n bytes, NULs included), built by hand as no kvfs client
+ * would, with stdin from /dev/null and stdout and stderr into the file at outpath: the status it replies, or -1000
+ * when it ends the connection without one. */
+static int raw_request(const char *dir, uint32_t argc, const char *body, size_t n, const char *outpath) {
+    int fds[3] = {open("/dev/null", O_RDONLY | O_CLOEXEC), open(outpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)};
+    fds[2] = fds[1];
+    int fd = connect_to(dir), status = -1000;
+    if (fd >= 0 && fds[0] >= 0 && fds[1] >= 0 && send_header_fds(fd, "KVFSCTL1", argc, (uint32_t)n, fds) &&
+        send(fd, body, n, MSG_NOSIGNAL) == (ssize_t)n) {
+        uint8_t r[CTL_REPLY_BYTES];
+        ctl_reply rep;
+        if (recv(fd, r, sizeof r, MSG_WAITALL) == (ssize_t)sizeof r && ctl_reply_decode(r, sizeof r, &rep) == CTL_REPLY_STATUS)
+            status = rep.status;
+    }
+    if (fd >= 0) close(fd);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    return status;
+}
+
+/* A checkpoint's DEST relative to the daemon's working directory, not the client's, in a request made by hand (the
+ * client makes DEST absolute): the daemon wrote the copy there. It refuses it, saying why. */
+TEST(ctl_checkpoint_refuses_a_relative_dest) {
+    served s;
+    CHECK(serve_start(&s));
+    char cwd[PATH_MAX], out[600], rel[600], abs_dest[600];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL);
+    snprintf(out, sizeof out, "%s/checkpoint.out", t_tmpdir());
+    snprintf(rel, sizeof rel, "%s/relative-dest", t_tmpdir());
+    snprintf(abs_dest, sizeof abs_dest, "%s/absolute-dest", t_tmpdir());
+    char body[1400];
+    int n = snprintf(body, sizeof body, "checkpoint%c%s%crelative-dest", 0, s.dir, 0) + 1;
+    CHECK(chdir(t_tmpdir()) == 0); /* the daemon's working directory: the test's process is the daemon */
+    int status = raw_request(s.dir, 3, body, (size_t)n, out);
+    CHECK(chdir(cwd) == 0);
+    CHECK_EQ(status, TOOL_USAGE);
+    CHECK_MSG(access(rel, F_OK) != 0, "the checkpoint was written into the daemon's working directory");
+    char msg[512] = "";
+    int f = open(out, O_RDONLY);
+    ssize_t got = f >= 0 ? read(f, msg, sizeof msg - 1) : -1;
+    msg[got > 0 ? got : 0] = 0;
+    if (f >= 0) close(f);
+    CHECK_MSG(strstr(msg, "relative-dest") && strstr(msg, "absolute"), "the daemon said: %s", msg);
+    /* an absolute one, as the client sends it, is written */
+    n = snprintf(body, sizeof body, "checkpoint%c%s%c%s", 0, s.dir, 0, abs_dest) + 1;
+    CHECK_EQ(raw_request(s.dir, 3, body, (size_t)n, out), 0);
+    CHECK(access(abs_dest, F_OK) == 0);
+    t_rmrf(rel);
+    t_rmrf(abs_dest);
+    serve_stop(&s);
 }
 
 /* Requests that claim the most arguments and send none of them: the daemon must not allocate for what it has not
