@@ -73,7 +73,9 @@ int ctl_request_header(const void *hdr, size_t n, uint32_t *argc, uint32_t *byte
     struct req_hdr h;
     if (n != sizeof h) return -1;
     memcpy(&h, hdr, sizeof h);
-    if (memcmp(h.magic, REQ_MAGIC, 8) != 0 || h.argc == 0 || h.argc > h.bytes || h.bytes > CTL_MAX_ARG_BYTES) return -1;
+    if (memcmp(h.magic, REQ_MAGIC, 8) != 0 || h.argc == 0 || h.argc > h.bytes || h.bytes > CTL_MAX_ARG_BYTES ||
+        h.argc > CTL_MAX_ARGS)
+        return -1;
     *argc = h.argc;
     *bytes = h.bytes;
     return 0;
@@ -106,7 +108,7 @@ int ctl_request_encode(int argc, char *const *argv, uint8_t hdr[CTL_REQ_HDR_BYTE
     *body = NULL;
     size_t n = 0;
     for (int i = 0; i < argc && n <= CTL_MAX_ARG_BYTES; i++) n += strlen(argv[i]) + 1;
-    if (argc < 1 || n > CTL_MAX_ARG_BYTES) return -1;
+    if (argc < 1 || n > CTL_MAX_ARG_BYTES || (unsigned)argc > CTL_MAX_ARGS) return -1;
     if (!(*body = malloc(n))) return -2;
     size_t off = 0;
     for (int i = 0; i < argc; i++) {
@@ -599,7 +601,11 @@ int ctl_client_run(const char *datadir, int argc, char **argv, int *status) {
     *status = TOOL_FAIL;
     int erc = ctl_request_encode(argc, argv, h, &body, &bytes);
     if (erc != 0) {
-        fprintf(stderr, "kvfs: %s\n", erc == -1 ? "arguments too long" : "out of memory");
+        if (erc == -1)
+            fprintf(stderr, "kvfs: arguments too long for the mount daemon (at most %u arguments, %u MiB in all)\n",
+                    CTL_MAX_ARGS, CTL_MAX_ARG_BYTES >> 20);
+        else
+            fprintf(stderr, "kvfs: out of memory\n");
         close(fd);
         return 1;
     }

@@ -16,7 +16,7 @@
  *              seq, skip; }: where its output got (ctl_client_follow_stopped)
  * The daemon holds only what a client has sent: the body's buffer grows as its bytes arrive (a header claiming 16 MiB
  * and sending nothing had it allocate 144 MiB at once), and the argument array is allocated once the body shows its
- * strings. The client takes only the replies a daemon sends: flags 0, 1, 2 or 4, alone, and a status a command ends
+ * strings (at most CTL_MAX_ARGS of them). The client takes only the replies a daemon sends: flags 0, 1, 2 or 4, alone, and a status a command ends
  * with (0 to 255, -SIGINT, -SIGPIPE); anything else is "a malformed reply", status 1 (a status of 256 exited 0, and
  * -SIGSTOP stopped the client).
  */
@@ -31,10 +31,15 @@
 
 #define CTL_SOCKET_NAME "kvfs.sock"
 /* The request's argument strings, NULs included: more than the kernel lets a command line hold (a quarter of the
- * stack limit, at most 6 MiB), so every command that runs directly runs in the daemon too.
- * Each argument takes at least its NUL, so argc <= bytes bounds the argument count with no limit of its own: a count
- * limit (65536 once) refused `kvfs del DATADIR` with more keys on a mounted store, although it worked unmounted. */
+ * stack limit, at most 6 MiB), so every command that runs directly runs in the daemon too. */
 #define CTL_MAX_ARG_BYTES (16u << 20)
+/* The request's argument count. Each argument takes at least its NUL, but the daemon holds a pointer for each as well
+ * (and the argument parser another): 16 Mi empty arguments, 16 MiB sent, had it hold 144 MiB. The kernel charges a
+ * command line such a pointer per argument too, within the same 6 MiB, so none holds more than 6 MiB / 9 = 699,050
+ * arguments: this limit is above that, so every command that runs directly runs in the daemon too (a limit of 65536
+ * once refused `kvfs del DATADIR` with more keys on a mounted store, although it worked unmounted), and a request's
+ * arrays of arguments take at most 8 MiB each. */
+#define CTL_MAX_ARGS (1u << 20)
 
 struct ctl_server;
 
@@ -93,15 +98,15 @@ bool ctl_client_follow_stopped(uint64_t *seq, uint64_t *skip);
 #define CTL_REPLY_BYTES 16   /* magic, status, flags */
 #define CTL_FOLLOW_BYTES 16  /* seq, skip: after a reply with flag 4 */
 
-/* Check a request header (n bytes): 0 with *argc and *bytes (1 <= argc <= bytes <= CTL_MAX_ARG_BYTES), -1 when it
- * is malformed. */
+/* Check a request header (n bytes): 0 with *argc and *bytes (1 <= argc <= bytes <= CTL_MAX_ARG_BYTES, argc <=
+ * CTL_MAX_ARGS), -1 when it is malformed. */
 int ctl_request_header(const void *hdr, size_t n, uint32_t *argc, uint32_t *bytes);
 /* Split a request body of n bytes into exactly argc NUL-terminated strings: a malloc'ed array of argc + 1 pointers
  * into body, the last NULL; NULL when the body is not that (or out of memory: *oom). The array is allocated only
  * once the body has shown argc strings, so its size follows the bytes received, not the header's claim. */
 char **ctl_request_args(char *body, size_t n, uint32_t argc, bool *oom);
 /* The request for argv: the header into hdr, the body into a malloc'ed *body of *bytes bytes. 0; -1 when it is too
- * long (more than CTL_MAX_ARG_BYTES) or argc < 1, -2 when out of memory. */
+ * long (more than CTL_MAX_ARG_BYTES or CTL_MAX_ARGS) or argc < 1, -2 when out of memory. */
 int ctl_request_encode(int argc, char *const *argv, uint8_t hdr[CTL_REQ_HDR_BYTES], char **body, size_t *bytes);
 
 /* A reply, as the client takes it. */

@@ -5,8 +5,8 @@
  * Input: one byte of mode. Bit 0 clear: a request to the daemon: the next 16 bytes are its header (magic, argc,
  * bytes), then its body (as many bytes as the header says), then what the command reads on stdin. Bit 0 set: the rest
  * is a reply to the client.
- * Checks, a request: ctl_request_header accepts exactly a whole header with the magic and 1 <= argc <= bytes <= 16
- * MiB; ctl_request_args accepts exactly a body of argc NUL-terminated strings, and what it accepts encodes back
+ * Checks, a request: ctl_request_header accepts exactly a whole header with the magic, 1 <= argc <= bytes <= 16 MiB
+ * and argc <= 2^20 (CTL_MAX_ARGS); ctl_request_args accepts exactly a body of argc NUL-terminated strings, and what it accepts encodes back
  * (ctl_request_encode) to the same header and body. An accepted request is then run as the daemon runs it
  * (tools_serve, the argument parser and the command) on a small store made for each input, with stdin from the
  * input and stdout and stderr to /dev/null (KVFS_FUZZ_SHOW=1: to the harness's own): it must end with a status, never crash. Not run: checkpoint (it writes
@@ -39,7 +39,7 @@ static void check_header(const uint8_t *h, size_t n) {
         uint32_t a, b;
         memcpy(&a, h + 8, 4);
         memcpy(&b, h + 12, 4);
-        want = memcmp(h, "KVFSCTL1", 8) == 0 && a >= 1 && a <= b && b <= CTL_MAX_ARG_BYTES;
+        want = memcmp(h, "KVFSCTL1", 8) == 0 && a >= 1 && a <= b && b <= CTL_MAX_ARG_BYTES && a <= CTL_MAX_ARGS;
         if (want && rc == 0) FUZZ_CHECK(argc == a && bytes == b);
     }
     FUZZ_CHECK((rc == 0) == want);

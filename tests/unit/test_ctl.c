@@ -178,7 +178,8 @@ TEST(ctl_checkpoint_refuses_a_relative_dest) {
 }
 
 /* Requests that claim the most arguments and send none of them: the daemon must not allocate for what it has not
- * received. Each made it allocate 144 MiB (16 MiB of body and 16 Mi argument pointers) before reading a byte. */
+ * received. Each made it allocate 144 MiB (16 MiB of body and 16 Mi argument pointers) before reading a byte, when
+ * the count had no limit of its own (ctl_argument_count_is_bounded). */
 TEST(ctl_request_claims_allocate_nothing_yet) {
     served s;
     CHECK(serve_start(&s));
@@ -188,7 +189,7 @@ TEST(ctl_request_claims_allocate_nothing_yet) {
     for (int i = 0; i < CONNS; i++) {
         fds[i] = connect_to(s.dir);
         CHECK(fds[i] >= 0);
-        CHECK(send_header(fds[i], "KVFSCTL1", CTL_MAX_ARG_BYTES, CTL_MAX_ARG_BYTES));
+        CHECK(send_header(fds[i], "KVFSCTL1", CTL_MAX_ARGS, CTL_MAX_ARG_BYTES));
     }
     sleep_ms(300); /* the daemon's threads take the headers */
     uint64_t after = vm_size();
@@ -221,6 +222,7 @@ TEST(ctl_bad_requests_leave_the_daemon_serving) {
         {"KVFSCTL1", 1, 4, "getx", 4},              /* no NUL at the end */
         {"KVFSCTL1", 1, 8, "get\0get", 8},          /* more strings than argc */
         {"KVFSCTL1", 1, CTL_MAX_ARG_BYTES + 1, "", 0}, /* too long */
+        {"KVFSCTL1", CTL_MAX_ARGS + 1, CTL_MAX_ARGS + 1, "", 0}, /* too many arguments */
         {"KVFSCTL1", 3, 10, "get\0x\0", 6},         /* cut short */
         {"KVFSCTL1", 1, 4, "zzz", 4},               /* no such command */
         {"KVFSCTL1", 1, 5, "dump", 5},              /* a command the daemon does not run */
@@ -240,6 +242,38 @@ TEST(ctl_bad_requests_leave_the_daemon_serving) {
     CHECK_EQ(client_get(s.dir, out, sizeof out), 0);
     CHECK(strcmp(out, "value") == 0);
     serve_stop(&s);
+}
+
+/* A request of more arguments than CTL_MAX_ARGS is malformed from its header on: the daemon held a pointer for each
+ * argument (and its argument parser another), and 16 Mi empty ones, 16 MiB sent, cost it 144 MiB. The most a command
+ * line can hold passes (the kernel charges a pointer per argument too, within at most 6 MiB); the client does not
+ * send more. */
+TEST(ctl_argument_count_is_bounded) {
+    CHECK(CTL_MAX_ARGS >= (6u << 20) / 9);
+    struct req_hdr h = {.argc = CTL_MAX_ARGS, .bytes = CTL_MAX_ARG_BYTES};
+    memcpy(h.magic, "KVFSCTL1", 8);
+    uint32_t argc, bytes;
+    CHECK_EQ(ctl_request_header(&h, sizeof h, &argc, &bytes), 0);
+    CHECK_EQ(argc, CTL_MAX_ARGS);
+    h.argc = CTL_MAX_ARGS + 1;
+    CHECK_EQ(ctl_request_header(&h, sizeof h, &argc, &bytes), -1);
+    h.bytes = CTL_MAX_ARGS + 1; /* every one empty: the most pointers for the bytes */
+    CHECK_EQ(ctl_request_header(&h, sizeof h, &argc, &bytes), -1);
+    char **v = malloc(((size_t)CTL_MAX_ARGS + 2) * sizeof *v);
+    CHECK(v != NULL);
+    if (t_failed()) return;
+    v[0] = "del";
+    for (size_t i = 1; i <= CTL_MAX_ARGS; i++) v[i] = "";
+    v[CTL_MAX_ARGS + 1] = NULL;
+    uint8_t hdr[CTL_REQ_HDR_BYTES];
+    char *body = NULL;
+    size_t n;
+    CHECK_EQ(ctl_request_encode((int)CTL_MAX_ARGS + 1, v, hdr, &body, &n), -1);
+    CHECK(body == NULL);
+    CHECK_EQ(ctl_request_encode((int)CTL_MAX_ARGS, v, hdr, &body, &n), 0);
+    CHECK_EQ(ctl_request_header(hdr, sizeof hdr, &argc, &bytes), 0);
+    free(body);
+    free(v);
 }
 
 /* ---- The client's side: a fake daemon that answers one request with given bytes ---------------------------- */
