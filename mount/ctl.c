@@ -6,6 +6,8 @@
  *    one we bound (same inode). An existing socket is removed at start only when nothing answers on it; a file of
  *    that name that is not a socket is never touched.
  *  - Every connection is checked with SO_PEERCRED before anything is read from it: the daemon's user or root.
+ *  - A request arrives whole within CTL_REQUEST_TIMEOUT_MS of its connection being taken, or the connection is
+ *    closed with nothing run: no read waits past that deadline (read_until).
  *  - Each request runs on its own thread; ctl_server_stop() returns only when no thread uses the store any more.
  *    It shuts down the reading side of each connection, which the running command sees as cancellation
  *    (tools.h); a changes --follow it cut short replies where it got (RES_FOLLOW_STOPPED), the others do not.
@@ -18,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tools.h"
@@ -211,6 +215,14 @@ void kvfs_store_options(kv_options *o, const char *datadir) {
     }
 }
 
+static _Atomic int request_timeout_ms = CTL_REQUEST_TIMEOUT_MS;
+
+int ctl_set_request_timeout_ms(int ms) {
+    if (ms < 1) return KV_EINVAL;
+    request_timeout_ms = ms;
+    return KV_OK;
+}
+
 static _Thread_local char errbuf[512];
 const char *ctl_errmsg(void) { return errbuf; }
 
@@ -252,8 +264,26 @@ static void send_reply(int fd, enum ctl_reply_kind kind, int status, const tool_
     (void)!send(fd, buf, n, MSG_NOSIGNAL);
 }
 
-/* Receive the request header and the three descriptors: 0 with *argc and *bytes, or -1 (fds closed). */
-static int recv_request(int fd, uint32_t *argc, uint32_t *bytes, int fds[3]) {
+/* Microseconds on CLOCK_MONOTONIC. */
+static int64_t mono_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Before each read of a request: let it wait no later than the request's deadline (SO_RCVTIMEO counts per read, so
+ * it is shrunk to what is left each time; a read that waits for all it asks, MSG_WAITALL, counts it once). False
+ * when the deadline has passed. (Never a timeout of 0: that would wait for good.) */
+static bool read_until(int fd, int64_t deadline_us) {
+    int64_t left = deadline_us - mono_us();
+    if (left <= 0) return false;
+    struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0;
+}
+
+/* Receive the request header and the three descriptors, by the deadline: 0 with *argc and *bytes, or -1 (fds
+ * closed). */
+static int recv_request(int fd, int64_t deadline_us, uint32_t *argc, uint32_t *bytes, int fds[3]) {
     struct req_hdr hdr, *h = &hdr;
     union {
         struct cmsghdr align;
@@ -262,10 +292,12 @@ static int recv_request(int fd, uint32_t *argc, uint32_t *bytes, int fds[3]) {
     struct iovec iov = {h, sizeof *h};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
     fds[0] = fds[1] = fds[2] = -1;
-    ssize_t r;
-    do r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-    while (r < 0 && errno == EINTR);
-    /* A failed recvmsg (the client's 10 seconds are up, a reset) leaves msg_controllen as it was: the walk below then
+    ssize_t r = -1;
+    while (read_until(fd, deadline_us)) {
+        r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+        if (r >= 0 || errno != EINTR) break;
+    }
+    /* A failed recvmsg (the client's time is up, a reset) leaves msg_controllen as it was: the walk below then
      * read the buffer's uninitialised bytes as messages, and could close whatever descriptors they named. */
     if (r < 0) m.msg_controllen = 0;
     int got = 0;
@@ -287,10 +319,10 @@ static int recv_request(int fd, uint32_t *argc, uint32_t *bytes, int fds[3]) {
     return 0;
 }
 
-/* Read a request body of n bytes (n <= CTL_MAX_ARG_BYTES) into a malloc'ed *out. The buffer grows with the bytes
- * that arrive, so a header that claims 16 MiB and sends nothing more costs nothing: only what a client sends is held.
- * 0, or -1 (the connection ended or timed out first, or out of memory). */
-static int read_body(int fd, size_t n, char **out) {
+/* Read a request body of n bytes (n <= CTL_MAX_ARG_BYTES) into a malloc'ed *out, by the deadline. The buffer grows
+ * with the bytes that arrive, so a header that claims 16 MiB and sends nothing more costs nothing: only what a client
+ * sends is held. 0, or -1 (the connection ended or the deadline passed first, or out of memory). */
+static int read_body(int fd, int64_t deadline_us, size_t n, char **out) {
     size_t cap = 0, got = 0;
     char *body = NULL;
     while (got < n) {
@@ -301,6 +333,7 @@ static int read_body(int fd, size_t n, char **out) {
             if (!nb) break;
             body = nb, cap = ncap;
         }
+        if (!read_until(fd, deadline_us)) break;
         ssize_t r = recv(fd, body + got, cap - got, 0);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
@@ -319,17 +352,18 @@ static void serve(struct ctl_server *s, int fd) {
         send_reply(fd, CTL_REPLY_DENIED, TOOL_FAIL, NULL);
         return;
     }
-    /* A client has 10 seconds to send its request; after that the connection only carries cancellation. */
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    /* A client has CTL_REQUEST_TIMEOUT_MS to send its whole request; after that the connection only carries
+     * cancellation (and the reply: at most CTL_REPLY_BYTES + CTL_FOLLOW_BYTES, the only bytes the daemon writes to
+     * it, which a socket's send buffer always has room for, whether the client reads or not). */
+    int64_t deadline_us = mono_us() + (int64_t)request_timeout_ms * 1000;
     uint32_t argc, bytes;
     int fds[3];
-    if (recv_request(fd, &argc, &bytes, fds) != 0) return;
+    if (recv_request(fd, deadline_us, &argc, &bytes, fds) != 0) return;
     char *body = NULL;
     char **argv = NULL;
     bool oom = false;
     /* Split into exactly argc NUL-terminated strings; anything else is a malformed request. */
-    if (read_body(fd, bytes, &body) == 0 && (argv = ctl_request_args(body, bytes, argc, &oom))) {
+    if (read_body(fd, deadline_us, bytes, &body) == 0 && (argv = ctl_request_args(body, bytes, argc, &oom))) {
         tool_follow_pos pos = {0};
         int status = tools_serve(s->db, s->datadir, (int)argc, argv, fds, fd, &pos);
         pthread_mutex_lock(&s->mu);

@@ -41,6 +41,11 @@
  * arrays of arguments take at most 8 MiB each. */
 #define CTL_MAX_ARGS (1u << 20)
 
+/* The time a client has to send its whole request, the header and all its arguments, counted from when the daemon
+ * takes the connection: not per read, which let a client sending a byte every 9 s hold a connection thread for good
+ * (and MAX_CONNS of them had the daemon refuse everyone as busy). Then the connection is closed, nothing run. */
+#define CTL_REQUEST_TIMEOUT_MS 10000
+
 struct ctl_server;
 
 /* Options every kvfs process opens a store with; the mount daemon calls this after kv_options_init() too.
@@ -77,6 +82,9 @@ int ctl_server_start(kv_db *db, const char *datadir, struct ctl_server **out);
 void ctl_server_stop(struct ctl_server *s);
 /* The detail of the last ctl_server_start failure on this thread. */
 const char *ctl_errmsg(void);
+/* For tests: the time a request may take (CTL_REQUEST_TIMEOUT_MS), in ms, for the connections every server of this
+ * process takes from now on. 0, or KV_EINVAL when ms < 1. */
+int ctl_set_request_timeout_ms(int ms);
 
 /* Whether a daemon (kvfs mount or kvfs serve) answers on DATADIR/kvfs.sock: it is serving, not closing (a daemon
  * stops its socket first when it shuts down). */

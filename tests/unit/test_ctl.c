@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +31,13 @@ struct req_hdr {
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+/* Milliseconds on CLOCK_MONOTONIC. */
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The process's address space (VmSize), in bytes; 0 when unknown. */
@@ -242,6 +250,36 @@ TEST(ctl_bad_requests_leave_the_daemon_serving) {
     CHECK_EQ(client_get(s.dir, out, sizeof out), 0);
     CHECK(strcmp(out, "value") == 0);
     serve_stop(&s);
+}
+
+/* A client that sends its request a byte at a time, each byte well within the time one read may wait, is cut off
+ * when the time for the whole request is up, and the daemon goes on serving. That time counted per read: one byte
+ * every 9 s held a connection thread for good, and MAX_CONNS such clients had the daemon refuse everyone as busy. */
+TEST(ctl_request_has_a_deadline) {
+    enum { TIMEOUT_MS = 300, TRICKLE_MS = 100 };
+    CHECK_OK(ctl_set_request_timeout_ms(TIMEOUT_MS));
+    served s;
+    CHECK(serve_start(&s));
+    int fd = connect_to(s.dir);
+    CHECK(fd >= 0);
+    CHECK(send_header(fd, "KVFSCTL1", 1, 1000)); /* more bytes than the trickle sends here */
+    int64_t start = now_ms(), closed = -1;
+    for (int i = 0; i < 40 && closed < 0; i++) { /* 4 s at most */
+        (void)!send(fd, "x", 1, MSG_NOSIGNAL);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char b;
+        if (poll(&p, 1, TRICKLE_MS) > 0 && recv(fd, &b, 1, 0) <= 0) closed = now_ms() - start;
+    }
+    close(fd);
+    CHECK_MSG(closed >= 0, "a client sending a byte every %d ms kept its connection for 4 s", TRICKLE_MS);
+    CHECK_MSG(closed >= TIMEOUT_MS - 50 && closed < 2000, "the connection was closed after %lld ms",
+              (long long)closed);
+    char out[64];
+    CHECK_EQ(client_get(s.dir, out, sizeof out), 0);
+    CHECK(strcmp(out, "value") == 0);
+    serve_stop(&s);
+    CHECK_OK(ctl_set_request_timeout_ms(CTL_REQUEST_TIMEOUT_MS));
+    CHECK_EQ(ctl_set_request_timeout_ms(0), KV_EINVAL);
 }
 
 /* A request of more arguments than CTL_MAX_ARGS is malformed from its header on: the daemon held a pointer for each
