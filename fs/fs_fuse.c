@@ -55,7 +55,7 @@ static kvfs_fs *notify_fs;
 
 enum { IN_HDR = 40, OUT_HDR = 16 };
 enum { OPC_LOOKUP = 1, OPC_GETATTR = 3, OPC_SETATTR = 4, OPC_RENAME = 12, OPC_OPEN = 14, OPC_WRITE = 16, OPC_INIT = 26,
-       OPC_RENAME2 = 45 };
+       OPC_BATCH_FORGET = 42, OPC_RENAME2 = 45 };
 enum { HIDDEN_NAME_LEN = 12 + 16 }; /* ".fuse_hidden" + 16 hex digits */
 #define INIT_HANDLE_KILLPRIV_V2 (1u << 28)
 #define SETATTR_KILL_SUIDGID (1u << 11)
@@ -118,6 +118,39 @@ static void note_rename_to(const char *names, size_t len) {
     if (to_end && to_end - to == HIDDEN_NAME_LEN && is_hidden_name(to)) memcpy(req_rename_to, to, HIDDEN_NAME_LEN + 1);
 }
 
+/* A RENAME of a name onto itself: the same directory node and the same name, at byte `skip` of the body (after
+ * fuse_rename_in or fuse_rename2_in). The kernel sends one when its dentry of the name was stale: rename(2)
+ * resolves the source from its cache, then looks the target up afresh (a rename target is always revalidated),
+ * finds the name gone (a kvfs tool deleted the file while it was open) or of another type, and makes a new dentry
+ * for the same name. libfuse's high-level rename then waits for ever for a write lock on the node it already holds
+ * (both names are one node to it), with the renaming process stuck in the kernel, unkillable. */
+static bool rename_onto_itself(const uint8_t *p, size_t body, size_t skip) {
+    uint64_t newdir;
+    memcpy(&newdir, p + IN_HDR, 8);
+    if (newdir != req_nodeid) return false;
+    const char *names = (const char *)p + IN_HDR + skip, *end = (const char *)p + IN_HDR + body;
+    const char *old_end = memchr(names, 0, (size_t)(end - names));
+    if (!old_end) return false;
+    const char *to = old_end + 1;
+    const char *to_end = to < end ? memchr(to, 0, (size_t)(end - to)) : NULL;
+    return to_end && to_end - to == old_end - names && memcmp(names, to, (size_t)(old_end - names)) == 0;
+}
+
+/* Answer a request ENOENT here, and hand libfuse in its place a request it takes without a reply (a BATCH_FORGET of
+ * no nodes, which the body's first word, its count, makes so). */
+static void answer_enoent_here(int fd, uint8_t *p) {
+    uint8_t out[OUT_HDR];
+    uint32_t len = OUT_HDR, op = OPC_BATCH_FORGET, zero = 0;
+    int32_t err = -ENOENT;
+    memcpy(out, &len, 4);
+    memcpy(out + 4, &err, 4);
+    memcpy(out + 8, p + 8, 8); /* unique */
+    (void)!write(fd, out, sizeof out);
+    memcpy(p + 4, &op, 4);
+    memcpy(p + IN_HDR, &zero, 4);
+    req_op = op;
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
     ssize_t n = read(fd, buf, len);
@@ -163,7 +196,10 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
     } else if (op == OPC_OPEN && body >= 8) {
         req_kill_suidgid = (rd32(p + IN_HDR + 4) & OPEN_KILL_SUIDGID) != 0;
     } else if ((op == OPC_RENAME && body > 8) || (op == OPC_RENAME2 && body > 16)) {
-        note_rename_to((const char *)p + IN_HDR + (op == OPC_RENAME ? 8 : 16), body - (op == OPC_RENAME ? 8 : 16));
+        size_t skip = op == OPC_RENAME ? 8 : 16;
+        /* The source the kernel names is gone (rename_onto_itself): ENOENT, as for any vanished source. */
+        if (rename_onto_itself(p, body, skip)) answer_enoent_here(fd, p);
+        else note_rename_to((const char *)p + IN_HDR + skip, body - skip);
     }
     return n;
 }

@@ -552,3 +552,39 @@ teardown() { tools_teardown; }
     grep -q '^tool [0-9]* errors 0$' "$T/race_tool"
     kv check "$D"
 }
+
+@test "mounted: rename of a file onto its own name after kvfs del deleted it while open: ENOENT, no hang" {
+    # The kernel resolved the source from its cache (the open file keeps the dentry), looked the target up afresh,
+    # found the name gone, and sent a RENAME of the name onto itself, in which libfuse waited for ever for a lock it
+    # held already: the renaming process hung in the kernel, unkillable, and so did every later rename there.
+    mount_store "$D" "$M"
+    mkdir "$M/c"
+    echo x > "$M/c/b"
+    exec 7< "$M/c/b"
+    kv del "$D" c/b
+    (
+        python3 -c 'import os, sys
+try:
+    os.rename(sys.argv[1], sys.argv[1])
+    print("renamed")
+except OSError as e:
+    print(e.strerror)' "$M/c/b" > "$T/rename.out" 2>&1
+        echo done >> "$T/rename.out"
+    ) &
+    local i
+    for i in $(seq 1 100); do grep -q done "$T/rename.out" 2> /dev/null && break; sleep 0.1; done
+    if ! grep -q done "$T/rename.out" 2> /dev/null; then
+        pkill -9 -f -- "mount $D $M" || true # a hung daemon: its end frees the stuck process
+        wait
+        echo "the rename hung"
+        return 1
+    fi
+    wait
+    [ "$(head -n 1 "$T/rename.out")" = "No such file or directory" ]
+    [ "$(cat <&7)" = x ]
+    exec 7<&-
+    # the mount goes on: the name can be made again and renamed
+    echo y > "$M/c/b"
+    mv "$M/c/b" "$M/c/e"
+    [ "$(kv get "$D" c/e)" = y ]
+}
