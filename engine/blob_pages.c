@@ -639,8 +639,8 @@ static int remap_cmp(const void *a, const void *b) {
     return remap_cmp_key(x->file_no, x->rec_off, x->skip, b);
 }
 
-void blob_remap_seal(blob_remap *m) {
-    if (m->n) qsort(m->e, m->n, sizeof *m->e, remap_cmp);
+/* Cut what overlaps an earlier entry off each entry of m, which must be sorted. */
+static void remap_cut_overlaps(blob_remap *m) {
     size_t k = 0;
     for (size_t i = 0; i < m->n; i++) {
         blob_remap_ent e = m->e[i];
@@ -660,6 +660,32 @@ void blob_remap_seal(blob_remap *m) {
     m->n = k;
 }
 
+void blob_remap_seal(blob_remap *m) {
+    if (m->n) qsort(m->e, m->n, sizeof *m->e, remap_cmp);
+    remap_cut_overlaps(m);
+}
+
+int blob_remap_merge(blob_remap *m, const blob_remap *add) {
+    if (add->n == 0) return KV_OK;
+    if (add->n > SIZE_MAX / sizeof *m->e - m->n) return kv_set_error(KV_ENOMEM, "blob remap: too many extents");
+    if (m->n + add->n > m->cap) {
+        blob_remap_ent *p = realloc(m->e, (m->n + add->n) * sizeof *p);
+        if (!p) return kv_set_error(KV_ENOMEM, "blob remap: out of memory for %zu extents", m->n + add->n);
+        m->e = p;
+        m->cap = m->n + add->n;
+    }
+    /* from the back: each step takes the larger of the two last entries left */
+    size_t i = m->n, j = add->n, k = m->n + add->n;
+    while (j > 0) {
+        const blob_remap_ent *a = &add->e[j - 1];
+        if (i > 0 && remap_cmp(&m->e[i - 1], a) > 0) m->e[--k] = m->e[--i];
+        else m->e[--k] = add->e[--j];
+    }
+    m->n += add->n;
+    remap_cut_overlaps(m);
+    return KV_OK;
+}
+
 void blob_remap_free(blob_remap *m) {
     free(m->e);
     blob_page_set_free(&m->pages);
@@ -677,29 +703,33 @@ static size_t remap_upper(const blob_remap *m, uint64_t no, uint64_t off, uint64
     return lo;
 }
 
+bool blob_remap_piece(const blob_remap *m, const blob_extent *y, uint64_t pos, blob_extent *piece) {
+    uint64_t end = y->skip + y->len;
+    size_t u = remap_upper(m, y->file_no, y->rec_off, pos);
+    const blob_remap_ent *e = u > 0 ? &m->e[u - 1] : NULL;
+    if (e && e->file_no == y->file_no && e->rec_off == y->rec_off && pos < e->skip + e->len) {
+        uint64_t stop = end < e->skip + e->len ? end : e->skip + e->len;
+        *piece = e->to;
+        piece->skip += pos - e->skip;
+        piece->len = stop - pos;
+        return true;
+    }
+    const blob_remap_ent *next = u < m->n ? &m->e[u] : NULL;
+    uint64_t stop = end;
+    if (next && next->file_no == y->file_no && next->rec_off == y->rec_off && next->skip < end) stop = next->skip;
+    *piece = *y;
+    piece->skip = pos;
+    piece->len = stop - pos;
+    return false;
+}
+
 /* Append extent y to out, its bytes that m holds taken from the copy; *moved counts the pieces taken. */
 static int remap_extent(const blob_remap *m, const blob_extent *y, blob_ref *out, size_t *moved) {
     if (y->file_no == 0) return blob_ref_append(out, y);
     int rc = KV_OK;
     for (uint64_t pos = y->skip, end = y->skip + y->len; pos < end && !rc;) {
-        size_t u = remap_upper(m, y->file_no, y->rec_off, pos);
-        const blob_remap_ent *e = u > 0 ? &m->e[u - 1] : NULL;
         blob_extent piece;
-        if (e && e->file_no == y->file_no && e->rec_off == y->rec_off && pos < e->skip + e->len) {
-            uint64_t stop = end < e->skip + e->len ? end : e->skip + e->len;
-            piece = e->to;
-            piece.skip += pos - e->skip;
-            piece.len = stop - pos;
-            ++*moved;
-        } else {
-            const blob_remap_ent *next = u < m->n ? &m->e[u] : NULL;
-            uint64_t stop = end;
-            if (next && next->file_no == y->file_no && next->rec_off == y->rec_off && next->skip < end)
-                stop = next->skip;
-            piece = *y;
-            piece.skip = pos;
-            piece.len = stop - pos;
-        }
+        if (blob_remap_piece(m, y, pos, &piece)) ++*moved;
         rc = blob_ref_append(out, &piece);
         pos += piece.len;
     }

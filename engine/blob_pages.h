@@ -136,6 +136,12 @@ typedef struct blob_remap {
 int blob_remap_add(blob_remap *m, const blob_extent *from, const blob_extent *to);
 /* Sort the entries and cut overlaps (two old extents sharing bytes of one record: either copy holds them). */
 void blob_remap_seal(blob_remap *m);
+/* Add the entries of add to m, both sealed: the result is sealed (its array grows to exactly the entries held). */
+int blob_remap_merge(blob_remap *m, const blob_remap *add);
+/* The piece of data extent y from byte pos of its record on (y->skip <= pos < y->skip + y->len), in *piece: where m
+ * holds a copy of byte pos, the copy of the bytes from pos that one entry holds (true); else y's own bytes from pos up
+ * to the next byte m holds a copy of (false). m must be sealed. */
+bool blob_remap_piece(const blob_remap *m, const blob_extent *y, uint64_t pos, blob_extent *piece);
 void blob_remap_free(blob_remap *m);
 /* Rewrite the value (either form) so that its bytes that lie in an old extent of m are read from the copy instead:
  * a data extent lying across the end of an old extent is split, the parts of it that no old extent holds (written

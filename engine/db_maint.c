@@ -852,41 +852,66 @@ static gc_file *gc_find(gc_file *fs, size_t n, uint64_t no) {
     return NULL;
 }
 
-/* Copying a value out: its data into one new record of w, holes kept as holes (a sparse value stays sparse). */
+/* Copying a value out: its data into one new record of w, holes kept as holes (a sparse value stays sparse). Bytes
+ * that an earlier value of the same pass already copied (a range shared by kv_batch_copy_range) are not copied again:
+ * the new list names that copy. */
 typedef struct gc_copy {
     kv_db *db;
     blob_writer *w;
     uint8_t *buf;
-    blob_ref out;     /* the new list; data extents get their record's length once it is known */
-    uint64_t rec_off; /* where the new record starts */
-    uint64_t written; /* its bytes so far */
-    blob_remap *map;  /* if set: each data extent copied and where its copy went */
+    blob_ref out;       /* the new list; data extents get their record's length once it is known */
+    uint64_t rec_off;   /* where the new record starts */
+    uint64_t written;   /* its bytes so far */
+    blob_remap *map;    /* if set: each data extent copied and where its copy went */
+    blob_remap *done;   /* if set: what earlier values of the pass copied (sealed), to be shared */
+    blob_remap fresh;   /* with done: the bytes this value copies into its new record */
 } gc_copy;
 
 #define GC_REC_LEN_UNKNOWN (1ull << 62)
+
+/* Read extent x (verifying each chunk) and, when writing, append its bytes to the new record: their place in *to. */
+static int gc_copy_bytes(gc_copy *g, const blob_extent *x, blob_extent *to) {
+    blob_extent e = *x;
+    blob_ref one = {.size = e.len, .n = 1, .cap = 1, .ext = &e};
+    int rc = KV_OK;
+    for (uint64_t off = 0; !rc && off < x->len;) {
+        size_t got = 0;
+        rc = blob_read(g->db->blobs, &one, off, g->buf, BLOB_CHUNK, &got);
+        if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
+        if (!rc && g->w) rc = blob_writer_append(g->w, g->buf, got);
+        off += got;
+    }
+    if (rc || !g->w) return rc;
+    *to = (blob_extent){blob_writer_file_no(g->w), g->rec_off, GC_REC_LEN_UNKNOWN, g->written, x->len};
+    g->written += x->len;
+    return g->done ? blob_remap_add(&g->fresh, x, to) : KV_OK;
+}
 
 static int gc_copy_piece(void *ctx, const blob_ref *piece) {
     gc_copy *g = ctx;
     int rc = KV_OK;
     for (size_t i = 0; i < piece->n && !rc; i++) {
-        blob_extent x = piece->ext[i];
+        blob_extent x = piece->ext[i], to;
         if (x.file_no == 0) {
             if (g->w) rc = blob_ref_append(&g->out, &x);
             continue;
         }
-        blob_ref one = {.size = x.len, .n = 1, .cap = 1, .ext = &x};
-        for (uint64_t off = 0; !rc && off < x.len;) {
-            size_t got = 0;
-            rc = blob_read(g->db->blobs, &one, off, g->buf, BLOB_CHUNK, &got);
-            if (!rc && got == 0) rc = kv_set_error(KV_ECORRUPT, "blob value shorter than its reference");
-            if (!rc && g->w) rc = blob_writer_append(g->w, g->buf, got);
-            off += got;
+        if (!g->w) { /* only reading it through (gc_value_readable) */
+            rc = gc_copy_bytes(g, &x, &to);
+            continue;
         }
-        if (!g->w) continue; /* only reading it through (gc_value_readable) */
-        blob_extent moved = {blob_writer_file_no(g->w), g->rec_off, GC_REC_LEN_UNKNOWN, g->written, x.len};
-        if (!rc) rc = blob_ref_append(&g->out, &moved);
-        if (!rc && g->map) rc = blob_remap_add(g->map, &x, &moved);
-        g->written += x.len;
+        /* piece by piece: runs of bytes copied before (their copy), and runs not (copied now) */
+        for (uint64_t pos = x.skip, end = x.skip + x.len; !rc && pos < end;) {
+            blob_extent part = x;
+            part.skip = pos;
+            part.len = end - pos;
+            bool shared = g->done && blob_remap_piece(g->done, &x, pos, &to);
+            if (g->done) part.len = to.len;
+            if (!shared) rc = gc_copy_bytes(g, &part, &to);
+            if (!rc) rc = blob_ref_append(&g->out, &to);
+            if (!rc && g->map) rc = blob_remap_add(g->map, &part, &to);
+            pos += part.len;
+        }
     }
     return rc;
 }
@@ -904,12 +929,22 @@ static int gc_value_readable(kv_db *db, const uint8_t *payload, size_t plen) {
     return rc;
 }
 
+/* At most this many entries (about 1 MiB) are kept of what a pass copied, to be shared by later values (gc_copy). */
+#define GC_DONE_MAX 16384
+
+/* Give the extents of the record just written (at rec_off of file no) their length, once it is known. */
+static void gc_set_rec_len(blob_extent *e, uint64_t no, uint64_t rec_off, uint64_t rec_len) {
+    if (e->file_no == no && e->rec_off == rec_off && e->rec_len == GC_REC_LEN_UNKNOWN) e->rec_len = rec_len;
+}
+
 /* Copy the value described by payload (either form) into w: its data as one fresh record, then, if the new list is
  * long, its pages. The new reference in out; with map, where each extent of payload went, and payload's pages (for
- * a swap into a value changed meanwhile: BOP_REMAP_IF). */
+ * a swap into a value changed meanwhile: BOP_REMAP_IF). With done (a sealed map of what the pass copied before, into
+ * w, synced), bytes it holds are not copied again but named where they are, and the bytes copied now are added to it
+ * while it has room for them (GC_DONE_MAX). */
 static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size_t plen, kv_bytes *out,
-                         blob_remap *map) {
-    gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w), .map = map};
+                         blob_remap *map, blob_remap *done) {
+    gc_copy g = {.db = db, .w = w, .rec_off = blob_writer_size(w), .map = map, .done = done};
     g.buf = malloc(BLOB_CHUNK);
     int rc = g.buf ? blob_writer_begin(w) : kv_set_error(KV_ENOMEM, "blob gc: out of memory");
     bool begun = rc == KV_OK;
@@ -919,9 +954,15 @@ static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size
         int erc = blob_writer_end(w, &rec);
         if (!rc) rc = erc;
     }
-    for (size_t i = 0; !rc && i < g.out.n; i++)
-        if (g.out.ext[i].file_no) g.out.ext[i].rec_len = rec.rec_len;
-    for (size_t i = 0; !rc && map && i < map->n; i++) map->e[i].to.rec_len = rec.rec_len;
+    uint64_t no = blob_writer_file_no(w);
+    for (size_t i = 0; !rc && i < g.out.n; i++) gc_set_rec_len(&g.out.ext[i], no, g.rec_off, rec.rec_len);
+    for (size_t i = 0; !rc && map && i < map->n; i++) gc_set_rec_len(&map->e[i].to, no, g.rec_off, rec.rec_len);
+    for (size_t i = 0; !rc && i < g.fresh.n; i++) gc_set_rec_len(&g.fresh.e[i].to, no, g.rec_off, rec.rec_len);
+    if (!rc && done && done->n + g.fresh.n <= GC_DONE_MAX) {
+        blob_remap_seal(&g.fresh);
+        rc = blob_remap_merge(done, &g.fresh);
+    }
+    blob_remap_free(&g.fresh);
     if (!rc && map) {
         blob_remap_seal(map);
         if (blob_ref_is_paged(payload, plen)) {
@@ -992,8 +1033,9 @@ void (*db_gc_copied_hook)(kv_db *db, int ks, const void *key, size_t klen);
 
 /* Copy every newest value that uses blob file `no` into *w (made on first use; synced after each value) and swap its
  * reference with a REMAP_IF batch: a value changed meanwhile (a database file written all the time) keeps its
- * changes, and what it still reads from where the copy was taken is read from the copy instead. */
-static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *r) {
+ * changes, and what it still reads from where the copy was taken is read from the copy instead. With done, bytes
+ * already copied into *w are shared, not copied again (gc_copy_value). */
+static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, blob_remap *done, gc_rewrite *r) {
     int rc = KV_OK;
     kv_iter *uit = NULL;
     for (int ks = 0; ks < 256 && !rc; ks++) {
@@ -1032,7 +1074,7 @@ static int gc_rewrite_file(kv_db *db, uint64_t no, blob_writer **w, gc_rewrite *
             }
             kv_bytes nref = {0};
             blob_remap map = {0};
-            rc = gc_copy_value(db, *w, p, plen, &nref, &map);
+            rc = gc_copy_value(db, *w, p, plen, &nref, &map, done);
             if (!rc) rc = blob_writer_sync(*w);
             if (!rc && db_gc_copied_hook) db_gc_copied_hook(db, ks, key, kl);
             if (!rc) {
@@ -1192,6 +1234,7 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     version_edit e;
     edit_init(&e);
     blob_writer *w = NULL;
+    blob_remap done = {0}; /* what the pass copied into w: values that share records share their copy */
     gc_rewrite r = {0};
     for (size_t i = 0; i < n && !rc; i++) {
         gc_file *f = &fs[i];
@@ -1207,11 +1250,12 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
          * about 1% garbage (1 KiB records), which is not worth a copy (a copy would look the same) */
         if (garbage <= min_ratio || garbage < 0.01 || f->live == 0) continue;
         r.found = r.unreadable = 0;
-        rc = gc_rewrite_file(db, f->no, &w, &r);
+        rc = gc_rewrite_file(db, f->no, &w, &done, &r);
         if (r.unreadable) damaged_data = true;
         else if (!rc) out->rewritten++;
     }
     bytes_free(&r.bad_key);
+    blob_remap_free(&done);
     if (w) db_close_new_blob_file(db, w);
     /* A file that only droppable entries named is safe to delete once what shadows them (a delete, a newer value)
      * is durable: a power loss that took the newer entry would bring back an older one that names a deleted file. */
@@ -1311,7 +1355,7 @@ int db_blob_rescue(kv_db *db) {
         gc_rewrite r = {0};
         for (int pass = 0; pass < 4; pass++) {
             r.found = r.unreadable = 0;
-            rc = gc_rewrite_file(db, no, &w, &r);
+            rc = gc_rewrite_file(db, no, &w, NULL, &r);
             if (rc || r.unreadable || r.found == 0) break;
         }
         char path[4096];
@@ -1363,6 +1407,6 @@ int db_copy_if_lost(kv_db *db, const uint64_t *lost, size_t n, blob_writer **w, 
     int rc = gc_value_readable(db, payload, plen);
     if (rc == KV_ECORRUPT) return 0; /* already damaged: left as it is, for reads and kv_check to report */
     if (!rc && !*w) rc = db_new_blob_file(db, w);
-    if (!rc) rc = gc_copy_value(db, *w, payload, plen, out, NULL);
+    if (!rc) rc = gc_copy_value(db, *w, payload, plen, out, NULL, NULL);
     return rc ? rc : 1;
 }
