@@ -98,6 +98,8 @@ static inline bool batch_removes_data(const kv_batch *b, uint64_t blob_threshold
 
 /* Tests: blob GC calls this, if set, between a value's copy and its swap (ks, key: the value's). */
 extern void (*db_gc_copied_hook)(kv_db *db, int ks, const void *key, size_t klen);
+/* Tests: a GC pass holds at most this many ranges (and at most GC_RANGES_MAX) to count shared bytes once. */
+extern size_t db_gc_ranges_max;
 /* Tests: the compaction thread calls this, if set, first thing when it starts, before it looks at the store (a test
  * holds it there to run writes that a busy machine lets come first). */
 extern void (*db_compact_start_hook)(kv_db *db);

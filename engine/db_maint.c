@@ -984,13 +984,77 @@ static int gc_copy_value(kv_db *db, blob_writer *w, const uint8_t *payload, size
     return rc;
 }
 
-/* The scan: bytes of each candidate file that any version references, and that the newest versions use. A page is
- * looked into once: older versions share most pages with the newest, and what they reference is already counted. */
+/* A byte range of a record that a newest value uses. */
+typedef struct gc_range {
+    uint64_t file_no, rec_off, skip, len;
+} gc_range;
+
+/* The ranges newest values use, to count each byte once however many values name it (kv_batch_copy_range shares
+ * records). At most GC_RANGES_MAX are held; when the array is full, it is sorted and cut to the ranges' union, and
+ * once that leaves less than a quarter of it free, further ranges are counted as they come: a shared byte once for
+ * each value naming it, as before, which can only make a file look fuller than it is. */
+#define GC_RANGES_MAX 32768 /* 1 MiB */
+size_t db_gc_ranges_max = GC_RANGES_MAX;
+typedef struct gc_ranges {
+    gc_range *r;
+    size_t n, cap; /* cap grows by doubling up to GC_RANGES_MAX (while memory allows) */
+    bool full;
+} gc_ranges;
+
+static int gc_range_cmp(const void *a, const void *b) {
+    const gc_range *x = a, *y = b;
+    if (x->file_no != y->file_no) return x->file_no < y->file_no ? -1 : 1;
+    if (x->rec_off != y->rec_off) return x->rec_off < y->rec_off ? -1 : 1;
+    return x->skip < y->skip ? -1 : x->skip > y->skip;
+}
+
+/* Sort the ranges and merge those that overlap or touch inside one record. */
+static void gc_ranges_union(gc_ranges *rs) {
+    if (rs->n) qsort(rs->r, rs->n, sizeof *rs->r, gc_range_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < rs->n; i++) {
+        gc_range x = rs->r[i];
+        gc_range *p = k ? &rs->r[k - 1] : NULL;
+        if (p && p->file_no == x.file_no && p->rec_off == x.rec_off && x.skip <= p->skip + p->len) {
+            if (x.skip + x.len > p->skip + p->len) p->len = x.skip + x.len - p->skip;
+        } else {
+            rs->r[k++] = x;
+        }
+    }
+    rs->n = k;
+}
+
+/* Hold the range of data extent e: false if there is no room (the caller counts it now). */
+static bool gc_ranges_add(gc_ranges *rs, const blob_extent *e) {
+    if (rs->full) return false;
+    size_t max = db_gc_ranges_max < GC_RANGES_MAX ? db_gc_ranges_max : GC_RANGES_MAX;
+    if (rs->n == rs->cap && rs->cap < max) {
+        size_t cap = rs->cap ? rs->cap * 2 : 256;
+        if (cap > max) cap = max;
+        gc_range *p = realloc(rs->r, cap * sizeof *p);
+        if (p) {
+            rs->r = p;
+            rs->cap = cap;
+        }
+    }
+    if (rs->n == rs->cap) { /* at the bound, or out of memory */
+        gc_ranges_union(rs);
+        rs->full = rs->n >= rs->cap / 4 * 3;
+        if (rs->full) return false;
+    }
+    rs->r[rs->n++] = (gc_range){e->file_no, e->rec_off, e->skip, e->len};
+    return true;
+}
+
+/* The scan: bytes of each candidate file that any version references, and that the newest versions use (each byte
+ * once, as far as ranges holds them). A page is looked into once: older versions share most pages with the newest,
+ * and what they reference is already counted. */
 typedef struct gc_scan {
     gc_file *fs;
     size_t n;
     bool newest;
     blob_page_set seen;
+    gc_ranges ranges;
 } gc_scan;
 
 static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
@@ -998,12 +1062,21 @@ static int gc_scan_extent(void *ctx, const blob_extent *e, bool page) {
     gc_file *f = gc_find(g->fs, g->n, e->file_no);
     if (f) {
         f->referenced += e->len + 1;
-        if (g->newest) f->live += e->len;
+        if (g->newest && (page || !gc_ranges_add(&g->ranges, e))) f->live += e->len;
     }
     if (!page) return 0;
     int added = blob_page_set_add(&g->seen, e);
     if (added < 0) return added;
     return added || g->newest ? 0 : BLOB_VISIT_SKIP;
+}
+
+/* Count the ranges held into the files' live bytes, each byte once. */
+static void gc_scan_count_ranges(gc_scan *g) {
+    gc_ranges_union(&g->ranges);
+    for (size_t i = 0; i < g->ranges.n; i++) {
+        gc_file *f = gc_find(g->fs, g->n, g->ranges.r[i].file_no);
+        if (f) f->live += g->ranges.r[i].len;
+    }
 }
 
 /* Whether a value uses any of the blob files nos[0..n). */
@@ -1214,6 +1287,8 @@ static int gc_pass(kv_db *db, double min_ratio, gc_outcome *out) {
     }
     if (!rc && it) rc = it->status(it);
     if (ri) db_raw_iter_free(db, ri);
+    gc_scan_count_ranges(&scan);
+    free(scan.ranges.r);
     if (!rc && !damaged) {
         /* what the pass saw: bytes of the files it looked at that no newest value uses (chunk headers included) */
         uint64_t garbage = 0;
