@@ -136,6 +136,9 @@ bool kvfs_file_mark_changed(kvfs_fs *fs, const void *key, size_t klen);
  * file under that path until its last close, and asks about it by the path alone (fstat, fchmod, fchown, futimens of
  * its descriptors). Let go of it with kvfs_release. */
 kvfs_file *kvfs_open_deleted(kvfs_fs *fs, const char *path);
+/* The kernel no longer has f, a file kvfs_open_deleted found, under its old path (it was unlinked or renamed there
+ * through the mount): requests by that path are no longer about f. */
+void kvfs_deleted_renamed(kvfs_fs *fs, kvfs_file *f);
 /* How many opens f has now. */
 int kvfs_file_opens(kvfs_fs *fs, kvfs_file *f);
 

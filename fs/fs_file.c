@@ -218,6 +218,20 @@ kvfs_file *kvfs_open_deleted(kvfs_fs *fs, const char *path) {
     return f;
 }
 
+void kvfs_deleted_renamed(kvfs_fs *fs, kvfs_file *f) {
+    pthread_mutex_lock(&fs->tbl_mu);
+    for (kvfs_file **pp = f->old_key ? &fs->deleted_open : NULL; pp && *pp; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            f->next = NULL;
+            free(f->old_key);
+            f->old_key = NULL;
+            f->old_klen = 0;
+            break;
+        }
+    pthread_mutex_unlock(&fs->tbl_mu);
+}
+
 int kvfs_release(kvfs_fs *fs, kvfs_file *f) { return kvfs_release_changed(fs, f, NULL); }
 
 int kvfs_release_changed(kvfs_fs *fs, kvfs_file *f, kvfs_stale_top **stale) {

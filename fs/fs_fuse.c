@@ -361,6 +361,14 @@ static int hide_open_file(const char *from, const char *to) {
     if (!rc) {
         rc = kvfs_unlink(fs, from);
         if (rc) kvfs_release(fs, h->f);
+    } else if (rc == -ENOENT && (h->f = kvfs_open_deleted(fs, from))) {
+        /* A file a kvfs tool deleted while it was open, which the kernel still has under this name: the unlink (or
+         * the rename over it) succeeds, as the kernel expects of a name it sees. Failing it (ENOENT) made the kernel
+         * drop its entry while libfuse kept naming the file's node by the path: the next file made there got that
+         * node id, and if of another type (a symlink, a directory) the kernel took the open file's inode for stale and
+         * failed every call on its descriptors with EIO. */
+        kvfs_deleted_renamed(fs, h->f);
+        rc = 0;
     }
     if (rc) {
         free(h->path);

@@ -588,3 +588,28 @@ except OSError as e:
     mv "$M/c/b" "$M/c/e"
     [ "$(kv get "$D" c/e)" = y ]
 }
+
+@test "mounted: after kvfs del of an open file, rm of its name and a symlink made there leave its descriptor working" {
+    # rm said ENOENT, the kernel dropped its entry while libfuse kept the file's node under the name, and the symlink
+    # made there next got that node: the kernel took the open file's inode for stale, and fstat, read, fsync and close
+    # of the descriptor failed with EIO.
+    mount_store "$D" "$M"
+    mkdir "$M/c"
+    echo x > "$M/c/a"
+    exec 7<> "$M/c/a"
+    kv del "$D" c/a
+    rm "$M/c/a"
+    ln -s t "$M/c/a"
+    [ "$(readlink "$M/c/a")" = t ]
+    [ "$(stat -L -c %s /dev/fd/7)" = 2 ]
+    [ "$(cat <&7)" = x ]
+    echo more >&7
+    exec 7<&-
+    sleep 0.3
+    [ "$(readlink "$M/c/a")" = t ]
+    [ "$(kv scan "$D" --keys-only | tr '\n' ' ')" = "c/a " ]
+    rm "$M/c/a"
+    mkdir "$M/c/a"
+    [ -d "$M/c/a" ]
+    kv check "$D"
+}
