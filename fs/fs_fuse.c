@@ -225,6 +225,8 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
     return writev(fd, iov, count);
 }
 
+ssize_t kvfs_fuse_read_hook(int fd, void *buf, size_t len) { return io_read(fd, buf, len, NULL); }
+
 int kvfs_fuse_use_io(struct fuse_session *se) {
     static const struct fuse_custom_io io = {.read = io_read, .writev = io_writev};
     return fuse_session_custom_io(se, &io, fuse_session_fd(se));
@@ -462,10 +464,13 @@ static int file_or_hidden(const char *path, struct fuse_file_info *fi, const cha
     bool given = f && req_given_fh && fi->fh == req_given_fh;
     *pathp = path;
     *fp = f;
-    if (!f && path && (req_op == OPC_GETATTR || req_op == OPC_SETATTR) && !is_hidden_name(path) &&
-        (req_deleted = kvfs_open_deleted(FS(), path))) {
+    bool by_path = req_op == OPC_GETATTR || req_op == OPC_SETATTR || req_op == OPC_LOOKUP;
+    if (!f && path && by_path && !is_hidden_name(path) && (req_deleted = kvfs_open_deleted(FS(), path))) {
         /* A file a kvfs tool deleted while it was open (kvfs_mounted_write_keys): the kernel did not see that unlink
-         * and names the file by its old path, which libfuse keeps for it until the last close. */
+         * and names the file by its old path, which libfuse keeps for it until the last close. A LOOKUP too: the
+         * kernel looks a name up afresh before it makes something there (mkdir, symlink, O_EXCL), and ENOENT made it
+         * drop its entry while libfuse kept the file's node under the name, so the new object got that node id and,
+         * of another type, had the kernel mark the open file's inode bad (EIO on its descriptors). */
         *fp = req_deleted;
         *pathp = NULL;
         return 0;

@@ -25,6 +25,9 @@ const struct fuse_operations *kvfs_fuse_operations(void);
  * they negotiate FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know (see fs_fuse.c). 0 or -1. */
 struct fuse_session;
 int kvfs_fuse_use_io(struct fuse_session *se);
+/* For tests: the device read hook on any descriptor (a socket standing in for /dev/fuse): reads one request into buf
+ * as libfuse would, with what the hook answers or rewrites itself done (fs_fuse.c). */
+ssize_t kvfs_fuse_read_hook(int fd, void *buf, size_t len);
 
 /* The request loop has ended: call before fuse_unmount, which closes the FUSE device. Stops every notification to
  * the kernel (the notifier thread, and those of the control socket's threads, which go on running until the daemon
