@@ -1225,6 +1225,31 @@ static void retarget(kvfs_fs *fs, const open_list *ol, size_t olen, const uint8_
     }
 }
 
+/* The files a tool deleted while they were open (fs->deleted_open) that the kernel has below directory `from`, which a
+ * rename moved to `to` (and, swapped, the other way): the kernel now names them under the new path, and asks about
+ * them by it (fstat of their descriptors said ENOENT after a mv of their directory). tbl_mu held. */
+static void retarget_deleted(kvfs_fs *fs, const uint8_t *from, size_t flen, const uint8_t *to, size_t tlen,
+                             bool exchange) {
+    for (kvfs_file *f = fs->deleted_open; f; f = f->next) {
+        const uint8_t *nto = to; /* the new prefix, replacing nflen bytes */
+        size_t nflen = flen, ntlen = tlen;
+        bool below = f->old_klen > flen && f->old_key[flen] == '/' && memcmp(f->old_key, from, flen) == 0;
+        if (!below && exchange && f->old_klen > tlen && f->old_key[tlen] == '/' && memcmp(f->old_key, to, tlen) == 0) {
+            nflen = tlen, nto = from, ntlen = flen;
+            below = true;
+        }
+        if (!below) continue;
+        size_t nlen = ntlen + f->old_klen - nflen;
+        uint8_t *nk = malloc(nlen);
+        if (!nk) continue; /* the kernel's requests by the new path then find nothing: ENOENT, as before */
+        memcpy(nk, nto, ntlen);
+        memcpy(nk + ntlen, f->old_key + nflen, f->old_klen - nflen);
+        free(f->old_key);
+        f->old_key = nk;
+        f->old_klen = nlen;
+    }
+}
+
 int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
     if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE)) return -EINVAL;
     if ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)) return -EINVAL;
@@ -1377,6 +1402,8 @@ int kvfs_rename(kvfs_fs *fs, const char *from, const char *to, unsigned flags) {
             }
             retarget(fs, &so, s.p.klen, d.p.key, d.p.klen);
         }
+        if (s.type == NODE_DIR || (exchange && d.type == NODE_DIR))
+            retarget_deleted(fs, s.p.key, s.p.klen, d.p.key, d.p.klen, exchange);
     }
     for (size_t i = 0; i < so.n; i++) pthread_mutex_unlock(&so.v[i]->mu);
     for (size_t i = 0; i < dop.n; i++) pthread_mutex_unlock(&dop.v[i]->mu);

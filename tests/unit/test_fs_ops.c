@@ -699,6 +699,43 @@ TEST(fs_a_key_another_writer_deletes_stays_with_its_open_file) {
     env_close(&e);
 }
 
+/* The kernel names a file another writer deleted while it was open by its old path until its last close: requests
+ * by that path reach it (kvfs_open_deleted), also after a rename moved the directory the kernel has it in (before,
+ * fstat of its descriptor said ENOENT then), and no longer once the name was removed through the mount
+ * (kvfs_deleted_renamed: libfuse hid the file under another name). */
+TEST(fs_a_deleted_open_file_follows_its_directory_and_leaves_its_name) {
+    env e;
+    CHECK(env_open(&e, 0));
+    CHECK_OK(write_file(&e, "/top/dir/f", "old"));
+    CHECK_OK(write_file(&e, "/top/dir/g", "other"));
+    CHECK_OK(write_file(&e, "/top/dirx", "not below"));
+    kvfs_file *f;
+    CHECK_OK(kvfs_open(e.fs, "/top/dir/f", O_RDONLY, &f));
+    CHECK_OK(other_writer(&e, "dtop/dir/f"));
+    kvfs_file *d = kvfs_open_deleted(e.fs, "/top/dir/f");
+    CHECK(d == f);
+    CHECK_OK(kvfs_release(e.fs, d));
+    CHECK_OK(kvfs_rename(e.fs, "/top/dir", "/top/moved", 0));
+    CHECK(kvfs_open_deleted(e.fs, "/top/dir/f") == NULL);
+    CHECK((d = kvfs_open_deleted(e.fs, "/top/moved/f")) == f);
+    CHECK_OK(kvfs_release(e.fs, d));
+    /* swapped with another directory: it follows its own */
+    CHECK_OK(write_file(&e, "/top/other/h", "h"));
+    CHECK_OK(kvfs_rename(e.fs, "/top/moved", "/top/other", RENAME_EXCHANGE));
+    CHECK((d = kvfs_open_deleted(e.fs, "/top/other/f")) == f);
+    CHECK_OK(kvfs_release(e.fs, d));
+    CHECK(kvfs_open_deleted(e.fs, "/top/moved/f") == NULL);
+    kvfs_deleted_renamed(e.fs, f);
+    CHECK(kvfs_open_deleted(e.fs, "/top/other/f") == NULL);
+    char buf[16];
+    CHECK_EQ(kvfs_read(e.fs, f, buf, sizeof buf, 0), 3);
+    CHECK(memcmp(buf, "old", 3) == 0);
+    CHECK_OK(kvfs_release(e.fs, f));
+    CHECK_EQ(store_has_prefix(e.st, STORE_KS_ORPHAN, "", 0), 0);
+    CHECK_EQ(read_file(&e, "/top/dirx", buf, sizeof buf), 9);
+    env_close(&e);
+}
+
 /* Within one batch: a key deleted twice, then put again (a new file: the open one keeps the old content); a key put
  * and then deleted (the open file keeps what was put); keys of files not open, deleted and put as they are. */
 TEST(fs_another_writers_batch_deletes_and_puts_open_files_keys) {
