@@ -2,7 +2,7 @@
 # fs_stress.bats — concurrency (several processes writing, renaming and listing in the same directories), a full
 # disk (ENOSPC with a small tmpfs as DATADIR: nothing written is lost, writing works again once space is freed, also
 # by deleting files through the mount), the change feed bounded by the disk's size, and
-# bounded daemon memory for a large file.
+# bounded daemon memory for a large file, and a random mix of mount operations and kvfs tools (mixops.py).
 
 load helpers.bash-fs
 
@@ -345,4 +345,31 @@ PY
     run kv changes "$D" --since $(( $(kv stats "$D" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_sequence"])') - 1 ))
     [ "$status" -eq 0 ]
     [[ "$output" == *"put k"* ]]
+}
+
+@test "a random mix of mount operations and kvfs del/put by four processes: no hang, no EIO, the store checks clean" {
+    # What this mix found: a RENAME of a name onto itself that hung the daemon in libfuse, and EIO on descriptors of
+    # files a tool deleted (fs_fuse.c). Symlinks (a name changing type under a cached inode) and mmap writes (SIGBUS
+    # when another process truncates) are left out: the first still can give a rare EIO (docs/design-fs.md).
+    fs_mount
+    local s
+    for s in 1 2 3 4; do
+        timeout -k 5 60 python3 "$BATS_TEST_DIRNAME/mixops.py" "$KVFS" "$D" "$M" "$s" 15 > "$T/mix_$s" 2>&1 &
+    done
+    local i
+    for i in $(seq 1 400); do
+        [ "$(grep -l '^done ' "$T"/mix_* 2> /dev/null | wc -l)" -eq 4 ] && break
+        sleep 0.1
+    done
+    if [ "$(grep -l '^done ' "$T"/mix_* 2> /dev/null | wc -l)" -ne 4 ]; then
+        pkill -9 -f -- "mount.* $D $M" || true # a hung daemon: its end frees the stuck processes
+        wait
+        cat "$T"/mix_*
+        echo "a process did not finish: the mount hung"
+        return 1
+    fi
+    wait
+    cat "$T"/mix_*
+    ! grep -q '^BAD' "$T"/mix_*
+    "$KVFS" check "$D"
 }
